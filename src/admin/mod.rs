@@ -1,0 +1,112 @@
+//! The admin API, on its own listener (loopback by default): status, health, Prometheus
+//! metrics, reload and stop. Its errors are JSON, like the proxy's.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::state::Shared;
+
+/// Serves the admin API on `listener` until the process stops.
+pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
+    let app = router(shared);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "Admin API stopped.");
+    }
+}
+
+/// The admin routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
+        .route("/stop", post(stop))
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let snap = shared.snapshot.load();
+    let routes: Vec<_> = snap
+        .routes
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "upstream": r.upstream.as_ref().map(|u| u.name.clone()),
+                "plugins": r.chain.entries.iter().map(|e| json!({"name": e.plugin.name(), "priority": e.priority})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let mut upstreams: Vec<_> = snap
+        .upstreams
+        .values()
+        .map(|u| {
+            json!({
+                "name": u.name,
+                "targets": u.targets.iter().map(|t| json!({"address": &*t.address, "weight": t.weight})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    upstreams.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": shared.started.elapsed().as_secs(),
+        "config": {
+            "version": snap.version,
+            "source": snap.source.display().to_string(),
+            "loaded_at": crate::telemetry::httpdate_rfc3339(snap.loaded_at),
+        },
+        "workers": shared.workers,
+        "active_connections": shared.metrics.active_connections.load(std::sync::atomic::Ordering::Relaxed),
+        "listeners": snap.listeners.iter().map(|l| json!({"name": l.name, "address": l.address, "tls": l.tls.is_some()})).collect::<Vec<_>>(),
+        "routes": routes,
+        "upstreams": upstreams,
+    }))
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if *shared.shutdown.borrow() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response();
+    }
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn reload(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.reload("admin").await {
+        Ok(outcome) => Json(json!({"status": "reloaded", "version": outcome.version, "needs_restart": outcome.needs_restart})).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({
+                "error": "invalid_config",
+                "message": "the configuration was rejected; the running one keeps serving",
+                "errors": e.to_string().lines().collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+    }
+}
+
+async fn stop(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let _ = shared.shutdown.send(true);
+    Json(json!({"status": "stopping"}))
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": "no such admin endpoint"}))).into_response()
+}

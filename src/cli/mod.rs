@@ -1,0 +1,102 @@
+//! The command line: one file per subcommand. Exit codes: 0 ok, 1 runtime failure,
+//! 2 bad usage or bad configuration. Errors go to stderr, one per line.
+
+pub mod check;
+pub mod reload;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for success.
+pub const EXIT_OK: i32 = 0;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code for bad usage or a bad configuration.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Sluicegate: a programmable edge gateway.
+#[derive(Debug, Parser)]
+#[command(name = "sluicegate", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway in the foreground (SIGTERM/SIGINT drain and stop it, SIGHUP reloads).
+    Run {
+        /// Configuration file (YAML or JSON).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration: exit 0 if valid, else print every error and exit 2.
+    Check {
+        /// Configuration file (YAML or JSON).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Ask a running gateway (through its admin API) to reload its configuration.
+    Reload {
+        /// The configuration file of the running gateway (to find its admin address).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Admin address, instead of reading it from the configuration.
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Ask a running gateway (through its admin API) to drain and stop.
+    Stop {
+        /// The configuration file of the running gateway (to find its admin address).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Admin address, instead of reading it from the configuration.
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Print the version.
+    Version,
+}
+
+/// Runs the command line and returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_tracing();
+    match cli.command {
+        Command::Run { config } => run::run(&config),
+        Command::Check { config } => check::check(&config),
+        Command::Reload { config, admin } => reload::admin_post(config.as_deref(), admin, "/reload"),
+        Command::Stop { config, admin } => reload::admin_post(config.as_deref(), admin, "/stop"),
+        Command::Version => {
+            println!("sluicegate {}", env!("CARGO_PKG_VERSION"));
+            EXIT_OK
+        }
+    }
+}
+
+/// Logs go to stderr as JSON lines (`SLUICEGATE_LOG=text` for human-readable lines);
+/// `RUST_LOG` sets the level (default `info`).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if std::env::var("SLUICEGATE_LOG").as_deref() == Ok("text") {
+        builder.try_init()
+    } else {
+        builder.json().flatten_event(true).try_init()
+    };
+}

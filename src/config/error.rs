@@ -1,0 +1,121 @@
+//! Configuration errors: each one names the config path it is about
+//! (`routes[2].match.path`) and, when known, the line in the file.
+
+use std::fmt;
+
+/// A path into the configuration tree, e.g. `routes[2].plugins[0].config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Path(String);
+
+impl Path {
+    /// The root of the document.
+    pub fn root() -> Self {
+        Path(String::new())
+    }
+
+    /// This path followed by mapping key `k`.
+    pub fn key(&self, k: &str) -> Path {
+        if self.0.is_empty() {
+            Path(k.to_string())
+        } else {
+            Path(format!("{}.{}", self.0, k))
+        }
+    }
+
+    /// This path followed by list index `i`.
+    pub fn index(&self, i: usize) -> Path {
+        Path(format!("{}[{}]", self.0, i))
+    }
+
+    /// Whether this is the document root.
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diag {
+    /// Where in the document (empty for the whole document).
+    pub path: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong, as a sentence fragment.
+    pub message: String,
+}
+
+impl Diag {
+    /// A problem at `path`; the line is filled in later from the document's line index.
+    pub fn at(path: &Path, message: impl Into<String>) -> Self {
+        Diag {
+            path: path.to_string(),
+            line: None,
+            message: message.into(),
+        }
+    }
+
+    /// A problem at a known line with no path (syntax errors).
+    pub fn at_line(line: usize, message: String) -> Self {
+        Diag {
+            path: String::new(),
+            line: Some(line),
+            message,
+        }
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file (or a label such as `<admin>` for pushed configs).
+    pub source_name: String,
+    /// The problems, in document order.
+    pub diags: Vec<Diag>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diags.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.source_name)?;
+            if let Some(line) = d.line {
+                write!(f, ":{line}")?;
+            }
+            if d.path.is_empty() {
+                write!(f, ": {}", d.message)?;
+            } else {
+                write!(f, ": {}: {}", d.path, d.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collects problems while a configuration is checked, so that all of them are reported.
+#[derive(Debug, Default)]
+pub struct Diags(pub Vec<Diag>);
+
+impl Diags {
+    /// Records a problem at `path`.
+    pub fn push(&mut self, path: &Path, message: impl Into<String>) {
+        self.0.push(Diag::at(path, message));
+    }
+
+    /// Whether no problem was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}

@@ -1,0 +1,150 @@
+//! Configuration: the file format ([`file`]), reading it with line numbers ([`yaml`], [`de`]),
+//! and turning it into a validated [`Snapshot`](crate::state::Snapshot) ([`validate`]).
+//!
+//! Loading never stops at the first problem: every element is checked and every error is
+//! returned with its path and line, so `sluicegate check` can list them all.
+
+pub mod de;
+pub mod error;
+pub mod file;
+pub mod validate;
+pub mod yaml;
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::ConfigError;
+
+use crate::state::Snapshot;
+use crate::telemetry::Metrics;
+
+/// Process-wide settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Worker threads (0 = one per core).
+    pub workers: usize,
+    /// Time in-flight requests get to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Admin listener address, if enabled.
+    pub admin_address: Option<String>,
+    /// Directory for durable state.
+    pub data_dir: PathBuf,
+}
+
+/// Settings of one listener.
+#[derive(Clone)]
+pub struct ListenerSettings {
+    /// Name for logs.
+    pub name: String,
+    /// Address to bind.
+    pub address: String,
+    /// TLS server configuration (with ALPN), if TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Whether HTTP/2 is accepted.
+    pub http2: bool,
+    /// Whether the client's `X-Request-Id` is kept.
+    pub trust_request_id: bool,
+    /// Limit on request line + headers.
+    pub max_header_bytes: usize,
+    /// Limit on the request body.
+    pub max_body_bytes: u64,
+    /// Time to receive the request head (and keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Longest pause inside a request body.
+    pub body_timeout: Duration,
+}
+
+impl ListenerSettings {
+    /// Settings used when a connection's listener is no longer in the configuration.
+    pub fn fallback() -> Self {
+        ListenerSettings {
+            name: String::new(),
+            address: String::new(),
+            tls: None,
+            http2: true,
+            trust_request_id: false,
+            max_header_bytes: file::defaults::MAX_HEADER_BYTES,
+            max_body_bytes: file::defaults::MAX_BODY_BYTES,
+            header_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+            body_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+        }
+    }
+}
+
+/// Reads and validates the file at `path` into snapshot number `version`.
+pub fn load_snapshot(
+    path: &FsPath,
+    version: u64,
+    workers: usize,
+    metrics: &Metrics,
+) -> Result<Snapshot, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: name.clone(),
+        diags: vec![error::Diag {
+            path: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| FsPath::new("."));
+    load_snapshot_from_str(&text, &name, base_dir, version, workers, metrics).map(|mut s| {
+        s.source = path.to_path_buf();
+        s
+    })
+}
+
+/// Validates configuration `text` (named `name` in errors); relative file names resolve
+/// against `base_dir`.
+pub fn load_snapshot_from_str(
+    text: &str,
+    name: &str,
+    base_dir: &FsPath,
+    version: u64,
+    workers: usize,
+    metrics: &Metrics,
+) -> Result<Snapshot, ConfigError> {
+    let fail = |diags| ConfigError {
+        source_name: name.to_string(),
+        diags,
+    };
+    let root = yaml::parse(text, &yaml::ProcessEnv).map_err(fail)?;
+    validate::snapshot(&root, base_dir, version, workers, metrics).map_err(fail)
+}
+
+/// Settings that differ between two snapshots but cannot change while running.
+pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let mut out = Vec::new();
+    let addrs = |s: &Snapshot| s.listeners.iter().map(|l| l.address.clone()).collect::<Vec<_>>();
+    if addrs(old) != addrs(new) {
+        out.push(format!(
+            "listeners: addresses {:?} -> {:?}",
+            addrs(old),
+            addrs(new)
+        ));
+    }
+    let tls = |s: &Snapshot| s.listeners.iter().map(|l| l.tls.is_some()).collect::<Vec<_>>();
+    if tls(old) != tls(new) {
+        out.push("listeners: tls on/off".to_string());
+    }
+    if old.settings.workers != new.settings.workers {
+        out.push(format!(
+            "workers: {} -> {}",
+            old.settings.workers, new.settings.workers
+        ));
+    }
+    if old.settings.admin_address != new.settings.admin_address {
+        out.push(format!(
+            "admin.address: {:?} -> {:?}",
+            old.settings.admin_address, new.settings.admin_address
+        ));
+    }
+    if old.settings.data_dir != new.settings.data_dir {
+        out.push("data_dir".to_string());
+    }
+    out
+}

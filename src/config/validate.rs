@@ -1,0 +1,617 @@
+//! Turns the node tree into a [`Snapshot`]: deserializes each element on its own (so one
+//! bad route does not hide the problems of the next), checks references and values, builds
+//! plugins through their factories, and fills in the line of every error from the tree.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::de::from_node;
+use super::error::{Diag, Diags, Path};
+use super::file::{self, defaults};
+use super::yaml::{Node, NodeKind};
+use super::{ListenerSettings, Settings};
+use crate::plugins::{self, BuildCtx};
+use crate::proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
+use crate::state::{Chain, ChainEntry, PathRewrite, Route, Snapshot};
+use crate::telemetry::{AccessLog, Metrics};
+use crate::upstream::{Balancer, Protocol, Target, Upstream, UpstreamTls};
+
+const TOP_LEVEL: &[&str] = &[
+    "workers",
+    "drain_timeout_ms",
+    "data_dir",
+    "listeners",
+    "admin",
+    "access_log",
+    "upstreams",
+    "routes",
+    "plugins",
+];
+
+/// Validates `root` into a snapshot, or returns every problem (with lines).
+pub fn snapshot(
+    root: &Node,
+    base_dir: &FsPath,
+    version: u64,
+    workers: usize,
+    metrics: &Metrics,
+) -> Result<Snapshot, Vec<Diag>> {
+    let mut diags = Diags::default();
+    let top = Path::root();
+    let build = BuildCtx { base_dir };
+    let result = match &root.kind {
+        NodeKind::Map(entries) => {
+            for (k, _) in entries {
+                if !TOP_LEVEL.contains(&k.as_str()) {
+                    diags.push(
+                        &top.key(k),
+                        format!("unknown key; expected one of: {}", TOP_LEVEL.join(", ")),
+                    );
+                }
+            }
+            build_snapshot(root, &build, version, workers, metrics, &mut diags)
+        }
+        _ => {
+            diags.push(&top, format!("the configuration must be a mapping, found {}", root.type_name()));
+            None
+        }
+    };
+    match result {
+        Some(s) if diags.is_empty() => Ok(s),
+        _ => {
+            let mut lines = HashMap::new();
+            root.index_lines(&Path::root(), &mut lines);
+            Err(with_lines(diags.0, &lines))
+        }
+    }
+}
+
+/// Fills in missing lines from the path index (falling back to the nearest parent path).
+fn with_lines(mut diags: Vec<Diag>, lines: &HashMap<String, usize>) -> Vec<Diag> {
+    for d in &mut diags {
+        if d.line.is_some() {
+            continue;
+        }
+        let mut p = d.path.as_str();
+        loop {
+            if let Some(l) = lines.get(p) {
+                d.line = Some(*l);
+                break;
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p = &p[..i],
+                None => break,
+            }
+        }
+    }
+    diags
+}
+
+fn field<T: DeserializeOwned>(root: &Node, key: &str, diags: &mut Diags) -> Option<T> {
+    let node = root.get(key)?;
+    match from_node(node, &Path::root().key(key)) {
+        Ok(v) => Some(v),
+        Err(d) => {
+            diags.0.push(d);
+            None
+        }
+    }
+}
+
+/// Deserializes each element of list `key` on its own; returns (index, value) pairs.
+fn list<T: DeserializeOwned>(root: &Node, key: &str, diags: &mut Diags) -> Vec<(usize, T)> {
+    let path = Path::root().key(key);
+    let Some(node) = root.get(key) else {
+        return Vec::new();
+    };
+    match &node.kind {
+        NodeKind::Null => Vec::new(),
+        NodeKind::Seq(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match from_node(item, &path.index(i)) {
+                Ok(v) => Some((i, v)),
+                Err(d) => {
+                    diags.0.push(d);
+                    None
+                }
+            })
+            .collect(),
+        _ => {
+            diags.push(&path, format!("expected a list, found {}", node.type_name()));
+            Vec::new()
+        }
+    }
+}
+
+fn build_snapshot(
+    root: &Node,
+    build: &BuildCtx<'_>,
+    version: u64,
+    workers: usize,
+    metrics: &Metrics,
+    diags: &mut Diags,
+) -> Option<Snapshot> {
+    let settings = settings(root, build.base_dir, diags);
+    let listeners = listeners(root, build.base_dir, diags);
+    let access_log = access_log(root, build.base_dir, diags);
+    let worker_count = if workers > 0 { workers } else { settings.workers.max(1) };
+    let upstreams = upstreams(root, build.base_dir, worker_count, diags);
+    let global = plugin_chain(root.get("plugins"), &Path::root().key("plugins"), build, diags);
+    let (routes, matches) = routes(root, &upstreams, &global, build, metrics, diags);
+    if !diags.is_empty() {
+        return None;
+    }
+    Some(Snapshot {
+        version,
+        source: Default::default(),
+        loaded_at: SystemTime::now(),
+        settings,
+        listeners,
+        router: Router::new(matches),
+        routes,
+        global: Chain::new(global),
+        upstreams,
+        access_log: Arc::new(access_log?),
+        unmatched: metrics.route("_unmatched"),
+    })
+}
+
+fn settings(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Settings {
+    let workers: Option<usize> = field(root, "workers", diags);
+    let drain: Option<u64> = field(root, "drain_timeout_ms", diags);
+    let data_dir: Option<String> = field(root, "data_dir", diags);
+    let admin: file::AdminConfig = field(root, "admin", diags).unwrap_or_default();
+    if admin.enabled {
+        check_address(&admin.address, &Path::root().key("admin").key("address"), diags);
+    }
+    Settings {
+        workers: workers.unwrap_or(0),
+        drain_timeout: Duration::from_millis(drain.unwrap_or(defaults::DRAIN_TIMEOUT_MS)),
+        admin_address: admin.enabled.then_some(admin.address),
+        data_dir: base_dir.join(data_dir.unwrap_or_else(|| "data".to_string())),
+    }
+}
+
+fn check_address(addr: &str, path: &Path, diags: &mut Diags) {
+    use std::net::ToSocketAddrs;
+    if let Err(e) = addr.to_socket_addrs() {
+        diags.push(path, format!("`{addr}` is not a host:port address ({e})"));
+    }
+}
+
+fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerSettings> {
+    let path = Path::root().key("listeners");
+    if root.get("listeners").is_none() {
+        diags.push(&path, "at least one listener is required");
+    }
+    let mut out = Vec::new();
+    for (i, l) in list::<file::ListenerConfig>(root, "listeners", diags) {
+        let p = path.index(i);
+        check_address(&l.address, &p.key("address"), diags);
+        let tls = l.tls.as_ref().and_then(|t| {
+            match crate::server::tls::server_config(t, base_dir, l.http2) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    diags.push(&p.key("tls"), e);
+                    None
+                }
+            }
+        });
+        let max_header_bytes = l.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES);
+        if !(1024..=1024 * 1024).contains(&max_header_bytes) {
+            diags.push(&p.key("max_header_bytes"), "must be between 1024 and 1048576");
+        }
+        out.push(ListenerSettings {
+            name: l.name.clone().unwrap_or_else(|| l.address.clone()),
+            address: l.address,
+            tls,
+            http2: l.http2,
+            trust_request_id: l.trust_request_id,
+            max_header_bytes,
+            max_body_bytes: l.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            header_timeout: Duration::from_millis(
+                l.client_header_timeout_ms.unwrap_or(defaults::CLIENT_TIMEOUT_MS).max(1),
+            ),
+            body_timeout: Duration::from_millis(
+                l.client_body_timeout_ms.unwrap_or(defaults::CLIENT_TIMEOUT_MS).max(1),
+            ),
+        });
+    }
+    out
+}
+
+fn access_log(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Option<AccessLog> {
+    let cfg: file::AccessLogConfig = field(root, "access_log", diags).unwrap_or_default();
+    let path = Path::root().key("access_log");
+    match cfg.target.as_str() {
+        "off" | "stdout" | "stderr" => {}
+        "file" => {
+            if cfg.path.is_none() {
+                diags.push(&path.key("path"), "required when target is `file`");
+                return None;
+            }
+        }
+        other => {
+            diags.push(
+                &path.key("target"),
+                format!("unknown target `{other}`; expected stdout, stderr, file or off"),
+            );
+            return None;
+        }
+    }
+    let file_path = cfg.path.map(|p| base_dir.join(p).display().to_string());
+    match AccessLog::open(&cfg.target, file_path.as_deref()) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            diags.push(&path, format!("cannot open the access log: {e}"));
+            None
+        }
+    }
+}
+
+fn upstreams(
+    root: &Node,
+    base_dir: &FsPath,
+    workers: usize,
+    diags: &mut Diags,
+) -> HashMap<String, Arc<Upstream>> {
+    let path = Path::root().key("upstreams");
+    let mut out = HashMap::new();
+    for (i, u) in list::<file::UpstreamConfig>(root, "upstreams", diags) {
+        let p = path.index(i);
+        if out.contains_key(&u.name) {
+            diags.push(&p.key("name"), format!("duplicate upstream name `{}`", u.name));
+        }
+        if u.targets.is_empty() {
+            diags.push(&p.key("targets"), "at least one target is required");
+        }
+        let protocol = match u.protocol.as_str() {
+            "http1" => Protocol::Http1,
+            "http2" => Protocol::Http2,
+            other => {
+                diags.push(&p.key("protocol"), format!("unknown protocol `{other}`; expected http1 or http2"));
+                Protocol::Http1
+            }
+        };
+        if u.balance != "round_robin" {
+            diags.push(&p.key("balance"), format!("unknown policy `{}`; expected round_robin", u.balance));
+        }
+        let tls = match u.scheme.as_str() {
+            "http" => None,
+            "https" => match crate::server::tls::client_config(&u.tls, base_dir, protocol) {
+                Ok(config) => Some(UpstreamTls {
+                    config,
+                    sni: u.tls.sni.clone(),
+                }),
+                Err(e) => {
+                    diags.push(&p.key("tls"), e);
+                    None
+                }
+            },
+            other => {
+                diags.push(&p.key("scheme"), format!("unknown scheme `{other}`; expected http or https"));
+                None
+            }
+        };
+        let mut targets = Vec::new();
+        for (j, t) in u.targets.iter().enumerate() {
+            let (address, weight) = match t {
+                file::TargetConfig::Address(a) => (a.clone(), 1),
+                file::TargetConfig::Weighted(w) => (w.address.clone(), w.weight),
+            };
+            let tp = p.key("targets").index(j);
+            if !(1..=1000).contains(&weight) {
+                diags.push(&tp.key("weight"), "must be between 1 and 1000");
+            }
+            match split_host_port(&address) {
+                Some((host, port)) => targets.push(Target {
+                    pool_key: pool_key(&address, u.scheme.as_str(), protocol, &u.tls),
+                    address: Arc::from(address.as_str()),
+                    host,
+                    port,
+                    weight: weight.clamp(1, 1000),
+                }),
+                None => diags.push(&tp, format!("`{address}` is not a host:port address")),
+            }
+        }
+        let upstream = Upstream {
+            balancer: Balancer::round_robin(&targets, workers),
+            name: u.name.clone(),
+            targets,
+            protocol,
+            tls,
+            connect_timeout: ms(u.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS),
+            read_timeout: ms(u.read_timeout_ms, defaults::UPSTREAM_IO_TIMEOUT_MS),
+            write_timeout: ms(u.write_timeout_ms, defaults::UPSTREAM_IO_TIMEOUT_MS),
+            max_idle: u.pool.max_idle_per_target.unwrap_or(defaults::POOL_MAX_IDLE),
+            idle_timeout: ms(u.pool.idle_timeout_ms, defaults::POOL_IDLE_TIMEOUT_MS),
+        };
+        out.insert(u.name, Arc::new(upstream));
+    }
+    out
+}
+
+fn ms(v: Option<u64>, default: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default).max(1))
+}
+
+fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls: &file::UpstreamTlsConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (address, scheme, protocol, &tls.ca_file, &tls.sni, tls.verify).hash(&mut h);
+    h.finish()
+}
+
+/// Splits `host:port` (IPv6 as `[::1]:80`).
+pub fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PluginEntry {
+    name: String,
+    priority: Option<i32>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Builds the plugin entries of list `node` at `path`.
+fn plugin_chain(
+    node: Option<&Node>,
+    path: &Path,
+    build: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Vec<ChainEntry> {
+    let Some(node) = node else { return Vec::new() };
+    let items = match &node.kind {
+        NodeKind::Seq(items) => items,
+        NodeKind::Null => return Vec::new(),
+        _ => {
+            diags.push(path, format!("expected a list of plugins, found {}", node.type_name()));
+            return Vec::new();
+        }
+    };
+    let null = Node {
+        kind: NodeKind::Null,
+        line: node.line,
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = path.index(i);
+        let mut head = item.clone();
+        let config = head.take("config").unwrap_or_else(|| null.clone());
+        let entry: PluginEntry = match from_node(&head, &p) {
+            Ok(e) => e,
+            Err(d) => {
+                diags.0.push(d);
+                continue;
+            }
+        };
+        let Some(builtin) = plugins::builtin(&entry.name) else {
+            let known: Vec<&str> = plugins::BUILTIN.iter().map(|b| b.name).collect();
+            diags.push(
+                &p.key("name"),
+                format!("unknown plugin `{}`; known plugins: {}", entry.name, known.join(", ")),
+            );
+            continue;
+        };
+        if let Some(plugin) = (builtin.build)(&config, &p.key("config"), build, diags) {
+            if entry.enabled {
+                out.push(ChainEntry {
+                    plugin,
+                    priority: entry.priority.unwrap_or(builtin.priority),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn routes(
+    root: &Node,
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    global: &[ChainEntry],
+    build: &BuildCtx<'_>,
+    metrics: &Metrics,
+    diags: &mut Diags,
+) -> (Vec<Route>, Vec<RouteMatch>) {
+    let path = Path::root().key("routes");
+    let mut routes = Vec::new();
+    let mut matches = Vec::new();
+    let mut names = HashSet::new();
+    let items: Vec<&Node> = match root.get("routes").map(|n| &n.kind) {
+        Some(NodeKind::Seq(items)) => items.iter().collect(),
+        None | Some(NodeKind::Null) => Vec::new(),
+        Some(_) => {
+            diags.push(&path, "expected a list of routes");
+            Vec::new()
+        }
+    };
+    for (i, item) in items.into_iter().enumerate() {
+        let p = path.index(i);
+        let mut head = item.clone();
+        let plugin_node = head.take("plugins");
+        let rc: file::RouteConfig = match from_node(&head, &p) {
+            Ok(r) => r,
+            Err(d) => {
+                diags.0.push(d);
+                continue;
+            }
+        };
+        let name = rc.name.clone().unwrap_or_else(|| format!("route-{i}"));
+        if !names.insert(name.clone()) {
+            diags.push(&p.key("name"), format!("duplicate route name `{name}`"));
+        }
+        let upstream = rc.upstream.as_ref().and_then(|u| match upstreams.get(u) {
+            Some(up) => Some(up.clone()),
+            None => {
+                diags.push(&p.key("upstream"), format!("unknown upstream `{u}`"));
+                None
+            }
+        });
+        let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
+        if rc.upstream.is_none() && own.is_empty() {
+            diags.push(&p, "a route needs an `upstream` or a plugin that answers requests");
+        }
+        let mut entries = global.to_vec();
+        entries.extend(own);
+        matches.push(route_match(&rc.matcher, &p.key("match"), diags));
+        routes.push(Route {
+            metrics: metrics.route(&name),
+            name,
+            upstream,
+            rewrite: rc.rewrite.map(|r| rewrite(r, &p.key("rewrite"), diags)),
+            chain: Chain::new(entries),
+        });
+    }
+    (routes, matches)
+}
+
+fn rewrite(r: file::RewriteConfig, path: &Path, diags: &mut Diags) -> PathRewrite {
+    for (key, v) in [("strip_prefix", &r.strip_prefix), ("add_prefix", &r.add_prefix)] {
+        if let Some(v) = v {
+            if !v.starts_with('/') {
+                diags.push(&path.key(key), "must start with `/`");
+            }
+        }
+    }
+    let regex = r.regex.and_then(|x| match regex::Regex::new(&x.pattern) {
+        Ok(re) => Some((re, x.replacement)),
+        Err(e) => {
+            diags.push(&path.key("regex").key("pattern"), format!("invalid regex: {e}"));
+            None
+        }
+    });
+    PathRewrite {
+        strip_prefix: r.strip_prefix,
+        add_prefix: r.add_prefix,
+        regex,
+    }
+}
+
+fn compile(re: &str, path: &Path, diags: &mut Diags) -> Option<regex::Regex> {
+    match regex::Regex::new(re.trim()) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            diags.push(path, format!("invalid regex: {e}"));
+            None
+        }
+    }
+}
+
+fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMatch {
+    let mut out = RouteMatch::default();
+    for (i, h) in m.hosts.0.iter().enumerate() {
+        let p = path.key("hosts").index(i);
+        let pattern = if let Some(re) = h.strip_prefix('~') {
+            compile(re, &p, diags).map(HostPattern::Regex)
+        } else if let Some(suffix) = h.strip_prefix("*.") {
+            Some(HostPattern::Wildcard(format!(".{}", suffix.to_ascii_lowercase())))
+        } else if h.contains('*') {
+            diags.push(&p, "a wildcard is only allowed as the first label (`*.example.com`)");
+            None
+        } else {
+            Some(HostPattern::Exact(h.to_ascii_lowercase()))
+        };
+        out.hosts.extend(pattern);
+    }
+    for (i, s) in m.paths.0.iter().enumerate() {
+        let p = path.key("paths").index(i);
+        let pattern = if let Some(re) = s.strip_prefix('~') {
+            compile(re, &p, diags).map(PathPattern::Regex)
+        } else if let Some(exact) = s.strip_prefix('=') {
+            Some(PathPattern::Exact(exact.trim().to_string()))
+        } else if s.starts_with('/') {
+            Some(PathPattern::Prefix(s.clone()))
+        } else {
+            diags.push(&p, "a path must start with `/` (prefix), `= /` (exact) or `~` (regex)");
+            None
+        };
+        out.paths.extend(pattern);
+    }
+    for (i, meth) in m.methods.0.iter().enumerate() {
+        match http::Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
+            Ok(mm) => out.methods.push(mm),
+            Err(_) => diags.push(&path.key("methods").index(i), format!("invalid method `{meth}`")),
+        }
+    }
+    for (name, value) in &m.headers {
+        let p = path.key("headers").key(name);
+        let Ok(hn) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            diags.push(&p, "invalid header name");
+            continue;
+        };
+        let pattern = match value.strip_prefix('~') {
+            Some(re) => compile(re, &p, diags).map(HeaderPattern::Regex),
+            None => Some(HeaderPattern::Exact(value.clone())),
+        };
+        if let Some(pattern) = pattern {
+            out.headers.push((hn, pattern));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::yaml::parse;
+
+    fn check(text: &str) -> Result<Snapshot, Vec<Diag>> {
+        let root = parse(text, &HashMap::new()).map_err(|e| e)?;
+        snapshot(&root, FsPath::new("."), 1, 1, &Metrics::default())
+    }
+
+    #[test]
+    fn reports_every_error_with_path_and_line() {
+        let errs = check(
+            "listeners:\n  - address: 127.0.0.1:0\n    colour: blue\nupstreams:\n  - name: app\n    targets: [\"nope\"]\nroutes:\n  - upstream: missing\n  - match: {paths: [\"~(\"]}\n    upstream: app\nbogus: 1\n",
+        )
+        .err()
+        .unwrap();
+        let found: Vec<(String, Option<usize>)> = errs.iter().map(|d| (d.path.clone(), d.line)).collect();
+        assert!(found.contains(&("listeners[0].colour".into(), Some(3))), "{found:?}");
+        assert!(found.contains(&("upstreams[0].targets[0]".into(), Some(6))), "{found:?}");
+        assert!(found.contains(&("routes[0].upstream".into(), Some(8))), "{found:?}");
+        assert!(found.contains(&("routes[1].match.paths[0]".into(), Some(9))), "{found:?}");
+        assert!(found.contains(&("bogus".into(), Some(11))), "{found:?}");
+    }
+
+    #[test]
+    fn rejects_unknown_plugins_and_bad_plugin_config() {
+        let errs = check(
+            "listeners: [{address: '127.0.0.1:0'}]\nroutes:\n  - plugins:\n      - name: nope\n      - name: request_termination\n        config: {status: 99}\n",
+        )
+        .err()
+        .unwrap();
+        let paths: Vec<&str> = errs.iter().map(|d| d.path.as_str()).collect();
+        assert!(paths.contains(&"routes[0].plugins[0].name"), "{paths:?}");
+        assert!(paths.iter().any(|p| p.starts_with("routes[0].plugins[1].config")), "{paths:?}");
+    }
+
+    #[test]
+    fn strips_and_adds_prefixes() {
+        let r = PathRewrite {
+            strip_prefix: Some("/wal".into()),
+            add_prefix: Some("/v2/".into()),
+            regex: None,
+        };
+        assert_eq!(r.apply("/wal/x"), "/v2/x");
+        assert_eq!(r.apply("/wal"), "/v2/");
+        assert_eq!(r.apply("/other"), "/v2/other");
+    }
+}

@@ -1,0 +1,319 @@
+//! The plugin mechanism: the [`Phase`]s of a request, the [`Plugin`] trait every built-in
+//! (and every Lua script) implements, and the explicit list of built-in plugins.
+//!
+//! A plugin instance is built once per configuration version from its validated config and
+//! shared by all workers (`Send + Sync`); per-request state lives in the
+//! [`RequestCtx`](crate::proxy::context::RequestCtx). Phases that may wait (rewrite, access,
+//! content) return a [`Step`] so that synchronous plugins cost no allocation; the filter and
+//! log phases are synchronous, as in OpenResty, where they cannot yield either.
+
+pub mod headers;
+pub mod request_termination;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+
+use crate::config::error::{Diags, Path};
+use crate::config::yaml::Node;
+use crate::proxy::context::{RequestCtx, ResponseHead};
+
+/// The phases a request goes through, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Change the request before access checks (URI, headers).
+    Rewrite,
+    /// Allow or reject the request (auth, IP lists, signatures).
+    Access,
+    /// Produce the response instead of an upstream.
+    Content,
+    /// Change the response status and headers.
+    HeaderFilter,
+    /// Change response body chunks.
+    BodyFilter,
+    /// Observe the finished request; cannot fail or respond.
+    Log,
+}
+
+impl Phase {
+    /// Every phase, in execution order.
+    pub const ALL: [Phase; 6] = [
+        Phase::Rewrite,
+        Phase::Access,
+        Phase::Content,
+        Phase::HeaderFilter,
+        Phase::BodyFilter,
+        Phase::Log,
+    ];
+
+    /// The name used in configuration and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Rewrite => "rewrite",
+            Phase::Access => "access",
+            Phase::Content => "content",
+            Phase::HeaderFilter => "header_filter",
+            Phase::BodyFilter => "body_filter",
+            Phase::Log => "log",
+        }
+    }
+
+    /// Parses a configuration name.
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of phases, so the driver skips plugins that do nothing in a phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseSet(u8);
+
+impl PhaseSet {
+    /// The set holding exactly `phases`.
+    pub fn of(phases: &[Phase]) -> Self {
+        PhaseSet(phases.iter().fold(0, |acc, p| acc | p.bit()))
+    }
+
+    /// Whether `phase` is in the set.
+    pub fn contains(self, phase: Phase) -> bool {
+        self.0 & phase.bit() != 0
+    }
+
+    /// The union of two sets.
+    pub fn union(self, other: PhaseSet) -> PhaseSet {
+        PhaseSet(self.0 | other.0)
+    }
+}
+
+/// What a phase decided.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on with the next plugin / phase.
+    Continue,
+    /// Stop here and answer with this response (header_filter and log still run).
+    Respond(LocalResponse),
+}
+
+/// A response produced by the gateway itself.
+#[derive(Debug, Clone)]
+pub struct LocalResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers to send.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl LocalResponse {
+    /// A response with a JSON body `{"error": <code>, "message": <message>}` (the request id
+    /// is added by the driver).
+    pub fn json_error(status: StatusCode, code: &str, message: &str) -> Self {
+        let body = serde_json::json!({ "error": code, "message": message });
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        LocalResponse {
+            status,
+            headers,
+            body: Bytes::from(body.to_string()),
+        }
+    }
+}
+
+/// Why a plugin failed (as opposed to deciding to reject a request, which is a
+/// [`Flow::Respond`]). The driver turns it into a 500 through `proxy::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// A Lua script raised an error or went over its budget.
+    #[error("script {script} failed: {message}")]
+    Script {
+        /// Script name.
+        script: String,
+        /// The error, with the line when known.
+        message: String,
+        /// Whether the CPU or memory budget was exceeded.
+        over_budget: bool,
+    },
+    /// The request body could not be read (client went away, too large, too slow).
+    #[error("request body: {0}")]
+    Body(#[from] crate::proxy::error::ProxyError),
+    /// Anything else a plugin could not do.
+    #[error("{plugin}: {message}")]
+    Failed {
+        /// Plugin name.
+        plugin: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The result of a phase that may wait: ready now, or a future to await.
+pub enum Step<'a> {
+    /// Finished synchronously.
+    Ready(Result<Flow, PluginError>),
+    /// Finishes when the future does.
+    Wait(Pin<Box<dyn Future<Output = Result<Flow, PluginError>> + 'a>>),
+}
+
+impl Step<'_> {
+    /// A step that continues.
+    pub fn next() -> Self {
+        Step::Ready(Ok(Flow::Continue))
+    }
+
+    /// Resolves the step.
+    pub async fn run(self) -> Result<Flow, PluginError> {
+        match self {
+            Step::Ready(r) => r,
+            Step::Wait(f) => f.await,
+        }
+    }
+}
+
+/// A plugin instance: one entry of a route's or the global plugin chain.
+///
+/// Every method has a no-op default; `phases` must list the ones a plugin implements so the
+/// driver can skip the others (and so `body_filter` can stream without buffering when no
+/// plugin needs it).
+pub trait Plugin: Send + Sync + 'static {
+    /// The plugin's type name (`headers`, `key_auth`, `lua`...).
+    fn name(&self) -> &'static str;
+
+    /// The phases this plugin acts in.
+    fn phases(&self) -> PhaseSet;
+
+    /// Rewrite phase.
+    fn rewrite<'a>(&'a self, _ctx: &'a mut RequestCtx) -> Step<'a> {
+        Step::next()
+    }
+
+    /// Access phase.
+    fn access<'a>(&'a self, _ctx: &'a mut RequestCtx) -> Step<'a> {
+        Step::next()
+    }
+
+    /// Content phase: must return `Flow::Respond` to answer the request.
+    fn content<'a>(&'a self, _ctx: &'a mut RequestCtx) -> Step<'a> {
+        Step::next()
+    }
+
+    /// Header filter: change the response head before it is sent.
+    fn header_filter(
+        &self,
+        _ctx: &mut RequestCtx,
+        _resp: &mut ResponseHead,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Body filter: change one chunk of the response body (`eof` on the last call).
+    fn body_filter(
+        &self,
+        _ctx: &mut RequestCtx,
+        _chunk: &mut Bytes,
+        _eof: bool,
+    ) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Log phase: observe the finished request.
+    fn log(&self, _ctx: &RequestCtx) {}
+}
+
+/// What a plugin factory may need while building an instance.
+pub struct BuildCtx<'a> {
+    /// Directory that relative file names in the config are resolved against.
+    pub base_dir: &'a std::path::Path,
+}
+
+/// Builds a plugin from its `config` node, recording every problem in `diags`.
+pub type Factory =
+    fn(config: &Node, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) -> Option<Arc<dyn Plugin>>;
+
+/// A built-in plugin type.
+pub struct Builtin {
+    /// Name used in configuration.
+    pub name: &'static str,
+    /// Default priority: higher runs first within a phase (Kong's convention).
+    pub priority: i32,
+    /// Builds an instance.
+    pub build: Factory,
+}
+
+/// Every built-in plugin. Adding one means adding its folder and one line here.
+pub const BUILTIN: &[Builtin] = &[
+    Builtin {
+        name: "request_termination",
+        priority: 2,
+        build: request_termination::build,
+    },
+    Builtin {
+        name: "headers",
+        priority: 800,
+        build: headers::build,
+    },
+];
+
+/// Looks up a built-in plugin type by name.
+pub fn builtin(name: &str) -> Option<&'static Builtin> {
+    BUILTIN.iter().find(|b| b.name == name)
+}
+
+/// Deserializes a plugin's `config` node (an absent config is an empty mapping), recording
+/// a failure in `diags`.
+pub fn parse_config<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    path: &Path,
+    diags: &mut Diags,
+) -> Option<T> {
+    let empty;
+    let node = if matches!(node.kind, crate::config::yaml::NodeKind::Null) {
+        empty = Node {
+            kind: crate::config::yaml::NodeKind::Map(Vec::new()),
+            line: node.line,
+        };
+        &empty
+    } else {
+        node
+    };
+    match crate::config::de::from_node(node, path) {
+        Ok(v) => Some(v),
+        Err(d) => {
+            diags.0.push(d);
+            None
+        }
+    }
+}
+
+/// Parses a header name and value from configuration, recording problems at `path`.
+pub fn header_pair(
+    name: &str,
+    value: &str,
+    path: &Path,
+    diags: &mut Diags,
+) -> Option<(http::HeaderName, http::HeaderValue)> {
+    let n = match http::HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) => n,
+        Err(_) => {
+            diags.push(path, format!("invalid header name `{name}`"));
+            return None;
+        }
+    };
+    match http::HeaderValue::from_str(value) {
+        Ok(v) => Some((n, v)),
+        Err(_) => {
+            diags.push(path, format!("invalid value for header `{name}`"));
+            None
+        }
+    }
+}

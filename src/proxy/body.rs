@@ -1,0 +1,473 @@
+//! Body types on both sides of the proxy. Bodies stream: nothing here buffers a whole body
+//! unless a plugin asked for it ([`ClientBody::collect`]).
+//!
+//! - [`ClientBody`]: the client's request body, enforcing the listener's size limit and
+//!   idle timeout; it records why it failed so the driver can answer 413 or 408.
+//! - [`UpstreamRequestBody`]: what is sent upstream (the stream, or a replaced body).
+//! - [`ResponseBody`]: what is sent to the client; it returns the upstream connection to the
+//!   pool at the end of the body, runs body filters, and runs the log phase exactly once when
+//!   the body is finished or dropped.
+
+use std::cell::Cell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::context::Traffic;
+use super::error::{Kind, ProxyError};
+use crate::upstream::pool::PooledConn;
+
+/// Error type of the bodies the proxy produces.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An idle timer that is only armed while the stream is waiting: a body that never stalls
+/// never touches the timer wheel.
+struct IdleTimer {
+    timeout: Option<Duration>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    progressed: bool,
+}
+
+impl IdleTimer {
+    fn new(timeout: Option<Duration>) -> Self {
+        IdleTimer {
+            timeout,
+            sleep: None,
+            progressed: false,
+        }
+    }
+
+    fn progress(&mut self) {
+        self.progressed = true;
+    }
+
+    /// Called when the inner stream is pending; true when the timeout has elapsed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(timeout) = self.timeout else {
+            return false;
+        };
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if self.progressed {
+                    s.as_mut().reset(Instant::now() + timeout);
+                }
+                s
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep(timeout))),
+        };
+        self.progressed = false;
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+use std::future::Future;
+
+/// Why a client body stopped, shared with the driver.
+pub type BodyFailure = Rc<Cell<Option<Kind>>>;
+
+/// The client's request body with the listener's limits applied.
+pub struct ClientBody {
+    inner: Incoming,
+    limit: u64,
+    seen: u64,
+    idle: IdleTimer,
+    traffic: Rc<Traffic>,
+    failure: BodyFailure,
+}
+
+impl ClientBody {
+    /// Wraps `inner`.
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        idle_timeout: Option<Duration>,
+        traffic: Rc<Traffic>,
+        failure: BodyFailure,
+    ) -> Self {
+        ClientBody {
+            inner,
+            limit,
+            seen: 0,
+            idle: IdleTimer::new(idle_timeout),
+            traffic,
+            failure,
+        }
+    }
+
+    /// Reads the whole body into memory (bounded by the limit).
+    pub async fn collect(mut self) -> Result<Bytes, ProxyError> {
+        let mut buf = BytesMut::new();
+        loop {
+            let frame = std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await;
+            match frame {
+                None => return Ok(buf.freeze()),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(_)) => return Err(self.error()),
+            }
+        }
+    }
+
+    /// The error matching how the body failed.
+    pub fn error(&self) -> ProxyError {
+        failure_error(&self.failure)
+    }
+
+    fn fail(&self, kind: Kind) -> BoxError {
+        self.failure.set(Some(kind));
+        Box::new(failure_error(&self.failure))
+    }
+}
+
+/// The [`ProxyError`] recorded in `failure` (a client that went away when none is).
+pub fn failure_error(failure: &BodyFailure) -> ProxyError {
+    match failure.get() {
+        Some(Kind::BodyTooLarge) => {
+            ProxyError::client(Kind::BodyTooLarge, "request body is larger than allowed")
+        }
+        Some(Kind::ClientTimeout) => {
+            ProxyError::client(Kind::ClientTimeout, "client sent the request body too slowly")
+        }
+        _ => ProxyError::client(Kind::ClientClosed, "client closed the request body"),
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progress();
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    this.traffic
+                        .bytes_in
+                        .set(this.traffic.bytes_in.get() + data.len() as u64);
+                    if this.seen > this.limit {
+                        return Poll::Ready(Some(Err(this.fail(Kind::BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(this.fail(Kind::ClientClosed)))),
+            Poll::Ready(None) => {
+                this.traffic.request_done.set(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.poll_expired(cx) {
+                    return Poll::Ready(Some(Err(this.fail(Kind::ClientTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body sent to the upstream.
+pub enum UpstreamRequestBody {
+    /// The client's body, streamed.
+    Stream(ClientBody),
+    /// A body held in memory (read or replaced by a plugin).
+    Full(Option<Bytes>),
+}
+
+impl Body for UpstreamRequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamRequestBody::Stream(s) => Pin::new(s).poll_frame(cx),
+            UpstreamRequestBody::Full(b) => {
+                Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamRequestBody::Stream(s) => s.is_end_stream(),
+            UpstreamRequestBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamRequestBody::Stream(s) => s.size_hint(),
+            UpstreamRequestBody::Full(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}
+
+/// The upstream's response body, streamed, with the read idle timeout; gives the
+/// connection back to the pool when the body ends cleanly.
+pub struct UpstreamResponseBody {
+    inner: Incoming,
+    conn: Option<PooledConn>,
+    idle: IdleTimer,
+}
+
+impl UpstreamResponseBody {
+    /// Wraps `inner`; `conn` returns to the pool at the end of the body.
+    pub fn new(inner: Incoming, conn: Option<PooledConn>, read_timeout: Duration) -> Self {
+        let mut body = UpstreamResponseBody {
+            inner,
+            conn,
+            idle: IdleTimer::new(Some(read_timeout)),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        body
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.release();
+        }
+    }
+}
+
+/// A finished or broken response body, as the log phase sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyOutcome {
+    /// Sent completely.
+    Complete,
+    /// The upstream failed mid-body; the client connection was closed.
+    UpstreamFailed,
+    /// The client went away before the end.
+    ClientGone,
+}
+
+/// Error of a response body: the upstream failed mid-body.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body failed: {0}")]
+pub struct UpstreamBodyError(pub String);
+
+impl Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progress();
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(Box::new(UpstreamBodyError(e.to_string())))))
+            }
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.poll_expired(cx) {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(UpstreamBodyError(
+                        "read timeout inside the response body".into(),
+                    )))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The source of a response body.
+pub enum ResponseSource {
+    /// Produced by the gateway.
+    Full(Option<Bytes>),
+    /// Streamed from the upstream.
+    Upstream(UpstreamResponseBody),
+}
+
+/// Called with each body chunk (body filters) and once at the end (log phase).
+pub trait BodyObserver {
+    /// Filters one chunk in place; `eof` is true for the last call. An error aborts the body.
+    fn on_chunk(&mut self, chunk: &mut Bytes, eof: bool) -> Result<(), BoxError>;
+    /// Whether `on_chunk` does anything (false lets chunks pass untouched).
+    fn filters(&self) -> bool;
+    /// The body ended (or was dropped) with `outcome` after `bytes_out` bytes.
+    fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64);
+}
+
+/// The response body sent to the client.
+pub struct ResponseBody {
+    source: ResponseSource,
+    observer: Option<Box<dyn BodyObserver>>,
+    bytes_out: u64,
+    outcome: Option<BodyOutcome>,
+    eof_sent: bool,
+}
+
+impl ResponseBody {
+    /// A body from `source`, observed by `observer`.
+    pub fn new(source: ResponseSource, observer: Option<Box<dyn BodyObserver>>) -> Self {
+        ResponseBody {
+            source,
+            observer,
+            bytes_out: 0,
+            outcome: None,
+            eof_sent: false,
+        }
+    }
+
+    /// A complete in-memory body without an observer.
+    pub fn full(bytes: Bytes) -> Self {
+        Self::new(ResponseSource::Full(Some(bytes)), None)
+    }
+
+    fn finish(&mut self, outcome: BodyOutcome) {
+        if self.outcome.is_none() {
+            self.outcome = Some(outcome);
+            if let Some(obs) = self.observer.as_mut() {
+                obs.finish(outcome, self.bytes_out);
+            }
+        }
+    }
+
+    /// Gives body filters the chance to add a last chunk at end of stream.
+    fn final_chunk(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        if self.eof_sent {
+            return None;
+        }
+        self.eof_sent = true;
+        let obs = self.observer.as_mut().filter(|o| o.filters())?;
+        let mut chunk = Bytes::new();
+        if let Err(e) = obs.on_chunk(&mut chunk, true) {
+            return Some(Err(e));
+        }
+        (!chunk.is_empty()).then(|| {
+            self.bytes_out += chunk.len() as u64;
+            Ok(Frame::data(chunk))
+        })
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.source {
+            ResponseSource::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ResponseSource::Upstream(u) => Pin::new(u).poll_frame(cx),
+        };
+        match polled {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                let last = this.final_chunk();
+                if last.is_none() {
+                    this.finish(BodyOutcome::Complete);
+                }
+                Poll::Ready(last)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(BodyOutcome::UpstreamFailed);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        if let Some(obs) = this.observer.as_mut().filter(|o| o.filters()) {
+                            if let Err(e) = obs.on_chunk(&mut data, false) {
+                                this.finish(BodyOutcome::UpstreamFailed);
+                                return Poll::Ready(Some(Err(e)));
+                            }
+                        }
+                        this.bytes_out += data.len() as u64;
+                        Frame::data(data)
+                    }
+                    Err(trailers) => trailers,
+                };
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if self.observer.as_ref().is_some_and(|o| o.filters()) && !self.eof_sent {
+            return false;
+        }
+        match &self.source {
+            ResponseSource::Full(b) => b.is_none(),
+            ResponseSource::Upstream(u) => u.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.observer.as_ref().is_some_and(|o| o.filters()) {
+            return SizeHint::default();
+        }
+        match &self.source {
+            ResponseSource::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseSource::Upstream(u) => u.size_hint(),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body that reported its end through `is_end_stream` is never polled to `None`.
+        let done = match &self.source {
+            ResponseSource::Full(b) => b.is_none(),
+            ResponseSource::Upstream(u) => u.is_end_stream(),
+        };
+        let outcome = if done {
+            BodyOutcome::Complete
+        } else {
+            BodyOutcome::ClientGone
+        };
+        self.finish(outcome);
+    }
+}

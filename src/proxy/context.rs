@@ -1,0 +1,177 @@
+//! The per-request context that phases and plugins work on. It owns the request head, the
+//! (possibly not yet read) request body, the request id, the snapshot the request started
+//! with, and what the log phase needs. It is created once per request by the driver and
+//! dropped after the log phase.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use super::body::ClientBody;
+use super::error::ProxyError;
+use crate::server::worker::Worker;
+use crate::state::Snapshot;
+
+/// The response status line and headers, as header filters see them.
+pub type ResponseHead = http::response::Parts;
+
+/// The request body as far as it has been read.
+pub enum RequestBody {
+    /// Not read yet: streams to the upstream as it arrives.
+    Stream(ClientBody),
+    /// Read whole (a plugin asked for it, or it was replaced).
+    Buffered(Bytes),
+    /// No body.
+    Empty,
+}
+
+/// Counters a request's body wrappers update while bytes flow.
+#[derive(Debug, Default)]
+pub struct Traffic {
+    /// Request body bytes received from the client.
+    pub bytes_in: Cell<u64>,
+    /// Response body bytes sent to the client.
+    pub bytes_out: Cell<u64>,
+    /// Whether the request body has been received completely.
+    pub request_done: Cell<bool>,
+}
+
+/// What happened on the way to the upstream, for logs and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamInfo {
+    /// `host:port` of the target that served the request.
+    pub target: Option<Arc<str>>,
+    /// Time from sending the request to the response head.
+    pub duration: Option<Duration>,
+}
+
+/// Everything about one request in flight.
+pub struct RequestCtx {
+    /// Method, URI, version and headers; plugins may change them before forwarding.
+    pub head: http::request::Parts,
+    /// The request body.
+    pub body: RequestBody,
+    /// The request id (generated, or the client's on trusting listeners).
+    pub request_id: HeaderValue,
+    /// The client's address.
+    pub client_addr: SocketAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+    /// Index of the listener the request came in on.
+    pub listener: usize,
+    /// The configuration the request started with; kept to the end.
+    pub snapshot: Arc<Snapshot>,
+    /// The matched route (index into `snapshot.routes`).
+    pub route: Option<usize>,
+    /// The path as received, before any rewrite (for logs).
+    pub original_path: String,
+    /// When the request head was received (monotonic).
+    pub started: Instant,
+    /// When the request head was received (wall clock).
+    pub started_at: SystemTime,
+    /// Typed per-request values plugins share between phases.
+    pub vars: http::Extensions,
+    /// Upstream details for the log.
+    pub upstream: UpstreamInfo,
+    /// Byte counters.
+    pub traffic: Rc<Traffic>,
+    /// The worker serving the request.
+    pub worker: Rc<Worker>,
+    /// The status sent to the client (set once the response head is final).
+    pub status: u16,
+    /// The client connection's phase, set back to idle when the request is done.
+    pub conn_state: Arc<crate::server::conn::ConnState>,
+}
+
+impl RequestCtx {
+    /// The request id as text.
+    pub fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("-")
+    }
+
+    /// The matched route's name, or `-`.
+    pub fn route_name(&self) -> &str {
+        self.route
+            .and_then(|i| self.snapshot.routes.get(i))
+            .map(|r| r.name.as_str())
+            .unwrap_or("-")
+    }
+
+    /// The request host: the `Host` header (or HTTP/2 authority), lower-cased, without port.
+    pub fn host(&self) -> String {
+        request_host(&self.head)
+    }
+
+    /// Reads the whole request body (once; later calls return the buffered copy).
+    /// Fails with 413 over the listener's limit and 408 when the client stalls.
+    pub async fn read_body(&mut self) -> Result<Bytes, ProxyError> {
+        match std::mem::replace(&mut self.body, RequestBody::Empty) {
+            RequestBody::Buffered(b) => {
+                self.body = RequestBody::Buffered(b.clone());
+                Ok(b)
+            }
+            RequestBody::Empty => Ok(Bytes::new()),
+            RequestBody::Stream(stream) => {
+                let bytes = stream.collect().await?;
+                self.body = RequestBody::Buffered(bytes.clone());
+                Ok(bytes)
+            }
+        }
+    }
+
+    /// Replaces the request body; `Content-Length` is fixed when the request is forwarded.
+    pub fn set_body(&mut self, body: Bytes) {
+        self.body = RequestBody::Buffered(body);
+    }
+}
+
+/// The host a request is for, lower-cased, without port.
+pub fn request_host(head: &http::request::Parts) -> String {
+    let raw = head
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| head.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    strip_port(raw).to_ascii_lowercase()
+}
+
+/// The host a request is for as sent (with port): `Host`, else the URI authority.
+pub fn request_host_raw(uri: &http::Uri, headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .map(str::to_string)
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // [v6]:port
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports_from_hosts_including_ipv6() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,326 @@
+//! Forwarding a request to an upstream: building the upstream request (rewritten path,
+//! hop-by-hop headers removed, `X-Forwarded-*` and `X-Request-Id` set), choosing a target,
+//! retrying a connect failure on the next target, the read timeout, and passing `Upgrade`
+//! (WebSocket) connections through.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::body::{failure_error, BodyFailure, UpstreamRequestBody};
+use super::context::{RequestBody, RequestCtx};
+use super::error::{Kind, ProxyError};
+use crate::state::PathRewrite;
+use crate::upstream::pool::PooledConn;
+use crate::upstream::{Protocol, Upstream};
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The upstream's answer: its response head, and the connection to return to the pool
+/// once the body has been read.
+pub struct Forwarded {
+    /// The response (body streams from the upstream).
+    pub response: Response<Incoming>,
+    /// The HTTP/1.1 connection, for the pool.
+    pub conn: Option<PooledConn>,
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
+/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for the upstream.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(n);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Whether the request asks to switch protocols (WebSocket and friends).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// Forwards the request in `ctx` to `upstream`, trying the next target when one cannot be
+/// reached.
+pub async fn forward(
+    ctx: &mut RequestCtx,
+    upstream: &Arc<Upstream>,
+    rewrite: Option<&PathRewrite>,
+    failure: &BodyFailure,
+    keep_headers: bool,
+) -> Result<Forwarded, ProxyError> {
+    let upgrade = is_upgrade(&ctx.head.headers);
+    let mut req = upstream_request(ctx, upstream, rewrite, upgrade, keep_headers)?;
+    let client_upgrade = if upgrade {
+        ctx.head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    let worker = ctx.worker.clone();
+    let metrics = worker.shared.metrics.upstream(&upstream.name);
+    let attempts = upstream.targets.len().max(1);
+    let mut last_err = ProxyError::upstream(Kind::UpstreamConnect, "upstream has no targets");
+    for attempt in 0..attempts {
+        let Some(target) = upstream.pick(worker.id, attempt) else { break };
+        ctx.upstream.target = Some(target.address.clone());
+        if upstream.protocol == Protocol::Http2 || upstream.tls.is_some() {
+            set_authority(&mut req, upstream.scheme(), &target.address);
+        }
+        let conn = match worker.pool.checkout(upstream, target).await {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.error("connect");
+                tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
+                last_err = e;
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let mut sent = send_with_timeout(ctx, upstream, conn, req).await;
+        if let Err(Ok(unsent)) = sent {
+            // A pooled connection closed under us before anything was written: one fresh try.
+            match worker.pool.checkout_fresh(upstream, target).await {
+                Ok(conn) => sent = send_with_timeout(ctx, upstream, conn, unsent).await,
+                Err(e) => {
+                    metrics.error("connect");
+                    return Err(e);
+                }
+            }
+        }
+        ctx.upstream.duration = Some(started.elapsed());
+        return match sent {
+            Ok((response, conn)) => {
+                if let Some(on_client) = client_upgrade {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        return Ok(tunnel(ctx, on_client, response));
+                    }
+                }
+                Ok(Forwarded { response, conn })
+            }
+            Err(Ok(_)) => {
+                metrics.error("protocol");
+                Err(ProxyError::upstream(Kind::UpstreamProtocol, "upstream closed the connection"))
+            }
+            Err(Err(e)) => {
+                // A request body that failed on the client side is the client's error.
+                let e = if failure.get().is_some() { failure_error(failure) } else { e };
+                if e.origin == super::error::Source::Upstream {
+                    metrics.error(if e.kind == Kind::UpstreamTimeout { "timeout" } else { "protocol" });
+                }
+                Err(e)
+            }
+        };
+    }
+    Err(last_err)
+}
+
+type SendResult = Result<(Response<Incoming>, Option<PooledConn>), Result<Request<UpstreamRequestBody>, ProxyError>>;
+
+/// Sends and waits for the response head. The read timeout counts from the end of the
+/// request body: while the client is still uploading, the clock is re-armed (the client
+/// body has its own idle timeout).
+async fn send_with_timeout(
+    ctx: &RequestCtx,
+    upstream: &Upstream,
+    conn: crate::upstream::pool::Conn,
+    req: Request<UpstreamRequestBody>,
+) -> SendResult {
+    let send = conn.send(req);
+    tokio::pin!(send);
+    loop {
+        match tokio::time::timeout(upstream.read_timeout, &mut send).await {
+            Ok(r) => return r,
+            Err(_) if !ctx.traffic.request_done.get() => continue,
+            Err(_) => {
+                return Err(Err(ProxyError::upstream(
+                    Kind::UpstreamTimeout,
+                    format!(
+                        "upstream `{}` did not answer within {} ms",
+                        upstream.name,
+                        upstream.read_timeout.as_millis()
+                    ),
+                )))
+            }
+        }
+    }
+}
+
+fn set_authority(req: &mut Request<UpstreamRequestBody>, scheme: &str, address: &str) {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_string();
+    if let Ok(uri) = Uri::builder().scheme(scheme).authority(address).path_and_query(pq).build() {
+        *req.uri_mut() = uri;
+    }
+}
+
+fn upstream_request(
+    ctx: &mut RequestCtx,
+    upstream: &Upstream,
+    rewrite: Option<&PathRewrite>,
+    upgrade: bool,
+    keep_headers: bool,
+) -> Result<Request<UpstreamRequestBody>, ProxyError> {
+    let path = ctx.head.uri.path();
+    let new_path;
+    let path = match rewrite {
+        Some(r) => {
+            new_path = r.apply(path);
+            new_path.as_str()
+        }
+        None => path,
+    };
+    let pq = match ctx.head.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let uri: Uri = pq
+        .parse()
+        .map_err(|_| ProxyError::client(Kind::BadRequest, "the rewritten path is not a valid URI"))?;
+    // Later phases that look at request headers get them; otherwise they move, uncopied.
+    let mut headers = if keep_headers {
+        ctx.head.headers.clone()
+    } else {
+        std::mem::take(&mut ctx.head.headers)
+    };
+    strip_hop_by_hop(&mut headers, upgrade);
+    let host = super::context::request_host_raw(&ctx.head.uri, &headers);
+    if upstream.protocol == Protocol::Http2 {
+        // HTTP/2 carries the host in :authority.
+        headers.remove(header::HOST);
+    } else if !headers.contains_key(header::HOST) {
+        if let Some(h) = host.as_ref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(header::HOST, h);
+        }
+    }
+    append_forwarded_for(&mut headers, ctx.client_addr.ip());
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+    );
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let body = match std::mem::replace(&mut ctx.body, RequestBody::Empty) {
+        RequestBody::Stream(s) => UpstreamRequestBody::Stream(s),
+        RequestBody::Buffered(b) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            UpstreamRequestBody::Full(Some(b))
+        }
+        RequestBody::Empty => UpstreamRequestBody::Full(None),
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = ctx.head.method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers;
+    Ok(req)
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+/// Joins the client and upstream connections after a `101 Switching Protocols` and copies
+/// bytes both ways until either side closes.
+fn tunnel(
+    ctx: &RequestCtx,
+    on_client: hyper::upgrade::OnUpgrade,
+    mut response: Response<Incoming>,
+) -> Forwarded {
+    let on_upstream = hyper::upgrade::on(&mut response);
+    let request_id = ctx.request_id_str().to_string();
+    tokio::task::spawn_local(async move {
+        let (client, upstream) = match tokio::try_join!(on_client, on_upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(request_id = %request_id, error = %e, "Upgrade failed.");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            Ok((up, down)) => tracing::debug!(request_id = %request_id, bytes_up = up, bytes_down = down, "Upgraded connection closed."),
+            Err(e) => tracing::debug!(request_id = %request_id, error = %e, "Upgraded connection ended with an error."),
+        }
+    });
+    Forwarded {
+        response,
+        conn: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_headers_and_those_named_in_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn keeps_upgrade_headers_for_websockets() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+}

@@ -1,0 +1,397 @@
+//! The phase driver: takes a request from the server, runs it through
+//! route match → rewrite → access → (content | proxy) → header_filter → body_filter → log,
+//! and turns every failure into a response through [`error`] (the one place that does).
+//!
+//! Invariants: the snapshot is loaded once per request; the log phase runs exactly once per
+//! request (from the response body's end or drop); nothing here panics on bad input.
+
+pub mod body;
+pub mod context;
+pub mod error;
+pub mod forward;
+pub mod router;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+
+use self::body::{BodyObserver, BodyOutcome, BoxError, ClientBody, ResponseBody, ResponseSource, UpstreamResponseBody};
+use self::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
+use self::error::{error_response, Kind, ProxyError};
+use self::forward::X_REQUEST_ID;
+use crate::plugins::{Flow, LocalResponse, Phase};
+use crate::server::conn::ConnPhase;
+use crate::server::worker::Worker;
+use crate::state::{Chain, Snapshot};
+use crate::telemetry::AccessRecord;
+
+/// What the client connection tells the driver about itself.
+pub struct ConnInfo {
+    /// Client address.
+    pub client_addr: SocketAddr,
+    /// Listener index in the snapshot.
+    pub listener: usize,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The connection's request-cycle phase (drives its idle and header timeouts).
+    pub state: Arc<crate::server::conn::ConnState>,
+}
+
+enum Answer {
+    Local(LocalResponse),
+    Upstream(forward::Forwarded, std::time::Duration),
+}
+
+/// Handles one request; never fails (errors become responses).
+pub async fn handle(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    conn.state.set(ConnPhase::InRequest);
+    let snapshot = worker.shared.snapshot.load_full();
+    let (head, incoming) = req.into_parts();
+    let defaults = crate::config::ListenerSettings::fallback();
+    let listener = snapshot.listeners.get(conn.listener).unwrap_or(&defaults);
+    let request_id = request_id(&head.headers, listener.trust_request_id);
+    let traffic = Rc::new(Traffic::default());
+    let failure = Rc::new(Cell::new(None));
+    let body = if incoming.is_end_stream() {
+        traffic.request_done.set(true);
+        RequestBody::Empty
+    } else {
+        RequestBody::Stream(ClientBody::new(
+            incoming,
+            listener.max_body_bytes,
+            Some(listener.body_timeout),
+            traffic.clone(),
+            failure.clone(),
+        ))
+    };
+    let limits = check_limits(&head, listener.max_header_bytes, listener.max_body_bytes);
+    let mut ctx = RequestCtx {
+        original_path: head.uri.path().to_string(),
+        head,
+        body,
+        request_id,
+        client_addr: conn.client_addr,
+        tls: conn.tls,
+        listener: conn.listener,
+        snapshot: snapshot.clone(),
+        route: None,
+        started: Instant::now(),
+        started_at: SystemTime::now(),
+        vars: http::Extensions::new(),
+        upstream: Default::default(),
+        traffic,
+        worker,
+        status: 0,
+        conn_state: conn.state.clone(),
+    };
+    let answer = match limits {
+        Ok(()) => run(&mut ctx, &snapshot, &failure).await,
+        Err(e) => Err(e),
+    };
+    Ok(respond(ctx, &snapshot, answer))
+}
+
+/// Limits checked before any phase: header size (431) and declared body size (413).
+fn check_limits(head: &http::request::Parts, max_header: usize, max_body: u64) -> Result<(), ProxyError> {
+    let header_bytes: usize = head.method.as_str().len()
+        + head.uri.to_string().len()
+        + 12
+        + head
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if header_bytes > max_header {
+        return Err(ProxyError::client(
+            Kind::HeaderTooLarge,
+            format!("request headers are {header_bytes} bytes; the limit is {max_header}"),
+        ));
+    }
+    let declared = head
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(ProxyError::client(
+            Kind::BodyTooLarge,
+            format!("request body is larger than the limit of {max_body} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn request_id(headers: &http::HeaderMap, trust: bool) -> HeaderValue {
+    if trust {
+        if let Some(v) = headers.get(&X_REQUEST_ID) {
+            if !v.is_empty() && v.len() <= 200 {
+                return v.clone();
+            }
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>, failure: &body::BodyFailure) -> Result<Answer, ProxyError> {
+    let host = ctx.host();
+    let route_idx = snapshot
+        .router
+        .find(&router::RequestKey {
+            host: &host,
+            path: ctx.head.uri.path(),
+            method: &ctx.head.method,
+            headers: &ctx.head.headers,
+        })
+        .ok_or_else(|| ProxyError::client(Kind::NoRoute, "no route matches this request"))?;
+    ctx.route = Some(route_idx);
+    let route = &snapshot.routes[route_idx];
+    let chain = &route.chain;
+    for phase in [Phase::Rewrite, Phase::Access, Phase::Content] {
+        if !chain.has(phase) {
+            continue;
+        }
+        for entry in &chain.entries {
+            if !entry.plugin.phases().contains(phase) {
+                continue;
+            }
+            let step = match phase {
+                Phase::Rewrite => entry.plugin.rewrite(ctx),
+                Phase::Access => entry.plugin.access(ctx),
+                _ => entry.plugin.content(ctx),
+            };
+            match step.run().await.map_err(|e| plugin_failed(ctx, entry.plugin.name(), phase, e))? {
+                Flow::Continue => {}
+                Flow::Respond(r) => return Ok(Answer::Local(r)),
+            }
+        }
+        if phase == Phase::Content {
+            return Err(ProxyError::new(
+                error::Source::Plugin,
+                Kind::Internal,
+                "the content phase produced no response",
+            ));
+        }
+    }
+    let upstream = route.upstream.as_ref().ok_or_else(|| {
+        ProxyError::new(error::Source::Internal, Kind::NoUpstream, "route has no upstream")
+    })?;
+    let keep_headers = chain.has(Phase::HeaderFilter) || chain.has(Phase::BodyFilter) || chain.has(Phase::Log);
+    let started = Instant::now();
+    let fwd = forward::forward(ctx, upstream, route.rewrite.as_ref(), failure, keep_headers).await?;
+    let read_timeout = upstream.read_timeout;
+    ctx.upstream.duration.get_or_insert(started.elapsed());
+    Ok(Answer::Upstream(fwd, read_timeout))
+}
+
+fn plugin_failed(ctx: &RequestCtx, plugin: &str, phase: Phase, e: crate::plugins::PluginError) -> ProxyError {
+    if let crate::plugins::PluginError::Script { script, message, over_budget } = &e {
+        let kind = if *over_budget { "budget" } else { "error" };
+        ctx.worker.shared.metrics.script_failure(script, kind);
+        tracing::error!(request_id = ctx.request_id_str(), script = %script, phase = phase.as_str(), error = %message, "Script failed.");
+    } else if !matches!(e, crate::plugins::PluginError::Body(_)) {
+        tracing::error!(request_id = ctx.request_id_str(), plugin, phase = phase.as_str(), error = %e, "Plugin failed.");
+    }
+    e.into()
+}
+
+/// The chain whose filter and log phases apply to this request.
+fn chain_of<'s>(snapshot: &'s Snapshot, route: Option<usize>) -> &'s Chain {
+    route
+        .and_then(|i| snapshot.routes.get(i))
+        .map(|r| &r.chain)
+        .unwrap_or(&snapshot.global)
+}
+
+fn respond(mut ctx: RequestCtx, snapshot: &Arc<Snapshot>, answer: Result<Answer, ProxyError>) -> Response<ResponseBody> {
+    let (mut head, source) = match answer {
+        Ok(Answer::Local(r)) => local_parts(r),
+        Ok(Answer::Upstream(fwd, read_timeout)) => {
+            let (head, incoming) = fwd.response.into_parts();
+            (head, ResponseSource::Upstream(UpstreamResponseBody::new(incoming, fwd.conn, read_timeout)))
+        }
+        Err(e) => error_parts(&ctx, &e),
+    };
+    let chain = chain_of(snapshot, ctx.route);
+    if chain.has(Phase::HeaderFilter) {
+        if let Err(e) = header_filter(&mut ctx, chain, &mut head) {
+            // The upstream body (if any) is dropped: its connection closes, not reused.
+            let (h, s) = error_parts(&ctx, &e);
+            head = h;
+            drop(source);
+            return finish(ctx, snapshot, head, s);
+        }
+    }
+    finish(ctx, snapshot, head, source)
+}
+
+fn finish(mut ctx: RequestCtx, snapshot: &Arc<Snapshot>, mut head: ResponseHead, source: ResponseSource) -> Response<ResponseBody> {
+    head.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    // The client's protocol version, whatever the upstream spoke.
+    head.version = ctx.head.version;
+    if !matches!(source, ResponseSource::Upstream(_)) {
+        // Local bodies are complete: hop-by-hop framing comes from hyper.
+        head.headers.remove(http::header::TRANSFER_ENCODING);
+    } else {
+        forward::strip_hop_by_hop(&mut head.headers, head.status == http::StatusCode::SWITCHING_PROTOCOLS);
+        if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(up) = ctx.head.headers.get(http::header::UPGRADE).cloned() {
+                head.headers.entry(http::header::UPGRADE).or_insert(up);
+            }
+        }
+    }
+    let chain = chain_of(snapshot, ctx.route);
+    if chain.has(Phase::BodyFilter) {
+        head.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    ctx.status = head.status.as_u16();
+    let observer = LogObserver {
+        filters: chain.has(Phase::BodyFilter),
+        ctx: Some(Box::new(ctx)),
+    };
+    Response::from_parts(head, ResponseBody::new(source, Some(Box::new(observer))))
+}
+
+fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {
+    let mut resp = Response::new(());
+    *resp.status_mut() = r.status;
+    *resp.headers_mut() = r.headers;
+    let (head, ()) = resp.into_parts();
+    (head, ResponseSource::Full(Some(r.body)))
+}
+
+fn error_parts(ctx: &RequestCtx, e: &ProxyError) -> (ResponseHead, ResponseSource) {
+    if e.kind != Kind::NoRoute && e.origin != error::Source::Client {
+        tracing::warn!(request_id = ctx.request_id_str(), route = ctx.route_name(), status = e.status().as_u16(), error = %e, "Request failed.");
+    }
+    local_parts(error_response(e, &ctx.request_id))
+}
+
+fn header_filter(ctx: &mut RequestCtx, chain: &Chain, head: &mut ResponseHead) -> Result<(), ProxyError> {
+    for entry in &chain.entries {
+        if entry.plugin.phases().contains(Phase::HeaderFilter) {
+            entry
+                .plugin
+                .header_filter(ctx, head)
+                .map_err(|e| plugin_failed(ctx, entry.plugin.name(), Phase::HeaderFilter, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs body filters per chunk and the log phase at the end.
+struct LogObserver {
+    ctx: Option<Box<RequestCtx>>,
+    filters: bool,
+}
+
+impl BodyObserver for LogObserver {
+    fn filters(&self) -> bool {
+        self.filters
+    }
+
+    fn on_chunk(&mut self, chunk: &mut Bytes, eof: bool) -> Result<(), BoxError> {
+        let Some(ctx) = self.ctx.as_mut() else { return Ok(()) };
+        let snapshot = ctx.snapshot.clone();
+        let chain = chain_of(&snapshot, ctx.route);
+        for entry in &chain.entries {
+            if entry.plugin.phases().contains(Phase::BodyFilter) {
+                if let Err(e) = entry.plugin.body_filter(ctx, chunk, eof) {
+                    let err = plugin_failed(ctx, entry.plugin.name(), Phase::BodyFilter, e);
+                    return Err(Box::new(err));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64) {
+        let Some(ctx) = self.ctx.take() else { return };
+        ctx.traffic.bytes_out.set(bytes_out);
+        log_phase(&ctx, outcome);
+        ctx.conn_state.set(ConnPhase::Idle);
+    }
+}
+
+fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
+    let took = ctx.started.elapsed();
+    let snapshot = &ctx.snapshot;
+    let chain = chain_of(snapshot, ctx.route);
+    if chain.has(Phase::Log) {
+        for entry in &chain.entries {
+            if entry.plugin.phases().contains(Phase::Log) {
+                entry.plugin.log(ctx);
+            }
+        }
+    }
+    let metrics = ctx
+        .route
+        .and_then(|i| snapshot.routes.get(i))
+        .map(|r| &r.metrics)
+        .unwrap_or(&snapshot.unmatched);
+    metrics.record(ctx.status, took);
+    if outcome == BodyOutcome::UpstreamFailed {
+        tracing::warn!(request_id = ctx.request_id_str(), route = ctx.route_name(), upstream = ctx.upstream.target.as_deref().unwrap_or("-"), "Response body failed mid-stream; client connection closed.");
+        if let Some(u) = ctx.route.and_then(|i| snapshot.routes.get(i)).and_then(|r| r.upstream.as_ref()) {
+            ctx.worker.shared.metrics.upstream(&u.name).error("body");
+        }
+    }
+    if snapshot.access_log.enabled() {
+        snapshot.access_log.write(&AccessRecord {
+            time: ctx.started_at,
+            request_id: ctx.request_id_str(),
+            client: ctx.client_addr,
+            method: ctx.head.method.as_str(),
+            path: &ctx.original_path,
+            route: ctx.route_name(),
+            upstream: ctx.upstream.target.as_deref(),
+            status: ctx.status,
+            bytes_in: ctx.traffic.bytes_in.get(),
+            bytes_out: ctx.traffic.bytes_out.get(),
+            duration: took,
+            upstream_duration: ctx.upstream.duration,
+            aborted: outcome != BodyOutcome::Complete,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_uuid_request_ids_unless_trusted() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("client-id"));
+        assert_eq!(request_id(&h, true), "client-id");
+        let generated = request_id(&h, false);
+        assert_eq!(generated.len(), 36);
+        assert!(uuid::Uuid::parse_str(generated.to_str().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn rejects_large_headers_and_declared_bodies() {
+        let req = Request::builder()
+            .uri("/")
+            .header("x-big", "a".repeat(2000))
+            .body(())
+            .unwrap();
+        let (head, ()) = req.into_parts();
+        assert_eq!(check_limits(&head, 1024, 10).unwrap_err().kind, Kind::HeaderTooLarge);
+        let req = Request::builder().uri("/").header("content-length", "11").body(()).unwrap();
+        let (head, ()) = req.into_parts();
+        assert_eq!(check_limits(&head, 1024, 10).unwrap_err().kind, Kind::BodyTooLarge);
+    }
+}

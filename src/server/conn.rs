@@ -1,0 +1,209 @@
+//! The client connection's I/O wrapper. It owns the HTTP/1.1 connection timeouts that
+//! hyper cannot answer with a response:
+//!
+//! - **idle**: no byte of a new request within the header timeout → the connection is
+//!   closed quietly (keep-alive timeout);
+//! - **head**: the first byte of a request arrived but the head is not complete within the
+//!   header timeout → a `408` JSON response is written and the connection closed.
+//!
+//! The driver flips the shared [`ConnPhase`] when a request head has been received
+//! (`InRequest`) and when the request is finished (`Idle`). HTTP/2 connections (detected by
+//! their preface) are left to hyper's own keep-alive handling.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Where a connection is in its request cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnPhase {
+    /// Between requests.
+    Idle = 0,
+    /// Some bytes of a request head have arrived.
+    InHead = 1,
+    /// A request is being served.
+    InRequest = 2,
+    /// HTTP/2: no per-request phases.
+    H2 = 3,
+}
+
+/// The phase shared between the I/O wrapper and the driver.
+#[derive(Debug)]
+pub struct ConnState(AtomicU8);
+
+impl Default for ConnState {
+    fn default() -> Self {
+        ConnState(AtomicU8::new(ConnPhase::Idle as u8))
+    }
+}
+
+impl ConnState {
+    /// The current phase.
+    pub fn get(&self) -> ConnPhase {
+        match self.0.load(Ordering::Relaxed) {
+            1 => ConnPhase::InHead,
+            2 => ConnPhase::InRequest,
+            3 => ConnPhase::H2,
+            _ => ConnPhase::Idle,
+        }
+    }
+
+    /// Sets the phase (HTTP/2 connections stay HTTP/2).
+    pub fn set(&self, phase: ConnPhase) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
+                (cur != ConnPhase::H2 as u8).then_some(phase as u8)
+            });
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// A client stream with the idle and header timeouts.
+pub struct ConnIo<T> {
+    inner: T,
+    state: Arc<ConnState>,
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// The phase the timer was armed for.
+    armed_for: Option<ConnPhase>,
+    /// Bytes of the canned 408 response still to write.
+    timeout_response: Option<(Vec<u8>, usize)>,
+    first_read: bool,
+}
+
+impl<T> ConnIo<T> {
+    /// Wraps `inner`; `timeout` is the listener's header timeout.
+    pub fn new(inner: T, state: Arc<ConnState>, timeout: Duration) -> Self {
+        ConnIo {
+            inner,
+            state,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed_for: None,
+            timeout_response: None,
+            first_read: true,
+        }
+    }
+}
+
+fn timeout_body() -> Vec<u8> {
+    let id = uuid::Uuid::new_v4();
+    let body = format!(
+        "{{\"error\":\"client_timeout\",\"message\":\"client sent the request headers too slowly\",\"request_id\":\"{id}\"}}"
+    );
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nx-request-id: {id}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
+    /// Writes what is left of the 408 response; Ready(()) when done or failed.
+    fn poll_write_timeout_response(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some((buf, written)) = self.timeout_response.as_mut() {
+            if *written >= buf.len() {
+                break;
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &buf[*written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => *written += n,
+                Poll::Ready(_) => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        Poll::Ready(())
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.timeout_response.is_some() {
+            return match this.poll_write_timeout_response(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => Poll::Ready(Ok(())), // EOF: hyper closes the connection.
+            };
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got = &buf.filled()[before..];
+                if !got.is_empty() {
+                    if this.first_read {
+                        this.first_read = false;
+                        if got.starts_with(H2_PREFACE) {
+                            this.state.set(ConnPhase::H2);
+                        }
+                    }
+                    if this.state.get() == ConnPhase::Idle {
+                        this.state.set(ConnPhase::InHead);
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let phase = this.state.get();
+                if matches!(phase, ConnPhase::InRequest | ConnPhase::H2) {
+                    this.armed_for = None;
+                    return Poll::Pending;
+                }
+                if this.armed_for != Some(phase) {
+                    this.armed_for = Some(phase);
+                    this.sleep.as_mut().reset(Instant::now() + this.timeout);
+                }
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if phase == ConnPhase::InHead {
+                    this.timeout_response = Some((timeout_body(), 0));
+                    tracing::info!("Client sent the request head too slowly; answered 408.");
+                    return match this.poll_write_timeout_response(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                    };
+                }
+                // Idle keep-alive connection: close quietly.
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

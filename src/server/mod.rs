@@ -1,0 +1,197 @@
+//! The server: binds listener sockets (one `SO_REUSEPORT` copy per worker), starts the
+//! worker threads, the admin listener and the reloader, and stops them gracefully.
+//!
+//! [`Gateway::start`] is what `sluicegate run` and the end-to-end tests both use: it returns
+//! once every socket is bound, with the addresses actually bound (so port 0 works).
+
+pub mod conn;
+pub mod tls;
+pub mod worker;
+
+use std::future::Future;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+
+use crate::state::{self, Shared};
+use crate::telemetry::Metrics;
+
+/// Spawns hyper's background tasks (HTTP/2 streams, connections) on the worker's `LocalSet`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Shared state (snapshot, metrics, reload channel).
+    pub shared: Arc<Shared>,
+    /// Bound address of each listener, in configuration order.
+    pub listeners: Vec<SocketAddr>,
+    /// Bound admin address, if any.
+    pub admin: Option<SocketAddr>,
+    workers: Vec<JoinHandle<std::io::Result<()>>>,
+    control: Option<JoinHandle<()>>,
+    control_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// How many workers to run: the configured count, else one per usable core.
+pub fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}
+
+fn bind(address: &str, port_override: Option<u16>) -> anyhow::Result<std::net::TcpListener> {
+    let mut addr: SocketAddr = address
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve `{address}`"))?
+        .next()
+        .with_context(|| format!("`{address}` resolves to nothing"))?;
+    if let Some(p) = port_override {
+        addr.set_port(p);
+    }
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot bind {addr}"))?;
+    // nginx's default backlog on Linux is 511; a deeper queue absorbs accept bursts.
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+impl Gateway {
+    /// Loads `config`, binds every socket, and starts workers, admin API and reloader.
+    pub fn start(config: &Path) -> anyhow::Result<Gateway> {
+        let metrics = Arc::new(Metrics::default());
+        let first = crate::config::load_snapshot(config, 1, 0, &metrics).map_err(anyhow::Error::new)?;
+        let workers = worker_count(first.settings.workers);
+        // Balancers have one cursor per worker: rebuild with the real count.
+        let snapshot = crate::config::load_snapshot(config, 1, workers, &metrics).map_err(anyhow::Error::new)?;
+        let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut bound = Vec::new();
+        for l in &snapshot.listeners {
+            let first = bind(&l.address, None)?;
+            let addr = first.local_addr()?;
+            bound.push(addr);
+            sockets[0].push(first);
+            for per_worker in sockets.iter_mut().skip(1) {
+                per_worker.push(bind(&addr.to_string(), None)?);
+            }
+        }
+        let admin_listener = match &snapshot.settings.admin_address {
+            Some(a) => Some(bind(a, None)?),
+            None => None,
+        };
+        let admin = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let (shutdown, _) = watch::channel(false);
+        let mut snapshot = snapshot;
+        snapshot.source = PathBuf::from(config);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            started: Instant::now(),
+            workers,
+            reload_tx,
+            shutdown,
+        });
+        let mut handles = Vec::new();
+        for (id, socks) in sockets.into_iter().enumerate() {
+            let shared = shared.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("sluicegate-worker-{id}"))
+                    .spawn(move || worker::run(id, shared, socks))?,
+            );
+        }
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let control_shared = shared.clone();
+        let control = std::thread::Builder::new()
+            .name("sluicegate-control".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "Cannot start the control runtime.");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    tokio::spawn(state::reloader(control_shared.clone(), reload_rx));
+                    if let Some(l) = admin_listener {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => {
+                                tokio::spawn(crate::admin::serve(control_shared.clone(), l));
+                            }
+                            Err(e) => tracing::error!(error = %e, "Cannot start the admin listener."),
+                        }
+                    }
+                    let _ = stop_rx.await;
+                });
+            })?;
+        for (l, addr) in shared.snapshot.load().listeners.iter().zip(&bound) {
+            tracing::info!(listener = %l.name, address = %addr, tls = l.tls.is_some(), workers, "Listening.");
+        }
+        if let Some(a) = admin {
+            tracing::info!(address = %a, "Admin API listening.");
+        }
+        Ok(Gateway {
+            shared,
+            listeners: bound,
+            admin,
+            workers: handles,
+            control: Some(control),
+            control_stop: Some(stop_tx),
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain timeout), and
+    /// waits for every thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.shared.shutdown.send(true);
+        for h in self.workers.drain(..) {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "Worker stopped with an error."),
+                Err(_) => tracing::error!("Worker thread panicked."),
+            }
+        }
+        if let Some(stop) = self.control_stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(c) = self.control.take() {
+            let _ = c.join();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

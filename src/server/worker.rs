@@ -1,0 +1,211 @@
+//! A worker: one OS thread with its own single-threaded tokio runtime, its own upstream
+//! connection pool (and, for scripts, its own Lua VM), accepting on its own `SO_REUSEPORT`
+//! copy of every listener socket. Nothing it does per request crosses threads except
+//! loading the snapshot and relaxed metric counters.
+//!
+//! Shutdown: when `Shared::shutdown` flips, the worker stops accepting, asks every
+//! connection to finish its current request and close (graceful shutdown), and waits for
+//! them up to the drain timeout.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use super::conn::{ConnIo, ConnPhase, ConnState};
+use super::LocalExec;
+use crate::proxy::{self, ConnInfo};
+use crate::state::Shared;
+use crate::upstream::pool::Pool;
+
+/// Worker-local state, reachable from every request on this thread.
+pub struct Worker {
+    /// Worker number (0-based).
+    pub id: usize,
+    /// Process-wide shared state.
+    pub shared: Arc<Shared>,
+    /// Upstream connections of this worker.
+    pub pool: Pool,
+}
+
+struct Tracker {
+    active: Cell<usize>,
+    idle: Notify,
+}
+
+/// Runs worker `id` on the current thread until shutdown; `sockets[i]` is this worker's
+/// copy of listener `i`.
+pub fn run(id: usize, shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let worker = Rc::new(Worker {
+            id,
+            shared: shared.clone(),
+            pool: Pool::default(),
+        });
+        let tracker = Rc::new(Tracker {
+            active: Cell::new(0),
+            idle: Notify::new(),
+        });
+        let mut accepting = Vec::new();
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let listener = TcpListener::from_std(socket)?;
+            accepting.push(tokio::task::spawn_local(accept_loop(worker.clone(), tracker.clone(), index, listener)));
+        }
+        let mut shutdown = shared.shutdown.subscribe();
+        while !*shutdown.borrow_and_update() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        for task in &accepting {
+            task.abort();
+        }
+        let drain = shared.drain_timeout();
+        let drained = tokio::time::timeout(drain, async {
+            while tracker.active.get() > 0 {
+                tracker.idle.notified().await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(worker = id, connections = tracker.active.get(), "Drain timeout reached; closing remaining connections.");
+        }
+        Ok(())
+    })
+}
+
+async fn accept_loop(worker: Rc<Worker>, tracker: Rc<Tracker>, index: usize, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::task::spawn_local(serve(worker.clone(), tracker.clone(), index, stream, addr));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = worker.id, error = %e, "Accept failed.");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(worker: Rc<Worker>, tracker: Rc<Tracker>, index: usize, stream: TcpStream, addr: SocketAddr) {
+    let metrics = worker.shared.metrics.clone();
+    metrics.accepted_connections.fetch_add(1, Ordering::Relaxed);
+    metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+    tracker.active.set(tracker.active.get() + 1);
+    serve_inner(worker, index, stream, addr).await;
+    metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+    tracker.active.set(tracker.active.get() - 1);
+    if tracker.active.get() == 0 {
+        tracker.idle.notify_waiters();
+    }
+}
+
+async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: SocketAddr) {
+    let snapshot = worker.shared.snapshot.load_full();
+    let defaults = crate::config::ListenerSettings::fallback();
+    let settings = snapshot.listeners.get(index).unwrap_or(&defaults);
+    let state = Arc::new(ConnState::default());
+    let mut builder = auto::Builder::new(LocalExec);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size((settings.max_header_bytes + 64 * 1024).max(16 * 1024))
+        .max_headers(512);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    let mut shutdown = worker.shared.shutdown.subscribe();
+    let timeout = settings.header_timeout;
+    match settings.tls.clone() {
+        None => {
+            if !settings.http2 {
+                builder = builder.http1_only();
+            }
+            let info = Rc::new(ConnInfo {
+                client_addr: addr,
+                listener: index,
+                tls: false,
+                state: state.clone(),
+            });
+            let io = TokioIo::new(ConnIo::new(stream, state, timeout));
+            drive(&builder, io, worker, info, &mut shutdown).await;
+        }
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+            let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(client = %addr, error = %e, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(client = %addr, "TLS handshake timed out.");
+                    return;
+                }
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if h2 {
+                state.set(ConnPhase::H2);
+                builder = builder.http2_only();
+            } else {
+                builder = builder.http1_only();
+            }
+            let info = Rc::new(ConnInfo {
+                client_addr: addr,
+                listener: index,
+                tls: true,
+                state: state.clone(),
+            });
+            let io = TokioIo::new(ConnIo::new(tls_stream, state, timeout));
+            drive(&builder, io, worker, info, &mut shutdown).await;
+        }
+    }
+}
+
+async fn drive<I>(
+    builder: &auto::Builder<LocalExec>,
+    io: I,
+    worker: Rc<Worker>,
+    info: Rc<ConnInfo>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let client = info.client_addr;
+    let service = service_fn(move |req| proxy::handle(worker.clone(), info.clone(), req));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = wait_for_shutdown(shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %client, error = %e, "Client connection ended with an error.");
+    }
+}
+
+async fn wait_for_shutdown(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Shared state: the configuration [`Snapshot`] behind `ArcSwap`, and the one reloader.
+//!
+//! A request loads the snapshot once (`Arc` clone) and keeps it until its log phase, so a
+//! reload never changes the rules under a request in flight. Every reload trigger (SIGHUP,
+//! `sluicegate reload`, `POST /reload`, a watched file) sends a [`ReloadRequest`] to the one
+//! [`reloader`] task, which builds a complete new snapshot and swaps it in, or keeps the
+//! running one and reports why.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{self, ConfigError, ListenerSettings, Settings};
+use crate::plugins::{Phase, PhaseSet, Plugin};
+use crate::proxy::router::Router;
+use crate::telemetry::{AccessLog, Metrics, RouteMetrics};
+use crate::upstream::Upstream;
+
+/// One plugin in a chain, with its effective priority.
+#[derive(Clone)]
+pub struct ChainEntry {
+    /// The instance.
+    pub plugin: Arc<dyn Plugin>,
+    /// Higher runs first.
+    pub priority: i32,
+}
+
+/// The plugins that run for a route (global ones merged in), sorted by priority.
+#[derive(Clone, Default)]
+pub struct Chain {
+    /// Sorted, highest priority first.
+    pub entries: Vec<ChainEntry>,
+    /// Union of the entries' phases.
+    pub phases: PhaseSet,
+}
+
+impl Chain {
+    /// A chain of `entries`, sorted by priority (stable: config order breaks ties).
+    pub fn new(mut entries: Vec<ChainEntry>) -> Self {
+        entries.sort_by_key(|e| std::cmp::Reverse(e.priority));
+        let phases = entries
+            .iter()
+            .fold(PhaseSet::default(), |acc, e| acc.union(e.plugin.phases()));
+        Chain { entries, phases }
+    }
+
+    /// Whether any plugin acts in `phase`.
+    pub fn has(&self, phase: Phase) -> bool {
+        self.phases.contains(phase)
+    }
+}
+
+/// Path rewriting of a route.
+#[derive(Debug, Clone, Default)]
+pub struct PathRewrite {
+    /// Removed from the start of the path when present.
+    pub strip_prefix: Option<String>,
+    /// Put in front afterwards.
+    pub add_prefix: Option<String>,
+    /// Regex replacement.
+    pub regex: Option<(regex::Regex, String)>,
+}
+
+impl PathRewrite {
+    /// The rewritten path.
+    pub fn apply(&self, path: &str) -> String {
+        let mut p = path.to_string();
+        if let Some(prefix) = &self.strip_prefix {
+            if let Some(rest) = p.strip_prefix(prefix.as_str()) {
+                p = if rest.starts_with('/') {
+                    rest.to_string()
+                } else {
+                    format!("/{rest}")
+                };
+            }
+        }
+        if let Some(prefix) = &self.add_prefix {
+            let prefix = prefix.trim_end_matches('/');
+            p = format!("{prefix}{p}");
+        }
+        if let Some((re, replacement)) = &self.regex {
+            p = re.replace(&p, replacement.as_str()).into_owned();
+        }
+        if p.is_empty() {
+            p.push('/');
+        }
+        p
+    }
+}
+
+/// A validated route.
+pub struct Route {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Where to proxy; `None` when plugins answer.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Path rewriting.
+    pub rewrite: Option<PathRewrite>,
+    /// Global and route plugins, merged and sorted.
+    pub chain: Chain,
+    /// This route's counters.
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// One complete, validated configuration version.
+pub struct Snapshot {
+    /// Increases by one on every applied reload.
+    pub version: u64,
+    /// Where it was loaded from.
+    pub source: PathBuf,
+    /// When it was applied.
+    pub loaded_at: SystemTime,
+    /// Process-wide settings (some only apply at start).
+    pub settings: Settings,
+    /// Per-listener settings, in listener order.
+    pub listeners: Vec<ListenerSettings>,
+    /// Routing table.
+    pub router: Router,
+    /// Routes, indexed by the router's answers.
+    pub routes: Vec<Route>,
+    /// Global plugins (run for unmatched requests' filter and log phases).
+    pub global: Chain,
+    /// Upstreams by name.
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// The access log.
+    pub access_log: Arc<AccessLog>,
+    /// Counters of requests no route matched.
+    pub unmatched: Arc<RouteMetrics>,
+}
+
+/// A reload asked for by one of the triggers.
+pub struct ReloadRequest {
+    /// Who asked (`sighup`, `admin`, `watch`...), for the log.
+    pub trigger: &'static str,
+    /// Where to send the outcome.
+    pub reply: Option<oneshot::Sender<Result<ReloadOutcome, ConfigError>>>,
+}
+
+/// What an applied reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    /// The new version.
+    pub version: u64,
+    /// Settings that changed but only apply after a restart.
+    pub needs_restart: Vec<String>,
+}
+
+/// State shared by every worker, the admin API and the reloader.
+pub struct Shared {
+    /// The current configuration.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Start time, for uptime.
+    pub started: Instant,
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Sends reload requests to the reloader.
+    pub reload_tx: mpsc::UnboundedSender<ReloadRequest>,
+    /// Flips to true when the process should drain and stop.
+    pub shutdown: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Asks the reloader for a reload and waits for the outcome.
+    pub async fn reload(&self, trigger: &'static str) -> Result<ReloadOutcome, ConfigError> {
+        let (tx, rx) = oneshot::channel();
+        let req = ReloadRequest {
+            trigger,
+            reply: Some(tx),
+        };
+        let stopped = || ConfigError {
+            source_name: "<reloader>".into(),
+            diags: vec![crate::config::error::Diag::at_line(0, "the reloader has stopped".into())],
+        };
+        self.reload_tx.send(req).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Drain timeout of the current configuration.
+    pub fn drain_timeout(&self) -> Duration {
+        self.snapshot.load().settings.drain_timeout
+    }
+}
+
+/// The reloader: applies reload requests one at a time, in order.
+pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<ReloadRequest>) {
+    while let Some(req) = rx.recv().await {
+        let current = shared.snapshot.load_full();
+        let result = config::load_snapshot(
+            &current.source,
+            current.version + 1,
+            shared.workers,
+            &shared.metrics,
+        )
+        .map(|next| {
+            let needs_restart = config::restart_only_changes(&current, &next);
+            let version = next.version;
+            shared.snapshot.store(Arc::new(next));
+            ReloadOutcome {
+                version,
+                needs_restart,
+            }
+        });
+        match &result {
+            Ok(outcome) => {
+                shared.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(trigger = req.trigger, version = outcome.version, "Configuration reloaded.");
+                for change in &outcome.needs_restart {
+                    tracing::warn!(trigger = req.trigger, change = %change, "Setting changed but only applies after a restart.");
+                }
+            }
+            Err(e) => {
+                shared.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(trigger = req.trigger, error = %e, "Configuration rejected; the running one keeps serving.");
+            }
+        }
+        if let Some(reply) = req.reply {
+            let _ = reply.send(result);
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Per-worker upstream connections: connecting (TCP, optional TLS, HTTP/1.1 or HTTP/2
+//! handshake) and keep-alive pooling. A pool belongs to one worker thread, so it uses
+//! `RefCell` and never locks.
+//!
+//! Invariants: an HTTP/1.1 connection is back in the pool only after its response body was
+//! read to the end (see [`PooledConn::release`]); a connection whose body was abandoned is
+//! dropped (closed). A request sent on a reused connection that turns out to be closed is
+//! retried once on a fresh connection when hyper hands the unsent request back.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use super::{Protocol, Target, Upstream};
+use crate::proxy::body::UpstreamRequestBody;
+use crate::proxy::error::{Kind, ProxyError};
+use crate::server::LocalExec;
+
+enum Sender {
+    H1(http1::SendRequest<UpstreamRequestBody>),
+    H2(http2::SendRequest<UpstreamRequestBody>),
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    idle: RefCell<HashMap<u64, VecDeque<Idle>>>,
+    h2: RefCell<HashMap<u64, http2::SendRequest<UpstreamRequestBody>>>,
+}
+
+/// A worker's upstream connection pool.
+#[derive(Clone, Default)]
+pub struct Pool {
+    inner: Rc<PoolInner>,
+}
+
+/// A connection checked out of the pool for one request.
+pub struct Conn {
+    sender: Sender,
+    reused: bool,
+    key: u64,
+    max_idle: usize,
+    pool: Rc<PoolInner>,
+}
+
+/// An HTTP/1.1 connection whose response body is still being read; [`release`](Self::release)
+/// returns it to the pool, dropping it closes it.
+pub struct PooledConn {
+    sender: http1::SendRequest<UpstreamRequestBody>,
+    key: u64,
+    max_idle: usize,
+    pool: Rc<PoolInner>,
+}
+
+impl PooledConn {
+    /// Returns the connection to the pool (the response body was read to the end).
+    pub fn release(self) {
+        let mut idle = self.pool.idle.borrow_mut();
+        let queue = idle.entry(self.key).or_default();
+        if queue.len() < self.max_idle && !self.sender.is_closed() {
+            queue.push_back(Idle {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl Pool {
+    /// A connection to `target`: an idle pooled one when there is one, else a new one.
+    pub async fn checkout(&self, upstream: &Upstream, target: &Target) -> Result<Conn, ProxyError> {
+        if upstream.protocol == Protocol::Http2 {
+            let existing = self.inner.h2.borrow().get(&target.pool_key).cloned();
+            if let Some(sender) = existing.filter(|s| !s.is_closed()) {
+                return Ok(self.conn(Sender::H2(sender), true, upstream, target));
+            }
+        } else if let Some(sender) = self.take_idle(target.pool_key, upstream.idle_timeout) {
+            return Ok(self.conn(Sender::H1(sender), true, upstream, target));
+        }
+        let sender = connect(upstream, target).await?;
+        if let Sender::H2(s) = &sender {
+            self.inner.h2.borrow_mut().insert(target.pool_key, s.clone());
+        }
+        Ok(self.conn(sender, false, upstream, target))
+    }
+
+    /// A new connection to `target`, bypassing idle ones.
+    pub async fn checkout_fresh(&self, upstream: &Upstream, target: &Target) -> Result<Conn, ProxyError> {
+        let sender = connect(upstream, target).await?;
+        if let Sender::H2(s) = &sender {
+            self.inner.h2.borrow_mut().insert(target.pool_key, s.clone());
+        }
+        Ok(self.conn(sender, false, upstream, target))
+    }
+
+    fn conn(&self, sender: Sender, reused: bool, upstream: &Upstream, target: &Target) -> Conn {
+        Conn {
+            sender,
+            reused,
+            key: target.pool_key,
+            max_idle: upstream.max_idle,
+            pool: self.inner.clone(),
+        }
+    }
+
+    fn take_idle(
+        &self,
+        key: u64,
+        idle_timeout: Duration,
+    ) -> Option<http1::SendRequest<UpstreamRequestBody>> {
+        let mut idle = self.inner.idle.borrow_mut();
+        let queue = idle.get_mut(&key)?;
+        // Most recently used first: it is the least likely to have been closed by the peer.
+        while let Some(entry) = queue.pop_back() {
+            if entry.sender.is_closed() || entry.since.elapsed() > idle_timeout {
+                continue;
+            }
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Number of idle HTTP/1.1 connections (for tests and status).
+    pub fn idle_count(&self) -> usize {
+        self.inner.idle.borrow().values().map(VecDeque::len).sum()
+    }
+}
+
+impl Conn {
+    /// Whether the connection came from the pool (it may have been closed meanwhile).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Sends `req`. On a reused HTTP/1.1 connection that turns out closed before the request
+    /// was written, the request comes back as `Err(Ok(req))` so the caller can retry on a
+    /// new connection; every other failure is `Err(Err(error))`.
+    pub async fn send(
+        self,
+        req: Request<UpstreamRequestBody>,
+    ) -> Result<(Response<Incoming>, Option<PooledConn>), Result<Request<UpstreamRequestBody>, ProxyError>>
+    {
+        match self.sender {
+            Sender::H1(mut sender) => {
+                if sender.ready().await.is_err() {
+                    return Err(Ok(req));
+                }
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        let pooled = PooledConn {
+                            sender,
+                            key: self.key,
+                            max_idle: self.max_idle,
+                            pool: self.pool,
+                        };
+                        Ok((resp, Some(pooled)))
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(req) if self.reused => Err(Ok(req)),
+                        _ => Err(Err(send_error(e.error()))),
+                    },
+                }
+            }
+            Sender::H2(mut sender) => match sender.try_send_request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(mut e) => {
+                    self.pool.h2.borrow_mut().remove(&self.key);
+                    match e.take_message() {
+                        Some(req) if self.reused => Err(Ok(req)),
+                        _ => Err(Err(send_error(e.error()))),
+                    }
+                }
+            },
+        }
+    }
+}
+
+fn send_error(e: &hyper::Error) -> ProxyError {
+    if e.is_timeout() || is_io_timeout(e) {
+        ProxyError::upstream(Kind::UpstreamTimeout, "upstream write timed out")
+    } else {
+        ProxyError::upstream(
+            Kind::UpstreamProtocol,
+            format!("upstream connection failed: {e}"),
+        )
+    }
+}
+
+fn is_io_timeout(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return io.kind() == io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    false
+}
+
+async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyError> {
+    let timeout = upstream.connect_timeout;
+    let unreachable = |why: String| {
+        ProxyError::upstream(
+            Kind::UpstreamConnect,
+            format!("cannot connect to upstream `{}` target {}: {why}", upstream.name, target.address),
+        )
+    };
+    let connecting = async {
+        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match &upstream.tls {
+            None => UpstreamIo::Plain(tcp),
+            Some(tls) => {
+                let name = tls.sni.clone().unwrap_or_else(|| target.host.clone());
+                let server_name = rustls::pki_types::ServerName::try_from(name)
+                    .map_err(|e| unreachable(format!("invalid TLS server name: {e}")))?;
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let tls_stream = connector
+                    .connect(server_name, tcp)
+                    .await
+                    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+                UpstreamIo::Tls(Box::new(tls_stream))
+            }
+        };
+        Ok::<_, ProxyError>(stream)
+    };
+    let stream = match tokio::time::timeout(timeout, connecting).await {
+        Ok(r) => r?,
+        Err(_) => return Err(unreachable(format!("connect timed out after {timeout:?}"))),
+    };
+    let io = TokioIo::new(WriteTimeout::new(stream, upstream.write_timeout));
+    match upstream.protocol {
+        Protocol::Http1 => {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|e| unreachable(format!("handshake failed: {e}")))?;
+            tokio::task::spawn_local(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+        Protocol::Http2 => {
+            let (sender, conn) = http2::Builder::new(LocalExec)
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|e| unreachable(format!("HTTP/2 handshake failed: {e}")))?;
+            tokio::task::spawn_local(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            Ok(Sender::H2(sender))
+        }
+    }
+}
+
+/// A plain or TLS upstream stream.
+enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Fails a write that makes no progress for `timeout`. The timer is armed only while a
+/// write is blocked, so an upstream that keeps reading costs nothing.
+struct WriteTimeout<T> {
+    inner: T,
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> WriteTimeout<T> {
+    fn new(inner: T, timeout: Duration) -> Self {
+        WriteTimeout {
+            inner,
+            timeout,
+            sleep: None,
+        }
+    }
+
+    fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let timeout = self.timeout;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match std::future::Future::poll(sleep.as_mut(), cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "upstream write timed out",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Pending => this.on_pending(cx),
+            ready => {
+                this.sleep = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.on_pending(cx),
+            ready => {
+                this.sleep = None;
+                ready
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
