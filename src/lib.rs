@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod lua;
 pub mod plugins;
 pub mod proxy;
 pub mod server;

@@ -131,6 +131,8 @@ pub struct Snapshot {
     pub access_log: Arc<AccessLog>,
     /// Counters of requests no route matched.
     pub unmatched: Arc<RouteMetrics>,
+    /// The `lua:` section.
+    pub lua: Arc<crate::lua::LuaSettings>,
 }
 
 /// A reload asked for by one of the triggers.
@@ -164,6 +166,8 @@ pub struct Shared {
     pub reload_tx: mpsc::UnboundedSender<ReloadRequest>,
     /// Flips to true when the process should drain and stop.
     pub shutdown: watch::Sender<bool>,
+    /// `ngx.shared` dictionaries: shared by all workers, kept across reloads.
+    pub lua_dicts: Arc<crate::lua::SharedDicts>,
 }
 
 impl Shared {
@@ -176,7 +180,10 @@ impl Shared {
         };
         let stopped = || ConfigError {
             source_name: "<reloader>".into(),
-            diags: vec![crate::config::error::Diag::at_line(0, "the reloader has stopped".into())],
+            diags: vec![crate::config::error::Diag::at_line(
+                0,
+                "the reloader has stopped".into(),
+            )],
         };
         self.reload_tx.send(req).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
@@ -210,13 +217,20 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
         match &result {
             Ok(outcome) => {
                 shared.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(trigger = req.trigger, version = outcome.version, "Configuration reloaded.");
+                tracing::info!(
+                    trigger = req.trigger,
+                    version = outcome.version,
+                    "Configuration reloaded."
+                );
                 for change in &outcome.needs_restart {
                     tracing::warn!(trigger = req.trigger, change = %change, "Setting changed but only applies after a restart.");
                 }
             }
             Err(e) => {
-                shared.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .metrics
+                    .reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(trigger = req.trigger, error = %e, "Configuration rejected; the running one keeps serving.");
             }
         }

@@ -35,8 +35,10 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            d.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -122,7 +124,10 @@ impl Metrics {
 
     /// The entry for upstream `name`, created on first use.
     pub fn upstream(&self, name: &str) -> Arc<UpstreamMetrics> {
-        let mut m = self.upstreams.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut m = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         m.entry(name.to_string()).or_default().clone()
     }
 
@@ -164,7 +169,9 @@ impl Metrics {
             m.duration
                 .render(&mut out, "sluicegate_request_duration_seconds", &labels);
         }
-        out.push_str("# HELP sluicegate_upstream_errors_total Upstream failures by upstream and kind.\n");
+        out.push_str(
+            "# HELP sluicegate_upstream_errors_total Upstream failures by upstream and kind.\n",
+        );
         out.push_str("# TYPE sluicegate_upstream_errors_total counter\n");
         for (name, m) in self
             .upstreams
@@ -172,7 +179,12 @@ impl Metrics {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
         {
-            for (kind, n) in m.errors.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            for (kind, n) in m
+                .errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
                 let _ = writeln!(
                     out,
                     "sluicegate_upstream_errors_total{{upstream=\"{}\",kind=\"{kind}\"}} {n}",
@@ -180,7 +192,9 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP sluicegate_script_failures_total Lua script failures by script and kind.\n");
+        out.push_str(
+            "# HELP sluicegate_script_failures_total Lua script failures by script and kind.\n",
+        );
         out.push_str("# TYPE sluicegate_script_failures_total counter\n");
         for ((script, kind), n) in self
             .scripts
@@ -205,7 +219,9 @@ impl Metrics {
                 "sluicegate_accepted_connections_total",
                 "counter",
                 "Client connections accepted.",
-                self.accepted_connections.load(Ordering::Relaxed).to_string(),
+                self.accepted_connections
+                    .load(Ordering::Relaxed)
+                    .to_string(),
             ),
             (
                 "sluicegate_config_reloads_total",
@@ -221,14 +237,19 @@ impl Metrics {
             ),
         ];
         for (name, kind, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         }
         out
     }
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Where access-log lines go.
@@ -276,8 +297,12 @@ impl AccessLog {
         use std::os::fd::AsFd;
         Ok(match target {
             "off" => AccessLog::Off,
-            "stdout" => AccessLog::File(File::from(std::io::stdout().as_fd().try_clone_to_owned()?)),
-            "stderr" => AccessLog::File(File::from(std::io::stderr().as_fd().try_clone_to_owned()?)),
+            "stdout" => {
+                AccessLog::File(File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
+            }
+            "stderr" => {
+                AccessLog::File(File::from(std::io::stderr().as_fd().try_clone_to_owned()?))
+            }
             _ => AccessLog::File(
                 std::fs::OpenOptions::new()
                     .create(true)

@@ -74,14 +74,21 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     if *shared.shutdown.borrow() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response();
     }
     Json(json!({"status": "ok"})).into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         shared.metrics.render(),
     )
         .into_response()
@@ -108,5 +115,9 @@ async fn stop(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({"error": "not_found", "message": "no such admin endpoint"}))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not_found", "message": "no such admin endpoint"})),
+    )
+        .into_response()
 }

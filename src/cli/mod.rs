@@ -4,6 +4,7 @@
 pub mod check;
 pub mod reload;
 pub mod run;
+pub mod test;
 
 use std::path::PathBuf;
 
@@ -58,6 +59,15 @@ pub enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Run busted-style Lua spec files (`*_spec.lua` under directories) in the real runtime.
+    Test {
+        /// Print TAP instead of the readable report.
+        #[arg(long)]
+        tap: bool,
+        /// Spec files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -76,8 +86,11 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),
-        Command::Reload { config, admin } => reload::admin_post(config.as_deref(), admin, "/reload"),
+        Command::Reload { config, admin } => {
+            reload::admin_post(config.as_deref(), admin, "/reload")
+        }
         Command::Stop { config, admin } => reload::admin_post(config.as_deref(), admin, "/stop"),
+        Command::Test { paths, tap } => test::test(&paths, tap),
         Command::Version => {
             println!("sluicegate {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK

@@ -17,7 +17,10 @@ pub fn admin_post(config: Option<&Path>, admin: Option<String>, path: &str) -> i
             Ok(s) => match s.settings.admin_address {
                 Some(a) => a,
                 None => {
-                    eprintln!("{}: the admin listener is disabled; nothing to talk to", c.display());
+                    eprintln!(
+                        "{}: the admin listener is disabled; nothing to talk to",
+                        c.display()
+                    );
                     return EXIT_USAGE;
                 }
             },

@@ -19,7 +19,10 @@ pub fn run(config: &Path) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sluicegate: cannot start the signal runtime: {e}");

@@ -304,7 +304,10 @@ impl<'de> de::VariantAccess<'de> for VariantAccess<'de> {
         }
     }
 
-    fn newtype_variant_seed<T: de::DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
+    fn newtype_variant_seed<T: de::DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, DeError> {
         seed.deserialize(self.value)
             .map_err(|e| e.located(Some(self.name.to_string()), self.value.line))
     }
@@ -355,7 +358,11 @@ mod tests {
         let d = from_node::<Outer>(&n, &Path::root().key("top")).unwrap_err();
         assert_eq!(d.path, "top.items[1].colour");
         assert_eq!(d.line, Some(4));
-        assert!(d.message.contains("unknown field `colour`"), "{}", d.message);
+        assert!(
+            d.message.contains("unknown field `colour`"),
+            "{}",
+            d.message
+        );
     }
 
     #[test]

@@ -275,6 +275,23 @@ pub struct RegexRewriteConfig {
     pub replacement: String,
 }
 
+/// The `lua:` section: limits of the Lua runtime and the shared dictionaries.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LuaSectionConfig {
+    /// CPU time one script call may use (default 50); time awaiting I/O does not count.
+    pub cpu_budget_ms: Option<u64>,
+    /// Memory cap of each worker's Lua VM (default 64 MiB).
+    pub memory_limit_bytes: Option<usize>,
+    /// `ngx.shared` dictionaries: name → size in bytes.
+    #[serde(default)]
+    pub shared_dicts: BTreeMap<String, usize>,
+    /// Timers waiting per worker (default 1024).
+    pub max_pending_timers: Option<usize>,
+    /// Timers running at once per worker (default 256).
+    pub max_running_timers: Option<usize>,
+}
+
 /// Settings that apply to the whole process.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -119,7 +119,12 @@ pub fn load_snapshot_from_str(
 /// Settings that differ between two snapshots but cannot change while running.
 pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     let mut out = Vec::new();
-    let addrs = |s: &Snapshot| s.listeners.iter().map(|l| l.address.clone()).collect::<Vec<_>>();
+    let addrs = |s: &Snapshot| {
+        s.listeners
+            .iter()
+            .map(|l| l.address.clone())
+            .collect::<Vec<_>>()
+    };
     if addrs(old) != addrs(new) {
         out.push(format!(
             "listeners: addresses {:?} -> {:?}",
@@ -127,7 +132,12 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
             addrs(new)
         ));
     }
-    let tls = |s: &Snapshot| s.listeners.iter().map(|l| l.tls.is_some()).collect::<Vec<_>>();
+    let tls = |s: &Snapshot| {
+        s.listeners
+            .iter()
+            .map(|l| l.tls.is_some())
+            .collect::<Vec<_>>()
+    };
     if tls(old) != tls(new) {
         out.push("listeners: tls on/off".to_string());
     }

@@ -31,6 +31,7 @@ const TOP_LEVEL: &[&str] = &[
     "upstreams",
     "routes",
     "plugins",
+    "lua",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -57,7 +58,13 @@ pub fn snapshot(
             build_snapshot(root, &build, version, workers, metrics, &mut diags)
         }
         _ => {
-            diags.push(&top, format!("the configuration must be a mapping, found {}", root.type_name()));
+            diags.push(
+                &top,
+                format!(
+                    "the configuration must be a mapping, found {}",
+                    root.type_name()
+                ),
+            );
             None
         }
     };
@@ -123,7 +130,10 @@ fn list<T: DeserializeOwned>(root: &Node, key: &str, diags: &mut Diags) -> Vec<(
             })
             .collect(),
         _ => {
-            diags.push(&path, format!("expected a list, found {}", node.type_name()));
+            diags.push(
+                &path,
+                format!("expected a list, found {}", node.type_name()),
+            );
             Vec::new()
         }
     }
@@ -140,9 +150,19 @@ fn build_snapshot(
     let settings = settings(root, build.base_dir, diags);
     let listeners = listeners(root, build.base_dir, diags);
     let access_log = access_log(root, build.base_dir, diags);
-    let worker_count = if workers > 0 { workers } else { settings.workers.max(1) };
-    let upstreams = upstreams(root, build.base_dir, worker_count, diags);
-    let global = plugin_chain(root.get("plugins"), &Path::root().key("plugins"), build, diags);
+    let lua = lua_settings(root, diags);
+    let worker_count = if workers > 0 {
+        workers
+    } else {
+        settings.workers.max(1)
+    };
+    let upstreams = upstreams(root, build.base_dir, worker_count, metrics, diags);
+    let global = plugin_chain(
+        root.get("plugins"),
+        &Path::root().key("plugins"),
+        build,
+        diags,
+    );
     let (routes, matches) = routes(root, &upstreams, &global, build, metrics, diags);
     if !diags.is_empty() {
         return None;
@@ -159,7 +179,45 @@ fn build_snapshot(
         upstreams,
         access_log: Arc::new(access_log?),
         unmatched: metrics.route("_unmatched"),
+        lua: Arc::new(lua),
     })
+}
+
+fn lua_settings(root: &Node, diags: &mut Diags) -> crate::lua::LuaSettings {
+    let cfg: file::LuaSectionConfig = field(root, "lua", diags).unwrap_or_default();
+    let path = Path::root().key("lua");
+    let mut s = crate::lua::LuaSettings::default();
+    if let Some(ms) = cfg.cpu_budget_ms {
+        if !(1..=60_000).contains(&ms) {
+            diags.push(&path.key("cpu_budget_ms"), "must be between 1 and 60000");
+        }
+        s.cpu_budget = Duration::from_millis(ms.clamp(1, 60_000));
+    }
+    if let Some(bytes) = cfg.memory_limit_bytes {
+        if bytes < 4 * 1024 * 1024 {
+            diags.push(
+                &path.key("memory_limit_bytes"),
+                "must be at least 4194304 (4 MiB)",
+            );
+        }
+        s.memory_limit = bytes;
+    }
+    for (name, size) in cfg.shared_dicts {
+        if size < 4096 {
+            diags.push(
+                &path.key("shared_dicts").key(&name),
+                "a dictionary needs at least 4096 bytes",
+            );
+        }
+        s.shared_dicts.push((name, size));
+    }
+    if let Some(n) = cfg.max_pending_timers {
+        s.max_pending_timers = n;
+    }
+    if let Some(n) = cfg.max_running_timers {
+        s.max_running_timers = n;
+    }
+    s
 }
 
 fn settings(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Settings {
@@ -168,7 +226,11 @@ fn settings(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Settings {
     let data_dir: Option<String> = field(root, "data_dir", diags);
     let admin: file::AdminConfig = field(root, "admin", diags).unwrap_or_default();
     if admin.enabled {
-        check_address(&admin.address, &Path::root().key("admin").key("address"), diags);
+        check_address(
+            &admin.address,
+            &Path::root().key("admin").key("address"),
+            diags,
+        );
     }
     Settings {
         workers: workers.unwrap_or(0),
@@ -205,7 +267,10 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
         });
         let max_header_bytes = l.max_header_bytes.unwrap_or(defaults::MAX_HEADER_BYTES);
         if !(1024..=1024 * 1024).contains(&max_header_bytes) {
-            diags.push(&p.key("max_header_bytes"), "must be between 1024 and 1048576");
+            diags.push(
+                &p.key("max_header_bytes"),
+                "must be between 1024 and 1048576",
+            );
         }
         out.push(ListenerSettings {
             name: l.name.clone().unwrap_or_else(|| l.address.clone()),
@@ -216,10 +281,14 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
             max_header_bytes,
             max_body_bytes: l.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
             header_timeout: Duration::from_millis(
-                l.client_header_timeout_ms.unwrap_or(defaults::CLIENT_TIMEOUT_MS).max(1),
+                l.client_header_timeout_ms
+                    .unwrap_or(defaults::CLIENT_TIMEOUT_MS)
+                    .max(1),
             ),
             body_timeout: Duration::from_millis(
-                l.client_body_timeout_ms.unwrap_or(defaults::CLIENT_TIMEOUT_MS).max(1),
+                l.client_body_timeout_ms
+                    .unwrap_or(defaults::CLIENT_TIMEOUT_MS)
+                    .max(1),
             ),
         });
     }
@@ -259,6 +328,7 @@ fn upstreams(
     root: &Node,
     base_dir: &FsPath,
     workers: usize,
+    metrics: &Metrics,
     diags: &mut Diags,
 ) -> HashMap<String, Arc<Upstream>> {
     let path = Path::root().key("upstreams");
@@ -266,7 +336,10 @@ fn upstreams(
     for (i, u) in list::<file::UpstreamConfig>(root, "upstreams", diags) {
         let p = path.index(i);
         if out.contains_key(&u.name) {
-            diags.push(&p.key("name"), format!("duplicate upstream name `{}`", u.name));
+            diags.push(
+                &p.key("name"),
+                format!("duplicate upstream name `{}`", u.name),
+            );
         }
         if u.targets.is_empty() {
             diags.push(&p.key("targets"), "at least one target is required");
@@ -275,12 +348,18 @@ fn upstreams(
             "http1" => Protocol::Http1,
             "http2" => Protocol::Http2,
             other => {
-                diags.push(&p.key("protocol"), format!("unknown protocol `{other}`; expected http1 or http2"));
+                diags.push(
+                    &p.key("protocol"),
+                    format!("unknown protocol `{other}`; expected http1 or http2"),
+                );
                 Protocol::Http1
             }
         };
         if u.balance != "round_robin" {
-            diags.push(&p.key("balance"), format!("unknown policy `{}`; expected round_robin", u.balance));
+            diags.push(
+                &p.key("balance"),
+                format!("unknown policy `{}`; expected round_robin", u.balance),
+            );
         }
         let tls = match u.scheme.as_str() {
             "http" => None,
@@ -295,7 +374,10 @@ fn upstreams(
                 }
             },
             other => {
-                diags.push(&p.key("scheme"), format!("unknown scheme `{other}`; expected http or https"));
+                diags.push(
+                    &p.key("scheme"),
+                    format!("unknown scheme `{other}`; expected http or https"),
+                );
                 None
             }
         };
@@ -322,6 +404,7 @@ fn upstreams(
         }
         let upstream = Upstream {
             balancer: Balancer::round_robin(&targets, workers),
+            metrics: metrics.upstream(&u.name),
             name: u.name.clone(),
             targets,
             protocol,
@@ -329,7 +412,10 @@ fn upstreams(
             connect_timeout: ms(u.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS),
             read_timeout: ms(u.read_timeout_ms, defaults::UPSTREAM_IO_TIMEOUT_MS),
             write_timeout: ms(u.write_timeout_ms, defaults::UPSTREAM_IO_TIMEOUT_MS),
-            max_idle: u.pool.max_idle_per_target.unwrap_or(defaults::POOL_MAX_IDLE),
+            max_idle: u
+                .pool
+                .max_idle_per_target
+                .unwrap_or(defaults::POOL_MAX_IDLE),
             idle_timeout: ms(u.pool.idle_timeout_ms, defaults::POOL_IDLE_TIMEOUT_MS),
         };
         out.insert(u.name, Arc::new(upstream));
@@ -344,7 +430,15 @@ fn ms(v: Option<u64>, default: u64) -> Duration {
 fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls: &file::UpstreamTlsConfig) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (address, scheme, protocol, &tls.ca_file, &tls.sni, tls.verify).hash(&mut h);
+    (
+        address,
+        scheme,
+        protocol,
+        &tls.ca_file,
+        &tls.sni,
+        tls.verify,
+    )
+        .hash(&mut h);
     h.finish()
 }
 
@@ -381,7 +475,10 @@ fn plugin_chain(
         NodeKind::Seq(items) => items,
         NodeKind::Null => return Vec::new(),
         _ => {
-            diags.push(path, format!("expected a list of plugins, found {}", node.type_name()));
+            diags.push(
+                path,
+                format!("expected a list of plugins, found {}", node.type_name()),
+            );
             return Vec::new();
         }
     };
@@ -405,7 +502,11 @@ fn plugin_chain(
             let known: Vec<&str> = plugins::BUILTIN.iter().map(|b| b.name).collect();
             diags.push(
                 &p.key("name"),
-                format!("unknown plugin `{}`; known plugins: {}", entry.name, known.join(", ")),
+                format!(
+                    "unknown plugin `{}`; known plugins: {}",
+                    entry.name,
+                    known.join(", ")
+                ),
             );
             continue;
         };
@@ -465,7 +566,10 @@ fn routes(
         });
         let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
         if rc.upstream.is_none() && own.is_empty() {
-            diags.push(&p, "a route needs an `upstream` or a plugin that answers requests");
+            diags.push(
+                &p,
+                "a route needs an `upstream` or a plugin that answers requests",
+            );
         }
         let mut entries = global.to_vec();
         entries.extend(own);
@@ -482,7 +586,10 @@ fn routes(
 }
 
 fn rewrite(r: file::RewriteConfig, path: &Path, diags: &mut Diags) -> PathRewrite {
-    for (key, v) in [("strip_prefix", &r.strip_prefix), ("add_prefix", &r.add_prefix)] {
+    for (key, v) in [
+        ("strip_prefix", &r.strip_prefix),
+        ("add_prefix", &r.add_prefix),
+    ] {
         if let Some(v) = v {
             if !v.starts_with('/') {
                 diags.push(&path.key(key), "must start with `/`");
@@ -492,7 +599,10 @@ fn rewrite(r: file::RewriteConfig, path: &Path, diags: &mut Diags) -> PathRewrit
     let regex = r.regex.and_then(|x| match regex::Regex::new(&x.pattern) {
         Ok(re) => Some((re, x.replacement)),
         Err(e) => {
-            diags.push(&path.key("regex").key("pattern"), format!("invalid regex: {e}"));
+            diags.push(
+                &path.key("regex").key("pattern"),
+                format!("invalid regex: {e}"),
+            );
             None
         }
     });
@@ -520,9 +630,15 @@ fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMa
         let pattern = if let Some(re) = h.strip_prefix('~') {
             compile(re, &p, diags).map(HostPattern::Regex)
         } else if let Some(suffix) = h.strip_prefix("*.") {
-            Some(HostPattern::Wildcard(format!(".{}", suffix.to_ascii_lowercase())))
+            Some(HostPattern::Wildcard(format!(
+                ".{}",
+                suffix.to_ascii_lowercase()
+            )))
         } else if h.contains('*') {
-            diags.push(&p, "a wildcard is only allowed as the first label (`*.example.com`)");
+            diags.push(
+                &p,
+                "a wildcard is only allowed as the first label (`*.example.com`)",
+            );
             None
         } else {
             Some(HostPattern::Exact(h.to_ascii_lowercase()))
@@ -538,7 +654,10 @@ fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMa
         } else if s.starts_with('/') {
             Some(PathPattern::Prefix(s.clone()))
         } else {
-            diags.push(&p, "a path must start with `/` (prefix), `= /` (exact) or `~` (regex)");
+            diags.push(
+                &p,
+                "a path must start with `/` (prefix), `= /` (exact) or `~` (regex)",
+            );
             None
         };
         out.paths.extend(pattern);
@@ -546,7 +665,10 @@ fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMa
     for (i, meth) in m.methods.0.iter().enumerate() {
         match http::Method::from_bytes(meth.to_ascii_uppercase().as_bytes()) {
             Ok(mm) => out.methods.push(mm),
-            Err(_) => diags.push(&path.key("methods").index(i), format!("invalid method `{meth}`")),
+            Err(_) => diags.push(
+                &path.key("methods").index(i),
+                format!("invalid method `{meth}`"),
+            ),
         }
     }
     for (name, value) in &m.headers {
@@ -583,11 +705,24 @@ mod tests {
         )
         .err()
         .unwrap();
-        let found: Vec<(String, Option<usize>)> = errs.iter().map(|d| (d.path.clone(), d.line)).collect();
-        assert!(found.contains(&("listeners[0].colour".into(), Some(3))), "{found:?}");
-        assert!(found.contains(&("upstreams[0].targets[0]".into(), Some(6))), "{found:?}");
-        assert!(found.contains(&("routes[0].upstream".into(), Some(8))), "{found:?}");
-        assert!(found.contains(&("routes[1].match.paths[0]".into(), Some(9))), "{found:?}");
+        let found: Vec<(String, Option<usize>)> =
+            errs.iter().map(|d| (d.path.clone(), d.line)).collect();
+        assert!(
+            found.contains(&("listeners[0].colour".into(), Some(3))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&("upstreams[0].targets[0]".into(), Some(6))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&("routes[0].upstream".into(), Some(8))),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&("routes[1].match.paths[0]".into(), Some(9))),
+            "{found:?}"
+        );
         assert!(found.contains(&("bogus".into(), Some(11))), "{found:?}");
     }
 
@@ -600,7 +735,12 @@ mod tests {
         .unwrap();
         let paths: Vec<&str> = errs.iter().map(|d| d.path.as_str()).collect();
         assert!(paths.contains(&"routes[0].plugins[0].name"), "{paths:?}");
-        assert!(paths.iter().any(|p| p.starts_with("routes[0].plugins[1].config")), "{paths:?}");
+        assert!(
+            paths
+                .iter()
+                .any(|p| p.starts_with("routes[0].plugins[1].config")),
+            "{paths:?}"
+        );
     }
 
     #[test]

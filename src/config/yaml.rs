@@ -189,10 +189,8 @@ impl Builder<'_> {
                 Some((key, key_line)) => {
                     if let NodeKind::Map(entries) = &mut map.kind {
                         if entries.iter().any(|(k, _)| *k == key) {
-                            self.errors.push(Diag::at_line(
-                                key_line,
-                                format!("duplicate key `{key}`"),
-                            ));
+                            self.errors
+                                .push(Diag::at_line(key_line, format!("duplicate key `{key}`")));
                         }
                         entries.push((key, node));
                     }
@@ -252,9 +250,10 @@ impl MarkedEventReceiver for Builder<'_> {
             }
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
                 Some(node) => self.push_value(node, 0),
-                None => self
-                    .errors
-                    .push(Diag::at_line(line, "alias to an unknown anchor".to_string())),
+                None => self.errors.push(Diag::at_line(
+                    line,
+                    "alias to an unknown anchor".to_string(),
+                )),
             },
             Event::Nothing
             | Event::StreamStart
@@ -324,11 +323,7 @@ pub fn interpolate(input: &str, env: &dyn Env) -> Result<String, String> {
             Some((n, d)) => (n, Some(d)),
             None => (body, None),
         };
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!("invalid variable name `{name}` in `${{{body}}}`"));
         }
         match (env.var(name), default) {
@@ -364,7 +359,10 @@ mod tests {
         assert_eq!(interpolate("${NOPE:-8080}", &e).unwrap(), "8080");
         assert_eq!(interpolate("${EMPTY:-x}", &e).unwrap(), "x");
         assert_eq!(interpolate("$${PORT}", &e).unwrap(), "${PORT}");
-        assert_eq!(interpolate("${secret:slack}", &e).unwrap(), "${secret:slack}");
+        assert_eq!(
+            interpolate("${secret:slack}", &e).unwrap(),
+            "${secret:slack}"
+        );
         assert!(interpolate("${NOPE}", &e).unwrap_err().contains("NOPE"));
     }
 

@@ -8,6 +8,7 @@
 //! log phases are synchronous, as in OpenResty, where they cannot yield either.
 
 pub mod headers;
+pub mod lua;
 pub mod request_termination;
 
 use std::future::Future;
@@ -237,8 +238,12 @@ pub struct BuildCtx<'a> {
 }
 
 /// Builds a plugin from its `config` node, recording every problem in `diags`.
-pub type Factory =
-    fn(config: &Node, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) -> Option<Arc<dyn Plugin>>;
+pub type Factory = fn(
+    config: &Node,
+    path: &Path,
+    ctx: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Option<Arc<dyn Plugin>>;
 
 /// A built-in plugin type.
 pub struct Builtin {
@@ -261,6 +266,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "headers",
         priority: 800,
         build: headers::build,
+    },
+    Builtin {
+        name: "lua",
+        priority: 1000,
+        build: lua::build,
     },
 ];
 

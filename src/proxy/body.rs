@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::context::Traffic;
 use super::error::{Kind, ProxyError};
-use crate::upstream::pool::PooledConn;
+use crate::upstream::pool::UpstreamBody;
 
 /// Error type of the bodies the proxy produces.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,9 +68,6 @@ impl IdleTimer {
 
 use std::future::Future;
 
-/// Why a client body stopped, shared with the driver.
-pub type BodyFailure = Rc<Cell<Option<Kind>>>;
-
 /// The client's request body with the listener's limits applied.
 pub struct ClientBody {
     inner: Incoming,
@@ -78,7 +75,6 @@ pub struct ClientBody {
     seen: u64,
     idle: IdleTimer,
     traffic: Rc<Traffic>,
-    failure: BodyFailure,
 }
 
 impl ClientBody {
@@ -88,7 +84,6 @@ impl ClientBody {
         limit: u64,
         idle_timeout: Option<Duration>,
         traffic: Rc<Traffic>,
-        failure: BodyFailure,
     ) -> Self {
         ClientBody {
             inner,
@@ -96,7 +91,6 @@ impl ClientBody {
             seen: 0,
             idle: IdleTimer::new(idle_timeout),
             traffic,
-            failure,
         }
     }
 
@@ -119,24 +113,25 @@ impl ClientBody {
 
     /// The error matching how the body failed.
     pub fn error(&self) -> ProxyError {
-        failure_error(&self.failure)
+        failure_error(&self.traffic.body_failure)
     }
 
     fn fail(&self, kind: Kind) -> BoxError {
-        self.failure.set(Some(kind));
-        Box::new(failure_error(&self.failure))
+        self.traffic.body_failure.set(Some(kind));
+        Box::new(failure_error(&self.traffic.body_failure))
     }
 }
 
 /// The [`ProxyError`] recorded in `failure` (a client that went away when none is).
-pub fn failure_error(failure: &BodyFailure) -> ProxyError {
+pub fn failure_error(failure: &Cell<Option<Kind>>) -> ProxyError {
     match failure.get() {
         Some(Kind::BodyTooLarge) => {
             ProxyError::client(Kind::BodyTooLarge, "request body is larger than allowed")
         }
-        Some(Kind::ClientTimeout) => {
-            ProxyError::client(Kind::ClientTimeout, "client sent the request body too slowly")
-        }
+        Some(Kind::ClientTimeout) => ProxyError::client(
+            Kind::ClientTimeout,
+            "client sent the request body too slowly",
+        ),
         _ => ProxyError::client(Kind::ClientClosed, "client closed the request body"),
     }
 }
@@ -161,6 +156,12 @@ impl Body for ClientBody {
                     if this.seen > this.limit {
                         return Poll::Ready(Some(Err(this.fail(Kind::BodyTooLarge))));
                     }
+                }
+                // hyper stops polling a body whose `is_end_stream` turns true (any body with
+                // a Content-Length), so `Ready(None)` may never come: mark the end here, or
+                // the upstream read timeout would never start counting.
+                if this.inner.is_end_stream() {
+                    this.traffic.request_done.set(true);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -205,9 +206,11 @@ impl Body for UpstreamRequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamRequestBody::Stream(s) => Pin::new(s).poll_frame(cx),
-            UpstreamRequestBody::Full(b) => {
-                Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
-            }
+            UpstreamRequestBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
         }
     }
 
@@ -228,31 +231,20 @@ impl Body for UpstreamRequestBody {
     }
 }
 
-/// The upstream's response body, streamed, with the read idle timeout; gives the
-/// connection back to the pool when the body ends cleanly.
+/// The upstream's response body, streamed, with the read idle timeout. An HTTP/1.1 body
+/// gives its connection back to the pool itself when it ends cleanly.
 pub struct UpstreamResponseBody {
-    inner: Incoming,
-    conn: Option<PooledConn>,
+    /// `None` once abandoned after a timeout (dropping it closes the connection).
+    inner: Option<UpstreamBody>,
     idle: IdleTimer,
 }
 
 impl UpstreamResponseBody {
-    /// Wraps `inner`; `conn` returns to the pool at the end of the body.
-    pub fn new(inner: Incoming, conn: Option<PooledConn>, read_timeout: Duration) -> Self {
-        let mut body = UpstreamResponseBody {
-            inner,
-            conn,
+    /// Wraps `inner` with the upstream's read timeout.
+    pub fn new(inner: UpstreamBody, read_timeout: Duration) -> Self {
+        UpstreamResponseBody {
+            inner: Some(inner),
             idle: IdleTimer::new(Some(read_timeout)),
-        };
-        if body.inner.is_end_stream() {
-            body.release();
-        }
-        body
-    }
-
-    fn release(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.release();
         }
     }
 }
@@ -282,25 +274,26 @@ impl Body for UpstreamResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = match &mut this.inner {
+            None => return Poll::Ready(None),
+            Some(UpstreamBody::H1(b)) => Pin::new(b).poll_frame(cx),
+            Some(UpstreamBody::H2(b)) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+        };
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.progress();
-                if this.inner.is_end_stream() {
-                    this.release();
-                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.conn = None;
                 Poll::Ready(Some(Err(Box::new(UpstreamBodyError(e.to_string())))))
             }
-            Poll::Ready(None) => {
-                this.release();
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.idle.poll_expired(cx) {
-                    this.conn = None;
+                    // Dropping the body closes its connection; it never goes back to the pool.
+                    this.inner = None;
                     return Poll::Ready(Some(Err(Box::new(UpstreamBodyError(
                         "read timeout inside the response body".into(),
                     )))));
@@ -311,11 +304,19 @@ impl Body for UpstreamResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            None => true,
+            Some(UpstreamBody::H1(b)) => b.is_end_stream(),
+            Some(UpstreamBody::H2(b)) => b.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            None => SizeHint::with_exact(0),
+            Some(UpstreamBody::H1(b)) => b.size_hint(),
+            Some(UpstreamBody::H2(b)) => b.size_hint(),
+        }
     }
 }
 
@@ -450,7 +451,9 @@ impl Body for ResponseBody {
             return SizeHint::default();
         }
         match &self.source {
-            ResponseSource::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ResponseSource::Full(b) => {
+                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
+            }
             ResponseSource::Upstream(u) => u.size_hint(),
         }
     }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -39,6 +39,8 @@ pub struct Traffic {
     pub bytes_out: Cell<u64>,
     /// Whether the request body has been received completely.
     pub request_done: Cell<bool>,
+    /// Why the request body stopped early, if it did (drives 413 / 408 / 499).
+    pub body_failure: Cell<Option<super::error::Kind>>,
 }
 
 /// What happened on the way to the upstream, for logs and metrics.
@@ -60,6 +62,8 @@ pub struct RequestCtx {
     pub request_id: HeaderValue,
     /// The client's address.
     pub client_addr: SocketAddr,
+    /// The client IP as a header value.
+    pub client_ip: HeaderValue,
     /// Whether the client connection is TLS.
     pub tls: bool,
     /// Index of the listener the request came in on.
@@ -68,12 +72,10 @@ pub struct RequestCtx {
     pub snapshot: Arc<Snapshot>,
     /// The matched route (index into `snapshot.routes`).
     pub route: Option<usize>,
-    /// The path as received, before any rewrite (for logs).
-    pub original_path: String,
+    /// The URI as received, before any rewrite (for logs).
+    pub original_uri: http::Uri,
     /// When the request head was received (monotonic).
     pub started: Instant,
-    /// When the request head was received (wall clock).
-    pub started_at: SystemTime,
     /// Typed per-request values plugins share between phases.
     pub vars: http::Extensions,
     /// Upstream details for the log.

@@ -4,18 +4,17 @@
 //! (WebSocket) connections through.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::body::{failure_error, BodyFailure, UpstreamRequestBody};
+use super::body::{failure_error, UpstreamRequestBody};
 use super::context::{RequestBody, RequestCtx};
 use super::error::{Kind, ProxyError};
 use crate::state::PathRewrite;
-use crate::upstream::pool::PooledConn;
+use crate::upstream::h1::{SendFailure, Upgraded};
+use crate::upstream::pool::{SendOutcome, UpstreamBody};
 use crate::upstream::{Protocol, Upstream};
 
 /// `X-Request-Id`.
@@ -26,13 +25,11 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// The upstream's answer: its response head, and the connection to return to the pool
-/// once the body has been read.
+/// The upstream's answer; its body streams from the upstream (an HTTP/1.1 connection goes
+/// back to the pool when the body ends).
 pub struct Forwarded {
-    /// The response (body streams from the upstream).
-    pub response: Response<Incoming>,
-    /// The HTTP/1.1 connection, for the pool.
-    pub conn: Option<PooledConn>,
+    /// The response.
+    pub response: Response<UpstreamBody>,
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
@@ -73,7 +70,10 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 /// Forwards the request in `ctx` to `upstream`, trying the next target when one cannot be
@@ -82,7 +82,6 @@ pub async fn forward(
     ctx: &mut RequestCtx,
     upstream: &Arc<Upstream>,
     rewrite: Option<&PathRewrite>,
-    failure: &BodyFailure,
     keep_headers: bool,
 ) -> Result<Forwarded, ProxyError> {
     let upgrade = is_upgrade(&ctx.head.headers);
@@ -93,13 +92,18 @@ pub async fn forward(
         None
     };
     let worker = ctx.worker.clone();
-    let metrics = worker.shared.metrics.upstream(&upstream.name);
+    let metrics = &upstream.metrics;
     let attempts = upstream.targets.len().max(1);
     let mut last_err = ProxyError::upstream(Kind::UpstreamConnect, "upstream has no targets");
     for attempt in 0..attempts {
-        let Some(target) = upstream.pick(worker.id, attempt) else { break };
+        let Some(target) = upstream.pick(worker.id, attempt) else {
+            break;
+        };
         ctx.upstream.target = Some(target.address.clone());
-        if upstream.protocol == Protocol::Http2 || upstream.tls.is_some() {
+        // HTTP/2 needs `:scheme` and `:authority`; HTTP/1.1 (TLS or not) must send the
+        // origin-form target to an origin server (RFC 9112 §3.2.1), which hyper's
+        // connection-level client writes as given.
+        if upstream.protocol == Protocol::Http2 {
             set_authority(&mut req, upstream.scheme(), &target.address);
         }
         let conn = match worker.pool.checkout(upstream, target).await {
@@ -111,10 +115,13 @@ pub async fn forward(
                 continue;
             }
         };
-        let started = Instant::now();
         let mut sent = send_with_timeout(ctx, upstream, conn, req).await;
-        if let Err(Ok(unsent)) = sent {
-            // A pooled connection closed under us before anything was written: one fresh try.
+        if let Err(SendFailure {
+            retry: Some(unsent),
+            ..
+        }) = sent
+        {
+            // A pooled connection the upstream had closed: one try on a fresh connection.
             match worker.pool.checkout_fresh(upstream, target).await {
                 Ok(conn) => sent = send_with_timeout(ctx, upstream, conn, unsent).await,
                 Err(e) => {
@@ -123,25 +130,31 @@ pub async fn forward(
                 }
             }
         }
-        ctx.upstream.duration = Some(started.elapsed());
+        // From the request's arrival: one clock read instead of two.
+        ctx.upstream.duration = Some(ctx.started.elapsed());
         return match sent {
-            Ok((response, conn)) => {
+            Ok(response) => {
                 if let Some(on_client) = client_upgrade {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         return Ok(tunnel(ctx, on_client, response));
                     }
                 }
-                Ok(Forwarded { response, conn })
+                Ok(Forwarded { response })
             }
-            Err(Ok(_)) => {
-                metrics.error("protocol");
-                Err(ProxyError::upstream(Kind::UpstreamProtocol, "upstream closed the connection"))
-            }
-            Err(Err(e)) => {
+            Err(SendFailure { error: e, .. }) => {
                 // A request body that failed on the client side is the client's error.
-                let e = if failure.get().is_some() { failure_error(failure) } else { e };
+                let failure = &ctx.traffic.body_failure;
+                let e = if failure.get().is_some() {
+                    failure_error(failure)
+                } else {
+                    e
+                };
                 if e.origin == super::error::Source::Upstream {
-                    metrics.error(if e.kind == Kind::UpstreamTimeout { "timeout" } else { "protocol" });
+                    metrics.error(if e.kind == Kind::UpstreamTimeout {
+                        "timeout"
+                    } else {
+                        "protocol"
+                    });
                 }
                 Err(e)
             }
@@ -149,8 +162,6 @@ pub async fn forward(
     }
     Err(last_err)
 }
-
-type SendResult = Result<(Response<Incoming>, Option<PooledConn>), Result<Request<UpstreamRequestBody>, ProxyError>>;
 
 /// Sends and waits for the response head. The read timeout counts from the end of the
 /// request body: while the client is still uploading, the clock is re-armed (the client
@@ -160,22 +171,26 @@ async fn send_with_timeout(
     upstream: &Upstream,
     conn: crate::upstream::pool::Conn,
     req: Request<UpstreamRequestBody>,
-) -> SendResult {
+) -> SendOutcome {
     let send = conn.send(req);
     tokio::pin!(send);
     loop {
-        match tokio::time::timeout(upstream.read_timeout, &mut send).await {
+        let deadline = crate::server::clock::coarse_now() + upstream.read_timeout;
+        match tokio::time::timeout_at(deadline, &mut send).await {
             Ok(r) => return r,
             Err(_) if !ctx.traffic.request_done.get() => continue,
             Err(_) => {
-                return Err(Err(ProxyError::upstream(
-                    Kind::UpstreamTimeout,
-                    format!(
-                        "upstream `{}` did not answer within {} ms",
-                        upstream.name,
-                        upstream.read_timeout.as_millis()
+                return Err(SendFailure {
+                    error: ProxyError::upstream(
+                        Kind::UpstreamTimeout,
+                        format!(
+                            "upstream `{}` did not answer within {} ms",
+                            upstream.name,
+                            upstream.read_timeout.as_millis()
+                        ),
                     ),
-                )))
+                    retry: None,
+                })
             }
         }
     }
@@ -188,7 +203,12 @@ fn set_authority(req: &mut Request<UpstreamRequestBody>, scheme: &str, address: 
         .map(|p| p.as_str())
         .unwrap_or("/")
         .to_string();
-    if let Ok(uri) = Uri::builder().scheme(scheme).authority(address).path_and_query(pq).build() {
+    if let Ok(uri) = Uri::builder()
+        .scheme(scheme)
+        .authority(address)
+        .path_and_query(pq)
+        .build()
+    {
         *req.uri_mut() = uri;
     }
 }
@@ -200,22 +220,7 @@ fn upstream_request(
     upgrade: bool,
     keep_headers: bool,
 ) -> Result<Request<UpstreamRequestBody>, ProxyError> {
-    let path = ctx.head.uri.path();
-    let new_path;
-    let path = match rewrite {
-        Some(r) => {
-            new_path = r.apply(path);
-            new_path.as_str()
-        }
-        None => path,
-    };
-    let pq = match ctx.head.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    let uri: Uri = pq
-        .parse()
-        .map_err(|_| ProxyError::client(Kind::BadRequest, "the rewritten path is not a valid URI"))?;
+    let uri = upstream_uri(&ctx.head.uri, rewrite)?;
     // Later phases that look at request headers get them; otherwise they move, uncopied.
     let mut headers = if keep_headers {
         ctx.head.headers.clone()
@@ -223,21 +228,30 @@ fn upstream_request(
         std::mem::take(&mut ctx.head.headers)
     };
     strip_hop_by_hop(&mut headers, upgrade);
-    let host = super::context::request_host_raw(&ctx.head.uri, &headers);
+    // `Expect: 100-continue` was answered to the client when its body was first read.
+    headers.remove(header::EXPECT);
+    let host = match headers.get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => ctx
+            .head
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    };
     if upstream.protocol == Protocol::Http2 {
         // HTTP/2 carries the host in :authority.
         headers.remove(header::HOST);
     } else if !headers.contains_key(header::HOST) {
-        if let Some(h) = host.as_ref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(header::HOST, h);
+        if let Some(h) = &host {
+            headers.insert(header::HOST, h.clone());
         }
     }
-    append_forwarded_for(&mut headers, ctx.client_addr.ip());
+    append_forwarded_for(&mut headers, &ctx.client_ip);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
-    if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+    if let Some(h) = host {
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -256,12 +270,29 @@ fn upstream_request(
     Ok(req)
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.to_string(),
+/// The origin-form URI for the upstream: the client's, rewritten if the route says so.
+fn upstream_uri(uri: &Uri, rewrite: Option<&PathRewrite>) -> Result<Uri, ProxyError> {
+    if rewrite.is_none() && uri.scheme().is_none() && uri.authority().is_none() {
+        return Ok(uri.clone());
+    }
+    let path = match rewrite {
+        Some(r) => r.apply(uri.path()),
+        None => uri.path().to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    pq.parse()
+        .map_err(|_| ProxyError::client(Kind::BadRequest, "the rewritten path is not a valid URI"))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
+    let combined = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", ip.to_str().unwrap_or(""))).ok(),
+        None => Some(ip.clone()),
+    };
+    if let Some(v) = combined {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -271,28 +302,50 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
 fn tunnel(
     ctx: &RequestCtx,
     on_client: hyper::upgrade::OnUpgrade,
-    mut response: Response<Incoming>,
+    response: Response<UpstreamBody>,
 ) -> Forwarded {
-    let on_upstream = hyper::upgrade::on(&mut response);
+    let (head, body) = response.into_parts();
     let request_id = ctx.request_id_str().to_string();
-    tokio::task::spawn_local(async move {
-        let (client, upstream) = match tokio::try_join!(on_client, on_upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::warn!(request_id = %request_id, error = %e, "Upgrade failed.");
-                return;
+    match body {
+        UpstreamBody::H1(mut h1) => {
+            if let Some(conn) = h1.take_upgraded() {
+                let (io, leftover) = conn.into_upgraded();
+                let upstream = Upgraded::new(io, leftover);
+                tokio::task::spawn_local(copy_both_ways(on_client, upstream, request_id));
             }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => tracing::debug!(request_id = %request_id, bytes_up = up, bytes_down = down, "Upgraded connection closed."),
-            Err(e) => tracing::debug!(request_id = %request_id, error = %e, "Upgraded connection ended with an error."),
+            Forwarded {
+                response: Response::from_parts(head, UpstreamBody::H1(h1)),
+            }
         }
-    });
-    Forwarded {
-        response,
-        conn: None,
+        UpstreamBody::H2(incoming) => {
+            // HTTP/2 upstreams do not switch protocols (RFC 9113 §8.6).
+            Forwarded {
+                response: Response::from_parts(head, UpstreamBody::H2(incoming)),
+            }
+        }
+    }
+}
+
+async fn copy_both_ways(
+    on_client: hyper::upgrade::OnUpgrade,
+    mut upstream: Upgraded,
+    request_id: String,
+) {
+    let client = match on_client.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(request_id = %request_id, error = %e, "Upgrade failed.");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => {
+            tracing::debug!(request_id = %request_id, bytes_up = up, bytes_down = down, "Upgraded connection closed.")
+        }
+        Err(e) => {
+            tracing::debug!(request_id = %request_id, error = %e, "Upgraded connection ended with an error.")
+        }
     }
 }
 
@@ -303,10 +356,16 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_headers_and_those_named_in_connection() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-keep", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);

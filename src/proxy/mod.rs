@@ -11,7 +11,6 @@ pub mod error;
 pub mod forward;
 pub mod router;
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -22,7 +21,10 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use self::body::{BodyObserver, BodyOutcome, BoxError, ClientBody, ResponseBody, ResponseSource, UpstreamResponseBody};
+use self::body::{
+    BodyObserver, BodyOutcome, BoxError, ClientBody, ResponseBody, ResponseSource,
+    UpstreamResponseBody,
+};
 use self::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
 use self::error::{error_response, Kind, ProxyError};
 use self::forward::X_REQUEST_ID;
@@ -40,6 +42,8 @@ pub struct ConnInfo {
     pub listener: usize,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client IP as a header value (for `X-Forwarded-For`), computed once per connection.
+    pub client_ip: HeaderValue,
     /// The connection's request-cycle phase (drives its idle and header timeouts).
     pub state: Arc<crate::server::conn::ConnState>,
 }
@@ -62,7 +66,6 @@ pub async fn handle(
     let listener = snapshot.listeners.get(conn.listener).unwrap_or(&defaults);
     let request_id = request_id(&head.headers, listener.trust_request_id);
     let traffic = Rc::new(Traffic::default());
-    let failure = Rc::new(Cell::new(None));
     let body = if incoming.is_end_stream() {
         traffic.request_done.set(true);
         RequestBody::Empty
@@ -72,22 +75,21 @@ pub async fn handle(
             listener.max_body_bytes,
             Some(listener.body_timeout),
             traffic.clone(),
-            failure.clone(),
         ))
     };
     let limits = check_limits(&head, listener.max_header_bytes, listener.max_body_bytes);
     let mut ctx = RequestCtx {
-        original_path: head.uri.path().to_string(),
+        original_uri: head.uri.clone(),
         head,
         body,
         request_id,
         client_addr: conn.client_addr,
+        client_ip: conn.client_ip.clone(),
         tls: conn.tls,
         listener: conn.listener,
         snapshot: snapshot.clone(),
         route: None,
         started: Instant::now(),
-        started_at: SystemTime::now(),
         vars: http::Extensions::new(),
         upstream: Default::default(),
         traffic,
@@ -96,16 +98,20 @@ pub async fn handle(
         conn_state: conn.state.clone(),
     };
     let answer = match limits {
-        Ok(()) => run(&mut ctx, &snapshot, &failure).await,
+        Ok(()) => run(&mut ctx, &snapshot).await,
         Err(e) => Err(e),
     };
     Ok(respond(ctx, &snapshot, answer))
 }
 
 /// Limits checked before any phase: header size (431) and declared body size (413).
-fn check_limits(head: &http::request::Parts, max_header: usize, max_body: u64) -> Result<(), ProxyError> {
+fn check_limits(
+    head: &http::request::Parts,
+    max_header: usize,
+    max_body: u64,
+) -> Result<(), ProxyError> {
     let header_bytes: usize = head.method.as_str().len()
-        + head.uri.to_string().len()
+        + head.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
         + 12
         + head
             .headers
@@ -145,8 +151,12 @@ fn request_id(headers: &http::HeaderMap, trust: bool) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>, failure: &body::BodyFailure) -> Result<Answer, ProxyError> {
-    let host = ctx.host();
+async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, ProxyError> {
+    let host = if snapshot.router.needs_host() {
+        ctx.host()
+    } else {
+        String::new()
+    };
     let route_idx = snapshot
         .router
         .find(&router::RequestKey {
@@ -172,7 +182,11 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>, failure: &body::Bod
                 Phase::Access => entry.plugin.access(ctx),
                 _ => entry.plugin.content(ctx),
             };
-            match step.run().await.map_err(|e| plugin_failed(ctx, entry.plugin.name(), phase, e))? {
+            match step
+                .run()
+                .await
+                .map_err(|e| plugin_failed(ctx, entry.plugin.name(), phase, e))?
+            {
                 Flow::Continue => {}
                 Flow::Respond(r) => return Ok(Answer::Local(r)),
             }
@@ -186,18 +200,30 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>, failure: &body::Bod
         }
     }
     let upstream = route.upstream.as_ref().ok_or_else(|| {
-        ProxyError::new(error::Source::Internal, Kind::NoUpstream, "route has no upstream")
+        ProxyError::new(
+            error::Source::Internal,
+            Kind::NoUpstream,
+            "route has no upstream",
+        )
     })?;
-    let keep_headers = chain.has(Phase::HeaderFilter) || chain.has(Phase::BodyFilter) || chain.has(Phase::Log);
-    let started = Instant::now();
-    let fwd = forward::forward(ctx, upstream, route.rewrite.as_ref(), failure, keep_headers).await?;
-    let read_timeout = upstream.read_timeout;
-    ctx.upstream.duration.get_or_insert(started.elapsed());
-    Ok(Answer::Upstream(fwd, read_timeout))
+    let keep_headers =
+        chain.has(Phase::HeaderFilter) || chain.has(Phase::BodyFilter) || chain.has(Phase::Log);
+    let fwd = forward::forward(ctx, upstream, route.rewrite.as_ref(), keep_headers).await?;
+    Ok(Answer::Upstream(fwd, upstream.read_timeout))
 }
 
-fn plugin_failed(ctx: &RequestCtx, plugin: &str, phase: Phase, e: crate::plugins::PluginError) -> ProxyError {
-    if let crate::plugins::PluginError::Script { script, message, over_budget } = &e {
+fn plugin_failed(
+    ctx: &RequestCtx,
+    plugin: &str,
+    phase: Phase,
+    e: crate::plugins::PluginError,
+) -> ProxyError {
+    if let crate::plugins::PluginError::Script {
+        script,
+        message,
+        over_budget,
+    } = &e
+    {
         let kind = if *over_budget { "budget" } else { "error" };
         ctx.worker.shared.metrics.script_failure(script, kind);
         tracing::error!(request_id = ctx.request_id_str(), script = %script, phase = phase.as_str(), error = %message, "Script failed.");
@@ -215,12 +241,19 @@ fn chain_of<'s>(snapshot: &'s Snapshot, route: Option<usize>) -> &'s Chain {
         .unwrap_or(&snapshot.global)
 }
 
-fn respond(mut ctx: RequestCtx, snapshot: &Arc<Snapshot>, answer: Result<Answer, ProxyError>) -> Response<ResponseBody> {
+fn respond(
+    mut ctx: RequestCtx,
+    snapshot: &Arc<Snapshot>,
+    answer: Result<Answer, ProxyError>,
+) -> Response<ResponseBody> {
     let (mut head, source) = match answer {
         Ok(Answer::Local(r)) => local_parts(r),
         Ok(Answer::Upstream(fwd, read_timeout)) => {
-            let (head, incoming) = fwd.response.into_parts();
-            (head, ResponseSource::Upstream(UpstreamResponseBody::new(incoming, fwd.conn, read_timeout)))
+            let (head, body) = fwd.response.into_parts();
+            (
+                head,
+                ResponseSource::Upstream(UpstreamResponseBody::new(body, read_timeout)),
+            )
         }
         Err(e) => error_parts(&ctx, &e),
     };
@@ -237,19 +270,30 @@ fn respond(mut ctx: RequestCtx, snapshot: &Arc<Snapshot>, answer: Result<Answer,
     finish(ctx, snapshot, head, source)
 }
 
-fn finish(mut ctx: RequestCtx, snapshot: &Arc<Snapshot>, mut head: ResponseHead, source: ResponseSource) -> Response<ResponseBody> {
-    head.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+fn finish(
+    mut ctx: RequestCtx,
+    snapshot: &Arc<Snapshot>,
+    mut head: ResponseHead,
+    source: ResponseSource,
+) -> Response<ResponseBody> {
+    head.headers
+        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     // The client's protocol version, whatever the upstream spoke.
     head.version = ctx.head.version;
     if !matches!(source, ResponseSource::Upstream(_)) {
         // Local bodies are complete: hop-by-hop framing comes from hyper.
         head.headers.remove(http::header::TRANSFER_ENCODING);
     } else {
-        forward::strip_hop_by_hop(&mut head.headers, head.status == http::StatusCode::SWITCHING_PROTOCOLS);
+        forward::strip_hop_by_hop(
+            &mut head.headers,
+            head.status == http::StatusCode::SWITCHING_PROTOCOLS,
+        );
         if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
             if let Some(up) = ctx.head.headers.get(http::header::UPGRADE).cloned() {
                 head.headers.entry(http::header::UPGRADE).or_insert(up);
             }
+            // The tunnel's bytes are not request heads: no header or idle timeout from now on.
+            ctx.conn_state.set(ConnPhase::Upgraded);
         }
     }
     let chain = chain_of(snapshot, ctx.route);
@@ -259,7 +303,7 @@ fn finish(mut ctx: RequestCtx, snapshot: &Arc<Snapshot>, mut head: ResponseHead,
     ctx.status = head.status.as_u16();
     let observer = LogObserver {
         filters: chain.has(Phase::BodyFilter),
-        ctx: Some(Box::new(ctx)),
+        ctx: Some(ctx),
     };
     Response::from_parts(head, ResponseBody::new(source, Some(Box::new(observer))))
 }
@@ -279,7 +323,11 @@ fn error_parts(ctx: &RequestCtx, e: &ProxyError) -> (ResponseHead, ResponseSourc
     local_parts(error_response(e, &ctx.request_id))
 }
 
-fn header_filter(ctx: &mut RequestCtx, chain: &Chain, head: &mut ResponseHead) -> Result<(), ProxyError> {
+fn header_filter(
+    ctx: &mut RequestCtx,
+    chain: &Chain,
+    head: &mut ResponseHead,
+) -> Result<(), ProxyError> {
     for entry in &chain.entries {
         if entry.plugin.phases().contains(Phase::HeaderFilter) {
             entry
@@ -293,7 +341,7 @@ fn header_filter(ctx: &mut RequestCtx, chain: &Chain, head: &mut ResponseHead) -
 
 /// Runs body filters per chunk and the log phase at the end.
 struct LogObserver {
-    ctx: Option<Box<RequestCtx>>,
+    ctx: Option<RequestCtx>,
     filters: bool,
 }
 
@@ -303,7 +351,9 @@ impl BodyObserver for LogObserver {
     }
 
     fn on_chunk(&mut self, chunk: &mut Bytes, eof: bool) -> Result<(), BoxError> {
-        let Some(ctx) = self.ctx.as_mut() else { return Ok(()) };
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Ok(());
+        };
         let snapshot = ctx.snapshot.clone();
         let chain = chain_of(&snapshot, ctx.route);
         for entry in &chain.entries {
@@ -343,18 +393,28 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
         .unwrap_or(&snapshot.unmatched);
     metrics.record(ctx.status, took);
     if outcome == BodyOutcome::UpstreamFailed {
-        tracing::warn!(request_id = ctx.request_id_str(), route = ctx.route_name(), upstream = ctx.upstream.target.as_deref().unwrap_or("-"), "Response body failed mid-stream; client connection closed.");
-        if let Some(u) = ctx.route.and_then(|i| snapshot.routes.get(i)).and_then(|r| r.upstream.as_ref()) {
-            ctx.worker.shared.metrics.upstream(&u.name).error("body");
+        tracing::warn!(
+            request_id = ctx.request_id_str(),
+            route = ctx.route_name(),
+            upstream = ctx.upstream.target.as_deref().unwrap_or("-"),
+            "Response body failed mid-stream; client connection closed."
+        );
+        if let Some(u) = ctx
+            .route
+            .and_then(|i| snapshot.routes.get(i))
+            .and_then(|r| r.upstream.as_ref())
+        {
+            u.metrics.error("body");
         }
     }
     if snapshot.access_log.enabled() {
         snapshot.access_log.write(&AccessRecord {
-            time: ctx.started_at,
+            // Wall-clock start, derived here so requests without a log pay no clock read.
+            time: SystemTime::now() - took,
             request_id: ctx.request_id_str(),
             client: ctx.client_addr,
             method: ctx.head.method.as_str(),
-            path: &ctx.original_path,
+            path: ctx.original_uri.path(),
             route: ctx.route_name(),
             upstream: ctx.upstream.target.as_deref(),
             status: ctx.status,
@@ -389,9 +449,19 @@ mod tests {
             .body(())
             .unwrap();
         let (head, ()) = req.into_parts();
-        assert_eq!(check_limits(&head, 1024, 10).unwrap_err().kind, Kind::HeaderTooLarge);
-        let req = Request::builder().uri("/").header("content-length", "11").body(()).unwrap();
+        assert_eq!(
+            check_limits(&head, 1024, 10).unwrap_err().kind,
+            Kind::HeaderTooLarge
+        );
+        let req = Request::builder()
+            .uri("/")
+            .header("content-length", "11")
+            .body(())
+            .unwrap();
         let (head, ()) = req.into_parts();
-        assert_eq!(check_limits(&head, 1024, 10).unwrap_err().kind, Kind::BodyTooLarge);
+        assert_eq!(
+            check_limits(&head, 1024, 10).unwrap_err().kind,
+            Kind::BodyTooLarge
+        );
     }
 }

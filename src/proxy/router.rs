@@ -70,6 +70,7 @@ struct Entry {
 pub struct Router {
     entries: Vec<Entry>,
     matches: Vec<RouteMatch>,
+    needs_host: bool,
 }
 
 /// What the router looks at in a request.
@@ -119,9 +120,15 @@ impl Router {
             )
         });
         Router {
+            needs_host: entries.iter().any(|e| !matches!(e.host, HostPattern::Any)),
             entries,
             matches: routes,
         }
+    }
+
+    /// Whether any route looks at the host (if not, callers can skip computing it).
+    pub fn needs_host(&self) -> bool {
+        self.needs_host
     }
 
     /// The index of the route for this request, if any.
@@ -158,7 +165,9 @@ fn path_rank(p: &PathPattern) -> (u8, usize) {
 fn host_matches(p: &HostPattern, host: &str) -> bool {
     match p {
         HostPattern::Exact(h) => h == host,
-        HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        HostPattern::Wildcard(suffix) => {
+            host.len() > suffix.len() && host.ends_with(suffix.as_str())
+        }
         HostPattern::Regex(re) => re.is_match(host),
         HostPattern::Any => true,
     }

@@ -8,7 +8,9 @@
 //!
 //! The driver flips the shared [`ConnPhase`] when a request head has been received
 //! (`InRequest`) and when the request is finished (`Idle`). HTTP/2 connections (detected by
-//! their preface) are left to hyper's own keep-alive handling.
+//! their preface) are left to hyper's own keep-alive handling, and so are connections that
+//! switched protocols (`Upgraded`, e.g. WebSocket): their bytes are no longer request heads,
+//! so neither timeout applies to them.
 
 use std::io;
 use std::pin::Pin;
@@ -18,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 /// Where a connection is in its request cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +34,8 @@ pub enum ConnPhase {
     InRequest = 2,
     /// HTTP/2: no per-request phases.
     H2 = 3,
+    /// Switched protocols after a `101` (WebSocket): no HTTP phases any more.
+    Upgraded = 4,
 }
 
 /// The phase shared between the I/O wrapper and the driver.
@@ -51,21 +55,25 @@ impl ConnState {
             1 => ConnPhase::InHead,
             2 => ConnPhase::InRequest,
             3 => ConnPhase::H2,
+            4 => ConnPhase::Upgraded,
             _ => ConnPhase::Idle,
         }
     }
 
-    /// Sets the phase (HTTP/2 connections stay HTTP/2).
+    /// Sets the phase (HTTP/2 and upgraded connections keep their phase for good).
     pub fn set(&self, phase: ConnPhase) {
         let _ = self
             .0
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-                (cur != ConnPhase::H2 as u8).then_some(phase as u8)
+                (cur != ConnPhase::H2 as u8 && cur != ConnPhase::Upgraded as u8)
+                    .then_some(phase as u8)
             });
     }
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The HTTP/2 connection preface (RFC 9113 §3.4). Until all of it has arrived, an h2c
+/// connection is still "in its head": hyper's HTTP/2 keep-alive only starts after it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client stream with the idle and header timeouts.
 pub struct ConnIo<T> {
@@ -77,7 +85,9 @@ pub struct ConnIo<T> {
     armed_for: Option<ConnPhase>,
     /// Bytes of the canned 408 response still to write.
     timeout_response: Option<(Vec<u8>, usize)>,
-    first_read: bool,
+    /// Bytes of [`H2_PREFACE`] matched so far; `None` once the connection is known to be
+    /// HTTP/1.1 or its preface is complete.
+    preface_matched: Option<usize>,
 }
 
 impl<T> ConnIo<T> {
@@ -90,7 +100,7 @@ impl<T> ConnIo<T> {
             sleep: Box::pin(tokio::time::sleep(timeout)),
             armed_for: None,
             timeout_response: None,
-            first_read: true,
+            preface_matched: Some(0),
         }
     }
 }
@@ -126,7 +136,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.timeout_response.is_some() {
             return match this.poll_write_timeout_response(cx) {
@@ -139,11 +153,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if !got.is_empty() {
-                    if this.first_read {
-                        this.first_read = false;
-                        if got.starts_with(H2_PREFACE) {
+                    if let Some(matched) = this.preface_matched {
+                        let want = &H2_PREFACE[matched..];
+                        let n = got.len().min(want.len());
+                        this.preface_matched = if got[..n] != want[..n] {
+                            None
+                        } else if matched + n == H2_PREFACE.len() {
                             this.state.set(ConnPhase::H2);
-                        }
+                            None
+                        } else {
+                            Some(matched + n)
+                        };
                     }
                     if this.state.get() == ConnPhase::Idle {
                         this.state.set(ConnPhase::InHead);
@@ -154,16 +174,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 let phase = this.state.get();
-                if matches!(phase, ConnPhase::InRequest | ConnPhase::H2) {
+                if matches!(
+                    phase,
+                    ConnPhase::InRequest | ConnPhase::H2 | ConnPhase::Upgraded
+                ) {
                     this.armed_for = None;
                     return Poll::Pending;
                 }
                 if this.armed_for != Some(phase) {
                     this.armed_for = Some(phase);
-                    this.sleep.as_mut().reset(Instant::now() + this.timeout);
+                    this.sleep
+                        .as_mut()
+                        .reset(super::clock::coarse_now() + this.timeout);
                 }
                 if this.sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
+                }
+                if phase == ConnPhase::InHead && this.preface_matched.is_some_and(|m| m > 0) {
+                    // A stalled HTTP/2 preface: an HTTP/1.1 408 would mean nothing to it.
+                    tracing::info!("Client sent the HTTP/2 preface too slowly; closed.");
+                    return Poll::Ready(Ok(()));
                 }
                 if phase == ConnPhase::InHead {
                     this.timeout_response = Some((timeout_body(), 0));
@@ -183,7 +213,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
 use std::future::Future;
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 

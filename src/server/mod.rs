@@ -4,6 +4,7 @@
 //! [`Gateway::start`] is what `sluicegate run` and the end-to-end tests both use: it returns
 //! once every socket is bound, with the addresses actually bound (so port 0 works).
 
+pub mod clock;
 pub mod conn;
 pub mod tls;
 pub mod worker;
@@ -53,7 +54,9 @@ pub fn worker_count(configured: usize) -> usize {
     if configured > 0 {
         configured
     } else {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     }
 }
 
@@ -84,11 +87,14 @@ impl Gateway {
     /// Loads `config`, binds every socket, and starts workers, admin API and reloader.
     pub fn start(config: &Path) -> anyhow::Result<Gateway> {
         let metrics = Arc::new(Metrics::default());
-        let first = crate::config::load_snapshot(config, 1, 0, &metrics).map_err(anyhow::Error::new)?;
+        let first =
+            crate::config::load_snapshot(config, 1, 0, &metrics).map_err(anyhow::Error::new)?;
         let workers = worker_count(first.settings.workers);
         // Balancers have one cursor per worker: rebuild with the real count.
-        let snapshot = crate::config::load_snapshot(config, 1, workers, &metrics).map_err(anyhow::Error::new)?;
-        let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+        let snapshot = crate::config::load_snapshot(config, 1, workers, &metrics)
+            .map_err(anyhow::Error::new)?;
+        let mut sockets: Vec<Vec<std::net::TcpListener>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
             let first = bind(&l.address, None)?;
@@ -103,7 +109,10 @@ impl Gateway {
             Some(a) => Some(bind(a, None)?),
             None => None,
         };
-        let admin = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let admin = admin_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()?;
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let mut snapshot = snapshot;
@@ -115,6 +124,7 @@ impl Gateway {
             workers,
             reload_tx,
             shutdown,
+            lua_dicts: Arc::default(),
         });
         let mut handles = Vec::new();
         for (id, socks) in sockets.into_iter().enumerate() {
@@ -130,7 +140,10 @@ impl Gateway {
         let control = std::thread::Builder::new()
             .name("sluicegate-control".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
                         tracing::error!(error = %e, "Cannot start the control runtime.");
@@ -144,7 +157,9 @@ impl Gateway {
                             Ok(l) => {
                                 tokio::spawn(crate::admin::serve(control_shared.clone(), l));
                             }
-                            Err(e) => tracing::error!(error = %e, "Cannot start the admin listener."),
+                            Err(e) => {
+                                tracing::error!(error = %e, "Cannot start the admin listener.")
+                            }
                         }
                     }
                     let _ = stop_rx.await;

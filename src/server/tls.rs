@@ -24,10 +24,15 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 }
 
 /// Builds the server configuration of a TLS listener.
-pub fn server_config(cfg: &TlsConfig, base_dir: &Path, http2: bool) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(
+    cfg: &TlsConfig,
+    base_dir: &Path,
+    http2: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certs(&base_dir.join(&cfg.cert_file))?;
     let key_path = base_dir.join(&cfg.key_file);
-    let key_data = std::fs::read(&key_path).map_err(|e| format!("cannot read `{}`: {e}", key_path.display()))?;
+    let key_data = std::fs::read(&key_path)
+        .map_err(|e| format!("cannot read `{}`: {e}", key_path.display()))?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_data.as_slice())
         .map_err(|e| format!("invalid PEM in `{}`: {e}", key_path.display()))?
         .ok_or_else(|| format!("no private key found in `{}`", key_path.display()))?;
@@ -46,7 +51,11 @@ pub fn server_config(cfg: &TlsConfig, base_dir: &Path, http2: bool) -> Result<Ar
 }
 
 /// Builds the client configuration for an `https` upstream.
-pub fn client_config(cfg: &UpstreamTlsConfig, base_dir: &Path, protocol: Protocol) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_config(
+    cfg: &UpstreamTlsConfig,
+    base_dir: &Path,
+    protocol: Protocol,
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -60,7 +69,9 @@ pub fn client_config(cfg: &UpstreamTlsConfig, base_dir: &Path, protocol: Protoco
         match &cfg.ca_file {
             Some(ca) => {
                 for cert in read_certs(&base_dir.join(ca))? {
-                    roots.add(cert).map_err(|e| format!("invalid CA certificate: {e}"))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("invalid CA certificate: {e}"))?;
                 }
             }
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -96,7 +107,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -105,7 +121,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -33,6 +33,8 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     /// Upstream connections of this worker.
     pub pool: Pool,
+    /// This worker's Lua VM (created on the first script call).
+    pub lua: crate::lua::WorkerLua,
 }
 
 struct Tracker {
@@ -42,23 +44,36 @@ struct Tracker {
 
 /// Runs worker `id` on the current thread until shutdown; `sockets[i]` is this worker's
 /// copy of listener `i`.
-pub fn run(id: usize, shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+pub fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    sockets: Vec<std::net::TcpListener>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let worker = Rc::new(Worker {
             id,
             shared: shared.clone(),
             pool: Pool::default(),
+            lua: crate::lua::WorkerLua::new(lua_runtime(id, &shared)),
         });
         let tracker = Rc::new(Tracker {
             active: Cell::new(0),
             idle: Notify::new(),
         });
+        let ticker = tokio::task::spawn_local(super::clock::run_ticker());
         let mut accepting = Vec::new();
         for (index, socket) in sockets.into_iter().enumerate() {
             let listener = TcpListener::from_std(socket)?;
-            accepting.push(tokio::task::spawn_local(accept_loop(worker.clone(), tracker.clone(), index, listener)));
+            accepting.push(tokio::task::spawn_local(accept_loop(
+                worker.clone(),
+                tracker.clone(),
+                index,
+                listener,
+            )));
         }
         let mut shutdown = shared.shutdown.subscribe();
         while !*shutdown.borrow_and_update() {
@@ -69,6 +84,7 @@ pub fn run(id: usize, shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) 
         for task in &accepting {
             task.abort();
         }
+        ticker.abort();
         let drain = shared.drain_timeout();
         let drained = tokio::time::timeout(drain, async {
             while tracker.active.get() > 0 {
@@ -77,18 +93,45 @@ pub fn run(id: usize, shared: Arc<Shared>, sockets: Vec<std::net::TcpListener>) 
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(worker = id, connections = tracker.active.get(), "Drain timeout reached; closing remaining connections.");
+            tracing::warn!(
+                worker = id,
+                connections = tracker.active.get(),
+                "Drain timeout reached; closing remaining connections."
+            );
         }
         Ok(())
     })
 }
 
-async fn accept_loop(worker: Rc<Worker>, tracker: Rc<Tracker>, index: usize, listener: TcpListener) {
+/// What this worker's Lua VM needs from the process.
+fn lua_runtime(id: usize, shared: &Arc<Shared>) -> crate::lua::Runtime {
+    let settings_source = shared.clone();
+    crate::lua::Runtime {
+        dicts: shared.lua_dicts.clone(),
+        metrics: shared.metrics.clone(),
+        settings: Arc::new(move || settings_source.snapshot.load().lua.clone()),
+        worker_id: id,
+        worker_count: shared.workers,
+    }
+}
+
+async fn accept_loop(
+    worker: Rc<Worker>,
+    tracker: Rc<Tracker>,
+    index: usize,
+    listener: TcpListener,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::task::spawn_local(serve(worker.clone(), tracker.clone(), index, stream, addr));
+                tokio::task::spawn_local(serve(
+                    worker.clone(),
+                    tracker.clone(),
+                    index,
+                    stream,
+                    addr,
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -99,7 +142,13 @@ async fn accept_loop(worker: Rc<Worker>, tracker: Rc<Tracker>, index: usize, lis
     }
 }
 
-async fn serve(worker: Rc<Worker>, tracker: Rc<Tracker>, index: usize, stream: TcpStream, addr: SocketAddr) {
+async fn serve(
+    worker: Rc<Worker>,
+    tracker: Rc<Tracker>,
+    index: usize,
+    stream: TcpStream,
+    addr: SocketAddr,
+) {
     let metrics = worker.shared.metrics.clone();
     metrics.accepted_connections.fetch_add(1, Ordering::Relaxed);
     metrics.active_connections.fetch_add(1, Ordering::Relaxed);
@@ -131,6 +180,8 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let mut shutdown = worker.shared.shutdown.subscribe();
     let timeout = settings.header_timeout;
+    let client_ip = http::HeaderValue::from_str(&addr.ip().to_string())
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
     match settings.tls.clone() {
         None => {
             if !settings.http2 {
@@ -139,6 +190,7 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
             let info = Rc::new(ConnInfo {
                 client_addr: addr,
                 listener: index,
+                client_ip: client_ip.clone(),
                 tls: false,
                 state: state.clone(),
             });
@@ -168,6 +220,7 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
             let info = Rc::new(ConnInfo {
                 client_addr: addr,
                 listener: index,
+                client_ip: client_ip.clone(),
                 tls: true,
                 state: state.clone(),
             });

@@ -6,6 +6,7 @@
 //! Target choice is behind [`Balancer`] so more policies (least-connections, hashing) and
 //! health state can be added without touching the proxy.
 
+pub mod h1;
 pub mod pool;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,8 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// The balancing policy.
     pub balancer: Balancer,
+    /// This upstream's error counters (resolved once, when the snapshot is built).
+    pub metrics: Arc<crate::telemetry::UpstreamMetrics>,
 }
 
 impl Upstream {

@@ -3,9 +3,10 @@
 //! `RefCell` and never locks.
 //!
 //! Invariants: an HTTP/1.1 connection is back in the pool only after its response body was
-//! read to the end (see [`PooledConn::release`]); a connection whose body was abandoned is
-//! dropped (closed). A request sent on a reused connection that turns out to be closed is
-//! retried once on a fresh connection when hyper hands the unsent request back.
+//! read to the end (see [`PoolHandle::release`], called by [`H1Body`]); a connection whose
+//! body was abandoned is dropped (closed). An idle connection is checked for a close by the
+//! peer before reuse, and a request that still fails that way on a reused connection is
+//! retried once on a fresh connection (see [`super::h1`]).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -13,28 +14,32 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::h1::{H1Body, H1Conn, SendFailure};
 use super::{Protocol, Target, Upstream};
 use crate::proxy::body::UpstreamRequestBody;
 use crate::proxy::error::{Kind, ProxyError};
+use crate::server::clock::coarse_now;
 use crate::server::LocalExec;
 
 enum Sender {
-    H1(http1::SendRequest<UpstreamRequestBody>),
+    H1(H1Conn),
     H2(http2::SendRequest<UpstreamRequestBody>),
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamRequestBody>,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -50,6 +55,28 @@ pub struct Pool {
     inner: Rc<PoolInner>,
 }
 
+/// Where a finished HTTP/1.1 connection goes back to.
+pub struct PoolHandle {
+    pool: Rc<PoolInner>,
+    key: u64,
+    max_idle: usize,
+}
+
+impl PoolHandle {
+    /// Returns `conn` to the pool (its response body was read to the end).
+    pub fn release(self, mut conn: H1Conn) {
+        let mut idle = self.pool.idle.borrow_mut();
+        let queue = idle.entry(self.key).or_default();
+        if queue.len() < self.max_idle {
+            conn.reused = true;
+            queue.push_back(Idle {
+                conn,
+                since: coarse_now(),
+            });
+        }
+    }
+}
+
 /// A connection checked out of the pool for one request.
 pub struct Conn {
     sender: Sender,
@@ -59,28 +86,17 @@ pub struct Conn {
     pool: Rc<PoolInner>,
 }
 
-/// An HTTP/1.1 connection whose response body is still being read; [`release`](Self::release)
-/// returns it to the pool, dropping it closes it.
-pub struct PooledConn {
-    sender: http1::SendRequest<UpstreamRequestBody>,
-    key: u64,
-    max_idle: usize,
-    pool: Rc<PoolInner>,
+/// The body of an upstream response.
+pub enum UpstreamBody {
+    /// Read directly from an HTTP/1.1 connection.
+    H1(H1Body),
+    /// An HTTP/2 stream.
+    H2(Incoming),
 }
 
-impl PooledConn {
-    /// Returns the connection to the pool (the response body was read to the end).
-    pub fn release(self) {
-        let mut idle = self.pool.idle.borrow_mut();
-        let queue = idle.entry(self.key).or_default();
-        if queue.len() < self.max_idle && !self.sender.is_closed() {
-            queue.push_back(Idle {
-                sender: self.sender,
-                since: Instant::now(),
-            });
-        }
-    }
-}
+/// Outcome of [`Conn::send`]: the response, or an error with the request given back when
+/// it may be sent again on a fresh connection.
+pub type SendOutcome = Result<Response<UpstreamBody>, SendFailure>;
 
 impl Pool {
     /// A connection to `target`: an idle pooled one when there is one, else a new one.
@@ -90,21 +106,24 @@ impl Pool {
             if let Some(sender) = existing.filter(|s| !s.is_closed()) {
                 return Ok(self.conn(Sender::H2(sender), true, upstream, target));
             }
-        } else if let Some(sender) = self.take_idle(target.pool_key, upstream.idle_timeout) {
-            return Ok(self.conn(Sender::H1(sender), true, upstream, target));
+        } else if let Some(conn) = self.take_idle(target.pool_key, upstream.idle_timeout) {
+            return Ok(self.conn(Sender::H1(conn), true, upstream, target));
         }
-        let sender = connect(upstream, target).await?;
-        if let Sender::H2(s) = &sender {
-            self.inner.h2.borrow_mut().insert(target.pool_key, s.clone());
-        }
-        Ok(self.conn(sender, false, upstream, target))
+        self.checkout_fresh(upstream, target).await
     }
 
     /// A new connection to `target`, bypassing idle ones.
-    pub async fn checkout_fresh(&self, upstream: &Upstream, target: &Target) -> Result<Conn, ProxyError> {
+    pub async fn checkout_fresh(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+    ) -> Result<Conn, ProxyError> {
         let sender = connect(upstream, target).await?;
         if let Sender::H2(s) = &sender {
-            self.inner.h2.borrow_mut().insert(target.pool_key, s.clone());
+            self.inner
+                .h2
+                .borrow_mut()
+                .insert(target.pool_key, s.clone());
         }
         Ok(self.conn(sender, false, upstream, target))
     }
@@ -119,20 +138,17 @@ impl Pool {
         }
     }
 
-    fn take_idle(
-        &self,
-        key: u64,
-        idle_timeout: Duration,
-    ) -> Option<http1::SendRequest<UpstreamRequestBody>> {
+    fn take_idle(&self, key: u64, idle_timeout: Duration) -> Option<H1Conn> {
         let mut idle = self.inner.idle.borrow_mut();
         let queue = idle.get_mut(&key)?;
+        let now = coarse_now();
         // Most recently used first: it is the least likely to have been closed by the peer.
-        while let Some(entry) = queue.pop_back() {
-            if entry.sender.is_closed() || entry.since.elapsed() > idle_timeout {
+        while let Some(mut entry) = queue.pop_back() {
+            if now.saturating_duration_since(entry.since) > idle_timeout {
                 continue;
             }
-            if entry.sender.is_ready() {
-                return Some(entry.sender);
+            if entry.conn.is_idle_usable() {
+                return Some(entry.conn);
             }
         }
         None
@@ -150,43 +166,28 @@ impl Conn {
         self.reused
     }
 
-    /// Sends `req`. On a reused HTTP/1.1 connection that turns out closed before the request
-    /// was written, the request comes back as `Err(Ok(req))` so the caller can retry on a
-    /// new connection; every other failure is `Err(Err(error))`.
-    pub async fn send(
-        self,
-        req: Request<UpstreamRequestBody>,
-    ) -> Result<(Response<Incoming>, Option<PooledConn>), Result<Request<UpstreamRequestBody>, ProxyError>>
-    {
+    /// Sends `req` and waits for the response head.
+    pub async fn send(self, req: Request<UpstreamRequestBody>) -> SendOutcome {
         match self.sender {
-            Sender::H1(mut sender) => {
-                if sender.ready().await.is_err() {
-                    return Err(Ok(req));
-                }
-                match sender.try_send_request(req).await {
-                    Ok(resp) => {
-                        let pooled = PooledConn {
-                            sender,
-                            key: self.key,
-                            max_idle: self.max_idle,
-                            pool: self.pool,
-                        };
-                        Ok((resp, Some(pooled)))
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(req) if self.reused => Err(Ok(req)),
-                        _ => Err(Err(send_error(e.error()))),
-                    },
-                }
+            Sender::H1(conn) => {
+                let handle = PoolHandle {
+                    pool: self.pool,
+                    key: self.key,
+                    max_idle: self.max_idle,
+                };
+                conn.send(req, handle)
+                    .await
+                    .map(|r| r.map(UpstreamBody::H1))
             }
             Sender::H2(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok((resp, None)),
+                Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
                 Err(mut e) => {
                     self.pool.h2.borrow_mut().remove(&self.key);
-                    match e.take_message() {
-                        Some(req) if self.reused => Err(Ok(req)),
-                        _ => Err(Err(send_error(e.error()))),
-                    }
+                    let retry = e.take_message().filter(|_| self.reused);
+                    Err(SendFailure {
+                        error: send_error(e.error()),
+                        retry,
+                    })
                 }
             },
         }
@@ -220,7 +221,10 @@ async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyEr
     let unreachable = |why: String| {
         ProxyError::upstream(
             Kind::UpstreamConnect,
-            format!("cannot connect to upstream `{}` target {}: {why}", upstream.name, target.address),
+            format!(
+                "cannot connect to upstream `{}` target {}: {why}",
+                upstream.name, target.address
+            ),
         )
     };
     let connecting = async {
@@ -248,24 +252,13 @@ async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyEr
         Ok(r) => r?,
         Err(_) => return Err(unreachable(format!("connect timed out after {timeout:?}"))),
     };
-    let io = TokioIo::new(WriteTimeout::new(stream, upstream.write_timeout));
+    let stream = WriteTimeout::new(stream, upstream.write_timeout);
     match upstream.protocol {
-        Protocol::Http1 => {
-            let (sender, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|e| unreachable(format!("handshake failed: {e}")))?;
-            tokio::task::spawn_local(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
-            Ok(Sender::H1(sender))
-        }
+        Protocol::Http1 => Ok(Sender::H1(H1Conn::new(stream))),
         Protocol::Http2 => {
             let (sender, conn) = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())
-                .handshake(io)
+                .handshake(TokioIo::new(stream))
                 .await
                 .map_err(|e| unreachable(format!("HTTP/2 handshake failed: {e}")))?;
             tokio::task::spawn_local(async move {
@@ -278,14 +271,21 @@ async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyEr
     }
 }
 
+/// An upstream stream with its write timeout.
+pub type UpstreamStream = WriteTimeout<UpstreamIo>;
+
 /// A plain or TLS upstream stream.
-enum UpstreamIo {
+pub enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for UpstreamIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -294,7 +294,11 @@ impl AsyncRead for UpstreamIo {
 }
 
 impl AsyncWrite for UpstreamIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -336,7 +340,7 @@ impl AsyncWrite for UpstreamIo {
 
 /// Fails a write that makes no progress for `timeout`. The timer is armed only while a
 /// write is blocked, so an upstream that keeps reading costs nothing.
-struct WriteTimeout<T> {
+pub struct WriteTimeout<T> {
     inner: T,
     timeout: Duration,
     sleep: Option<Pin<Box<Sleep>>>,
@@ -367,13 +371,21 @@ impl<T> WriteTimeout<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for WriteTimeout<T> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Pending => this.on_pending(cx),

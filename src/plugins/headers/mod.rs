@@ -9,7 +9,9 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub use config::{HeaderOps, HeadersConfig};
 
-use super::{header_pair, parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, PluginError, Step};
+use super::{
+    header_pair, parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, PluginError, Step,
+};
 use crate::config::error::{Diags, Path};
 use crate::config::yaml::Node;
 use crate::proxy::context::{RequestCtx, ResponseHead};
@@ -28,14 +30,19 @@ impl Ops {
         for (i, name) in cfg.remove.iter().enumerate() {
             match HeaderName::from_bytes(name.as_bytes()) {
                 Ok(n) => ops.remove.push(n),
-                Err(_) => diags.push(&path.key("remove").index(i), format!("invalid header name `{name}`")),
+                Err(_) => diags.push(
+                    &path.key("remove").index(i),
+                    format!("invalid header name `{name}`"),
+                ),
             }
         }
         for (k, v) in &cfg.set {
-            ops.set.extend(header_pair(k, v, &path.key("set").key(k), diags));
+            ops.set
+                .extend(header_pair(k, v, &path.key("set").key(k), diags));
         }
         for (k, v) in &cfg.add {
-            ops.add.extend(header_pair(k, v, &path.key("add").key(k), diags));
+            ops.add
+                .extend(header_pair(k, v, &path.key("add").key(k), diags));
         }
         ops
     }
@@ -65,7 +72,12 @@ pub struct Headers {
 }
 
 /// Builds a `headers` plugin from its config.
-pub fn build(config: &Node, path: &Path, _ctx: &BuildCtx<'_>, diags: &mut Diags) -> Option<Arc<dyn Plugin>> {
+pub fn build(
+    config: &Node,
+    path: &Path,
+    _ctx: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Option<Arc<dyn Plugin>> {
     let cfg: HeadersConfig = parse_config(config, path, diags)?;
     let before = diags.0.len();
     let plugin = Headers {
@@ -73,7 +85,10 @@ pub fn build(config: &Node, path: &Path, _ctx: &BuildCtx<'_>, diags: &mut Diags)
         response: Ops::compile(&cfg.response, &path.key("response"), diags),
     };
     if plugin.request.is_empty() && plugin.response.is_empty() {
-        diags.push(path, "nothing to do: give `request` or `response` operations");
+        diags.push(
+            path,
+            "nothing to do: give `request` or `response` operations",
+        );
     }
     (diags.0.len() == before).then(|| Arc::new(plugin) as Arc<dyn Plugin>)
 }
@@ -96,7 +111,11 @@ impl Plugin for Headers {
         Step::Ready(Ok(Flow::Continue))
     }
 
-    fn header_filter(&self, _ctx: &mut RequestCtx, resp: &mut ResponseHead) -> Result<(), PluginError> {
+    fn header_filter(
+        &self,
+        _ctx: &mut RequestCtx,
+        resp: &mut ResponseHead,
+    ) -> Result<(), PluginError> {
         self.response.apply(&mut resp.headers);
         Ok(())
     }

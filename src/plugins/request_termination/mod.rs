@@ -11,7 +11,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 pub use config::RequestTerminationConfig;
 
-use super::{header_pair, parse_config, BuildCtx, Flow, LocalResponse, Phase, PhaseSet, Plugin, Step};
+use super::{
+    header_pair, parse_config, BuildCtx, Flow, LocalResponse, Phase, PhaseSet, Plugin, Step,
+};
 use crate::config::error::{Diags, Path};
 use crate::config::yaml::Node;
 use crate::proxy::context::RequestCtx;
@@ -23,13 +25,21 @@ pub struct RequestTermination {
 }
 
 /// Builds a `request_termination` plugin from its config.
-pub fn build(config: &Node, path: &Path, _ctx: &BuildCtx<'_>, diags: &mut Diags) -> Option<Arc<dyn Plugin>> {
+pub fn build(
+    config: &Node,
+    path: &Path,
+    _ctx: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Option<Arc<dyn Plugin>> {
     let cfg: RequestTerminationConfig = parse_config(config, path, diags)?;
     let before = diags.0.len();
     let status = match StatusCode::from_u16(cfg.status) {
         Ok(s) if (100..=599).contains(&cfg.status) => s,
         _ => {
-            diags.push(&path.key("status"), format!("`{}` is not a status code (100..599)", cfg.status));
+            diags.push(
+                &path.key("status"),
+                format!("`{}` is not a status code (100..599)", cfg.status),
+            );
             StatusCode::SERVICE_UNAVAILABLE
         }
     };
@@ -40,12 +50,23 @@ pub fn build(config: &Node, path: &Path, _ctx: &BuildCtx<'_>, diags: &mut Diags)
             Bytes::new()
         }
         (Some(text), None) => {
-            let ct = cfg.content_type.as_deref().unwrap_or("text/plain; charset=utf-8");
-            headers.extend(header_pair("content-type", ct, &path.key("content_type"), diags));
+            let ct = cfg
+                .content_type
+                .as_deref()
+                .unwrap_or("text/plain; charset=utf-8");
+            headers.extend(header_pair(
+                "content-type",
+                ct,
+                &path.key("content_type"),
+                diags,
+            ));
             Bytes::from(text.clone())
         }
         (None, Some(json)) => {
-            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             Bytes::from(json.to_string())
         }
         (None, None) => Bytes::new(),
@@ -57,7 +78,11 @@ pub fn build(config: &Node, path: &Path, _ctx: &BuildCtx<'_>, diags: &mut Diags)
     }
     (diags.0.len() == before).then(|| {
         Arc::new(RequestTermination {
-            response: LocalResponse { status, headers, body },
+            response: LocalResponse {
+                status,
+                headers,
+                body,
+            },
         }) as Arc<dyn Plugin>
     })
 }

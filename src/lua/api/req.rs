@@ -1,0 +1,631 @@
+//! `ngx.var.*` and `ngx.req.*`: reading and changing the request.
+
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use mlua::{Lua, Table, Value};
+
+use super::super::convert;
+use super::super::state::ReqState;
+use super::super::vm::Host;
+use super::super::Kinds;
+use super::ngx::args_table;
+use crate::proxy::context::RequestBody;
+
+/// `ngx.req.set_header` and friends are allowed in these phases (request headers can no
+/// longer reach the upstream in the filter phases, but OpenResty allows the call).
+const SET_HEADER: Kinds = Kinds::of(&[
+    super::super::Kind::Rewrite,
+    super::super::Kind::Access,
+    super::super::Kind::Content,
+    super::super::Kind::HeaderFilter,
+    super::super::Kind::BodyFilter,
+]);
+
+/// Looks a header up by a `ngx.var.http_*` style name (`_` means `-`) without allocating.
+fn header_values<'h>(
+    headers: &'h HeaderMap,
+    name: &[u8],
+) -> Option<http::header::GetAll<'h, HeaderValue>> {
+    let mut buf = [0u8; 96];
+    if name.len() > buf.len() {
+        let owned = convert::header_name(name, true)?;
+        let all = headers.get_all(owned);
+        return all.iter().next().is_some().then_some(all);
+    }
+    for (d, s) in buf.iter_mut().zip(name) {
+        *d = if *s == b'_' { b'-' } else { *s };
+    }
+    let text = std::str::from_utf8(&buf[..name.len()]).ok()?;
+    // `&str` lookups lower-case into a stack buffer; an invalid name finds nothing.
+    let all = headers.get_all(text);
+    all.iter().next().is_some().then_some(all)
+}
+
+/// Joins repeated headers like nginx ≥ 1.23: `, ` (cookies: `; `).
+fn joined(values: http::header::GetAll<'_, HeaderValue>, cookie: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(if cookie { b"; " } else { b", " });
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+/// The value of cookie `name` in the `Cookie` header(s).
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
+    headers.get_all(http::header::COOKIE).iter().find_map(|v| {
+        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+        })
+    })
+}
+
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' && i + 2 < s.len() {
+            let h = (s[i + 1] as char).to_digit(16);
+            let l = (s[i + 2] as char).to_digit(16);
+            if let (Some(h), Some(l)) = (h, l) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(s[i]);
+        i += 1;
+    }
+    out
+}
+
+fn var(lua: &Lua, s: &ReqState, name: &[u8]) -> mlua::Result<Value> {
+    let head = &s.head;
+    let string = |b: &[u8]| lua.create_string(b).map(Value::String);
+    if let Some(h) = name.strip_prefix(b"http_") {
+        return match header_values(&head.headers, h) {
+            Some(values) => string(&joined(values, h.eq_ignore_ascii_case(b"cookie"))),
+            None => Ok(Value::Nil),
+        };
+    }
+    if let Some(c) = name.strip_prefix(b"cookie_") {
+        return cookie(&head.headers, c).map_or(Ok(Value::Nil), string);
+    }
+    if let Some(a) = name.strip_prefix(b"arg_") {
+        let query = head.uri.query().unwrap_or("").as_bytes();
+        return convert::raw_arg(query, a).map_or(Ok(Value::Nil), string);
+    }
+    if let Some(h) = name.strip_prefix(b"sent_http_") {
+        return match header_values(&s.resp.headers, h) {
+            Some(values) => string(&joined(values, false)),
+            None => Ok(Value::Nil),
+        };
+    }
+    let info = &s.info;
+    match name {
+        b"host" | b"server_name" => string(crate::proxy::context::request_host(head).as_bytes()),
+        b"http_host" => head
+            .headers
+            .get(http::header::HOST)
+            .map_or(Ok(Value::Nil), |v| string(v.as_bytes())),
+        b"uri" => string(&percent_decode(head.uri.path().as_bytes())),
+        b"document_uri" => string(head.uri.path().as_bytes()),
+        b"request_uri" => string(
+            head.uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .as_bytes(),
+        ),
+        b"args" | b"query_string" => head
+            .uri
+            .query()
+            .map_or(Ok(Value::Nil), |q| string(q.as_bytes())),
+        b"is_args" => string(if head.uri.query().is_some() {
+            b"?"
+        } else {
+            b""
+        }),
+        b"request_method" => string(head.method.as_str().as_bytes()),
+        b"scheme" => string(if info.tls { b"https" } else { b"http" }),
+        b"https" => string(if info.tls { b"on" } else { b"" }),
+        b"remote_addr" => string(info.client_addr.ip().to_string().as_bytes()),
+        b"remote_port" => string(info.client_addr.port().to_string().as_bytes()),
+        b"binary_remote_addr" => match info.client_addr.ip() {
+            std::net::IpAddr::V4(ip) => string(&ip.octets()),
+            std::net::IpAddr::V6(ip) => string(&ip.octets()),
+        },
+        b"server_protocol" => string(format!("{:?}", head.version).as_bytes()),
+        b"request_id" => string(info.request_id.as_bytes()),
+        b"content_type" => head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .map_or(Ok(Value::Nil), |v| string(v.as_bytes())),
+        b"content_length" => head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .map_or(Ok(Value::Nil), |v| string(v.as_bytes())),
+        b"request_time" => {
+            string(format!("{:.3}", info.started.elapsed().as_secs_f64()).as_bytes())
+        }
+        b"msec" => string(
+            format!(
+                "{:.3}",
+                std::time::SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            )
+            .as_bytes(),
+        ),
+        b"status" => {
+            let status = if info.status != 0 {
+                info.status
+            } else {
+                s.resp.status.as_u16()
+            };
+            string(status.to_string().as_bytes())
+        }
+        b"upstream_addr" => info
+            .upstream
+            .as_deref()
+            .map_or(Ok(Value::Nil), |u| string(u.as_bytes())),
+        b"bytes_sent" | b"body_bytes_sent" => string(info.bytes_out.to_string().as_bytes()),
+        b"request_length" => string(info.bytes_in.to_string().as_bytes()),
+        b"request_body" => match &s.body {
+            RequestBody::Buffered(b) if !b.is_empty() => string(b),
+            _ => Ok(Value::Nil),
+        },
+        b"hostname" => string(b"localhost"),
+        _ => Ok(Value::Nil),
+    }
+}
+
+/// Replaces the query string of the request.
+pub fn set_query(s: &mut ReqState, query: Option<&[u8]>) -> Result<(), String> {
+    let path = s.head.uri.path().to_string();
+    set_path_and_query(s, &path, query)
+}
+
+fn set_path_and_query(s: &mut ReqState, path: &str, query: Option<&[u8]>) -> Result<(), String> {
+    let mut pq = path.as_bytes().to_vec();
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        pq.push(b'?');
+        pq.extend_from_slice(q);
+    }
+    let pq = http::uri::PathAndQuery::try_from(pq).map_err(|e| format!("invalid URI: {e}"))?;
+    let mut parts = s.head.uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    s.head.uri = http::Uri::from_parts(parts).map_err(|e| format!("invalid URI: {e}"))?;
+    Ok(())
+}
+
+fn header_value(lua: &Lua, v: &Value) -> mlua::Result<HeaderValue> {
+    let b = convert::as_bytes(v).ok_or_else(|| {
+        convert::error(
+            lua,
+            format!("header value must be a string, got {}", v.type_name()),
+        )
+    })?;
+    HeaderValue::from_bytes(&b).map_err(|_| convert::error(lua, "invalid header value"))
+}
+
+/// Sets (or with `nil` removes) header `name` in `headers`; a table sets one line per value.
+pub fn set_header(
+    lua: &Lua,
+    headers: &mut HeaderMap,
+    name: &[u8],
+    value: &Value,
+    underscores: bool,
+) -> mlua::Result<()> {
+    let name = convert::header_name(name, underscores).ok_or_else(|| {
+        convert::error(
+            lua,
+            format!("invalid header name \"{}\"", String::from_utf8_lossy(name)),
+        )
+    })?;
+    match value {
+        Value::Nil => {
+            headers.remove(&name);
+        }
+        Value::Table(t) => {
+            let mut values = Vec::new();
+            for v in t.sequence_values::<Value>() {
+                values.push(header_value(lua, &v?)?);
+            }
+            headers.remove(&name);
+            for v in values {
+                headers.append(name.clone(), v);
+            }
+        }
+        v => {
+            headers.insert(name, header_value(lua, v)?);
+        }
+    }
+    Ok(())
+}
+
+/// A table of `headers` the way `ngx.req.get_headers` returns it.
+pub fn headers_table(
+    lua: &Lua,
+    headers: &HeaderMap,
+    max: usize,
+    meta: Option<&Table>,
+) -> mlua::Result<(Table, bool)> {
+    let t = lua.create_table_with_capacity(0, headers.keys_len())?;
+    let mut count = 0;
+    let mut truncated = false;
+    for (name, value) in headers {
+        if max > 0 && count >= max {
+            truncated = true;
+            break;
+        }
+        count += 1;
+        let v = lua.create_string(value.as_bytes())?;
+        match t.raw_get::<Value>(name.as_str())? {
+            Value::Nil => t.raw_set(name.as_str(), v)?,
+            Value::Table(list) => list.raw_push(v)?,
+            first => t.raw_set(
+                name.as_str(),
+                lua.create_sequence_from([first, Value::String(v)])?,
+            )?,
+        }
+    }
+    if let Some(m) = meta {
+        t.set_metatable(Some(m.clone()))?;
+    }
+    Ok((t, truncated))
+}
+
+fn truncated(lua: &Lua, t: Table, truncated: bool) -> mlua::Result<mlua::MultiValue> {
+    let mut out = mlua::MultiValue::new();
+    out.push_back(Value::Table(t));
+    if truncated {
+        out.push_back(Value::String(lua.create_string("truncated")?));
+    }
+    Ok(out)
+}
+
+/// Registers `ngx.var` and `ngx.req`.
+pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
+    let var_meta = lua.create_table()?;
+    let h = host.clone();
+    var_meta.raw_set(
+        "__index",
+        lua.create_function(move |lua, (_, name): (Value, mlua::LuaString)| {
+            h.with_req(lua, "ngx.var", Kinds::REQUEST, |s| {
+                var(lua, s, &name.as_bytes())
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    var_meta.raw_set(
+        "__newindex",
+        lua.create_function(move |lua, (_, name, value): (Value, mlua::LuaString, Value)| {
+            h.with_req(lua, "ngx.var", Kinds::OUTPUT, |s| match &*name.as_bytes() {
+                b"args" | b"query_string" => {
+                    let q = convert::as_bytes(&value);
+                    set_query(s, q.as_deref()).map_err(|e| convert::error(lua, e))
+                }
+                other => Err(convert::error(
+                    lua,
+                    format!("variable \"{}\" not found for writing (only ngx.var.args can be changed)", String::from_utf8_lossy(other)),
+                )),
+            })
+        })?,
+    )?;
+    let var_table = lua.create_table()?;
+    var_table.set_metatable(Some(var_meta))?;
+    ngx.raw_set("var", var_table)?;
+
+    let req = lua.create_table()?;
+    let headers_meta: Table = lua
+        .load("return { __index = function(t, k) if type(k) ~= 'string' then return nil end return rawget(t, (string.gsub(string.lower(k), '_', '-'))) end }")
+        .set_name("=ngx.req")
+        .eval()?;
+
+    let h = host.clone();
+    req.raw_set(
+        "get_headers",
+        lua.create_function(move |lua, (max, raw): (Option<usize>, Option<bool>)| {
+            let meta = (!raw.unwrap_or(false)).then_some(&headers_meta);
+            let (t, cut) = h.with_req(lua, "ngx.req.get_headers", Kinds::REQUEST, |s| {
+                headers_table(lua, &s.head.headers, max.unwrap_or(100), meta)
+            })?;
+            truncated(lua, t, cut)
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "set_header",
+        lua.create_function(move |lua, (name, value): (mlua::LuaString, Value)| {
+            h.with_req(lua, "ngx.req.set_header", SET_HEADER, |s| {
+                set_header(lua, &mut s.head.headers, &name.as_bytes(), &value, false)
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "clear_header",
+        lua.create_function(move |lua, name: mlua::LuaString| {
+            h.with_req(lua, "ngx.req.clear_header", SET_HEADER, |s| {
+                set_header(
+                    lua,
+                    &mut s.head.headers,
+                    &name.as_bytes(),
+                    &Value::Nil,
+                    false,
+                )
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "get_uri_args",
+        lua.create_function(move |lua, max: Option<usize>| {
+            let (args, cut) = h.with_req(lua, "ngx.req.get_uri_args", Kinds::REQUEST, |s| {
+                Ok(convert::parse_args(
+                    s.head.uri.query().unwrap_or("").as_bytes(),
+                    max.unwrap_or(100),
+                ))
+            })?;
+            truncated(lua, args_table(lua, args)?, cut)
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "set_uri_args",
+        lua.create_function(move |lua, args: Value| {
+            let query = match &args {
+                Value::Table(t) => super::ngx::encode_args(lua, t)?,
+                other => convert::as_bytes(other).ok_or_else(|| {
+                    convert::error(lua, "ngx.req.set_uri_args: a string or a table is expected")
+                })?,
+            };
+            h.with_req(lua, "ngx.req.set_uri_args", Kinds::OUTPUT, |s| {
+                set_query(s, Some(&query)).map_err(|e| convert::error(lua, e))
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "get_post_args",
+        lua.create_function(move |lua, max: Option<usize>| {
+            let body = h.with_req(lua, "ngx.req.get_post_args", Kinds::OUTPUT, |s| {
+                Ok(match &s.body {
+                    RequestBody::Buffered(b) => Some(b.clone()),
+                    RequestBody::Empty => Some(Bytes::new()),
+                    RequestBody::Stream(_) => None,
+                })
+            })?;
+            let mut out = mlua::MultiValue::new();
+            match body {
+                Some(b) => {
+                    let (args, cut) = convert::parse_args(&b, max.unwrap_or(100));
+                    return truncated(lua, args_table(lua, args)?, cut);
+                }
+                None => {
+                    out.push_back(Value::Nil);
+                    out.push_back(Value::String(lua.create_string(
+                        "request body not read yet; call ngx.req.read_body() first",
+                    )?));
+                }
+            }
+            Ok(out)
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "get_method",
+        lua.create_function(move |lua, ()| {
+            h.with_req(lua, "ngx.req.get_method", Kinds::REQUEST, |s| {
+                Ok(s.head.method.as_str().to_string())
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "set_method",
+        lua.create_function(move |lua, m: String| {
+            let method = http::Method::from_bytes(m.as_bytes())
+                .map_err(|_| convert::error(lua, format!("invalid method \"{m}\"")))?;
+            h.with_req(lua, "ngx.req.set_method", Kinds::OUTPUT, |s| {
+                s.head.method = method;
+                Ok(())
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "set_uri",
+        lua.create_function(move |lua, (uri, jump): (String, Option<bool>)| {
+            if jump == Some(true) {
+                return Err(convert::error(lua, "ngx.req.set_uri: jump is not supported (the route is chosen before scripts run)"));
+            }
+            if !uri.starts_with('/') {
+                return Err(convert::error(lua, "ngx.req.set_uri: the URI must start with /"));
+            }
+            h.with_req(lua, "ngx.req.set_uri", SET_HEADER, |s| {
+                let query = s.head.uri.query().map(|q| q.as_bytes().to_vec());
+                let path = String::from_utf8_lossy(&convert::escape_uri(uri.as_bytes(), true)).into_owned();
+                set_path_and_query(s, &path, query.as_deref()).map_err(|e| convert::error(lua, e))
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "get_body_data",
+        lua.create_function(move |lua, ()| {
+            h.with_req(
+                lua,
+                "ngx.req.get_body_data",
+                Kinds::of(&[
+                    super::super::Kind::Rewrite,
+                    super::super::Kind::Access,
+                    super::super::Kind::Content,
+                    super::super::Kind::Log,
+                ]),
+                |s| match &s.body {
+                    RequestBody::Buffered(b) if !b.is_empty() => {
+                        lua.create_string(b).map(Value::String)
+                    }
+                    _ => Ok(Value::Nil),
+                },
+            )
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "set_body_data",
+        lua.create_function(move |lua, data: mlua::LuaString| {
+            h.with_req(lua, "ngx.req.set_body_data", Kinds::OUTPUT, |s| {
+                s.body = RequestBody::Buffered(Bytes::copy_from_slice(&data.as_bytes()));
+                Ok(())
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "discard_body",
+        lua.create_function(move |lua, ()| {
+            h.with_req(lua, "ngx.req.discard_body", Kinds::OUTPUT, |s| {
+                s.body = RequestBody::Empty;
+                Ok(())
+            })
+        })?,
+    )?;
+    req.raw_set(
+        "get_body_file",
+        lua.create_function(|_, ()| Ok(Value::Nil))?,
+    )?;
+    req.raw_set("is_internal", lua.create_function(|_, ()| Ok(false))?)?;
+    let h = host.clone();
+    req.raw_set(
+        "start_time",
+        lua.create_function(move |lua, ()| {
+            h.with_req(lua, "ngx.req.start_time", Kinds::REQUEST, |s| {
+                let started = std::time::SystemTime::now()
+                    .checked_sub(s.info.started.elapsed())
+                    .unwrap_or(UNIX_EPOCH);
+                Ok(started
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as f64
+                    / 1000.0)
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "http_version",
+        lua.create_function(move |lua, ()| {
+            h.with_req(lua, "ngx.req.http_version", Kinds::REQUEST, |s| {
+                Ok(match s.head.version {
+                    http::Version::HTTP_09 => 0.9,
+                    http::Version::HTTP_10 => 1.0,
+                    http::Version::HTTP_2 => 2.0,
+                    http::Version::HTTP_3 => 3.0,
+                    _ => 1.1,
+                })
+            })
+        })?,
+    )?;
+    let h = host.clone();
+    req.raw_set(
+        "raw_header",
+        lua.create_function(move |lua, no_request_line: Option<bool>| {
+            h.with_req(lua, "ngx.req.raw_header", Kinds::REQUEST, |s| {
+                let mut out = Vec::new();
+                if !no_request_line.unwrap_or(false) {
+                    let pq = s.head.uri.path_and_query().map_or("/", |p| p.as_str());
+                    out.extend_from_slice(
+                        format!("{} {pq} {:?}\r\n", s.head.method, s.head.version).as_bytes(),
+                    );
+                }
+                for (n, v) in &s.head.headers {
+                    out.extend_from_slice(n.as_str().as_bytes());
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(v.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"\r\n");
+                lua.create_string(out)
+            })
+        })?,
+    )?;
+    req.raw_set("read_body", read_body(lua, host)?)?;
+    ngx.raw_set("req", req)?;
+    Ok(())
+}
+
+/// `ngx.req.read_body()`: reads the whole body (waiting for the client). A body over the
+/// listener's limit or a stalled client ends the request with 413 / 408.
+fn read_body(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
+    let h = host.clone();
+    lua.create_async_function(move |lua, ()| {
+        let taken = h.with_req(&lua, "ngx.req.read_body", Kinds::OUTPUT, |s| {
+            Ok(match std::mem::replace(&mut s.body, RequestBody::Empty) {
+                RequestBody::Stream(stream) => Some(stream),
+                other => {
+                    s.body = other;
+                    None
+                }
+            })
+        });
+        let h = h.clone();
+        async move {
+            let Some(stream) = taken? else { return Ok(()) };
+            match stream.collect().await {
+                Ok(bytes) => {
+                    if let Some(s) = h.cur.borrow_mut().as_mut() {
+                        s.body = RequestBody::Buffered(bytes);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    if let Some(s) = h.cur.borrow_mut().as_mut() {
+                        s.body_error = Some(e);
+                        s.out.exit = Some(-1);
+                    }
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cookies_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1; session=xyz"));
+        h.append("cookie", HeaderValue::from_static("Session=other"));
+        assert_eq!(cookie(&h, b"session"), Some(&b"xyz"[..]));
+        assert_eq!(cookie(&h, b"Session"), Some(&b"other"[..]));
+        assert_eq!(cookie(&h, b"missing"), None);
+    }
+
+    #[test]
+    fn joins_repeated_headers() {
+        let mut h = HeaderMap::new();
+        h.append("x-multi", HeaderValue::from_static("a"));
+        h.append("x-multi", HeaderValue::from_static("b"));
+        let v = header_values(&h, b"X_Multi").map(|v| joined(v, false));
+        assert_eq!(v.as_deref(), Some(&b"a, b"[..]));
+    }
+
+    #[test]
+    fn decodes_percent_escapes_in_paths_but_not_plus() {
+        assert_eq!(percent_decode(b"/a%20b+c%2"), b"/a b+c%2");
+    }
+}

@@ -1,0 +1,257 @@
+//! Running a script for a request phase: moving the request into the VM's call state,
+//! calling the script under the budget, moving it back, and turning what the script did
+//! into a [`Flow`]:
+//!
+//! - `ngx.exit(status >= 200)` or `ngx.redirect` → respond with that status (and the output
+//!   or a short default body); once output was produced, the status is the one in force
+//!   when the first `ngx.say` ran, as in OpenResty;
+//! - output (`ngx.say`/`ngx.print`) without exit → respond with it;
+//! - `ngx.exit(ngx.OK)`, `ngx.exit(ngx.DECLINED)` or the end of the script → continue
+//!   (the content phase answers with an empty 200 instead);
+//! - `ngx.exit(ngx.ERROR)` → 500.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use super::state::{PendingHeaders, ReqState};
+use super::vm::{Done, Vm};
+use super::{Failure, FailureKind, Kind, Script};
+use crate::plugins::{Flow, LocalResponse, Phase, PluginError, Step};
+use crate::proxy::context::{RequestCtx, ResponseHead};
+
+/// Set once a body filter set `ngx.arg[2] = true`: later chunks are dropped.
+#[derive(Clone)]
+struct Truncated;
+
+fn prepare(
+    script: &Arc<Script>,
+    ctx: &RequestCtx,
+) -> Result<(Rc<Vm>, Rc<super::vm::Instance>), PluginError> {
+    let vm = ctx
+        .worker
+        .lua
+        .vm()
+        .map_err(|f| f.into_plugin_error(&script.name))?
+        .clone();
+    vm.apply_memory_limit(ctx.snapshot.lua.memory_limit);
+    let inst = vm
+        .instance(script)
+        .map_err(|f| f.into_plugin_error(&script.name))?;
+    Ok((vm, inst))
+}
+
+/// Runs `script` for a phase that may wait (rewrite, access, content).
+pub fn run_request<'a>(script: &'a Arc<Script>, phase: Phase, ctx: &'a mut RequestCtx) -> Step<'a> {
+    let (vm, inst) = match prepare(script, ctx) {
+        Ok(x) => x,
+        Err(e) => return Step::Ready(Err(e)),
+    };
+    let kind = Kind::of(phase);
+    let mut state = vm.take_state();
+    state.enter(kind, ctx);
+    let mut call = vm.call_async(inst, kind, state, ctx.snapshot.lua.cpu_budget);
+    match call.poll_now() {
+        Some(done) => Step::Ready(finish_request(&vm, ctx, script, kind, done)),
+        None => Step::Wait(Box::pin(async move {
+            let done = call.await;
+            finish_request(&vm, ctx, script, kind, done)
+        })),
+    }
+}
+
+fn finish_request(
+    vm: &Vm,
+    ctx: &mut RequestCtx,
+    script: &Script,
+    kind: Kind,
+    done: Done,
+) -> Result<Flow, PluginError> {
+    let Done { result, mut state } = done;
+    let outcome = match result {
+        Err(f) => Err(f.into_plugin_error(&script.name)),
+        Ok(()) => match state.body_error.take() {
+            Some(e) => Err(PluginError::Body(e)),
+            None => Ok(flow(&mut state, kind)),
+        },
+    };
+    if matches!(outcome, Ok(Flow::Continue)) && state.out.headers_set {
+        let mut pending = ctx.vars.remove::<PendingHeaders>().unwrap_or_default();
+        for (name, value) in std::mem::take(&mut state.out.headers) {
+            if let Some(name) = name {
+                pending.0.append(name, value);
+            }
+        }
+        ctx.vars.insert(pending);
+    }
+    state.leave(ctx);
+    vm.put_state(state);
+    outcome
+}
+
+/// A short body for a status chosen by `ngx.exit` without output.
+fn default_body(status: StatusCode, headers: &mut HeaderMap) -> Bytes {
+    if status.as_u16() < 300 || status == StatusCode::NOT_MODIFIED {
+        return Bytes::new();
+    }
+    let reason = status.canonical_reason().unwrap_or("Error");
+    if !headers.contains_key(http::header::CONTENT_TYPE) {
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html"),
+        );
+    }
+    // nginx's special response page, as OpenResty sends it.
+    Bytes::from(format!(
+        "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>sluicegate</center>\r\n</body>\r\n</html>\r\n",
+        code = status.as_u16()
+    ))
+}
+
+fn respond(state: &mut ReqState, status: StatusCode, with_output: bool) -> Flow {
+    let mut headers = std::mem::take(&mut state.out.headers);
+    state.out.headers_set = false;
+    let body = if with_output {
+        if !headers.contains_key(http::header::CONTENT_TYPE) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain"),
+            );
+        }
+        std::mem::take(&mut state.out.body).freeze()
+    } else {
+        default_body(status, &mut headers)
+    };
+    Flow::Respond(LocalResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn flow(state: &mut ReqState, kind: Kind) -> Flow {
+    let output = state.out.sent || state.out.eof;
+    let status = state.out.status;
+    match state.out.exit {
+        Some(-1) => Flow::Respond(LocalResponse::json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "script_error",
+            "the script ended the request with ngx.ERROR",
+        )),
+        Some(code) if code >= 200 => {
+            if output {
+                respond(state, status.unwrap_or(StatusCode::OK), true)
+            } else {
+                let code = u16::try_from(code)
+                    .ok()
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                respond(state, code, false)
+            }
+        }
+        _ if output => respond(state, status.unwrap_or(StatusCode::OK), true),
+        _ if kind == Kind::Content => respond(state, status.unwrap_or(StatusCode::OK), true),
+        _ => Flow::Continue,
+    }
+}
+
+/// Applies response headers set by rewrite/access scripts that did not answer themselves.
+pub fn apply_pending_headers(ctx: &mut RequestCtx, resp: &mut ResponseHead) {
+    if let Some(PendingHeaders(headers)) = ctx.vars.remove::<PendingHeaders>() {
+        let mut last = None;
+        for (name, value) in headers {
+            let name = match name {
+                Some(n) => {
+                    resp.headers.remove(&n);
+                    last = Some(n.clone());
+                    n
+                }
+                None => match &last {
+                    Some(n) => n.clone(),
+                    None => continue,
+                },
+            };
+            resp.headers.append(name, value);
+        }
+    }
+}
+
+/// Runs a `header_filter` script on the response head.
+pub fn header_filter(
+    script: &Arc<Script>,
+    ctx: &mut RequestCtx,
+    resp: &mut ResponseHead,
+) -> Result<(), PluginError> {
+    let (vm, inst) = prepare(script, ctx)?;
+    let mut state = vm.take_state();
+    state.enter(Kind::HeaderFilter, ctx);
+    std::mem::swap(&mut state.resp, resp);
+    let Done { result, mut state } = vm.call_sync(
+        &inst,
+        Kind::HeaderFilter,
+        state,
+        ctx.snapshot.lua.cpu_budget,
+    );
+    std::mem::swap(&mut state.resp, resp);
+    state.leave(ctx);
+    vm.put_state(state);
+    result.map_err(|f| f.into_plugin_error(&script.name))
+}
+
+/// Runs a `body_filter` script on one chunk (`ngx.arg[1]`, `ngx.arg[2]`).
+pub fn body_filter(
+    script: &Arc<Script>,
+    ctx: &mut RequestCtx,
+    chunk: &mut Bytes,
+    eof: bool,
+) -> Result<(), PluginError> {
+    if ctx.vars.get::<Truncated>().is_some() {
+        *chunk = Bytes::new();
+        return Ok(());
+    }
+    let (vm, inst) = prepare(script, ctx)?;
+    let mut state = vm.take_state();
+    state.enter(Kind::BodyFilter, ctx);
+    state.resp.status = StatusCode::from_u16(ctx.status).unwrap_or(StatusCode::OK);
+    state.chunk = std::mem::take(chunk);
+    state.eof = eof;
+    let Done { result, mut state } =
+        vm.call_sync(&inst, Kind::BodyFilter, state, ctx.snapshot.lua.cpu_budget);
+    *chunk = std::mem::take(&mut state.chunk);
+    let truncated = state.eof && !eof;
+    state.leave(ctx);
+    vm.put_state(state);
+    if truncated {
+        ctx.vars.insert(Truncated);
+    }
+    result.map_err(|f| f.into_plugin_error(&script.name))
+}
+
+/// Runs a `log` script; failures are logged and counted here (the log phase cannot fail).
+pub fn log(script: &Arc<Script>, ctx: &RequestCtx) {
+    if let Err(Failure { kind, message }) = log_result(script, ctx) {
+        let k = if kind == FailureKind::Error {
+            "error"
+        } else {
+            "budget"
+        };
+        ctx.worker.shared.metrics.script_failure(&script.name, k);
+        tracing::error!(request_id = ctx.request_id_str(), script = %script.name, phase = "log", error = %message, "Script failed.");
+    }
+}
+
+/// Runs a `log` script and returns how it went.
+pub fn log_result(script: &Arc<Script>, ctx: &RequestCtx) -> Result<(), Failure> {
+    ctx.worker.lua.vm().map(|vm| vm.clone()).and_then(|vm| {
+        vm.apply_memory_limit(ctx.snapshot.lua.memory_limit);
+        let inst = vm.instance(script)?;
+        let mut state = vm.take_state();
+        state.enter_readonly(Kind::Log, ctx);
+        let Done { result, state } =
+            vm.call_sync(&inst, Kind::Log, state, ctx.snapshot.lua.cpu_budget);
+        vm.put_state(state);
+        result
+    })
+}

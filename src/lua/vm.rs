@@ -1,0 +1,575 @@
+//! One Luau VM per worker thread: the host state API functions share ([`Host`]), the cache of
+//! loaded scripts ([`Instance`]), and the two ways to call a script — synchronously (filter
+//! and log phases) and as a future (rewrite, access, content, timers), both under the CPU
+//! budget.
+//!
+//! Invariants: `Host::cur` holds the state of the call whose Lua code is running, and is
+//! empty between polls; globals a script assigns live in its environment table only while
+//! a call of that script is in progress on this worker (the table is cleared when the last
+//! one ends), so memory cannot grow with requests through globals.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::rc::Weak;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mlua::{Function, Lua, Table};
+
+use super::state::ReqState;
+use super::{budget, convert, Failure, FailureKind, Kind, Kinds, Runtime, Script};
+
+/// A script loaded into this VM.
+pub struct Instance {
+    /// Script name.
+    pub name: Rc<str>,
+    func: Function,
+    env: Table,
+    script: std::sync::Weak<Script>,
+    active: Cell<u32>,
+}
+
+impl Instance {
+    /// Counts a call of the script as running (its globals live until the last one ends).
+    fn enter(&self) {
+        self.active.set(self.active.get() + 1);
+    }
+
+    /// The loaded chunk.
+    pub fn function(&self) -> Function {
+        self.func.clone()
+    }
+
+    /// Whether a configuration still uses the script (timers stop once none does).
+    pub fn alive(&self) -> bool {
+        self.script.strong_count() > 0
+    }
+}
+
+/// State every API function of one VM shares.
+pub struct Host {
+    /// Context of the running call.
+    pub kind: Cell<Kind>,
+    /// Request state of the running call.
+    pub cur: RefCell<Option<Box<ReqState>>>,
+    /// The running script.
+    pub instance: RefCell<Option<Rc<Instance>>>,
+    /// Process handles.
+    pub rt: Runtime,
+    /// When set (specs), `ngx.log` lines are collected here instead of logged.
+    pub captured_logs: RefCell<Option<Vec<String>>>,
+    /// When set (the spec VM), `ngx.log` and `print` write plain lines to stderr.
+    pub plain_logs: Cell<bool>,
+    /// Timers pending and running on this worker.
+    pub timers: Cell<(usize, usize)>,
+    /// The VM this host belongs to (timers start calls through it).
+    pub vm: RefCell<Weak<Vm>>,
+}
+
+impl Host {
+    fn new(rt: Runtime) -> Self {
+        Host {
+            kind: Cell::new(Kind::Init),
+            cur: RefCell::new(None),
+            instance: RefCell::new(None),
+            rt,
+            captured_logs: RefCell::new(None),
+            plain_logs: Cell::new(false),
+            timers: Cell::new((0, 0)),
+            vm: RefCell::new(Weak::new()),
+        }
+    }
+
+    /// Fails with a clear message unless the running call's context is in `allowed`.
+    pub fn check(&self, lua: &Lua, name: &str, allowed: Kinds) -> mlua::Result<Kind> {
+        let kind = self.kind.get();
+        if allowed.has(kind) {
+            Ok(kind)
+        } else {
+            Err(convert::error(
+                lua,
+                format!(
+                    "{name} is not allowed in the {} phase (allowed in: {})",
+                    kind.name(),
+                    allowed.names()
+                ),
+            ))
+        }
+    }
+
+    /// Runs `f` on the running call's request after checking the context.
+    pub fn with_req<R>(
+        &self,
+        lua: &Lua,
+        name: &str,
+        allowed: Kinds,
+        f: impl FnOnce(&mut ReqState) -> mlua::Result<R>,
+    ) -> mlua::Result<R> {
+        self.check(lua, name, allowed)?;
+        let mut cur = self
+            .cur
+            .try_borrow_mut()
+            .map_err(|_| convert::error(lua, format!("{name} cannot be called from here")))?;
+        match cur.as_deref_mut() {
+            Some(state) => f(state),
+            None => Err(convert::error(
+                lua,
+                format!("{name}: no request in this context"),
+            )),
+        }
+    }
+
+    /// The running script's name, or `-`.
+    pub fn script_name(&self) -> Rc<str> {
+        match &*self.instance.borrow() {
+            Some(i) => i.name.clone(),
+            None => Rc::from("-"),
+        }
+    }
+}
+
+/// One VM with its host state and loaded scripts.
+pub struct Vm {
+    /// The Lua state.
+    pub lua: Lua,
+    /// Shared with every API function.
+    pub host: Rc<Host>,
+    globals: Table,
+    /// `__newindex` of script environments: refuses to shadow built-in globals.
+    env_newindex: Function,
+    instances: RefCell<HashMap<u64, Rc<Instance>>>,
+    pool: RefCell<Vec<Box<ReqState>>>,
+    memory_limit: Cell<usize>,
+}
+
+/// The outcome of a call and the state it ran with (to be returned to the pool).
+pub struct Done {
+    /// Ok, or why the call failed.
+    pub result: Result<(), Failure>,
+    /// The request state as the script left it.
+    pub state: Box<ReqState>,
+}
+
+impl Vm {
+    /// A sandboxed VM with the whole API registered.
+    pub fn new(rt: Runtime) -> mlua::Result<Rc<Vm>> {
+        Self::with_extras(rt, None)
+    }
+
+    /// A VM with `extras` registered before it is frozen (see [`sandbox::install`](super::sandbox::install)).
+    pub fn with_extras(
+        rt: Runtime,
+        extras: Option<super::sandbox::Extras<'_>>,
+    ) -> mlua::Result<Rc<Vm>> {
+        let lua = super::sandbox::new_lua()?;
+        let host = Rc::new(Host::new(rt));
+        let globals = super::sandbox::install(&lua, &host, extras)?;
+        // Imports of built-in names are resolved once at load time, so assigning to one
+        // would be silently ignored: refuse it with a clear error instead.
+        let env_newindex: Function = lua
+            .load(
+                "local builtins = ... return function(t, k, v) \
+                   if rawget(builtins, k) ~= nil then \
+                     error(\"cannot assign to the built-in global '\" .. tostring(k) .. \"' (use a local variable)\", 2) \
+                   end rawset(t, k, v) end",
+            )
+            .set_name("=sandbox")
+            .call(&globals)?;
+        let vm = Rc::new(Vm {
+            lua,
+            host,
+            globals,
+            env_newindex,
+            instances: RefCell::new(HashMap::new()),
+            pool: RefCell::new(Vec::new()),
+            memory_limit: Cell::new(0),
+        });
+        *vm.host.vm.borrow_mut() = Rc::downgrade(&vm);
+        vm.apply_memory_limit((vm.host.rt.settings)().memory_limit);
+        Ok(vm)
+    }
+
+    /// Sets the memory cap when it changed.
+    pub fn apply_memory_limit(&self, limit: usize) {
+        if self.memory_limit.get() != limit {
+            let floor = self.lua.used_memory() + 1024 * 1024;
+            if self.lua.set_memory_limit(limit.max(floor)).is_ok() {
+                self.memory_limit.set(limit);
+            }
+        }
+    }
+
+    /// Heap size at which running code is stopped: 13/16 of the cap, measured by Luau's own
+    /// count, which runs about 10% below mlua's (that one also counts the VM's internals).
+    /// Loops are then stopped at a safepoint, with a line number, before the hard cap.
+    fn soft_limit(&self) -> usize {
+        match self.memory_limit.get() {
+            0 => usize::MAX,
+            l => l / 16 * 13,
+        }
+    }
+
+    /// The loaded copy of `script`, loading its bytecode on first use.
+    pub fn instance(&self, script: &Arc<Script>) -> Result<Rc<Instance>, Failure> {
+        if let Some(i) = self.instances.borrow().get(&script.id) {
+            return Ok(i.clone());
+        }
+        let inst = Rc::new(self.load(script).map_err(|e| classify(&e, &script.name))?);
+        let mut map = self.instances.borrow_mut();
+        // A new script usually means a reload: drop the ones no snapshot uses any more.
+        map.retain(|_, i| i.script.strong_count() > 0 || i.active.get() > 0);
+        map.insert(script.id, inst.clone());
+        Ok(inst)
+    }
+
+    fn load(&self, script: &Arc<Script>) -> mlua::Result<Instance> {
+        // env (script globals, cleared when idle) → proxy {_G = env} → frozen globals.
+        let env = self.lua.create_table()?;
+        let proxy = self.lua.create_table()?;
+        proxy.raw_set("_G", &env)?;
+        let proxy_meta = self.lua.create_table()?;
+        proxy_meta.raw_set("__index", &self.globals)?;
+        proxy.set_metatable(Some(proxy_meta))?;
+        let env_meta = self.lua.create_table()?;
+        env_meta.raw_set("__index", proxy)?;
+        env_meta.raw_set("__newindex", &self.env_newindex)?;
+        env.set_metatable(Some(env_meta))?;
+        env.set_safeenv(true);
+        let func = self
+            .lua
+            .load(&script.bytecode[..])
+            .set_name(format!("={}", script.name))
+            .set_mode(mlua::chunk::ChunkMode::Binary)
+            .set_environment(env.clone())
+            .into_function()?;
+        Ok(Instance {
+            name: Rc::from(script.name.as_str()),
+            func,
+            env,
+            script: Arc::downgrade(script),
+            active: Cell::new(0),
+        })
+    }
+
+    /// A request state from the pool.
+    pub fn take_state(&self) -> Box<ReqState> {
+        self.pool.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a state to the pool.
+    pub fn put_state(&self, mut state: Box<ReqState>) {
+        state.reset();
+        let mut pool = self.pool.borrow_mut();
+        if pool.len() < 64 {
+            pool.push(state);
+        }
+    }
+
+    fn swap_in(&self, kind: Kind, state: Option<Box<ReqState>>, inst: &Rc<Instance>) -> Saved {
+        Saved {
+            kind: self.host.kind.replace(kind),
+            state: self.host.cur.replace(state),
+            instance: self.host.instance.replace(Some(inst.clone())),
+        }
+    }
+
+    fn swap_out(&self, saved: Saved) -> Option<Box<ReqState>> {
+        self.host.kind.set(saved.kind);
+        self.host.instance.replace(saved.instance);
+        self.host.cur.replace(saved.state)
+    }
+
+    /// Calls `inst` synchronously (filter and log phases: nothing may wait there).
+    pub fn call_sync(
+        &self,
+        inst: &Rc<Instance>,
+        kind: Kind,
+        state: Box<ReqState>,
+        budget: Duration,
+    ) -> Done {
+        inst.enter();
+        let saved = self.swap_in(kind, Some(state), inst);
+        let armed = budget::arm(budget, self.soft_limit());
+        let r = inst.func.call::<()>(());
+        drop(armed);
+        let state = self.swap_out(saved).unwrap_or_default();
+        let result = match r {
+            Ok(()) => Ok(()),
+            // `ngx.exit` in a filter phase unwinds with an error after recording the exit.
+            Err(_) if state.out.exit.is_some() => Ok(()),
+            Err(e) => Err(classify(&e, &inst.name)),
+        };
+        self.leave(inst, &result);
+        Done { result, state }
+    }
+
+    /// Calls `inst` as a future: awaiting inside (sleep, HTTP, body reads) suspends it.
+    pub fn call_async(
+        self: &Rc<Self>,
+        inst: Rc<Instance>,
+        kind: Kind,
+        state: Box<ReqState>,
+        budget: Duration,
+    ) -> AsyncCall {
+        inst.enter();
+        let fut = inst.func.call_async::<()>(());
+        AsyncCall {
+            vm: self.clone(),
+            inst,
+            kind,
+            fut,
+            state: Some(state),
+            remaining: budget,
+            done: false,
+        }
+    }
+
+    /// Calls a Lua function (timer callbacks, spec files) as a future in `inst`'s name.
+    pub fn call_function_async(
+        self: &Rc<Self>,
+        inst: Rc<Instance>,
+        kind: Kind,
+        func: &Function,
+        args: mlua::MultiValue,
+        budget: Duration,
+    ) -> AsyncCall {
+        inst.enter();
+        let fut = func.call_async::<()>(args);
+        let mut state = self.take_state();
+        state.kind = kind;
+        AsyncCall {
+            vm: self.clone(),
+            inst,
+            kind,
+            fut,
+            state: Some(state),
+            remaining: budget,
+            done: false,
+        }
+    }
+
+    /// Bookkeeping after a call of `inst` ended (successfully or not).
+    fn leave(&self, inst: &Instance, result: &Result<(), Failure>) {
+        let active = inst.active.get().saturating_sub(1);
+        inst.active.set(active);
+        if active == 0 && !inst.env.is_empty() {
+            let _ = inst.env.clear();
+        }
+        if matches!(result, Err(f) if f.kind == FailureKind::MemoryLimit) {
+            // Give the memory back now: the next call must not start at the cap.
+            let _ = self.lua.gc_collect();
+            let _ = self.lua.gc_collect();
+        }
+    }
+
+    /// Number of scripts loaded (for tests and the admin listing).
+    pub fn loaded_scripts(&self) -> usize {
+        self.instances.borrow().len()
+    }
+
+    /// Memory used by the VM.
+    pub fn used_memory(&self) -> usize {
+        self.lua.used_memory()
+    }
+}
+
+struct Saved {
+    kind: Kind,
+    state: Option<Box<ReqState>>,
+    instance: Option<Rc<Instance>>,
+}
+
+/// A script call in progress; polling it runs the script until it waits or ends.
+pub struct AsyncCall {
+    vm: Rc<Vm>,
+    inst: Rc<Instance>,
+    kind: Kind,
+    fut: mlua::function::AsyncCallFuture<()>,
+    state: Option<Box<ReqState>>,
+    remaining: Duration,
+    done: bool,
+}
+
+impl AsyncCall {
+    /// Polls once with a no-op waker: most calls finish without waiting, and then need no
+    /// boxed future. A call that is still pending must be polled again with a real waker.
+    pub fn poll_now(&mut self) -> Option<Done> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.poll_call(&mut cx) {
+            Poll::Ready(d) => Some(d),
+            Poll::Pending => None,
+        }
+    }
+
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
+        if self.done {
+            return Poll::Ready(Done {
+                result: Ok(()),
+                state: self.state.take().unwrap_or_default(),
+            });
+        }
+        let vm = self.vm.clone();
+        let saved = vm.swap_in(self.kind, self.state.take(), &self.inst);
+        let armed = budget::arm(self.remaining, vm.soft_limit());
+        let polled = Pin::new(&mut self.fut).poll(cx);
+        self.remaining = self.remaining.saturating_sub(armed.elapsed());
+        drop(armed);
+        self.state = vm.swap_out(saved);
+        let result = match polled {
+            Poll::Pending => {
+                if self.state.as_ref().is_some_and(|s| s.out.exit.is_some()) {
+                    Ok(())
+                } else {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(Ok(())) => Ok(()),
+            Poll::Ready(Err(e)) => Err(classify(&e, &self.inst.name)),
+        };
+        self.done = true;
+        vm.leave(&self.inst, &result);
+        Poll::Ready(Done {
+            result,
+            state: self.state.take().unwrap_or_default(),
+        })
+    }
+}
+
+impl Future for AsyncCall {
+    type Output = Done;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
+        self.get_mut().poll_call(cx)
+    }
+}
+
+impl Drop for AsyncCall {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.vm.leave(&self.inst, &Ok(()));
+        }
+    }
+}
+
+/// Turns an mlua error into a failure with `name:line: message`.
+pub fn classify(e: &mlua::Error, name: &str) -> Failure {
+    let message = message_of(e, name);
+    let kind = if message.contains(budget::OVER_BUDGET) {
+        FailureKind::CpuBudget
+    } else if message.contains(budget::OVER_MEMORY) || is_memory(e) {
+        FailureKind::MemoryLimit
+    } else {
+        FailureKind::Error
+    };
+    let message = match kind {
+        FailureKind::MemoryLimit if !message.contains("memory") => {
+            format!("{message} (memory limit reached)")
+        }
+        _ => message,
+    };
+    Failure { kind, message }
+}
+
+fn is_memory(e: &mlua::Error) -> bool {
+    match e {
+        mlua::Error::MemoryError(_) => true,
+        mlua::Error::CallbackError { cause, .. } => is_memory(cause),
+        mlua::Error::WithContext { cause, .. } => is_memory(cause),
+        mlua::Error::RuntimeError(m) => m.contains("not enough memory"),
+        _ => false,
+    }
+}
+
+fn message_of(e: &mlua::Error, name: &str) -> String {
+    match e {
+        mlua::Error::RuntimeError(m) => {
+            let first = first_line(m);
+            // Errors raised by the interrupt carry no position; the traceback has it.
+            match locate(m, name) {
+                Some(at) if !first.starts_with(&format!("{name}:")) => format!("{at} {first}"),
+                _ => first,
+            }
+        }
+        mlua::Error::MemoryError(m) => format!("{name}: memory limit reached ({})", first_line(m)),
+        mlua::Error::CallbackError { traceback, cause } => {
+            let inner = message_of(cause, name);
+            if inner.starts_with(&format!("{name}:")) {
+                inner
+            } else {
+                match locate(traceback, name) {
+                    Some(at) => format!("{at} {inner}"),
+                    None => format!("{name}: {inner}"),
+                }
+            }
+        }
+        mlua::Error::WithContext { cause, .. } => message_of(cause, name),
+        other => first_line(&other.to_string()),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// The first `name:LINE:` frame of a traceback.
+fn locate(traceback: &str, name: &str) -> Option<String> {
+    let prefix = format!("{name}:");
+    traceback.lines().find_map(|l| {
+        let l = l.trim();
+        let rest = l.strip_prefix(&prefix)?;
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        (!digits.is_empty()).then(|| format!("{name}:{digits}:"))
+    })
+}
+
+/// A worker's VM, created on first use (configurations without scripts never pay for it).
+pub struct WorkerLua {
+    rt: Runtime,
+    vm: OnceCell<Result<Rc<Vm>, String>>,
+}
+
+impl WorkerLua {
+    /// A lazily created VM for a worker with these process handles.
+    pub fn new(rt: Runtime) -> Self {
+        WorkerLua {
+            rt,
+            vm: OnceCell::new(),
+        }
+    }
+
+    /// The VM (created now if needed).
+    pub fn vm(&self) -> Result<&Rc<Vm>, Failure> {
+        let vm = self.vm.get_or_init(|| {
+            Vm::new(self.rt.clone()).map_err(|e| {
+                tracing::error!(worker = self.rt.worker_id, error = %e, "Cannot create the Lua VM.");
+                e.to_string()
+            })
+        });
+        vm.as_ref().map_err(|e| Failure {
+            kind: FailureKind::Error,
+            message: format!("the Lua VM could not be created: {e}"),
+        })
+    }
+
+    /// The VM if it was created.
+    pub fn created(&self) -> Option<&Rc<Vm>> {
+        self.vm.get().and_then(|r| r.as_ref().ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_script_line_in_a_traceback() {
+        let tb = "stack traceback:\n\t[C]: in function 'ngx.say'\n\tauth:7: in main chunk";
+        assert_eq!(locate(tb, "auth").as_deref(), Some("auth:7:"));
+        assert_eq!(locate(tb, "other"), None);
+    }
+}

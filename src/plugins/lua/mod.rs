@@ -1,0 +1,318 @@
+//! `lua`: runs a Lua script in one phase of a route's requests (or of every request, as a
+//! global plugin, optionally restricted to host patterns). The script is compiled once,
+//! here, when the configuration is validated — a syntax error is a configuration error
+//! with the script's name and line — and each worker loads the bytecode into its own VM
+//! on first use. The runtime is in `crate::lua`; docs/lua-api.md is the user's reference.
+//!
+//! ```yaml
+//! plugins:
+//!   - name: lua
+//!     config:
+//!       name: auth
+//!       phase: access
+//!       code: |
+//!         if ngx.var.http_x_api_key ~= "secret" then return ngx.exit(401) end
+//! ```
+
+mod config;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use regex::Regex;
+
+pub use config::LuaConfig;
+
+use super::{parse_config, BuildCtx, Phase, PhaseSet, Plugin, PluginError, Step};
+use crate::config::error::{Diags, Path};
+use crate::config::yaml::Node;
+use crate::lua::Script;
+use crate::proxy::context::{RequestCtx, ResponseHead};
+
+/// A host condition of a script.
+#[derive(Debug)]
+enum HostRule {
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: any subdomain, not the apex.
+    Suffix(String),
+    Regex(Regex),
+}
+
+impl HostRule {
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostRule::Exact(h) => h == host,
+            HostRule::Suffix(s) => host.ends_with(s.as_str()),
+            HostRule::Regex(r) => r.is_match(host),
+        }
+    }
+}
+
+/// The `lua` plugin: one script in one phase.
+#[derive(Debug)]
+pub struct Lua {
+    script: Arc<Script>,
+    phase: Phase,
+    hosts: Vec<HostRule>,
+    /// Rewrite/access scripts that may set response headers also get the header filter,
+    /// where those headers are applied to the response.
+    applies_headers: bool,
+}
+
+/// Builds a `lua` plugin: reads and compiles the script.
+pub fn build(
+    config: &Node,
+    path: &Path,
+    ctx: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Option<Arc<dyn Plugin>> {
+    let cfg: LuaConfig = parse_config(config, path, diags)?;
+    let before = diags.0.len();
+    let phase = Phase::parse(&cfg.phase);
+    if phase.is_none() {
+        diags.push(
+            &path.key("phase"),
+            format!("unknown phase `{}`; expected rewrite, access, content, header_filter, body_filter or log", cfg.phase),
+        );
+    }
+    let (source, at, default_name) = match (&cfg.code, &cfg.file) {
+        (Some(code), None) => (
+            Some(code.clone()),
+            path.key("code"),
+            path.as_str().trim_end_matches(".config").to_string(),
+        ),
+        (None, Some(file)) => {
+            let full = ctx.base_dir.join(file);
+            match std::fs::read_to_string(&full) {
+                Ok(text) => (Some(text), path.key("file"), file.clone()),
+                Err(e) => {
+                    diags.push(
+                        &path.key("file"),
+                        format!("cannot read `{}`: {e}", full.display()),
+                    );
+                    (None, path.key("file"), file.clone())
+                }
+            }
+        }
+        _ => {
+            diags.push(path, "give exactly one of `code` and `file`");
+            (None, path.clone(), String::new())
+        }
+    };
+    let name = cfg.name.clone().unwrap_or(default_name);
+    let script = source.and_then(|src| match crate::lua::compile(&name, &src) {
+        Ok(s) => Some(Arc::new(s)),
+        Err(e) => {
+            diags.push(&at, format!("script `{name}`: syntax error at {e}"));
+            None
+        }
+    });
+    let hosts = host_rules(&cfg.hosts.0, &path.key("hosts"), diags);
+    if diags.0.len() != before {
+        return None;
+    }
+    let (script, phase) = (script?, phase?);
+    let applies_headers =
+        matches!(phase, Phase::Rewrite | Phase::Access) && script.source.contains("header");
+    Some(Arc::new(Lua {
+        script,
+        phase,
+        hosts,
+        applies_headers,
+    }))
+}
+
+fn host_rules(hosts: &[String], path: &Path, diags: &mut Diags) -> Vec<HostRule> {
+    let mut out = Vec::new();
+    for (i, h) in hosts.iter().enumerate() {
+        if let Some(re) = h.strip_prefix('~') {
+            match Regex::new(re.trim()) {
+                Ok(r) => out.push(HostRule::Regex(r)),
+                Err(e) => diags.push(&path.index(i), format!("invalid regex: {e}")),
+            }
+        } else if let Some(suffix) = h.strip_prefix("*.") {
+            out.push(HostRule::Suffix(format!(
+                ".{}",
+                suffix.to_ascii_lowercase()
+            )));
+        } else if h.contains('*') {
+            diags.push(
+                &path.index(i),
+                "a wildcard is only allowed as the first label (`*.example.com`)",
+            );
+        } else {
+            out.push(HostRule::Exact(h.to_ascii_lowercase()));
+        }
+    }
+    out
+}
+
+impl Lua {
+    /// A plugin running `script` in `phase` for every host (the spec runner's way in).
+    pub fn new(script: Arc<Script>, phase: Phase) -> Self {
+        let applies_headers =
+            matches!(phase, Phase::Rewrite | Phase::Access) && script.source.contains("header");
+        Lua {
+            script,
+            phase,
+            hosts: Vec::new(),
+            applies_headers,
+        }
+    }
+
+    /// The compiled script.
+    pub fn script(&self) -> &Arc<Script> {
+        &self.script
+    }
+
+    fn applies(&self, ctx: &RequestCtx) -> bool {
+        self.hosts.is_empty() || {
+            let host = ctx.host();
+            self.hosts.iter().any(|r| r.matches(&host))
+        }
+    }
+
+    fn request_phase<'a>(&'a self, phase: Phase, ctx: &'a mut RequestCtx) -> Step<'a> {
+        if self.phase != phase || !self.applies(ctx) {
+            return Step::next();
+        }
+        crate::lua::phase::run_request(&self.script, phase, ctx)
+    }
+}
+
+impl Plugin for Lua {
+    fn name(&self) -> &'static str {
+        "lua"
+    }
+
+    fn phases(&self) -> PhaseSet {
+        if self.applies_headers {
+            PhaseSet::of(&[self.phase, Phase::HeaderFilter])
+        } else {
+            PhaseSet::of(&[self.phase])
+        }
+    }
+
+    fn rewrite<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        self.request_phase(Phase::Rewrite, ctx)
+    }
+
+    fn access<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        self.request_phase(Phase::Access, ctx)
+    }
+
+    fn content<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        self.request_phase(Phase::Content, ctx)
+    }
+
+    fn header_filter(
+        &self,
+        ctx: &mut RequestCtx,
+        resp: &mut ResponseHead,
+    ) -> Result<(), PluginError> {
+        if self.applies_headers {
+            crate::lua::phase::apply_pending_headers(ctx, resp);
+        }
+        if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
+            return Ok(());
+        }
+        crate::lua::phase::header_filter(&self.script, ctx, resp)
+    }
+
+    fn body_filter(
+        &self,
+        ctx: &mut RequestCtx,
+        chunk: &mut Bytes,
+        eof: bool,
+    ) -> Result<(), PluginError> {
+        if !self.applies(ctx) {
+            return Ok(());
+        }
+        crate::lua::phase::body_filter(&self.script, ctx, chunk, eof)
+    }
+
+    fn log(&self, ctx: &RequestCtx) {
+        if self.applies(ctx) {
+            crate::lua::phase::log(&self.script, ctx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::yaml::parse;
+    use std::collections::HashMap;
+
+    fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
+        let node = parse(text, &HashMap::new()).unwrap();
+        let mut diags = Diags::default();
+        let ctx = BuildCtx {
+            base_dir: std::path::Path::new("."),
+        };
+        let p = build(
+            &node,
+            &Path::root()
+                .key("routes")
+                .index(0)
+                .key("plugins")
+                .index(1)
+                .key("config"),
+            &ctx,
+            &mut diags,
+        );
+        (p, diags)
+    }
+
+    #[test]
+    fn reports_syntax_errors_with_script_name_and_line() {
+        let (p, d) = build_from("phase: access\nname: auth\ncode: |\n  local x = 1\n  if x then\n");
+        assert!(p.is_none());
+        assert_eq!(d.0[0].path, "routes[0].plugins[1].config.code");
+        assert!(
+            d.0[0].message.contains("script `auth`"),
+            "{}",
+            d.0[0].message
+        );
+        assert!(d.0[0].message.contains("line "), "{}", d.0[0].message);
+    }
+
+    #[test]
+    fn requires_exactly_one_source_and_a_known_phase() {
+        let (p, d) = build_from("phase: acces\ncode: 'return'\nfile: x.lua\n");
+        assert!(p.is_none());
+        let messages: Vec<&str> = d.0.iter().map(|d| d.message.as_str()).collect();
+        assert!(
+            messages.iter().any(|m| m.contains("unknown phase")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("exactly one")),
+            "{messages:?}"
+        );
+    }
+
+    #[test]
+    fn names_inline_scripts_after_their_config_path() {
+        let (p, _) = build_from("phase: content\ncode: ngx.say('hi')\n");
+        let p = p.unwrap();
+        assert_eq!(p.phases(), PhaseSet::of(&[Phase::Content]));
+    }
+
+    #[test]
+    fn host_rules_match_exact_wildcard_and_regex_hosts() {
+        let mut d = Diags::default();
+        let rules = host_rules(
+            &[
+                "api.example.com".into(),
+                "*.internal".into(),
+                "~^v[0-9]\\.".into(),
+            ],
+            &Path::root(),
+            &mut d,
+        );
+        assert!(rules[0].matches("api.example.com"));
+        assert!(rules[1].matches("a.b.internal") && !rules[1].matches("internal"));
+        assert!(rules[2].matches("v2.example.com"));
+    }
+}

@@ -1,0 +1,37 @@
+//! End-to-end tests of the gateway core: one test binary, real sockets only.
+//!
+//! # How the harness works
+//!
+//! - **Upstreams** ([`support::upstream`]) are real servers on `127.0.0.1:0`, each on its
+//!   own thread with its own tokio runtime: a recording hyper server (HTTP/1.1 and h2c),
+//!   raw TCP servers for misbehaviour (silent, reset mid-body), and a WebSocket echo server.
+//! - **The gateway** is started in-process with `sluicegate::server::Gateway::start` from a
+//!   YAML file written into a temporary directory ([`support::gateway::Config`]). Tests write
+//!   only the upstreams/routes/plugins they care about; the builder adds one worker (so
+//!   round-robin is deterministic), a listener and the admin API on port 0, and fills in
+//!   `{{name}}` variables such as upstream addresses. Dropping the handle stops it.
+//! - **Clients** ([`support::client`]) are hyper's connection-level HTTP/1.1 and HTTP/2
+//!   clients, a rustls client with a chosen ALPN list ([`support::tls`], certificates from
+//!   rcgen), tokio-tungstenite for WebSockets, and a raw TCP client for malformed or slow
+//!   requests.
+//! - **The binary** (`CARGO_BIN_EXE_sluicegate`, [`support::bin`]) is used for the CLI:
+//!   `check`, `version`, `--help`, and `run` with SIGTERM; the listening port is read from
+//!   the JSON `Listening.` log line on stderr.
+//!
+//! Every network step runs under a generous timeout ([`support::STEP`]) so a hang fails
+//! instead of blocking the suite; no test asserts a duration as a performance number, only
+//! that a timeout (408, 504) happens at all.
+//!
+//! Run with `cargo test --test e2e`; set `RUST_LOG=debug` to see the gateway's logs.
+
+mod support;
+
+mod admin;
+mod cli;
+mod http2;
+mod limits;
+mod plugins;
+mod proxy;
+mod routing;
+mod upstream_failures;
+mod websocket;

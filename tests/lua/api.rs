@@ -1,0 +1,271 @@
+//! The `ngx` API over real HTTP.
+
+use crate::support::{get, start, Conn, Upstream};
+
+fn proxied(upstream: &Upstream, plugins: &str) -> String {
+    format!(
+        "upstreams:\n  - name: app\n    targets: [\"{}\"]\nroutes:\n  - name: all\n    upstream: app\n    plugins:\n{plugins}",
+        upstream.addr
+    )
+}
+
+fn lua(phase: &str, name: &str, code: &str) -> String {
+    let code: String = code.lines().map(|l| format!("            {l}\n")).collect();
+    format!("      - name: lua\n        config:\n          name: {name}\n          phase: {phase}\n          code: |\n{code}")
+}
+
+#[tokio::test]
+async fn access_exit_without_a_body_answers_the_status_and_with_a_key_proxies() {
+    let up = Upstream::start();
+    let gw = start(
+        &proxied(
+            &up,
+            &(lua("access", "auth", "if ngx.var.http_x_api_key ~= \"s3cret\" then\n  return ngx.exit(ngx.HTTP_UNAUTHORIZED)\nend")
+                + &lua("header_filter", "mark", "ngx.header[\"X-Gateway\"] = \"lua\"")),
+        ),
+        &[],
+    );
+    let denied = get(gw.addr(), "/", &[]).await;
+    assert_eq!(denied.status, 401);
+    assert!(denied.text().contains("401 Unauthorized"));
+    assert_eq!(
+        denied.header("x-gateway"),
+        "lua",
+        "header_filter runs for local responses too"
+    );
+    assert_eq!(
+        get(gw.addr(), "/", &[("x-api-key", "wrong")]).await.status,
+        401
+    );
+    let ok = get(gw.addr(), "/", &[("x-api-key", "s3cret")]).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-gateway"), "lua");
+    assert_eq!(ok.header("x-upstream"), "yes");
+}
+
+#[tokio::test]
+async fn access_exit_with_a_body_sends_the_output_and_headers() {
+    let up = Upstream::start();
+    let gw = start(
+        &proxied(&up, &lua("access", "deny", "ngx.status = 403\nngx.header[\"Content-Type\"] = \"application/json\"\nngx.say('{\"denied\":true}')\nreturn ngx.exit(403)")),
+        &[],
+    );
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.json()["denied"], true);
+}
+
+#[tokio::test]
+async fn redirects_with_location() {
+    let up = Upstream::start();
+    let gw = start(
+        &proxied(
+            &up,
+            &lua(
+                "rewrite",
+                "go",
+                "if ngx.var.uri == \"/old\" then return ngx.redirect(\"/new?from=old\", 301) end",
+            ),
+        ),
+        &[],
+    );
+    let r = get(gw.addr(), "/old", &[]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), "/new?from=old");
+    assert_eq!(get(gw.addr(), "/other", &[]).await.status, 200);
+}
+
+#[tokio::test]
+async fn multi_value_headers_cookies_and_args_round_trip() {
+    let up = Upstream::start();
+    let code = r#"
+local args = ngx.req.get_uri_args()
+ngx.header["Set-Cookie"] = { "x=1; Path=/", "y=2; Path=/" }
+ngx.header["X-Multi"] = ngx.req.get_headers()["x-multi"]
+ngx.say(ngx.var.cookie_session, "|", ngx.var.arg_q, "|", args.q, "|", table.concat(args.tag, ","), "|", ngx.var.http_x_multi)
+"#;
+    let gw = start(
+        &format!(
+            "routes:\n  - name: c\n    plugins:\n{}",
+            lua("content", "echo", code)
+        ),
+        &[],
+    );
+    let _ = up;
+    let r = get(
+        gw.addr(),
+        "/?q=a%20b+c&tag=1&tag=2",
+        &[
+            ("cookie", "theme=dark; session=abc"),
+            ("x-multi", "one"),
+            ("x-multi", "two"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "abc|a%20b+c|a b c|1,2|one, two\n");
+    assert_eq!(
+        r.header_all("set-cookie"),
+        vec!["x=1; Path=/", "y=2; Path=/"]
+    );
+    assert_eq!(r.header_all("x-multi"), vec!["one", "two"]);
+}
+
+#[tokio::test]
+async fn request_changes_reach_the_upstream_and_access_headers_reach_the_client() {
+    let up = Upstream::start();
+    let code = r#"
+ngx.req.set_header("X-User", "alice")
+ngx.req.clear_header("X-Secret")
+ngx.req.set_uri_args({ page = 2 })
+ngx.req.read_body()
+ngx.req.set_body_data(string.upper(ngx.req.get_body_data() or ""))
+ngx.header["X-From-Access"] = "1"
+ngx.ctx.started = "yes"
+"#;
+    let filter =
+        "ngx.header[\"X-Ctx\"] = ngx.ctx.started\nngx.header[\"X-Up-Status\"] = ngx.status";
+    let gw = start(
+        &proxied(
+            &up,
+            &(lua("access", "shape", code) + &lua("header_filter", "after", filter)),
+        ),
+        &[],
+    );
+    let mut conn = Conn::open(gw.addr()).await;
+    let r = conn
+        .send("POST", "/path?x=1", &[("x-secret", "no")], "hello")
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = r.json();
+    assert_eq!(seen["headers"]["x-user"], "alice");
+    assert!(seen["headers"].get("x-secret").is_none());
+    assert_eq!(seen["uri"], "/path?page=2");
+    assert_eq!(seen["body"], "HELLO");
+    assert_eq!(r.header("x-from-access"), "1");
+    assert_eq!(
+        r.header("x-ctx"),
+        "yes",
+        "ngx.ctx is shared between the phases of one request"
+    );
+    assert_eq!(r.header("x-up-status"), "200");
+    assert_eq!(
+        r.header_all("set-cookie").len(),
+        2,
+        "upstream multi-value headers survive"
+    );
+}
+
+#[tokio::test]
+async fn content_scripts_call_upstreams_without_blocking_the_worker() {
+    let up = Upstream::start();
+    let code = format!(
+        r#"
+local res, err = sluicegate.http.request("http://{}/api?sleep_ms=" .. (ngx.var.arg_ms or "0"), {{ method = "POST", body = ngx.var.arg_id, headers = {{ ["X-Via"] = "lua" }} }})
+if not res then ngx.status = 502 ngx.say(err) return end
+local seen = require("cjson").decode(res.body)
+ngx.say(res.status, " ", seen.body, " ", seen.headers["x-via"], " ", res.headers["x-upstream"])
+"#,
+        up.addr
+    );
+    let gw = start(
+        &format!(
+            "routes:\n  - name: c\n    plugins:\n{}",
+            lua("content", "fetch", &code)
+        ),
+        &[],
+    );
+    let addr = gw.addr();
+    // Two slow calls overlap on the one worker: both take ~300 ms, together well under 600.
+    let started = std::time::Instant::now();
+    let (a, b) = tokio::join!(
+        get(addr, "/?id=a&ms=300", &[]),
+        get(addr, "/?id=b&ms=300", &[])
+    );
+    let took = started.elapsed();
+    assert_eq!(a.text(), "200 a lua yes\n");
+    assert_eq!(b.text(), "200 b lua yes\n");
+    assert!(
+        took < std::time::Duration::from_millis(580),
+        "calls did not overlap: {took:?}"
+    );
+    let failed = get(addr, "/?id=c", &[]).await;
+    assert_eq!(failed.status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_see_their_own_request_across_sleeps() {
+    let code = "local id = ngx.var.arg_id\nngx.ctx.id = id\nmine = id\nngx.sleep(0.05)\nngx.say(id, \" \", ngx.var.arg_id, \" \", ngx.ctx.id)";
+    let gw = start(
+        &format!(
+            "routes:\n  - name: c\n    plugins:\n{}",
+            lua("content", "sleepy", code)
+        ),
+        &[],
+    );
+    let addr = gw.addr();
+    let replies = futures_util::future::join_all(
+        (0..20).map(|i| async move { (i, get(addr, &format!("/?id={i}"), &[]).await) }),
+    )
+    .await;
+    for (i, r) in replies {
+        assert_eq!(r.text(), format!("{i} {i} {i}\n"));
+    }
+}
+
+#[tokio::test]
+async fn shared_dicts_are_shared_by_all_workers_and_survive_reloads() {
+    let body = format!(
+        "lua:\n  shared_dicts: {{counters: 65536}}\nroutes:\n  - name: c\n    plugins:\n{}",
+        lua(
+            "content",
+            "count",
+            "local n = ngx.shared.counters:incr(\"n\", 1, 0)\nngx.say(n)"
+        )
+    );
+    let gw = start(&format!("workers: 2\n{body}"), &[]);
+    let mut last = 0;
+    for _ in 0..10 {
+        let r = get(gw.addr(), "/", &[]).await;
+        last = r
+            .text()
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{} {}", r.status, r.text()));
+    }
+    assert_eq!(last, 10, "both workers count into one dictionary");
+    gw.gateway.shared.reload("test").await.unwrap();
+    assert_eq!(get(gw.addr(), "/", &[]).await.text(), "11\n");
+}
+
+#[tokio::test]
+async fn host_restricted_global_scripts_only_run_for_their_hosts() {
+    let up = Upstream::start();
+    let body = format!(
+        "upstreams:\n  - name: app\n    targets: [\"{}\"]\nplugins:\n  - name: lua\n    config:\n      phase: access\n      hosts: [\"*.internal\"]\n      code: return ngx.exit(403)\nroutes:\n  - name: all\n    upstream: app\n",
+        up.addr
+    );
+    let gw = start(&body, &[]);
+    assert_eq!(
+        get(gw.addr(), "/", &[("host", "api.internal")])
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        get(gw.addr(), "/", &[("host", "example.com")]).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn scripts_load_from_files_next_to_the_config() {
+    let gw = start(
+        "routes:\n  - name: f\n    plugins:\n      - name: lua\n        config: {phase: content, file: hello.lua}\n",
+        &[("hello.lua", "local cjson = require \"cjson\"\nngx.header.content_type = \"application/json\"\nngx.say(cjson.encode({ hello = \"file\" }))\n")],
+    );
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.json()["hello"], "file");
+}
