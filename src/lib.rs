@@ -8,6 +8,7 @@ pub mod config;
 pub mod lua;
 pub mod plugins;
 pub mod proxy;
+pub mod queue;
 pub mod server;
 pub mod state;
 pub mod telemetry;

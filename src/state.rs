@@ -2,7 +2,7 @@
 //!
 //! A request loads the snapshot once (`Arc` clone) and keeps it until its log phase, so a
 //! reload never changes the rules under a request in flight. Every reload trigger (SIGHUP,
-//! `sluicegate reload`, `POST /reload`, a watched file) sends a [`ReloadRequest`] to the one
+//! `sluicegate reload`, `POST /reload`) sends a [`ReloadRequest`] to the one
 //! [`reloader`] task, which builds a complete new snapshot and swaps it in, or keeps the
 //! running one and reports why.
 
@@ -71,12 +71,12 @@ impl PathRewrite {
     pub fn apply(&self, path: &str) -> String {
         let mut p = path.to_string();
         if let Some(prefix) = &self.strip_prefix {
-            if let Some(rest) = p.strip_prefix(prefix.as_str()) {
-                p = if rest.starts_with('/') {
-                    rest.to_string()
-                } else {
-                    format!("/{rest}")
-                };
+            let prefix = prefix.trim_end_matches('/');
+            // Whole segments only: `/app` strips `/app` and `/app/x`, never `/application`.
+            if let Some(rest) = p.strip_prefix(prefix) {
+                if rest.is_empty() || rest.starts_with('/') {
+                    p = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
+                }
             }
         }
         if let Some(prefix) = &self.add_prefix {
@@ -105,6 +105,8 @@ pub struct Route {
     pub chain: Chain,
     /// This route's counters.
     pub metrics: Arc<RouteMetrics>,
+    /// Set when requests are queued durably instead of proxied (`queue:`).
+    pub queue: Option<Arc<crate::queue::RouteQueue>>,
 }
 
 /// One complete, validated configuration version.
@@ -133,6 +135,9 @@ pub struct Snapshot {
     pub unmatched: Arc<RouteMetrics>,
     /// The `lua:` section.
     pub lua: Arc<crate::lua::LuaSettings>,
+    /// The open queues. Not part of the version: every snapshot of a running gateway holds
+    /// the same registry (the reloader carries it over), so reloads never reopen a queue.
+    pub queues: Arc<crate::queue::Queues>,
 }
 
 /// A reload asked for by one of the triggers.
@@ -171,6 +176,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The open durable queues (also what Lua's `sluicegate.queue.enqueue` uses).
+    pub fn queues(&self) -> Arc<crate::queue::Queues> {
+        self.snapshot.load().queues.clone()
+    }
+
     /// Asks the reloader for a reload and waits for the outcome.
     pub async fn reload(&self, trigger: &'static str) -> Result<ReloadOutcome, ConfigError> {
         let (tx, rx) = oneshot::channel();
@@ -205,6 +215,7 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             shared.workers,
             &shared.metrics,
         )
+        .and_then(|mut next| crate::queue::carry_over(&current, &mut next).map(|()| next))
         .map(|next| {
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;

@@ -107,6 +107,8 @@ pub struct Metrics {
     pub active_connections: AtomicI64,
     /// Client connections accepted since start.
     pub accepted_connections: AtomicU64,
+    /// Requests hyper rejected as malformed before they reached a route (400/431).
+    pub malformed_requests: AtomicU64,
     /// Successful configuration reloads.
     pub reloads_ok: AtomicU64,
     /// Rejected configuration reloads.
@@ -131,7 +133,7 @@ impl Metrics {
         m.entry(name.to_string()).or_default().clone()
     }
 
-    /// Counts a script failure (`error`, `cpu_budget`, `memory_budget`).
+    /// Counts a script failure of `kind` (`error` or `budget`).
     pub fn script_failure(&self, script: &str, kind: &'static str) {
         let mut m = self.scripts.lock().unwrap_or_else(PoisonError::into_inner);
         *m.entry((script.to_string(), kind)).or_insert(0) += 1;
@@ -222,6 +224,12 @@ impl Metrics {
                 self.accepted_connections
                     .load(Ordering::Relaxed)
                     .to_string(),
+            ),
+            (
+                "sluicegate_malformed_requests_total",
+                "counter",
+                "Requests rejected as malformed HTTP before routing.",
+                self.malformed_requests.load(Ordering::Relaxed).to_string(),
             ),
             (
                 "sluicegate_config_reloads_total",

@@ -12,6 +12,8 @@ use serde_json::json;
 
 use crate::state::Shared;
 
+pub mod queues;
+
 /// Serves the admin API on `listener` until the process stops.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     let app = router(shared);
@@ -28,7 +30,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
         .route("/stop", post(stop))
+        .merge(queues::routes())
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
 }
 
@@ -89,7 +93,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.render(),
+        {
+            let mut text = shared.metrics.render();
+            shared.queues().render_metrics(&mut text);
+            text
+        },
     )
         .into_response()
 }
@@ -112,6 +120,14 @@ async fn reload(State(shared): State<Arc<Shared>>) -> Response {
 async fn stop(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let _ = shared.shutdown.send(true);
     Json(json!({"status": "stopping"}))
+}
+
+async fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({"error": "method_not_allowed", "message": "this admin endpoint does not take that method"})),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {

@@ -5,6 +5,7 @@ pub mod check;
 pub mod reload;
 pub mod run;
 pub mod test;
+pub mod wal;
 
 use std::path::PathBuf;
 
@@ -68,6 +69,8 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Inspect and repair the durable queues (stats, list, show, dead letters, replay, purge).
+    Wal(wal::WalArgs),
     /// Print the version.
     Version,
 }
@@ -91,6 +94,7 @@ pub fn main() -> i32 {
         }
         Command::Stop { config, admin } => reload::admin_post(config.as_deref(), admin, "/stop"),
         Command::Test { paths, tap } => test::test(&paths, tap),
+        Command::Wal(args) => wal::wal(args),
         Command::Version => {
             println!("sluicegate {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK

@@ -37,10 +37,11 @@ pub fn admin_post(config: Option<&Path>, admin: Option<String>, path: &str) -> i
     match post(&address, path) {
         Ok((status, body)) => {
             println!("{body}");
-            if (200..300).contains(&status) {
-                EXIT_OK
-            } else {
-                EXIT_FAILURE
+            match status {
+                200..=299 => EXIT_OK,
+                // The gateway rejected the configuration: a bad-config outcome, like `check`.
+                422 => EXIT_USAGE,
+                _ => EXIT_FAILURE,
             }
         }
         Err(e) => {

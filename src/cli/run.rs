@@ -30,7 +30,7 @@ pub fn run(config: &Path) -> i32 {
         }
     };
     let shared = gateway.shared.clone();
-    let waited = rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
@@ -52,13 +52,31 @@ pub fn run(config: &Path) -> i32 {
                 }
             }
         }
-        Ok::<(), std::io::Error>(())
+        // Drain on another thread; a second SIGTERM/SIGINT stops at once.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            gateway.shutdown();
+            let _ = done_tx.send(());
+        });
+        tokio::select! {
+            _ = done_rx => Ok(true),
+            _ = term.recv() => Ok(false),
+            _ = int.recv() => Ok(false),
+        }
     });
-    if let Err(e) = waited {
-        eprintln!("sluicegate: cannot install signal handlers: {e}");
-        return EXIT_FAILURE;
+    match outcome {
+        Ok(true) => {
+            tracing::info!("Stopped.");
+            EXIT_OK
+        }
+        Ok(false) => {
+            tracing::warn!("Second stop signal: exiting without waiting for the drain.");
+            EXIT_FAILURE
+        }
+        Err(e) => {
+            let e: std::io::Error = e;
+            eprintln!("sluicegate: cannot install signal handlers: {e}");
+            EXIT_FAILURE
+        }
     }
-    gateway.shutdown();
-    tracing::info!("Stopped.");
-    EXIT_OK
 }

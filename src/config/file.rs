@@ -212,6 +212,8 @@ pub struct RouteConfig {
     pub upstream: Option<String>,
     /// Path rewriting before forwarding.
     pub rewrite: Option<RewriteConfig>,
+    /// Queue requests durably and deliver them to `upstream` later (see docs/queue.md).
+    pub queue: Option<crate::queue::config::QueueConfig>,
 }
 
 /// Route conditions. Every given condition must hold.

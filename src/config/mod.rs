@@ -132,15 +132,6 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
             addrs(new)
         ));
     }
-    let tls = |s: &Snapshot| {
-        s.listeners
-            .iter()
-            .map(|l| l.tls.is_some())
-            .collect::<Vec<_>>()
-    };
-    if tls(old) != tls(new) {
-        out.push("listeners: tls on/off".to_string());
-    }
     if old.settings.workers != new.settings.workers {
         out.push(format!(
             "workers: {} -> {}",
@@ -148,13 +139,16 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
         ));
     }
     if old.settings.admin_address != new.settings.admin_address {
+        let show = |a: &Option<String>| a.clone().unwrap_or_else(|| "disabled".to_string());
         out.push(format!(
-            "admin.address: {:?} -> {:?}",
-            old.settings.admin_address, new.settings.admin_address
+            "admin.address: {} -> {}",
+            show(&old.settings.admin_address),
+            show(&new.settings.admin_address)
         ));
     }
     if old.settings.data_dir != new.settings.data_dir {
         out.push("data_dir".to_string());
     }
+    out.extend(crate::queue::restart_only_changes(old, new));
     out
 }

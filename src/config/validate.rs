@@ -180,6 +180,7 @@ fn build_snapshot(
         access_log: Arc::new(access_log?),
         unmatched: metrics.route("_unmatched"),
         lua: Arc::new(lua),
+        queues: Arc::default(),
     })
 }
 
@@ -249,7 +250,12 @@ fn check_address(addr: &str, path: &Path, diags: &mut Diags) {
 
 fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerSettings> {
     let path = Path::root().key("listeners");
-    if root.get("listeners").is_none() {
+    let empty = match root.get("listeners").map(|n| &n.kind) {
+        None | Some(NodeKind::Null) => true,
+        Some(NodeKind::Seq(items)) => items.is_empty(),
+        Some(_) => false,
+    };
+    if empty {
         diags.push(&path, "at least one listener is required");
     }
     let mut out = Vec::new();
@@ -272,6 +278,14 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
                 "must be between 1024 and 1048576",
             );
         }
+        check_timeouts(
+            &p,
+            &[
+                ("client_header_timeout_ms", l.client_header_timeout_ms),
+                ("client_body_timeout_ms", l.client_body_timeout_ms),
+            ],
+            diags,
+        );
         out.push(ListenerSettings {
             name: l.name.clone().unwrap_or_else(|| l.address.clone()),
             address: l.address,
@@ -280,16 +294,8 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
             trust_request_id: l.trust_request_id,
             max_header_bytes,
             max_body_bytes: l.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
-            header_timeout: Duration::from_millis(
-                l.client_header_timeout_ms
-                    .unwrap_or(defaults::CLIENT_TIMEOUT_MS)
-                    .max(1),
-            ),
-            body_timeout: Duration::from_millis(
-                l.client_body_timeout_ms
-                    .unwrap_or(defaults::CLIENT_TIMEOUT_MS)
-                    .max(1),
-            ),
+            header_timeout: ms(l.client_header_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
+            body_timeout: ms(l.client_body_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
         });
     }
     out
@@ -402,6 +408,16 @@ fn upstreams(
                 None => diags.push(&tp, format!("`{address}` is not a host:port address")),
             }
         }
+        check_timeouts(
+            &p,
+            &[
+                ("connect_timeout_ms", u.connect_timeout_ms),
+                ("read_timeout_ms", u.read_timeout_ms),
+                ("write_timeout_ms", u.write_timeout_ms),
+            ],
+            diags,
+        );
+        check_timeouts(&p.key("pool"), &[("idle_timeout_ms", u.pool.idle_timeout_ms)], diags);
         let upstream = Upstream {
             balancer: Balancer::round_robin(&targets, workers),
             metrics: metrics.upstream(&u.name),
@@ -424,7 +440,16 @@ fn upstreams(
 }
 
 fn ms(v: Option<u64>, default: u64) -> Duration {
-    Duration::from_millis(v.unwrap_or(default).max(1))
+    Duration::from_millis(v.unwrap_or(default))
+}
+
+/// Timeouts must be positive: a zero would fail every request (or never wait).
+fn check_timeouts(path: &Path, values: &[(&str, Option<u64>)], diags: &mut Diags) {
+    for (key, v) in values {
+        if *v == Some(0) {
+            diags.push(&path.key(key), "must be at least 1 ms");
+        }
+    }
 }
 
 fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls: &file::UpstreamTlsConfig) -> u64 {
@@ -534,6 +559,7 @@ fn routes(
     let mut routes = Vec::new();
     let mut matches = Vec::new();
     let mut names = HashSet::new();
+    let mut queue_names = HashSet::new();
     let items: Vec<&Node> = match root.get("routes").map(|n| &n.kind) {
         Some(NodeKind::Seq(items)) => items.iter().collect(),
         None | Some(NodeKind::Null) => Vec::new(),
@@ -565,12 +591,18 @@ fn routes(
             }
         });
         let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
-        if rc.upstream.is_none() && own.is_empty() {
-            diags.push(
-                &p,
-                "a route needs an `upstream` or a plugin that answers requests",
-            );
+        let may_answer = |e: &ChainEntry| {
+            let ph = e.plugin.phases();
+            ph.contains(plugins::Phase::Rewrite) || ph.contains(plugins::Phase::Access) || ph.contains(plugins::Phase::Content)
+        };
+        if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(may_answer) {
+            diags.push(&p, "a route needs an `upstream` or a plugin that answers requests");
         }
+        let queue = rc.queue.and_then(|q| {
+            let content = own.iter().any(|e| e.plugin.phases().contains(plugins::Phase::Content));
+            let ctx = crate::queue::config::RouteCtx { route: &name, has_upstream: rc.upstream.is_some(), has_content_plugin: content };
+            crate::queue::config::validate_route(q, &ctx, &p.key("queue"), &mut queue_names, diags)
+        });
         let mut entries = global.to_vec();
         entries.extend(own);
         matches.push(route_match(&rc.matcher, &p.key("match"), diags));
@@ -580,6 +612,7 @@ fn routes(
             upstream,
             rewrite: rc.rewrite.map(|r| rewrite(r, &p.key("rewrite"), diags)),
             chain: Chain::new(entries),
+            queue,
         });
     }
     (routes, matches)
@@ -753,5 +786,13 @@ mod tests {
         assert_eq!(r.apply("/wal/x"), "/v2/x");
         assert_eq!(r.apply("/wal"), "/v2/");
         assert_eq!(r.apply("/other"), "/v2/other");
+        assert_eq!(r.apply("/walrus"), "/v2/walrus");
+        let slash = PathRewrite {
+            strip_prefix: Some("/app/".into()),
+            add_prefix: None,
+            regex: None,
+        };
+        assert_eq!(slash.apply("/app/x"), "/x");
+        assert_eq!(slash.apply("/application"), "/application");
     }
 }

@@ -132,6 +132,17 @@ thread_local! {
     };
     /// Heap size (KiB) above which the running call is stopped at its next safepoint.
     static SOFT_KB: Cell<i32> = const { Cell::new(i32::MAX) };
+    /// Set by `ngx.exit` in a call that cannot yield: every later safepoint raises, so a
+    /// `pcall` around `ngx.exit` cannot keep the script running.
+    static EXITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The message of the error that unwinds a non-yielding call after `ngx.exit`.
+pub const EXITING_MESSAGE: &str = "ngx.exit";
+
+/// Marks the running call as exiting (see `EXITING`); cleared when its budget is disarmed.
+pub fn set_exiting() {
+    EXITING.with(|e| e.set(true));
 }
 
 /// Restores the previous deadline when dropped.
@@ -156,6 +167,7 @@ impl Drop for Armed {
             s.tripped.store(false, Ordering::Relaxed);
         });
         SOFT_KB.with(|k| k.set(self.previous_kb));
+        EXITING.with(|e| e.set(false));
     }
 }
 
@@ -212,6 +224,10 @@ unsafe extern "C-unwind" fn interrupt(state: *mut mlua::ffi::lua_State, gc: std:
         // SAFETY: called by Luau at a safepoint of a running (non-GC) interrupt, where raising
         // an error is allowed; no Rust value with a destructor is alive in this frame.
         unsafe { mlua::ffi::luaL_error(state, c"CPU budget exceeded".as_ptr()) }
+    }
+    if EXITING.with(Cell::get) {
+        // SAFETY: as above.
+        unsafe { mlua::ffi::luaL_error(state, c"ngx.exit".as_ptr()) }
     }
     let soft = SOFT_KB.with(Cell::get);
     // SAFETY: `lua_gc(COUNT)` only reads the heap size of the running state.

@@ -6,15 +6,23 @@ use mlua::{Lua, Value};
 
 /// `name:line: ` of the Lua code that called the running Rust function.
 pub fn location(lua: &Lua) -> String {
-    lua.inspect_stack(1, |d| {
-        let src = d.source();
-        let name = src.short_src.as_deref().unwrap_or("?").to_string();
-        match d.current_line() {
-            Some(line) => format!("{name}:{line}: "),
-            None => String::new(),
+    // Level 1 is the caller; async functions sit behind mlua's own polling frames.
+    for level in 1..6 {
+        let found = lua.inspect_stack(level, |d| {
+            let src = d.source();
+            let name = src.short_src.as_deref().unwrap_or("?").to_string();
+            match d.current_line() {
+                Some(line) if !name.starts_with("__mlua") => Some(format!("{name}:{line}: ")),
+                _ => None,
+            }
+        });
+        match found {
+            Some(Some(at)) => return at,
+            Some(None) => continue,
+            None => break,
         }
-    })
-    .unwrap_or_default()
+    }
+    String::new()
 }
 
 /// A runtime error prefixed with the caller's location, like `luaL_error`.

@@ -95,12 +95,7 @@ impl Harness {
             worker_id: 0,
             worker_count: 1,
         };
-        let worker = Rc::new(Worker {
-            id: 0,
-            shared,
-            pool: Default::default(),
-            lua: WorkerLua::new(rt),
-        });
+        let worker = Worker::new(0, shared, WorkerLua::new(rt));
         Ok(Harness { worker, snapshot })
     }
 

@@ -52,6 +52,10 @@ pub fn run_request<'a>(script: &'a Arc<Script>, phase: Phase, ctx: &'a mut Reque
     let kind = Kind::of(phase);
     let mut state = vm.take_state();
     state.enter(kind, ctx);
+    if !script.may_yield {
+        let done = vm.call_sync(&inst, kind, state, ctx.snapshot.lua.cpu_budget);
+        return Step::Ready(finish_request(&vm, ctx, script, kind, done));
+    }
     let mut call = vm.call_async(inst, kind, state, ctx.snapshot.lua.cpu_budget);
     match call.poll_now() {
         Some(done) => Step::Ready(finish_request(&vm, ctx, script, kind, done)),

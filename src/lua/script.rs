@@ -15,7 +15,15 @@ pub struct Script {
     pub(crate) bytecode: Vec<u8>,
     /// The source text (kept for `sluicegate test` reports and the admin listing).
     pub source: String,
+    /// Whether the script may wait (names a function that yields). Scripts that cannot are
+    /// called without a coroutine, which is cheaper.
+    pub may_yield: bool,
 }
+
+/// Words that name the API functions that wait. A script whose source contains none of
+/// them cannot reach one except through a computed name, which is refused with a clear
+/// error (see `Host::in_async`).
+const YIELDING: &[&str] = &["sleep", "read_body", "http", "socket", "semaphore", "thread", "wait"];
 
 /// A syntax error: the line in the script and the compiler's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +62,7 @@ pub fn compile(name: &str, source: &str) -> Result<Script, CompileError> {
         id: h.finish(),
         bytecode,
         source: source.to_string(),
+        may_yield: YIELDING.iter().any(|w| source.contains(w)),
     })
 }
 

@@ -68,6 +68,9 @@ pub struct Host {
     pub timers: Cell<(usize, usize)>,
     /// The VM this host belongs to (timers start calls through it).
     pub vm: RefCell<Weak<Vm>>,
+    /// Whether the running call is a coroutine that can wait (false for calls made
+    /// without one: filter and log phases, and scripts that name no waiting function).
+    pub in_async: Cell<bool>,
 }
 
 impl Host {
@@ -81,6 +84,7 @@ impl Host {
             plain_logs: Cell::new(false),
             timers: Cell::new((0, 0)),
             vm: RefCell::new(Weak::new()),
+            in_async: Cell::new(false),
         }
     }
 
@@ -97,6 +101,19 @@ impl Host {
                     kind.name(),
                     allowed.names()
                 ),
+            ))
+        }
+    }
+
+    /// Fails unless the running call can wait (a function that yields was reached through a
+    /// computed name from a script that names no waiting function).
+    pub fn check_async(&self, lua: &Lua, name: &str) -> mlua::Result<()> {
+        if self.in_async.get() {
+            Ok(())
+        } else {
+            Err(convert::error(
+                lua,
+                format!("{name} cannot wait in this call: name it directly in the script (scripts that name no waiting function run without a coroutine)"),
             ))
         }
     }
@@ -132,6 +149,26 @@ impl Host {
     }
 }
 
+/// Script ids are already hashes: use them as they are.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
 /// One VM with its host state and loaded scripts.
 pub struct Vm {
     /// The Lua state.
@@ -141,7 +178,7 @@ pub struct Vm {
     globals: Table,
     /// `__newindex` of script environments: refuses to shadow built-in globals.
     env_newindex: Function,
-    instances: RefCell<HashMap<u64, Rc<Instance>>>,
+    instances: RefCell<HashMap<u64, Rc<Instance>, IdHash>>,
     pool: RefCell<Vec<Box<ReqState>>>,
     memory_limit: Cell<usize>,
 }
@@ -184,7 +221,7 @@ impl Vm {
             host,
             globals,
             env_newindex,
-            instances: RefCell::new(HashMap::new()),
+            instances: RefCell::new(HashMap::default()),
             pool: RefCell::new(Vec::new()),
             memory_limit: Cell::new(0),
         });
@@ -269,8 +306,9 @@ impl Vm {
         }
     }
 
-    fn swap_in(&self, kind: Kind, state: Option<Box<ReqState>>, inst: &Rc<Instance>) -> Saved {
+    fn swap_in(&self, kind: Kind, state: Option<Box<ReqState>>, inst: &Rc<Instance>, is_async: bool) -> Saved {
         Saved {
+            in_async: self.host.in_async.replace(is_async),
             kind: self.host.kind.replace(kind),
             state: self.host.cur.replace(state),
             instance: self.host.instance.replace(Some(inst.clone())),
@@ -278,6 +316,7 @@ impl Vm {
     }
 
     fn swap_out(&self, saved: Saved) -> Option<Box<ReqState>> {
+        self.host.in_async.set(saved.in_async);
         self.host.kind.set(saved.kind);
         self.host.instance.replace(saved.instance);
         self.host.cur.replace(saved.state)
@@ -292,14 +331,15 @@ impl Vm {
         budget: Duration,
     ) -> Done {
         inst.enter();
-        let saved = self.swap_in(kind, Some(state), inst);
+        let saved = self.swap_in(kind, Some(state), inst, false);
         let armed = budget::arm(budget, self.soft_limit());
         let r = inst.func.call::<()>(());
         drop(armed);
         let state = self.swap_out(saved).unwrap_or_default();
         let result = match r {
             Ok(()) => Ok(()),
-            // `ngx.exit` in a filter phase unwinds with an error after recording the exit.
+            // `ngx.exit` in a call without a coroutine unwinds with an error after recording
+            // the exit.
             Err(_) if state.out.exit.is_some() => Ok(()),
             Err(e) => Err(classify(&e, &inst.name)),
         };
@@ -378,6 +418,7 @@ impl Vm {
 }
 
 struct Saved {
+    in_async: bool,
     kind: Kind,
     state: Option<Box<ReqState>>,
     instance: Option<Rc<Instance>>,
@@ -413,7 +454,7 @@ impl AsyncCall {
             });
         }
         let vm = self.vm.clone();
-        let saved = vm.swap_in(self.kind, self.state.take(), &self.inst);
+        let saved = vm.swap_in(self.kind, self.state.take(), &self.inst, true);
         let armed = budget::arm(self.remaining, vm.soft_limit());
         let polled = Pin::new(&mut self.fut).poll(cx);
         self.remaining = self.remaining.saturating_sub(armed.elapsed());

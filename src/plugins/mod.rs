@@ -114,8 +114,8 @@ pub struct LocalResponse {
 }
 
 impl LocalResponse {
-    /// A response with a JSON body `{"error": <code>, "message": <message>}` (the request id
-    /// is added by the driver).
+    /// A response with a JSON body `{"error": <code>, "message": <message>}`. Plugins use it
+    /// for their rejections; the driver adds the `X-Request-Id` header to every response.
     pub fn json_error(status: StatusCode, code: &str, message: &str) -> Self {
         let body = serde_json::json!({ "error": code, "message": message });
         let mut headers = HeaderMap::new();

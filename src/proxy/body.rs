@@ -258,6 +258,8 @@ pub enum BodyOutcome {
     UpstreamFailed,
     /// The client went away before the end.
     ClientGone,
+    /// A body filter failed; the client connection was closed.
+    FilterFailed,
 }
 
 /// Error of a response body: the upstream failed mid-body.
@@ -422,7 +424,7 @@ impl Body for ResponseBody {
                     Ok(mut data) => {
                         if let Some(obs) = this.observer.as_mut().filter(|o| o.filters()) {
                             if let Err(e) = obs.on_chunk(&mut data, false) {
-                                this.finish(BodyOutcome::UpstreamFailed);
+                                this.finish(BodyOutcome::FilterFailed);
                                 return Poll::Ready(Some(Err(e)));
                             }
                         }

@@ -48,7 +48,7 @@ pub struct Traffic {
 pub struct UpstreamInfo {
     /// `host:port` of the target that served the request.
     pub target: Option<Arc<str>>,
-    /// Time from sending the request to the response head.
+    /// Time from the request's arrival to the upstream's response head.
     pub duration: Option<Duration>,
 }
 

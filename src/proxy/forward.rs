@@ -35,6 +35,19 @@ pub struct Forwarded {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for the upstream.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (no hashing) tells.
+    let hop = |n: &HeaderName| {
+        *n == header::CONNECTION
+            || *n == header::TE
+            || *n == header::TRAILER
+            || *n == header::TRANSFER_ENCODING
+            || *n == header::UPGRADE
+            || *n == KEEP_ALIVE
+            || *n == PROXY_CONNECTION
+    };
+    if !keep_upgrade && !headers.keys().any(hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -85,6 +98,11 @@ pub async fn forward(
     keep_headers: bool,
 ) -> Result<Forwarded, ProxyError> {
     let upgrade = is_upgrade(&ctx.head.headers);
+    // HTTP/2 upstreams get the client's host as :authority, as HTTP/1.1 ones get its Host.
+    let authority = match upstream.protocol {
+        Protocol::Http2 => super::context::request_host_raw(&ctx.head.uri, &ctx.head.headers),
+        Protocol::Http1 => None,
+    };
     let mut req = upstream_request(ctx, upstream, rewrite, upgrade, keep_headers)?;
     let client_upgrade = if upgrade {
         ctx.head.extensions.remove::<hyper::upgrade::OnUpgrade>()
@@ -94,17 +112,17 @@ pub async fn forward(
     let worker = ctx.worker.clone();
     let metrics = &upstream.metrics;
     let attempts = upstream.targets.len().max(1);
+    let first = upstream.pick(worker.id).unwrap_or(0);
     let mut last_err = ProxyError::upstream(Kind::UpstreamConnect, "upstream has no targets");
     for attempt in 0..attempts {
-        let Some(target) = upstream.pick(worker.id, attempt) else {
+        let Some(target) = upstream.target(first, attempt) else {
             break;
         };
         ctx.upstream.target = Some(target.address.clone());
-        // HTTP/2 needs `:scheme` and `:authority`; HTTP/1.1 (TLS or not) must send the
-        // origin-form target to an origin server (RFC 9112 §3.2.1), which hyper's
-        // connection-level client writes as given.
+        // HTTP/2 needs `:scheme` and `:authority`; HTTP/1.1 (TLS or not) sends the
+        // origin-form target to an origin server (RFC 9112 §3.2.1).
         if upstream.protocol == Protocol::Http2 {
-            set_authority(&mut req, upstream.scheme(), &target.address);
+            set_authority(&mut req, upstream.scheme(), authority.as_deref().unwrap_or(&target.address));
         }
         let conn = match worker.pool.checkout(upstream, target).await {
             Ok(c) => c,
@@ -287,12 +305,20 @@ fn upstream_uri(uri: &Uri, rewrite: Option<&PathRewrite>) -> Result<Uri, ProxyEr
         .map_err(|_| ProxyError::client(Kind::BadRequest, "the rewritten path is not a valid URI"))
 }
 
+/// Appends the client IP to `X-Forwarded-For`, joining every existing line of it.
 fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let combined = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", ip.to_str().unwrap_or(""))).ok(),
-        None => Some(ip.clone()),
-    };
-    if let Some(v) = combined {
+    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::with_capacity(64);
+    for v in existing {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(ip.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -311,7 +337,12 @@ fn tunnel(
             if let Some(conn) = h1.take_upgraded() {
                 let (io, leftover) = conn.into_upgraded();
                 let upstream = Upgraded::new(io, leftover);
-                tokio::task::spawn_local(copy_both_ways(on_client, upstream, request_id));
+                // Counted like a connection, so a drain waits for it (up to the timeout).
+                let active = ctx.worker.tracker.enter();
+                tokio::task::spawn_local(async move {
+                    copy_both_ways(on_client, upstream, request_id).await;
+                    drop(active);
+                });
             }
             Forwarded {
                 response: Response::from_parts(head, UpstreamBody::H1(h1)),

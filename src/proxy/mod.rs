@@ -170,6 +170,12 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
     let route = &snapshot.routes[route_idx];
     let chain = &route.chain;
     for phase in [Phase::Rewrite, Phase::Access, Phase::Content] {
+        if phase == Phase::Content {
+            if let Some(queue) = &route.queue {
+                // A queued route: the durable append and its acknowledgement are the content.
+                return crate::queue::http::enqueue(ctx, queue).await.map(Answer::Local);
+            }
+        }
         if !chain.has(phase) {
             continue;
         }

@@ -60,19 +60,19 @@ pub fn worker_count(configured: usize) -> usize {
     }
 }
 
-fn bind(address: &str, port_override: Option<u16>) -> anyhow::Result<std::net::TcpListener> {
-    let mut addr: SocketAddr = address
+/// Binds `address`. With `reuse_port`, several sockets (one per worker) share the port;
+/// without it the bind fails if anyone else holds the port, which is how a second gateway
+/// on the same address is refused instead of silently sharing its traffic.
+fn bind(address: &str, reuse_port: bool) -> anyhow::Result<std::net::TcpListener> {
+    let addr: SocketAddr = address
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve `{address}`"))?
         .next()
         .with_context(|| format!("`{address}` resolves to nothing"))?;
-    if let Some(p) = port_override {
-        addr.set_port(p);
-    }
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
     socket
@@ -97,16 +97,26 @@ impl Gateway {
             (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
-            let first = bind(&l.address, None)?;
+            // Probe without SO_REUSEPORT: fails if another process holds the address.
+            let probe = bind(&l.address, false)?;
+            let port = probe.local_addr()?.port();
+            drop(probe);
+            let mut resolved: SocketAddr = l
+                .address
+                .to_socket_addrs()?
+                .next()
+                .with_context(|| format!("`{}` resolves to nothing", l.address))?;
+            resolved.set_port(port);
+            let first = bind(&resolved.to_string(), true)?;
             let addr = first.local_addr()?;
             bound.push(addr);
             sockets[0].push(first);
             for per_worker in sockets.iter_mut().skip(1) {
-                per_worker.push(bind(&addr.to_string(), None)?);
+                per_worker.push(bind(&addr.to_string(), true)?);
             }
         }
         let admin_listener = match &snapshot.settings.admin_address {
-            Some(a) => Some(bind(a, None)?),
+            Some(a) => Some(bind(a, false)?),
             None => None,
         };
         let admin = admin_listener
@@ -117,6 +127,7 @@ impl Gateway {
         let (shutdown, _) = watch::channel(false);
         let mut snapshot = snapshot;
         snapshot.source = PathBuf::from(config);
+        snapshot.queues = crate::queue::open_all(&snapshot)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -196,6 +207,8 @@ impl Gateway {
                 Err(_) => tracing::error!("Worker thread panicked."),
             }
         }
+        // After the workers: every request that was acknowledged has been appended.
+        self.shared.queues().shutdown();
         if let Some(stop) = self.control_stop.take() {
             let _ = stop.send(());
         }

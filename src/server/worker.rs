@@ -35,11 +35,51 @@ pub struct Worker {
     pub pool: Pool,
     /// This worker's Lua VM (created on the first script call).
     pub lua: crate::lua::WorkerLua,
+    /// Client connections and upgraded tunnels in flight (what a drain waits for).
+    pub tracker: Rc<Tracker>,
 }
 
-struct Tracker {
+impl Worker {
+    /// A worker's state (used by `run`, and by the Lua test harness outside a server).
+    pub fn new(id: usize, shared: Arc<Shared>, lua: crate::lua::WorkerLua) -> Rc<Worker> {
+        Rc::new(Worker {
+            id,
+            shared,
+            pool: Pool::default(),
+            lua,
+            tracker: Rc::new(Tracker {
+                active: Cell::new(0),
+                idle: Notify::new(),
+            }),
+        })
+    }
+}
+
+/// Counts what a graceful shutdown must wait for on this worker.
+pub struct Tracker {
     active: Cell<usize>,
     idle: Notify,
+}
+
+/// Holds one unit of in-flight work; dropping it releases it.
+pub struct Active(Rc<Tracker>);
+
+impl Tracker {
+    /// Registers one connection or tunnel until the returned guard is dropped.
+    pub fn enter(self: &Rc<Self>) -> Active {
+        self.active.set(self.active.get() + 1);
+        Active(self.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let t = &self.0;
+        t.active.set(t.active.get().saturating_sub(1));
+        if t.active.get() == 0 {
+            t.idle.notify_waiters();
+        }
+    }
 }
 
 /// Runs worker `id` on the current thread until shutdown; `sockets[i]` is this worker's
@@ -54,17 +94,19 @@ pub fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let worker = Rc::new(Worker {
-            id,
-            shared: shared.clone(),
-            pool: Pool::default(),
-            lua: crate::lua::WorkerLua::new(lua_runtime(id, &shared)),
-        });
-        let tracker = Rc::new(Tracker {
-            active: Cell::new(0),
-            idle: Notify::new(),
-        });
+        let worker = Worker::new(id, shared.clone(), crate::lua::WorkerLua::new(lua_runtime(id, &shared)));
+        let tracker = worker.tracker.clone();
         let ticker = tokio::task::spawn_local(super::clock::run_ticker());
+        let reaper = {
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    worker.pool.reap();
+                }
+            })
+        };
         let mut accepting = Vec::new();
         for (index, socket) in sockets.into_iter().enumerate() {
             let listener = TcpListener::from_std(socket)?;
@@ -85,6 +127,7 @@ pub fn run(
             task.abort();
         }
         ticker.abort();
+        reaper.abort();
         let drain = shared.drain_timeout();
         let drained = tokio::time::timeout(drain, async {
             while tracker.active.get() > 0 {
@@ -152,13 +195,9 @@ async fn serve(
     let metrics = worker.shared.metrics.clone();
     metrics.accepted_connections.fetch_add(1, Ordering::Relaxed);
     metrics.active_connections.fetch_add(1, Ordering::Relaxed);
-    tracker.active.set(tracker.active.get() + 1);
+    let _active = tracker.enter();
     serve_inner(worker, index, stream, addr).await;
     metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-    tracker.active.set(tracker.active.get() - 1);
-    if tracker.active.get() == 0 {
-        tracker.idle.notify_waiters();
-    }
 }
 
 async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: SocketAddr) {
@@ -177,6 +216,8 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
+        // The listener's header limit applies to HTTP/2 header lists too.
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let mut shutdown = worker.shared.shutdown.subscribe();
     let timeout = settings.header_timeout;
@@ -240,6 +281,7 @@ async fn drive<I>(
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let client = info.client_addr;
+    let metrics = worker.shared.metrics.clone();
     let service = service_fn(move |req| proxy::handle(worker.clone(), info.clone(), req));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
@@ -251,7 +293,17 @@ async fn drive<I>(
         }
     };
     if let Err(e) = result {
-        tracing::debug!(client = %client, error = %e, "Client connection ended with an error.");
+        // hyper answers malformed requests itself (400, or 431 past its buffer); count and
+        // log them here, since they never reach the driver.
+        let malformed = e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse() || h.is_parse_too_large());
+        if malformed {
+            metrics.malformed_requests.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(client = %client, error = %e, "Malformed request rejected.");
+        } else {
+            tracing::debug!(client = %client, error = %e, "Client connection ended with an error.");
+        }
     }
 }
 

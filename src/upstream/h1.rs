@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::pool::{PoolHandle, UpstreamStream};
 use crate::proxy::body::{BoxError, UpstreamRequestBody};
-use crate::proxy::error::{Kind, ProxyError};
+use crate::proxy::error::{Kind, ProxyError, Source};
 
 /// Largest response head accepted from an upstream.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -92,6 +92,15 @@ impl H1Conn {
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         if let Err(e) = self.write_request(&mut body, chunked).await {
+            // An upstream may answer before reading the whole body (a 413 or 401 to an
+            // upload) and close; writing then fails, but its answer is already in our
+            // receive buffer and is what the client should get. Only after the peer closed
+            // (reset, broken pipe): then the read ends at once, it cannot wait.
+            if e.origin == Source::Upstream && e.kind == Kind::UpstreamProtocol {
+                if let Ok((head, framing)) = self.read_head(&method).await {
+                    return Ok(self.into_response(head, framing, false, pool));
+                }
+            }
             let retry = self
                 .reused
                 .then(|| body.take())
@@ -102,16 +111,7 @@ impl H1Conn {
         match self.read_head(&method).await {
             Ok((head, framing)) => {
                 let keep_alive = framing.reusable() && keep_alive(head.version, &head.headers);
-                let mut resp = Response::new(H1Body {
-                    conn: Some(self),
-                    framing,
-                    keep_alive,
-                    pool: Some(pool),
-                });
-                *resp.status_mut() = head.status;
-                *resp.version_mut() = head.version;
-                *resp.headers_mut() = head.headers;
-                Ok(resp)
+                Ok(self.into_response(head, framing, keep_alive, pool))
             }
             Err(HeadError {
                 error,
@@ -126,6 +126,26 @@ impl H1Conn {
                 Err(SendFailure { error, retry })
             }
         }
+    }
+
+    /// The response whose body this connection goes on to read.
+    fn into_response(
+        self,
+        head: RawHead,
+        framing: Framing,
+        keep_alive: bool,
+        pool: PoolHandle,
+    ) -> Response<H1Body> {
+        let mut resp = Response::new(H1Body {
+            conn: Some(self),
+            framing,
+            keep_alive,
+            pool: Some(pool),
+        });
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        resp
     }
 
     /// Writes the head and the body. On failure, `body` still holds the body if none of it

@@ -82,10 +82,19 @@ impl Upstream {
         }
     }
 
-    /// Picks a target for worker `worker`, skipping the first `attempt` choices (so a retry
-    /// after a connect failure goes to the next target).
-    pub fn pick(&self, worker: usize, attempt: usize) -> Option<&Target> {
-        self.balancer.pick(&self.targets, worker, attempt)
+    /// The balancer's choice for worker `worker`: an index into `targets`. Pass it to
+    /// [`Upstream::target`] with the attempt number so retries walk the other targets.
+    pub fn pick(&self, worker: usize) -> Option<usize> {
+        self.balancer.pick(worker)
+    }
+
+    /// The target for `attempt` (0 = first try) after the balancer chose `first`: each
+    /// target is tried once, in order from the first choice.
+    pub fn target(&self, first: usize, attempt: usize) -> Option<&Target> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        self.targets.get((first + attempt) % self.targets.len())
     }
 }
 
@@ -111,19 +120,13 @@ impl Balancer {
         }
     }
 
-    fn pick<'t>(&self, targets: &'t [Target], worker: usize, attempt: usize) -> Option<&'t Target> {
+    fn pick(&self, worker: usize) -> Option<usize> {
         if self.schedule.is_empty() {
             return None;
         }
         let cursor = &self.cursors[worker % self.cursors.len()].0;
-        let base = if attempt == 0 {
-            cursor.fetch_add(1, Ordering::Relaxed)
-        } else {
-            cursor.load(Ordering::Relaxed).wrapping_sub(1)
-        };
-        let first = self.schedule[base % self.schedule.len()];
-        // Retries walk the targets in order from the first choice, so each is tried once.
-        targets.get((first + attempt) % targets.len())
+        let base = cursor.fetch_add(1, Ordering::Relaxed);
+        Some(self.schedule[base % self.schedule.len()])
     }
 }
 
@@ -169,12 +172,24 @@ mod tests {
 
     #[test]
     fn round_robin_visits_every_target_and_retries_move_on() {
-        let t = [target("a", 1), target("b", 1)];
-        let b = Balancer::round_robin(&t, 1);
-        let first = b.pick(&t, 0, 0).unwrap().address.clone();
-        let retry = b.pick(&t, 0, 1).unwrap().address.clone();
-        assert_ne!(first, retry);
-        let next = b.pick(&t, 0, 0).unwrap().address.clone();
-        assert_ne!(first, next);
+        let u = Upstream {
+            name: "u".into(),
+            balancer: Balancer::round_robin(&[target("a", 1), target("b", 1)], 1),
+            targets: vec![target("a", 1), target("b", 1)],
+            protocol: Protocol::Http1,
+            tls: None,
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(1),
+            max_idle: 1,
+            idle_timeout: Duration::from_secs(1),
+            metrics: Default::default(),
+        };
+        let first = u.pick(0).unwrap();
+        let try0 = u.target(first, 0).unwrap().address.clone();
+        let try1 = u.target(first, 1).unwrap().address.clone();
+        assert_ne!(try0, try1, "a retry goes to the other target");
+        let next = u.target(u.pick(0).unwrap(), 0).unwrap().address.clone();
+        assert_ne!(try0, next, "the next request goes to the next target");
     }
 }

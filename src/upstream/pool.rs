@@ -41,6 +41,7 @@ enum Sender {
 struct Idle {
     conn: H1Conn,
     since: Instant,
+    idle_timeout: Duration,
 }
 
 #[derive(Default)]
@@ -60,6 +61,7 @@ pub struct PoolHandle {
     pool: Rc<PoolInner>,
     key: u64,
     max_idle: usize,
+    idle_timeout: Duration,
 }
 
 impl PoolHandle {
@@ -72,6 +74,7 @@ impl PoolHandle {
             queue.push_back(Idle {
                 conn,
                 since: coarse_now(),
+                idle_timeout: self.idle_timeout,
             });
         }
     }
@@ -83,6 +86,7 @@ pub struct Conn {
     reused: bool,
     key: u64,
     max_idle: usize,
+    idle_timeout: Duration,
     pool: Rc<PoolInner>,
 }
 
@@ -134,6 +138,7 @@ impl Pool {
             reused,
             key: target.pool_key,
             max_idle: upstream.max_idle,
+            idle_timeout: upstream.idle_timeout,
             pool: self.inner.clone(),
         }
     }
@@ -152,6 +157,20 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Closes idle connections past their idle timeout or closed by the peer, and HTTP/2
+    /// connections that ended. Called periodically by the worker.
+    pub fn reap(&self) {
+        let now = coarse_now();
+        let mut idle = self.inner.idle.borrow_mut();
+        for queue in idle.values_mut() {
+            queue.retain_mut(|e| {
+                now.saturating_duration_since(e.since) <= e.idle_timeout && e.conn.is_idle_usable()
+            });
+        }
+        idle.retain(|_, q| !q.is_empty());
+        self.inner.h2.borrow_mut().retain(|_, s| !s.is_closed());
     }
 
     /// Number of idle HTTP/1.1 connections (for tests and status).
@@ -174,6 +193,7 @@ impl Conn {
                     pool: self.pool,
                     key: self.key,
                     max_idle: self.max_idle,
+                    idle_timeout: self.idle_timeout,
                 };
                 conn.send(req, handle)
                     .await

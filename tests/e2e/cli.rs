@@ -39,6 +39,7 @@ fn check_accepts_every_shipped_config() {
         ("ADMIN_PORT", "0"),
         ("UPSTREAM", "127.0.0.1:9"),
         ("BENCH_UPSTREAM", "127.0.0.1:9"),
+        ("BENCH_API_KEY", "e2e-test-key"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);

@@ -24,6 +24,9 @@
 //!
 //! Run with `cargo test --test e2e`; set `RUST_LOG=debug` to see the gateway's logs.
 
+// A test that cannot set up its sockets should fail loudly, right there.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod admin;

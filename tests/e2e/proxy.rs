@@ -25,6 +25,7 @@ async fn proxies_a_get_with_forwarded_headers_and_a_uuid_request_id() {
     let req = request("GET", "/items?id=7")
         .header(HOST, "shop.example.com:8443")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-for", "198.51.100.7")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let reply = send(gw.addr, req).await;
@@ -34,7 +35,11 @@ async fn proxies_a_get_with_forwarded_headers_and_a_uuid_request_id() {
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.uri, "/items?id=7");
     assert_eq!(seen.header("host"), "shop.example.com:8443");
-    assert_eq!(seen.header("x-forwarded-for"), "203.0.113.9, 127.0.0.1");
+    // Every earlier hop is kept, in order, and the client is appended.
+    assert_eq!(
+        seen.header_all("x-forwarded-for"),
+        ["203.0.113.9, 198.51.100.7, 127.0.0.1"]
+    );
     assert_eq!(seen.header("x-forwarded-proto"), "http");
     assert_eq!(seen.header("x-forwarded-host"), "shop.example.com:8443");
     let id = reply.header("x-request-id");

@@ -311,3 +311,27 @@ async fn answers_504_when_the_upstream_never_answers_a_request_with_a_body() {
     let reply = crate::support::send(gw.addr, streamed).await;
     assert_eq!(reply.status, 504, "{}", reply.text());
 }
+
+#[tokio::test]
+async fn forwards_an_upstream_answer_sent_before_it_read_the_upload() {
+    // Rejects every upload as soon as it sees the head, then closes without reading on.
+    let rejects = RawUpstream::start(|mut stream| async move {
+        if read_head(&mut stream).await {
+            let _ = stream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let gw = Config::proxy_to(rejects.addr()).start();
+    let size = 8 * 1024 * 1024;
+    let head = format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n");
+    let answer = crate::support::client::upload_while_reading(gw.addr, head.as_bytes(), size).await;
+    let answer = String::from_utf8_lossy(&answer);
+
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "expected the upstream's 413, got {answer:?}"
+    );
+    assert!(answer.ends_with("too big!"), "{answer:?}");
+}

@@ -569,13 +569,15 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
 fn read_body(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
     let h = host.clone();
     lua.create_async_function(move |lua, ()| {
-        let taken = h.with_req(&lua, "ngx.req.read_body", Kinds::OUTPUT, |s| {
-            Ok(match std::mem::replace(&mut s.body, RequestBody::Empty) {
-                RequestBody::Stream(stream) => Some(stream),
-                other => {
-                    s.body = other;
-                    None
-                }
+        let taken = h.check(&lua, "ngx.req.read_body", Kinds::OUTPUT).and_then(|_| h.check_async(&lua, "ngx.req.read_body")).and_then(|_| {
+            h.with_req(&lua, "ngx.req.read_body", Kinds::OUTPUT, |s| {
+                Ok(match std::mem::replace(&mut s.body, RequestBody::Empty) {
+                    RequestBody::Stream(stream) => Some(stream),
+                    other => {
+                        s.body = other;
+                        None
+                    }
+                })
             })
         });
         let h = h.clone();

@@ -259,7 +259,13 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
             s.out.exit = Some(code);
             Ok(())
         })?;
-        Ok(kind.can_yield())
+        let _ = kind;
+        if h.in_async.get() {
+            Ok(true)
+        } else {
+            super::super::budget::set_exiting();
+            Ok(false)
+        }
     })?;
     let h = host.clone();
     let set_redirect =
@@ -287,7 +293,13 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
                 s.out.status = StatusCode::from_u16(status as u16).ok();
                 s.out.exit = Some(status);
                 Ok(())
-            })
+            })?;
+            if h.in_async.get() {
+                Ok(true)
+            } else {
+                super::super::budget::set_exiting();
+                Ok(false)
+            }
         })?;
     let wait = lua.create_async_function(|_, ()| async {
         std::future::pending::<()>().await;
@@ -303,8 +315,8 @@ local function exit(code)
   error(sentinel, 0)
 end
 local function redirect(uri, status)
-  set_redirect(uri, status)
-  return wait()
+  if set_redirect(uri, status) then return wait() end
+  error(sentinel, 0)
 end
 return exit, redirect
 "#,

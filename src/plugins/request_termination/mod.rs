@@ -7,7 +7,7 @@ mod config;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 pub use config::RequestTerminationConfig;
 
@@ -34,12 +34,9 @@ pub fn build(
     let cfg: RequestTerminationConfig = parse_config(config, path, diags)?;
     let before = diags.0.len();
     let status = match StatusCode::from_u16(cfg.status) {
-        Ok(s) if (100..=599).contains(&cfg.status) => s,
+        Ok(s) if (200..=599).contains(&cfg.status) => s,
         _ => {
-            diags.push(
-                &path.key("status"),
-                format!("`{}` is not a status code (100..599)", cfg.status),
-            );
+            diags.push(&path.key("status"), format!("`{}` is not a final status code (200..599)", cfg.status));
             StatusCode::SERVICE_UNAVAILABLE
         }
     };
@@ -63,17 +60,16 @@ pub fn build(
             Bytes::from(text.clone())
         }
         (None, Some(json)) => {
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            let ct = cfg.content_type.as_deref().unwrap_or("application/json");
+            headers.extend(header_pair("content-type", ct, &path.key("content_type"), diags));
             Bytes::from(json.to_string())
         }
         (None, None) => Bytes::new(),
     };
+    // Configured headers replace defaults (a `Content-Type` here wins over `content_type`).
     for (k, v) in &cfg.headers {
         if let Some((n, v)) = header_pair(k, v, &path.key("headers").key(k), diags) {
-            headers.append(n, v);
+            headers.insert(n, v);
         }
     }
     (diags.0.len() == before).then(|| {

@@ -298,3 +298,36 @@ impl Raw {
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Writes `head` and then `body_len` bytes of body on one task while reading the answer on
+/// another (as a browser uploading a file does), and returns every byte read until the
+/// connection closes. Write errors are ignored: the peer may close early on purpose.
+pub async fn upload_while_reading(addr: SocketAddr, head: &[u8], body_len: usize) -> Vec<u8> {
+    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let head = head.to_vec();
+    let writing = tokio::spawn(async move {
+        if writer.write_all(&head).await.is_err() {
+            return;
+        }
+        let chunk = vec![b'u'; 64 * 1024];
+        let mut left = body_len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if writer.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+            left -= n;
+        }
+    });
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match within("read the answer to an upload", reader.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    writing.abort();
+    out
+}

@@ -125,8 +125,7 @@ routes:
         Ok(TestGateway {
             addr: gateway.listeners[0],
             admin: gateway.admin.expect("the admin listener is on"),
-            gateway: Some(gateway),
-            config: self,
+            _gateway: gateway,
             config_path: path,
             dir,
         })
@@ -139,10 +138,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     /// The admin listener.
     pub admin: SocketAddr,
-    /// The gateway itself (other listeners in `.listeners`).
-    pub gateway: Option<Gateway>,
-    /// The configuration it was started with.
-    pub config: Config,
+    /// The gateway itself; dropping it drains and stops it (before `dir` goes away).
+    _gateway: Gateway,
     /// Where the configuration file is.
     pub config_path: PathBuf,
     /// The temporary directory holding the configuration (and any other files).
@@ -150,11 +147,6 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
-    /// Bound address of listener `i`.
-    pub fn listener(&self, i: usize) -> SocketAddr {
-        self.gateway.as_ref().unwrap().listeners[i]
-    }
-
     /// `GET path` on the first listener.
     pub async fn get(&self, path: &str) -> Reply {
         client::get(self.addr, path).await
@@ -181,12 +173,5 @@ impl TestGateway {
     /// Overwrites the configuration file with `text` as is.
     pub fn write_config_text(&self, text: &str) {
         std::fs::write(&self.config_path, text).unwrap();
-    }
-
-    /// Stops the gateway now (graceful drain), waiting for its threads.
-    pub fn stop(&mut self) {
-        if let Some(g) = self.gateway.take() {
-            g.shutdown();
-        }
     }
 }

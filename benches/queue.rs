@@ -1,0 +1,2 @@
+//! Queue benchmarks (being written).
+fn main() {}

@@ -1,0 +1,423 @@
+//! The `queue:` block of a route: its on-disk form ([`QueueConfig`], serde) and the
+//! validated form ([`RouteQueue`]: the queue's name, the acknowledgement to send, and the
+//! delivery settings). Validation reports every problem with its path, like the rest of
+//! the configuration.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Deserialize;
+
+use super::retry::{defaults, RetryPolicy, StatusSet};
+use crate::config::error::{Diags, Path};
+use crate::plugins::LocalResponse;
+
+/// Default bound on a queue's bytes on disk: 1 GiB.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+/// Smallest accepted `max_bytes`: room for a few segments and the state log.
+pub const MIN_MAX_BYTES: u64 = 64 * 1024;
+/// Default delivery concurrency: one message at a time keeps strict FIFO order.
+pub const DEFAULT_CONCURRENCY: usize = 1;
+
+/// `queue:` of a route, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Queue name (directory `data_dir/queues/NAME`); defaults to the route's name.
+    pub name: Option<String>,
+    /// The answer sent once the request is durable.
+    #[serde(default)]
+    pub ack: AckConfig,
+    /// Retry policy of deliveries.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Deliveries in flight at once (default 1).
+    pub concurrency: Option<usize>,
+    /// `fifo` (default) or `unordered`.
+    pub ordering: Option<String>,
+    /// Statuses (not retried) that go straight to the dead letters; default `["4xx"]`.
+    pub dead_letter_on: Option<Vec<StatusPattern>>,
+    /// Bound on the queue's bytes on disk (default 1 GiB).
+    pub max_bytes: Option<u64>,
+}
+
+/// `queue.ack`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AckConfig {
+    /// Status (2xx; default 202).
+    pub status: Option<u16>,
+    /// Body template (`{id}`, `{queue}`, `{request_id}` are replaced); default a JSON
+    /// object with the id.
+    pub body: Option<String>,
+    /// Headers to add.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `queue.retry`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Statuses that are retried; default `[429, "5xx"]`.
+    pub on_status: Option<Vec<StatusPattern>>,
+    /// Wait before the first retry (default 500).
+    pub initial_backoff_ms: Option<u64>,
+    /// Longest computed wait (default 60000).
+    pub max_backoff_ms: Option<u64>,
+    /// Growth per retry (default 2).
+    pub multiplier: Option<f64>,
+    /// Attempts in total before dead-lettering (default 15).
+    pub max_attempts: Option<u32>,
+    /// Messages older than this are dead-lettered on their next failure (default one day;
+    /// 0 = no limit).
+    pub max_age_ms: Option<u64>,
+}
+
+/// A status code (`429`) or class (`"5xx"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StatusPattern {
+    /// A code.
+    Code(u16),
+    /// A code or class as text.
+    Text(String),
+}
+
+/// In which order messages are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// In append order; a message waiting for its retry holds back the ones after it.
+    Fifo,
+    /// A message waiting for its retry lets later ones pass.
+    Unordered,
+}
+
+/// Delivery and storage settings of a queue (delivery settings apply live on reload).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Deliveries in flight at once.
+    pub concurrency: usize,
+    /// Ordering.
+    pub ordering: Ordering,
+    /// Bound on bytes on disk (applies when the queue is opened, i.e. at start).
+    pub max_bytes: u64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            retry: RetryPolicy::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+            ordering: Ordering::Fifo,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// The body of the acknowledgement.
+#[derive(Debug, Clone)]
+enum AckBody {
+    /// `{"queued":true,"queue":...,"id":...,"request_id":...}`.
+    DefaultJson,
+    /// A template.
+    Template(String),
+    /// Nothing (status 204).
+    Empty,
+}
+
+/// The acknowledgement a queued route answers with.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: AckBody,
+}
+
+impl Ack {
+    /// The response for message `id` of `queue`.
+    pub fn render(&self, queue: &str, id: u64, request_id: &str) -> LocalResponse {
+        let mut headers = self.headers.clone();
+        let (body, content_type) = match &self.body {
+            AckBody::Empty => (Bytes::new(), None),
+            AckBody::DefaultJson => {
+                let v = serde_json::json!({"queued": true, "queue": queue, "id": id, "request_id": request_id});
+                (Bytes::from(v.to_string()), Some("application/json"))
+            }
+            AckBody::Template(t) => {
+                let text = t
+                    .replace("{id}", &id.to_string())
+                    .replace("{queue}", queue)
+                    .replace("{request_id}", request_id);
+                let trimmed = text.trim_start();
+                let ct = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+                    "application/json"
+                } else {
+                    "text/plain; charset=utf-8"
+                };
+                (Bytes::from(text), (!t.is_empty()).then_some(ct))
+            }
+        };
+        if let Some(ct) = content_type {
+            headers
+                .entry(http::header::CONTENT_TYPE)
+                .or_insert(HeaderValue::from_static(ct));
+        }
+        headers.insert(super::MESSAGE_ID_HEADER.clone(), HeaderValue::from(id));
+        LocalResponse {
+            status: self.status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// The validated `queue:` of a route.
+#[derive(Debug, Clone)]
+pub struct RouteQueue {
+    /// Queue name.
+    pub name: String,
+    /// What the client gets once its request is durable.
+    pub ack: Ack,
+    /// Delivery and storage settings.
+    pub settings: Arc<QueueSettings>,
+}
+
+/// Whether `name` can be a queue (and directory) name.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn statuses(list: &[StatusPattern], path: &Path, diags: &mut Diags) -> StatusSet {
+    let mut set = StatusSet::empty();
+    for (i, p) in list.iter().enumerate() {
+        let text = match p {
+            StatusPattern::Code(c) => c.to_string(),
+            StatusPattern::Text(t) => t.clone(),
+        };
+        if let Err(e) = set.insert_pattern(&text) {
+            diags.push(&path.index(i), e);
+        }
+    }
+    set
+}
+
+fn in_range(v: Option<u64>, default: u64, min: u64, max: u64, path: &Path, diags: &mut Diags) -> u64 {
+    let v = v.unwrap_or(default);
+    if !(min..=max).contains(&v) {
+        diags.push(path, format!("must be between {min} and {max}"));
+    }
+    v.clamp(min, max)
+}
+
+/// Validates a route's `queue:` block at `path`; `route` is the route's name.
+pub fn validate(cfg: QueueConfig, route: &str, path: &Path, diags: &mut Diags) -> Option<RouteQueue> {
+    let before = diags.0.len();
+    let name = cfg.name.unwrap_or_else(|| route.to_string());
+    if !valid_name(&name) {
+        diags.push(
+            &path.key("name"),
+            format!("`{name}` is not a valid queue name: use 1 to 64 letters, digits, `_`, `-` or `.`, not starting with `.`"),
+        );
+    }
+    let retry = retry_policy(&cfg.retry, cfg.dead_letter_on.as_deref(), path, diags);
+    let concurrency = in_range(cfg.concurrency.map(|c| c as u64), DEFAULT_CONCURRENCY as u64, 1, 1024, &path.key("concurrency"), diags) as usize;
+    let ordering = match cfg.ordering.as_deref() {
+        None | Some("fifo") => Ordering::Fifo,
+        Some("unordered") => Ordering::Unordered,
+        Some(other) => {
+            diags.push(&path.key("ordering"), format!("unknown ordering `{other}`; expected fifo or unordered"));
+            Ordering::Fifo
+        }
+    };
+    let max_bytes = in_range(cfg.max_bytes, DEFAULT_MAX_BYTES, MIN_MAX_BYTES, u64::MAX / 2, &path.key("max_bytes"), diags);
+    let ack = ack(cfg.ack, &path.key("ack"), diags);
+    if diags.0.len() > before {
+        return None;
+    }
+    Some(RouteQueue {
+        name,
+        ack: ack?,
+        settings: Arc::new(QueueSettings {
+            retry,
+            concurrency,
+            ordering,
+            max_bytes,
+        }),
+    })
+}
+
+/// What the route around a `queue:` block offers.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteCtx<'a> {
+    /// The route's name (the queue's default name).
+    pub route: &'a str,
+    /// Whether the route has an `upstream` (required: deliveries go there).
+    pub has_upstream: bool,
+    /// Whether one of the route's own plugins answers in the content phase (never reached
+    /// on a queued route, so it is a configuration error).
+    pub has_content_plugin: bool,
+}
+
+/// Validates a route's `queue:` at `path`, including the checks that involve the route
+/// (an upstream, no content plugin) and the other routes (`names`: queue names taken).
+pub fn validate_route(
+    cfg: QueueConfig,
+    route: &RouteCtx<'_>,
+    path: &Path,
+    names: &mut std::collections::HashSet<String>,
+    diags: &mut Diags,
+) -> Option<Arc<RouteQueue>> {
+    if !route.has_upstream {
+        diags.push(path, "a queued route needs an `upstream` to deliver to");
+    }
+    if route.has_content_plugin {
+        diags.push(path, "a queued route cannot have a content-phase plugin: the queue answers instead");
+    }
+    let name = cfg.name.clone().unwrap_or_else(|| route.route.to_string());
+    let unique = names.insert(name.clone());
+    if !unique {
+        diags.push(&path.key("name"), format!("queue `{name}` is already used by another route"));
+    }
+    let q = validate(cfg, route.route, path, diags)?;
+    (unique && route.has_upstream && !route.has_content_plugin).then(|| Arc::new(q))
+}
+
+fn retry_policy(cfg: &RetryConfig, dead_letter_on: Option<&[StatusPattern]>, path: &Path, diags: &mut Diags) -> RetryPolicy {
+    let d = RetryPolicy::default();
+    let rp = path.key("retry");
+    let initial = in_range(cfg.initial_backoff_ms, defaults::INITIAL_BACKOFF_MS, 1, 3_600_000, &rp.key("initial_backoff_ms"), diags);
+    let max_default = defaults::MAX_BACKOFF_MS.max(initial);
+    let max = in_range(cfg.max_backoff_ms, max_default, initial, 24 * 3_600_000, &rp.key("max_backoff_ms"), diags);
+    let multiplier = cfg.multiplier.unwrap_or(defaults::MULTIPLIER);
+    if !(1.0..=10.0).contains(&multiplier) {
+        diags.push(&rp.key("multiplier"), "must be between 1 and 10");
+    }
+    let max_attempts = in_range(cfg.max_attempts.map(u64::from), u64::from(defaults::MAX_ATTEMPTS), 1, 1_000_000, &rp.key("max_attempts"), diags);
+    let max_age = match cfg.max_age_ms.unwrap_or(defaults::MAX_AGE_MS) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
+    RetryPolicy {
+        on_status: cfg
+            .on_status
+            .as_deref()
+            .map_or(d.on_status, |l| statuses(l, &rp.key("on_status"), diags)),
+        dead_letter_on: dead_letter_on.map_or(d.dead_letter_on, |l| statuses(l, &path.key("dead_letter_on"), diags)),
+        initial_backoff: Duration::from_millis(initial),
+        max_backoff: Duration::from_millis(max),
+        multiplier: multiplier.clamp(1.0, 10.0),
+        max_attempts: max_attempts as u32,
+        max_age,
+    }
+}
+
+fn ack(cfg: AckConfig, path: &Path, diags: &mut Diags) -> Option<Ack> {
+    let code = cfg.status.unwrap_or(202);
+    let status = match StatusCode::from_u16(code) {
+        Ok(s) if s.is_success() => s,
+        _ => {
+            diags.push(&path.key("status"), "must be a 2xx status");
+            StatusCode::ACCEPTED
+        }
+    };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &cfg.headers {
+        if let Some((n, v)) = crate::plugins::header_pair(name, value, &path.key("headers").key(name), diags) {
+            headers.append(n, v);
+        }
+    }
+    let body = match (cfg.body, status) {
+        (Some(b), StatusCode::NO_CONTENT | StatusCode::RESET_CONTENT) if !b.is_empty() => {
+            diags.push(&path.key("body"), format!("a {code} answer has no body"));
+            AckBody::Empty
+        }
+        (_, StatusCode::NO_CONTENT | StatusCode::RESET_CONTENT) => AckBody::Empty,
+        (Some(b), _) => AckBody::Template(b),
+        (None, _) => AckBody::DefaultJson,
+    };
+    Some(Ack { status, headers, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<RouteQueue, Vec<String>> {
+        let node = crate::config::yaml::parse(yaml, &std::collections::HashMap::new()).map_err(|d| vec![format!("{d:?}")])?;
+        let path = Path::root().key("queue");
+        let cfg: QueueConfig = crate::config::de::from_node(&node, &path).map_err(|d| vec![d.path])?;
+        let mut diags = Diags::default();
+        validate(cfg, "hooks", &path, &mut diags).ok_or_else(|| diags.0.iter().map(|d| d.path.clone()).collect())
+    }
+
+    #[test]
+    fn defaults_to_the_route_name_fifo_and_a_202_json_ack() {
+        let q = parse("{}").unwrap();
+        assert_eq!(q.name, "hooks");
+        assert_eq!(q.settings.ordering, Ordering::Fifo);
+        assert_eq!(q.settings.concurrency, 1);
+        let r = q.ack.render("hooks", 42, "rid");
+        assert_eq!(r.status, 202);
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["id"], 42);
+        assert_eq!(r.headers["x-sluicegate-message-id"], "42");
+    }
+
+    #[test]
+    fn renders_a_slack_style_empty_200() {
+        let q = parse("{ack: {status: 200, body: ''}}").unwrap();
+        let r = q.ack.render("hooks", 1, "rid");
+        assert_eq!(r.status, 200);
+        assert!(r.body.is_empty());
+        assert!(r.headers.get("content-type").is_none());
+    }
+
+    #[test]
+    fn fills_body_templates_and_custom_headers() {
+        let q = parse("{ack: {body: 'ok {id} in {queue}', headers: {X-A: b}}}").unwrap();
+        let r = q.ack.render("hooks", 9, "rid");
+        assert_eq!(&r.body[..], b"ok 9 in hooks");
+        assert_eq!(r.headers["x-a"], "b");
+        assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");
+    }
+
+    #[test]
+    fn reports_every_bad_setting_with_its_path() {
+        let errs = parse(
+            "{name: '../x', ack: {status: 500}, concurrency: 0, ordering: random, max_bytes: 10, dead_letter_on: ['7xx'], retry: {on_status: [42], multiplier: 0.5, initial_backoff_ms: 0, max_attempts: 0}}",
+        )
+        .unwrap_err();
+        for p in [
+            "queue.name",
+            "queue.ack.status",
+            "queue.concurrency",
+            "queue.ordering",
+            "queue.max_bytes",
+            "queue.dead_letter_on[0]",
+            "queue.retry.on_status[0]",
+            "queue.retry.multiplier",
+            "queue.retry.initial_backoff_ms",
+            "queue.retry.max_attempts",
+        ] {
+            assert!(errs.iter().any(|e| e == p), "no error at {p}: {errs:?}");
+        }
+    }
+
+    #[test]
+    fn zero_max_age_means_no_limit() {
+        let q = parse("{retry: {max_age_ms: 0, on_status: ['5xx', 429, 408]}}").unwrap();
+        assert_eq!(q.settings.retry.max_age, None);
+        assert!(q.settings.retry.on_status.contains(408));
+    }
+}
