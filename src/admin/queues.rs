@@ -22,7 +22,10 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/queues/{name}", get(one))
         .route("/queues/{name}/messages", get(messages))
         .route("/queues/{name}/messages/{id}", get(message))
-        .route("/queues/{name}/dead-letters", get(dead_letters).delete(purge))
+        .route(
+            "/queues/{name}/dead-letters",
+            get(dead_letters).delete(purge),
+        )
         .route("/queues/{name}/dead-letters/replay", post(replay_all))
         .route("/queues/{name}/dead-letters/{id}/replay", post(replay_one))
 }
@@ -39,24 +42,34 @@ pub struct Page {
 
 fn error(e: &QueueError) -> Response {
     let (status, code) = match e {
-        QueueError::Unknown(_) | QueueError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-        QueueError::NotDead { .. } | QueueError::NotPending { .. } => (StatusCode::CONFLICT, "conflict"),
+        QueueError::Unknown(_) | QueueError::NotFound { .. } => {
+            (StatusCode::NOT_FOUND, "not_found")
+        }
+        QueueError::NotDead { .. } | QueueError::NotPending { .. } => {
+            (StatusCode::CONFLICT, "conflict")
+        }
         QueueError::Full { .. } | QueueError::Closed(_) | QueueError::Unhealthy(_) => {
             (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
         }
-        QueueError::Invalid { .. } | QueueError::TooLarge { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        QueueError::Invalid { .. } | QueueError::TooLarge { .. } => {
+            (StatusCode::BAD_REQUEST, "bad_request")
+        }
         QueueError::Unreadable { .. } | QueueError::Locked { .. } | QueueError::Io { .. } => {
             (StatusCode::INTERNAL_SERVER_ERROR, "queue_error")
         }
     };
-    (status, Json(json!({"error": code, "message": e.to_string()}))).into_response()
+    (
+        status,
+        Json(json!({"error": code, "message": e.to_string()})),
+    )
+        .into_response()
 }
 
-fn queue(shared: &Shared, name: &str) -> Result<Arc<Queue>, Response> {
+fn queue(shared: &Shared, name: &str) -> Result<Arc<Queue>, QueueError> {
     shared
         .queues()
         .get(name)
-        .ok_or_else(|| error(&QueueError::Unknown(name.to_string())))
+        .ok_or_else(|| QueueError::Unknown(name.to_string()))
 }
 
 fn reply(result: Result<serde_json::Value, QueueError>) -> Response {
@@ -67,46 +80,63 @@ fn reply(result: Result<serde_json::Value, QueueError>) -> Response {
 }
 
 async fn list(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    let queues: Vec<_> = shared.queues().list().iter().map(|q| inspect::queue_status(q)).collect();
+    let queues: Vec<_> = shared
+        .queues()
+        .list()
+        .iter()
+        .map(|q| inspect::queue_status(q))
+        .collect();
     Json(json!({ "queues": queues }))
 }
 
 async fn one(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match queue(&shared, &name) {
         Ok(q) => Json(inspect::queue_status(&q)).into_response(),
-        Err(r) => r,
+        Err(e) => error(&e),
     }
 }
 
-async fn messages(State(shared): State<Arc<Shared>>, Path(name): Path<String>, Query(page): Query<Page>) -> Response {
+async fn messages(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Query(page): Query<Page>,
+) -> Response {
     match queue(&shared, &name) {
-        Ok(q) => reply(inspect::list(q.backend().as_ref(), page.from, page.limit.unwrap_or(100)).await),
-        Err(r) => r,
+        Ok(q) => {
+            reply(inspect::list(q.backend().as_ref(), page.from, page.limit.unwrap_or(100)).await)
+        }
+        Err(e) => error(&e),
     }
 }
 
-async fn message(State(shared): State<Arc<Shared>>, Path((name, id)): Path<(String, u64)>) -> Response {
+async fn message(
+    State(shared): State<Arc<Shared>>,
+    Path((name, id)): Path<(String, u64)>,
+) -> Response {
     match queue(&shared, &name) {
         Ok(q) => reply(inspect::show(&name, q.backend().as_ref(), id).await),
-        Err(r) => r,
+        Err(e) => error(&e),
     }
 }
 
 async fn dead_letters(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match queue(&shared, &name) {
         Ok(q) => reply(inspect::dead_letters(q.backend().as_ref()).await),
-        Err(r) => r,
+        Err(e) => error(&e),
     }
 }
 
-async fn replay_one(State(shared): State<Arc<Shared>>, Path((name, id)): Path<(String, u64)>) -> Response {
+async fn replay_one(
+    State(shared): State<Arc<Shared>>,
+    Path((name, id)): Path<(String, u64)>,
+) -> Response {
     match queue(&shared, &name) {
         Ok(q) => {
             let r = inspect::replay(q.backend().as_ref(), id).await;
             q.wake();
             reply(r)
         }
-        Err(r) => r,
+        Err(e) => error(&e),
     }
 }
 
@@ -117,13 +147,13 @@ async fn replay_all(State(shared): State<Arc<Shared>>, Path(name): Path<String>)
             q.wake();
             reply(r)
         }
-        Err(r) => r,
+        Err(e) => error(&e),
     }
 }
 
 async fn purge(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
     match queue(&shared, &name) {
         Ok(q) => reply(inspect::purge_dead(q.backend().as_ref()).await),
-        Err(r) => r,
+        Err(e) => error(&e),
     }
 }

@@ -181,13 +181,21 @@ fn pick(names: &[String], wanted: Option<&str>, where_: &str) -> Result<String, 
             Err(EXIT_FAILURE)
         }
         None => {
-            eprintln!("several queues in {where_}: pick one with --queue ({})", names.join(", "));
+            eprintln!(
+                "several queues in {where_}: pick one with --queue ({})",
+                names.join(", ")
+            );
             Err(EXIT_USAGE)
         }
     }
 }
 
-fn locally(data_dir: &Path, place: &Place, queue: Option<&str>, action: &WalAction) -> Result<Value, Local> {
+fn locally(
+    data_dir: &Path,
+    place: &Place,
+    queue: Option<&str>,
+    action: &WalAction,
+) -> Result<Value, Local> {
     let names = queue_names(data_dir);
     let where_ = data_dir.join("queues").display().to_string();
     let open = |name: &str| {
@@ -264,17 +272,28 @@ fn through_admin(admin: &str, queue: Option<&str>, action: &WalAction) -> i32 {
         let listed = call("GET", "/queues")?;
         let names: Vec<String> = listed["queues"]
             .as_array()
-            .map(|a| a.iter().filter_map(|q| q["name"].as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|q| q["name"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         let name = pick(&names, queue, &format!("the gateway at {admin}"))?;
         let base = format!("/queues/{name}");
         match action {
             WalAction::Stats => call("GET", &base),
-            WalAction::List { from, limit } => call("GET", &format!("{base}/messages?from={from}&limit={limit}")),
+            WalAction::List { from, limit } => {
+                call("GET", &format!("{base}/messages?from={from}&limit={limit}"))
+            }
             WalAction::Show { id } => call("GET", &format!("{base}/messages/{id}")),
             WalAction::DeadLetters => call("GET", &format!("{base}/dead-letters")),
-            WalAction::Replay { all_dead: true, .. } => call("POST", &format!("{base}/dead-letters/replay")),
-            WalAction::Replay { id, .. } => call("POST", &format!("{base}/dead-letters/{}/replay", id.unwrap_or(0))),
+            WalAction::Replay { all_dead: true, .. } => {
+                call("POST", &format!("{base}/dead-letters/replay"))
+            }
+            WalAction::Replay { id, .. } => call(
+                "POST",
+                &format!("{base}/dead-letters/{}/replay", id.unwrap_or(0)),
+            ),
             WalAction::PurgeDead => call("DELETE", &format!("{base}/dead-letters")),
         }
     })();
@@ -296,19 +315,32 @@ fn http(address: &str, method: &str, path: &str) -> std::io::Result<(u16, String
     stream.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     Ok((status, body))
 }
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        let (Some(chunk), Some(after)) = (rest.get(..n), rest.get(n..)) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        let (Some(chunk), Some(after)) = (rest.get(..n), rest.get(n..)) else {
+            break;
+        };
         if n == 0 {
             break;
         }

@@ -599,8 +599,14 @@ fn routes(
             diags.push(&p, "a route needs an `upstream` or a plugin that answers requests");
         }
         let queue = rc.queue.and_then(|q| {
-            let content = own.iter().any(|e| e.plugin.phases().contains(plugins::Phase::Content));
-            let ctx = crate::queue::config::RouteCtx { route: &name, has_upstream: rc.upstream.is_some(), has_content_plugin: content };
+            let content = own
+                .iter()
+                .any(|e| e.plugin.phases().contains(plugins::Phase::Content));
+            let ctx = crate::queue::config::RouteCtx {
+                route: &name,
+                has_upstream: rc.upstream.is_some(),
+                has_content_plugin: content,
+            };
             crate::queue::config::validate_route(q, &ctx, &p.key("queue"), &mut queue_names, diags)
         });
         let mut entries = global.to_vec();
@@ -727,7 +733,7 @@ mod tests {
     use crate::config::yaml::parse;
 
     fn check(text: &str) -> Result<Snapshot, Vec<Diag>> {
-        let root = parse(text, &HashMap::new()).map_err(|e| e)?;
+        let root = parse(text, &HashMap::new())?;
         snapshot(&root, FsPath::new("."), 1, 1, &Metrics::default())
     }
 

@@ -173,7 +173,9 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
         if phase == Phase::Content {
             if let Some(queue) = &route.queue {
                 // A queued route: the durable append and its acknowledgement are the content.
-                return crate::queue::http::enqueue(ctx, queue).await.map(Answer::Local);
+                return crate::queue::http::enqueue(ctx, queue)
+                    .await
+                    .map(Answer::Local);
             }
         }
         if !chain.has(phase) {
@@ -240,7 +242,7 @@ fn plugin_failed(
 }
 
 /// The chain whose filter and log phases apply to this request.
-fn chain_of<'s>(snapshot: &'s Snapshot, route: Option<usize>) -> &'s Chain {
+fn chain_of(snapshot: &Snapshot, route: Option<usize>) -> &Chain {
     route
         .and_then(|i| snapshot.routes.get(i))
         .map(|r| &r.chain)

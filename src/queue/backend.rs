@@ -117,7 +117,10 @@ pub struct WalBackend {
 
 impl std::fmt::Debug for WalBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WalBackend").field("name", &self.name).field("dir", &self.dir).finish()
+        f.debug_struct("WalBackend")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
@@ -167,7 +170,11 @@ impl WalBackend {
         let lock = lock_dir(name, dir)?;
         let wal = Wal::open(dir, wal_options(max_bytes)).map_err(|e| map_err(name, e))?;
         let r = wal.recovery_report();
-        if r.corrupt_records > 0 || r.bytes_truncated > 0 || r.segments_quarantined > 0 || r.state_corrupt_entries > 0 {
+        if r.corrupt_records > 0
+            || r.bytes_truncated > 0
+            || r.segments_quarantined > 0
+            || r.state_corrupt_entries > 0
+        {
             tracing::warn!(
                 queue = name,
                 corrupt_records = r.corrupt_records,
@@ -213,7 +220,9 @@ impl WalBackend {
     }
 
     fn now<T: Send + 'static>(&self, op: impl FnOnce(&Wal) -> Result<T, WalError>) -> BoxFuture<T> {
-        let result = self.wal().and_then(|w| op(&w).map_err(|e| map_err(&self.name, e)));
+        let result = self
+            .wal()
+            .and_then(|w| op(&w).map_err(|e| map_err(&self.name, e)));
         Box::pin(std::future::ready(result))
     }
 }
@@ -240,7 +249,12 @@ impl QueueBackend for WalBackend {
     }
 
     fn read_pending(&self, from_id: u64, max: usize) -> BoxFuture<Vec<StoredMessage>> {
-        self.now(|w| Ok(w.read_pending(from_id, max)?.into_iter().map(stored).collect()))
+        self.now(|w| {
+            Ok(w.read_pending(from_id, max)?
+                .into_iter()
+                .map(stored)
+                .collect())
+        })
     }
 
     fn get(&self, id: u64) -> BoxFuture<Option<StoredMessage>> {
@@ -353,7 +367,12 @@ impl QueueBackend for WalBackend {
 pub fn map_err(name: &str, e: WalError) -> QueueError {
     let queue = name.to_string();
     match e {
-        WalError::Full { used, needed, max } => QueueError::Full { queue, used, needed, max },
+        WalError::Full { used, needed, max } => QueueError::Full {
+            queue,
+            used,
+            needed,
+            max,
+        },
         WalError::PayloadTooLarge { len, max } => QueueError::TooLarge { queue, len, max },
         WalError::Poisoned => QueueError::Unhealthy(queue),
         WalError::Closed => QueueError::Closed(queue),

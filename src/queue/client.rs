@@ -124,7 +124,9 @@ impl Client {
             return Err(last);
         };
         for attempt in 0..attempts {
-            let Some(target) = upstream.target(first, attempt) else { break };
+            let Some(target) = upstream.target(first, attempt) else {
+                break;
+            };
             let conn = match self.checkout(upstream, target).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -199,7 +201,12 @@ impl Client {
         };
         let io = match tokio::time::timeout(upstream.connect_timeout, connecting).await {
             Ok(r) => r?,
-            Err(_) => return Err(fail(format!("connect timed out after {:?}", upstream.connect_timeout))),
+            Err(_) => {
+                return Err(fail(format!(
+                    "connect timed out after {:?}",
+                    upstream.connect_timeout
+                )))
+            }
         };
         match upstream.protocol {
             Protocol::Http1 => {
@@ -225,13 +232,22 @@ impl Client {
                         tracing::debug!(error = %e, "Delivery HTTP/2 connection ended with an error.");
                     }
                 });
-                self.pools.borrow_mut().h2.insert(target.pool_key, sender.clone());
+                self.pools
+                    .borrow_mut()
+                    .h2
+                    .insert(target.pool_key, sender.clone());
                 Ok(Conn::H2(sender, false))
             }
         }
     }
 
-    async fn exchange(&self, upstream: &Upstream, target: &Target, conn: Conn, req: Request<Body>) -> Result<Answer, Retry> {
+    async fn exchange(
+        &self,
+        upstream: &Upstream,
+        target: &Target,
+        conn: Conn,
+        req: Request<Body>,
+    ) -> Result<Answer, Retry> {
         let timeout = upstream.read_timeout;
         let timed_out = || {
             upstream.metrics.error("timeout");
@@ -264,14 +280,16 @@ impl Client {
                     Ok(Ok(r)) => (r, Some(sender)),
                 }
             }
-            Conn::H2(mut sender, reused) => match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
-                Err(_) => return Err(timed_out()),
-                Ok(Err(e)) => {
-                    self.pools.borrow_mut().h2.remove(&target.pool_key);
-                    return Err(broken(reused, e));
+            Conn::H2(mut sender, reused) => {
+                match tokio::time::timeout(timeout, sender.try_send_request(req)).await {
+                    Err(_) => return Err(timed_out()),
+                    Ok(Err(e)) => {
+                        self.pools.borrow_mut().h2.remove(&target.pool_key);
+                        return Err(broken(reused, e));
+                    }
+                    Ok(Ok(r)) => (r, None),
                 }
-                Ok(Ok(r)) => (r, None),
-            },
+            }
         };
         let status = response.status().as_u16();
         let retry_after = response
@@ -341,10 +359,13 @@ fn build(upstream: &Upstream, target: &Target, out: &Outgoing) -> Result<Request
             .map_err(|_| invalid("invalid path"))?
     } else {
         if !headers.contains_key(header::HOST) {
-            let host = HeaderValue::from_str(&target.address).map_err(|_| invalid("invalid target address"))?;
+            let host = HeaderValue::from_str(&target.address)
+                .map_err(|_| invalid("invalid target address"))?;
             headers.insert(header::HOST, host);
         }
-        out.path_and_query.parse().map_err(|_| invalid("invalid path"))?
+        out.path_and_query
+            .parse()
+            .map_err(|_| invalid("invalid path"))?
     };
     let mut req = Request::new(Full::new(out.body.clone()));
     *req.method_mut() = out.method.clone();

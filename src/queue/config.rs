@@ -212,7 +212,14 @@ fn statuses(list: &[StatusPattern], path: &Path, diags: &mut Diags) -> StatusSet
     set
 }
 
-fn in_range(v: Option<u64>, default: u64, min: u64, max: u64, path: &Path, diags: &mut Diags) -> u64 {
+fn in_range(
+    v: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+    path: &Path,
+    diags: &mut Diags,
+) -> u64 {
     let v = v.unwrap_or(default);
     if !(min..=max).contains(&v) {
         diags.push(path, format!("must be between {min} and {max}"));
@@ -221,7 +228,12 @@ fn in_range(v: Option<u64>, default: u64, min: u64, max: u64, path: &Path, diags
 }
 
 /// Validates a route's `queue:` block at `path`; `route` is the route's name.
-pub fn validate(cfg: QueueConfig, route: &str, path: &Path, diags: &mut Diags) -> Option<RouteQueue> {
+pub fn validate(
+    cfg: QueueConfig,
+    route: &str,
+    path: &Path,
+    diags: &mut Diags,
+) -> Option<RouteQueue> {
     let before = diags.0.len();
     let name = cfg.name.unwrap_or_else(|| route.to_string());
     if !valid_name(&name) {
@@ -231,16 +243,33 @@ pub fn validate(cfg: QueueConfig, route: &str, path: &Path, diags: &mut Diags) -
         );
     }
     let retry = retry_policy(&cfg.retry, cfg.dead_letter_on.as_deref(), path, diags);
-    let concurrency = in_range(cfg.concurrency.map(|c| c as u64), DEFAULT_CONCURRENCY as u64, 1, 1024, &path.key("concurrency"), diags) as usize;
+    let concurrency = in_range(
+        cfg.concurrency.map(|c| c as u64),
+        DEFAULT_CONCURRENCY as u64,
+        1,
+        1024,
+        &path.key("concurrency"),
+        diags,
+    ) as usize;
     let ordering = match cfg.ordering.as_deref() {
         None | Some("fifo") => Ordering::Fifo,
         Some("unordered") => Ordering::Unordered,
         Some(other) => {
-            diags.push(&path.key("ordering"), format!("unknown ordering `{other}`; expected fifo or unordered"));
+            diags.push(
+                &path.key("ordering"),
+                format!("unknown ordering `{other}`; expected fifo or unordered"),
+            );
             Ordering::Fifo
         }
     };
-    let max_bytes = in_range(cfg.max_bytes, DEFAULT_MAX_BYTES, MIN_MAX_BYTES, u64::MAX / 2, &path.key("max_bytes"), diags);
+    let max_bytes = in_range(
+        cfg.max_bytes,
+        DEFAULT_MAX_BYTES,
+        MIN_MAX_BYTES,
+        u64::MAX / 2,
+        &path.key("max_bytes"),
+        diags,
+    );
     let ack = ack(cfg.ack, &path.key("ack"), diags);
     if diags.0.len() > before {
         return None;
@@ -282,28 +311,60 @@ pub fn validate_route(
         diags.push(path, "a queued route needs an `upstream` to deliver to");
     }
     if route.has_content_plugin {
-        diags.push(path, "a queued route cannot have a content-phase plugin: the queue answers instead");
+        diags.push(
+            path,
+            "a queued route cannot have a content-phase plugin: the queue answers instead",
+        );
     }
     let name = cfg.name.clone().unwrap_or_else(|| route.route.to_string());
     let unique = names.insert(name.clone());
     if !unique {
-        diags.push(&path.key("name"), format!("queue `{name}` is already used by another route"));
+        diags.push(
+            &path.key("name"),
+            format!("queue `{name}` is already used by another route"),
+        );
     }
     let q = validate(cfg, route.route, path, diags)?;
     (unique && route.has_upstream && !route.has_content_plugin).then(|| Arc::new(q))
 }
 
-fn retry_policy(cfg: &RetryConfig, dead_letter_on: Option<&[StatusPattern]>, path: &Path, diags: &mut Diags) -> RetryPolicy {
+fn retry_policy(
+    cfg: &RetryConfig,
+    dead_letter_on: Option<&[StatusPattern]>,
+    path: &Path,
+    diags: &mut Diags,
+) -> RetryPolicy {
     let d = RetryPolicy::default();
     let rp = path.key("retry");
-    let initial = in_range(cfg.initial_backoff_ms, defaults::INITIAL_BACKOFF_MS, 1, 3_600_000, &rp.key("initial_backoff_ms"), diags);
+    let initial = in_range(
+        cfg.initial_backoff_ms,
+        defaults::INITIAL_BACKOFF_MS,
+        1,
+        3_600_000,
+        &rp.key("initial_backoff_ms"),
+        diags,
+    );
     let max_default = defaults::MAX_BACKOFF_MS.max(initial);
-    let max = in_range(cfg.max_backoff_ms, max_default, initial, 24 * 3_600_000, &rp.key("max_backoff_ms"), diags);
+    let max = in_range(
+        cfg.max_backoff_ms,
+        max_default,
+        initial,
+        24 * 3_600_000,
+        &rp.key("max_backoff_ms"),
+        diags,
+    );
     let multiplier = cfg.multiplier.unwrap_or(defaults::MULTIPLIER);
     if !(1.0..=10.0).contains(&multiplier) {
         diags.push(&rp.key("multiplier"), "must be between 1 and 10");
     }
-    let max_attempts = in_range(cfg.max_attempts.map(u64::from), u64::from(defaults::MAX_ATTEMPTS), 1, 1_000_000, &rp.key("max_attempts"), diags);
+    let max_attempts = in_range(
+        cfg.max_attempts.map(u64::from),
+        u64::from(defaults::MAX_ATTEMPTS),
+        1,
+        1_000_000,
+        &rp.key("max_attempts"),
+        diags,
+    );
     let max_age = match cfg.max_age_ms.unwrap_or(defaults::MAX_AGE_MS) {
         0 => None,
         ms => Some(Duration::from_millis(ms)),
@@ -313,7 +374,9 @@ fn retry_policy(cfg: &RetryConfig, dead_letter_on: Option<&[StatusPattern]>, pat
             .on_status
             .as_deref()
             .map_or(d.on_status, |l| statuses(l, &rp.key("on_status"), diags)),
-        dead_letter_on: dead_letter_on.map_or(d.dead_letter_on, |l| statuses(l, &path.key("dead_letter_on"), diags)),
+        dead_letter_on: dead_letter_on.map_or(d.dead_letter_on, |l| {
+            statuses(l, &path.key("dead_letter_on"), diags)
+        }),
         initial_backoff: Duration::from_millis(initial),
         max_backoff: Duration::from_millis(max),
         multiplier: multiplier.clamp(1.0, 10.0),
@@ -333,7 +396,9 @@ fn ack(cfg: AckConfig, path: &Path, diags: &mut Diags) -> Option<Ack> {
     };
     let mut headers = HeaderMap::new();
     for (name, value) in &cfg.headers {
-        if let Some((n, v)) = crate::plugins::header_pair(name, value, &path.key("headers").key(name), diags) {
+        if let Some((n, v)) =
+            crate::plugins::header_pair(name, value, &path.key("headers").key(name), diags)
+        {
             headers.append(n, v);
         }
     }
@@ -346,19 +411,27 @@ fn ack(cfg: AckConfig, path: &Path, diags: &mut Diags) -> Option<Ack> {
         (Some(b), _) => AckBody::Template(b),
         (None, _) => AckBody::DefaultJson,
     };
-    Some(Ack { status, headers, body })
+    Some(Ack {
+        status,
+        headers,
+        body,
+    })
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<RouteQueue, Vec<String>> {
-        let node = crate::config::yaml::parse(yaml, &std::collections::HashMap::new()).map_err(|d| vec![format!("{d:?}")])?;
+        let node = crate::config::yaml::parse(yaml, &std::collections::HashMap::new())
+            .map_err(|d| vec![format!("{d:?}")])?;
         let path = Path::root().key("queue");
-        let cfg: QueueConfig = crate::config::de::from_node(&node, &path).map_err(|d| vec![d.path])?;
+        let cfg: QueueConfig =
+            crate::config::de::from_node(&node, &path).map_err(|d| vec![d.path])?;
         let mut diags = Diags::default();
-        validate(cfg, "hooks", &path, &mut diags).ok_or_else(|| diags.0.iter().map(|d| d.path.clone()).collect())
+        validate(cfg, "hooks", &path, &mut diags)
+            .ok_or_else(|| diags.0.iter().map(|d| d.path.clone()).collect())
     }
 
     #[test]

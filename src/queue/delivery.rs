@@ -29,7 +29,9 @@ use super::config::Ordering;
 use super::journal::{Journal, Mark};
 use super::metrics::QueueMetrics;
 use super::retry::{now_ms, Jitter, Verdict};
-use super::{record, DeliveryTarget, Queue, QueueError, ATTEMPT_HEADER, MESSAGE_ID_HEADER, QUEUE_HEADER};
+use super::{
+    record, DeliveryTarget, Queue, QueueError, ATTEMPT_HEADER, MESSAGE_ID_HEADER, QUEUE_HEADER,
+};
 
 /// Pending messages read from storage at once.
 const READ_BATCH: usize = 64;
@@ -210,13 +212,18 @@ impl Loop {
             Ordering::Unordered => self.timers.first().map(|(due, _)| *due),
         };
         let idle = (!configured).then(|| Instant::now() + Duration::from_secs(1));
-        [retry, self.read_paused_until, idle].into_iter().flatten().min()
+        [retry, self.read_paused_until, idle]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Starts attempts until `concurrency` are in flight or nothing is ready.
     async fn fill(&mut self, target: &Arc<DeliveryTarget>) {
         let settings = self.queue.settings();
-        while self.inflight.len() < settings.concurrency && self.outstanding_acks.get() < MAX_OUTSTANDING_ACKS {
+        while self.inflight.len() < settings.concurrency
+            && self.outstanding_acks.get() < MAX_OUTSTANDING_ACKS
+        {
             let now = Instant::now();
             let retry = match settings.ordering {
                 Ordering::Fifo => match self.waiting.first_key_value() {
@@ -225,7 +232,11 @@ impl Loop {
                     Some(_) => break,
                     None => None,
                 },
-                Ordering::Unordered => self.timers.first().filter(|(due, _)| *due <= now).map(|(_, id)| *id),
+                Ordering::Unordered => self
+                    .timers
+                    .first()
+                    .filter(|(due, _)| *due <= now)
+                    .map(|(_, id)| *id),
             };
             if let Some(id) = retry {
                 if let Some(w) = self.waiting.remove(&id) {
@@ -237,7 +248,9 @@ impl Loop {
             if settings.ordering == Ordering::Unordered && self.waiting.len() >= MAX_WAITING {
                 break;
             }
-            let Some(msg) = self.next_fresh().await else { break };
+            let Some(msg) = self.next_fresh().await else {
+                break;
+            };
             let attempts = self.journal.borrow().attempts(msg.id);
             self.start(msg, attempts, target);
         }
@@ -249,7 +262,12 @@ impl Loop {
                 return None;
             }
             self.read_paused_until = None;
-            match self.queue.backend().read_pending(self.cursor, READ_BATCH).await {
+            match self
+                .queue
+                .backend()
+                .read_pending(self.cursor, READ_BATCH)
+                .await
+            {
                 Ok(batch) => {
                     if let Some(last) = batch.last() {
                         self.cursor = last.id + 1;
@@ -308,7 +326,9 @@ impl Loop {
             let verdict = match out {
                 Err(reason) => Verdict::Dead { reason },
                 Ok(out) => match client.send(&target.upstream, &out).await {
-                    Ok(answer) => policy.classify(answer.status, &answer.excerpt, answer.retry_after),
+                    Ok(answer) => {
+                        policy.classify(answer.status, &answer.excerpt, answer.retry_after)
+                    }
                     Err(e) => Verdict::Retry {
                         reason: e.to_string(),
                         retry_after: None,
@@ -322,7 +342,8 @@ impl Loop {
                 verdict,
             }
         });
-        self.tasks.insert(handle.id(), (id, attempt, appended_at_ms));
+        self.tasks
+            .insert(handle.id(), (id, attempt, appended_at_ms));
     }
 
     fn finished(&mut self, result: Result<(tokio::task::Id, Done), tokio::task::JoinError>) {
@@ -332,7 +353,9 @@ impl Loop {
                 done
             }
             Err(e) => {
-                let Some((id, attempt, appended_at_ms)) = self.tasks.remove(&e.id()) else { return };
+                let Some((id, attempt, appended_at_ms)) = self.tasks.remove(&e.id()) else {
+                    return;
+                };
                 tracing::error!(queue = self.name(), id, error = %e, "Delivery attempt panicked; it will be retried.");
                 Done {
                     id,
@@ -364,7 +387,10 @@ impl Loop {
                 self.journal.borrow_mut().mark(id, attempt, Mark::Delivered);
                 self.ack(id, attempt);
             }
-            Verdict::Retry { reason, retry_after } => {
+            Verdict::Retry {
+                reason,
+                retry_after,
+            } => {
                 self.journal.borrow_mut().mark(id, attempt, Mark::Failed);
                 let policy = self.queue.settings().retry.clone();
                 if let Some(why) = policy.exhausted(attempt, appended_at_ms, now_ms()) {
@@ -375,7 +401,13 @@ impl Loop {
                 tracing::debug!(queue = self.name(), id, attempt, delay_ms = delay.as_millis() as u64, error = %reason, "Delivery failed; retrying later.");
                 QueueMetrics::inc(&metrics.retried);
                 let due = Instant::now() + delay;
-                self.waiting.insert(id, Waiting { attempts: attempt, due });
+                self.waiting.insert(
+                    id,
+                    Waiting {
+                        attempts: attempt,
+                        due,
+                    },
+                );
                 self.timers.insert((due, id));
             }
             Verdict::Dead { reason } => {
@@ -447,7 +479,9 @@ fn outgoing(
         None => path,
     };
     if path_and_query.parse::<http::uri::PathAndQuery>().is_err() {
-        return Err(format!("the rewritten path `{path_and_query}` is not a valid URI"));
+        return Err(format!(
+            "the rewritten path `{path_and_query}` is not a valid URI"
+        ));
     }
     let mut headers = req.headers.clone();
     crate::proxy::forward::strip_hop_by_hop(&mut headers, false);

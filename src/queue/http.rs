@@ -32,7 +32,10 @@ pub async fn enqueue(ctx: &mut RequestCtx, rq: &RouteQueue) -> Result<LocalRespo
         Ok(id) => id,
         Err(e) => {
             // The client gets a generic message; the operator gets the cause, once.
-            if matches!(e, QueueError::Io { .. } | QueueError::Unhealthy(_) | QueueError::Locked { .. }) {
+            if matches!(
+                e,
+                QueueError::Io { .. } | QueueError::Unhealthy(_) | QueueError::Locked { .. }
+            ) {
                 tracing::error!(request_id = ctx.request_id_str(), queue = %rq.name, error = %e, "Queue append failed.");
             }
             return Err(e.into());
@@ -59,7 +62,9 @@ pub fn queued_request(ctx: &RequestCtx, body: Bytes) -> QueuedRequest {
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", ctx.client_ip.to_str().unwrap_or(""))).ok(),
+        Some(prev) => {
+            HeaderValue::from_str(&format!("{prev}, {}", ctx.client_ip.to_str().unwrap_or(""))).ok()
+        }
         None => Some(ctx.client_ip.clone()),
     };
     if let Some(v) = forwarded_for {
@@ -104,7 +109,9 @@ impl From<QueueError> for ProxyError {
             QueueError::NotFound { .. }
             | QueueError::NotPending { .. }
             | QueueError::NotDead { .. }
-            | QueueError::Unreadable { .. } => ProxyError::new(Source::Internal, Kind::Internal, e.to_string()),
+            | QueueError::Unreadable { .. } => {
+                ProxyError::new(Source::Internal, Kind::Internal, e.to_string())
+            }
         }
     }
 }

@@ -43,8 +43,14 @@ pub fn queue_status(q: &Queue) -> Value {
     let target = q.target();
     if let Some(map) = v.as_object_mut() {
         map.insert("configured".into(), json!(target.is_some()));
-        map.insert("route".into(), json!(target.as_ref().map(|t| t.route.clone())));
-        map.insert("upstream".into(), json!(target.as_ref().map(|t| t.upstream.name.clone())));
+        map.insert(
+            "route".into(),
+            json!(target.as_ref().map(|t| t.route.clone())),
+        );
+        map.insert(
+            "upstream".into(),
+            json!(target.as_ref().map(|t| t.upstream.name.clone())),
+        );
         map.insert(
             "settings".into(),
             json!({
@@ -101,7 +107,11 @@ fn summary(m: &StoredMessage) -> Value {
 }
 
 /// Up to `limit` pending messages from id `from`, without bodies.
-pub async fn list(backend: &dyn QueueBackend, from: u64, limit: usize) -> Result<Value, QueueError> {
+pub async fn list(
+    backend: &dyn QueueBackend,
+    from: u64,
+    limit: usize,
+) -> Result<Value, QueueError> {
     let msgs = backend.read_pending(from, limit.clamp(1, MAX_LIST)).await?;
     let next = msgs.last().map(|m| m.id + 1);
     Ok(json!({

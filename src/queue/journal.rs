@@ -90,17 +90,26 @@ impl Journal {
     }
 
     fn load(&mut self) -> std::io::Result<()> {
-        let mut file = OpenOptions::new().create(true).read(true).append(true).open(&self.path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)?;
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         let mut good = 0;
         for chunk in data.chunks_exact(ENTRY) {
-            let Some((id, attempt, mark)) = parse(chunk) else { break };
+            let Some((id, attempt, mark)) = parse(chunk) else {
+                break;
+            };
             good += ENTRY;
             if mark == Mark::Resolved {
                 self.live.remove(&id);
             } else {
-                let e = self.live.entry(id).or_insert(Entry { attempts: 0, last: mark });
+                let e = self.live.entry(id).or_insert(Entry {
+                    attempts: 0,
+                    last: mark,
+                });
                 e.attempts = e.attempts.max(attempt);
                 e.last = mark;
             }
@@ -129,7 +138,13 @@ impl Journal {
             self.live.remove(&id);
             self.recovered.remove(&id);
         } else {
-            self.live.insert(id, Entry { attempts: attempt, last: mark });
+            self.live.insert(
+                id,
+                Entry {
+                    attempts: attempt,
+                    last: mark,
+                },
+            );
         }
         if self.file.is_some() {
             self.buf.extend_from_slice(&entry(id, attempt, mark));
@@ -219,6 +234,7 @@ fn parse(chunk: &[u8]) -> Option<(u64, u32, Mark)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -243,7 +259,10 @@ mod tests {
         assert!(!j.possibly_delivered_before(1), "its last attempt failed");
         assert!(j.possibly_delivered_before(2), "started, outcome unknown");
         assert!(j.possibly_delivered_before(3), "delivered, ack not durable");
-        assert!(!j.possibly_delivered_before(4) && j.attempts(4) == 0, "resolved");
+        assert!(
+            !j.possibly_delivered_before(4) && j.attempts(4) == 0,
+            "resolved"
+        );
     }
 
     #[test]

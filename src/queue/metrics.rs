@@ -46,8 +46,10 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_us
-            .fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_us.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     /// Observations so far.
@@ -126,6 +128,15 @@ impl QueueMetrics {
     }
 }
 
+type Gauge = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Sample<'_>, u64) -> f64,
+);
+type Counter = (&'static str, &'static str, fn(&QueueMetrics) -> &AtomicU64);
+type Hist = (&'static str, &'static str, fn(&QueueMetrics) -> &Histogram);
+
 /// One queue's data for rendering.
 pub struct Sample<'a> {
     /// Queue name.
@@ -142,8 +153,13 @@ pub fn render(out: &mut String, queues: &[Sample<'_>], now_ms: u64) {
         return;
     }
     let label = |s: &Sample<'_>| format!("queue=\"{}\"", escape(s.name));
-    let gauges: [(&str, &str, &str, fn(&Sample<'_>, u64) -> f64); 5] = [
-        ("sluicegate_queue_depth", "gauge", "Messages waiting for delivery.", |s, _| s.stats.pending as f64),
+    let gauges: [Gauge; 5] = [
+        (
+            "sluicegate_queue_depth",
+            "gauge",
+            "Messages waiting for delivery.",
+            |s, _| s.stats.pending as f64,
+        ),
         (
             "sluicegate_queue_oldest_message_age_seconds",
             "gauge",
@@ -154,9 +170,24 @@ pub fn render(out: &mut String, queues: &[Sample<'_>], now_ms: u64) {
                     .map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0)
             },
         ),
-        ("sluicegate_queue_bytes", "gauge", "Bytes the queue occupies on disk.", |s, _| s.stats.bytes_on_disk as f64),
-        ("sluicegate_queue_max_bytes", "gauge", "Configured bound on the queue's bytes on disk.", |s, _| s.stats.max_bytes as f64),
-        ("sluicegate_queue_dead_letters", "gauge", "Messages in the dead-letter store.", |s, _| s.stats.dead as f64),
+        (
+            "sluicegate_queue_bytes",
+            "gauge",
+            "Bytes the queue occupies on disk.",
+            |s, _| s.stats.bytes_on_disk as f64,
+        ),
+        (
+            "sluicegate_queue_max_bytes",
+            "gauge",
+            "Configured bound on the queue's bytes on disk.",
+            |s, _| s.stats.max_bytes as f64,
+        ),
+        (
+            "sluicegate_queue_dead_letters",
+            "gauge",
+            "Messages in the dead-letter store.",
+            |s, _| s.stats.dead as f64,
+        ),
     ];
     for (name, kind, help, value) in gauges {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -164,7 +195,7 @@ pub fn render(out: &mut String, queues: &[Sample<'_>], now_ms: u64) {
             let _ = writeln!(out, "{name}{{{}}} {}", label(s), value(s, now_ms));
         }
     }
-    let counters: [(&str, &str, fn(&QueueMetrics) -> &AtomicU64); 6] = [
+    let counters: [Counter; 6] = [
         ("sluicegate_queue_enqueued_total", "Messages appended and acknowledged.", |m| &m.enqueued),
         ("sluicegate_queue_rejected_full_total", "Requests refused with 503 because the queue was full.", |m| &m.rejected_full),
         ("sluicegate_queue_delivered_total", "Messages the upstream accepted (2xx).", |m| &m.delivered),
@@ -179,12 +210,25 @@ pub fn render(out: &mut String, queues: &[Sample<'_>], now_ms: u64) {
     for (name, help, counter) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for s in queues {
-            let _ = writeln!(out, "{name}{{{}}} {}", label(s), counter(s.metrics).load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}{{{}}} {}",
+                label(s),
+                counter(s.metrics).load(Ordering::Relaxed)
+            );
         }
     }
-    let histograms: [(&str, &str, fn(&QueueMetrics) -> &Histogram); 2] = [
-        ("sluicegate_queue_ack_latency_seconds", "Time from append to durable (fsync), as the client waits for it.", |m| &m.ack_latency),
-        ("sluicegate_queue_delivery_latency_seconds", "Time from append to the upstream's 2xx.", |m| &m.delivery_latency),
+    let histograms: [Hist; 2] = [
+        (
+            "sluicegate_queue_ack_latency_seconds",
+            "Time from append to durable (fsync), as the client waits for it.",
+            |m| &m.ack_latency,
+        ),
+        (
+            "sluicegate_queue_delivery_latency_seconds",
+            "Time from append to the upstream's 2xx.",
+            |m| &m.delivery_latency,
+        ),
     ];
     for (name, help, hist) in histograms {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
@@ -195,10 +239,13 @@ pub fn render(out: &mut String, queues: &[Sample<'_>], now_ms: u64) {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -214,11 +261,36 @@ mod tests {
             ..BackendStats::default()
         };
         let mut out = String::new();
-        render(&mut out, &[Sample { name: "wal", metrics: &m, stats }], 3_500);
-        assert!(out.contains("sluicegate_queue_depth{queue=\"wal\"} 3\n"), "{out}");
-        assert!(out.contains("sluicegate_queue_oldest_message_age_seconds{queue=\"wal\"} 2.5\n"), "{out}");
-        assert!(out.contains("sluicegate_queue_enqueued_total{queue=\"wal\"} 1\n"), "{out}");
-        assert!(out.contains("sluicegate_queue_ack_latency_seconds_bucket{queue=\"wal\",le=\"0.0005\"} 1\n"), "{out}");
-        assert!(out.contains("sluicegate_queue_ack_latency_seconds_count{queue=\"wal\"} 1\n"), "{out}");
+        render(
+            &mut out,
+            &[Sample {
+                name: "wal",
+                metrics: &m,
+                stats,
+            }],
+            3_500,
+        );
+        assert!(
+            out.contains("sluicegate_queue_depth{queue=\"wal\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sluicegate_queue_oldest_message_age_seconds{queue=\"wal\"} 2.5\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sluicegate_queue_enqueued_total{queue=\"wal\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "sluicegate_queue_ack_latency_seconds_bucket{queue=\"wal\",le=\"0.0005\"} 1\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("sluicegate_queue_ack_latency_seconds_count{queue=\"wal\"} 1\n"),
+            "{out}"
+        );
     }
 }

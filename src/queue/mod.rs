@@ -53,9 +53,11 @@ use crate::upstream::Upstream;
 use metrics::QueueMetrics;
 
 /// `X-Sluicegate-Message-Id`: the message id, on the acknowledgement and every delivery.
-pub static MESSAGE_ID_HEADER: ::http::HeaderName = ::http::HeaderName::from_static("x-sluicegate-message-id");
+pub static MESSAGE_ID_HEADER: ::http::HeaderName =
+    ::http::HeaderName::from_static("x-sluicegate-message-id");
 /// `X-Sluicegate-Attempt`: 1 for the first delivery attempt, then 2, 3...
-pub static ATTEMPT_HEADER: ::http::HeaderName = ::http::HeaderName::from_static("x-sluicegate-attempt");
+pub static ATTEMPT_HEADER: ::http::HeaderName =
+    ::http::HeaderName::from_static("x-sluicegate-attempt");
 /// `X-Sluicegate-Queue`: the queue's name on every delivery (ids are unique per queue).
 pub static QUEUE_HEADER: ::http::HeaderName = ::http::HeaderName::from_static("x-sluicegate-queue");
 
@@ -178,13 +180,21 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("name", &self.name).field("dir", &self.dir).finish()
+        f.debug_struct("Queue")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .finish()
     }
 }
 
 impl Queue {
     /// A queue over `backend` (not yet configured: no delivery target).
-    pub fn new(name: &str, dir: PathBuf, backend: Arc<dyn QueueBackend>, settings: Arc<QueueSettings>) -> Queue {
+    pub fn new(
+        name: &str,
+        dir: PathBuf,
+        backend: Arc<dyn QueueBackend>,
+        settings: Arc<QueueSettings>,
+    ) -> Queue {
         Queue {
             name: name.to_string(),
             dir,
@@ -330,8 +340,14 @@ impl Queues {
     /// Appends `req` to queue `name`; resolves to the message id once it is durable
     /// (fsynced). This is the entry point for Lua's `sluicegate.queue.enqueue`: the future
     /// is `Send + 'static` and may be awaited on any runtime.
-    pub fn enqueue(&self, name: &str, req: QueuedRequest) -> impl Future<Output = Result<u64, QueueError>> + Send + 'static {
-        let queue = self.get(name).ok_or_else(|| QueueError::Unknown(name.to_string()));
+    pub fn enqueue(
+        &self,
+        name: &str,
+        req: QueuedRequest,
+    ) -> impl Future<Output = Result<u64, QueueError>> + Send + 'static {
+        let queue = self
+            .get(name)
+            .ok_or_else(|| QueueError::Unknown(name.to_string()));
         async move { queue?.enqueue(&req).await }
     }
 
@@ -367,7 +383,12 @@ impl Queues {
             };
             let dir = Self::queue_dir(data_dir, &rq.name);
             match WalBackend::open(&rq.name, &dir, rq.settings.max_bytes) {
-                Ok(b) => opened.push(Arc::new(Queue::new(&rq.name, dir, Arc::new(b), rq.settings.clone()))),
+                Ok(b) => opened.push(Arc::new(Queue::new(
+                    &rq.name,
+                    dir,
+                    Arc::new(b),
+                    rq.settings.clone(),
+                ))),
                 Err(e) => errors.push((i, e)),
             }
         }
@@ -383,8 +404,12 @@ impl Queues {
         }
         let mut configured = std::collections::HashSet::new();
         for route in &snapshot.routes {
-            let (Some(rq), Some(upstream)) = (&route.queue, &route.upstream) else { continue };
-            let Some(q) = next.get(&rq.name) else { continue };
+            let (Some(rq), Some(upstream)) = (&route.queue, &route.upstream) else {
+                continue;
+            };
+            let Some(q) = next.get(&rq.name) else {
+                continue;
+            };
             configured.insert(rq.name.clone());
             q.settings.store(rq.settings.clone());
             q.target.store(Some(Arc::new(DeliveryTarget {
@@ -401,7 +426,12 @@ impl Queues {
             }
         }
         self.map.store(Arc::new(next));
-        if let Some(handle) = self.delivery.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(handle) = self
+            .delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             for q in opened {
                 handle.add(q);
             }
@@ -422,7 +452,11 @@ impl Queues {
     /// closes every queue. Later operations fail with [`QueueError::Closed`].
     pub fn shutdown(&self) {
         let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        let handle = self.delivery.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self
+            .delivery
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(h) = handle {
             h.stop();
         }
@@ -463,12 +497,17 @@ pub fn open_all(snapshot: &Snapshot) -> Result<Arc<Queues>, QueueError> {
 }
 
 /// Carries the running registry over to the `next` snapshot and applies it (reloads).
-pub fn carry_over(current: &Snapshot, next: &mut Snapshot) -> Result<(), crate::config::ConfigError> {
+pub fn carry_over(
+    current: &Snapshot,
+    next: &mut Snapshot,
+) -> Result<(), crate::config::ConfigError> {
     next.queues = current.queues.clone();
-    next.queues.apply(next).map_err(|diags| crate::config::ConfigError {
-        source_name: next.source.display().to_string(),
-        diags,
-    })
+    next.queues
+        .apply(next)
+        .map_err(|diags| crate::config::ConfigError {
+            source_name: next.source.display().to_string(),
+            diags,
+        })
 }
 
 /// Queue settings that changed between two snapshots but apply only after a restart.
@@ -484,7 +523,12 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
         .filter_map(|r| r.queue.as_ref())
         .filter_map(|q| {
             let before = *old_bytes.get(q.name.as_str())?;
-            (before != q.settings.max_bytes).then(|| format!("queue `{}`: max_bytes {before} -> {}", q.name, q.settings.max_bytes))
+            (before != q.settings.max_bytes).then(|| {
+                format!(
+                    "queue `{}`: max_bytes {before} -> {}",
+                    q.name, q.settings.max_bytes
+                )
+            })
         })
         .collect()
 }

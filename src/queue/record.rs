@@ -61,7 +61,9 @@ impl QueuedRequest {
 
     /// The path part of the target.
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(self.target.as_str(), |(p, _)| p)
+        self.target
+            .split_once('?')
+            .map_or(self.target.as_str(), |(p, _)| p)
     }
 
     /// The query part of the target, without `?`.
@@ -97,7 +99,13 @@ pub fn encoded_len(req: &QueuedRequest) -> usize {
         .iter()
         .map(|(n, v)| 8 + n.as_str().len() + v.len())
         .sum();
-    4 + 4 * 4 + req.method.as_str().len() + req.target.len() + req.request_id.len() + 4 + headers + req.body.len()
+    4 + 4 * 4
+        + req.method.as_str().len()
+        + req.target.len()
+        + req.request_id.len()
+        + 4
+        + headers
+        + req.body.len()
 }
 
 /// Serializes `req` into a payload.
@@ -126,7 +134,10 @@ fn put(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Parses a payload written by [`encode`].
 pub fn decode(payload: Bytes) -> Result<QueuedRequest, RecordError> {
-    let mut r = Reader { buf: &payload, pos: 0 };
+    let mut r = Reader {
+        buf: &payload,
+        pos: 0,
+    };
     if r.take(2, "magic")? != MAGIC {
         return Err(RecordError::BadMagic);
     }
@@ -186,8 +197,14 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], RecordError> {
-        let end = self.pos.checked_add(n).ok_or(RecordError::Truncated(what))?;
-        let slice = self.buf.get(self.pos..end).ok_or(RecordError::Truncated(what))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(RecordError::Truncated(what))?;
+        let slice = self
+            .buf
+            .get(self.pos..end)
+            .ok_or(RecordError::Truncated(what))?;
         self.pos = end;
         Ok(slice)
     }
@@ -204,12 +221,14 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     fn sample() -> QueuedRequest {
         let mut req = QueuedRequest::new(Method::POST, "/hooks/slack?team=T1");
-        req.headers.insert("content-type", HeaderValue::from_static("application/json"));
+        req.headers
+            .insert("content-type", HeaderValue::from_static("application/json"));
         req.headers.append("x-multi", HeaderValue::from_static("a"));
         req.headers.append("x-multi", HeaderValue::from_static("b"));
         req.body = Bytes::from_static(b"{\"text\":\"hi\"}");
@@ -233,7 +252,10 @@ mod tests {
     fn every_truncation_is_an_error_not_a_panic() {
         let bytes = encode(&sample());
         for cut in 0..bytes.len() {
-            assert!(decode(Bytes::copy_from_slice(&bytes[..cut])).is_err(), "cut at {cut}");
+            assert!(
+                decode(Bytes::copy_from_slice(&bytes[..cut])).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -270,10 +292,16 @@ mod tests {
     fn rejects_other_versions_and_trailing_bytes() {
         let mut bytes = encode(&sample());
         bytes[2] = 9;
-        assert_eq!(decode(Bytes::from(bytes)), Err(RecordError::UnsupportedVersion(9)));
+        assert_eq!(
+            decode(Bytes::from(bytes)),
+            Err(RecordError::UnsupportedVersion(9))
+        );
         let mut bytes = encode(&sample());
         bytes.push(0);
         assert_eq!(decode(Bytes::from(bytes)), Err(RecordError::Trailing(1)));
-        assert_eq!(decode(Bytes::from_static(b"XX\x01\x00")), Err(RecordError::BadMagic));
+        assert_eq!(
+            decode(Bytes::from_static(b"XX\x01\x00")),
+            Err(RecordError::BadMagic)
+        );
     }
 }

@@ -22,7 +22,9 @@ pub struct StatusSet {
 
 impl std::fmt::Debug for StatusSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries((100..600u16).filter(|c| self.contains(*c))).finish()
+        f.debug_set()
+            .entries((100..600u16).filter(|c| self.contains(*c)))
+            .finish()
     }
 }
 
@@ -63,7 +65,9 @@ impl StatusSet {
                     self.insert(c);
                     Ok(())
                 }
-                _ => Err(format!("`{pattern}` is not a status code (100 to 599) or class (`5xx`)")),
+                _ => Err(format!(
+                    "`{pattern}` is not a status code (100 to 599) or class (`5xx`)"
+                )),
             }
         }
     }
@@ -77,7 +81,9 @@ impl StatusSet {
     pub fn patterns(&self) -> Vec<String> {
         let mut out = Vec::new();
         for class in 1..=5u16 {
-            let codes: Vec<u16> = (class * 100..class * 100 + 100).filter(|c| self.contains(*c)).collect();
+            let codes: Vec<u16> = (class * 100..class * 100 + 100)
+                .filter(|c| self.contains(*c))
+                .collect();
             if codes.len() == 100 {
                 out.push(format!("{class}xx"));
             } else {
@@ -174,12 +180,17 @@ impl RetryPolicy {
         if !self.on_status.contains(status) && self.dead_letter_on.contains(status) {
             return Verdict::Dead { reason };
         }
-        Verdict::Retry { reason, retry_after }
+        Verdict::Retry {
+            reason,
+            retry_after,
+        }
     }
 
     /// The backoff after failed attempt number `attempt` (1-based), before jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX).min(1000);
+        let exp = i32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(i32::MAX)
+            .min(1000);
         let secs = self.initial_backoff.as_secs_f64() * self.multiplier.max(1.0).powi(exp);
         let max = self.max_backoff.as_secs_f64();
         Duration::from_secs_f64(if secs.is_finite() { secs.min(max) } else { max })
@@ -188,7 +199,12 @@ impl RetryPolicy {
     /// The wait before the next attempt: the backoff with "equal jitter" (uniformly between
     /// half and all of it, so retries of many messages spread out but never come sooner than
     /// half the backoff), and at least the upstream's `Retry-After` (capped).
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: &mut Jitter) -> Duration {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        jitter: &mut Jitter,
+    ) -> Duration {
         let base = self.backoff(attempt);
         let half = base / 2;
         let jittered = half + half.mul_f64(jitter.unit());
@@ -256,6 +272,7 @@ pub fn now_ms() -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -278,7 +295,9 @@ mod tests {
         assert_eq!(p.classify(204, "", None), Verdict::Delivered);
         assert!(matches!(p.classify(500, "", None), Verdict::Retry { .. }));
         assert!(matches!(p.classify(429, "", None), Verdict::Retry { .. }));
-        assert!(matches!(p.classify(400, "bad", None), Verdict::Dead { reason } if reason.contains("400")));
+        assert!(
+            matches!(p.classify(400, "bad", None), Verdict::Dead { reason } if reason.contains("400"))
+        );
         // Neither list: retried, never dropped.
         assert!(matches!(p.classify(302, "", None), Verdict::Retry { .. }));
     }
@@ -307,10 +326,19 @@ mod tests {
         let mut j = Jitter::new(7);
         for _ in 0..1000 {
             let d = p.delay(1, None, &mut j);
-            assert!(d >= Duration::from_millis(50) && d <= Duration::from_millis(100), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(50) && d <= Duration::from_millis(100),
+                "{d:?}"
+            );
         }
-        assert_eq!(p.delay(1, Some(Duration::from_secs(3)), &mut j), Duration::from_secs(3));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(1 << 40)), &mut j), MAX_RETRY_AFTER);
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(3)), &mut j),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(1 << 40)), &mut j),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]
@@ -330,7 +358,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("5", now), Some(Duration::from_secs(5)));
         let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&later, now), Some(Duration::from_secs(30)));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(parse_retry_after("soon", now), None);
     }
 }

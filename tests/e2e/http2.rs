@@ -161,7 +161,10 @@ routes: [{name: all, upstream: app}]
         "/over/h2?q=1"
     );
     // The client's host travels as :authority, as it travels as Host to HTTP/1.1 upstreams.
-    assert_eq!(seen[0].uri.authority().map(|a| a.as_str()), Some("localhost"));
+    assert_eq!(
+        seen[0].uri.authority().map(|a| a.as_str()),
+        Some("localhost")
+    );
     assert_eq!(seen[0].header("x-forwarded-host"), "localhost");
     assert_eq!(seen[0].header("x-request-id"), reply.header("x-request-id"));
     assert_eq!(

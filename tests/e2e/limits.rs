@@ -424,3 +424,22 @@ async fn closes_a_connection_that_stalls_inside_the_http2_preface() {
         String::from_utf8_lossy(&rest)
     );
 }
+
+#[tokio::test]
+async fn answers_pipelined_requests_in_order_on_one_connection() {
+    let up = Upstream::echo();
+    let gw = limited(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(
+        b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nPOST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /three HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    for (path, body) in [("/one", ""), ("/two", "abc"), ("/three", "")] {
+        let resp = raw.read_response().await.expect("a pipelined response");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("x-upstream-path").as_deref(), Some(path));
+        assert_eq!(resp.body, body);
+    }
+    let paths: Vec<String> = up.requests().iter().map(|s| s.uri.to_string()).collect();
+    assert_eq!(paths, ["/one", "/two", "/three"]);
+}

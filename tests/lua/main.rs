@@ -10,6 +10,7 @@
 //!   example configurations.
 //!
 //! Run with `cargo test --test lua`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -9,7 +9,9 @@ async fn acknowledges_with_the_message_id_and_delivers_with_the_prefix_stripped(
     let up = Upstream::ok();
     let gw = TestGateway::start(&queued(up.addr, ""));
 
-    let ack = gw.post("/wal/hooks/slack?team=T1", "{\"text\":\"hi\"}").await;
+    let ack = gw
+        .post("/wal/hooks/slack?team=T1", "{\"text\":\"hi\"}")
+        .await;
 
     assert_eq!(ack.status, 202, "{}", ack.text());
     let body = ack.json();
@@ -32,7 +34,10 @@ async fn acknowledges_with_the_message_id_and_delivers_with_the_prefix_stripped(
 #[tokio::test]
 async fn a_slack_style_ack_is_an_empty_200_with_configured_headers() {
     let up = Upstream::ok();
-    let gw = TestGateway::start(&queued(up.addr, "ack: {status: 200, body: '', headers: {X-Slack-No-Retry: '1'}}"));
+    let gw = TestGateway::start(&queued(
+        up.addr,
+        "ack: {status: 200, body: '', headers: {X-Slack-No-Retry: '1'}}",
+    ));
 
     let ack = gw.post("/wal/slack", "payload=x").await;
 
@@ -58,12 +63,19 @@ async fn every_message_arrives_once_the_upstream_comes_up() {
 
     let seen = up.wait_for(20).await;
     for (i, id) in ids.iter().enumerate() {
-        let s = seen.iter().find(|s| s.id() == *id).unwrap_or_else(|| panic!("message {id} never arrived"));
+        let s = seen
+            .iter()
+            .find(|s| s.id() == *id)
+            .unwrap_or_else(|| panic!("message {id} never arrived"));
         assert_eq!(s.text(), format!("body {i}"));
         assert_eq!(s.target, format!("/m/{i}"));
     }
     // They were tried while the upstream was down.
-    assert!(seen[0].attempt() > 1, "first delivery was attempt {}", seen[0].attempt());
+    assert!(
+        seen[0].attempt() > 1,
+        "first delivery was attempt {}",
+        seen[0].attempt()
+    );
     eventually("the queue to drain", || async {
         gw.admin_json("/queues/wal").await["pending"] == 0
     })
@@ -79,24 +91,43 @@ async fn a_500_is_retried_with_the_same_message_id_and_growing_attempt_numbers()
 
     let seen = up.wait_for(3).await;
     assert!(seen.iter().all(|s| s.id() == id && s.text() == "retry me"));
-    assert_eq!(seen.iter().map(|s| s.attempt()).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        seen.iter().map(|s| s.attempt()).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     eventually("delivered counted", || async {
-        gw.metric("sluicegate_queue_delivered_total{queue=\"wal\"}").await == Some(1.0)
+        gw.metric("sluicegate_queue_delivered_total{queue=\"wal\"}")
+            .await
+            == Some(1.0)
     })
     .await;
-    assert_eq!(gw.metric("sluicegate_queue_retried_total{queue=\"wal\"}").await, Some(2.0));
+    assert_eq!(
+        gw.metric("sluicegate_queue_retried_total{queue=\"wal\"}")
+            .await,
+        Some(2.0)
+    );
 }
 
 #[tokio::test]
 async fn a_429_waits_at_least_its_retry_after() {
-    let up = Upstream::start(|_, n| if n == 0 { (429, vec![("retry-after", "1".into())]) } else { (200, vec![]) });
+    let up = Upstream::start(|_, n| {
+        if n == 0 {
+            (429, vec![("retry-after", "1".into())])
+        } else {
+            (200, vec![])
+        }
+    });
     let gw = TestGateway::start(&queued(up.addr, ""));
 
     let started = Instant::now();
     gw.post("/wal/x", "slow down").await;
     up.wait_for(2).await;
 
-    assert!(started.elapsed() >= Duration::from_millis(950), "retried after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "retried after {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -121,7 +152,10 @@ async fn a_400_goes_straight_to_the_dead_letters_with_its_reason() {
 #[tokio::test]
 async fn gives_up_after_max_attempts() {
     let up = Upstream::start(|_, _| (503, vec![]));
-    let gw = TestGateway::start(&queued(up.addr, "retry: {max_attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 20}"));
+    let gw = TestGateway::start(&queued(
+        up.addr,
+        "retry: {max_attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 20}",
+    ));
 
     gw.post("/wal/x", "never").await;
 
@@ -132,7 +166,10 @@ async fn gives_up_after_max_attempts() {
     assert_eq!(up.count(), 3);
     let dead = gw.admin_json("/queues/wal/dead-letters").await;
     let reason = dead["dead_letters"][0]["reason"].as_str().unwrap();
-    assert!(reason.contains("3 attempts") && reason.contains("503"), "{reason}");
+    assert!(
+        reason.contains("3 attempts") && reason.contains("503"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]
@@ -153,13 +190,26 @@ async fn fifo_delivery_keeps_the_order_even_across_a_failing_head() {
     let seen = up.wait_for(32).await;
 
     let delivered: Vec<String> = seen.iter().map(|s| s.text()).filter(|t| t != "0").collect();
-    assert_eq!(delivered, (1..30).map(|i| i.to_string()).collect::<Vec<_>>());
-    assert!(seen[..3].iter().all(|s| s.text() == "0"), "the head was retried first: {:?}", seen.iter().map(|s| s.text()).collect::<Vec<_>>());
+    assert_eq!(
+        delivered,
+        (1..30).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
+    assert!(
+        seen[..3].iter().all(|s| s.text() == "0"),
+        "the head was retried first: {:?}",
+        seen.iter().map(|s| s.text()).collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
 async fn unordered_delivery_lets_others_pass_a_failing_message() {
-    let up = Upstream::start(|s, _| if s.text() == "stuck" { (500, vec![]) } else { (200, vec![]) });
+    let up = Upstream::start(|s, _| {
+        if s.text() == "stuck" {
+            (500, vec![])
+        } else {
+            (200, vec![])
+        }
+    });
     let gw = TestGateway::start(&queued(up.addr, "ordering: unordered\nconcurrency: 4\nretry: {initial_backoff_ms: 500, max_backoff_ms: 1000}"));
     gw.post("/wal/x", "stuck").await;
     for i in 0..10 {
@@ -170,7 +220,10 @@ async fn unordered_delivery_lets_others_pass_a_failing_message() {
         up.seen().iter().filter(|s| s.text() != "stuck").count() == 10
     })
     .await;
-    eventually("only the stuck one pending", || async { gw.admin_json("/queues/wal").await["pending"] == 1 }).await;
+    eventually("only the stuck one pending", || async {
+        gw.admin_json("/queues/wal").await["pending"] == 1
+    })
+    .await;
     assert!(up.seen().iter().filter(|s| s.text() == "stuck").count() >= 1);
 }
 
@@ -213,6 +266,12 @@ routes:
     assert_eq!(up.count(), 1, "the denied request was not queued");
     assert_eq!(seen[0].header("x-verified"), "yes");
     assert_eq!(seen[0].header("x-secret"), "");
-    assert_eq!(gw.admin_json("/queues/denied").await["enqueued"], serde_json::Value::Null);
-    assert_eq!(gw.admin_json("/queues/denied").await["counters"]["enqueued"], 0);
+    assert_eq!(
+        gw.admin_json("/queues/denied").await["enqueued"],
+        serde_json::Value::Null
+    );
+    assert_eq!(
+        gw.admin_json("/queues/denied").await["counters"]["enqueued"],
+        0
+    );
 }

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::support::{config_text, eventually, metric, queued, reserve_port, send, Conn, Process, TestGateway, Upstream};
+use crate::support::{
+    config_text, eventually, metric, queued, reserve_port, send, Conn, Process, TestGateway,
+    Upstream,
+};
 
 #[tokio::test]
 async fn acknowledged_messages_wait_through_a_restart_and_keep_their_attempt_count() {
@@ -31,14 +34,29 @@ async fn acknowledged_messages_wait_through_a_restart_and_keep_their_attempt_cou
         let s = seen.iter().find(|s| s.id() == *id).expect("delivered");
         assert_eq!(s.text(), format!("m{i}"));
     }
-    assert!(seen[0].attempt() > 2, "attempts continue after a restart: {}", seen[0].attempt());
-    eventually("drained", || async { gw.admin_json("/queues/wal").await["pending"] == 0 }).await;
+    assert!(
+        seen[0].attempt() > 2,
+        "attempts continue after a restart: {}",
+        seen[0].attempt()
+    );
+    eventually("drained", || async {
+        gw.admin_json("/queues/wal").await["pending"] == 0
+    })
+    .await;
 }
 
 /// Writes the config for the binary and returns its path.
-fn binary_config(dir: &std::path::Path, upstream: std::net::SocketAddr, queue_extra: &str) -> std::path::PathBuf {
+fn binary_config(
+    dir: &std::path::Path,
+    upstream: std::net::SocketAddr,
+    queue_extra: &str,
+) -> std::path::PathBuf {
     let path = dir.join("sluicegate.yaml");
-    std::fs::write(&path, config_text(&queued(upstream, queue_extra)).replace("workers: 1", "workers: 2")).unwrap();
+    std::fs::write(
+        &path,
+        config_text(&queued(upstream, queue_extra)).replace("workers: 1", "workers: 2"),
+    )
+    .unwrap();
     path
 }
 
@@ -59,14 +77,19 @@ async fn no_acknowledged_message_is_lost_when_the_gateway_is_killed_mid_load() {
     for c in 0..8 {
         let (acked, stop, addr) = (acked.clone(), stop.clone(), gateway.addr);
         clients.push(tokio::spawn(async move {
-            let Ok(mut conn) = Conn::open(addr).await else { return };
+            let Ok(mut conn) = Conn::open(addr).await else {
+                return;
+            };
             let pad = "x".repeat(200);
             for n in 0.. {
                 if stop.load(Ordering::Relaxed) {
                     return;
                 }
                 let body = format!("client {c} message {n} {pad}");
-                match conn.send("POST", "/wal/load", &[], Bytes::from(body.clone())).await {
+                match conn
+                    .send("POST", "/wal/load", &[], Bytes::from(body.clone()))
+                    .await
+                {
                     Ok(a) if a.status == 202 => {
                         acked.lock().unwrap().insert(a.id(), body);
                     }
@@ -85,7 +108,11 @@ async fn no_acknowledged_message_is_lost_when_the_gateway_is_killed_mid_load() {
     }
     let acked = acked.lock().unwrap().clone();
     let delivered_before = up.count();
-    assert!(acked.len() > 100, "only {} acknowledged before the kill", acked.len());
+    assert!(
+        acked.len() > 100,
+        "only {} acknowledged before the kill",
+        acked.len()
+    );
     let restarted = Process::start(&config);
 
     eventually("every acknowledged message at the upstream", || async {
@@ -96,11 +123,22 @@ async fn no_acknowledged_message_is_lost_when_the_gateway_is_killed_mid_load() {
     let seen = up.seen();
     for s in &seen {
         if let Some(body) = acked.get(&s.id()) {
-            assert_eq!(&s.text(), body, "message {} delivered with another body", s.id());
+            assert_eq!(
+                &s.text(),
+                body,
+                "message {} delivered with another body",
+                s.id()
+            );
         }
     }
-    let metrics = send(restarted.admin, "GET", "/metrics", &[], "").await.text();
-    let duplicates = metric(&metrics, "sluicegate_queue_duplicates_after_recovery_total{queue=\"wal\"}").unwrap();
+    let metrics = send(restarted.admin, "GET", "/metrics", &[], "")
+        .await
+        .text();
+    let duplicates = metric(
+        &metrics,
+        "sluicegate_queue_duplicates_after_recovery_total{queue=\"wal\"}",
+    )
+    .unwrap();
     eprintln!(
         "acknowledged {} before kill -9; {} delivered before the kill; {} deliveries in all; {} counted as duplicates after recovery",
         acked.len(),
@@ -122,18 +160,30 @@ async fn a_message_in_flight_at_a_kill_is_delivered_again_and_counted_as_a_dupli
     let dir = tempfile::tempdir().unwrap();
     let config = binary_config(dir.path(), up.addr, "");
     let mut gateway = Process::start(&config);
-    let id = send(gateway.addr, "POST", "/wal/once", &[], "exactly once?").await.id();
+    let id = send(gateway.addr, "POST", "/wal/once", &[], "exactly once?")
+        .await
+        .id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     gateway.kill9();
 
     let restarted = Process::start(&config);
 
     let seen = up.wait_for(2).await;
-    assert!(seen.iter().all(|s| s.id() == id && s.text() == "exactly once?"));
-    assert_eq!(seen.iter().map(|s| s.attempt()).collect::<Vec<_>>(), vec![1, 2]);
+    assert!(seen
+        .iter()
+        .all(|s| s.id() == id && s.text() == "exactly once?"));
+    assert_eq!(
+        seen.iter().map(|s| s.attempt()).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
     eventually("the duplicate counted", || async {
-        let text = send(restarted.admin, "GET", "/metrics", &[], "").await.text();
-        metric(&text, "sluicegate_queue_duplicates_after_recovery_total{queue=\"wal\"}") == Some(1.0)
+        let text = send(restarted.admin, "GET", "/metrics", &[], "")
+            .await
+            .text();
+        metric(
+            &text,
+            "sluicegate_queue_duplicates_after_recovery_total{queue=\"wal\"}",
+        ) == Some(1.0)
     })
     .await;
 }

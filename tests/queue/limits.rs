@@ -10,7 +10,9 @@ async fn a_full_queue_answers_503_with_retry_after_and_delivers_everything_it_ac
     let body = "k".repeat(1024);
     let mut acked = Vec::new();
     let refused = loop {
-        let a = gw.post("/wal/fill", &format!("{}{body}", acked.len())).await;
+        let a = gw
+            .post("/wal/fill", &format!("{}{body}", acked.len()))
+            .await;
         match a.status {
             202 => acked.push(a.id()),
             _ => break a,
@@ -25,7 +27,11 @@ async fn a_full_queue_answers_503_with_retry_after_and_delivers_everything_it_ac
     let stats = gw.admin_json("/queues/wal").await;
     assert!(stats["bytes_on_disk"].as_u64().unwrap() <= 65536, "{stats}");
     assert_eq!(stats["pending"], acked.len());
-    assert_eq!(gw.metric("sluicegate_queue_rejected_full_total{queue=\"wal\"}").await, Some(1.0));
+    assert_eq!(
+        gw.metric("sluicegate_queue_rejected_full_total{queue=\"wal\"}")
+            .await,
+        Some(1.0)
+    );
 
     let up = Upstream::start_on(addr, |_, _| (200, vec![]));
     eventually("every acknowledged message delivered", || async {
@@ -34,7 +40,10 @@ async fn a_full_queue_answers_503_with_retry_after_and_delivers_everything_it_ac
     })
     .await;
     // Delivered data is reclaimed: the queue takes requests again.
-    eventually("room again", || async { gw.post("/wal/fill", &body).await.status == 202 }).await;
+    eventually("room again", || async {
+        gw.post("/wal/fill", &body).await.status == 202
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -61,7 +70,11 @@ async fn a_queued_route_needs_an_upstream_and_a_queue_name_is_used_once() {
     let (code, _, stderr) = crate::support::run_cli(&["check", "-c", path.to_str().unwrap()]);
 
     assert_eq!(code, 2, "{stderr}");
-    for needle in [":5: routes[0].queue: a queued route needs an `upstream`", "routes[1].queue.retry.on_status[0]", "routes[2].queue.name: queue `q` is already used"] {
+    for needle in [
+        ":5: routes[0].queue: a queued route needs an `upstream`",
+        "routes[1].queue.retry.on_status[0]",
+        "routes[2].queue.name: queue `q` is already used",
+    ] {
         assert!(stderr.contains(needle), "no `{needle}` in:\n{stderr}");
     }
 }

@@ -11,6 +11,8 @@
 //!   gateway and through the admin API, reloads, the Rust API behind Lua's
 //!   `sluicegate.queue.enqueue`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod delivery;

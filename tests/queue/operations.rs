@@ -13,30 +13,56 @@ use crate::support::{eventually, queued, run_cli, TestGateway, Upstream};
 async fn dead_letters_are_listed_shown_replayed_and_delivered() {
     let accept = Arc::new(AtomicBool::new(false));
     let flag = accept.clone();
-    let up = Upstream::start(move |_, _| if flag.load(Ordering::SeqCst) { (200, vec![]) } else { (422, vec![]) });
+    let up = Upstream::start(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            (200, vec![])
+        } else {
+            (422, vec![])
+        }
+    });
     let gw = TestGateway::start(&queued(up.addr, ""));
     let first = gw.post("/wal/a?x=1", "first").await.id();
     let second = gw.post("/wal/b", "second").await.id();
     let third = gw.post("/wal/c", "third").await.id();
-    eventually("three dead letters", || async { gw.admin_json("/queues/wal").await["dead_letters"] == 3 }).await;
+    eventually("three dead letters", || async {
+        gw.admin_json("/queues/wal").await["dead_letters"] == 3
+    })
+    .await;
 
-    let shown = gw.admin_json(&format!("/queues/wal/messages/{first}")).await;
+    let shown = gw
+        .admin_json(&format!("/queues/wal/messages/{first}"))
+        .await;
     assert_eq!(shown["state"], "dead");
     assert_eq!(shown["body"], "first");
     assert_eq!(shown["target"], "/wal/a?x=1");
     assert!(shown["reason"].as_str().unwrap().contains("422"));
     accept.store(true, Ordering::SeqCst);
 
-    let one = gw.admin("POST", &format!("/queues/wal/dead-letters/{first}/replay")).await;
+    let one = gw
+        .admin("POST", &format!("/queues/wal/dead-letters/{first}/replay"))
+        .await;
     assert_eq!(one.status, 200, "{}", one.text());
     let new_id = one.json()["replayed"][0]["new_id"].as_u64().unwrap();
     assert!(new_id > third);
-    eventually("the replayed message delivered", || async { up.seen().iter().any(|s| s.id() == new_id && s.text() == "first") }).await;
+    eventually("the replayed message delivered", || async {
+        up.seen()
+            .iter()
+            .any(|s| s.id() == new_id && s.text() == "first")
+    })
+    .await;
 
-    let all = gw.admin("POST", "/queues/wal/dead-letters/replay").await.json();
+    let all = gw
+        .admin("POST", "/queues/wal/dead-letters/replay")
+        .await
+        .json();
     assert_eq!(all["replayed"].as_array().unwrap().len(), 2);
     eventually("all delivered", || async {
-        let bodies: Vec<String> = up.seen().iter().filter(|s| s.attempt() == 1 && s.id() > third).map(|s| s.text()).collect();
+        let bodies: Vec<String> = up
+            .seen()
+            .iter()
+            .filter(|s| s.attempt() == 1 && s.id() > third)
+            .map(|s| s.text())
+            .collect();
         bodies.contains(&"second".to_string()) && bodies.contains(&"third".to_string())
     })
     .await;
@@ -48,7 +74,9 @@ async fn dead_letters_are_listed_shown_replayed_and_delivered() {
     let stats = gw.admin_json("/queues/wal").await;
     assert_eq!(stats["dead_letters"], 0);
     assert_eq!(stats["counters"]["dead_lettered"], 3);
-    let missing = gw.admin("POST", &format!("/queues/wal/dead-letters/{second}/replay")).await;
+    let missing = gw
+        .admin("POST", &format!("/queues/wal/dead-letters/{second}/replay"))
+        .await;
     assert_eq!(missing.status, 409, "{}", missing.text());
     assert_eq!(gw.admin("GET", "/queues/nope").await.status, 404);
 }
@@ -60,7 +88,12 @@ async fn metrics_cover_depth_age_bytes_counters_and_latencies() {
     gw.post("/wal/m", "x").await;
     up.wait_for(1).await;
 
-    eventually("delivered counted", || async { gw.metric("sluicegate_queue_delivered_total{queue=\"wal\"}").await == Some(1.0) }).await;
+    eventually("delivered counted", || async {
+        gw.metric("sluicegate_queue_delivered_total{queue=\"wal\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
     let text = gw.admin("GET", "/metrics").await.text();
     for series in [
         "sluicegate_queue_depth{queue=\"wal\"}",
@@ -74,10 +107,22 @@ async fn metrics_cover_depth_age_bytes_counters_and_latencies() {
         "sluicegate_queue_ack_latency_seconds_count{queue=\"wal\"}",
         "sluicegate_queue_delivery_latency_seconds_count{queue=\"wal\"}",
     ] {
-        assert!(crate::support::metric(&text, series).is_some(), "no {series} in:\n{text}");
+        assert!(
+            crate::support::metric(&text, series).is_some(),
+            "no {series} in:\n{text}"
+        );
     }
-    assert_eq!(crate::support::metric(&text, "sluicegate_queue_ack_latency_seconds_count{queue=\"wal\"}"), Some(1.0));
-    assert_eq!(crate::support::metric(&text, "sluicegate_queue_enqueued_total{queue=\"wal\"}"), Some(1.0));
+    assert_eq!(
+        crate::support::metric(
+            &text,
+            "sluicegate_queue_ack_latency_seconds_count{queue=\"wal\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        crate::support::metric(&text, "sluicegate_queue_enqueued_total{queue=\"wal\"}"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -85,7 +130,10 @@ async fn the_wal_command_inspects_and_repairs_a_stopped_gateways_queue() {
     let up = Upstream::start(|_, _| (400, vec![]));
     let mut gw = TestGateway::start(&queued(up.addr, ""));
     let id = gw.post("/wal/cli", "from the cli test").await.id();
-    eventually("a dead letter", || async { gw.admin_json("/queues/wal").await["dead_letters"] == 1 }).await;
+    eventually("a dead letter", || async {
+        gw.admin_json("/queues/wal").await["dead_letters"] == 1
+    })
+    .await;
     let data = gw.data_dir();
     let data = data.to_str().unwrap();
 
@@ -111,7 +159,15 @@ async fn the_wal_command_inspects_and_repairs_a_stopped_gateways_queue() {
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["body"], "from the cli test");
     assert_eq!(shown["state"], "dead");
-    let (code, out, _) = run_cli(&["wal", "--data-dir", data, "-q", "wal", "replay", &id.to_string()]);
+    let (code, out, _) = run_cli(&[
+        "wal",
+        "--data-dir",
+        data,
+        "-q",
+        "wal",
+        "replay",
+        &id.to_string(),
+    ]);
     assert_eq!(code, 0, "{out}");
     let replayed: serde_json::Value = serde_json::from_str(&out).unwrap();
     let new_id = replayed["replayed"][0]["new_id"].as_u64().unwrap();
@@ -142,7 +198,10 @@ async fn replay_all_and_purge_work_offline_too() {
     for i in 0..3 {
         gw.post("/wal/p", &i.to_string()).await;
     }
-    eventually("three dead letters", || async { gw.admin_json("/queues/wal").await["dead_letters"] == 3 }).await;
+    eventually("three dead letters", || async {
+        gw.admin_json("/queues/wal").await["dead_letters"] == 3
+    })
+    .await;
     gw.stop();
     let data = gw.data_dir();
     let data = data.to_str().unwrap();
@@ -158,17 +217,29 @@ async fn replay_all_and_purge_work_offline_too() {
 
     // Back to dead letters (the upstream still says 404), then purged through the API.
     let gw = TestGateway::start_in(gw.dir.clone(), &queued(up.addr, ""));
-    eventually("three dead letters again", || async { gw.admin_json("/queues/wal").await["dead_letters"] == 3 }).await;
+    eventually("three dead letters again", || async {
+        gw.admin_json("/queues/wal").await["dead_letters"] == 3
+    })
+    .await;
     let purged = gw.admin("DELETE", "/queues/wal/dead-letters").await;
     assert_eq!(purged.json()["purged"], 3);
-    assert_eq!(gw.admin_json("/queues/wal/dead-letters").await["dead_letters"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        gw.admin_json("/queues/wal/dead-letters").await["dead_letters"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
 async fn a_reload_opens_a_new_queue_and_applies_new_delivery_settings_live() {
     let up = Upstream::ok();
     let gw = TestGateway::start(&queued(up.addr, ""));
-    assert_eq!(gw.admin_json("/queues/wal").await["settings"]["concurrency"], 1);
+    assert_eq!(
+        gw.admin_json("/queues/wal").await["settings"]["concurrency"],
+        1
+    );
     let more = format!(
         "{}  - name: audit\n    match: {{paths: /audit/}}\n    upstream: app\n    queue: {{ordering: unordered}}\n",
         queued(up.addr, "concurrency: 8\nretry: {initial_backoff_ms: 20, max_backoff_ms: 200, max_attempts: 4}")
@@ -203,7 +274,10 @@ async fn the_rust_api_behind_lua_enqueues_and_returns_the_id_once_durable() {
     let gw = TestGateway::start(&queued(up.addr, ""));
     let queues = gw.shared().queues();
     let mut req = QueuedRequest::new(http::Method::PUT, "/wal/from-lua?k=v");
-    req.headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+    req.headers.insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
     req.body = bytes::Bytes::from_static(b"{\"lua\":true}");
 
     let id = queues.enqueue("wal", req).await.unwrap();
@@ -213,8 +287,18 @@ async fn the_rust_api_behind_lua_enqueues_and_returns_the_id_once_durable() {
     assert_eq!(seen[0].method, "PUT");
     assert_eq!(seen[0].target, "/from-lua?k=v");
     assert_eq!(seen[0].header("content-type"), "application/json");
-    let unknown = queues.enqueue("nope", QueuedRequest::new(http::Method::POST, "/")).await;
-    assert!(matches!(unknown, Err(QueueError::Unknown(_))), "{unknown:?}");
-    let invalid = queues.enqueue("wal", QueuedRequest::new(http::Method::POST, "no-slash")).await;
-    assert!(matches!(invalid, Err(QueueError::Invalid { .. })), "{invalid:?}");
+    let unknown = queues
+        .enqueue("nope", QueuedRequest::new(http::Method::POST, "/"))
+        .await;
+    assert!(
+        matches!(unknown, Err(QueueError::Unknown(_))),
+        "{unknown:?}"
+    );
+    let invalid = queues
+        .enqueue("wal", QueuedRequest::new(http::Method::POST, "no-slash"))
+        .await;
+    assert!(
+        matches!(invalid, Err(QueueError::Invalid { .. })),
+        "{invalid:?}"
+    );
 }

@@ -70,7 +70,10 @@ pub struct Seen {
 impl Seen {
     /// Header `name` as text ("" when absent).
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// `X-Sluicegate-Message-Id`.
@@ -115,7 +118,10 @@ impl Upstream {
     }
 
     /// An upstream on `addr` (a port reserved earlier with [`reserve_port`]).
-    pub fn start_on(addr: SocketAddr, handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static) -> Upstream {
+    pub fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
+    ) -> Upstream {
         let until = Instant::now() + STEP;
         let listener = loop {
             match std::net::TcpListener::bind(addr) {
@@ -137,30 +143,47 @@ impl Upstream {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let record = seen.clone();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 let count = Arc::new(AtomicUsize::new(0));
                 let accept = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
-                        let (handler, record, count) = (handler.clone(), record.clone(), count.clone());
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let (handler, record, count) =
+                            (handler.clone(), record.clone(), count.clone());
                         tokio::spawn(async move {
                             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                                let (handler, record, count) = (handler.clone(), record.clone(), count.clone());
+                                let (handler, record, count) =
+                                    (handler.clone(), record.clone(), count.clone());
                                 async move {
                                     let (head, body) = req.into_parts();
-                                    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                                    let body = body
+                                        .collect()
+                                        .await
+                                        .map(|c| c.to_bytes())
+                                        .unwrap_or_default();
                                     let seen = Seen {
                                         method: head.method,
-                                        target: head.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                                        target: head
+                                            .uri
+                                            .path_and_query()
+                                            .map(|p| p.to_string())
+                                            .unwrap_or_default(),
                                         headers: head.headers,
                                         body,
                                     };
                                     let n = count.fetch_add(1, Ordering::SeqCst);
                                     let (status, headers) = handler(&seen, n);
                                     record.lock().unwrap().push(seen);
-                                    let mut resp = Response::new(Full::new(Bytes::from(format!("answer {status}"))));
+                                    let mut resp = Response::new(Full::new(Bytes::from(format!(
+                                        "answer {status}"
+                                    ))));
                                     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
                                     for (k, v) in headers {
                                         resp.headers_mut().insert(k, v.parse().unwrap());
@@ -200,7 +223,10 @@ impl Upstream {
 
     /// Waits until at least `n` requests arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<Seen> {
-        eventually(&format!("{n} requests at the upstream"), || async { self.count() >= n }).await;
+        eventually(&format!("{n} requests at the upstream"), || async {
+            self.count() >= n
+        })
+        .await;
         self.seen()
     }
 }
@@ -272,7 +298,8 @@ impl TestGateway {
         init_logs();
         let path = dir.path().join("sluicegate.yaml");
         std::fs::write(&path, config_text(body)).expect("write config");
-        let gateway = Gateway::start(&path).unwrap_or_else(|e| panic!("gateway did not start: {e:#}"));
+        let gateway =
+            Gateway::start(&path).unwrap_or_else(|e| panic!("gateway did not start: {e:#}"));
         TestGateway {
             addr: gateway.listeners[0],
             admin: gateway.admin.expect("admin listener"),
@@ -341,7 +368,10 @@ impl Drop for TestGateway {
 /// The value of the Prometheus sample `series` in `text`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -361,7 +391,10 @@ pub struct Answer {
 impl Answer {
     /// Header as text.
     pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     /// Body as text.
@@ -371,12 +404,15 @@ impl Answer {
 
     /// Body as JSON.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     /// The message id of an acknowledgement.
     pub fn id(&self) -> u64 {
-        self.header("x-sluicegate-message-id").parse().unwrap_or_else(|_| panic!("no message id: {self:?}"))
+        self.header("x-sluicegate-message-id")
+            .parse()
+            .unwrap_or_else(|_| panic!("no message id: {self:?}"))
     }
 }
 
@@ -401,7 +437,13 @@ impl Conn {
     }
 
     /// Sends one request and reads the whole answer.
-    pub async fn send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> std::io::Result<Answer> {
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> std::io::Result<Answer> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -411,9 +453,17 @@ impl Conn {
         }
         let req = req.body(Full::new(body)).map_err(std::io::Error::other)?;
         self.sender.ready().await.map_err(std::io::Error::other)?;
-        let resp = self.sender.send_request(req).await.map_err(std::io::Error::other)?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
         let (head, body) = resp.into_parts();
-        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        let body = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
         Ok(Answer {
             status: head.status.as_u16(),
             headers: head.headers,
@@ -423,10 +473,17 @@ impl Conn {
 }
 
 /// One request on a new connection (fails the test on a network error or after [`STEP`]).
-pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let fut = async {
         let mut c = Conn::open(addr).await?;
-        c.send(method, path, headers, Bytes::from(body.to_string())).await
+        c.send(method, path, headers, Bytes::from(body.to_string()))
+            .await
     };
     match tokio::time::timeout(STEP, fut).await {
         Ok(Ok(a)) => a,
@@ -477,7 +534,9 @@ impl Process {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    let addr = v["address"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+                    let addr = v["address"]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
                     match (v["message"].as_str(), addr) {
                         (Some("Listening."), Some(a)) => {
                             let _ = tx.send(("listen", a));

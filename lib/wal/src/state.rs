@@ -182,7 +182,7 @@ impl StateImage {
     /// Applies one valid entry; returns false if it is malformed.
     fn apply(&mut self, kind: u64, ts: u64, offset: u64, body: &[u8]) -> bool {
         match kind {
-            KIND_ACK | KIND_UNDEAD if body.len() % 8 == 0 => {
+            KIND_ACK | KIND_UNDEAD if body.len().is_multiple_of(8) => {
                 for id in u64s(body) {
                     self.max_id = self.max_id.max(id);
                     if kind == KIND_ACK {

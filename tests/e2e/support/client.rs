@@ -194,6 +194,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Full<Bytes> {
 pub struct Raw {
     /// The socket.
     pub stream: TcpStream,
+    /// Bytes read past the end of the last response (pipelined answers).
+    pending: Vec<u8>,
 }
 
 /// A response read off a raw connection.
@@ -229,7 +231,10 @@ impl Raw {
     /// Connects to `addr`.
     pub async fn connect(addr: SocketAddr) -> Raw {
         let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
-        Raw { stream }
+        Raw {
+            stream,
+            pending: Vec::new(),
+        }
     }
 
     /// Writes `bytes` (a write error means the peer closed; the caller reads to find out).
@@ -239,7 +244,7 @@ impl Raw {
 
     /// Reads until the peer closes (or resets) the connection.
     pub async fn read_to_end(&mut self) -> Vec<u8> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
         let mut buf = [0u8; 8192];
         loop {
             match within("read to end", self.stream.read(&mut buf)).await {
@@ -251,7 +256,7 @@ impl Raw {
 
     /// Reads one response: the head, then a `Content-Length` body (or up to the close).
     pub async fn read_response(&mut self) -> Option<RawResponse> {
-        let mut data = Vec::new();
+        let mut data = std::mem::take(&mut self.pending);
         let mut buf = [0u8; 8192];
         let head_end = loop {
             if let Some(i) = find(&data, b"\r\n\r\n") {
@@ -279,13 +284,16 @@ impl Raw {
             .header("content-length")
             .and_then(|v| v.parse::<usize>().ok())
         {
-            _ if bodiless => {}
+            _ if bodiless => self.pending = std::mem::take(&mut body),
             Some(len) => {
                 while body.len() < len {
                     match within("response body", self.stream.read(&mut buf)).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => body.extend_from_slice(&buf[..n]),
                     }
+                }
+                if body.len() > len {
+                    self.pending = body.split_off(len);
                 }
             }
             None => body.extend(self.read_to_end().await),

@@ -47,6 +47,15 @@ impl Seen {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
     }
+
+    /// Every value of header `name`, one per header line.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or(""))
+            .collect()
+    }
 }
 
 /// What a handler returns.

@@ -115,6 +115,13 @@ describe("phase checks", function()
     assert.matches("ngx.redirect is not allowed in the body_filter phase", res.error, 1, true)
   end)
 
+  it("a waiting function reached through a computed name asks to be named", function()
+    local res = run("access", [[local f = ngx["sl" .. "eep"] f(0)]])
+    assert.equal(500, res.status)
+    assert.matches("ngx.sleep cannot wait in this call", res.error, 1, true)
+    assert.equal("ok\n", run("access", [[ngx.sleep(0) ngx.say("ok")]]).body)
+  end)
+
   it("ngx.get_phase tells the phase", function()
     assert.equal("access", run("access", "ngx.say(ngx.get_phase())").body:sub(1, -2))
     assert.equal("content\n", run("content", "ngx.say(ngx.get_phase())").body)
