@@ -35,44 +35,53 @@ pub struct Forwarded {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for the upstream.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one pass over the names (no hashing) tells.
-    let hop = |n: &HeaderName| {
-        *n == header::CONNECTION
-            || *n == header::TE
-            || *n == header::TRAILER
-            || *n == header::TRANSFER_ENCODING
-            || *n == header::UPGRADE
-            || *n == KEEP_ALIVE
-            || *n == PROXY_CONNECTION
-    };
-    if !keep_upgrade && !headers.keys().any(hop) {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == header::UPGRADE))
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
+    // One pass over the names (no hashing) finds which hop-by-hop headers are present;
+    // only those are removed. Most requests have none, most responses only `Connection`.
+    let fixed: [&HeaderName; 7] = [
+        &header::CONNECTION,
+        &header::UPGRADE,
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
         &header::TRAILER,
         &header::TRANSFER_ENCODING,
-    ] {
-        headers.remove(n);
+    ];
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|f| *f == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 && !keep_upgrade {
+        return;
+    }
+    if present & 1 != 0 {
+        // Headers named in `Connection` are hop-by-hop too (its usual tokens are not names).
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("keep-alive")
+                    && !t.eq_ignore_ascii_case("close")
+                    && !t.eq_ignore_ascii_case("upgrade")
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for (i, name) in fixed.iter().enumerate() {
+        let is_upgrade_pair = i < 2;
+        if present & (1 << i) != 0 && !(keep_upgrade && is_upgrade_pair) {
+            headers.remove(*name);
+        }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
     }
 }
 

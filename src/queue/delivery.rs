@@ -173,7 +173,7 @@ async fn run(queue: Arc<Queue>, client: Client, mut stop: watch::Receiver<bool>)
         if let Some(target) = &target {
             l.fill(target).await;
         }
-        l.journal.borrow_mut().flush();
+        l.tidy_journal();
         let wake_at = l.next_wake(target.is_some());
         tokio::select! {
             _ = stop.changed() => break,
@@ -202,6 +202,16 @@ async fn sleep_until(at: Option<Instant>) {
 impl Loop {
     fn name(&self) -> &str {
         self.queue.name()
+    }
+
+    /// Writes the journal notes of this turn (before any attempt started in it runs) and
+    /// compacts the journal once it is mostly obsolete.
+    fn tidy_journal(&mut self) {
+        let mut journal = self.journal.borrow_mut();
+        journal.flush();
+        if journal.wants_compaction() {
+            journal.maybe_compact(self.queue.backend().stats().oldest_pending_id);
+        }
     }
 
     /// When to look again without being woken: the next retry, the end of a read pause,
@@ -455,8 +465,6 @@ impl Loop {
                 }
             }
         });
-        let oldest = self.queue.backend().stats().oldest_pending_id;
-        self.journal.borrow_mut().maybe_compact(oldest);
     }
 }
 

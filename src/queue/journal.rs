@@ -170,11 +170,16 @@ impl Journal {
         self.buf.clear();
     }
 
-    /// Rewrites the file when it is large and mostly obsolete. Entries of ids below
-    /// `oldest_pending` (all resolved) are dropped too.
-    pub fn maybe_compact(&mut self, oldest_pending: Option<u64>) {
+    /// Whether the file is large and mostly obsolete.
+    pub fn wants_compaction(&self) -> bool {
         let live_bytes = (self.live.len() * ENTRY) as u64;
-        if self.file.is_none() || self.bytes < COMPACT_BYTES || self.bytes < 8 * live_bytes.max(1) {
+        self.file.is_some() && self.bytes >= COMPACT_BYTES && self.bytes >= 8 * live_bytes.max(1)
+    }
+
+    /// Rewrites the file when it [wants compaction](Self::wants_compaction). Entries of
+    /// ids below `oldest_pending` (all resolved) are dropped too.
+    pub fn maybe_compact(&mut self, oldest_pending: Option<u64>) {
+        if !self.wants_compaction() {
             return;
         }
         self.flush();
