@@ -32,7 +32,10 @@ use sluicegate::server::Gateway;
 const BODY: usize = 1024;
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -42,8 +45,14 @@ fn main() {
     let rate = env("QUEUE_BENCH_RATE", 5000);
     let secs = env("QUEUE_BENCH_SECS", 10);
     let messages = env("QUEUE_BENCH_MESSAGES", 50_000);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    println!("queue benchmarks: 1 worker, {BODY}-byte bodies, data dir under {}", std::env::temp_dir().display());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "queue benchmarks: 1 worker, {BODY}-byte bodies, data dir under {}",
+        std::env::temp_dir().display()
+    );
 
     // 1. Ack latency at a steady rate, deliveries running.
     let up = Upstream::start(None);
@@ -63,7 +72,23 @@ fn main() {
         r.pct(100.0)
     );
     let delivered = up.count.load(Ordering::Relaxed);
-    println!("  deliveries meanwhile: {delivered}");
+    let q = gw.shared.queues().get("bench").unwrap();
+    println!(
+        "  deliveries meanwhile: {delivered}; server-side append-to-fsync mean {:?}",
+        q.metrics().ack_latency.mean().unwrap_or_default()
+    );
+    drop(q);
+    let r = rt.block_on(open_loop_path(
+        gw.listeners[0],
+        "/plain",
+        rate,
+        Duration::from_secs(secs.min(5)),
+    ));
+    println!(
+        "  baseline, same load on a route answered by the gateway (no queue): p50 {:.3} ms, p99 {:.3} ms",
+        r.pct(50.0),
+        r.pct(99.0)
+    );
     gw.shutdown();
     drop(up);
 
@@ -93,12 +118,22 @@ fn main() {
         let gw = start(dir.path(), down, concurrency, 20);
         while up.count.load(Ordering::Relaxed) < messages as usize {
             std::thread::sleep(Duration::from_millis(5));
-            assert!(started.elapsed() < Duration::from_secs(600), "delivery stalled");
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "delivery stalled"
+            );
         }
         let took = started.elapsed();
         // Acks trail the upstream's answers by one group commit.
         let pending = loop {
-            let p = gw.shared.queues().get("bench").unwrap().backend().stats().pending;
+            let p = gw
+                .shared
+                .queues()
+                .get("bench")
+                .unwrap()
+                .backend()
+                .stats()
+                .pending;
             if p == 0 || started.elapsed() > took + Duration::from_secs(10) {
                 break p;
             }
@@ -114,13 +149,16 @@ fn main() {
 }
 
 fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 fn start(dir: &Path, upstream: SocketAddr, concurrency: usize, backoff_ms: u64) -> Gateway {
     let path = dir.join("sluicegate.yaml");
     let config = format!(
-        "workers: 1\ndata_dir: data\nlisteners: [{{address: '127.0.0.1:0', max_body_bytes: 65536}}]\nadmin: {{enabled: false}}\naccess_log: {{target: 'off'}}\nupstreams:\n  - name: app\n    targets: ['{upstream}']\n    connect_timeout_ms: 200\nroutes:\n  - name: bench\n    match: {{paths: /q/}}\n    upstream: app\n    rewrite: {{strip_prefix: /q}}\n    queue:\n      concurrency: {concurrency}\n      max_bytes: 4294967296\n      retry: {{initial_backoff_ms: {backoff_ms}, max_backoff_ms: {backoff_ms}, max_attempts: 1000000, max_age_ms: 0}}\n"
+        "workers: 1\ndata_dir: data\nlisteners: [{{address: '127.0.0.1:0', max_body_bytes: 65536}}]\nadmin: {{enabled: false}}\naccess_log: {{target: 'off'}}\nupstreams:\n  - name: app\n    targets: ['{upstream}']\n    connect_timeout_ms: 200\nroutes:\n  - name: plain\n    match: {{paths: /plain}}\n    plugins: [{{name: request_termination, config: {{status: 202, body: ok}}}}]\n  - name: bench\n    match: {{paths: /q/}}\n    upstream: app\n    rewrite: {{strip_prefix: /q}}\n    queue:\n      concurrency: {concurrency}\n      max_bytes: 4294967296\n      retry: {{initial_backoff_ms: {backoff_ms}, max_backoff_ms: {backoff_ms}, max_attempts: 1000000, max_age_ms: 0}}\n"
     );
     std::fs::write(&path, config).unwrap();
     Gateway::start(&path).unwrap()
@@ -136,19 +174,26 @@ struct Upstream {
 
 impl Upstream {
     fn start(on: Option<SocketAddr>) -> Upstream {
-        let listener = std::net::TcpListener::bind(on.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).unwrap();
+        let listener =
+            std::net::TcpListener::bind(on.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+                .unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let counter = count.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let accept = async {
                     loop {
-                        let Ok((stream, _)) = listener.accept().await else { continue };
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let counter = counter.clone();
                         tokio::spawn(async move {
@@ -157,10 +202,14 @@ impl Upstream {
                                 async move {
                                     let _ = req.into_body().collect().await;
                                     counter.fetch_add(1, Ordering::Relaxed);
-                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                        Full::new(Bytes::from_static(b"ok")),
+                                    ))
                                 }
                             });
-                            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .await;
                         });
                     }
                 };
@@ -192,7 +241,9 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 async fn connect(addr: SocketAddr) -> Sender {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -200,7 +251,14 @@ async fn connect(addr: SocketAddr) -> Sender {
 }
 
 async fn post(sender: &mut Sender, body: &Bytes) -> bool {
-    let req = Request::post("/q/bench").header("host", "bench").body(Full::new(body.clone())).unwrap();
+    post_to(sender, "/q/bench", body).await
+}
+
+async fn post_to(sender: &mut Sender, path: &str, body: &Bytes) -> bool {
+    let req = Request::post(path)
+        .header("host", "bench")
+        .body(Full::new(body.clone()))
+        .unwrap();
     if sender.ready().await.is_err() {
         return false;
     }
@@ -233,6 +291,15 @@ impl Latencies {
 }
 
 async fn open_loop(addr: SocketAddr, rate: u64, duration: Duration) -> Latencies {
+    open_loop_path(addr, "/q/bench", rate, duration).await
+}
+
+async fn open_loop_path(
+    addr: SocketAddr,
+    path: &'static str,
+    rate: u64,
+    duration: Duration,
+) -> Latencies {
     const CONNS: u64 = 64;
     let body = Bytes::from(vec![b'x'; BODY]);
     let interval = Duration::from_secs_f64(CONNS as f64 / rate as f64);
@@ -252,7 +319,7 @@ async fn open_loop(addr: SocketAddr, rate: u64, duration: Duration) -> Latencies
                 }
                 tokio::time::sleep_until(due).await;
                 out.sent += 1;
-                if post(&mut sender, &body).await {
+                if post_to(&mut sender, path, &body).await {
                     out.ok += 1;
                     out.us.push(due.elapsed().as_micros() as u64);
                 } else {
@@ -276,7 +343,11 @@ async fn open_loop(addr: SocketAddr, rate: u64, duration: Duration) -> Latencies
     all
 }
 
-async fn closed_loop(addr: SocketAddr, conns: usize, duration: Duration) -> (u64, Duration, Latencies) {
+async fn closed_loop(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+) -> (u64, Duration, Latencies) {
     let body = Bytes::from(vec![b'x'; BODY]);
     let acked = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

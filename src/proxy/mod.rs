@@ -60,6 +60,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     conn.state.set(ConnPhase::InRequest);
+    conn.state.begin();
     let snapshot = worker.shared.snapshot.load_full();
     let (head, incoming) = req.into_parts();
     let defaults = crate::config::ListenerSettings::fallback();
@@ -380,6 +381,7 @@ impl BodyObserver for LogObserver {
         ctx.traffic.bytes_out.set(bytes_out);
         log_phase(&ctx, outcome);
         ctx.conn_state.set(ConnPhase::Idle);
+        ctx.conn_state.end();
     }
 }
 

@@ -33,8 +33,11 @@ use super::{
     record, DeliveryTarget, Queue, QueueError, ATTEMPT_HEADER, MESSAGE_ID_HEADER, QUEUE_HEADER,
 };
 
-/// Pending messages read from storage at once.
+/// Most pending messages read from storage at once.
 const READ_BATCH: usize = 64;
+/// Read-ahead budget in bytes: with large messages fewer are read at once, so the
+/// read-ahead buffer stays around this size (a single larger message is still read).
+const READ_AHEAD_BYTES: usize = 4 << 20;
 /// In `unordered` mode, messages waiting for a retry are tracked in memory (ids and times
 /// only); past this many, new messages wait too, so memory stays bounded in an outage.
 const MAX_WAITING: usize = 10_000;
@@ -146,6 +149,8 @@ struct Loop {
     tasks: HashMap<tokio::task::Id, (u64, u32, u64)>,
     outstanding_acks: Rc<std::cell::Cell<usize>>,
     read_paused_until: Option<Instant>,
+    /// Mean payload size of the last batch read, to size the next one.
+    mean_payload: usize,
 }
 
 async fn run(queue: Arc<Queue>, client: Client, mut stop: watch::Receiver<bool>) {
@@ -164,6 +169,7 @@ async fn run(queue: Arc<Queue>, client: Client, mut stop: watch::Receiver<bool>)
         tasks: HashMap::new(),
         outstanding_acks: Rc::default(),
         read_paused_until: None,
+        mean_payload: 0,
     };
     loop {
         if *stop.borrow_and_update() {
@@ -272,22 +278,22 @@ impl Loop {
                 return None;
             }
             self.read_paused_until = None;
-            match self
-                .queue
-                .backend()
-                .read_pending(self.cursor, READ_BATCH)
-                .await
-            {
+            let max = (READ_AHEAD_BYTES / self.mean_payload.max(1)).clamp(1, READ_BATCH);
+            match self.queue.backend().read_pending(self.cursor, max).await {
                 Ok(batch) => {
+                    if !batch.is_empty() {
+                        let total: usize = batch.iter().map(|m| m.payload.len()).sum();
+                        self.mean_payload = total / batch.len();
+                    }
                     if let Some(last) = batch.last() {
-                        self.cursor = last.id + 1;
+                        self.cursor = last.id.saturating_add(1);
                     }
                     self.fresh.extend(batch);
                 }
                 Err(QueueError::Unreadable { id, message, .. }) => {
                     // A damaged record must not stall the queue: dead-letter it and move on.
                     tracing::error!(queue = self.name(), id, error = %message, "Stored message is unreadable; moving it to the dead letters.");
-                    self.cursor = self.cursor.max(id + 1);
+                    self.cursor = self.cursor.max(id.saturating_add(1));
                     self.dead_letter(id, 0, format!("unreadable in storage: {message}"));
                     return None;
                 }

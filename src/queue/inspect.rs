@@ -113,7 +113,7 @@ pub async fn list(
     limit: usize,
 ) -> Result<Value, QueueError> {
     let msgs = backend.read_pending(from, limit.clamp(1, MAX_LIST)).await?;
-    let next = msgs.last().map(|m| m.id + 1);
+    let next = msgs.last().map(|m| m.id.saturating_add(1));
     Ok(json!({
         "messages": msgs.iter().map(summary).collect::<Vec<_>>(),
         "next_from": next,

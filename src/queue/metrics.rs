@@ -57,6 +57,12 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The mean observation, if any.
+    pub fn mean(&self) -> Option<Duration> {
+        let n = self.count();
+        (n > 0).then(|| Duration::from_micros(self.sum_us.load(Ordering::Relaxed) / n))
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (i, bound) in self.bounds.iter().enumerate() {

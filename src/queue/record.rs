@@ -59,6 +59,40 @@ impl QueuedRequest {
         }
     }
 
+    /// A request from loosely typed parts (what a script passes): the method name, a
+    /// target starting with `/`, header pairs (repeated names are kept), and the body.
+    pub fn from_parts<N, V>(
+        method: &str,
+        target: &str,
+        headers: impl IntoIterator<Item = (N, V)>,
+        body: impl Into<Bytes>,
+    ) -> Result<Self, RecordError>
+    where
+        N: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| RecordError::Invalid("method"))?;
+        if !target.starts_with('/') || target.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(RecordError::Invalid("target"));
+        }
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            let name = HeaderName::from_bytes(n.as_ref().as_bytes())
+                .map_err(|_| RecordError::Invalid("header name"))?;
+            let value = HeaderValue::from_str(v.as_ref())
+                .map_err(|_| RecordError::Invalid("header value"))?;
+            map.append(name, value);
+        }
+        Ok(QueuedRequest {
+            method,
+            target: target.to_string(),
+            headers: map,
+            body: body.into(),
+            request_id: String::new(),
+        })
+    }
+
     /// The path part of the target.
     pub fn path(&self) -> &str {
         self.target
@@ -246,6 +280,28 @@ mod tests {
         assert_eq!(back.path(), "/hooks/slack");
         assert_eq!(back.query(), Some("team=T1"));
         assert_eq!(back.headers.get_all("x-multi").iter().count(), 2);
+    }
+
+    #[test]
+    fn builds_requests_from_script_parts_and_rejects_bad_ones() {
+        let r = QueuedRequest::from_parts("post", "/a?b=c", [("X-A", "1"), ("x-a", "2")], "body")
+            .unwrap();
+        assert_eq!(r.method, Method::POST);
+        assert_eq!(r.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(&r.body[..], b"body");
+        let none: [(&str, &str); 0] = [];
+        assert_eq!(
+            QueuedRequest::from_parts("GET", "nope", none, "").unwrap_err(),
+            RecordError::Invalid("target")
+        );
+        assert_eq!(
+            QueuedRequest::from_parts("G T", "/", none, "").unwrap_err(),
+            RecordError::Invalid("method")
+        );
+        assert_eq!(
+            QueuedRequest::from_parts("GET", "/", [("bad name", "x")], "").unwrap_err(),
+            RecordError::Invalid("header name")
+        );
     }
 
     #[test]

@@ -41,8 +41,11 @@ impl StatusSet {
         }
     }
 
-    /// Adds a class: `4` adds 400..=499.
+    /// Adds a class: `4` adds 400..=499 (classes other than 1 to 5 are ignored).
     pub fn insert_class(&mut self, class: u16) {
+        if !(1..=5).contains(&class) {
+            return;
+        }
         for code in class * 100..class * 100 + 100 {
             self.insert(code);
         }

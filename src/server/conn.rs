@@ -14,7 +14,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,20 +38,31 @@ pub enum ConnPhase {
     Upgraded = 4,
 }
 
-/// The phase shared between the I/O wrapper and the driver.
+/// The phase shared between the I/O wrapper and the driver, plus the HTTP/2 stream count
+/// that the idle timeout of multiplexed connections needs.
 #[derive(Debug)]
-pub struct ConnState(AtomicU8);
+pub struct ConnState {
+    phase: AtomicU8,
+    /// Requests in flight on this connection.
+    active: AtomicU32,
+    /// Bumped on every request start: an idle window is "whole" when it did not change.
+    generation: AtomicU32,
+}
 
 impl Default for ConnState {
     fn default() -> Self {
-        ConnState(AtomicU8::new(ConnPhase::Idle as u8))
+        ConnState {
+            phase: AtomicU8::new(ConnPhase::Idle as u8),
+            active: AtomicU32::new(0),
+            generation: AtomicU32::new(0),
+        }
     }
 }
 
 impl ConnState {
     /// The current phase.
     pub fn get(&self) -> ConnPhase {
-        match self.0.load(Ordering::Relaxed) {
+        match self.phase.load(Ordering::Relaxed) {
             1 => ConnPhase::InHead,
             2 => ConnPhase::InRequest,
             3 => ConnPhase::H2,
@@ -63,11 +74,26 @@ impl ConnState {
     /// Sets the phase (HTTP/2 and upgraded connections keep their phase for good).
     pub fn set(&self, phase: ConnPhase) {
         let _ = self
-            .0
+            .phase
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
                 (cur != ConnPhase::H2 as u8 && cur != ConnPhase::Upgraded as u8)
                     .then_some(phase as u8)
             });
+    }
+}
+
+impl ConnState {
+    /// A request started on this connection.
+    pub fn begin(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request on this connection finished.
+    pub fn end(&self) {
+        let _ = self
+            .active
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 
@@ -88,6 +114,8 @@ pub struct ConnIo<T> {
     /// Bytes of [`H2_PREFACE`] matched so far; `None` once the connection is known to be
     /// HTTP/1.1 or its preface is complete.
     preface_matched: Option<usize>,
+    /// HTTP/2: the request generation seen idle at the start of the current window.
+    h2_window: Option<u32>,
 }
 
 impl<T> ConnIo<T> {
@@ -101,6 +129,7 @@ impl<T> ConnIo<T> {
             armed_for: None,
             timeout_response: None,
             preface_matched: Some(0),
+            h2_window: None,
         }
     }
 }
@@ -132,6 +161,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> ConnIo<T> {
         }
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
         Poll::Ready(())
+    }
+}
+
+impl<T> ConnIo<T> {
+    /// HTTP/2 idle timeout: hyper closes nothing that keeps answering pings, so a connection
+    /// with no request in flight for a whole timeout window (between one and two timeouts,
+    /// checked at the window's end) is ended here.
+    fn poll_h2_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let generation = self.state.generation.load(Ordering::Relaxed);
+        if self.armed_for != Some(ConnPhase::H2) {
+            self.armed_for = Some(ConnPhase::H2);
+            self.h2_window = Some(generation);
+            self.sleep.as_mut().reset(super::clock::coarse_now() + self.timeout);
+        }
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            let idle = self.state.active.load(Ordering::Relaxed) == 0;
+            if idle && self.h2_window == Some(generation) {
+                tracing::debug!("Idle HTTP/2 connection closed.");
+                return Poll::Ready(Ok(()));
+            }
+            self.h2_window = idle.then_some(generation);
+            self.sleep.as_mut().reset(super::clock::coarse_now() + self.timeout);
+        }
+        Poll::Pending
     }
 }
 
@@ -174,10 +227,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 let phase = this.state.get();
-                if matches!(
-                    phase,
-                    ConnPhase::InRequest | ConnPhase::H2 | ConnPhase::Upgraded
-                ) {
+                if phase == ConnPhase::H2 {
+                    return this.poll_h2_idle(cx);
+                }
+                if matches!(phase, ConnPhase::InRequest | ConnPhase::Upgraded) {
                     this.armed_for = None;
                     return Poll::Pending;
                 }

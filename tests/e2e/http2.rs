@@ -263,3 +263,33 @@ async fn proxies_to_an_https_upstream_over_h2_negotiated_by_alpn() {
     );
     assert_eq!(seen[0].uri.scheme_str(), Some("https"));
 }
+
+#[tokio::test]
+async fn closes_an_idle_h2c_connection_after_the_header_timeout_and_keeps_a_busy_one() {
+    let up = Upstream::slow(Duration::from_millis(700));
+    let gw = Config::proxy_to(up.addr())
+        .listener("client_header_timeout_ms: 300")
+        .start();
+    let stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let closed = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let _ = conn.await;
+        started.elapsed()
+    });
+    // A request slower than the timeout keeps the connection: it is not idle meanwhile.
+    let req = Request::get("http://localhost/slow").body(Empty::<Bytes>::new()).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Then, with nothing in flight, the gateway ends the connection within two windows.
+    let lifetime = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .expect("the idle HTTP/2 connection was never closed")
+        .unwrap();
+    assert!(lifetime >= Duration::from_millis(700), "closed while busy after {lifetime:?}");
+}

@@ -302,3 +302,23 @@ async fn the_rust_api_behind_lua_enqueues_and_returns_the_id_once_durable() {
         "{invalid:?}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_whose_new_queue_cannot_be_opened_is_rejected_and_the_old_config_keeps_serving() {
+    let up = Upstream::ok();
+    let gw = TestGateway::start(&queued(up.addr, ""));
+    // A file where the new queue's directory would go.
+    std::fs::write(gw.data_dir().join("queues/blocked"), "not a directory").unwrap();
+    gw.rewrite(&format!(
+        "{}  - name: blocked\n    match: {{paths: /blocked/}}\n    upstream: app\n    queue: {{}}\n",
+        queued(up.addr, "")
+    ));
+
+    let reloaded = gw.admin("POST", "/reload").await;
+
+    assert_eq!(reloaded.status, 422, "{}", reloaded.text());
+    assert!(reloaded.text().contains("routes[1].queue: cannot open the queue"), "{}", reloaded.text());
+    assert_eq!(gw.post("/blocked/x", "x").await.status, 404);
+    assert_eq!(gw.post("/wal/x", "still queued").await.status, 202);
+    up.wait_for(1).await;
+}
