@@ -11,7 +11,7 @@
 //!    `concurrency` 1 and 32.
 //!
 //! Environment: `QUEUE_BENCH_RATE`, `QUEUE_BENCH_SECS`, `QUEUE_BENCH_MESSAGES` override the
-//! defaults. Load generator, gateway, fsync thread, delivery thread and upstream all share
+//! defaults. Without `--bench` (as under `cargo test --benches`) it is a one-second smoke run. Load generator, gateway, fsync thread, delivery thread and upstream all share
 //! the machine: read the numbers as one run on this machine, not as limits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -42,9 +42,13 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let rate = env("QUEUE_BENCH_RATE", 5000);
-    let secs = env("QUEUE_BENCH_SECS", 10);
-    let messages = env("QUEUE_BENCH_MESSAGES", 50_000);
+    // `cargo bench` passes `--bench`; anything else (`cargo test --benches`) gets a quick
+    // smoke run of the same code.
+    let full = std::env::args().any(|a| a == "--bench");
+    let rate = env("QUEUE_BENCH_RATE", if full { 5000 } else { 500 });
+    let secs = env("QUEUE_BENCH_SECS", if full { 10 } else { 1 });
+    let messages = env("QUEUE_BENCH_MESSAGES", if full { 50_000 } else { 1_000 });
+    let burst = Duration::from_secs(if full { 5 } else { 1 });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,7 +100,7 @@ fn main() {
     let down = free_port();
     let dir = tempfile::tempdir().unwrap();
     let gw = start(dir.path(), down, 1, 60_000);
-    let (acked, took, lat) = rt.block_on(closed_loop(gw.listeners[0], 128, Duration::from_secs(5)));
+    let (acked, took, lat) = rt.block_on(closed_loop(gw.listeners[0], 128, burst));
     println!(
         "max acknowledged: {:.0} msg/s ({acked} in {:.1} s, 128 connections, closed loop); latency p50 {:.3} ms, p99 {:.3} ms",
         acked as f64 / took.as_secs_f64(),

@@ -317,7 +317,13 @@ async fn a_reload_whose_new_queue_cannot_be_opened_is_rejected_and_the_old_confi
     let reloaded = gw.admin("POST", "/reload").await;
 
     assert_eq!(reloaded.status, 422, "{}", reloaded.text());
-    assert!(reloaded.text().contains("routes[1].queue: cannot open the queue"), "{}", reloaded.text());
+    assert!(
+        reloaded
+            .text()
+            .contains("routes[1].queue: cannot open the queue"),
+        "{}",
+        reloaded.text()
+    );
     assert_eq!(gw.post("/blocked/x", "x").await.status, 404);
     assert_eq!(gw.post("/wal/x", "still queued").await.status, 202);
     up.wait_for(1).await;
