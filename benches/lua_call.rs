@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench lua_call`
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +14,10 @@ use sluicegate::plugins::lua::Lua;
 use sluicegate::plugins::{Phase, Plugin};
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         let h = Harness::new(Default::default()).expect("harness");

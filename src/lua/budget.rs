@@ -3,8 +3,8 @@
 //! Every thread that runs Lua owns one [`BudgetState`] (a deadline and a "tripped" flag). A
 //! call arms the deadline ([`arm`]) for as long as Lua code runs on the CPU: async calls
 //! re-arm on every poll with what is left, so time spent awaiting I/O does not count. One
-//! process-wide watchdog thread wakes every few milliseconds and trips the flag of every
-//! thread whose deadline has passed. Luau calls the VM's interrupt callback at every loop
+//! process-wide watchdog thread wakes at least every 20 ms, and at the deadline of any call
+//! it sees running, and trips the flag of every thread whose deadline has passed. Luau calls the VM's interrupt callback at every loop
 //! back-edge, call and pattern-matcher step; the callback ([`interrupt`]) only loads the flag
 //! and, once the deadline really has passed, raises an error. Because it raises at *every*
 //! interrupt from then on, `pcall` cannot swallow it: the next back-edge outside the pcall
@@ -30,11 +30,13 @@ pub const OVER_BUDGET: &str = "CPU budget exceeded";
 /// The message of the error raised when the VM's heap passes its soft memory limit.
 pub const OVER_MEMORY: &str = "memory limit reached";
 
-/// Watchdog period while calls are running: detection lags the deadline by at most this.
-const TICK_BUSY: Duration = Duration::from_millis(2);
-/// Watchdog period after a quiet second: keeps an idle gateway from waking 500 times a second,
-/// while still stopping a runaway call within 10 ms of its deadline.
-const TICK_IDLE: Duration = Duration::from_millis(10);
+/// Longest the watchdog sleeps. A call seen running when it wakes is watched until its own
+/// deadline, so a runaway call is stopped within about a millisecond of its deadline when
+/// the budget is longer than this, and within this much otherwise. Each wake-up costs a
+/// context switch on a worker's core (expensive in VMs), so it is not shorter.
+const TICK: Duration = Duration::from_millis(20);
+/// Shortest sleep, so a deadline just passed does not make the watchdog spin.
+const MIN_SLEEP: Duration = Duration::from_micros(500);
 
 /// Per-thread budget state, shared with the watchdog.
 #[derive(Debug)]
@@ -43,8 +45,6 @@ pub struct BudgetState {
     deadline: AtomicU64,
     /// Set by the watchdog once `deadline` has passed.
     tripped: AtomicBool,
-    /// Set by [`arm`]; lets the watchdog know calls are running.
-    used: AtomicBool,
 }
 
 impl BudgetState {
@@ -52,7 +52,6 @@ impl BudgetState {
         BudgetState {
             deadline: AtomicU64::new(NONE),
             tripped: AtomicBool::new(false),
-            used: AtomicBool::new(false),
         }
     }
 
@@ -91,36 +90,26 @@ fn registry() -> &'static Mutex<Vec<Weak<BudgetState>>> {
 }
 
 fn watchdog() {
-    let mut quiet_ticks = 0u32;
     loop {
-        std::thread::sleep(if quiet_ticks > 500 {
-            TICK_IDLE
-        } else {
-            TICK_BUSY
-        });
         let now = now_ns();
-        let mut any = false;
+        let mut next = now.saturating_add(TICK.as_nanos() as u64);
         let mut states = registry().lock().unwrap_or_else(PoisonError::into_inner);
         states.retain(|w| match w.upgrade() {
             Some(s) => {
-                if s.used.swap(false, Ordering::Relaxed)
-                    || s.deadline.load(Ordering::Relaxed) != NONE
-                {
-                    any = true;
-                }
-                if s.deadline.load(Ordering::Relaxed) <= now {
+                let deadline = s.deadline.load(Ordering::Relaxed);
+                if deadline <= now {
                     s.tripped.store(true, Ordering::Relaxed);
+                } else if deadline != NONE {
+                    // A call is running: wake up at its deadline.
+                    next = next.min(deadline);
                 }
                 true
             }
             None => false,
         });
         drop(states);
-        quiet_ticks = if any {
-            0
-        } else {
-            quiet_ticks.saturating_add(1)
-        };
+        let sleep = Duration::from_nanos(next.saturating_sub(now_ns())).max(MIN_SLEEP);
+        std::thread::sleep(sleep);
     }
 }
 
@@ -181,7 +170,6 @@ pub fn arm(remaining: Duration, soft_bytes: usize) -> Armed {
     let previous = STATE.with(|s| {
         let previous = s.deadline.load(Ordering::Relaxed);
         s.deadline.store(wanted.min(previous), Ordering::Relaxed);
-        s.used.store(true, Ordering::Relaxed);
         previous
     });
     let kb = i32::try_from(soft_bytes / 1024).unwrap_or(i32::MAX);

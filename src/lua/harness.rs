@@ -94,6 +94,7 @@ impl Harness {
             settings: Arc::new(move || settings.clone()),
             worker_id: 0,
             worker_count: 1,
+            queues: Arc::new(|| None),
         };
         let worker = Worker::new(0, shared, WorkerLua::new(rt));
         Ok(Harness { worker, snapshot })

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod call;
 pub mod convert;
 pub mod dict;
 pub mod harness;
@@ -166,6 +167,8 @@ impl Kinds {
     pub const YIELD: Kinds = Kinds(Kinds::OUTPUT.0 | Kind::Timer.bit());
     /// Request phases plus timers (`ngx.ctx`, `ngx.timer.at`).
     pub const REQUEST_OR_TIMER: Kinds = Kinds(Kinds::REQUEST.0 | Kind::Timer.bit());
+    /// Where a call may wait, spec files included (`ngx.sleep`, `sluicegate.http.request`).
+    pub const WAIT: Kinds = Kinds(Kinds::YIELD.0 | Kind::Init.bit());
 
     /// A set of the given kinds.
     pub const fn of(kinds: &[Kind]) -> Kinds {
@@ -246,6 +249,8 @@ pub struct Runtime {
     pub worker_id: usize,
     /// `ngx.worker.count()`.
     pub worker_count: usize,
+    /// The open durable queues, if any (`sluicegate.queue.enqueue`).
+    pub queues: Arc<dyn Fn() -> Option<Arc<crate::queue::Queues>>>,
 }
 
 impl Runtime {
@@ -258,6 +263,7 @@ impl Runtime {
             settings: Arc::new(move || settings.clone()),
             worker_id: 0,
             worker_count: 1,
+            queues: Arc::new(|| None),
         }
     }
 }

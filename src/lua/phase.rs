@@ -248,7 +248,7 @@ pub fn log(script: &Arc<Script>, ctx: &RequestCtx) {
 
 /// Runs a `log` script and returns how it went.
 pub fn log_result(script: &Arc<Script>, ctx: &RequestCtx) -> Result<(), Failure> {
-    ctx.worker.lua.vm().map(|vm| vm.clone()).and_then(|vm| {
+    ctx.worker.lua.vm().cloned().and_then(|vm| {
         vm.apply_memory_limit(ctx.snapshot.lua.memory_limit);
         let inst = vm.instance(script)?;
         let mut state = vm.take_state();
@@ -258,4 +258,109 @@ pub fn log_result(script: &Arc<Script>, ctx: &RequestCtx) -> Result<(), Failure>
         vm.put_state(state);
         result
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lua::harness::{FakeRequest, Harness};
+    use crate::lua::LuaSettings;
+    use crate::plugins::Plugin;
+
+    fn plugin(name: &str, phase: Phase, code: &str) -> crate::plugins::lua::Lua {
+        crate::plugins::lua::Lua::new(Arc::new(crate::lua::compile(name, code).unwrap()), phase)
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
+    #[test]
+    fn globals_assigned_every_request_do_not_grow_the_vm() {
+        run(async {
+            let h = Harness::new(LuaSettings::default()).unwrap();
+            let p = plugin(
+                "leak",
+                Phase::Access,
+                "_G['k' .. math.random()] = { n = 1 }\nleaked = (leaked or 0) + 1",
+            );
+            let mut ctx = h.request(FakeRequest::default());
+            for _ in 0..2_000 {
+                assert!(matches!(p.access(&mut ctx).run().await, Ok(Flow::Continue)));
+            }
+            let vm = h.worker.lua.vm().unwrap().clone();
+            vm.lua.gc_collect().unwrap();
+            let after_warmup = vm.used_memory();
+            for _ in 0..20_000 {
+                assert!(matches!(p.access(&mut ctx).run().await, Ok(Flow::Continue)));
+            }
+            vm.lua.gc_collect().unwrap();
+            let grown = vm.used_memory().saturating_sub(after_warmup);
+            assert!(grown < 64 * 1024, "the VM grew by {grown} bytes");
+        });
+    }
+
+    #[test]
+    fn waiting_scripts_give_the_request_back_after_resuming() {
+        run(async {
+            let h = Harness::new(LuaSettings::default()).unwrap();
+            let p = plugin(
+                "sleepy",
+                Phase::Access,
+                "ngx.sleep(0.01)\nngx.req.set_header('X-Seen', ngx.var.uri)",
+            );
+            let mut ctx = h.request(FakeRequest {
+                uri: http::Uri::from_static("/a"),
+                ..FakeRequest::default()
+            });
+            let step = p.access(&mut ctx);
+            assert!(matches!(step, Step::Wait(_)), "a sleeping script must wait");
+            assert!(matches!(step.run().await, Ok(Flow::Continue)));
+            assert_eq!(ctx.head.headers["x-seen"], "/a");
+            assert_eq!(ctx.head.uri, "/a");
+        });
+    }
+
+    #[test]
+    fn over_budget_calls_fail_as_budget_errors_with_the_line() {
+        run(async {
+            let settings = LuaSettings {
+                cpu_budget: std::time::Duration::from_millis(10),
+                ..LuaSettings::default()
+            };
+            let h = Harness::new(settings).unwrap();
+            let p = plugin(
+                "spin",
+                Phase::Access,
+                "local n = 0\nwhile true do n = n + 1 end",
+            );
+            let mut ctx = h.request(FakeRequest::default());
+            let started = std::time::Instant::now();
+            match p.access(&mut ctx).run().await {
+                Err(PluginError::Script {
+                    script,
+                    message,
+                    over_budget,
+                }) => {
+                    assert_eq!(script, "spin");
+                    assert!(over_budget);
+                    assert!(
+                        message.starts_with("spin:2: CPU budget exceeded"),
+                        "{message}"
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            assert!(started.elapsed() < std::time::Duration::from_millis(500));
+            let ok = plugin("ok", Phase::Access, "ngx.req.set_header('X-Ok', '1')");
+            assert!(matches!(
+                ok.access(&mut ctx).run().await,
+                Ok(Flow::Continue)
+            ));
+        });
+    }
 }

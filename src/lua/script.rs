@@ -23,7 +23,18 @@ pub struct Script {
 /// Words that name the API functions that wait. A script whose source contains none of
 /// them cannot reach one except through a computed name, which is refused with a clear
 /// error (see `Host::in_async`).
-const YIELDING: &[&str] = &["sleep", "read_body", "http.request", "request_uri", "sluicegate.http", "socket", "semaphore", "ngx.thread", "wait"];
+const YIELDING: &[&str] = &[
+    "sleep",
+    "read_body",
+    "http.request",
+    "request_uri",
+    "sluicegate.http",
+    "socket",
+    "semaphore",
+    "ngx.thread",
+    "wait",
+    "enqueue",
+];
 
 /// A syntax error: the line in the script and the compiler's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,10 +143,15 @@ mod tests {
 
     #[test]
     fn only_scripts_naming_a_waiting_function_may_yield() {
-        let auth = "if ngx.var.http_x_api_key ~= 'k' then return ngx.exit(ngx.HTTP_UNAUTHORIZED) end";
+        let auth =
+            "if ngx.var.http_x_api_key ~= 'k' then return ngx.exit(ngx.HTTP_UNAUTHORIZED) end";
         assert!(!compile("a", auth).unwrap().may_yield);
         assert!(compile("b", "ngx.sleep(1)").unwrap().may_yield);
-        assert!(compile("c", "local r = sluicegate.http.request('http://x/')").unwrap().may_yield);
+        assert!(
+            compile("c", "local r = sluicegate.http.request('http://x/')")
+                .unwrap()
+                .may_yield
+        );
         assert!(compile("d", "ngx.req.read_body()").unwrap().may_yield);
     }
 

@@ -1,7 +1,7 @@
 //! One Luau VM per worker thread: the host state API functions share ([`Host`]), the cache of
 //! loaded scripts ([`Instance`]), and the two ways to call a script — synchronously (filter
-//! and log phases) and as a future (rewrite, access, content, timers), both under the CPU
-//! budget.
+//! and log phases, and request scripts that name no waiting function) and as a future
+//! ([`AsyncCall`]: scripts that may wait, timers), both under the CPU budget and memory cap.
 //!
 //! Invariants: `Host::cur` holds the state of the call whose Lua code is running, and is
 //! empty between polls; globals a script assigns live in its environment table only while
@@ -10,16 +10,14 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::rc::Weak;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use mlua::{Function, Lua, Table};
 
+use super::call::{classify, AsyncCall};
 use super::state::ReqState;
 use super::{budget, convert, Failure, FailureKind, Kind, Kinds, Runtime, Script};
 
@@ -68,6 +66,8 @@ pub struct Host {
     pub timers: Cell<(usize, usize)>,
     /// The VM this host belongs to (timers start calls through it).
     pub vm: RefCell<Weak<Vm>>,
+    /// Recently returned short strings (`ngx.var` values repeat across requests).
+    pub strings: StringCache,
     /// Whether the running call is a coroutine that can wait (false for calls made
     /// without one: filter and log phases, and scripts that name no waiting function).
     pub in_async: Cell<bool>,
@@ -85,6 +85,7 @@ impl Host {
             timers: Cell::new((0, 0)),
             vm: RefCell::new(Weak::new()),
             in_async: Cell::new(false),
+            strings: StringCache::default(),
         }
     }
 
@@ -149,6 +150,38 @@ impl Host {
     }
 }
 
+/// Lua strings recently handed to scripts, by content: a hit hands out the same string
+/// again instead of creating (hashing, interning, allocating under the memory guard) a new
+/// one. Header values, hosts and URIs repeat from one request to the next.
+#[derive(Default)]
+pub struct StringCache {
+    map: RefCell<HashMap<Box<[u8]>, mlua::LuaString>>,
+}
+
+impl StringCache {
+    /// Strings longer than this are not cached.
+    const MAX_LEN: usize = 128;
+    /// Entries kept before the cache starts over.
+    const MAX_ENTRIES: usize = 256;
+
+    /// The Lua string with these bytes.
+    pub fn get(&self, lua: &Lua, bytes: &[u8]) -> mlua::Result<mlua::LuaString> {
+        if bytes.len() > Self::MAX_LEN {
+            return lua.create_string(bytes);
+        }
+        if let Some(s) = self.map.borrow().get(bytes) {
+            return Ok(s.clone());
+        }
+        let s = lua.create_string(bytes)?;
+        let mut map = self.map.borrow_mut();
+        if map.len() >= Self::MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(bytes.into(), s.clone());
+        Ok(s)
+    }
+}
+
 /// Script ids are already hashes: use them as they are.
 #[derive(Default, Clone, Copy)]
 struct IdHasher(u64);
@@ -179,6 +212,8 @@ pub struct Vm {
     /// `__newindex` of script environments: refuses to shadow built-in globals.
     env_newindex: Function,
     instances: RefCell<HashMap<u64, Rc<Instance>, IdHash>>,
+    /// Boxed: a state moves between the pool, the running slot and call futures by pointer.
+    #[allow(clippy::vec_box)]
     pool: RefCell<Vec<Box<ReqState>>>,
     memory_limit: Cell<usize>,
 }
@@ -243,7 +278,7 @@ impl Vm {
     /// Heap size at which running code is stopped: 13/16 of the cap, measured by Luau's own
     /// count, which runs about 10% below mlua's (that one also counts the VM's internals).
     /// Loops are then stopped at a safepoint, with a line number, before the hard cap.
-    fn soft_limit(&self) -> usize {
+    pub(super) fn soft_limit(&self) -> usize {
         match self.memory_limit.get() {
             0 => usize::MAX,
             l => l / 16 * 13,
@@ -306,7 +341,13 @@ impl Vm {
         }
     }
 
-    fn swap_in(&self, kind: Kind, state: Option<Box<ReqState>>, inst: &Rc<Instance>, is_async: bool) -> Saved {
+    pub(super) fn swap_in(
+        &self,
+        kind: Kind,
+        state: Option<Box<ReqState>>,
+        inst: &Rc<Instance>,
+        is_async: bool,
+    ) -> Saved {
         Saved {
             in_async: self.host.in_async.replace(is_async),
             kind: self.host.kind.replace(kind),
@@ -315,7 +356,7 @@ impl Vm {
         }
     }
 
-    fn swap_out(&self, saved: Saved) -> Option<Box<ReqState>> {
+    pub(super) fn swap_out(&self, saved: Saved) -> Option<Box<ReqState>> {
         self.host.in_async.set(saved.in_async);
         self.host.kind.set(saved.kind);
         self.host.instance.replace(saved.instance);
@@ -393,7 +434,7 @@ impl Vm {
     }
 
     /// Bookkeeping after a call of `inst` ended (successfully or not).
-    fn leave(&self, inst: &Instance, result: &Result<(), Failure>) {
+    pub(super) fn leave(&self, inst: &Instance, result: &Result<(), Failure>) {
         let active = inst.active.get().saturating_sub(1);
         inst.active.set(active);
         if active == 0 && !inst.env.is_empty() {
@@ -417,155 +458,11 @@ impl Vm {
     }
 }
 
-struct Saved {
+pub(super) struct Saved {
     in_async: bool,
     kind: Kind,
     state: Option<Box<ReqState>>,
     instance: Option<Rc<Instance>>,
-}
-
-/// A script call in progress; polling it runs the script until it waits or ends.
-pub struct AsyncCall {
-    vm: Rc<Vm>,
-    inst: Rc<Instance>,
-    kind: Kind,
-    fut: mlua::function::AsyncCallFuture<()>,
-    state: Option<Box<ReqState>>,
-    remaining: Duration,
-    done: bool,
-}
-
-impl AsyncCall {
-    /// Polls once with a no-op waker: most calls finish without waiting, and then need no
-    /// boxed future. A call that is still pending must be polled again with a real waker.
-    pub fn poll_now(&mut self) -> Option<Done> {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.poll_call(&mut cx) {
-            Poll::Ready(d) => Some(d),
-            Poll::Pending => None,
-        }
-    }
-
-    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Done> {
-        if self.done {
-            return Poll::Ready(Done {
-                result: Ok(()),
-                state: self.state.take().unwrap_or_default(),
-            });
-        }
-        let vm = self.vm.clone();
-        let saved = vm.swap_in(self.kind, self.state.take(), &self.inst, true);
-        let armed = budget::arm(self.remaining, vm.soft_limit());
-        let polled = Pin::new(&mut self.fut).poll(cx);
-        self.remaining = self.remaining.saturating_sub(armed.elapsed());
-        drop(armed);
-        self.state = vm.swap_out(saved);
-        let result = match polled {
-            Poll::Pending => {
-                if self.state.as_ref().is_some_and(|s| s.out.exit.is_some()) {
-                    Ok(())
-                } else {
-                    return Poll::Pending;
-                }
-            }
-            Poll::Ready(Ok(())) => Ok(()),
-            Poll::Ready(Err(e)) => Err(classify(&e, &self.inst.name)),
-        };
-        self.done = true;
-        vm.leave(&self.inst, &result);
-        Poll::Ready(Done {
-            result,
-            state: self.state.take().unwrap_or_default(),
-        })
-    }
-}
-
-impl Future for AsyncCall {
-    type Output = Done;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Done> {
-        self.get_mut().poll_call(cx)
-    }
-}
-
-impl Drop for AsyncCall {
-    fn drop(&mut self) {
-        if !self.done {
-            self.done = true;
-            self.vm.leave(&self.inst, &Ok(()));
-        }
-    }
-}
-
-/// Turns an mlua error into a failure with `name:line: message`.
-pub fn classify(e: &mlua::Error, name: &str) -> Failure {
-    let message = message_of(e, name);
-    let kind = if message.contains(budget::OVER_BUDGET) {
-        FailureKind::CpuBudget
-    } else if message.contains(budget::OVER_MEMORY) || is_memory(e) {
-        FailureKind::MemoryLimit
-    } else {
-        FailureKind::Error
-    };
-    let message = match kind {
-        FailureKind::MemoryLimit if !message.contains("memory") => {
-            format!("{message} (memory limit reached)")
-        }
-        _ => message,
-    };
-    Failure { kind, message }
-}
-
-fn is_memory(e: &mlua::Error) -> bool {
-    match e {
-        mlua::Error::MemoryError(_) => true,
-        mlua::Error::CallbackError { cause, .. } => is_memory(cause),
-        mlua::Error::WithContext { cause, .. } => is_memory(cause),
-        mlua::Error::RuntimeError(m) => m.contains("not enough memory"),
-        _ => false,
-    }
-}
-
-fn message_of(e: &mlua::Error, name: &str) -> String {
-    match e {
-        mlua::Error::RuntimeError(m) => {
-            let first = first_line(m);
-            // Errors raised by the interrupt carry no position; the traceback has it.
-            match locate(m, name) {
-                Some(at) if !first.starts_with(&format!("{name}:")) => format!("{at} {first}"),
-                _ => first,
-            }
-        }
-        mlua::Error::MemoryError(m) => format!("{name}: memory limit reached ({})", first_line(m)),
-        mlua::Error::CallbackError { traceback, cause } => {
-            let inner = message_of(cause, name);
-            if inner.starts_with(&format!("{name}:")) {
-                inner
-            } else {
-                match locate(traceback, name) {
-                    Some(at) => format!("{at} {inner}"),
-                    None => format!("{name}: {inner}"),
-                }
-            }
-        }
-        mlua::Error::WithContext { cause, .. } => message_of(cause, name),
-        other => first_line(&other.to_string()),
-    }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
-}
-
-/// The first `name:LINE:` frame of a traceback.
-fn locate(traceback: &str, name: &str) -> Option<String> {
-    let prefix = format!("{name}:");
-    traceback.lines().find_map(|l| {
-        let l = l.trim();
-        let rest = l.strip_prefix(&prefix)?;
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        (!digits.is_empty()).then(|| format!("{name}:{digits}:"))
-    })
 }
 
 /// A worker's VM, created on first use (configurations without scripts never pay for it).
@@ -600,17 +497,5 @@ impl WorkerLua {
     /// The VM if it was created.
     pub fn created(&self) -> Option<&Rc<Vm>> {
         self.vm.get().and_then(|r| r.as_ref().ok())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_script_line_in_a_traceback() {
-        let tb = "stack traceback:\n\t[C]: in function 'ngx.say'\n\tauth:7: in main chunk";
-        assert_eq!(locate(tb, "auth").as_deref(), Some("auth:7:"));
-        assert_eq!(locate(tb, "other"), None);
     }
 }

@@ -155,6 +155,10 @@ fn lua_runtime(id: usize, shared: &Arc<Shared>) -> crate::lua::Runtime {
         settings: Arc::new(move || settings_source.snapshot.load().lua.clone()),
         worker_id: id,
         worker_count: shared.workers,
+        queues: {
+            let shared = shared.clone();
+            Arc::new(move || Some(shared.queues()))
+        },
     }
 }
 

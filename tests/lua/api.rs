@@ -269,3 +269,21 @@ async fn scripts_load_from_files_next_to_the_config() {
     assert_eq!(r.header("content-type"), "application/json");
     assert_eq!(r.json()["hello"], "file");
 }
+
+#[tokio::test]
+async fn scripts_enqueue_into_durable_queues() {
+    let up = Upstream::start();
+    let code = "local id, err = sluicegate.queue.enqueue(\"hooks\", { method = \"POST\", path = \"/from-lua\", headers = { [\"X-Src\"] = \"lua\" }, body = \"payload\" })\nlocal none, err2 = sluicegate.queue.enqueue(\"nope\", { path = \"/\" })\nngx.say(type(id), \" \", tostring(err), \" \", tostring(none), \" \", err2)";
+    let body = format!(
+        "data_dir: data\nupstreams:\n  - name: app\n    targets: [\"{}\"]\nroutes:\n  - name: hooks\n    match: {{paths: /hooks/}}\n    upstream: app\n    queue: {{name: hooks}}\n  - name: lua\n    match: {{paths: = /enqueue}}\n    plugins:\n{}",
+        up.addr,
+        lua("content", "enqueue", code)
+    );
+    let gw = start(&body, &[]);
+    let r = get(gw.addr(), "/enqueue", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.text(),
+        "number nil nil no queue named `nope` is configured\n"
+    );
+}

@@ -143,3 +143,39 @@ async fn script_errors_answer_500_and_are_counted() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_runaway_timer_is_stopped_counted_and_the_worker_keeps_serving() {
+    let gw = start(
+        "lua: {cpu_budget_ms: 20}\nroutes:\n  - name: t\n    plugins:\n      - name: lua\n        config:\n          name: spawner\n          phase: content\n          code: |\n            local ok = ngx.timer.at(0, function()\n              while true do end\n            end)\n            ngx.say(ok)\n",
+        &[],
+    );
+    assert_eq!(get(gw.addr(), "/", &[]).await.text(), "true\n");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(get(gw.addr(), "/", &[]).await.text(), "true\n");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let metrics = get(gw.admin(), "/metrics", &[]).await.text();
+    assert!(
+        metrics.contains("sluicegate_script_failures_total{script=\"spawner\",kind=\"budget\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn waiting_does_not_count_but_running_after_the_wait_does() {
+    let gw = start(
+        "lua: {cpu_budget_ms: 30}\nroutes:\n  - name: w\n    plugins:\n      - name: lua\n        config:\n          name: waiter\n          phase: access\n          code: |\n            ngx.sleep(0.1)\n            if ngx.var.arg_spin then while true do end end\n            ngx.say('rested')\n",
+        &[],
+    );
+    let started = Instant::now();
+    let rested = get(gw.addr(), "/", &[]).await;
+    assert_eq!(
+        rested.text(),
+        "rested\n",
+        "100 ms of sleep is not 100 ms of CPU"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let spun = get(gw.addr(), "/?spin=1", &[]).await;
+    assert_eq!(spun.status, 500);
+    assert_eq!(spun.json()["error"], "script_over_budget");
+}

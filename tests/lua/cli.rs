@@ -147,8 +147,15 @@ impl Running {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let stderr = child.stderr.take();
         let (tx, rx) = std::sync::mpsc::channel();
+        // Owned by `Running` from here on, so a failing test still kills the child.
+        let mut running = Running {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log: rx,
+        };
+        let stderr = stderr.unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let _ = tx.send(line);
@@ -156,17 +163,14 @@ impl Running {
         });
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
-            let line = rx
+            let line = running
+                .log
                 .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
                 .expect("no Listening. log line");
             let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
             if v["message"] == "Listening." {
-                let addr = v["address"].as_str().unwrap().parse().unwrap();
-                return Running {
-                    child,
-                    addr,
-                    log: rx,
-                };
+                running.addr = v["address"].as_str().unwrap().parse().unwrap();
+                return running;
             }
         }
     }

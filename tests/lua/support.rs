@@ -104,7 +104,8 @@ impl Upstream {
 pub struct TestGateway {
     /// The gateway (dropping it stops it).
     pub gateway: Gateway,
-    /// The configuration directory (scripts can be written next to the config).
+    /// The configuration directory, kept alive as long as the gateway runs.
+    #[allow(dead_code)]
     pub dir: TempDir,
 }
 

@@ -195,7 +195,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
     let request =
         lua.create_async_function(move |lua, (first, second): (Value, Option<Table>)| {
             let spec = h
-                .check(&lua, "sluicegate.http.request", Kinds::YIELD)
+                .check(&lua, "sluicegate.http.request", Kinds::WAIT)
                 .and_then(|_| h.check_async(&lua, "sluicegate.http.request"))
                 .and_then(|_| parse(&lua, first, second));
             async move {

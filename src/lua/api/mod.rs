@@ -6,11 +6,13 @@ pub mod cjson;
 pub mod crypto;
 pub mod http;
 pub mod ngx;
+pub mod queue;
 pub mod re;
 pub mod req;
 pub mod resp;
 pub mod shared;
 pub mod timer;
+pub mod var;
 
 use std::rc::Rc;
 
@@ -59,6 +61,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, globals: &Table) -> mlua::Result<Tab
     let modules = lua.create_table()?;
     let ngx = lua.create_table()?;
     ngx::register(lua, host, &ngx)?;
+    var::register(lua, host, &ngx)?;
     req::register(lua, host, &ngx)?;
     resp::register(lua, host, &ngx)?;
     shared::register(lua, host, &ngx)?;
@@ -67,6 +70,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, globals: &Table) -> mlua::Result<Tab
     let sluicegate = lua.create_table()?;
     crypto::register(lua, &ngx, &sluicegate)?;
     http::register(lua, host, &sluicegate)?;
+    queue::register(lua, host, &sluicegate)?;
     let cjson = cjson::module(lua, false)?;
     let cjson_safe = cjson::module(lua, true)?;
     ngx.raw_set("null", mlua::Value::NULL)?;

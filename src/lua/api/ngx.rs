@@ -331,16 +331,19 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
     ngx.raw_set(
         "sleep",
         lua.create_async_function(move |lua, secs: f64| {
-            let check = h.check(&lua, "ngx.sleep", Kinds::YIELD).and_then(|_| h.check_async(&lua, "ngx.sleep")).and_then(|_| {
-                if secs.is_finite() && secs >= 0.0 {
-                    Ok(())
-                } else {
-                    Err(convert::error(
-                        &lua,
-                        "ngx.sleep: the delay must be a non-negative number",
-                    ))
-                }
-            });
+            let check = h
+                .check(&lua, "ngx.sleep", Kinds::WAIT)
+                .and_then(|_| h.check_async(&lua, "ngx.sleep"))
+                .and_then(|_| {
+                    if secs.is_finite() && secs >= 0.0 {
+                        Ok(())
+                    } else {
+                        Err(convert::error(
+                            &lua,
+                            "ngx.sleep: the delay must be a non-negative number",
+                        ))
+                    }
+                });
             async move {
                 check?;
                 if secs == 0.0 {

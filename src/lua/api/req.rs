@@ -1,4 +1,4 @@
-//! `ngx.var.*` and `ngx.req.*`: reading and changing the request.
+//! `ngx.req.*`: reading and changing the request (`ngx.var` is in `var.rs`).
 
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
@@ -23,169 +23,6 @@ const SET_HEADER: Kinds = Kinds::of(&[
     super::super::Kind::HeaderFilter,
     super::super::Kind::BodyFilter,
 ]);
-
-/// Looks a header up by a `ngx.var.http_*` style name (`_` means `-`) without allocating.
-fn header_values<'h>(
-    headers: &'h HeaderMap,
-    name: &[u8],
-) -> Option<http::header::GetAll<'h, HeaderValue>> {
-    let mut buf = [0u8; 96];
-    if name.len() > buf.len() {
-        let owned = convert::header_name(name, true)?;
-        let all = headers.get_all(owned);
-        return all.iter().next().is_some().then_some(all);
-    }
-    for (d, s) in buf.iter_mut().zip(name) {
-        *d = if *s == b'_' { b'-' } else { *s };
-    }
-    let text = std::str::from_utf8(&buf[..name.len()]).ok()?;
-    // `&str` lookups lower-case into a stack buffer; an invalid name finds nothing.
-    let all = headers.get_all(text);
-    all.iter().next().is_some().then_some(all)
-}
-
-/// Joins repeated headers like nginx ≥ 1.23: `, ` (cookies: `; `).
-fn joined(values: http::header::GetAll<'_, HeaderValue>, cookie: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(if cookie { b"; " } else { b", " });
-        }
-        out.extend_from_slice(v.as_bytes());
-    }
-    out
-}
-
-/// The value of cookie `name` in the `Cookie` header(s).
-pub fn cookie<'h>(headers: &'h HeaderMap, name: &[u8]) -> Option<&'h [u8]> {
-    headers.get_all(http::header::COOKIE).iter().find_map(|v| {
-        v.as_bytes().split(|b| *b == b';').find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
-        })
-    })
-}
-
-fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' && i + 2 < s.len() {
-            let h = (s[i + 1] as char).to_digit(16);
-            let l = (s[i + 2] as char).to_digit(16);
-            if let (Some(h), Some(l)) = (h, l) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(s[i]);
-        i += 1;
-    }
-    out
-}
-
-fn var(lua: &Lua, s: &ReqState, name: &[u8]) -> mlua::Result<Value> {
-    let head = &s.head;
-    let string = |b: &[u8]| lua.create_string(b).map(Value::String);
-    if let Some(h) = name.strip_prefix(b"http_") {
-        return match header_values(&head.headers, h) {
-            Some(values) => string(&joined(values, h.eq_ignore_ascii_case(b"cookie"))),
-            None => Ok(Value::Nil),
-        };
-    }
-    if let Some(c) = name.strip_prefix(b"cookie_") {
-        return cookie(&head.headers, c).map_or(Ok(Value::Nil), string);
-    }
-    if let Some(a) = name.strip_prefix(b"arg_") {
-        let query = head.uri.query().unwrap_or("").as_bytes();
-        return convert::raw_arg(query, a).map_or(Ok(Value::Nil), string);
-    }
-    if let Some(h) = name.strip_prefix(b"sent_http_") {
-        return match header_values(&s.resp.headers, h) {
-            Some(values) => string(&joined(values, false)),
-            None => Ok(Value::Nil),
-        };
-    }
-    let info = &s.info;
-    match name {
-        b"host" | b"server_name" => string(crate::proxy::context::request_host(head).as_bytes()),
-        b"http_host" => head
-            .headers
-            .get(http::header::HOST)
-            .map_or(Ok(Value::Nil), |v| string(v.as_bytes())),
-        b"uri" => string(&percent_decode(head.uri.path().as_bytes())),
-        b"document_uri" => string(head.uri.path().as_bytes()),
-        b"request_uri" => string(
-            head.uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .as_bytes(),
-        ),
-        b"args" | b"query_string" => head
-            .uri
-            .query()
-            .map_or(Ok(Value::Nil), |q| string(q.as_bytes())),
-        b"is_args" => string(if head.uri.query().is_some() {
-            b"?"
-        } else {
-            b""
-        }),
-        b"request_method" => string(head.method.as_str().as_bytes()),
-        b"scheme" => string(if info.tls { b"https" } else { b"http" }),
-        b"https" => string(if info.tls { b"on" } else { b"" }),
-        b"remote_addr" => string(info.client_addr.ip().to_string().as_bytes()),
-        b"remote_port" => string(info.client_addr.port().to_string().as_bytes()),
-        b"binary_remote_addr" => match info.client_addr.ip() {
-            std::net::IpAddr::V4(ip) => string(&ip.octets()),
-            std::net::IpAddr::V6(ip) => string(&ip.octets()),
-        },
-        b"server_protocol" => string(format!("{:?}", head.version).as_bytes()),
-        b"request_id" => string(info.request_id.as_bytes()),
-        b"content_type" => head
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .map_or(Ok(Value::Nil), |v| string(v.as_bytes())),
-        b"content_length" => head
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .map_or(Ok(Value::Nil), |v| string(v.as_bytes())),
-        b"request_time" => {
-            string(format!("{:.3}", info.started.elapsed().as_secs_f64()).as_bytes())
-        }
-        b"msec" => string(
-            format!(
-                "{:.3}",
-                std::time::SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64()
-            )
-            .as_bytes(),
-        ),
-        b"status" => {
-            let status = if info.status != 0 {
-                info.status
-            } else {
-                s.resp.status.as_u16()
-            };
-            string(status.to_string().as_bytes())
-        }
-        b"upstream_addr" => info
-            .upstream
-            .as_deref()
-            .map_or(Ok(Value::Nil), |u| string(u.as_bytes())),
-        b"bytes_sent" | b"body_bytes_sent" => string(info.bytes_out.to_string().as_bytes()),
-        b"request_length" => string(info.bytes_in.to_string().as_bytes()),
-        b"request_body" => match &s.body {
-            RequestBody::Buffered(b) if !b.is_empty() => string(b),
-            _ => Ok(Value::Nil),
-        },
-        b"hostname" => string(b"localhost"),
-        _ => Ok(Value::Nil),
-    }
-}
 
 /// Replaces the query string of the request.
 pub fn set_query(s: &mut ReqState, query: Option<&[u8]>) -> Result<(), String> {
@@ -259,14 +96,12 @@ pub fn headers_table(
     meta: Option<&Table>,
 ) -> mlua::Result<(Table, bool)> {
     let t = lua.create_table_with_capacity(0, headers.keys_len())?;
-    let mut count = 0;
     let mut truncated = false;
-    for (name, value) in headers {
+    for (count, (name, value)) in headers.iter().enumerate() {
         if max > 0 && count >= max {
             truncated = true;
             break;
         }
-        count += 1;
         let v = lua.create_string(value.as_bytes())?;
         match t.raw_get::<Value>(name.as_str())? {
             Value::Nil => t.raw_set(name.as_str(), v)?,
@@ -292,38 +127,8 @@ fn truncated(lua: &Lua, t: Table, truncated: bool) -> mlua::Result<mlua::MultiVa
     Ok(out)
 }
 
-/// Registers `ngx.var` and `ngx.req`.
+/// Registers `ngx.req`.
 pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
-    let var_meta = lua.create_table()?;
-    let h = host.clone();
-    var_meta.raw_set(
-        "__index",
-        lua.create_function(move |lua, (_, name): (Value, mlua::LuaString)| {
-            h.with_req(lua, "ngx.var", Kinds::REQUEST, |s| {
-                var(lua, s, &name.as_bytes())
-            })
-        })?,
-    )?;
-    let h = host.clone();
-    var_meta.raw_set(
-        "__newindex",
-        lua.create_function(move |lua, (_, name, value): (Value, mlua::LuaString, Value)| {
-            h.with_req(lua, "ngx.var", Kinds::OUTPUT, |s| match &*name.as_bytes() {
-                b"args" | b"query_string" => {
-                    let q = convert::as_bytes(&value);
-                    set_query(s, q.as_deref()).map_err(|e| convert::error(lua, e))
-                }
-                other => Err(convert::error(
-                    lua,
-                    format!("variable \"{}\" not found for writing (only ngx.var.args can be changed)", String::from_utf8_lossy(other)),
-                )),
-            })
-        })?,
-    )?;
-    let var_table = lua.create_table()?;
-    var_table.set_metatable(Some(var_meta))?;
-    ngx.raw_set("var", var_table)?;
-
     let req = lua.create_table()?;
     let headers_meta: Table = lua
         .load("return { __index = function(t, k) if type(k) ~= 'string' then return nil end return rawget(t, (string.gsub(string.lower(k), '_', '-'))) end }")
@@ -569,17 +374,20 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
 fn read_body(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
     let h = host.clone();
     lua.create_async_function(move |lua, ()| {
-        let taken = h.check(&lua, "ngx.req.read_body", Kinds::OUTPUT).and_then(|_| h.check_async(&lua, "ngx.req.read_body")).and_then(|_| {
-            h.with_req(&lua, "ngx.req.read_body", Kinds::OUTPUT, |s| {
-                Ok(match std::mem::replace(&mut s.body, RequestBody::Empty) {
-                    RequestBody::Stream(stream) => Some(stream),
-                    other => {
-                        s.body = other;
-                        None
-                    }
+        let taken = h
+            .check(&lua, "ngx.req.read_body", Kinds::OUTPUT)
+            .and_then(|_| h.check_async(&lua, "ngx.req.read_body"))
+            .and_then(|_| {
+                h.with_req(&lua, "ngx.req.read_body", Kinds::OUTPUT, |s| {
+                    Ok(match std::mem::replace(&mut s.body, RequestBody::Empty) {
+                        RequestBody::Stream(stream) => Some(stream),
+                        other => {
+                            s.body = other;
+                            None
+                        }
+                    })
                 })
-            })
-        });
+            });
         let h = h.clone();
         async move {
             let Some(stream) = taken? else { return Ok(()) };
@@ -601,33 +409,4 @@ fn read_body(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_cookies_by_exact_name() {
-        let mut h = HeaderMap::new();
-        h.append("cookie", HeaderValue::from_static("a=1; session=xyz"));
-        h.append("cookie", HeaderValue::from_static("Session=other"));
-        assert_eq!(cookie(&h, b"session"), Some(&b"xyz"[..]));
-        assert_eq!(cookie(&h, b"Session"), Some(&b"other"[..]));
-        assert_eq!(cookie(&h, b"missing"), None);
-    }
-
-    #[test]
-    fn joins_repeated_headers() {
-        let mut h = HeaderMap::new();
-        h.append("x-multi", HeaderValue::from_static("a"));
-        h.append("x-multi", HeaderValue::from_static("b"));
-        let v = header_values(&h, b"X_Multi").map(|v| joined(v, false));
-        assert_eq!(v.as_deref(), Some(&b"a, b"[..]));
-    }
-
-    #[test]
-    fn decodes_percent_escapes_in_paths_but_not_plus() {
-        assert_eq!(percent_decode(b"/a%20b+c%2"), b"/a b+c%2");
-    }
 }
