@@ -75,7 +75,11 @@ impl PathRewrite {
             // Whole segments only: `/app` strips `/app` and `/app/x`, never `/application`.
             if let Some(rest) = p.strip_prefix(prefix) {
                 if rest.is_empty() || rest.starts_with('/') {
-                    p = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
+                    p = if rest.is_empty() {
+                        "/".to_string()
+                    } else {
+                        rest.to_string()
+                    };
                 }
             }
         }

@@ -417,7 +417,11 @@ fn upstreams(
             ],
             diags,
         );
-        check_timeouts(&p.key("pool"), &[("idle_timeout_ms", u.pool.idle_timeout_ms)], diags);
+        check_timeouts(
+            &p.key("pool"),
+            &[("idle_timeout_ms", u.pool.idle_timeout_ms)],
+            diags,
+        );
         let upstream = Upstream {
             balancer: Balancer::round_robin(&targets, workers),
             metrics: metrics.upstream(&u.name),
@@ -593,10 +597,15 @@ fn routes(
         let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
         let may_answer = |e: &ChainEntry| {
             let ph = e.plugin.phases();
-            ph.contains(plugins::Phase::Rewrite) || ph.contains(plugins::Phase::Access) || ph.contains(plugins::Phase::Content)
+            ph.contains(plugins::Phase::Rewrite)
+                || ph.contains(plugins::Phase::Access)
+                || ph.contains(plugins::Phase::Content)
         };
         if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(may_answer) {
-            diags.push(&p, "a route needs an `upstream` or a plugin that answers requests");
+            diags.push(
+                &p,
+                "a route needs an `upstream` or a plugin that answers requests",
+            );
         }
         let queue = rc.queue.and_then(|q| {
             let content = own

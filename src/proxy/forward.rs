@@ -131,7 +131,11 @@ pub async fn forward(
         // HTTP/2 needs `:scheme` and `:authority`; HTTP/1.1 (TLS or not) sends the
         // origin-form target to an origin server (RFC 9112 §3.2.1).
         if upstream.protocol == Protocol::Http2 {
-            set_authority(&mut req, upstream.scheme(), authority.as_deref().unwrap_or(&target.address));
+            set_authority(
+                &mut req,
+                upstream.scheme(),
+                authority.as_deref().unwrap_or(&target.address),
+            );
         }
         let conn = match worker.pool.checkout(upstream, target).await {
             Ok(c) => c,

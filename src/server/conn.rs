@@ -173,7 +173,9 @@ impl<T> ConnIo<T> {
         if self.armed_for != Some(ConnPhase::H2) {
             self.armed_for = Some(ConnPhase::H2);
             self.h2_window = Some(generation);
-            self.sleep.as_mut().reset(super::clock::coarse_now() + self.timeout);
+            self.sleep
+                .as_mut()
+                .reset(super::clock::coarse_now() + self.timeout);
         }
         while self.sleep.as_mut().poll(cx).is_ready() {
             let idle = self.state.active.load(Ordering::Relaxed) == 0;
@@ -182,7 +184,9 @@ impl<T> ConnIo<T> {
                 return Poll::Ready(Ok(()));
             }
             self.h2_window = idle.then_some(generation);
-            self.sleep.as_mut().reset(super::clock::coarse_now() + self.timeout);
+            self.sleep
+                .as_mut()
+                .reset(super::clock::coarse_now() + self.timeout);
         }
         Poll::Pending
     }

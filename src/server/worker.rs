@@ -94,7 +94,11 @@ pub fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let worker = Worker::new(id, shared.clone(), crate::lua::WorkerLua::new(lua_runtime(id, &shared)));
+        let worker = Worker::new(
+            id,
+            shared.clone(),
+            crate::lua::WorkerLua::new(lua_runtime(id, &shared)),
+        );
         let tracker = worker.tracker.clone();
         let ticker = tokio::task::spawn_local(super::clock::run_ticker());
         let reaper = {

@@ -283,7 +283,9 @@ async fn closes_an_idle_h2c_connection_after_the_header_timeout_and_keeps_a_busy
         started.elapsed()
     });
     // A request slower than the timeout keeps the connection: it is not idle meanwhile.
-    let req = Request::get("http://localhost/slow").body(Empty::<Bytes>::new()).unwrap();
+    let req = Request::get("http://localhost/slow")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     // Then, with nothing in flight, the gateway ends the connection within two windows.
@@ -291,5 +293,8 @@ async fn closes_an_idle_h2c_connection_after_the_header_timeout_and_keeps_a_busy
         .await
         .expect("the idle HTTP/2 connection was never closed")
         .unwrap();
-    assert!(lifetime >= Duration::from_millis(700), "closed while busy after {lifetime:?}");
+    assert!(
+        lifetime >= Duration::from_millis(700),
+        "closed while busy after {lifetime:?}"
+    );
 }

@@ -36,7 +36,10 @@ pub fn build(
     let status = match StatusCode::from_u16(cfg.status) {
         Ok(s) if (200..=599).contains(&cfg.status) => s,
         _ => {
-            diags.push(&path.key("status"), format!("`{}` is not a final status code (200..599)", cfg.status));
+            diags.push(
+                &path.key("status"),
+                format!("`{}` is not a final status code (200..599)", cfg.status),
+            );
             StatusCode::SERVICE_UNAVAILABLE
         }
     };
@@ -61,7 +64,12 @@ pub fn build(
         }
         (None, Some(json)) => {
             let ct = cfg.content_type.as_deref().unwrap_or("application/json");
-            headers.extend(header_pair("content-type", ct, &path.key("content_type"), diags));
+            headers.extend(header_pair(
+                "content-type",
+                ct,
+                &path.key("content_type"),
+                diags,
+            ));
             Bytes::from(json.to_string())
         }
         (None, None) => Bytes::new(),
