@@ -595,13 +595,7 @@ fn routes(
             }
         });
         let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
-        let may_answer = |e: &ChainEntry| {
-            let ph = e.plugin.phases();
-            ph.contains(plugins::Phase::Rewrite)
-                || ph.contains(plugins::Phase::Access)
-                || ph.contains(plugins::Phase::Content)
-        };
-        if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(may_answer) {
+        if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(|e| e.plugin.answers()) {
             diags.push(
                 &p,
                 "a route needs an `upstream` or a plugin that answers requests",
@@ -789,6 +783,19 @@ mod tests {
                 .any(|p| p.starts_with("routes[0].plugins[1].config")),
             "{paths:?}"
         );
+    }
+
+    #[test]
+    fn a_route_without_upstream_needs_a_plugin_that_answers() {
+        let headers_only = "listeners: [{address: '127.0.0.1:0'}]\nroutes:\n  - plugins:\n      - name: headers\n        config: {request: {set: {x-a: b}}}\n";
+        let errs = check(headers_only).err().unwrap();
+        assert!(
+            errs.iter()
+                .any(|d| d.path == "routes[0]" && d.message.contains("upstream")),
+            "{errs:?}"
+        );
+        let answering = "listeners: [{address: '127.0.0.1:0'}]\nplugins:\n  - name: request_termination\nroutes:\n  - name: r\n";
+        assert!(check(answering).is_ok());
     }
 
     #[test]

@@ -193,6 +193,11 @@ pub trait Plugin: Send + Sync + 'static {
     /// The phases this plugin acts in.
     fn phases(&self) -> PhaseSet;
 
+    /// Whether this plugin may answer requests itself, so a route needs no upstream.
+    fn answers(&self) -> bool {
+        self.phases().contains(Phase::Content)
+    }
+
     /// Rewrite phase.
     fn rewrite<'a>(&'a self, _ctx: &'a mut RequestCtx) -> Step<'a> {
         Step::next()

@@ -156,8 +156,12 @@ pub async fn forward(
             match worker.pool.checkout_fresh(upstream, target).await {
                 Ok(conn) => sent = send_with_timeout(ctx, upstream, conn, unsent).await,
                 Err(e) => {
+                    // The target went away between two requests: the next target gets it.
                     metrics.error("connect");
-                    return Err(e);
+                    tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
+                    req = unsent;
+                    last_err = e;
+                    continue;
                 }
             }
         }

@@ -185,6 +185,11 @@ impl Plugin for Lua {
         "lua"
     }
 
+    /// Rewrite, access and content scripts may answer (`ngx.exit`, `ngx.say`).
+    fn answers(&self) -> bool {
+        matches!(self.phase, Phase::Rewrite | Phase::Access | Phase::Content)
+    }
+
     fn phases(&self) -> PhaseSet {
         if self.applies_headers {
             PhaseSet::of(&[self.phase, Phase::HeaderFilter])

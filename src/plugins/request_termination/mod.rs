@@ -96,6 +96,10 @@ impl Plugin for RequestTermination {
         "request_termination"
     }
 
+    fn answers(&self) -> bool {
+        true
+    }
+
     fn phases(&self) -> PhaseSet {
         PhaseSet::of(&[Phase::Access])
     }
