@@ -27,11 +27,6 @@ impl Path {
         Path(format!("{}[{}]", self.0, i))
     }
 
-    /// Whether this is the document root.
-    pub fn is_root(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The path as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -294,18 +294,6 @@ pub struct LuaSectionConfig {
     pub max_running_timers: Option<usize>,
 }
 
-/// Settings that apply to the whole process.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    /// Worker threads; 0 or absent = one per core.
-    pub workers: Option<usize>,
-    /// Time in-flight requests get to finish on shutdown.
-    pub drain_timeout_ms: Option<u64>,
-    /// Directory for durable state (queue, last good code).
-    pub data_dir: Option<String>,
-}
-
 fn yes() -> bool {
     true
 }

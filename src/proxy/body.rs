@@ -361,11 +361,6 @@ impl ResponseBody {
         }
     }
 
-    /// A complete in-memory body without an observer.
-    pub fn full(bytes: Bytes) -> Self {
-        Self::new(ResponseSource::Full(Some(bytes)), None)
-    }
-
     fn finish(&mut self, outcome: BodyOutcome) {
         if self.outcome.is_none() {
             self.outcome = Some(outcome);

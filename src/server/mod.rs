@@ -97,16 +97,17 @@ impl Gateway {
             (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
         for l in &snapshot.listeners {
-            // Probe without SO_REUSEPORT: fails if another process holds the address.
-            let probe = bind(&l.address, false)?;
-            let port = probe.local_addr()?.port();
-            drop(probe);
-            let mut resolved: SocketAddr = l
+            let resolved: SocketAddr = l
                 .address
                 .to_socket_addrs()?
                 .next()
                 .with_context(|| format!("`{}` resolves to nothing", l.address))?;
-            resolved.set_port(port);
+            if resolved.port() != 0 {
+                // Probe without SO_REUSEPORT: fails if another process holds the address.
+                // (Port 0 needs no probe: the kernel hands out a free port; probing it would
+                // free it again for a moment, for anyone to take.)
+                drop(bind(&l.address, false)?);
+            }
             let first = bind(&resolved.to_string(), true)?;
             let addr = first.local_addr()?;
             bound.push(addr);

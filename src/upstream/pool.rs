@@ -172,19 +172,9 @@ impl Pool {
         idle.retain(|_, q| !q.is_empty());
         self.inner.h2.borrow_mut().retain(|_, s| !s.is_closed());
     }
-
-    /// Number of idle HTTP/1.1 connections (for tests and status).
-    pub fn idle_count(&self) -> usize {
-        self.inner.idle.borrow().values().map(VecDeque::len).sum()
-    }
 }
 
 impl Conn {
-    /// Whether the connection came from the pool (it may have been closed meanwhile).
-    pub fn reused(&self) -> bool {
-        self.reused
-    }
-
     /// Sends `req` and waits for the response head.
     pub async fn send(self, req: Request<UpstreamRequestBody>) -> SendOutcome {
         match self.sender {
