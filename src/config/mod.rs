@@ -56,19 +56,22 @@ pub struct ListenerSettings {
 }
 
 impl ListenerSettings {
-    /// Settings used when a connection's listener is no longer in the configuration.
-    pub fn fallback() -> Self {
-        ListenerSettings {
-            name: String::new(),
-            address: String::new(),
-            tls: None,
-            http2: true,
-            trust_request_id: false,
-            max_header_bytes: file::defaults::MAX_HEADER_BYTES,
-            max_body_bytes: file::defaults::MAX_BODY_BYTES,
-            header_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
-            body_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
-        }
+    /// Settings used when a connection's listener is no longer in the configuration (built
+    /// once, not per request).
+    pub fn fallback() -> &'static ListenerSettings {
+        static FALLBACK: std::sync::LazyLock<ListenerSettings> =
+            std::sync::LazyLock::new(|| ListenerSettings {
+                name: String::new(),
+                address: String::new(),
+                tls: None,
+                http2: true,
+                trust_request_id: false,
+                max_header_bytes: file::defaults::MAX_HEADER_BYTES,
+                max_body_bytes: file::defaults::MAX_BODY_BYTES,
+                header_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+                body_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+            });
+        &FALLBACK
     }
 }
 

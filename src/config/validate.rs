@@ -151,10 +151,11 @@ fn build_snapshot(
     let listeners = listeners(root, build.base_dir, diags);
     let access_log = access_log(root, build.base_dir, diags);
     let lua = lua_settings(root, diags);
+    // Balancers keep one cursor per worker: size them for the workers that will run.
     let worker_count = if workers > 0 {
         workers
     } else {
-        settings.workers.max(1)
+        crate::server::worker_count(settings.workers)
     };
     let upstreams = upstreams(root, build.base_dir, worker_count, metrics, diags);
     let global = plugin_chain(

@@ -151,6 +151,7 @@ impl Harness {
             worker: self.worker.clone(),
             status: 0,
             conn_state: Arc::default(),
+            response_headers: http::HeaderMap::new(),
         }
     }
 }

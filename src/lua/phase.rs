@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use super::state::{PendingHeaders, ReqState};
+use super::state::ReqState;
 use super::vm::{Done, Vm};
 use super::{Failure, FailureKind, Kind, Script};
 use crate::plugins::{Flow, LocalResponse, Phase, PluginError, Step};
@@ -82,13 +82,9 @@ fn finish_request(
         },
     };
     if matches!(outcome, Ok(Flow::Continue)) && state.out.headers_set {
-        let mut pending = ctx.vars.remove::<PendingHeaders>().unwrap_or_default();
-        for (name, value) in std::mem::take(&mut state.out.headers) {
-            if let Some(name) = name {
-                pending.0.append(name, value);
-            }
-        }
-        ctx.vars.insert(pending);
+        // The driver applies these to the response, whichever answers.
+        let set = std::mem::take(&mut state.out.headers);
+        crate::proxy::context::replace_headers(set, &mut ctx.response_headers);
     }
     state.leave(ctx);
     vm.put_state(state);
@@ -158,27 +154,6 @@ fn flow(state: &mut ReqState, kind: Kind) -> Flow {
         _ if output => respond(state, status.unwrap_or(StatusCode::OK), true),
         _ if kind == Kind::Content => respond(state, status.unwrap_or(StatusCode::OK), true),
         _ => Flow::Continue,
-    }
-}
-
-/// Applies response headers set by rewrite/access scripts that did not answer themselves.
-pub fn apply_pending_headers(ctx: &mut RequestCtx, resp: &mut ResponseHead) {
-    if let Some(PendingHeaders(headers)) = ctx.vars.remove::<PendingHeaders>() {
-        let mut last = None;
-        for (name, value) in headers {
-            let name = match name {
-                Some(n) => {
-                    resp.headers.remove(&n);
-                    last = Some(n.clone());
-                    n
-                }
-                None => match &last {
-                    Some(n) => n.clone(),
-                    None => continue,
-                },
-            };
-            resp.headers.append(name, value);
-        }
     }
 }
 

@@ -20,11 +20,6 @@ use crate::proxy::context::{RequestBody, RequestCtx, ResponseHead};
 #[derive(Clone)]
 pub struct CtxKey(pub Arc<mlua::RegistryKey>);
 
-/// Response headers set in rewrite/access without producing a response; the header filter
-/// of a Lua plugin applies them to whatever response comes.
-#[derive(Clone, Default)]
-pub struct PendingHeaders(pub HeaderMap);
-
 /// What the script produced so far (rewrite, access, content).
 #[derive(Debug, Default)]
 pub struct Output {

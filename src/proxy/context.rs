@@ -86,6 +86,9 @@ pub struct RequestCtx {
     pub worker: Rc<Worker>,
     /// The status sent to the client (set once the response head is final).
     pub status: u16,
+    /// Response headers set before there is a response (`ngx.header` in rewrite/access):
+    /// the driver puts them on whatever response goes out, replacing same-named headers.
+    pub response_headers: http::HeaderMap,
     /// The client connection's phase, set back to idle when the request is done.
     pub conn_state: Arc<crate::server::conn::ConnState>,
 }
@@ -129,6 +132,21 @@ impl RequestCtx {
     /// Replaces the request body; `Content-Length` is fixed when the request is forwarded.
     pub fn set_body(&mut self, body: Bytes) {
         self.body = RequestBody::Buffered(body);
+    }
+}
+
+/// Moves every header of `from` into `to`, each name replacing `to`'s values of that name
+/// (all of `from`'s values for a name are kept).
+pub fn replace_headers(from: http::HeaderMap, to: &mut http::HeaderMap) {
+    let mut last: Option<http::HeaderName> = None;
+    for (name, value) in from {
+        if let Some(n) = name {
+            to.remove(&n);
+            last = Some(n);
+        }
+        if let Some(n) = &last {
+            to.append(n.clone(), value);
+        }
     }
 }
 

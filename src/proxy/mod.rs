@@ -63,8 +63,11 @@ pub async fn handle(
     conn.state.begin();
     let snapshot = worker.shared.snapshot.load_full();
     let (head, incoming) = req.into_parts();
-    let defaults = crate::config::ListenerSettings::fallback();
-    let listener = snapshot.listeners.get(conn.listener).unwrap_or(&defaults);
+
+    let listener = snapshot
+        .listeners
+        .get(conn.listener)
+        .unwrap_or(crate::config::ListenerSettings::fallback());
     let request_id = request_id(&head.headers, listener.trust_request_id);
     let traffic = Rc::new(Traffic::default());
     let body = if incoming.is_end_stream() {
@@ -97,6 +100,7 @@ pub async fn handle(
         worker,
         status: 0,
         conn_state: conn.state.clone(),
+        response_headers: http::HeaderMap::new(),
     };
     let answer = match limits {
         Ok(()) => run(&mut ctx, &snapshot).await,
@@ -266,6 +270,9 @@ fn respond(
         }
         Err(e) => error_parts(&ctx, &e),
     };
+    if !ctx.response_headers.is_empty() {
+        context::replace_headers(std::mem::take(&mut ctx.response_headers), &mut head.headers);
+    }
     let chain = chain_of(snapshot, ctx.route);
     if chain.has(Phase::HeaderFilter) {
         if let Err(e) = header_filter(&mut ctx, chain, &mut head) {

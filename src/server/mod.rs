@@ -11,7 +11,7 @@ pub mod worker;
 
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -87,12 +87,11 @@ impl Gateway {
     /// Loads `config`, binds every socket, and starts workers, admin API and reloader.
     pub fn start(config: &Path) -> anyhow::Result<Gateway> {
         let metrics = Arc::new(Metrics::default());
-        let first =
+        // Loaded once: with a worker count of 0 the snapshot sizes itself for the workers its
+        // own `workers` setting gives.
+        let snapshot =
             crate::config::load_snapshot(config, 1, 0, &metrics).map_err(anyhow::Error::new)?;
-        let workers = worker_count(first.settings.workers);
-        // Balancers have one cursor per worker: rebuild with the real count.
-        let snapshot = crate::config::load_snapshot(config, 1, workers, &metrics)
-            .map_err(anyhow::Error::new)?;
+        let workers = worker_count(snapshot.settings.workers);
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();
@@ -127,7 +126,6 @@ impl Gateway {
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let mut snapshot = snapshot;
-        snapshot.source = PathBuf::from(config);
         snapshot.queues = crate::queue::open_all(&snapshot)?;
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),

@@ -210,8 +210,11 @@ async fn serve(
 
 async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: SocketAddr) {
     let snapshot = worker.shared.snapshot.load_full();
-    let defaults = crate::config::ListenerSettings::fallback();
-    let settings = snapshot.listeners.get(index).unwrap_or(&defaults);
+
+    let settings = snapshot
+        .listeners
+        .get(index)
+        .unwrap_or(crate::config::ListenerSettings::fallback());
     let state = Arc::new(ConnState::default());
     let mut builder = auto::Builder::new(LocalExec);
     builder

@@ -287,3 +287,15 @@ async fn scripts_enqueue_into_durable_queues() {
         "number nil nil no queue named `nope` is configured\n"
     );
 }
+
+#[tokio::test]
+async fn access_headers_reach_the_client_whatever_the_script_text_and_keep_every_value() {
+    let up = Upstream::start();
+    // No literal `header` in the source: the driver, not the script text, decides.
+    let code = "local h = ngx[\"head\" .. \"er\"]\nh[\"X-Multi\"] = {\"a\", \"b\"}\n";
+    let gw = start(&proxied(&up, &lua("access", "computed", code)), &[]);
+    let mut conn = Conn::open(gw.addr()).await;
+    let r = conn.send("GET", "/", &[], "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_all("x-multi"), vec!["a", "b"]);
+}

@@ -54,9 +54,6 @@ pub struct Lua {
     script: Arc<Script>,
     phase: Phase,
     hosts: Vec<HostRule>,
-    /// Rewrite/access scripts that may set response headers also get the header filter,
-    /// where those headers are applied to the response.
-    applies_headers: bool,
 }
 
 /// Builds a `lua` plugin: reads and compiles the script.
@@ -112,13 +109,10 @@ pub fn build(
         return None;
     }
     let (script, phase) = (script?, phase?);
-    let applies_headers =
-        matches!(phase, Phase::Rewrite | Phase::Access) && script.source.contains("header");
     Some(Arc::new(Lua {
         script,
         phase,
         hosts,
-        applies_headers,
     }))
 }
 
@@ -150,13 +144,10 @@ fn host_rules(hosts: &[String], path: &Path, diags: &mut Diags) -> Vec<HostRule>
 impl Lua {
     /// A plugin running `script` in `phase` for every host (the spec runner's way in).
     pub fn new(script: Arc<Script>, phase: Phase) -> Self {
-        let applies_headers =
-            matches!(phase, Phase::Rewrite | Phase::Access) && script.source.contains("header");
         Lua {
             script,
             phase,
             hosts: Vec::new(),
-            applies_headers,
         }
     }
 
@@ -191,11 +182,7 @@ impl Plugin for Lua {
     }
 
     fn phases(&self) -> PhaseSet {
-        if self.applies_headers {
-            PhaseSet::of(&[self.phase, Phase::HeaderFilter])
-        } else {
-            PhaseSet::of(&[self.phase])
-        }
+        PhaseSet::of(&[self.phase])
     }
 
     fn rewrite<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
@@ -215,9 +202,6 @@ impl Plugin for Lua {
         ctx: &mut RequestCtx,
         resp: &mut ResponseHead,
     ) -> Result<(), PluginError> {
-        if self.applies_headers {
-            crate::lua::phase::apply_pending_headers(ctx, resp);
-        }
         if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
             return Ok(());
         }
