@@ -267,6 +267,14 @@ pub enum AccessLog {
     Off,
     /// A file descriptor opened for appending (a file, or a duplicate of stdout/stderr).
     File(File),
+    /// A log file that does not exist yet: created on the first line, so validating a
+    /// configuration (`sluicegate check`) never creates files.
+    Deferred {
+        /// Where the file goes.
+        path: std::path::PathBuf,
+        /// The file once opened (`None` if creating it failed; that is logged once).
+        file: std::sync::OnceLock<Option<File>>,
+    },
 }
 
 /// One access-log record.
@@ -311,23 +319,57 @@ impl AccessLog {
             "stderr" => {
                 AccessLog::File(File::from(std::io::stderr().as_fd().try_clone_to_owned()?))
             }
-            _ => AccessLog::File(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path.unwrap_or("access.log"))?,
-            ),
+            _ => {
+                let path = std::path::PathBuf::from(path.unwrap_or("access.log"));
+                if path.exists() {
+                    AccessLog::File(std::fs::OpenOptions::new().append(true).open(&path)?)
+                } else {
+                    let dir = path
+                        .parent()
+                        .filter(|d| !d.as_os_str().is_empty())
+                        .unwrap_or(std::path::Path::new("."));
+                    if !dir.is_dir() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("directory `{}` does not exist", dir.display()),
+                        ));
+                    }
+                    AccessLog::Deferred {
+                        path,
+                        file: std::sync::OnceLock::new(),
+                    }
+                }
+            }
         })
     }
 
     /// Whether lines are written at all.
     pub fn enabled(&self) -> bool {
-        matches!(self, AccessLog::File(_))
+        !matches!(self, AccessLog::Off)
+    }
+
+    fn file(&self) -> Option<&File> {
+        match self {
+            AccessLog::Off => None,
+            AccessLog::File(f) => Some(f),
+            AccessLog::Deferred { path, file } => file
+                .get_or_init(|| {
+                    let opened = std::fs::OpenOptions::new().create(true).append(true).open(path);
+                    match opened {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            tracing::error!(path = %path.display(), error = %e, "Cannot create the access log; access lines are dropped.");
+                            None
+                        }
+                    }
+                })
+                .as_ref(),
+        }
     }
 
     /// Writes one line for `rec`.
     pub fn write(&self, rec: &AccessRecord<'_>) {
-        let AccessLog::File(file) = self else { return };
+        let Some(file) = self.file() else { return };
         let time = httpdate_rfc3339(rec.time);
         let line = serde_json::json!({
             "time": time,
@@ -375,6 +417,33 @@ pub fn httpdate_rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_a_new_log_file_creates_it_only_on_the_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let log = AccessLog::open("file", path.to_str()).unwrap();
+        assert!(!path.exists(), "validating a config must not create files");
+        log.write(&AccessRecord {
+            time: SystemTime::UNIX_EPOCH,
+            request_id: "id-1",
+            client: "127.0.0.1:1".parse().unwrap(),
+            method: "GET",
+            path: "/",
+            route: "r",
+            upstream: None,
+            status: 200,
+            bytes_in: 0,
+            bytes_out: 2,
+            duration: Duration::from_millis(1),
+            upstream_duration: None,
+            aborted: false,
+        });
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"request_id\":\"id-1\""), "{text}");
+        let missing = dir.path().join("nope").join("access.log");
+        assert!(AccessLog::open("file", missing.to_str()).is_err());
+    }
 
     #[test]
     fn formats_rfc3339_dates() {
