@@ -49,7 +49,8 @@ async fn a_slack_style_ack_is_an_empty_200_with_configured_headers() {
 
 #[tokio::test]
 async fn every_message_arrives_once_the_upstream_comes_up() {
-    let addr = reserve_port();
+    let reserved = reserve_port();
+    let addr = reserved.addr;
     let gw = TestGateway::start(&queued(addr, ""));
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -59,7 +60,7 @@ async fn every_message_arrives_once_the_upstream_comes_up() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let up = Upstream::start_on(addr, |_, _| (200, vec![]));
+    let up = Upstream::start_on(reserved, |_, _| (200, vec![]));
 
     let seen = up.wait_for(20).await;
     for (i, id) in ids.iter().enumerate() {

@@ -15,7 +15,8 @@ use crate::support::{
 
 #[tokio::test]
 async fn acknowledged_messages_wait_through_a_restart_and_keep_their_attempt_count() {
-    let addr = reserve_port();
+    let reserved = reserve_port();
+    let addr = reserved.addr;
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let mut gw = TestGateway::start_in(dir.clone(), &queued(addr, ""));
     let mut ids = Vec::new();
@@ -26,7 +27,7 @@ async fn acknowledged_messages_wait_through_a_restart_and_keep_their_attempt_cou
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.stop();
 
-    let up = Upstream::start_on(addr, |_, _| (200, vec![]));
+    let up = Upstream::start_on(reserved, |_, _| (200, vec![]));
     let gw = TestGateway::start_in(dir, &queued(addr, ""));
 
     let seen = up.wait_for(10).await;

@@ -5,7 +5,8 @@ use crate::support::{eventually, queued, reserve_port, TestGateway, Upstream};
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after_and_delivers_everything_it_acknowledged() {
-    let addr = reserve_port();
+    let reserved = reserve_port();
+    let addr = reserved.addr;
     let gw = TestGateway::start(&queued(addr, "max_bytes: 65536"));
     let body = "k".repeat(1024);
     let mut acked = Vec::new();
@@ -33,7 +34,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_delivers_everything_it_ac
         Some(1.0)
     );
 
-    let up = Upstream::start_on(addr, |_, _| (200, vec![]));
+    let up = Upstream::start_on(reserved, |_, _| (200, vec![]));
     eventually("every acknowledged message delivered", || async {
         let seen = up.seen();
         acked.iter().all(|id| seen.iter().any(|s| s.id() == *id))

@@ -117,23 +117,13 @@ impl Upstream {
         Self::start(|_, _| (200, vec![]))
     }
 
-    /// An upstream on `addr` (a port reserved earlier with [`reserve_port`]).
+    /// An upstream on a port reserved earlier with [`reserve_port`].
     pub fn start_on(
-        addr: SocketAddr,
+        reserved: Reserved,
         handler: impl Fn(&Seen, usize) -> Reply + Send + Sync + 'static,
     ) -> Upstream {
-        let until = Instant::now() + STEP;
-        let listener = loop {
-            match std::net::TcpListener::bind(addr) {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < until => {
-                    eprintln!("rebinding {addr}: {e}");
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Err(e) => panic!("cannot bind {addr}: {e}"),
-            }
-        };
-        Self::serve(listener, Arc::new(handler))
+        reserved.socket.listen(1024).expect("listen");
+        Self::serve(reserved.socket.into(), Arc::new(handler))
     }
 
     fn serve(listener: std::net::TcpListener, handler: Handler) -> Upstream {
@@ -243,9 +233,27 @@ impl Drop for Upstream {
 }
 
 /// A local address where nothing listens now (bound once, then released).
-pub fn reserve_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("address")
+pub fn reserve_port() -> Reserved {
+    // Bound but not listening: connections are refused (the upstream is "down"), and no other
+    // test can take the port meanwhile (a released port could be handed to another test's
+    // server, which would then receive these deliveries).
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("address")
+        .as_socket()
+        .expect("an IP address");
+    Reserved { socket, addr }
+}
+
+/// A port held for an upstream that starts later (see [`reserve_port`]).
+pub struct Reserved {
+    socket: socket2::Socket,
+    /// The reserved address.
+    pub addr: SocketAddr,
 }
 
 // ---------------------------------------------------------------- gateway

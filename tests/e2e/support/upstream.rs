@@ -342,10 +342,15 @@ impl RawUpstream {
     }
 }
 
-/// An address where nothing listens: a port that was bound and released.
+/// An address where nothing listens: a port bound but never listened on, held for the rest
+/// of the test run so that no other test's server can be handed it (connections to it are
+/// refused).
 pub fn dead_address() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    static HELD: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    HELD.lock().unwrap().push(socket);
     addr
 }
