@@ -147,6 +147,7 @@ impl Harness {
             started: Instant::now(),
             vars: http::Extensions::new(),
             upstream: Default::default(),
+            upstream_override: None,
             traffic: Rc::default(),
             worker: self.worker.clone(),
             status: 0,

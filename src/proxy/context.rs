@@ -80,6 +80,9 @@ pub struct RequestCtx {
     pub vars: http::Extensions,
     /// Upstream details for the log.
     pub upstream: UpstreamInfo,
+    /// The upstream chosen by a plugin or script (claim routing, `sluicegate.upstream.set`)
+    /// instead of the route's own; `None` keeps the route's.
+    pub upstream_override: Option<Arc<crate::upstream::Upstream>>,
     /// Byte counters.
     pub traffic: Rc<Traffic>,
     /// The worker serving the request.

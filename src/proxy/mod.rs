@@ -96,6 +96,7 @@ pub async fn handle(
         started: Instant::now(),
         vars: http::Extensions::new(),
         upstream: Default::default(),
+        upstream_override: None,
         traffic,
         worker,
         status: 0,
@@ -212,7 +213,8 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
             ));
         }
     }
-    let upstream = route.upstream.as_ref().ok_or_else(|| {
+    let chosen = ctx.upstream_override.take();
+    let upstream = chosen.as_ref().or(route.upstream.as_ref()).ok_or_else(|| {
         ProxyError::new(
             error::Source::Internal,
             Kind::NoUpstream,
