@@ -240,6 +240,9 @@ pub trait Plugin: Send + Sync + 'static {
 pub struct BuildCtx<'a> {
     /// Directory that relative file names in the config are resolved against.
     pub base_dir: &'a std::path::Path,
+    /// The secrets the configuration declares; resolve a plugin's
+    /// [`SecretRef`](crate::secrets::SecretRef) fields with it.
+    pub secrets: &'a crate::secrets::SecretStore,
 }
 
 /// Builds a plugin from its `config` node, recording every problem in `diags`.
