@@ -8,8 +8,13 @@
 //! log phases are synchronous, as in OpenResty, where they cannot yield either.
 
 pub mod headers;
+pub mod health;
+pub mod key_auth;
 pub mod lua;
 pub mod request_termination;
+pub mod security_headers;
+#[cfg(test)]
+mod testing;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -279,6 +284,21 @@ pub const BUILTIN: &[Builtin] = &[
         name: "lua",
         priority: 1000,
         build: lua::build,
+    },
+    Builtin {
+        name: "key_auth",
+        priority: 1250,
+        build: key_auth::build,
+    },
+    Builtin {
+        name: "health",
+        priority: 1,
+        build: health::build,
+    },
+    Builtin {
+        name: "security_headers",
+        priority: 700,
+        build: security_headers::build,
     },
 ];
 
