@@ -9,6 +9,7 @@
 
 pub mod headers;
 pub mod health;
+pub mod hmac_signature;
 pub mod key_auth;
 pub mod lua;
 pub mod request_termination;
@@ -299,6 +300,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "security_headers",
         priority: 700,
         build: security_headers::build,
+    },
+    Builtin {
+        name: "hmac_signature",
+        priority: 1500,
+        build: hmac_signature::build,
     },
 ];
 
