@@ -10,6 +10,7 @@
 pub mod headers;
 pub mod health;
 pub mod hmac_signature;
+pub mod ip_restriction;
 pub mod key_auth;
 pub mod lua;
 pub mod request_termination;
@@ -305,6 +306,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "hmac_signature",
         priority: 1500,
         build: hmac_signature::build,
+    },
+    Builtin {
+        name: "ip_restriction",
+        priority: 3000,
+        build: ip_restriction::build,
     },
 ];
 
