@@ -7,6 +7,7 @@
 //! content) return a [`Step`] so that synchronous plugins cost no allocation; the filter and
 //! log phases are synchronous, as in OpenResty, where they cannot yield either.
 
+pub mod form_to_json;
 pub mod headers;
 pub mod health;
 pub mod hmac_signature;
@@ -311,6 +312,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "ip_restriction",
         priority: 3000,
         build: ip_restriction::build,
+    },
+    Builtin {
+        name: "form_to_json",
+        priority: 1100,
+        build: form_to_json::build,
     },
 ];
 

@@ -58,6 +58,8 @@ pub enum Kind {
     Unauthorized,
     /// The client may not use this route (IP lists): 403.
     Forbidden,
+    /// The request body is not of a type the route accepts: 415.
+    UnsupportedMediaType,
 }
 
 /// An error on the request path.
@@ -113,6 +115,7 @@ impl ProxyError {
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -135,6 +138,7 @@ impl ProxyError {
             Kind::Internal => "internal_error",
             Kind::Unauthorized => "unauthorized",
             Kind::Forbidden => "forbidden",
+            Kind::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 }
