@@ -7,6 +7,7 @@
 //! content) return a [`Step`] so that synchronous plugins cost no allocation; the filter and
 //! log phases are synchronous, as in OpenResty, where they cannot yield either.
 
+pub mod cors;
 pub mod form_to_json;
 pub mod headers;
 pub mod health;
@@ -317,6 +318,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "form_to_json",
         priority: 1100,
         build: form_to_json::build,
+    },
+    Builtin {
+        name: "cors",
+        priority: 2000,
+        build: cors::build,
     },
 ];
 
