@@ -17,20 +17,22 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::{Instant, Sleep};
 
 use super::context::Traffic;
 use super::error::{Kind, ProxyError};
+use crate::server::clock::coarse_now;
+use crate::server::deadline::Deadline;
 use crate::upstream::pool::UpstreamBody;
 
 /// Error type of the bodies the proxy produces.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An idle timer that is only armed while the stream is waiting: a body that never stalls
-/// never touches the timer wheel.
+/// never arms it. It runs on the coarse clock (no timer-wheel entry, no clock read).
 struct IdleTimer {
     timeout: Option<Duration>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// Boxed: armed only on a stall, and it would otherwise enlarge every body.
+    sleep: Option<Box<Deadline>>,
     progressed: bool,
 }
 
@@ -55,18 +57,18 @@ impl IdleTimer {
         let sleep = match &mut self.sleep {
             Some(s) => {
                 if self.progressed {
-                    s.as_mut().reset(Instant::now() + timeout);
+                    s.reset(coarse_now() + timeout);
                 }
                 s
             }
-            None => self.sleep.insert(Box::pin(tokio::time::sleep(timeout))),
+            None => self
+                .sleep
+                .insert(Box::new(Deadline::at(coarse_now() + timeout))),
         };
         self.progressed = false;
-        sleep.as_mut().poll(cx).is_ready()
+        sleep.poll_elapsed(cx).is_ready()
     }
 }
-
-use std::future::Future;
 
 /// The client's request body with the listener's limits applied.
 pub struct ClientBody {

@@ -211,7 +211,7 @@ async fn send_with_timeout(
     tokio::pin!(send);
     loop {
         let deadline = crate::server::clock::coarse_now() + upstream.read_timeout;
-        match tokio::time::timeout_at(deadline, &mut send).await {
+        match crate::server::deadline::timeout_at(deadline, &mut send).await {
             Ok(r) => return r,
             Err(_) if !ctx.traffic.request_done.get() => continue,
             Err(_) => {

@@ -21,15 +21,30 @@ pub fn coarse_now() -> Instant {
     NOW.with(|c| c.get()).unwrap_or_else(Instant::now)
 }
 
-/// Keeps this thread's coarse clock fresh; runs for the life of the worker.
+/// Keeps this thread's coarse clock fresh and fires its due deadlines
+/// ([`super::deadline`]); runs for the life of the worker.
 pub async fn run_ticker() {
+    let _sweeping = super::deadline::SweepGuard::new();
+    let _ticking = Ticking;
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = interval.tick().await;
         // `tick` returns the scheduled instant; the real one is what timeouts need.
         let _ = now;
-        NOW.with(|c| c.set(Some(Instant::now())));
+        let now = Instant::now();
+        NOW.with(|c| c.set(Some(now)));
+        super::deadline::sweep(now);
+    }
+}
+
+/// Clears the coarse clock when the ticker stops, so a stopped ticker never leaves a stale
+/// clock behind (reads fall back to the real clock).
+struct Ticking;
+
+impl Drop for Ticking {
+    fn drop(&mut self) {
+        let _ = NOW.try_with(|c| c.set(None));
     }
 }
 

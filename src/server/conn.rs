@@ -20,7 +20,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+
+use super::deadline::Deadline;
 
 /// Where a connection is in its request cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +107,8 @@ pub struct ConnIo<T> {
     inner: T,
     state: Arc<ConnState>,
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// Armed for the current phase; on the coarse clock (no timer-wheel entry).
+    sleep: Deadline,
     /// The phase the timer was armed for.
     armed_for: Option<ConnPhase>,
     /// Bytes of the canned 408 response still to write.
@@ -125,7 +127,7 @@ impl<T> ConnIo<T> {
             inner,
             state,
             timeout,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: Deadline::at(super::clock::coarse_now() + timeout),
             armed_for: None,
             timeout_response: None,
             preface_matched: Some(0),
@@ -173,20 +175,16 @@ impl<T> ConnIo<T> {
         if self.armed_for != Some(ConnPhase::H2) {
             self.armed_for = Some(ConnPhase::H2);
             self.h2_window = Some(generation);
-            self.sleep
-                .as_mut()
-                .reset(super::clock::coarse_now() + self.timeout);
+            self.sleep.reset(super::clock::coarse_now() + self.timeout);
         }
-        while self.sleep.as_mut().poll(cx).is_ready() {
+        while self.sleep.poll_elapsed(cx).is_ready() {
             let idle = self.state.active.load(Ordering::Relaxed) == 0;
             if idle && self.h2_window == Some(generation) {
                 tracing::debug!("Idle HTTP/2 connection closed.");
                 return Poll::Ready(Ok(()));
             }
             self.h2_window = idle.then_some(generation);
-            self.sleep
-                .as_mut()
-                .reset(super::clock::coarse_now() + self.timeout);
+            self.sleep.reset(super::clock::coarse_now() + self.timeout);
         }
         Poll::Pending
     }
@@ -240,11 +238,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
                 }
                 if this.armed_for != Some(phase) {
                     this.armed_for = Some(phase);
-                    this.sleep
-                        .as_mut()
-                        .reset(super::clock::coarse_now() + this.timeout);
+                    this.sleep.reset(super::clock::coarse_now() + this.timeout);
                 }
-                if this.sleep.as_mut().poll(cx).is_pending() {
+                if this.sleep.poll_elapsed(cx).is_pending() {
                     return Poll::Pending;
                 }
                 if phase == ConnPhase::InHead && this.preface_matched.is_some_and(|m| m > 0) {
@@ -266,8 +262,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
         }
     }
 }
-
-use std::future::Future;
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
     fn poll_write(

@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod conn;
+pub mod deadline;
 pub mod tls;
 pub mod worker;
 

@@ -7,11 +7,13 @@
 //! connection to finish its current request and close (graceful shutdown), and waits for
 //! them up to the drain timeout.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Poll, Waker};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -37,6 +39,8 @@ pub struct Worker {
     pub lua: crate::lua::WorkerLua,
     /// Client connections and upgraded tunnels in flight (what a drain waits for).
     pub tracker: Rc<Tracker>,
+    /// Asks this worker's connections to finish their current request and close.
+    pub drain: DrainSignal,
 }
 
 impl Worker {
@@ -51,7 +55,82 @@ impl Worker {
                 active: Cell::new(0),
                 idle: Notify::new(),
             }),
+            drain: DrainSignal::default(),
         })
+    }
+}
+
+/// The worker-local shutdown signal for client connections: a flag plus the waker of each
+/// connection task, registered once per connection. (A `watch` receiver polled next to every
+/// connection cost a lock on each of its wake-ups, i.e. several times per request.)
+#[derive(Default)]
+pub struct DrainSignal {
+    draining: Cell<bool>,
+    wakers: RefCell<Vec<Option<Waker>>>,
+    free: RefCell<Vec<usize>>,
+}
+
+impl DrainSignal {
+    /// Whether the worker is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    /// Flips the flag and wakes every registered connection.
+    pub fn start(&self) {
+        self.draining.set(true);
+        let wakers: Vec<Waker> = self
+            .wakers
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Stores (or refreshes) the waker in `slot`.
+    fn register(&self, slot: &mut Option<usize>, waker: &Waker) {
+        let mut wakers = self.wakers.borrow_mut();
+        if let Some(Some(w)) = slot.and_then(|i| wakers.get_mut(i)) {
+            if !w.will_wake(waker) {
+                *w = waker.clone();
+            }
+            return;
+        }
+        let i = match slot.or_else(|| self.free.borrow_mut().pop()) {
+            Some(i) if i < wakers.len() => {
+                wakers[i] = Some(waker.clone());
+                i
+            }
+            _ => {
+                wakers.push(Some(waker.clone()));
+                wakers.len() - 1
+            }
+        };
+        *slot = Some(i);
+    }
+
+    fn release(&self, slot: Option<usize>) {
+        if let Some(i) = slot {
+            if let Some(w) = self.wakers.borrow_mut().get_mut(i) {
+                *w = None;
+                self.free.borrow_mut().push(i);
+            }
+        }
+    }
+}
+
+/// A connection's registration with the [`DrainSignal`], released when dropped.
+struct DrainSlot<'a> {
+    signal: &'a DrainSignal,
+    slot: Option<usize>,
+}
+
+impl Drop for DrainSlot<'_> {
+    fn drop(&mut self) {
+        self.signal.release(self.slot.take());
     }
 }
 
@@ -130,7 +209,7 @@ pub fn run(
         for task in &accepting {
             task.abort();
         }
-        ticker.abort();
+        worker.drain.start();
         reaper.abort();
         let drain = shared.drain_timeout();
         let drained = tokio::time::timeout(drain, async {
@@ -146,6 +225,8 @@ pub fn run(
                 "Drain timeout reached; closing remaining connections."
             );
         }
+        // Stopped last: draining connections still need their timeouts.
+        ticker.abort();
         Ok(())
     })
 }
@@ -232,7 +313,6 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
         // The listener's header limit applies to HTTP/2 header lists too.
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    let mut shutdown = worker.shared.shutdown.subscribe();
     let timeout = settings.header_timeout;
     let client_ip = http::HeaderValue::from_str(&addr.ip().to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
@@ -249,7 +329,7 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
                 state: state.clone(),
             });
             let io = TokioIo::new(ConnIo::new(stream, state, timeout));
-            drive(&builder, io, worker, info, &mut shutdown).await;
+            drive(&builder, io, worker, info).await;
         }
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -279,32 +359,43 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
                 state: state.clone(),
             });
             let io = TokioIo::new(ConnIo::new(tls_stream, state, timeout));
-            drive(&builder, io, worker, info, &mut shutdown).await;
+            drive(&builder, io, worker, info).await;
         }
     }
 }
 
-async fn drive<I>(
-    builder: &auto::Builder<LocalExec>,
-    io: I,
-    worker: Rc<Worker>,
-    info: Rc<ConnInfo>,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-) where
+async fn drive<I>(builder: &auto::Builder<LocalExec>, io: I, worker: Rc<Worker>, info: Rc<ConnInfo>)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let client = info.client_addr;
     let metrics = worker.shared.metrics.clone();
+    let signal = worker.clone();
     let service = service_fn(move |req| proxy::handle(worker.clone(), info.clone(), req));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = wait_for_shutdown(shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
+    let mut registration = DrainSlot {
+        signal: &signal.drain,
+        slot: None,
     };
+    let mut asked = false;
+    let result = std::future::poll_fn(|cx| {
+        if !asked && registration.signal.is_draining() {
+            asked = true;
+            conn.as_mut().graceful_shutdown();
+        }
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !asked {
+            registration
+                .signal
+                .register(&mut registration.slot, cx.waker());
+        }
+        Poll::Pending
+    })
+    .await;
+    drop(registration);
     if let Err(e) = result {
         // hyper answers malformed requests itself (400, or 431 past its buffer); count and
         // log them here, since they never reach the driver.
@@ -316,14 +407,6 @@ async fn drive<I>(
             tracing::info!(client = %client, error = %e, "Malformed request rejected.");
         } else {
             tracing::debug!(client = %client, error = %e, "Client connection ended with an error.");
-        }
-    }
-}
-
-async fn wait_for_shutdown(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow_and_update() {
-        if rx.changed().await.is_err() {
-            std::future::pending::<()>().await;
         }
     }
 }
