@@ -82,7 +82,9 @@ pub async fn handle(
         ))
     };
     let limits = check_limits(&head, listener.max_header_bytes, listener.max_body_bytes);
-    let mut ctx = RequestCtx {
+    // Boxed: the context moves from the driver to the response body's log observer, and a
+    // pointer moves cheaper than the whole context (several times per request).
+    let mut ctx = Box::new(RequestCtx {
         original_uri: head.uri.clone(),
         head,
         body,
@@ -102,7 +104,7 @@ pub async fn handle(
         status: 0,
         conn_state: conn.state.clone(),
         response_headers: http::HeaderMap::new(),
-    };
+    });
     let answer = match limits {
         Ok(()) => run(&mut ctx, &snapshot).await,
         Err(e) => Err(e),
@@ -223,7 +225,15 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
     })?;
     let keep_headers =
         chain.has(Phase::HeaderFilter) || chain.has(Phase::BodyFilter) || chain.has(Phase::Log);
-    let fwd = forward::forward(ctx, upstream, route.rewrite.as_ref(), keep_headers).await?;
+    // Boxed: kept inline, the forwarding state would make every request's future (which
+    // hyper moves into its dispatcher) several KiB larger, local answers included.
+    let fwd = Box::pin(forward::forward(
+        ctx,
+        upstream,
+        route.rewrite.as_ref(),
+        keep_headers,
+    ))
+    .await?;
     Ok(Answer::Upstream(fwd, upstream.read_timeout))
 }
 
@@ -257,7 +267,7 @@ fn chain_of(snapshot: &Snapshot, route: Option<usize>) -> &Chain {
 }
 
 fn respond(
-    mut ctx: RequestCtx,
+    mut ctx: Box<RequestCtx>,
     snapshot: &Arc<Snapshot>,
     answer: Result<Answer, ProxyError>,
 ) -> Response<ResponseBody> {
@@ -289,7 +299,7 @@ fn respond(
 }
 
 fn finish(
-    mut ctx: RequestCtx,
+    mut ctx: Box<RequestCtx>,
     snapshot: &Arc<Snapshot>,
     mut head: ResponseHead,
     source: ResponseSource,
@@ -359,7 +369,7 @@ fn header_filter(
 
 /// Runs body filters per chunk and the log phase at the end.
 struct LogObserver {
-    ctx: Option<RequestCtx>,
+    ctx: Option<Box<RequestCtx>>,
     filters: bool,
 }
 

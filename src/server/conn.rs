@@ -74,27 +74,32 @@ impl ConnState {
 
     /// Sets the phase (HTTP/2 and upgraded connections keep their phase for good).
     pub fn set(&self, phase: ConnPhase) {
-        let _ = self
-            .phase
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |cur| {
-                (cur != ConnPhase::H2 as u8 && cur != ConnPhase::Upgraded as u8)
-                    .then_some(phase as u8)
-            });
+        // A connection and its requests live on one worker thread: plain loads and stores
+        // suffice (no read-modify-write, which costs a locked instruction several times a
+        // request). The atomics are only there because hyper wants the I/O type `Send`.
+        let cur = self.phase.load(Ordering::Relaxed);
+        if cur != ConnPhase::H2 as u8 && cur != ConnPhase::Upgraded as u8 && cur != phase as u8 {
+            self.phase.store(phase as u8, Ordering::Relaxed);
+        }
     }
 }
 
 impl ConnState {
-    /// A request started on this connection.
+    /// A request started on this connection (single-threaded; see [`ConnState::set`]).
     pub fn begin(&self) {
-        self.active.fetch_add(1, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        let active = self.active.load(Ordering::Relaxed);
+        self.active
+            .store(active.saturating_add(1), Ordering::Relaxed);
+        let generation = self.generation.load(Ordering::Relaxed);
+        self.generation
+            .store(generation.wrapping_add(1), Ordering::Relaxed);
     }
 
     /// A request on this connection finished.
     pub fn end(&self) {
-        let _ = self
-            .active
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let active = self.active.load(Ordering::Relaxed);
+        self.active
+            .store(active.saturating_sub(1), Ordering::Relaxed);
     }
 }
 

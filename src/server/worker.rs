@@ -371,7 +371,9 @@ where
     let client = info.client_addr;
     let metrics = worker.shared.metrics.clone();
     let signal = worker.clone();
-    let service = service_fn(move |req| proxy::handle(worker.clone(), info.clone(), req));
+    // Boxed: hyper keeps the request's future by value in its dispatcher, so an unboxed
+    // one (KiBs) would be copied in on every request.
+    let service = service_fn(move |req| Box::pin(proxy::handle(worker.clone(), info.clone(), req)));
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut registration = DrainSlot {
