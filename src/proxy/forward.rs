@@ -255,13 +255,16 @@ fn upstream_request(
     upgrade: bool,
     keep_headers: bool,
 ) -> Result<Request<UpstreamRequestBody>, ProxyError> {
-    let uri = upstream_uri(&ctx.head.uri, rewrite)?;
-    // Later phases that look at request headers get them; otherwise they move, uncopied.
+    // Later phases that look at the request get its URI and headers; otherwise they move,
+    // uncopied (the URI last: the Host fallback below reads it).
     let mut headers = if keep_headers {
         ctx.head.headers.clone()
     } else {
         std::mem::take(&mut ctx.head.headers)
     };
+    // Room for the X-Forwarded-* and X-Request-Id headers added below: a map sized for the
+    // client's few headers would otherwise grow (and rehash) more than once.
+    headers.reserve(5);
     strip_hop_by_hop(&mut headers, upgrade);
     // `Expect: 100-continue` was answered to the client when its body was first read.
     headers.remove(header::EXPECT);
@@ -290,6 +293,11 @@ fn upstream_request(
         headers.insert(X_FORWARDED_HOST.clone(), h);
     }
     headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    let uri = if keep_headers {
+        upstream_uri(ctx.head.uri.clone(), rewrite)?
+    } else {
+        upstream_uri(std::mem::take(&mut ctx.head.uri), rewrite)?
+    };
     let body = match std::mem::replace(&mut ctx.body, RequestBody::Empty) {
         RequestBody::Stream(s) => UpstreamRequestBody::Stream(s),
         RequestBody::Buffered(b) => {
@@ -306,9 +314,9 @@ fn upstream_request(
 }
 
 /// The origin-form URI for the upstream: the client's, rewritten if the route says so.
-fn upstream_uri(uri: &Uri, rewrite: Option<&PathRewrite>) -> Result<Uri, ProxyError> {
+fn upstream_uri(uri: Uri, rewrite: Option<&PathRewrite>) -> Result<Uri, ProxyError> {
     if rewrite.is_none() && uri.scheme().is_none() && uri.authority().is_none() {
-        return Ok(uri.clone());
+        return Ok(uri);
     }
     let path = match rewrite {
         Some(r) => r.apply(uri.path()),

@@ -371,7 +371,8 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(RawHead, Fr
         fields.push((name, start, start + h.value.len()));
     }
     let head_bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
+    // Room for the few headers the gateway adds to a response (X-Request-Id, filters).
+    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
     for (name, start, end) in fields {
         let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
             .map_err(|_| format!("the upstream sent an invalid value for `{name}`"))?;
