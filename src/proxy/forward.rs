@@ -165,8 +165,11 @@ pub async fn forward(
                 }
             }
         }
-        // From the request's arrival: one clock read instead of two.
-        ctx.upstream.duration = Some(ctx.started.elapsed());
+        // From the request's arrival: one clock read instead of two, and none when no
+        // access log line will carry it.
+        if ctx.snapshot.access_log.enabled() {
+            ctx.upstream.duration = Some(ctx.started.elapsed());
+        }
         return match sent {
             Ok(response) => {
                 if let Some(on_client) = client_upgrade {
