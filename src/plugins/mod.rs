@@ -11,6 +11,9 @@ pub mod headers;
 pub mod lua;
 pub mod request_termination;
 
+pub mod json_path;
+pub mod jwt;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -276,6 +279,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "lua",
         priority: 1000,
         build: lua::build,
+    },
+    Builtin {
+        name: "jwt",
+        priority: 1450,
+        build: jwt::build,
     },
 ];
 

@@ -54,6 +54,14 @@ pub enum Kind {
     Unavailable,
     /// A bug or an unexpected state.
     Internal,
+    /// No bearer token in the request (RFC 6750: a challenge without an error code).
+    TokenMissing,
+    /// A bearer token that is malformed, badly signed, expired or otherwise unacceptable.
+    TokenInvalid,
+    /// The request reached a gateway that cannot serve it (claim routing found no upstream).
+    Misdirected,
+    /// A body that had to be JSON is not.
+    InvalidJson,
 }
 
 /// An error on the request path.
@@ -107,6 +115,9 @@ impl ProxyError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::TokenMissing | Kind::TokenInvalid => StatusCode::UNAUTHORIZED,
+            Kind::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Kind::InvalidJson => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -127,6 +138,10 @@ impl ProxyError {
             Kind::ScriptBudget => "script_over_budget",
             Kind::Unavailable => "unavailable",
             Kind::Internal => "internal_error",
+            Kind::TokenMissing => "missing_token",
+            Kind::TokenInvalid => "invalid_token",
+            Kind::Misdirected => "misdirected_request",
+            Kind::InvalidJson => "invalid_json",
         }
     }
 }
@@ -180,6 +195,36 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> LocalRespon
     }
 }
 
+/// Builds the 401 response for a bearer-token error (`TokenMissing` / `TokenInvalid`), with
+/// the RFC 6750 challenge: `WWW-Authenticate: Bearer realm="..."`, plus
+/// `error="invalid_token", error_description="..."` when a token was presented.
+pub fn bearer_challenge(err: &ProxyError, realm: &str, request_id: &HeaderValue) -> LocalResponse {
+    let mut resp = error_response(err, request_id);
+    let mut challenge = format!("Bearer realm=\"{}\"", quoted(realm));
+    if err.kind == Kind::TokenInvalid {
+        challenge.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{}\"",
+            quoted(&err.message)
+        ));
+    }
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers.insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// Text safe inside an RFC 7230 quoted string: RFC 6750 limits `error_description` to
+/// printable ASCII without `"` and `\\`, so anything else becomes a space.
+fn quoted(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => ' ',
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +252,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         assert_eq!(v["request_id"], "abc");
         assert_eq!(v["error"], "upstream_timeout");
+    }
+
+    #[test]
+    fn bearer_errors_carry_an_rfc_6750_challenge() {
+        let id = HeaderValue::from_static("abc");
+        let missing = ProxyError::client(Kind::TokenMissing, "no bearer token");
+        let resp = bearer_challenge(&missing, "api", &id);
+        assert_eq!(resp.status, 401);
+        assert_eq!(resp.headers["www-authenticate"], "Bearer realm=\"api\"");
+        let invalid = ProxyError::client(Kind::TokenInvalid, "the token \"expired\"\n");
+        let resp = bearer_challenge(&invalid, "api", &id);
+        assert_eq!(
+            resp.headers["www-authenticate"],
+            "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token 'expired' \""
+        );
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["error"], "invalid_token");
+        assert_eq!(
+            ProxyError::client(Kind::Misdirected, "x").status().as_u16(),
+            421
+        );
     }
 }

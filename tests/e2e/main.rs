@@ -32,6 +32,7 @@ mod support;
 mod admin;
 mod cli;
 mod http2;
+mod jwt;
 mod limits;
 mod plugins;
 mod proxy;

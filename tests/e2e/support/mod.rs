@@ -5,6 +5,7 @@
 pub mod bin;
 pub mod client;
 pub mod gateway;
+pub mod jwt;
 pub mod tls;
 pub mod upstream;
 

@@ -1,0 +1,254 @@
+//! The `jwt` plugin end to end: bearer tokens checked at the gateway, claims forwarded as
+//! headers, RFC 6750 challenges, and keys from an in-test JWKS server that rotates them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use serde_json::{json, Value};
+
+use crate::support::client::full;
+use crate::support::jwt::{self, claims, sign, RSA_A, RSA_A_PUB, RSA_B, SECRET};
+use crate::support::upstream::Seen;
+use crate::support::{request, send, Config, RawUpstream, Upstream};
+
+async fn get_with_token(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> crate::support::client::Reply {
+    let req = request("GET", path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("x-user", "spoofed")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    send(addr, req).await
+}
+
+#[tokio::test]
+async fn jwt_checks_bearer_tokens_and_forwards_chosen_claims() {
+    let up = Upstream::echo();
+    let gw = Config::new(&format!(
+        r#"
+upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
+routes:
+  - name: api
+    upstream: app
+    plugins:
+      - name: jwt
+        config:
+          keys:
+            - {{kid: hs, secret: {SECRET}}}
+            - {{kid: rs, pem: {RSA_A_PUB:?}}}
+          issuer: https://idp.example
+          audience: api
+          realm: example
+          claims_to_headers: {{sub: X-User, org.region: X-Region}}
+"#
+    ))
+    .var("app", up.addr())
+    .start();
+
+    let good = claims(json!({"iss": "https://idp.example", "aud": "api", "org": {"region": "eu"}}));
+    for token in [
+        sign("HS256", SECRET, Some("hs"), &good),
+        sign("RS256", RSA_A, Some("rs"), &good),
+    ] {
+        let reply = get_with_token(gw.addr, "/orders", &token).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.header_all("x-user"), ["alice"]);
+        assert_eq!(s.header("x-region"), "eu");
+        // The token itself is forwarded unless `strip_token` is set.
+        assert!(s.header("authorization").starts_with("Bearer "));
+    }
+
+    let missing = gw.get("/orders").await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        missing.header("www-authenticate"),
+        "Bearer realm=\"example\""
+    );
+    let body = missing.json();
+    assert_eq!(body["error"], "missing_token");
+    assert_eq!(body["request_id"], missing.header("x-request-id"));
+
+    let expired =
+        claims(json!({"iss": "https://idp.example", "aud": "api", "exp": jwt::now() - 120}));
+    let reply = get_with_token(gw.addr, "/orders", &sign("HS256", SECRET, None, &expired)).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        "Bearer realm=\"example\", error=\"invalid_token\", error_description=\"the token has expired\""
+    );
+    assert_eq!(reply.json()["error"], "invalid_token");
+
+    let foreign = sign("RS256", RSA_B, Some("rs"), &good);
+    let reply = get_with_token(gw.addr, "/orders", &foreign).await;
+    assert_eq!(reply.status, 401);
+    assert!(reply
+        .header("www-authenticate")
+        .contains("signature is invalid"));
+    assert_eq!(
+        up.requests().len(),
+        2,
+        "rejected requests never reach the upstream"
+    );
+}
+
+/// A JWKS server whose document the test replaces; counts its requests.
+struct JwksServer {
+    up: Upstream,
+    doc: Arc<Mutex<Value>>,
+}
+
+impl JwksServer {
+    fn start(keys: Vec<Value>) -> JwksServer {
+        let doc = Arc::new(Mutex::new(json!({ "keys": keys })));
+        let serving = doc.clone();
+        let up = Upstream::start(move |_: Seen| {
+            let body = serving.lock().unwrap().to_string();
+            async move {
+                http::Response::builder()
+                    .header("content-type", "application/jwk-set+json")
+                    .body(full(body))
+                    .unwrap()
+            }
+        });
+        JwksServer { up, doc }
+    }
+
+    fn rotate(&self, keys: Vec<Value>) {
+        *self.doc.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    fn fetches(&self) -> usize {
+        self.up.requests().len()
+    }
+}
+
+/// A gateway whose one route checks tokens against `jwks_url`, and its echo upstream.
+fn jwks_gateway(
+    jwks_url: &str,
+    min_refetch_ms: u64,
+    timeout_ms: u64,
+) -> (crate::support::TestGateway, Upstream) {
+    let up = Upstream::echo();
+    let gw = Config::new(&format!(
+        r#"
+upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
+routes:
+  - name: api
+    upstream: app
+    plugins:
+      - name: jwt
+        config:
+          jwks:
+            url: {jwks_url}
+            refresh_interval_ms: 3600000
+            min_refetch_interval_ms: {min_refetch_ms}
+            timeout_ms: {timeout_ms}
+"#
+    ))
+    .var("app", up.addr())
+    .start();
+    (gw, up)
+}
+
+#[tokio::test]
+async fn jwks_keys_are_fetched_and_an_unknown_kid_triggers_a_refetch() {
+    let server = JwksServer::start(vec![jwt::jwk(RSA_A, "a")]);
+    let (gw, _up) = jwks_gateway(&format!("http://{}/jwks.json", server.up.addr()), 300, 5000);
+
+    let t = sign("RS256", RSA_A, Some("a"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 200);
+    assert_eq!(server.fetches(), 1);
+    // Cached: more requests, no more fetches.
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 200);
+    assert_eq!(server.fetches(), 1);
+
+    // The issuer rotates in key "b" (and Ed25519 and P-256 keys); after the rate-limit window, a
+    // token signed with "b" makes the gateway refetch, and is accepted.
+    server.rotate(vec![
+        jwt::jwk(RSA_A, "a"),
+        jwt::jwk(RSA_B, "b"),
+        jwt::jwk(jwt::ED25519, "e"),
+        jwt::jwk(jwt::P256, "p"),
+    ]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let tb = sign("RS256", RSA_B, Some("b"), &claims(json!({})));
+    let reply = get_with_token(gw.addr, "/", &tb).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(server.fetches(), 2);
+    let te = sign("EdDSA", jwt::ED25519, Some("e"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &te).await.status, 200);
+    let tp = sign("ES256", jwt::P256, Some("p"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &tp).await.status, 200);
+    assert_eq!(server.fetches(), 2);
+
+    // Key "a" retired: its tokens fail once the gateway refetches.
+    server.rotate(vec![jwt::jwk(RSA_B, "b")]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let tc = sign("RS256", RSA_A, Some("c"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &tc).await.status, 401);
+    assert_eq!(server.fetches(), 3);
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 401);
+}
+
+#[tokio::test]
+async fn unknown_kids_cannot_make_the_gateway_refetch_more_than_once_per_interval() {
+    let server = JwksServer::start(vec![jwt::jwk(RSA_A, "a")]);
+    // A long interval: everything below happens well inside it.
+    let (gw, _up) = jwks_gateway(
+        &format!("http://{}/jwks.json", server.up.addr()),
+        600_000,
+        5000,
+    );
+    let t = sign("RS256", RSA_A, Some("a"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 200);
+    assert_eq!(server.fetches(), 1);
+    for i in 0..5 {
+        let kid = format!("unknown-{i}");
+        let bogus = sign("RS256", RSA_A, Some(&kid), &claims(json!({})));
+        let reply = get_with_token(gw.addr, "/", &bogus).await;
+        assert_eq!(reply.status, 401);
+        assert!(reply.header("www-authenticate").contains("no key matches"));
+    }
+    // Even a real rotation waits for the interval: the rate limit holds.
+    server.rotate(vec![jwt::jwk(RSA_A, "a"), jwt::jwk(RSA_B, "b")]);
+    let tb = sign("RS256", RSA_B, Some("b"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &tb).await.status, 401);
+    assert_eq!(
+        server.fetches(),
+        1,
+        "unknown kids never caused a second fetch"
+    );
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_hanging_or_broken_jwks_server_gives_a_clear_503() {
+    let silent = RawUpstream::silent();
+    let (gw, _up) = jwks_gateway(&format!("http://{}/jwks.json", silent.addr()), 60_000, 300);
+    let t = sign("RS256", RSA_A, Some("a"), &claims(json!({})));
+    let reply = get_with_token(gw.addr, "/", &t).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "unavailable");
+    assert!(reply.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("signing keys"));
+
+    let broken =
+        Upstream::start(|_: Seen| async { http::Response::new(full("<html>not json</html>")) });
+    let (gw, _up) = jwks_gateway(&format!("http://{}/jwks.json", broken.addr()), 60_000, 2000);
+    let reply = get_with_token(gw.addr, "/", &t).await;
+    assert_eq!(reply.status, 503);
+    // The failed fetch is not repeated for every request inside the interval.
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 503);
+    assert_eq!(broken.requests().len(), 1);
+}
