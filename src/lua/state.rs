@@ -59,6 +59,8 @@ pub struct Info {
     pub bytes_in: u64,
     /// Response body bytes sent.
     pub bytes_out: u64,
+    /// Claims of the JWT the `jwt` plugin verified (`sluicegate.jwt.claims()`).
+    pub jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Default for Info {
@@ -72,6 +74,7 @@ impl Default for Info {
             upstream: None,
             bytes_in: 0,
             bytes_out: 0,
+            jwt_claims: None,
         }
     }
 }
@@ -162,6 +165,10 @@ impl ReqState {
         self.info.bytes_out = ctx.traffic.bytes_out.get();
         self.ctx_key = ctx.vars.get::<CtxKey>().cloned();
         self.ctx_created = false;
+        self.info.jwt_claims = ctx
+            .vars
+            .get::<crate::plugins::jwt::Claims>()
+            .map(|c| c.0.clone());
     }
 
     /// Gives the request back to `ctx` and resets the state for reuse.
@@ -196,6 +203,7 @@ impl ReqState {
         self.ctx_created = false;
         self.body_error = None;
         self.info.upstream = None;
+        self.info.jwt_claims = None;
     }
 
     /// Whether the call ended the request (exit with a final status, redirect, output).

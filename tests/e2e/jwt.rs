@@ -252,3 +252,55 @@ async fn a_hanging_or_broken_jwks_server_gives_a_clear_503() {
     assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 503);
     assert_eq!(broken.requests().len(), 1);
 }
+
+#[tokio::test]
+async fn lua_scripts_read_the_verified_claims() {
+    let up = Upstream::echo();
+    let gw = Config::new(&format!(
+        r#"
+upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
+routes:
+  - name: api
+    upstream: app
+    plugins:
+      - name: jwt
+        config: {{keys: [{{secret: {SECRET}}}], optional: true}}
+      - name: lua
+        config:
+          name: plans
+          phase: access
+          code: |
+            local claims = sluicegate.jwt.claims()
+            if not claims then
+              ngx.req.set_header("X-Anonymous", "1")
+              return
+            end
+            if claims.plan ~= "pro" then return ngx.exit(403) end
+            ngx.req.set_header("X-Plan", claims.plan .. ":" .. claims.org.name .. ":" .. #claims.roles)
+      - name: lua
+        config:
+          name: tag
+          phase: header_filter
+          code: |
+            local c = sluicegate.jwt.claims()
+            ngx.header["X-Subject"] = c and c.sub or "none"
+"#
+    ))
+    .var("app", up.addr())
+    .start();
+
+    let pro = claims(json!({"plan": "pro", "org": {"name": "acme"}, "roles": ["a", "b"]}));
+    let reply = get_with_token(gw.addr, "/", &sign("HS256", SECRET, None, &pro)).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-subject"), "alice");
+    assert_eq!(up.only_request().header("x-plan"), "pro:acme:2");
+
+    let free = claims(json!({"plan": "free"}));
+    let reply = get_with_token(gw.addr, "/", &sign("HS256", SECRET, None, &free)).await;
+    assert_eq!(reply.status, 403);
+
+    let reply = gw.get("/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-subject"), "none");
+    assert_eq!(up.requests().last().unwrap().header("x-anonymous"), "1");
+}

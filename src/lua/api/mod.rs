@@ -5,6 +5,7 @@
 pub mod cjson;
 pub mod crypto;
 pub mod http;
+pub mod jwt;
 pub mod ngx;
 pub mod queue;
 pub mod re;
@@ -71,6 +72,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, globals: &Table) -> mlua::Result<Tab
     crypto::register(lua, &ngx, &sluicegate)?;
     http::register(lua, host, &sluicegate)?;
     queue::register(lua, host, &sluicegate)?;
+    jwt::register(lua, host, &sluicegate)?;
     let cjson = cjson::module(lua, false)?;
     let cjson_safe = cjson::module(lua, true)?;
     ngx.raw_set("null", mlua::Value::NULL)?;
