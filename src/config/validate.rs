@@ -164,6 +164,7 @@ fn build_snapshot(
         build,
         diags,
     );
+    check_upstream_refs(&global, &upstreams, diags);
     let (routes, matches) = routes(root, &upstreams, &global, build, metrics, diags);
     if !diags.is_empty() {
         return None;
@@ -552,6 +553,21 @@ fn plugin_chain(
     out
 }
 
+/// Reports the upstream names plugins refer to that the configuration does not define.
+fn check_upstream_refs(
+    entries: &[ChainEntry],
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    diags: &mut Diags,
+) {
+    for entry in entries {
+        for (path, name) in entry.plugin.upstream_refs() {
+            if !upstreams.contains_key(&name) {
+                diags.push(&path, format!("unknown upstream `{name}`"));
+            }
+        }
+    }
+}
+
 fn routes(
     root: &Node,
     upstreams: &HashMap<String, Arc<Upstream>>,
@@ -596,6 +612,7 @@ fn routes(
             }
         });
         let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
+        check_upstream_refs(&own, upstreams, diags);
         if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(|e| e.plugin.answers()) {
             diags.push(
                 &p,

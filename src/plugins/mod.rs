@@ -11,6 +11,7 @@ pub mod headers;
 pub mod lua;
 pub mod request_termination;
 
+pub mod claim_routing;
 pub mod json_path;
 pub mod jwt;
 
@@ -237,6 +238,12 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Log phase: observe the finished request.
     fn log(&self, _ctx: &RequestCtx) {}
+
+    /// Upstream names the plugin may send requests to, each with the configuration path
+    /// that names it, so that loading the configuration checks they exist.
+    fn upstream_refs(&self) -> Vec<(Path, String)> {
+        Vec::new()
+    }
 }
 
 /// What a plugin factory may need while building an instance.
@@ -284,6 +291,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "jwt",
         priority: 1450,
         build: jwt::build,
+    },
+    Builtin {
+        name: "claim_routing",
+        priority: 900,
+        build: claim_routing::build,
     },
 ];
 

@@ -30,6 +30,7 @@
 mod support;
 
 mod admin;
+mod claim_routing;
 mod cli;
 mod http2;
 mod jwt;
