@@ -62,6 +62,12 @@ pub enum Kind {
     Misdirected,
     /// A body that had to be JSON is not.
     InvalidJson,
+    /// The request lacks valid credentials (key, signature, token): 401.
+    Unauthorized,
+    /// The client may not use this route (IP lists): 403.
+    Forbidden,
+    /// The request body is not of a type the route accepts: 415.
+    UnsupportedMediaType,
 }
 
 /// An error on the request path.
@@ -118,6 +124,9 @@ impl ProxyError {
             Kind::TokenMissing | Kind::TokenInvalid => StatusCode::UNAUTHORIZED,
             Kind::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Kind::InvalidJson => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -142,6 +151,9 @@ impl ProxyError {
             Kind::TokenInvalid => "invalid_token",
             Kind::Misdirected => "misdirected_request",
             Kind::InvalidJson => "invalid_json",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 }
@@ -225,6 +237,17 @@ fn quoted(text: &str) -> String {
         .collect()
 }
 
+/// The response to a request a plugin refuses (401 without a valid credential, 403 for a
+/// refused address, 400 for a body it cannot read): the usual JSON error shape, with the
+/// request id. `message` is shown to the client: it names what is wrong, never a secret.
+pub fn rejection(
+    kind: Kind,
+    message: impl Into<String>,
+    request_id: &HeaderValue,
+) -> LocalResponse {
+    error_response(&ProxyError::client(kind, message), request_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +262,8 @@ mod tests {
             (Kind::UpstreamConnect, 502),
             (Kind::UpstreamTimeout, 504),
             (Kind::ScriptBudget, 500),
+            (Kind::Unauthorized, 401),
+            (Kind::Forbidden, 403),
         ];
         for (kind, status) in cases {
             assert_eq!(ProxyError::client(kind, "x").status().as_u16(), status);

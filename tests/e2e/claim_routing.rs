@@ -14,40 +14,43 @@ use crate::support::{request, send, Config, Upstream};
 async fn claim_routing_sends_each_region_to_its_upstream_or_the_fallback() {
     let api_eu = Upstream::echo();
     let edge_us = Upstream::echo();
-    let gw = Config::new(&format!(
+    let secrets = crate::support::jwt::secret_dir();
+    let gw = Config::new(
         r#"
+secrets: {jwt_hs: {file: "{{secrets}}/hs"}}
 upstreams:
-  - {{name: api-eu, targets: ["{{{{eu}}}}"]}}
-  - {{name: edge-us, targets: ["{{{{us}}}}"]}}
+  - {name: api-eu, targets: ["{{eu}}"]}
+  - {name: edge-us, targets: ["{{us}}"]}
 plugins:
   - name: jwt
     config:
-      keys: [{{secret: {SECRET}}}]
-      claims_to_headers: {{region: X-User-Region}}
+      keys: [{secret: "${secret:jwt_hs}"}]
+      claims_to_headers: {region: X-User-Region}
 routes:
   - name: api
-    match: {{paths: /api/}}
+    match: {paths: /api/}
     plugins:
       - name: claim_routing
         config:
           rules:
-            - when: {{region: "${{REGION:-eu}}"}}
-              upstream: "api-${{claims.region}}"
-            - upstream: "edge-${{claims.region}}"
+            - when: {region: "${REGION:-eu}"}
+              upstream: "api-${claims.region}"
+            - upstream: "edge-${claims.region}"
           fallback: api-eu
   - name: strict
-    match: {{paths: /strict/}}
+    match: {paths: /strict/}
     plugins:
       - name: claim_routing
         config:
           rules:
-            - when: {{region: eu}}
-              upstream: "api-${{claims.region}}"
-            - upstream: "edge-${{claims.region}}"
-"#
-    ))
+            - when: {region: eu}
+              upstream: "api-${claims.region}"
+            - upstream: "edge-${claims.region}"
+"#,
+    )
     .var("eu", api_eu.addr())
     .var("us", edge_us.addr())
+    .var("secrets", secrets.path().display())
     .start();
 
     let get = |path: &'static str, region: &'static str| {

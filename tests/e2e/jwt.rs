@@ -29,8 +29,10 @@ async fn get_with_token(
 #[tokio::test]
 async fn jwt_checks_bearer_tokens_and_forwards_chosen_claims() {
     let up = Upstream::echo();
+    let secrets = jwt::secret_dir();
     let gw = Config::new(&format!(
         r#"
+secrets: {{jwt_hs: {{file: "{{{{secrets}}}}/hs"}}}}
 upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
 routes:
   - name: api
@@ -39,7 +41,7 @@ routes:
       - name: jwt
         config:
           keys:
-            - {{kid: hs, secret: {SECRET}}}
+            - {{kid: hs, secret: "${{secret:jwt_hs}}"}}
             - {{kid: rs, pem: {RSA_A_PUB:?}}}
           issuer: https://idp.example
           audience: api
@@ -48,6 +50,7 @@ routes:
 "#
     ))
     .var("app", up.addr())
+    .var("secrets", secrets.path().display())
     .start();
 
     let good = claims(json!({"iss": "https://idp.example", "aud": "api", "org": {"region": "eu"}}));
@@ -256,15 +259,17 @@ async fn a_hanging_or_broken_jwks_server_gives_a_clear_503() {
 #[tokio::test]
 async fn lua_scripts_read_the_verified_claims() {
     let up = Upstream::echo();
-    let gw = Config::new(&format!(
+    let secrets = jwt::secret_dir();
+    let gw = Config::new(
         r#"
-upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
+secrets: {jwt_hs: {file: "{{secrets}}/hs"}}
+upstreams: [{name: app, targets: ["{{app}}"]}]
 routes:
   - name: api
     upstream: app
     plugins:
       - name: jwt
-        config: {{keys: [{{secret: {SECRET}}}], optional: true}}
+        config: {keys: [{secret: "${secret:jwt_hs}"}], optional: true}
       - name: lua
         config:
           name: plans
@@ -284,9 +289,10 @@ routes:
           code: |
             local c = sluicegate.jwt.claims()
             ngx.header["X-Subject"] = c and c.sub or "none"
-"#
-    ))
+"#,
+    )
     .var("app", up.addr())
+    .var("secrets", secrets.path().display())
     .start();
 
     let pro = claims(json!({"plan": "pro", "org": {"name": "acme"}, "roles": ["a", "b"]}));

@@ -277,12 +277,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
-        let node = parse(text, &HashMap::new()).unwrap();
-        let mut diags = Diags::default();
-        let ctx = BuildCtx {
-            base_dir: std::path::Path::new("."),
-        };
-        (build(&node, &Path::root(), &ctx, &mut diags), diags)
+        crate::plugins::testing::build(build, text, &[])
     }
 
     const EDGE: &str = r#"

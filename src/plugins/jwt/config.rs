@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::config::file::{OneOrMany, UpstreamTlsConfig};
+use crate::secrets::SecretRef;
 
 /// `config` of a `jwt` plugin entry.
 #[derive(Debug, Deserialize)]
@@ -58,8 +59,9 @@ pub struct KeyConfig {
     /// The one algorithm this key verifies; by default every algorithm of its type (for a
     /// secret: each HS algorithm it is long enough for).
     pub alg: Option<String>,
-    /// A shared secret for HS256/384/512 (`${secret:NAME}` once secrets are available).
-    pub secret: Option<String>,
+    /// A shared secret for HS256/384/512: `${secret:NAME}`; its current and previous
+    /// values are both accepted.
+    pub secret: Option<SecretRef>,
     /// Whether `secret` is base64 (standard or URL alphabet) rather than raw text.
     #[serde(default)]
     pub secret_base64: bool,

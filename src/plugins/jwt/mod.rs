@@ -146,18 +146,6 @@ pub fn build(
     }))
 }
 
-/// The values of a key's `secret`: `${secret:NAME}` or the text itself.
-fn secret_values(raw: &str, path: &Path, _ctx: &BuildCtx<'_>, diags: &mut Diags) -> Vec<Vec<u8>> {
-    if raw.trim_start().starts_with("${secret:") {
-        diags.push(
-            path,
-            "secret references (`${secret:NAME}`) are not available in this build; give the secret inline (from the environment with `${VAR}`)",
-        );
-        return Vec::new();
-    }
-    vec![raw.as_bytes().to_vec()]
-}
-
 /// Builds the key(s) of one `keys` entry (a secret with a previous value gives two).
 fn build_key(k: &KeyConfig, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) -> Vec<Key> {
     let alg = match k.alg.as_deref().map(|a| (a, Alg::parse(a))) {
@@ -190,11 +178,14 @@ fn build_key(k: &KeyConfig, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) 
     let mut materials: Vec<(Path, Result<Material, String>)> = Vec::new();
     let mut kid = k.kid.clone();
     let mut alg = alg;
-    if let Some(raw) = &k.secret {
+    if let Some(r) = &k.secret {
         let p = path.key("secret");
-        for value in secret_values(raw, &p, ctx, diags) {
+        let secret = ctx.secrets.resolve(r, &p, diags);
+        // The current value, then the previous one while a rotation is under way.
+        for value in secret.iter().flat_map(|s| s.values()) {
+            let value = value.expose();
             let bytes = if k.secret_base64 {
-                match decode_any_base64(&value) {
+                match decode_any_base64(value) {
                     Some(b) => b,
                     None => {
                         diags.push(&p, "the secret is not valid base64");
@@ -202,7 +193,7 @@ fn build_key(k: &KeyConfig, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) 
                     }
                 }
             } else {
-                value
+                value.to_vec()
             };
             materials.push((p.clone(), Material::hmac(&bytes, alg)));
         }

@@ -92,13 +92,28 @@ fn future() -> u64 {
     now() as u64 + 3600
 }
 
+/// The secrets every test configuration may refer to.
+const SECRETS: &[(&str, &str, Option<&str>)] = &[
+    ("hs", SECRET, None),
+    ("short", "short", None),
+    ("h40", "0123456789abcdef0123456789abcdef01234567", None),
+    (
+        "rotating",
+        "new-0123456789abcdef0123456789abcdef",
+        Some("old-0123456789abcdef0123456789abcdef"),
+    ),
+    (
+        "b64",
+        "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg==",
+        None,
+    ),
+];
+
+/// A key entry for the `hs` secret.
+const HS: &str = "{secret: \"${secret:hs}\"}";
+
 fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
-    let node = parse(text, &HashMap::new()).unwrap();
-    let mut diags = Diags::default();
-    let ctx = BuildCtx {
-        base_dir: std::path::Path::new("."),
-    };
-    (build(&node, &Path::root(), &ctx, &mut diags), diags)
+    crate::plugins::testing::build(build, text, SECRETS)
 }
 
 fn plugin(text: &str) -> Arc<dyn Plugin> {
@@ -165,9 +180,9 @@ fn pem_key(pem: &str) -> String {
 #[tokio::test]
 async fn accepts_tokens_of_every_algorithm_with_a_key_of_its_type() {
     let cases = [
-        ("HS256", SECRET, format!("{{secret: {SECRET}}}")),
-        ("HS384", SECRET, format!("{{secret: {SECRET}}}")),
-        ("HS512", SECRET, format!("{{secret: {SECRET}}}")),
+        ("HS256", SECRET, HS.to_string()),
+        ("HS384", SECRET, HS.to_string()),
+        ("HS512", SECRET, HS.to_string()),
         ("RS256", RSA_A, pem_key(RSA_A_PUB)),
         ("RS384", RSA_A, pem_key(RSA_A_PUB)),
         ("RS512", RSA_A, pem_key(RSA_A_PUB)),
@@ -204,7 +219,7 @@ async fn accepts_tokens_of_every_algorithm_with_a_key_of_its_type() {
 #[tokio::test]
 async fn rejects_expired_early_foreign_and_incomplete_tokens() {
     let p = plugin(&format!(
-        "keys: [{{secret: {SECRET}}}]\nissuer: https://idp.example\naudience: [api]\nrequired_claims: [exp, sub]\nleeway_secs: 5"
+        "keys: [{HS}]\nissuer: https://idp.example\naudience: [api]\nrequired_claims: [exp, sub]\nleeway_secs: 5"
     ));
     let good = json!({"iss": "https://idp.example", "aud": "api", "sub": "a", "exp": future()});
     let cases = [
@@ -292,7 +307,7 @@ async fn picks_keys_by_kid_and_tries_keys_without_one() {
 
 #[tokio::test]
 async fn missing_tokens_get_a_challenge_without_an_error_code() {
-    let p = plugin(&format!("keys: [{{secret: {SECRET}}}]\nrealm: api"));
+    let p = plugin(&format!("keys: [{HS}]\nrealm: api"));
     let (flow, _) = run(&p, None).await;
     assert_eq!(outcome(&flow), (401, "Bearer realm=\"api\"".to_string()));
     let (flow, _) = run_with(
@@ -314,7 +329,7 @@ async fn missing_tokens_get_a_challenge_without_an_error_code() {
 
 #[tokio::test]
 async fn optional_mode_lets_anonymous_requests_through_but_not_bad_tokens() {
-    let p = plugin(&format!("keys: [{{secret: {SECRET}}}]\noptional: true"));
+    let p = plugin(&format!("keys: [{HS}]\noptional: true"));
     let (flow, ctx) = run(&p, None).await;
     assert_eq!(outcome(&flow).0, 0);
     assert!(ctx.vars.get::<Claims>().is_none());
@@ -324,7 +339,7 @@ async fn optional_mode_lets_anonymous_requests_through_but_not_bad_tokens() {
 #[tokio::test]
 async fn copies_claims_to_headers_and_drops_client_values() {
     let p = plugin(&format!(
-        "keys: [{{secret: {SECRET}}}]\nclaims_to_headers: {{sub: X-User, org.id: X-Org, roles: X-Roles, missing: X-Missing}}\nstrip_token: true"
+        "keys: [{HS}]\nclaims_to_headers: {{sub: X-User, org.id: X-Org, roles: X-Roles, missing: X-Missing}}\nstrip_token: true"
     ));
     let t = sign(
         "HS256",
@@ -357,7 +372,7 @@ async fn copies_claims_to_headers_and_drops_client_values() {
 #[tokio::test]
 async fn reads_tokens_from_cookies_and_query_parameters_and_strips_them() {
     let p = plugin(&format!(
-        "keys: [{{secret: {SECRET}}}]\ntoken: {{header: null, cookie: jwt, query: access_token}}\nstrip_token: true"
+        "keys: [{HS}]\ntoken: {{header: null, cookie: jwt, query: access_token}}\nstrip_token: true"
     ));
     let t = sign("HS256", SECRET, json!({}), &json!({"exp": future()}));
     let (flow, ctx) = run_with(&p, Some(("cookie", format!("a=1; jwt={t}; b=2"))), "/").await;
@@ -375,32 +390,28 @@ async fn reads_tokens_from_cookies_and_query_parameters_and_strips_them() {
 fn validates_the_configuration_with_paths() {
     let e = errors("{}");
     assert!(e[0].1.contains("`keys`, `jwks`"), "{e:?}");
-    let e = errors("keys: [{secret: short}]");
+    let e = errors("keys: [{secret: \"${secret:short}\"}]");
     assert_eq!(e[0].0, "keys[0].secret");
     assert!(e[0].1.contains("32"));
-    let e = errors(&format!("keys: [{{secret: {SECRET}, pem: x}}]"));
+    let e = errors("keys: [{secret: \"${secret:hs}\", pem: x}]");
     assert!(e[0].1.contains("exactly one"));
     let e =
         errors("keys: [{pem: \"-----BEGIN PRIVATE KEY-----\\nAAAA\\n-----END PRIVATE KEY-----\"}]");
     assert!(e[0].1.contains("private key"), "{e:?}");
     let e = errors(&format!("keys: [{{alg: ES256, pem: {:?}}}]", RSA_A_PUB));
     assert_eq!(e[0].0, "keys[0].alg");
-    let e = errors(&format!(
-        "keys: [{{secret: {SECRET}}}]\nalgorithms: [none, RS256, XX1]"
-    ));
+    let e = errors(&format!("keys: [{HS}]\nalgorithms: [none, RS256, XX1]"));
     assert_eq!(e.len(), 3, "{e:?}");
     assert!(e[1].1.contains("no key can verify RS256"));
-    let e = errors(&format!(
-        "keys: [{{secret: {SECRET}}}]\njwks: {{url: ftp://x}}"
-    ));
+    let e = errors(&format!("keys: [{HS}]\njwks: {{url: ftp://x}}"));
     assert_eq!(e[0].0, "jwks.url");
-    let e = errors(&format!("keys: [{{secret: {SECRET}}}]\nclaims_to_headers: {{sub: \"bad header\"}}\nrealm: 'a\"b'\ncolour: red"));
-    assert!(!e.is_empty());
-    let e = errors(&format!("keys: [{{secret: {SECRET}}}]\ncolour: red"));
-    assert!(e[0].1.contains("unknown field"), "{e:?}");
     let e = errors(&format!(
-        "keys: [{{secret: {SECRET}}}]\ntoken: {{header: null}}"
+        "keys: [{HS}]\nclaims_to_headers: {{sub: \"bad header\"}}\nrealm: 'a\"b'\ncolour: red"
     ));
+    assert!(!e.is_empty());
+    let e = errors(&format!("keys: [{HS}]\ncolour: red"));
+    assert!(e[0].1.contains("unknown field"), "{e:?}");
+    let e = errors(&format!("keys: [{HS}]\ntoken: {{header: null}}"));
     assert!(e[0].1.contains("at least one"), "{e:?}");
     let e = errors("keys: [{pem_file: nope.pem}]");
     assert!(e[0].1.contains("cannot read"), "{e:?}");
@@ -409,35 +420,59 @@ fn validates_the_configuration_with_paths() {
 }
 
 #[test]
-fn accepts_jwk_and_base64_secrets() {
+fn accepts_jwk_and_base64_secrets_and_refuses_literal_ones() {
     let k = b64(SECRET.as_bytes());
     plugin(&format!(
         "keys: [{{jwk: {{kty: oct, k: {k}, alg: HS256, kid: s1}}}}]"
     ));
-    let std_b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
-    plugin(&format!(
-        "keys: [{{secret: {std_b64:?}, secret_base64: true}}]"
-    ));
+    plugin("keys: [{secret: \"${secret:b64}\", secret_base64: true}]");
     let ec = json!({"kty": "EC", "crv": "P-256", "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
         "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM", "use": "sig", "kid": "1"});
     plugin(&format!("keys: [{{jwk: {ec}}}]"));
+    let e = errors(&format!("keys: [{{secret: {SECRET}}}]"));
+    assert_eq!(e[0].0, "keys[0].secret");
+    assert!(e[0].1.contains("secret reference"), "{e:?}");
+    let e = errors("keys: [{secret: \"${secret:undeclared}\"}]");
+    assert_eq!(e[0].0, "keys[0].secret");
+}
+
+#[tokio::test]
+async fn accepts_the_current_and_the_previous_secret_during_a_rotation() {
+    let p = plugin("keys: [{secret: \"${secret:rotating}\"}]");
+    let claims = json!({"exp": future()});
+    for secret in [
+        "new-0123456789abcdef0123456789abcdef",
+        "old-0123456789abcdef0123456789abcdef",
+    ] {
+        let t = sign("HS256", secret, json!({}), &claims);
+        assert_eq!(outcome(&run(&p, Some(&t)).await.0).0, 0, "{secret}");
+    }
+    let t = sign(
+        "HS256",
+        "xyz-0123456789abcdef0123456789abcdef",
+        json!({}),
+        &claims,
+    );
+    assert_eq!(outcome(&run(&p, Some(&t)).await.0).0, 401);
 }
 
 #[test]
 fn derives_the_accepted_algorithms_from_the_keys() {
-    let (p, _) = build_from(&format!("keys: [{{secret: {}}}]", &SECRET[..40]));
-    assert!(p.is_some());
-    let node = parse(
-        &format!("keys: [{{secret: {}}}]", &SECRET[..40]),
-        &HashMap::new(),
-    )
-    .unwrap();
+    let text = "keys: [{secret: \"${secret:h40}\"}]";
+    let node = parse(text, &HashMap::new()).unwrap();
     let cfg: JwtConfig = crate::config::de::from_node(&node, &Path::root()).unwrap();
+    let store = crate::secrets::SecretStore::from_secrets([crate::secrets::Secret::new(
+        "h40",
+        crate::secrets::SecretValue::new(b"0123456789abcdef0123456789abcdef01234567".to_vec()),
+        None,
+    )]);
     let mut d = Diags::default();
     let ctx = BuildCtx {
         base_dir: std::path::Path::new("."),
+        secrets: &store,
     };
     let keys = build_key(&cfg.keys[0], &Path::root(), &ctx, &mut d);
+    assert!(d.is_empty(), "{:?}", d.0);
     assert_eq!(
         algorithms(&cfg, &keys, false, &Path::root(), &mut d),
         [Alg::HS256]

@@ -107,3 +107,11 @@ pub fn claims(extra: Value) -> Value {
     }
     c
 }
+
+/// A directory holding [`SECRET`] in the file `hs`, for a `secrets:` entry
+/// `{file: "<dir>/hs"}` (the directory goes away when dropped).
+pub fn secret_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hs"), SECRET).unwrap();
+    dir
+}
