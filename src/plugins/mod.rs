@@ -22,6 +22,7 @@ mod testing;
 
 pub mod claim_routing;
 pub mod json_path;
+pub mod json_transform;
 pub mod jwt;
 
 use std::future::Future;
@@ -308,6 +309,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "claim_routing",
         priority: 900,
         build: claim_routing::build,
+    },
+    Builtin {
+        name: "json_transform",
+        priority: 1050,
+        build: json_transform::build,
     },
     Builtin {
         name: "key_auth",

@@ -33,6 +33,7 @@ mod admin;
 mod claim_routing;
 mod cli;
 mod http2;
+mod json_transform;
 mod jwt;
 mod limits;
 mod plugins;
