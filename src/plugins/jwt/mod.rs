@@ -613,7 +613,7 @@ impl Jwt {
             let Some(v) = claim.get_in(&claims).filter(|v| !v.is_null()) else {
                 continue;
             };
-            match HeaderValue::from_str(&as_text(v)) {
+            match HeaderValue::from_bytes(as_text(v).as_bytes()) {
                 Ok(hv) => {
                     ctx.head.headers.insert(name.clone(), hv);
                 }
