@@ -254,6 +254,24 @@ async fn a_hanging_or_broken_jwks_server_gives_a_clear_503() {
     // The failed fetch is not repeated for every request inside the interval.
     assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 503);
     assert_eq!(broken.requests().len(), 1);
+
+    // A server error, and a document over `max_bytes` (1 MiB by default).
+    let failing = Upstream::start(|_: Seen| async {
+        http::Response::builder()
+            .status(500)
+            .body(full("oops"))
+            .unwrap()
+    });
+    let huge_doc = json!({"keys": [jwt::jwk(RSA_A, "a")], "pad": "x".repeat(2 << 20)});
+    let huge = Upstream::start(move |_: Seen| {
+        let body = huge_doc.to_string();
+        async move { http::Response::new(full(body)) }
+    });
+    for server in [&failing, &huge] {
+        let (gw, _up) = jwks_gateway(&format!("http://{}/jwks.json", server.addr()), 60_000, 5000);
+        let reply = get_with_token(gw.addr, "/", &t).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+    }
 }
 
 #[tokio::test]

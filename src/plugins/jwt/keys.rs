@@ -605,6 +605,16 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn takes_the_public_key_of_a_certificate() {
+        let certified = rcgen::generate_simple_self_signed(vec!["idp.example".into()]).unwrap();
+        let Ok(Material::P256(point)) = from_pem(&certified.cert.pem()) else {
+            panic!("rcgen's default key is P-256");
+        };
+        assert_eq!(point, certified.key_pair.public_key_raw());
+        assert!(from_pem("-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----").is_err());
+    }
+
     /// RFC 8037 A.4: the Ed25519 signature of the example JWS.
     #[test]
     fn verifies_the_rfc_8037_ed25519_example() {
