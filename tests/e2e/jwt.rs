@@ -328,3 +328,40 @@ routes:
     assert_eq!(reply.header("x-subject"), "none");
     assert_eq!(up.requests().last().unwrap().header("x-anonymous"), "1");
 }
+
+#[tokio::test]
+async fn configured_keys_without_a_kid_do_not_hide_published_ones() {
+    let server = JwksServer::start(vec![jwt::jwk(RSA_A, "a")]);
+    let up = Upstream::echo();
+    let b_pub = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/keys/rsa-b.pub.pem"
+    ))
+    .unwrap();
+    let gw = Config::new(&format!(
+        r#"
+upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
+routes:
+  - name: api
+    upstream: app
+    plugins:
+      - name: jwt
+        config:
+          keys: [{{pem: {b_pub:?}}}]
+          jwks: {{url: "http://{{{{jwks}}}}/jwks.json"}}
+"#
+    ))
+    .var("app", up.addr())
+    .var("jwks", server.up.addr())
+    .start();
+    let from_jwks = sign("RS256", RSA_A, Some("a"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &from_jwks).await.status, 200);
+    let from_config = sign("RS256", RSA_B, Some("any"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &from_config).await.status, 200);
+    let neither = sign("RS256", jwt::RSA_A, Some("b"), &claims(json!({})));
+    let reply = get_with_token(gw.addr, "/", &neither).await;
+    assert_eq!(reply.status, 401);
+    assert!(reply
+        .header("www-authenticate")
+        .contains("signature is invalid"));
+}

@@ -498,19 +498,12 @@ fn now() -> f64 {
 }
 
 impl Jwt {
-    /// Verifies `token` with the inline keys and the JWKS keys known now. `Err(None)`
-    /// means no key matched (the caller may refetch the JWKS and try again).
-    fn verify_with(
-        &self,
-        parsed: &token::Parsed<'_>,
-        jwks_keys: &[Key],
-    ) -> Result<(), Option<TokenError>> {
+    /// Verifies the token with `keys`. `Err(None)` means no key was a candidate (the
+    /// caller may look elsewhere, or refetch the JWKS and try again).
+    fn verify_with(parsed: &token::Parsed<'_>, keys: &[Key]) -> Result<(), Option<TokenError>> {
         let kid = parsed.kid.as_deref();
         let mut tried = false;
-        for key in self.keys.iter().chain(jwks_keys) {
-            if !key.accepts(parsed.alg, kid) {
-                continue;
-            }
+        for key in keys.iter().filter(|k| k.accepts(parsed.alg, kid)) {
             tried = true;
             if key
                 .material
@@ -533,9 +526,15 @@ impl Jwt {
         if !self.algorithms.contains(&parsed.alg) {
             return Err(invalid(TokenError::Algorithm));
         }
-        let mut outcome = self.verify_with(&parsed, &[]);
-        if let (Err(None), Some(jwks)) = (&outcome, &self.jwks) {
-            outcome = self.verify_jwks(jwks, &parsed).await?;
+        let mut outcome = Self::verify_with(&parsed, &self.keys);
+        if let (Err(inline), Some(jwks)) = (&outcome, &self.jwks) {
+            // Configured keys without a `kid` are candidates for every token; when they
+            // do not verify it, the right key may still be a published one.
+            outcome = match self.verify_jwks(jwks, &parsed).await {
+                Ok(Err(None)) | Err(_) if inline.is_some() => Err(inline.clone()),
+                Ok(r) => r,
+                Err(e) => return Err(e),
+            };
         }
         match outcome {
             Ok(()) => {}
@@ -572,7 +571,7 @@ impl Jwt {
                 ));
             }
         }
-        let outcome = self.verify_with(parsed, &set.keys);
+        let outcome = Self::verify_with(parsed, &set.keys);
         if !matches!(outcome, Err(None)) {
             return Ok(outcome);
         }
@@ -581,7 +580,7 @@ impl Jwt {
             return Ok(outcome);
         };
         wait_for(rx, jwks.wait_limit()).await;
-        Ok(self.verify_with(parsed, &jwks.keys().keys))
+        Ok(Self::verify_with(parsed, &jwks.keys().keys))
     }
 
     fn reject(&self, ctx: &RequestCtx, err: &ProxyError) -> Flow {
