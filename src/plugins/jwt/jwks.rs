@@ -44,20 +44,21 @@ pub struct Settings {
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Server name for TLS, when not the URL's host.
     pub sni: Option<String>,
+    /// The TLS settings as written, so sources that differ only there stay apart.
+    pub tls_settings: String,
 }
 
 impl Settings {
     /// What makes two sources the same cache.
     fn identity(&self) -> String {
         format!(
-            "{}|{:?}|{:?}|{:?}|{}|{}|{:?}",
+            "{}|{:?}|{:?}|{:?}|{}|{}",
             self.url,
             self.refresh,
             self.min_refetch,
             self.timeout,
             self.max_bytes,
-            self.tls.is_some(),
-            self.sni
+            self.tls_settings
         )
     }
 }
@@ -264,7 +265,7 @@ pub fn parse_document(body: &[u8]) -> Result<Document, String> {
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     for (i, jwk) in list.iter().enumerate() {
-        match from_jwk(jwk, false) {
+        match from_jwk(jwk) {
             Ok(k) => keys.push(k),
             Err(JwkSkip::NotForSignatures) => {}
             Err(JwkSkip::Invalid(why)) => skipped.push((i, why)),

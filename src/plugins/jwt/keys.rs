@@ -458,9 +458,10 @@ pub enum JwkSkip {
     Invalid(String),
 }
 
-/// Parses a JWK (RFC 7517): `RSA`, `EC` (P-256, P-384), `OKP` (Ed25519) and, when
-/// `allow_secret` is set, `oct` shared secrets.
-pub fn from_jwk(jwk: &serde_json::Value, allow_secret: bool) -> Result<Key, JwkSkip> {
+/// Parses a public JWK (RFC 7517): `RSA`, `EC` (P-256, P-384) or `OKP` (Ed25519). Shared
+/// secrets (`oct`) are refused: they are declared as secrets, never written in a
+/// configuration or published in a JWKS document.
+pub fn from_jwk(jwk: &serde_json::Value) -> Result<Key, JwkSkip> {
     let invalid = |m: &str| JwkSkip::Invalid(m.to_string());
     let obj = jwk
         .as_object()
@@ -517,10 +518,9 @@ pub fn from_jwk(jwk: &serde_json::Value, allow_secret: bool) -> Result<Key, JwkS
                 "unsupported curve `{crv}`; Ed25519 is supported"
             )))
         }
-        "oct" if allow_secret => Material::hmac(&field("k")?, alg).map_err(JwkSkip::Invalid)?,
         "oct" => {
             return Err(invalid(
-                "shared secrets (`oct`) are not taken from a JWKS document",
+                "shared secrets (`oct`) are not accepted as JWKs; declare the secret and use `secret: \"${secret:NAME}\"`",
             ))
         }
         other => {
@@ -591,18 +591,15 @@ mod tests {
     fn parses_jwks_keys_and_skips_unusable_ones() {
         let ok = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "e1",
             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
-        let key = from_jwk(&ok, false).unwrap();
+        let key = from_jwk(&ok).unwrap();
         assert_eq!(key.kid.as_deref(), Some("e1"));
         let enc = serde_json::json!({"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"});
-        assert_eq!(from_jwk(&enc, false).err(), Some(JwkSkip::NotForSignatures));
+        assert_eq!(from_jwk(&enc).err(), Some(JwkSkip::NotForSignatures));
         let oct = serde_json::json!({"kty": "oct", "k": "c2VjcmV0"});
-        assert!(from_jwk(&oct, false).is_err());
+        assert!(from_jwk(&oct).is_err());
         let mismatch = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "RS256",
             "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
-        assert!(matches!(
-            from_jwk(&mismatch, false),
-            Err(JwkSkip::Invalid(_))
-        ));
+        assert!(matches!(from_jwk(&mismatch), Err(JwkSkip::Invalid(_))));
     }
 
     #[test]

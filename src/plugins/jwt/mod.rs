@@ -207,7 +207,7 @@ fn build_key(k: &KeyConfig, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) 
         materials.push((path.key("pem_file"), m));
     } else if let Some(jwk) = &k.jwk {
         let p = path.key("jwk");
-        match keys::from_jwk(jwk, true) {
+        match keys::from_jwk(jwk) {
             Ok(key) => {
                 if kid.is_none() {
                     kid = key.kid.clone();
@@ -324,6 +324,7 @@ fn jwks_settings(
         max_bytes: j.max_bytes,
         tls,
         sni: j.tls.sni.clone(),
+        tls_settings: format!("{:?}", j.tls),
     })
 }
 

@@ -420,11 +420,13 @@ fn validates_the_configuration_with_paths() {
 }
 
 #[test]
-fn accepts_jwk_and_base64_secrets_and_refuses_literal_ones() {
+fn accepts_public_jwks_and_base64_secrets_and_refuses_literal_ones() {
     let k = b64(SECRET.as_bytes());
-    plugin(&format!(
+    let e = errors(&format!(
         "keys: [{{jwk: {{kty: oct, k: {k}, alg: HS256, kid: s1}}}}]"
     ));
+    assert_eq!(e[0].0, "keys[0].jwk");
+    assert!(e[0].1.contains("${secret:NAME}"), "{e:?}");
     plugin("keys: [{secret: \"${secret:b64}\", secret_base64: true}]");
     let ec = json!({"kty": "EC", "crv": "P-256", "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
         "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM", "use": "sig", "kid": "1"});
