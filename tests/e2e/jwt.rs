@@ -365,3 +365,41 @@ routes:
         .header("www-authenticate")
         .contains("signature is invalid"));
 }
+
+#[tokio::test]
+async fn jwks_is_fetched_over_https_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = crate::support::tls::SelfSigned::write_to(certs.path());
+    let doc = json!({"keys": [jwt::jwk(RSA_A, "a")]}).to_string();
+    let server = Upstream::start_tls(cert.server_config(&[b"http/1.1"]), move |_: Seen| {
+        let body = doc.clone();
+        async move { http::Response::new(full(body)) }
+    });
+    let up = Upstream::echo();
+    let config = |tls: &str| {
+        Config::new(&format!(
+            r#"
+upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
+routes:
+  - name: api
+    upstream: app
+    plugins:
+      - name: jwt
+        config:
+          jwks:
+            url: "https://127.0.0.1:{{{{port}}}}/jwks.json"
+            tls: {tls}
+"#
+        ))
+        .var("app", up.addr())
+        .var("port", server.addr().port())
+        .var("certs", certs.path().display())
+        .start()
+    };
+    let t = sign("RS256", RSA_A, Some("a"), &claims(json!({})));
+    let trusted = config("{ca_file: \"{{certs}}/cert.pem\", sni: localhost}");
+    assert_eq!(get_with_token(trusted.addr, "/", &t).await.status, 200);
+    // The web roots do not know the test CA: the fetch fails, the request gets 503.
+    let untrusted = config("{sni: localhost, verify: true}");
+    assert_eq!(get_with_token(untrusted.addr, "/", &t).await.status, 503);
+}
