@@ -403,3 +403,78 @@ routes:
     let untrusted = config("{sni: localhost, verify: true}");
     assert_eq!(get_with_token(untrusted.addr, "/", &t).await.status, 503);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_the_fetched_jwks() {
+    let server = JwksServer::start(vec![jwt::jwk(RSA_A, "a")]);
+    let up = Upstream::echo();
+    let config = |realm: &str| {
+        Config::new(&format!(
+            r#"
+upstreams: [{{name: app, targets: ["{{{{app}}}}"]}}]
+routes:
+  - name: api
+    upstream: app
+    plugins:
+      - name: jwt
+        config:
+          realm: {realm}
+          jwks: {{url: "http://{{{{jwks}}}}/jwks.json"}}
+"#
+        ))
+        .var("app", up.addr())
+        .var("jwks", server.up.addr())
+    };
+    let gw = config("one").start();
+    let t = sign("RS256", RSA_A, Some("a"), &claims(json!({})));
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 200);
+    assert_eq!(server.fetches(), 1);
+    gw.rewrite_config(&config("two"));
+    assert_eq!(gw.admin_post("/reload").await.status, 200);
+    assert_eq!(
+        gw.get("/").await.header("www-authenticate"),
+        "Bearer realm=\"two\""
+    );
+    assert_eq!(get_with_token(gw.addr, "/", &t).await.status, 200);
+    assert_eq!(
+        server.fetches(),
+        1,
+        "the new configuration used the cached keys"
+    );
+}
+
+#[tokio::test]
+async fn a_request_waiting_for_the_jwks_does_not_hold_up_its_worker() {
+    let silent = RawUpstream::silent();
+    let up = Upstream::echo();
+    // One worker: if the wait blocked it, the second request could not be served.
+    let gw = Config::new(
+        r#"
+upstreams: [{name: app, targets: ["{{app}}"]}]
+routes:
+  - name: open
+    match: {paths: /open}
+    upstream: app
+  - name: api
+    upstream: app
+    plugins:
+      - name: jwt
+        config:
+          jwks: {url: "http://{{jwks}}/jwks.json", timeout_ms: 3000}
+"#,
+    )
+    .var("app", up.addr())
+    .var("jwks", silent.addr())
+    .start();
+    let t = sign("RS256", RSA_A, Some("a"), &claims(json!({})));
+    let addr = gw.addr;
+    let waiting = tokio::spawn(async move { get_with_token(addr, "/api", &t).await });
+    // Let the first request reach the gateway and start waiting for the JWKS.
+    crate::support::eventually("the JWKS fetch started", || async { silent.accepted() > 0 }).await;
+    assert_eq!(gw.get("/open").await.status, 200);
+    assert!(
+        !waiting.is_finished(),
+        "the open route was served while the token request still waited"
+    );
+    assert_eq!(waiting.await.unwrap().status, 503);
+}
