@@ -630,6 +630,24 @@ impl Jwt {
     }
 }
 
+/// Verifies `token` with `keys` only (no JWKS): size, algorithm (one of `algorithms`),
+/// signature, then `rules`. What `sluicegate.jwt.verify` uses.
+pub fn verify_with_keys(
+    token: &str,
+    keys: &[Key],
+    algorithms: &[Alg],
+    rules: &ClaimRules,
+    max_bytes: usize,
+) -> Result<Map<String, Value>, TokenError> {
+    let parsed = token::parse(token, max_bytes)?;
+    if !algorithms.contains(&parsed.alg) {
+        return Err(TokenError::Algorithm);
+    }
+    Jwt::verify_with(&parsed, keys).map_err(|e| e.unwrap_or(TokenError::UnknownKey))?;
+    rules.check(&parsed.claims, now())?;
+    Ok(parsed.claims)
+}
+
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<u64>, limit: Duration) {
     let _ = tokio::time::timeout(limit, rx.changed()).await;
 }
