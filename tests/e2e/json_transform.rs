@@ -82,3 +82,38 @@ routes:
         "refused bodies never reach the upstream"
     );
 }
+
+#[tokio::test]
+async fn form_to_json_output_can_be_reshaped_further() {
+    let up = Upstream::echo();
+    let gw = Config::new(
+        r#"
+upstreams: [{name: app, targets: ["{{app}}"]}]
+routes:
+  - name: slack
+    upstream: app
+    plugins:
+      - name: form_to_json
+      - name: json_transform
+        config:
+          request:
+            fields:
+              - {to: command.name, from: command}
+              - {to: command.args, from: text, default: ""}
+              - {to: user, from: user_name}
+"#,
+    )
+    .var("app", up.addr())
+    .start();
+    let req = request("POST", "/commands")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(full("command=%2Fdeploy&text=prod+now&user_name=ada"))
+        .unwrap();
+    assert_eq!(send(gw.addr, req).await.status, 200);
+    let seen = up.only_request();
+    let body: Value = serde_json::from_slice(&seen.body).unwrap();
+    assert_eq!(
+        body,
+        json!({"command": {"name": "/deploy", "args": "prod now"}, "user": "ada"})
+    );
+}
