@@ -189,7 +189,10 @@ impl Material {
     pub fn rsa(n: &[u8], e: &[u8]) -> Result<Material, String> {
         let n = strip_zeros(n);
         let e = strip_zeros(e);
-        let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+        let bits = match n.first() {
+            Some(b) => n.len() * 8 - b.leading_zeros() as usize,
+            None => 0,
+        };
         if !(2048..=8192).contains(&bits) {
             return Err(format!(
                 "the RSA modulus is {bits} bits; 2048 to 8192 are accepted"
@@ -315,10 +318,10 @@ pub fn from_pem(text: &str) -> Result<Material, String> {
     let label = &rest[..label_end];
     let body_start = label_end + 5;
     let end_marker = format!("-----END {label}-----");
-    let end = rest
+    let body_len = rest[body_start..]
         .find(&end_marker)
         .ok_or("not PEM: no matching END line")?;
-    let body: String = rest[body_start..end]
+    let body: String = rest[body_start..body_start + body_len]
         .chars()
         .filter(|c| !c.is_whitespace())
         .collect();
@@ -570,6 +573,10 @@ mod tests {
     fn refuses_private_keys_garbage_and_short_secrets() {
         assert!(from_pem(RSA_PRIVATE).unwrap_err().contains("private key"));
         assert!(from_pem("hello").is_err());
+        assert!(from_pem("-----BEGIN X-----END X-----").is_err());
+        assert!(from_pem("-----BEGIN PUBLIC KEY").is_err());
+        assert!(Material::rsa(&[0, 0], &[1, 0, 1]).is_err());
+        assert!(from_spki(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_err());
         assert!(from_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
         assert!(Material::hmac(b"short", None).unwrap_err().contains("32"));
         assert!(Material::hmac(&[7; 40], Some(Alg::HS384)).is_err());
@@ -610,6 +617,41 @@ mod tests {
         };
         assert_eq!(point, certified.key_pair.public_key_raw());
         assert!(from_pem("-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----").is_err());
+    }
+
+    #[test]
+    fn survives_random_and_truncated_der() {
+        // A small deterministic generator: the point is coverage of odd inputs, not secrecy.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let real = {
+            let body: String = RSA_PUB
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect();
+            base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .unwrap()
+        };
+        for cut in 0..real.len() {
+            let _ = from_spki(&real[..cut]);
+            let _ = from_certificate(&real[..cut]);
+        }
+        for _ in 0..2000 {
+            let len = (next() % 64) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if let Some(first) = bytes.first_mut() {
+                *first = 0x30;
+            }
+            let _ = from_spki(&bytes);
+            let _ = from_certificate(&bytes);
+            let _ = from_pkcs1(&bytes);
+        }
     }
 
     /// RFC 8037 A.4: the Ed25519 signature of the example JWS.

@@ -246,6 +246,26 @@ mod tests {
     }
 
     #[test]
+    fn survives_arbitrary_text() {
+        let samples = [
+            "...",
+            "..",
+            ".",
+            "a..",
+            "..a",
+            "\u{1F600}.\u{1F600}.\u{1F600}",
+            "eyJhbGciOiJIUzI1NiJ9..",
+            "eyJhbGciOiJIUzI1NiJ9.e30.",
+            "eyJ9.eyJ9.eyJ9",
+            "bnVsbA.bnVsbA.bnVsbA",
+            "eyJhbGciOjF9.e30.c2ln",
+        ];
+        for s in samples {
+            assert!(parse(s, 8192).is_err(), "{s}");
+        }
+    }
+
+    #[test]
     fn checks_time_claims_with_leeway() {
         let rules = ClaimRules {
             leeway_secs: 30,
