@@ -277,13 +277,15 @@ fn jwks_settings(
             None
         }
     };
-    for (key, v) in [
-        ("refresh_interval_ms", j.refresh_interval_ms),
-        ("min_refetch_interval_ms", j.min_refetch_interval_ms),
-        ("timeout_ms", j.timeout_ms),
+    // Floors that keep a typo from turning the gateway into a load generator against the
+    // identity provider.
+    for (key, v, min) in [
+        ("refresh_interval_ms", j.refresh_interval_ms, 1000),
+        ("min_refetch_interval_ms", j.min_refetch_interval_ms, 100),
+        ("timeout_ms", j.timeout_ms, 1),
     ] {
-        if v == 0 {
-            diags.push(&path.key(key), "must be greater than 0");
+        if v < min {
+            diags.push(&path.key(key), format!("must be at least {min}"));
         }
     }
     if j.min_refetch_interval_ms > j.refresh_interval_ms {

@@ -405,6 +405,11 @@ fn validates_the_configuration_with_paths() {
     assert!(e[1].1.contains("no key can verify RS256"));
     let e = errors(&format!("keys: [{HS}]\njwks: {{url: ftp://x}}"));
     assert_eq!(e[0].0, "jwks.url");
+    let e = errors(
+        "jwks: {url: 'http://idp/jwks', refresh_interval_ms: 10, min_refetch_interval_ms: 0}",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].1.contains("at least 1000"), "{e:?}");
     let e = errors(&format!(
         "keys: [{HS}]\nclaims_to_headers: {{sub: \"bad header\"}}\nrealm: 'a\"b'\ncolour: red"
     ));
