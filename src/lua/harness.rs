@@ -34,6 +34,8 @@ pub struct FakeRequest {
     pub tls: bool,
     /// Request id.
     pub request_id: HeaderValue,
+    /// Claims of a JWT as if the `jwt` plugin had verified it (`sluicegate.jwt.claims()`).
+    pub jwt_claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Default for FakeRequest {
@@ -46,6 +48,7 @@ impl Default for FakeRequest {
             client_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
             tls: false,
             request_id: HeaderValue::from_static("test-request-id"),
+            jwt_claims: None,
         }
     }
 }
@@ -132,6 +135,10 @@ impl Harness {
             Some(b) => RequestBody::Buffered(b),
             None => RequestBody::Empty,
         };
+        let mut vars = http::Extensions::new();
+        if let Some(claims) = req.jwt_claims {
+            vars.insert(crate::plugins::jwt::Claims(Arc::new(claims)));
+        }
         RequestCtx {
             original_uri: head.uri.clone(),
             head,
@@ -145,7 +152,7 @@ impl Harness {
             snapshot: self.snapshot.clone(),
             route: None,
             started: Instant::now(),
-            vars: http::Extensions::new(),
+            vars,
             upstream: Default::default(),
             upstream_override: None,
             traffic: Rc::default(),

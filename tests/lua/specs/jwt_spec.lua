@@ -72,4 +72,16 @@ describe("sluicegate.jwt.claims", function()
     ]] }:run {}
     assert.equal("nil\n", res.body)
   end)
+
+  it("returns the claims a spec gives the request", function()
+    local script = t.script { phase = "access", name = "plans", code = [[
+      local c = sluicegate.jwt.claims()
+      if c.plan ~= "pro" then return ngx.exit(403) end
+      ngx.req.set_header("X-Org", c.org.id)
+    ]] }
+    assert.equal(403, script:run { jwt_claims = { plan = "free" } }.status)
+    local res = script:run { jwt_claims = { plan = "pro", org = { id = "acme" } } }
+    assert.is_true(res.continued)
+    assert.equal("acme", res.request.headers["x-org"])
+  end)
 end)
