@@ -1,6 +1,7 @@
 //! The small path syntax plugins use to point into JSON values (request bodies, JWT
 //! claims): `user.id`, `items[0].id`, `["key.with.dots"].x`, and `$` for the whole value
-//! (`$.user.id` is the same as `user.id`).
+//! (`$.user.id` is the same as `user.id`). Where a path only reads and may collect several
+//! values ([`JsonPath::parse_pattern`]), `items[*].id` takes `id` from every element.
 //!
 //! Invariants: a path is parsed once, when the configuration is loaded; reading never
 //! fails (a missing step is "absent"); writing creates the objects and arrays on the way
@@ -20,6 +21,8 @@ pub enum Step {
     Key(String),
     /// An array element.
     Index(usize),
+    /// Every element of an array (patterns only).
+    Each,
 }
 
 /// A parsed path; empty means the whole value.
@@ -36,8 +39,17 @@ impl fmt::Display for JsonPath {
 }
 
 impl JsonPath {
-    /// Parses `text`.
+    /// Parses `text` (no `[*]`).
     pub fn parse(text: &str) -> Result<JsonPath, String> {
+        Self::parse_with(text, false)
+    }
+
+    /// Parses `text`, which may use `[*]` to read every element of an array.
+    pub fn parse_pattern(text: &str) -> Result<JsonPath, String> {
+        Self::parse_with(text, true)
+    }
+
+    fn parse_with(text: &str, each: bool) -> Result<JsonPath, String> {
         let mut steps = Vec::new();
         let mut rest = text.trim();
         if rest == "$" {
@@ -58,6 +70,14 @@ impl JsonPath {
                     let end = r.find("\"]").ok_or_else(|| bad("unterminated `[\"`"))?;
                     steps.push(Step::Key(r[..end].to_string()));
                     rest = &r[end + 2..];
+                } else if let Some(r) = r.strip_prefix("*]") {
+                    if !each {
+                        return Err(bad(
+                            "`[*]` is only allowed where values are read (a field's `from`)",
+                        ));
+                    }
+                    steps.push(Step::Each);
+                    rest = r;
                 } else {
                     let end = r.find(']').ok_or_else(|| bad("unterminated `[`"))?;
                     let n: usize = r[..end]
@@ -123,6 +143,12 @@ impl JsonPath {
         Some(cur)
     }
 
+    /// The value at the path, with every `[*]` collecting the values found under each
+    /// element of an array into an array (elements where the rest is missing are left out).
+    pub fn select(&self, root: &Value) -> Option<Value> {
+        select(&self.steps, root)
+    }
+
     /// The value at the path inside an object given as a map (JWT claims).
     pub fn get_in<'a>(&self, root: &'a Map<String, Value>) -> Option<&'a Value> {
         let (first, rest) = self.steps.split_first()?;
@@ -152,6 +178,8 @@ impl JsonPath {
                         _ => return,
                     }
                 }
+                // Writes never go through `[*]`: such paths are refused when loading.
+                Step::Each => return,
                 Step::Index(i) => {
                     if !cur.is_array() {
                         *cur = Value::Array(Vec::new());
@@ -188,6 +216,24 @@ impl JsonPath {
             _ => None,
         }
     }
+}
+
+fn select(steps: &[Step], root: &Value) -> Option<Value> {
+    let mut cur = root;
+    for (i, step) in steps.iter().enumerate() {
+        cur = match (step, cur) {
+            (Step::Key(k), Value::Object(m)) => m.get(k)?,
+            (Step::Index(n), Value::Array(a)) => a.get(*n)?,
+            (Step::Each, Value::Array(a)) => {
+                let rest = &steps[i + 1..];
+                return Some(Value::Array(
+                    a.iter().filter_map(|item| select(rest, item)).collect(),
+                ));
+            }
+            _ => return None,
+        };
+    }
+    Some(cur.clone())
 }
 
 /// A value as header or template text: strings as they are, other scalars as JSON, and
@@ -248,6 +294,21 @@ mod tests {
         assert_eq!(p("items[0]").remove(&mut doc), Some(json!({"id": "a"})));
         assert_eq!(doc["items"], json!([{"id": "b"}]));
         assert_eq!(p("nope.x").remove(&mut doc), None);
+    }
+
+    #[test]
+    fn patterns_collect_from_every_array_element() {
+        let doc =
+            json!({"items": [{"id": 1, "tags": ["a"]}, {"x": 0}, {"id": 3, "tags": ["b", "c"]}]});
+        let pat = |s: &str| JsonPath::parse_pattern(s).unwrap();
+        assert_eq!(pat("items[*].id").select(&doc), Some(json!([1, 3])));
+        assert_eq!(
+            pat("items[*].tags[*]").select(&doc),
+            Some(json!([["a"], ["b", "c"]]))
+        );
+        assert_eq!(pat("items[0].id").select(&doc), Some(json!(1)));
+        assert_eq!(pat("nope[*]").select(&doc), None);
+        assert!(JsonPath::parse("items[*].id").is_err());
     }
 
     #[test]

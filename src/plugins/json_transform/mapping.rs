@@ -69,7 +69,7 @@ impl Mapping {
             let p = path.key("fields").index(i);
             let to = JsonPath::parse(&f.to).map_err(|e| diags.push(&p.key("to"), e));
             let source = match (&f.from, &f.value) {
-                (Some(from), None) => match JsonPath::parse(from) {
+                (Some(from), None) => match JsonPath::parse_pattern(from) {
                     Ok(jp) => Some(Source::From {
                         path: jp,
                         default: f.default.clone(),
@@ -128,8 +128,8 @@ impl Mapping {
                     path,
                     default,
                     required,
-                } => match (path.get(input), default) {
-                    (Some(v), _) => v.clone(),
+                } => match (path.select(input), default) {
+                    (Some(v), _) => v,
                     (None, Some(d)) => d.clone(),
                     (None, None) if *required => {
                         return Err(MapError::Missing(path.to_string()));
@@ -169,14 +169,17 @@ fields:
   - {to: "event.tags[0]", from: variables.tag, default: untagged}
   - {to: source, value: zapier}
   - {to: raw, from: $}
+  - {to: event.amounts, from: "lines[*].amount"}
 "#,
         )
         .unwrap();
-        let signal = json!({"name": "deal_won", "variables": {"user_id": "u1", "amount": "10"}});
+        let signal = json!({"name": "deal_won", "variables": {"user_id": "u1", "amount": "10"},
+            "lines": [{"amount": 4}, {"amount": 6}]});
         assert_eq!(
             m.apply(&signal).unwrap(),
             json!({
-                "event": {"type": "deal_won", "user": {"id": "u1", "email": null}, "tags": ["untagged"]},
+                "event": {"type": "deal_won", "user": {"id": "u1", "email": null}, "tags": ["untagged"],
+                    "amounts": [4, 6]},
                 "source": "zapier",
                 "raw": signal,
             })
@@ -245,5 +248,8 @@ fields:
         assert!(mapping("keep: true").unwrap_err()[0]
             .1
             .contains("nothing to do"));
+        let e = mapping("fields: [{to: \"a[*]\", from: b}]").unwrap_err();
+        assert_eq!(e[0].0, "fields[0].to");
+        assert!(e[0].1.contains("[*]"), "{e:?}");
     }
 }
