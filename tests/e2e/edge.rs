@@ -385,6 +385,35 @@ routes:
         "{}",
         out.stderr
     );
+
+    // A reference where no option takes a secret would be sent as literal text: refused.
+    std::fs::write(
+        &config,
+        r#"listeners: [{address: "127.0.0.1:0"}]
+secrets:
+  token: {env: SLUICEGATE_TEST_TOKEN}
+upstreams: [{name: app, targets: ["127.0.0.1:9"]}]
+routes:
+  - upstream: app
+    plugins:
+      - name: headers
+        config:
+          request:
+            set: {Authorization: "Bearer ${secret:token}"}
+"#,
+    )
+    .unwrap();
+    let out = run_cli(
+        &["check", "-c", config.to_str().unwrap()],
+        &[("SLUICEGATE_TEST_TOKEN", "t0ken")],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(":11: routes[0].plugins[0].config.request.set.Authorization: `${secret:...}` is resolved only in plugin options that take a secret"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("t0ken"));
 }
 
 // ------------------------------------------------------------------ shipped examples
