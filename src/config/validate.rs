@@ -60,7 +60,11 @@ pub fn snapshot(
                     );
                 }
             }
-            build_snapshot(root, &build, version, workers, metrics, &mut diags)
+            let snapshot = build_snapshot(root, &build, version, workers, metrics, &mut diags);
+            if diags.is_empty() {
+                secrets.check_unresolved(root, &mut diags);
+            }
+            snapshot
         }
         _ => {
             diags.push(
