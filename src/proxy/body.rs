@@ -347,6 +347,9 @@ pub struct ResponseBody {
     bytes_out: u64,
     outcome: Option<BodyOutcome>,
     eof_sent: bool,
+    /// Upstream trailers held back while body filters add their last chunk: trailers end
+    /// the stream, so nothing may follow them.
+    trailers: Option<http::HeaderMap>,
 }
 
 impl ResponseBody {
@@ -358,6 +361,7 @@ impl ResponseBody {
             bytes_out: 0,
             outcome: None,
             eof_sent: false,
+            trailers: None,
         }
     }
 
@@ -397,6 +401,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
         let polled = match &mut this.source {
             ResponseSource::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseSource::Upstream(u) => Pin::new(u).poll_frame(cx),
@@ -426,7 +433,20 @@ impl Body for ResponseBody {
                         this.bytes_out += data.len() as u64;
                         Frame::data(data)
                     }
-                    Err(trailers) => trailers,
+                    Err(trailers) => {
+                        // The body filters' end of stream comes before the trailers.
+                        match this.final_chunk() {
+                            None => trailers,
+                            Some(Err(e)) => {
+                                this.finish(BodyOutcome::FilterFailed);
+                                return Poll::Ready(Some(Err(e)));
+                            }
+                            Some(Ok(last)) => {
+                                this.trailers = trailers.into_trailers().ok();
+                                last
+                            }
+                        }
+                    }
                 };
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -434,6 +454,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.trailers.is_some() {
+            return false;
+        }
         if self.observer.as_ref().is_some_and(|o| o.filters()) && !self.eof_sent {
             return false;
         }

@@ -82,6 +82,8 @@ pub async fn handle(
         ))
     };
     let limits = check_limits(&head, listener.max_header_bytes, listener.max_body_bytes);
+    // gRPC needs HTTP/2: HTTP/1.1 requests pay one comparison.
+    let grpc = head.version == http::Version::HTTP_2 && error::is_grpc(&head.headers);
     let mut ctx = RequestCtx {
         original_uri: head.uri.clone(),
         head,
@@ -102,6 +104,7 @@ pub async fn handle(
         status: 0,
         conn_state: conn.state.clone(),
         response_headers: http::HeaderMap::new(),
+        grpc,
     };
     let answer = match limits {
         Ok(()) => run(&mut ctx, &snapshot).await,
@@ -337,6 +340,11 @@ fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {
 fn error_parts(ctx: &RequestCtx, e: &ProxyError) -> (ResponseHead, ResponseSource) {
     if e.kind != Kind::NoRoute && e.origin != error::Source::Client {
         tracing::warn!(request_id = ctx.request_id_str(), route = ctx.route_name(), status = e.status().as_u16(), error = %e, "Request failed.");
+    }
+    if ctx.grpc {
+        // Trailers-only: no body at all, so no `content-length: 0` either.
+        let (head, _) = local_parts(error::grpc_error_response(e));
+        return (head, ResponseSource::Full(None));
     }
     local_parts(error_response(e, &ctx.request_id))
 }

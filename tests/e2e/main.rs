@@ -31,6 +31,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod grpc;
 mod http2;
 mod limits;
 mod plugins;

@@ -5,6 +5,7 @@
 pub mod bin;
 pub mod client;
 pub mod gateway;
+pub mod h2server;
 pub mod tls;
 pub mod upstream;
 
