@@ -245,14 +245,24 @@ async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyEr
         let stream = match &upstream.tls {
             None => UpstreamIo::Plain(tcp),
             Some(tls) => {
-                let name = tls.sni.clone().unwrap_or_else(|| target.host.clone());
-                let server_name = rustls::pki_types::ServerName::try_from(name)
-                    .map_err(|e| unreachable(format!("invalid TLS server name: {e}")))?;
+                let server_name =
+                    super::tls::server_name(tls, &target.host).map_err(unreachable)?;
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let tls_stream = connector
-                    .connect(server_name, tcp)
+                    .connect(server_name.clone(), tcp)
                     .await
-                    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+                    .map_err(|e| unreachable(super::tls::handshake_error(&e, &server_name)))?;
+                // HTTP/2 over TLS is agreed by ALPN (RFC 9113 §3.2): without it the upstream
+                // would read the connection preface as garbage.
+                if upstream.protocol == Protocol::Http2
+                    && tls_stream.get_ref().1.alpn_protocol() != Some(b"h2")
+                {
+                    return Err(unreachable(
+                        "the upstream did not agree to HTTP/2 (ALPN `h2`) during the TLS handshake; \
+                         set `protocol: http1` or enable HTTP/2 on it"
+                            .into(),
+                    ));
+                }
                 UpstreamIo::Tls(Box::new(tls_stream))
             }
         };

@@ -38,4 +38,5 @@ mod plugins;
 mod proxy;
 mod routing;
 mod upstream_failures;
+mod upstream_tls;
 mod websocket;

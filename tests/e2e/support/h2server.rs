@@ -31,6 +31,8 @@ type Handler = Arc<dyn Fn(Request<Incoming>) -> Reply + Send + Sync>;
 pub struct TlsSeen {
     /// The SNI host name, if one was sent.
     pub sni: Option<String>,
+    /// Whether the client presented a certificate (only asked for with client auth).
+    pub client_cert: bool,
     /// The ALPN protocol agreed on.
     pub alpn: Option<Vec<u8>>,
 }
@@ -39,6 +41,7 @@ pub struct TlsSeen {
 pub struct H2Server {
     addr: SocketAddr,
     tls_seen: Arc<Mutex<Vec<TlsSeen>>>,
+    handshake_failures: Arc<Mutex<Vec<String>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -72,7 +75,8 @@ impl H2Server {
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let tls_seen = Arc::new(Mutex::new(Vec::new()));
-        let (seen, failures) = (tls_seen.clone(), Arc::new(Mutex::new(Vec::new())));
+        let handshake_failures = Arc::new(Mutex::new(Vec::new()));
+        let (seen, failures) = (tls_seen.clone(), handshake_failures.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("h2-upstream-{}", addr.port()))
@@ -93,6 +97,7 @@ impl H2Server {
         H2Server {
             addr,
             tls_seen,
+            handshake_failures,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -106,6 +111,11 @@ impl H2Server {
     /// Every completed TLS handshake so far.
     pub fn tls_seen(&self) -> Vec<TlsSeen> {
         self.tls_seen.lock().unwrap().clone()
+    }
+
+    /// Every failed TLS handshake so far (the server's error text).
+    pub fn handshake_failures(&self) -> Vec<String> {
+        self.handshake_failures.lock().unwrap().clone()
     }
 }
 
@@ -156,6 +166,7 @@ async fn accept_loop(
                     let conn = stream.get_ref().1;
                     seen.lock().unwrap().push(TlsSeen {
                         sni: conn.server_name().map(str::to_string),
+                        client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
                         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
                     });
                     let _ = builder

@@ -6,6 +6,7 @@ pub mod bin;
 pub mod client;
 pub mod gateway;
 pub mod h2server;
+pub mod pki;
 pub mod tls;
 pub mod upstream;
 
