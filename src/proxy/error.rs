@@ -54,6 +54,12 @@ pub enum Kind {
     Unavailable,
     /// A bug or an unexpected state.
     Internal,
+    /// The request lacks valid credentials (key, signature, token): 401.
+    Unauthorized,
+    /// The client may not use this route (IP lists): 403.
+    Forbidden,
+    /// The request body is not of a type the route accepts: 415.
+    UnsupportedMediaType,
 }
 
 /// An error on the request path.
@@ -107,6 +113,9 @@ impl ProxyError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -127,6 +136,9 @@ impl ProxyError {
             Kind::ScriptBudget => "script_over_budget",
             Kind::Unavailable => "unavailable",
             Kind::Internal => "internal_error",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 }
@@ -180,6 +192,17 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> LocalRespon
     }
 }
 
+/// The response to a request a plugin refuses (401 without a valid credential, 403 for a
+/// refused address, 400 for a body it cannot read): the usual JSON error shape, with the
+/// request id. `message` is shown to the client: it names what is wrong, never a secret.
+pub fn rejection(
+    kind: Kind,
+    message: impl Into<String>,
+    request_id: &HeaderValue,
+) -> LocalResponse {
+    error_response(&ProxyError::client(kind, message), request_id)
+}
+
 /// Whether `headers` describe a gRPC call: `content-type: application/grpc`, alone or with
 /// a `+codec` or parameters (gRPC-Web's `application/grpc-web` is not: its clients read
 /// HTTP statuses).
@@ -199,11 +222,14 @@ fn is_grpc_content_type(v: &[u8]) -> bool {
 /// gRPC status codes the gateway answers with (the numbering of gRPC's `Code`).
 mod grpc_code {
     pub const CANCELLED: u8 = 1;
+    pub const INVALID_ARGUMENT: u8 = 3;
     pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
     pub const RESOURCE_EXHAUSTED: u8 = 8;
     pub const UNIMPLEMENTED: u8 = 12;
     pub const INTERNAL: u8 = 13;
     pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
 }
 
 impl ProxyError {
@@ -222,6 +248,9 @@ impl ProxyError {
             Kind::BadRequest | Kind::PluginFailure | Kind::ScriptBudget | Kind::Internal => {
                 INTERNAL
             }
+            Kind::Unauthorized => UNAUTHENTICATED,
+            Kind::Forbidden => PERMISSION_DENIED,
+            Kind::UnsupportedMediaType => INVALID_ARGUMENT,
         }
     }
 }
@@ -325,6 +354,8 @@ mod tests {
             (Kind::UpstreamConnect, 502),
             (Kind::UpstreamTimeout, 504),
             (Kind::ScriptBudget, 500),
+            (Kind::Unauthorized, 401),
+            (Kind::Forbidden, 403),
         ];
         for (kind, status) in cases {
             assert_eq!(ProxyError::client(kind, "x").status().as_u16(), status);
