@@ -350,6 +350,8 @@ pub struct ResponseBody {
     /// Upstream trailers held back while body filters add their last chunk: trailers end
     /// the stream, so nothing may follow them.
     trailers: Option<http::HeaderMap>,
+    /// A gRPC call: a failure mid-body ends the stream with a gRPC status in trailers.
+    grpc: bool,
 }
 
 impl ResponseBody {
@@ -362,7 +364,34 @@ impl ResponseBody {
             outcome: None,
             eof_sent: false,
             trailers: None,
+            grpc: false,
         }
+    }
+
+    /// Marks the body as a gRPC call's (see [`ResponseBody::fail`]).
+    pub fn grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
+    /// Ends a failed body: an error (the client's stream is reset, its connection closed
+    /// on HTTP/1.1), or for a gRPC call trailers with the status that `err` maps to.
+    fn fail(
+        &mut self,
+        outcome: BodyOutcome,
+        e: BoxError,
+        err: impl FnOnce() -> ProxyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finish(outcome);
+        if !self.grpc {
+            return Poll::Ready(Some(Err(e)));
+        }
+        let err = err();
+        tracing::debug!(error = %e, "gRPC response ended with a status after a failure mid-body.");
+        // Nothing more is read or sent after the status.
+        self.source = ResponseSource::Full(None);
+        self.eof_sent = true;
+        Poll::Ready(Some(Ok(Frame::trailers(super::error::grpc_trailers(&err)))))
     }
 
     fn finish(&mut self, outcome: BodyOutcome) {
@@ -410,24 +439,26 @@ impl Body for ResponseBody {
         };
         match polled {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                let last = this.final_chunk();
-                if last.is_none() {
+            Poll::Ready(None) => match this.final_chunk() {
+                None => {
                     this.finish(BodyOutcome::Complete);
+                    Poll::Ready(None)
                 }
-                Poll::Ready(last)
-            }
+                Some(Err(e)) => this.fail(BodyOutcome::FilterFailed, e, filter_error),
+                last => Poll::Ready(last),
+            },
             Poll::Ready(Some(Err(e))) => {
-                this.finish(BodyOutcome::UpstreamFailed);
-                Poll::Ready(Some(Err(e)))
+                let message = e.to_string();
+                this.fail(BodyOutcome::UpstreamFailed, e, || {
+                    ProxyError::upstream(Kind::UpstreamProtocol, message)
+                })
             }
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
                     Ok(mut data) => {
                         if let Some(obs) = this.observer.as_mut().filter(|o| o.filters()) {
                             if let Err(e) = obs.on_chunk(&mut data, false) {
-                                this.finish(BodyOutcome::FilterFailed);
-                                return Poll::Ready(Some(Err(e)));
+                                return this.fail(BodyOutcome::FilterFailed, e, filter_error);
                             }
                         }
                         this.bytes_out += data.len() as u64;
@@ -438,8 +469,7 @@ impl Body for ResponseBody {
                         match this.final_chunk() {
                             None => trailers,
                             Some(Err(e)) => {
-                                this.finish(BodyOutcome::FilterFailed);
-                                return Poll::Ready(Some(Err(e)));
+                                return this.fail(BodyOutcome::FilterFailed, e, filter_error);
                             }
                             Some(Ok(last)) => {
                                 this.trailers = trailers.into_trailers().ok();
@@ -477,6 +507,14 @@ impl Body for ResponseBody {
             ResponseSource::Upstream(u) => u.size_hint(),
         }
     }
+}
+
+fn filter_error() -> ProxyError {
+    ProxyError::new(
+        super::error::Source::Plugin,
+        Kind::PluginFailure,
+        "a body filter failed",
+    )
 }
 
 impl Drop for ResponseBody {

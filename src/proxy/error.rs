@@ -281,6 +281,22 @@ pub fn grpc_error_response(err: &ProxyError) -> LocalResponse {
     }
 }
 
+/// The trailers that end a gRPC response whose body failed after its head was sent (the
+/// upstream reset or timed out mid-stream, a body filter failed): gRPC clients get a status
+/// they can act on instead of a reset stream.
+pub fn grpc_trailers(err: &ProxyError) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(err.grpc_status())),
+    );
+    if let Ok(v) = HeaderValue::from_bytes(&percent_encode(err.message.as_bytes())) {
+        trailers.insert("grpc-message", v);
+    }
+    trailers.insert("sluicegate-error", HeaderValue::from_static(err.code()));
+    trailers
+}
+
 /// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
 fn percent_encode(text: &[u8]) -> Vec<u8> {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";

@@ -322,11 +322,15 @@ fn finish(
         head.headers.remove(http::header::CONTENT_LENGTH);
     }
     ctx.status = head.status.as_u16();
+    let grpc = ctx.grpc;
     let observer = LogObserver {
         filters: chain.has(Phase::BodyFilter),
         ctx: Some(ctx),
     };
-    Response::from_parts(head, ResponseBody::new(source, Some(Box::new(observer))))
+    Response::from_parts(
+        head,
+        ResponseBody::new(source, Some(Box::new(observer))).grpc(grpc),
+    )
 }
 
 fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {

@@ -321,3 +321,85 @@ async fn streams_and_trailers_survive_body_filter_and_log_scripts() {
         .unwrap();
     assert_eq!(reply.get_ref().text, "echo: x");
 }
+
+/// An upstream that answers a gRPC call with one message, then resets the stream.
+fn resetting_upstream() -> crate::support::h2server::H2Server {
+    use bytes::Bytes;
+    use http_body::Frame;
+    crate::support::h2server::H2Server::start(|_req: http::Request<hyper::body::Incoming>| async {
+        let payload = prost::Message::encode_to_vec(&msg("first"));
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        let frames = futures_util::stream::unfold(0, move |step| {
+            let frame = frame.clone();
+            async move {
+                match step {
+                    0 => Some((Ok(Frame::data(Bytes::from(frame))), 1)),
+                    1 => {
+                        // Let the message reach the gateway before the reset.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        Some((Err(std::io::Error::other("upstream gave up")), 2))
+                    }
+                    _ => None,
+                }
+            }
+        });
+        http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(crate::support::h2server::AnyBody::new(
+                http_body_util::StreamBody::new(frames),
+            ))
+            .unwrap()
+    })
+}
+
+#[tokio::test]
+async fn a_failure_after_the_response_head_ends_the_call_with_a_grpc_status() {
+    let up = resetting_upstream();
+    let gw = gateway_to(up.addr(), "").start();
+    let mut client = EchoClient::h2c(gw.addr).await;
+    let mut stream = within("call", client.server_stream(msg("x")))
+        .await
+        .unwrap();
+    let first = within("first message", stream.get_mut().message()).await;
+    assert_eq!(first.unwrap().unwrap().text, "first");
+    let status = within("status", stream.get_mut().message())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("upstream"), "{status:?}");
+    assert_eq!(
+        status.metadata().get("sluicegate-error").unwrap(),
+        "upstream_error"
+    );
+
+    // A body filter that fails: INTERNAL, after the messages already sent.
+    let server = EchoServer::start();
+    let plugins = r#"{name: lua, config: {name: boom, phase: body_filter, code: "if ngx.arg[2] then error('boom') end"}}"#;
+    let gw = gateway_to(server.addr(), plugins).start();
+    let mut client = EchoClient::h2c(gw.addr).await;
+    let mut stream = within(
+        "call through a failing filter",
+        client.server_stream(Msg {
+            text: "t".into(),
+            count: 2,
+        }),
+    )
+    .await
+    .unwrap();
+    let mut got = 0;
+    let status = loop {
+        match within("message", stream.get_mut().message()).await {
+            Ok(Some(_)) => got += 1,
+            Ok(None) => panic!("the stream ended without the filter's failure"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(got, 2);
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(
+        status.metadata().get("sluicegate-error").unwrap(),
+        "plugin_error"
+    );
+}
