@@ -322,41 +322,44 @@ async fn streams_and_trailers_survive_body_filter_and_log_scripts() {
     assert_eq!(reply.get_ref().text, "echo: x");
 }
 
-/// An upstream that answers a gRPC call with one message, then resets the stream.
-fn resetting_upstream() -> crate::support::h2server::H2Server {
+/// An upstream that answers a gRPC call with one message, waits `pause`, then resets the
+/// stream.
+fn resetting_upstream(pause: std::time::Duration) -> crate::support::h2server::H2Server {
     use bytes::Bytes;
     use http_body::Frame;
-    crate::support::h2server::H2Server::start(|_req: http::Request<hyper::body::Incoming>| async {
-        let payload = prost::Message::encode_to_vec(&msg("first"));
-        let mut frame = vec![0u8];
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&payload);
-        let frames = futures_util::stream::unfold(0, move |step| {
-            let frame = frame.clone();
-            async move {
-                match step {
-                    0 => Some((Ok(Frame::data(Bytes::from(frame))), 1)),
-                    1 => {
-                        // Let the message reach the gateway before the reset.
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        Some((Err(std::io::Error::other("upstream gave up")), 2))
+    crate::support::h2server::H2Server::start(
+        move |_req: http::Request<hyper::body::Incoming>| async move {
+            let payload = prost::Message::encode_to_vec(&msg("first"));
+            let mut frame = vec![0u8];
+            frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            frame.extend_from_slice(&payload);
+            let frames = futures_util::stream::unfold(0, move |step| {
+                let frame = frame.clone();
+                async move {
+                    match step {
+                        0 => Some((Ok(Frame::data(Bytes::from(frame))), 1)),
+                        1 => {
+                            tokio::time::sleep(pause).await;
+                            Some((Err(std::io::Error::other("upstream gave up")), 2))
+                        }
+                        _ => None,
                     }
-                    _ => None,
                 }
-            }
-        });
-        http::Response::builder()
-            .header("content-type", "application/grpc")
-            .body(crate::support::h2server::AnyBody::new(
-                http_body_util::StreamBody::new(frames),
-            ))
-            .unwrap()
-    })
+            });
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(crate::support::h2server::AnyBody::new(
+                    http_body_util::StreamBody::new(frames),
+                ))
+                .unwrap()
+        },
+    )
 }
 
 #[tokio::test]
 async fn a_failure_after_the_response_head_ends_the_call_with_a_grpc_status() {
-    let up = resetting_upstream();
+    // The pause lets the message reach the gateway before the reset.
+    let up = resetting_upstream(std::time::Duration::from_millis(200));
     let gw = gateway_to(up.addr(), "").start();
     let mut client = EchoClient::h2c(gw.addr).await;
     let mut stream = within("call", client.server_stream(msg("x")))
@@ -373,6 +376,28 @@ async fn a_failure_after_the_response_head_ends_the_call_with_a_grpc_status() {
         status.metadata().get("sluicegate-error").unwrap(),
         "upstream_error"
     );
+
+    // A stream silent for longer than the read timeout.
+    let up = resetting_upstream(std::time::Duration::from_secs(3));
+    let gw = Config::new(
+        r#"
+upstreams: [{name: slow, targets: ["{{slow}}"], protocol: http2, read_timeout_ms: 300}]
+routes: [{name: slow, upstream: slow}]
+"#,
+    )
+    .var("slow", up.addr())
+    .start();
+    let mut client = EchoClient::h2c(gw.addr).await;
+    let mut stream = within("call", client.server_stream(msg("x")))
+        .await
+        .unwrap();
+    let first = within("first message", stream.get_mut().message()).await;
+    assert_eq!(first.unwrap().unwrap().text, "first");
+    let status = within("status", stream.get_mut().message())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("read timeout"), "{status:?}");
 
     // A body filter that fails: INTERNAL, after the messages already sent.
     let server = EchoServer::start();
@@ -401,5 +426,51 @@ async fn a_failure_after_the_response_head_ends_the_call_with_a_grpc_status() {
     assert_eq!(
         status.metadata().get("sluicegate-error").unwrap(),
         "plugin_error"
+    );
+}
+
+#[tokio::test]
+async fn the_shipped_grpc_example_proxies_calls_and_answers_plain_http() {
+    let server = EchoServer::start();
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grpc.yaml");
+    let upstream = server.addr().to_string();
+    let process = crate::support::bin::Process::start_with_env(
+        &example,
+        &[
+            ("PORT", "0"),
+            ("ADMIN_PORT", "0"),
+            ("WORKERS", "1"),
+            ("GRPC_UPSTREAM", &upstream),
+        ],
+    );
+    let mut client = EchoClient::h2c(process.addr).await;
+
+    let reply = within("unary call", client.unary(msg("example")))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().text, "echo: example");
+    let parts = futures_util::stream::iter(["p", "q"].map(msg));
+    let replies = within("bidi call", client.bidi(parts)).await.unwrap();
+    let texts: Vec<String> = replies
+        .into_inner()
+        .map(|m| m.unwrap().text)
+        .collect()
+        .await;
+    assert_eq!(texts, ["re: p", "re: q"]);
+    let status = within("failing call", client.unary(msg("fail")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    let hello = crate::support::get(process.addr, "/hello").await;
+    assert_eq!(hello.status, 200);
+    assert!(hello.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains(&upstream));
+    assert_eq!(
+        server.headers().len(),
+        3,
+        "only gRPC calls reach the upstream"
     );
 }
