@@ -212,6 +212,44 @@ async fn big_messages_and_concurrent_calls_share_one_connection_each_way() {
         assert_eq!(texts.len(), 20);
         assert_eq!(texts[19], format!("c{i} #19"));
     }
+    assert_eq!(server.server.connections(), 1, "one upstream connection");
+}
+
+#[tokio::test]
+async fn a_burst_of_first_calls_opens_one_upstream_connection() {
+    let server = EchoServer::start();
+    let gw = gateway_to(server.addr(), "").start();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(EchoClient::h2c(gw.addr).await);
+    }
+    let calls: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| tokio::spawn(async move { c.unary(msg(format!("b{i}"))).await }))
+        .collect();
+    for call in calls {
+        within("call", call).await.unwrap().unwrap();
+    }
+    assert_eq!(
+        server.server.connections(),
+        1,
+        "the calls waited for one connection"
+    );
+
+    // Calls waiting for a connect that fails get its failure.
+    let gw = gateway_to(crate::support::upstream::dead_address(), "").start();
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let mut c = EchoClient::h2c(gw.addr).await;
+        calls.push(tokio::spawn(
+            async move { c.unary(msg(format!("d{i}"))).await },
+        ));
+    }
+    for call in calls {
+        let status = within("call", call).await.unwrap().unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
 }
 
 #[tokio::test]

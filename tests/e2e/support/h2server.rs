@@ -42,6 +42,7 @@ pub struct H2Server {
     addr: SocketAddr,
     tls_seen: Arc<Mutex<Vec<TlsSeen>>>,
     handshake_failures: Arc<Mutex<Vec<String>>>,
+    connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -77,6 +78,8 @@ impl H2Server {
         let tls_seen = Arc::new(Mutex::new(Vec::new()));
         let handshake_failures = Arc::new(Mutex::new(Vec::new()));
         let (seen, failures) = (tls_seen.clone(), handshake_failures.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let accepted = connections.clone();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name(format!("h2-upstream-{}", addr.port()))
@@ -88,7 +91,7 @@ impl H2Server {
                 rt.block_on(async move {
                     let listener = TcpListener::from_std(std_listener).unwrap();
                     tokio::select! {
-                        _ = accept_loop(listener, tls, handler, seen, failures) => {}
+                        _ = accept_loop(listener, tls, handler, seen, failures, accepted) => {}
                         _ = stop_rx => {}
                     }
                 });
@@ -98,6 +101,7 @@ impl H2Server {
             addr,
             tls_seen,
             handshake_failures,
+            connections,
             stop: Some(stop_tx),
             thread: Some(thread),
         }
@@ -106,6 +110,11 @@ impl H2Server {
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every completed TLS handshake so far.
@@ -136,12 +145,14 @@ async fn accept_loop(
     handler: Handler,
     seen: Arc<Mutex<Vec<TlsSeen>>>,
     failures: Arc<Mutex<Vec<String>>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
+        accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let handler = handler.clone();
         let (seen, failures) = (seen.clone(), failures.clone());
         let acceptor = acceptor.clone();
