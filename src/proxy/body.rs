@@ -349,7 +349,7 @@ pub struct ResponseBody {
     eof_sent: bool,
     /// Upstream trailers held back while body filters add their last chunk: trailers end
     /// the stream, so nothing may follow them.
-    trailers: Option<http::HeaderMap>,
+    trailers: Option<Box<http::HeaderMap>>,
     /// A gRPC call: a failure mid-body ends the stream with a gRPC status in trailers.
     grpc: bool,
 }
@@ -431,7 +431,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(trailers) = this.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+            return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
         }
         let polled = match &mut this.source {
             ResponseSource::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -472,7 +472,7 @@ impl Body for ResponseBody {
                                 return this.fail(BodyOutcome::FilterFailed, e, filter_error);
                             }
                             Some(Ok(last)) => {
-                                this.trailers = trailers.into_trailers().ok();
+                                this.trailers = trailers.into_trailers().ok().map(Box::new);
                                 last
                             }
                         }

@@ -37,6 +37,11 @@ routes: [{name: grpc, upstream: grpc}]
         .await
         .unwrap();
     assert_eq!(reply.get_ref().text, "echo: sealed");
+    let big = "y".repeat(3 << 20);
+    let reply = within("big unary over TLS", client.unary(msg(big.clone())))
+        .await
+        .unwrap();
+    assert_eq!(reply.get_ref().text.len(), big.len() + "echo: ".len());
 
     let status = within("error over TLS", client.unary(msg("fail")))
         .await
@@ -81,6 +86,6 @@ routes: [{name: grpc, upstream: grpc}]
     assert_eq!(seen[0].alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(seen[0].sni, None);
     let headers = server.headers();
-    assert_eq!(headers.len(), 4);
+    assert_eq!(headers.len(), 5);
     assert!(headers.iter().all(|h| h["te"] == "trailers"));
 }
