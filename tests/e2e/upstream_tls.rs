@@ -278,3 +278,51 @@ fn check_reports_each_tls_file_problem_with_its_path_and_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_default_roots_are_the_system_store_which_ssl_cert_file_points_to() {
+    // The real binary, so the environment variable touches no other test.
+    let pki = tempfile::tempdir().unwrap();
+    let ca = Ca::new("system CA");
+    let bundle = ca.write(pki.path(), "system-bundle.pem");
+    let up = tls_upstream(ca.server(&["localhost"]).server_config(&[b"h2"], None));
+    let config = pki.path().join("sluicegate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{address: '127.0.0.1:0'}}]\n\
+             admin: {{address: '127.0.0.1:0'}}\n\
+             access_log: {{target: 'off'}}\n\
+             upstreams:\n\
+             \x20 - name: app\n\
+             \x20   targets: ['localhost:{}']\n\
+             \x20   scheme: https\n\
+             \x20   protocol: http2\n\
+             routes: [{{name: all, upstream: app}}]\n",
+            up.addr().port()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("SSL_CERT_FILE", bundle.to_str().unwrap()),
+        ("SSL_CERT_DIR", pki.path().to_str().unwrap()),
+    ];
+    let process = crate::support::bin::Process::start_with_env(&config, &env);
+
+    let reply = get(process.addr, "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "ok HTTP/2.0");
+    assert_eq!(up.tls_seen()[0].sni.as_deref(), Some("localhost"));
+
+    // The same configuration with the built-in web roots does not trust the test CA.
+    let builtin = std::fs::read_to_string(&config).unwrap().replace(
+        "    protocol: http2\n",
+        "    protocol: http2\n    tls: {roots: builtin}\n",
+    );
+    let check = pki.path().join("builtin.yaml");
+    std::fs::write(&check, builtin).unwrap();
+    let process = crate::support::bin::Process::start_with_env(&check, &env);
+    let reply = get(process.addr, "/").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(reply.text().contains("UnknownIssuer"), "{}", reply.text());
+}
