@@ -387,8 +387,8 @@ impl ResponseBody {
             return Poll::Ready(Some(Err(e)));
         }
         let err = err();
-        tracing::debug!(error = %e, "gRPC response ended with a status after a failure mid-body.");
-        // Nothing more is read or sent after the status.
+        drop(e); // already logged with the request id (log phase, or the failing plugin)
+                 // Nothing more is read or sent after the status.
         self.source = ResponseSource::Full(None);
         self.eof_sent = true;
         Poll::Ready(Some(Ok(Frame::trailers(super::error::grpc_trailers(&err)))))

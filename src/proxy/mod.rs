@@ -424,11 +424,16 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
         .unwrap_or(&snapshot.unmatched);
     metrics.record(ctx.status, took);
     if outcome == BodyOutcome::UpstreamFailed {
+        let ending = if ctx.grpc {
+            "the gRPC call ended with status UNAVAILABLE"
+        } else {
+            "client connection closed"
+        };
         tracing::warn!(
             request_id = ctx.request_id_str(),
             route = ctx.route_name(),
             upstream = ctx.upstream.target.as_deref().unwrap_or("-"),
-            "Response body failed mid-stream; client connection closed."
+            "Response body failed mid-stream; {ending}."
         );
         if let Some(u) = ctx
             .route
