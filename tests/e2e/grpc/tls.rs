@@ -79,6 +79,27 @@ routes: [{name: grpc, upstream: grpc}]
         .await;
     assert_eq!(texts, ["re: x", "re: y"]);
 
+    // Concurrent calls from several client connections share the upstream connection.
+    let mut calls = Vec::new();
+    for i in 0..8 {
+        let tls = cert.connect(gw.addr, &[b"h2"]).await;
+        let origin = format!("https://localhost:{}", gw.addr.port());
+        calls.push(tokio::spawn(async move {
+            let mut c = EchoClient::over(tls, &origin).await;
+            c.unary(msg(format!("c{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .text
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(
+            within("concurrent call", call).await.unwrap(),
+            format!("echo: c{i}")
+        );
+    }
+
     // One TLS connection to the upstream carried every call, agreed on h2 by ALPN, and
     // sent no SNI: the target is an IP address (verified against the certificate's IP).
     let seen = server.server.tls_seen();
@@ -86,6 +107,6 @@ routes: [{name: grpc, upstream: grpc}]
     assert_eq!(seen[0].alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(seen[0].sni, None);
     let headers = server.headers();
-    assert_eq!(headers.len(), 5);
+    assert_eq!(headers.len(), 13);
     assert!(headers.iter().all(|h| h["te"] == "trailers"));
 }
