@@ -338,6 +338,8 @@ pub trait BodyObserver {
     fn filters(&self) -> bool;
     /// The body ended (or was dropped) with `outcome` after `bytes_out` bytes.
     fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64);
+    /// The trailers of a gRPC call's response, as sent to the client.
+    fn on_grpc_trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// The response body sent to the client.
@@ -391,7 +393,18 @@ impl ResponseBody {
                  // Nothing more is read or sent after the status.
         self.source = ResponseSource::Full(None);
         self.eof_sent = true;
-        Poll::Ready(Some(Ok(Frame::trailers(super::error::grpc_trailers(&err)))))
+        let trailers = super::error::grpc_trailers(&err);
+        self.saw_trailers(&trailers);
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    /// Shows a gRPC call's trailers to the observer (the log records `grpc-status`).
+    fn saw_trailers(&mut self, trailers: &http::HeaderMap) {
+        if self.grpc {
+            if let Some(obs) = self.observer.as_mut() {
+                obs.on_grpc_trailers(trailers);
+            }
+        }
     }
 
     fn finish(&mut self, outcome: BodyOutcome) {
@@ -431,6 +444,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if let Some(trailers) = this.trailers.take() {
+            this.saw_trailers(&trailers);
             return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
         }
         let polled = match &mut this.source {
@@ -467,7 +481,12 @@ impl Body for ResponseBody {
                     Err(trailers) => {
                         // The body filters' end of stream comes before the trailers.
                         match this.final_chunk() {
-                            None => trailers,
+                            None => {
+                                if let Some(t) = trailers.trailers_ref() {
+                                    this.saw_trailers(t);
+                                }
+                                trailers
+                            }
                             Some(Err(e)) => {
                                 return this.fail(BodyOutcome::FilterFailed, e, filter_error);
                             }

@@ -325,6 +325,12 @@ fn finish(
     let grpc = ctx.grpc;
     let observer = LogObserver {
         filters: chain.has(Phase::BodyFilter),
+        // A Trailers-Only answer (or the gateway's own gRPC error) has it in the headers.
+        grpc_status: if grpc {
+            grpc_status(&head.headers)
+        } else {
+            None
+        },
         ctx: Some(ctx),
     };
     Response::from_parts(
@@ -373,6 +379,15 @@ fn header_filter(
 struct LogObserver {
     ctx: Option<RequestCtx>,
     filters: bool,
+    /// The `grpc-status` a gRPC call ended with, for the access log.
+    grpc_status: Option<u16>,
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 impl BodyObserver for LogObserver {
@@ -397,16 +412,22 @@ impl BodyObserver for LogObserver {
         Ok(())
     }
 
+    fn on_grpc_trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(status) = grpc_status(trailers) {
+            self.grpc_status = Some(status);
+        }
+    }
+
     fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64) {
         let Some(ctx) = self.ctx.take() else { return };
         ctx.traffic.bytes_out.set(bytes_out);
-        log_phase(&ctx, outcome);
+        log_phase(&ctx, outcome, self.grpc_status);
         ctx.conn_state.set(ConnPhase::Idle);
         ctx.conn_state.end();
     }
 }
 
-fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
+fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome, grpc_status: Option<u16>) {
     let took = ctx.started.elapsed();
     let snapshot = &ctx.snapshot;
     let chain = chain_of(snapshot, ctx.route);
@@ -459,6 +480,7 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
             duration: took,
             upstream_duration: ctx.upstream.duration,
             aborted: outcome != BodyOutcome::Complete,
+            grpc_status,
         });
     }
 }

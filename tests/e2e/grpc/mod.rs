@@ -512,3 +512,59 @@ async fn the_shipped_grpc_example_proxies_calls_and_answers_plain_http() {
         "only gRPC calls reach the upstream"
     );
 }
+
+#[tokio::test]
+async fn the_access_log_records_the_grpc_status_each_call_ended_with() {
+    let server = EchoServer::start();
+    let gw = gateway_to(server.addr(), "")
+        .access_log("access_log: {target: file, path: access.log}")
+        .start();
+    let mut client = EchoClient::h2c(gw.addr).await;
+    let ok = within("ok", client.unary(msg("a"))).await.unwrap();
+    let refused = within("refused", client.unary(msg("fail")))
+        .await
+        .unwrap_err();
+    let mut late = within(
+        "late",
+        client.server_stream(Msg {
+            text: "fail-late".into(),
+            count: 1,
+        }),
+    )
+    .await
+    .unwrap();
+    let late_id = late.metadata().get("x-request-id").unwrap().clone();
+    while within("drain", late.get_mut().message()).await.is_ok() {}
+    let plain = gw.get("/plain").await;
+
+    let path = gw.dir.path().join("access.log");
+    let lines = || std::fs::read_to_string(&path).unwrap_or_default();
+    crate::support::eventually("four access-log lines", || async {
+        lines().lines().count() >= 4
+    })
+    .await;
+    let records: Vec<serde_json::Value> = lines()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no line for {id}: {records:#?}"))
+            .clone()
+    };
+    let id = |md: &tonic::metadata::MetadataMap| {
+        md.get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(by_id(&id(ok.metadata()))["grpc_status"], 0);
+    assert_eq!(by_id(&id(refused.metadata()))["grpc_status"], 3);
+    assert_eq!(by_id(late_id.to_str().unwrap())["grpc_status"], 15);
+    let plain = by_id(plain.header("x-request-id"));
+    assert!(plain.get("grpc_status").is_none(), "{plain}");
+    assert_eq!(by_id(&id(ok.metadata()))["status"], 200);
+}
