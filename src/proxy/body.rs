@@ -388,9 +388,10 @@ impl ResponseBody {
         if !self.grpc {
             return Poll::Ready(Some(Err(e)));
         }
+        // `e` was logged with the request id already (log phase, or the failing plugin).
+        drop(e);
         let err = err();
-        drop(e); // already logged with the request id (log phase, or the failing plugin)
-                 // Nothing more is read or sent after the status.
+        // Nothing more is read or sent after the status.
         self.source = ResponseSource::Full(None);
         self.eof_sent = true;
         let trailers = super::error::grpc_trailers(&err);

@@ -258,22 +258,14 @@ impl ProxyError {
 /// Builds the gRPC form of the error response for a gRPC call: HTTP 200 with the status in
 /// `grpc-status` / `grpc-message` and no body ("Trailers-Only"), as gRPC clients expect; a
 /// JSON body with a 502 would reach them as an opaque protocol error. The JSON body's
-/// `error` code travels as `sluicegate-error` metadata.
-/// The request id travels in the `x-request-id` header, as on every response.
+/// `error` code travels as `sluicegate-error` metadata, the request id in `x-request-id`
+/// as on every response.
 pub fn grpc_error_response(err: &ProxyError) -> LocalResponse {
-    let mut headers = HeaderMap::new();
+    let mut headers = grpc_trailers(err);
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert(
-        "grpc-status",
-        HeaderValue::from(u16::from(err.grpc_status())),
-    );
-    if let Ok(v) = HeaderValue::from_bytes(&percent_encode(err.message.as_bytes())) {
-        headers.insert("grpc-message", v);
-    }
-    headers.insert("sluicegate-error", HeaderValue::from_static(err.code()));
     LocalResponse {
         status: StatusCode::OK,
         headers,
@@ -281,9 +273,10 @@ pub fn grpc_error_response(err: &ProxyError) -> LocalResponse {
     }
 }
 
-/// The trailers that end a gRPC response whose body failed after its head was sent (the
-/// upstream reset or timed out mid-stream, a body filter failed): gRPC clients get a status
-/// they can act on instead of a reset stream.
+/// The status fields of a gRPC error: the trailers that end a gRPC response whose body
+/// failed after its head was sent (the upstream reset or timed out mid-stream, a body
+/// filter failed), so gRPC clients get a status they can act on instead of a reset stream;
+/// and the headers of a Trailers-Only error response.
 pub fn grpc_trailers(err: &ProxyError) -> HeaderMap {
     let mut trailers = HeaderMap::new();
     trailers.insert(
