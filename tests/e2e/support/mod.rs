@@ -5,7 +5,9 @@
 pub mod bin;
 pub mod client;
 pub mod gateway;
+pub mod h2server;
 pub mod jwt;
+pub mod pki;
 pub mod tls;
 pub mod upstream;
 
