@@ -8,6 +8,7 @@ pub mod de;
 pub mod error;
 pub mod file;
 pub mod validate;
+pub mod watch;
 pub mod yaml;
 
 use std::path::{Path as FsPath, PathBuf};

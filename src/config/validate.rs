@@ -32,6 +32,8 @@ const TOP_LEVEL: &[&str] = &[
     "routes",
     "plugins",
     "lua",
+    "code",
+    "watch_config",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -158,12 +160,21 @@ fn build_snapshot(
         crate::server::worker_count(settings.workers)
     };
     let upstreams = upstreams(root, build.base_dir, worker_count, metrics, diags);
-    let global = plugin_chain(
+    let mut global = plugin_chain(
         root.get("plugins"),
         &Path::root().key("plugins"),
         build,
         diags,
     );
+    let code = code_settings(root, build.base_dir, diags);
+    if let Some(c) = &code {
+        // Dynamic scripts run in every chain (see `crate::code::plugin`).
+        global.push(ChainEntry {
+            plugin: Arc::new(crate::code::plugin::CodePlugin::new(c.phases)),
+            priority: c.priority,
+        });
+    }
+    let watch_config: Option<bool> = field(root, "watch_config", diags);
     let (routes, matches) = routes(root, &upstreams, &global, build, metrics, diags);
     if !diags.is_empty() {
         return None;
@@ -182,7 +193,19 @@ fn build_snapshot(
         unmatched: metrics.route("_unmatched"),
         lua: Arc::new(lua),
         queues: Arc::default(),
+        code,
+        watch_config: watch_config.unwrap_or(false),
     })
+}
+
+fn code_settings(
+    root: &Node,
+    base_dir: &FsPath,
+    diags: &mut Diags,
+) -> Option<Arc<crate::code::CodeSettings>> {
+    let cfg: crate::code::config::CodeConfig = field(root, "code", diags)?;
+    let settings = crate::code::config::validate(cfg, &Path::root().key("code"), base_dir, diags);
+    Some(Arc::new(settings))
 }
 
 fn lua_settings(root: &Node, diags: &mut Diags) -> crate::lua::LuaSettings {

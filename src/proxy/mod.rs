@@ -206,6 +206,17 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
             }
         }
         if phase == Phase::Content {
+            // Dynamic content scripts answer only the hosts they match: other requests of
+            // a route with an upstream are proxied, those of a route without one get 404.
+            if chain.entries.iter().any(|e| e.plugin.name() == "code") {
+                if route.upstream.is_some() || ctx.upstream_override.is_some() {
+                    break;
+                }
+                return Err(ProxyError::client(
+                    Kind::NoRoute,
+                    "no script answers requests for this host",
+                ));
+            }
             return Err(ProxyError::new(
                 error::Source::Plugin,
                 Kind::Internal,

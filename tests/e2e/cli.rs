@@ -40,6 +40,7 @@ fn check_accepts_every_shipped_config() {
         ("UPSTREAM", "127.0.0.1:9"),
         ("BENCH_UPSTREAM", "127.0.0.1:9"),
         ("BENCH_API_KEY", "e2e-test-key"),
+        ("CODE_API_URL", "http://127.0.0.1:9/code.json"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);
