@@ -147,6 +147,8 @@ pub struct Snapshot {
     pub code: Option<Arc<crate::code::CodeSettings>>,
     /// `watch_config`: reload when the configuration file changes.
     pub watch_config: bool,
+    /// SHA-256 of the text this snapshot was loaded from (what the file watcher compares).
+    pub source_digest: [u8; 32],
 }
 
 /// A reload asked for by one of the triggers.

@@ -195,6 +195,7 @@ fn build_snapshot(
         queues: Arc::default(),
         code,
         watch_config: watch_config.unwrap_or(false),
+        source_digest: [0; 32],
     })
 }
 

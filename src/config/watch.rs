@@ -15,35 +15,33 @@ use crate::state::Shared;
 /// How often the file is read.
 pub const POLL: Duration = Duration::from_millis(250);
 
-fn digest(bytes: &[u8]) -> [u8; 32] {
+/// SHA-256 of a configuration text.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).into()
 }
 
 /// Watches the running configuration's file for as long as the process runs.
 pub async fn watch(shared: Arc<Shared>) {
-    let mut last: Option<(std::path::PathBuf, [u8; 32])> = None;
+    // The last content a reload was asked for (so a rejected file is not retried).
+    let mut attempted: Option<[u8; 32]> = None;
     loop {
         tokio::time::sleep(POLL).await;
         let snapshot = shared.snapshot.load_full();
         if !snapshot.watch_config {
-            last = None;
+            attempted = None;
             continue;
         }
-        let path = snapshot.source.clone();
-        let Ok(bytes) = std::fs::read(&path) else {
+        let Ok(bytes) = std::fs::read(&snapshot.source) else {
             // Mid-replacement or gone: the next round looks again.
             continue;
         };
         let hash = digest(&bytes);
-        match &last {
-            None => last = Some((path, hash)),
-            Some((p, h)) if *p == path && *h == hash => {}
-            Some(_) => {
-                last = Some((path.clone(), hash));
-                tracing::info!(file = %path.display(), "Configuration file changed; reloading.");
-                let _ = shared.reload("watch").await;
-            }
+        if hash == snapshot.source_digest || attempted == Some(hash) {
+            continue;
         }
+        attempted = Some(hash);
+        tracing::info!(file = %snapshot.source.display(), "Configuration file changed; reloading.");
+        let _ = shared.reload("watch").await;
     }
 }

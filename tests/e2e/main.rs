@@ -31,6 +31,7 @@ mod support;
 
 mod admin;
 mod cli;
+mod code;
 mod http2;
 mod limits;
 mod plugins;
