@@ -225,7 +225,10 @@ impl Shared {
 pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<ReloadRequest>) {
     while let Some(req) = rx.recv().await {
         if let Some(update) = req.code {
-            crate::code::handle(&shared, update);
+            // Compiling a large set takes a while: off the control thread, so the admin API
+            // and the pollers keep answering; still one change at a time.
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::code::handle(&shared, update)).await;
             continue;
         }
         let current = shared.snapshot.load_full();

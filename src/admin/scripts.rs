@@ -39,11 +39,11 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 
 async fn list(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     let set = shared.code.current();
-    let scripts = shared.code.with_state(|s| s.statuses());
+    let scripts = shared.code.statuses();
     Json(json!({
         "enabled": shared.snapshot.load().code.is_some(),
         "version": set.version,
-        "scripts": scripts,
+        "scripts": &*scripts,
     }))
 }
 
@@ -185,11 +185,12 @@ async fn push(
     if let Some(reason) = outcome.rejected {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason);
     }
-    let status = shared.code.with_state(|s| {
-        s.statuses()
-            .into_iter()
-            .find(|st| st.source == "admin" && st.name == name)
-    });
+    let status = shared
+        .code
+        .statuses()
+        .iter()
+        .find(|st| st.source == "admin" && st.name == name)
+        .cloned();
     Json(json!({
         "status": if outcome.set.is_some() { "loaded" } else { "unchanged" },
         "code_version": outcome.version,

@@ -112,8 +112,8 @@ pub fn load_at_start(
                 "start",
                 Some(settings),
             );
-            registry.with_state(|s| {
-                let st = &mut s.sources[Source::Api.index()];
+            registry.with_sources(|s| {
+                let st = &mut s[Source::Api.index()];
                 st.last_result = Some("loaded_from_disk".into());
                 st.offline = true;
                 st.etag = meta.etag.clone();
@@ -278,8 +278,8 @@ pub async fn poll(shared: Arc<Shared>) {
         let url = api.url.to_string();
         if st.url.as_deref() != Some(url.as_str()) {
             // A new URL (or the first round): start from what start-up loaded, if anything.
-            let (etag, version) = shared.code.with_state(|s| {
-                let a = &s.sources[Source::Api.index()];
+            let (etag, version) = shared.code.with_sources(|s| {
+                let a = &s[Source::Api.index()];
                 (a.etag.clone(), a.document_version.clone())
             });
             st = PollState {
@@ -288,8 +288,8 @@ pub async fn poll(shared: Arc<Shared>) {
                 applied: version,
                 rejected: None,
             };
-            shared.code.with_state(|s| {
-                let a = &mut s.sources[Source::Api.index()];
+            shared.code.with_sources(|s| {
+                let a = &mut s[Source::Api.index()];
                 a.configured = true;
                 a.location = Some(url.clone());
             });
@@ -305,8 +305,8 @@ async fn poll_once(shared: &Arc<Shared>, api: &ApiSettings, data_dir: &Path, st:
     let fetched = fetch(api, st.etag.as_deref()).await;
     let checked = now();
     let record = |result: &str, error: Option<String>, online: bool| {
-        shared.code.with_state(|s| {
-            let a = &mut s.sources[Source::Api.index()];
+        shared.code.with_sources(|s| {
+            let a = &mut s[Source::Api.index()];
             a.last_check_at = Some(checked.clone());
             a.last_result = Some(result.to_string());
             a.last_error = error;
@@ -382,8 +382,8 @@ async fn poll_once(shared: &Arc<Shared>, api: &ApiSettings, data_dir: &Path, st:
                 format!("{} script(s) not loaded: {}", names.len(), names.join("; "))
             });
             record("updated", error, true);
-            shared.code.with_state(|s| {
-                let a = &mut s.sources[Source::Api.index()];
+            shared.code.with_sources(|s| {
+                let a = &mut s[Source::Api.index()];
                 a.document_version = Some(version);
                 a.etag = etag;
                 a.last_change_at = Some(checked.clone());

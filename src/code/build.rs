@@ -151,8 +151,6 @@ pub struct CodeState {
     good: HashMap<(Source, String), Good>,
     failed: HashMap<(Source, String), (String, ErrorReport)>,
     statuses: BTreeMap<(Source, String), ScriptStatus>,
-    /// Per-source state for `/status` (index: [`Source::index`]).
-    pub sources: [SourceStatus; 3],
     version: u64,
 }
 
@@ -253,11 +251,6 @@ impl CodeState {
         self.docs = docs;
         self.good = built.good;
         self.statuses = built.statuses;
-        for source in Source::ALL {
-            self.sources[source.index()].scripts = self.docs[source.index()]
-                .as_ref()
-                .map_or(0, |d| d.specs.len());
-        }
         let set = Arc::new(CodeSet::new(self.version, built.groups, built.entries));
         Outcome {
             set: Some(set),
@@ -283,6 +276,19 @@ impl CodeState {
             let Some(doc) = &docs[source.index()] else {
                 continue;
             };
+            // A source taken out of the configuration keeps its document (for when it
+            // comes back) but runs nothing.
+            let active = match source {
+                Source::Api => settings.api.is_some(),
+                Source::Directory => settings.directory.is_some(),
+                Source::Admin => settings.admin_scripts,
+            };
+            if !active {
+                for (key, g) in self.good.iter().filter(|(k, _)| k.0 == source) {
+                    out.good.insert(key.clone(), g.clone());
+                }
+                continue;
+            }
             out.groups[source.index()] = Group {
                 enabled: doc.enabled,
                 skip: doc
@@ -297,7 +303,13 @@ impl CodeState {
                 let prev = self.statuses.get(&key);
                 let (good, error) = match result {
                     Ok(g) => (Some(g), None),
-                    Err(report) => (self.good.get(&key).cloned(), Some(report)),
+                    Err(report) => (
+                        self.good
+                            .get(&key)
+                            .filter(|g| settings.phases.contains(g.phase))
+                            .cloned(),
+                        Some(report),
+                    ),
                 };
                 let status = match (&good, &error) {
                     (Some(_), None) if !doc.enabled => "disabled",
@@ -447,7 +459,7 @@ mod tests {
     fn settings(all_or_nothing: bool) -> CodeSettings {
         CodeSettings {
             api: None,
-            directory: None,
+            directory: Some("scripts".into()),
             admin_scripts: true,
             phases: PhaseSet::of(&Phase::ALL),
             all_or_nothing,
@@ -466,7 +478,7 @@ mod tests {
     }
 
     fn replace(specs: Vec<ScriptSpec>) -> Change {
-        Change::Replace(Source::Api, Some(SourceDoc::enabled(specs)))
+        Change::Replace(Source::Directory, Some(SourceDoc::enabled(specs)))
     }
 
     #[test]
@@ -553,7 +565,25 @@ mod tests {
         assert!(o.set.is_none());
         assert!(o.rejected.unwrap().contains("b"));
         assert_eq!(st.version(), 1);
-        assert_eq!(st.doc(Source::Api).unwrap().specs[0].code, "return 1");
+        assert_eq!(st.doc(Source::Directory).unwrap().specs[0].code, "return 1");
+    }
+
+    #[test]
+    fn a_source_taken_out_of_the_configuration_runs_nothing() {
+        let (mut st, m, s) = (
+            CodeState::default(),
+            CodeMetrics::default(),
+            settings(false),
+        );
+        st.apply(replace(vec![spec("a", "return 1")]), Some(&s), &m);
+        let off = CodeSettings {
+            directory: None,
+            ..settings(false)
+        };
+        let o = st.apply(Change::Rebuild, Some(&off), &m);
+        assert!(o.set.unwrap().is_empty());
+        let o = st.apply(Change::Rebuild, Some(&s), &m);
+        assert_eq!((o.set.unwrap().len(), o.compiled), (1, 0));
     }
 
     #[test]

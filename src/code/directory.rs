@@ -116,8 +116,8 @@ pub fn load_at_start(registry: &super::CodeRegistry, settings: &super::CodeSetti
     let Some(dir) = &settings.directory else {
         return;
     };
-    registry.with_state(|s| {
-        let d = &mut s.sources[Source::Directory.index()];
+    registry.with_sources(|s| {
+        let d = &mut s[Source::Directory.index()];
         d.configured = true;
         d.location = Some(dir.display().to_string());
         d.last_check_at = Some(now());
@@ -129,15 +129,15 @@ pub fn load_at_start(registry: &super::CodeRegistry, settings: &super::CodeSetti
                 "start",
                 Some(settings),
             );
-            registry.with_state(|s| {
-                s.sources[Source::Directory.index()].last_result = Some("updated".into())
+            registry.with_sources(|s| {
+                s[Source::Directory.index()].last_result = Some("updated".into())
             });
         }
         Err(e) => {
             let e = format!("cannot read the directory {}: {e}", dir.display());
             tracing::error!(error = %e, "Script directory unreadable.");
-            registry.with_state(|s| {
-                let d = &mut s.sources[Source::Directory.index()];
+            registry.with_sources(|s| {
+                let d = &mut s[Source::Directory.index()];
                 d.last_result = Some("error".into());
                 d.last_error = Some(e);
             });
@@ -164,7 +164,7 @@ pub async fn watch(shared: Arc<Shared>) {
                 .await;
                 shared
                     .code
-                    .with_state(|s| s.sources[Source::Directory.index()] = Default::default());
+                    .with_sources(|s| s[Source::Directory.index()] = Default::default());
                 had_dir = false;
             }
             last = None;
@@ -190,21 +190,11 @@ pub async fn watch(shared: Arc<Shared>) {
         {
             continue;
         }
-        let first_round = last.is_none()
-            && shared
-                .code
-                .with_state(|s| s.doc(Source::Directory).is_some());
+        // The first round after start submits what start-up loaded already: the reloader
+        // finds it identical and swaps nothing.
         last = Some((dir.clone(), current));
         match scan(&dir) {
             Ok(doc) => {
-                if first_round
-                    && shared
-                        .code
-                        .with_state(|s| s.doc(Source::Directory) == Some(&doc))
-                {
-                    // Loaded at start already.
-                    continue;
-                }
                 let outcome = super::submit(
                     &shared,
                     Change::Replace(Source::Directory, Some(doc)),
@@ -223,8 +213,8 @@ pub async fn watch(shared: Arc<Shared>) {
                 };
                 record(&shared, &dir, result, error);
                 if result == "updated" {
-                    shared.code.with_state(|s| {
-                        s.sources[Source::Directory.index()].last_change_at = Some(now())
+                    shared.code.with_sources(|s| {
+                        s[Source::Directory.index()].last_change_at = Some(now())
                     });
                 }
             }
@@ -234,8 +224,8 @@ pub async fn watch(shared: Arc<Shared>) {
 }
 
 fn record(shared: &Shared, dir: &Path, result: &str, error: Option<String>) {
-    shared.code.with_state(|s| {
-        let d = &mut s.sources[Source::Directory.index()];
+    shared.code.with_sources(|s| {
+        let d = &mut s[Source::Directory.index()];
         d.configured = true;
         d.location = Some(dir.display().to_string());
         d.last_check_at = Some(now());

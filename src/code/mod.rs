@@ -291,7 +291,13 @@ pub struct CodeUpdate {
 #[derive(Default)]
 pub struct CodeRegistry {
     current: ArcSwap<CodeSet>,
+    /// The reloader's bookkeeping; locked while a set is built (compiling), so nothing
+    /// that serves the admin API or a poller waits on it.
     state: Mutex<CodeState>,
+    /// Script statuses of the running set, published after each change.
+    statuses: Mutex<Arc<Vec<build::ScriptStatus>>>,
+    /// What each source last did.
+    sources: Mutex<[build::SourceStatus; 3]>,
     /// Counters.
     pub metrics: CodeMetrics,
 }
@@ -302,10 +308,24 @@ impl CodeRegistry {
         self.current.load_full()
     }
 
-    /// Runs `f` on the reloader's bookkeeping (sources' states, script statuses).
+    /// Runs `f` on the reloader's bookkeeping (waits while a set is being built).
     pub fn with_state<R>(&self, f: impl FnOnce(&mut CodeState) -> R) -> R {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut s)
+    }
+
+    /// Runs `f` on the sources' states (index: [`Source::index`]).
+    pub fn with_sources<R>(&self, f: impl FnOnce(&mut [build::SourceStatus; 3]) -> R) -> R {
+        let mut s = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut s)
+    }
+
+    /// The statuses of every script of the running set's sources.
+    pub fn statuses(&self) -> Arc<Vec<build::ScriptStatus>> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Applies `change` under `settings` (the reloader's and the start-up's way in): builds
@@ -316,10 +336,20 @@ impl CodeRegistry {
         trigger: &'static str,
         settings: Option<&CodeSettings>,
     ) -> Outcome {
-        let outcome = self.with_state(|state| state.apply(change, settings, &self.metrics));
+        let (outcome, statuses, counts) = self.with_state(|state| {
+            let outcome = state.apply(change, settings, &self.metrics);
+            let counts = Source::ALL.map(|s| state.doc(s).map_or(0, |d| d.specs.len()));
+            (outcome, state.statuses(), counts)
+        });
         match &outcome.set {
             Some(set) => {
                 self.current.store(set.clone());
+                *self.statuses.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(statuses);
+                self.with_sources(|s| {
+                    for (st, n) in s.iter_mut().zip(counts) {
+                        st.scripts = n;
+                    }
+                });
                 CodeMetrics::add(&self.metrics.swaps);
                 tracing::info!(
                     trigger,
@@ -466,7 +496,7 @@ pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
         return;
     };
     if settings.admin_scripts {
-        registry.with_state(|s| s.sources[Source::Admin.index()].configured = true);
+        registry.with_sources(|s| s[Source::Admin.index()].configured = true);
         if let Some(doc) = load_admin(&snapshot.settings.data_dir) {
             registry.apply(
                 Change::Replace(Source::Admin, Some(doc)),
@@ -476,8 +506,8 @@ pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
         }
     }
     if let Some(api) = &settings.api {
-        registry.with_state(|s| {
-            let a = &mut s.sources[Source::Api.index()];
+        registry.with_sources(|s| {
+            let a = &mut s[Source::Api.index()];
             a.configured = true;
             a.location = Some(api.url.to_string());
         });
@@ -489,10 +519,10 @@ pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
 /// The `code` part of `GET /status`.
 pub fn status_json(registry: &CodeRegistry) -> serde_json::Value {
     let set = registry.current();
-    registry.with_state(|s| {
+    registry.with_sources(|s| {
         let mut sources = serde_json::Map::new();
         for source in Source::ALL {
-            let st = &s.sources[source.index()];
+            let st = &s[source.index()];
             if st.configured {
                 sources.insert(
                     source.as_str().to_string(),

@@ -749,3 +749,70 @@ async fn runs_the_dynacode_example_as_documented() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_failing_dynamic_script_gets_a_500_like_any_script_and_is_counted() {
+    let gw = Config::new(
+        "data_dir: '{{dir}}/data'\ncode: {admin_scripts: true}\nroutes: [{name: dynamic}]\n",
+    )
+    .start();
+    let push = request("PUT", "/scripts/boom?phase=access")
+        .body(full("local t = nil\nreturn t.x"))
+        .unwrap();
+    assert_eq!(send(gw.admin, push).await.status, 200);
+    let r = get_host(gw.addr, "h", "/").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.json()["request_id"], r.header("x-request-id"));
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "sluicegate_script_failures_total{script=\"boom\",kind=\"error\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_narrows_code_phases_takes_those_scripts_out_without_recompiling() {
+    let config = |phases: &str| {
+        Config::new(&format!(
+            "data_dir: '{{{{dir}}}}/data'\ncode: {{phases: [{phases}]}}\nroutes: [{{name: dynamic}}]\n"
+        ))
+    };
+    let gw = config("access, content, header_filter").start();
+    for (name, phase, code) in [
+        ("body", "content", "ngx.say('hi')"),
+        ("tag", "header_filter", "ngx.header['X-Tag'] = '1'"),
+    ] {
+        let push = request("PUT", &format!("/scripts/{name}?phase={phase}"))
+            .body(full(code))
+            .unwrap();
+        assert_eq!(send(gw.admin, push).await.status, 200);
+    }
+    assert_eq!(get_host(gw.addr, "h", "/").await.header("x-tag"), "1");
+
+    gw.rewrite_config(&config("access, content"));
+    assert_eq!(gw.admin_post("/reload").await.status, 200);
+    let r = get_host(gw.addr, "h", "/").await;
+    assert_eq!((r.text().as_str(), r.header("x-tag")), ("hi\n", ""));
+    let list = gw.admin_get("/scripts").await.json();
+    let tag = list["scripts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "tag")
+        .cloned()
+        .unwrap();
+    assert_eq!(tag["status"], "failed");
+    assert!(tag["last_error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("code.phases"));
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(&m, "sluicegate_code_compiles_total{result=\"ok\"}"),
+        Some(2.0)
+    );
+}
