@@ -139,6 +139,8 @@ pub struct SourceStatus {
 #[derive(Debug, Clone)]
 struct Good {
     script: Arc<Script>,
+    /// `version_of` the source, computed once.
+    version: String,
     phase: Phase,
     domain: Domain,
     domain_text: String,
@@ -317,9 +319,7 @@ impl CodeState {
                     (Some(_), Some(_)) => "stale",
                     (None, _) => "failed",
                 };
-                let version = good
-                    .as_ref()
-                    .map(|g| super::version_of(g.script.source.as_bytes()));
+                let version = good.as_ref().map(|g| g.version.clone());
                 let same = prev.is_some_and(|p| {
                     p.version == version && p.status == status && p.last_error == error
                 });
@@ -399,12 +399,18 @@ impl CodeState {
                 phase.as_str()
             )));
         }
-        let domain = Domain::parse(&spec.domain).map_err(plain)?;
         let key = (source, spec.name.clone());
-        if let Some(g) = self.good.get(&key) {
+        let prev = self.good.get(&key);
+        // Compiled regexes are reused too: compiling a thousand of them is not free.
+        let domain = match prev.filter(|g| g.domain_text == spec.domain) {
+            Some(g) => g.domain.clone(),
+            None => Domain::parse(&spec.domain).map_err(plain)?,
+        };
+        if let Some(g) = prev {
             if g.script.source == spec.code {
                 return Ok(Good {
                     script: g.script.clone(),
+                    version: g.version.clone(),
                     phase,
                     domain,
                     domain_text: spec.domain.clone(),
@@ -422,6 +428,7 @@ impl CodeState {
                 metrics.compiles_ok.fetch_add(1, Ordering::Relaxed);
                 self.failed.remove(&key);
                 Ok(Good {
+                    version: super::version_of(script.source.as_bytes()),
                     script: Arc::new(script),
                     phase,
                     domain,
@@ -551,6 +558,24 @@ mod tests {
             &m,
         );
         assert_eq!(m.compiles_failed.load(Ordering::Relaxed), before);
+    }
+
+    #[test]
+    fn an_invalid_domain_regex_takes_out_only_its_script() {
+        let (mut st, m, s) = (
+            CodeState::default(),
+            CodeMetrics::default(),
+            settings(false),
+        );
+        let mut bad = spec("bad", "return");
+        bad.domain = "(".into();
+        let o = st.apply(replace(vec![bad, spec("ok", "return")]), Some(&s), &m);
+        assert_eq!(o.set.unwrap().len(), 1);
+        assert!(
+            o.errors[0].message.contains("not a valid regex"),
+            "{:?}",
+            o.errors
+        );
     }
 
     #[test]
