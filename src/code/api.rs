@@ -257,6 +257,22 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_millis(r % (max.as_millis() as u64 + 1))
 }
 
+/// Waits one interval (plus jitter), or less when a reload changes the `code.api` settings.
+async fn wait(shared: &Shared, api: &ApiSettings) {
+    let until = tokio::time::Instant::now() + api.interval + jitter(api.jitter);
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(500))).await;
+        let current = shared.snapshot.load();
+        if current.code.as_ref().and_then(|c| c.api.as_ref()) != Some(api) {
+            return;
+        }
+    }
+}
+
 #[derive(Default)]
 struct PollState {
     url: Option<String>,
@@ -277,14 +293,17 @@ pub async fn poll(shared: Arc<Shared>) {
         };
         let url = api.url.to_string();
         if st.url.as_deref() != Some(url.as_str()) {
-            // A new URL (or the first round): start from what start-up loaded, if anything.
+            // The first round starts from what start-up loaded (the persisted document and
+            // its ETag); a new URL keeps the running document's version (an identical
+            // document there is unchanged) but not the ETag, which belongs to the old one.
+            let first = st.url.is_none();
             let (etag, version) = shared.code.with_sources(|s| {
                 let a = &s[Source::Api.index()];
                 (a.etag.clone(), a.document_version.clone())
             });
             st = PollState {
                 url: Some(url.clone()),
-                etag,
+                etag: etag.filter(|_| first),
                 applied: version,
                 rejected: None,
             };
@@ -295,7 +314,7 @@ pub async fn poll(shared: Arc<Shared>) {
             });
         }
         poll_once(&shared, &api, &snapshot.settings.data_dir, &mut st).await;
-        tokio::time::sleep(api.interval + jitter(api.jitter)).await;
+        wait(&shared, &api).await;
     }
 }
 
@@ -389,5 +408,36 @@ async fn poll_once(shared: &Arc<Shared>, api: &ApiSettings, data_dir: &Path, st:
                 a.last_change_at = Some(checked.clone());
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_bound() {
+        assert_eq!(jitter(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_millis(20);
+        let seen: Vec<Duration> = (0..200).map(|_| jitter(max)).collect();
+        assert!(seen.iter().all(|d| *d <= max));
+        assert!(seen.iter().any(|d| *d != seen[0]), "jitter varies");
+    }
+
+    #[test]
+    fn a_persisted_document_is_only_used_for_its_own_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta {
+            url: "http://a/doc.json".into(),
+            etag: Some("\"1\"".into()),
+            fetched_at: now(),
+        };
+        persist(dir.path(), b"{}", &meta).unwrap();
+        let (body, got) = load_persisted(dir.path(), "http://a/doc.json").unwrap();
+        assert_eq!(
+            (body.as_slice(), got.etag.as_deref()),
+            (&b"{}"[..], Some("\"1\""))
+        );
+        assert!(load_persisted(dir.path(), "http://b/doc.json").is_none());
     }
 }

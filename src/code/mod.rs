@@ -336,6 +336,13 @@ impl CodeRegistry {
         trigger: &'static str,
         settings: Option<&CodeSettings>,
     ) -> Outcome {
+        if let Some(s) = settings {
+            self.with_sources(|src| {
+                src[Source::Api.index()].configured = s.api.is_some();
+                src[Source::Directory.index()].configured = s.directory.is_some();
+                src[Source::Admin.index()].configured = s.admin_scripts;
+            });
+        }
         let (outcome, statuses, counts) = self.with_state(|state| {
             let outcome = state.apply(change, settings, &self.metrics);
             let counts = Source::ALL.map(|s| state.doc(s).map_or(0, |d| d.specs.len()));

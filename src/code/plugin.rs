@@ -116,6 +116,14 @@ impl Plugin for CodePlugin {
         Ok(())
     }
 
+    fn filters_body(&self, ctx: &RequestCtx) -> bool {
+        self.phases.contains(Phase::BodyFilter)
+            && pinned_readonly(ctx)
+                .scripts(Phase::BodyFilter)
+                .next()
+                .is_some()
+    }
+
     fn log(&self, ctx: &RequestCtx) {
         let pinned = pinned_readonly(ctx);
         for script in pinned.scripts(Phase::Log) {

@@ -326,12 +326,14 @@ fn finish(
         }
     }
     let chain = chain_of(snapshot, ctx.route);
-    if chain.has(Phase::BodyFilter) {
+    let filters =
+        chain.has(Phase::BodyFilter) && chain.entries.iter().any(|e| e.plugin.filters_body(&ctx));
+    if filters {
         head.headers.remove(http::header::CONTENT_LENGTH);
     }
     ctx.status = head.status.as_u16();
     let observer = LogObserver {
-        filters: chain.has(Phase::BodyFilter),
+        filters,
         ctx: Some(ctx),
     };
     Response::from_parts(head, ResponseBody::new(source, Some(Box::new(observer))))

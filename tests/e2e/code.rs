@@ -816,3 +816,30 @@ async fn a_reload_that_narrows_code_phases_takes_those_scripts_out_without_recom
         Some(2.0)
     );
 }
+
+#[tokio::test]
+async fn dynamic_scripts_filter_proxied_responses_of_the_hosts_they_match() {
+    let up = Upstream::start(|_| async { Response::new(Full::new(Bytes::from("hello body"))) });
+    let gw = Config::new(
+        "data_dir: '{{dir}}/data'\ncode: {}\nupstreams: [{name: app, targets: ['{{app}}']}]\nroutes: [{name: all, upstream: app}]\n",
+    )
+    .var("app", up.addr())
+    .start();
+    let push = request("PUT", "/scripts/shout?phase=body_filter&domain=%5Eloud%24")
+        .body(full("ngx.arg[1] = string.upper(ngx.arg[1])"))
+        .unwrap();
+    assert_eq!(send(gw.admin, push).await.status, 200);
+
+    let quiet = get_host(gw.addr, "quiet", "/path").await;
+    assert_eq!(quiet.status, 200);
+    assert!(
+        !quiet.header("content-length").is_empty(),
+        "no body filter applies: the length is kept"
+    );
+    assert_eq!(quiet.text(), "hello body");
+
+    let loud = get_host(gw.addr, "loud", "/path").await;
+    assert_eq!(loud.status, 200);
+    assert_eq!(loud.text(), "HELLO BODY");
+    assert_eq!(loud.header("content-length"), "");
+}
