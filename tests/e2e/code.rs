@@ -843,3 +843,66 @@ async fn dynamic_scripts_filter_proxied_responses_of_the_hosts_they_match() {
     assert_eq!(loud.text(), "HELLO BODY");
     assert_eq!(loud.header("content-length"), "");
 }
+
+async fn push_script(admin: SocketAddr, name: &str, phase: &str, code: &str) {
+    let req = request("PUT", &format!("/scripts/{name}?phase={phase}"))
+        .body(full(code.to_string()))
+        .unwrap();
+    let r = send(admin, req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_code_it_started_with() {
+    let gw = Config::new("data_dir: '{{dir}}/data'\ncode: {}\nroutes: [{name: dynamic}]\n").start();
+    push_script(gw.admin, "slow", "access", "ngx.sleep(0.5)").await;
+    push_script(gw.admin, "body", "content", "ngx.say('v1')").await;
+
+    let addr = gw.addr;
+    let in_flight = tokio::spawn(async move { get_host(addr, "h", "/").await.text() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    push_script(gw.admin, "body", "content", "ngx.say('v2')").await;
+    push_script(gw.admin, "slow", "access", "return").await;
+
+    assert_eq!(get_host(addr, "h", "/").await.text(), "v2\n");
+    assert_eq!(in_flight.await.unwrap(), "v1\n");
+}
+
+#[tokio::test]
+async fn fifty_code_swaps_under_keep_alive_load_fail_no_request() {
+    let gw = Config::new("data_dir: '{{dir}}/data'\ncode: {}\nroutes: [{name: dynamic}]\n")
+        .workers(2)
+        .start();
+    push_script(gw.admin, "body", "content", "ngx.say('v0')").await;
+    let addr = gw.addr;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut conn: Conn<Empty<Bytes>> = Conn::h1(addr).await;
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match conn.try_send(host_get("h", "/")).await {
+                    Ok(r) if r.status == 200 && r.text().starts_with('v') => ok += 1,
+                    Ok(r) => failed.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => {
+                        failed.push(e);
+                        break;
+                    }
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for n in 1..=50 {
+        push_script(gw.admin, "body", "content", &format!("ngx.say('v{n}')")).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        assert!(ok > 0);
+    }
+    assert_eq!(get_host(addr, "h", "/").await.text(), "v50\n");
+}
