@@ -148,15 +148,7 @@ async fn get(api: &ApiSettings, etag: Option<&str>) -> Result<Fetched, String> {
         .map_err(|e| format!("connect to {host}:{port} failed: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if https {
-        let tls = crate::config::file::UpstreamTlsConfig {
-            verify: Some(api.tls_verify),
-            ..Default::default()
-        };
-        let config = crate::server::tls::client_config(
-            &tls,
-            Path::new("."),
-            crate::upstream::Protocol::Http1,
-        )?;
+        let config = api.tls()?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("bad TLS server name `{host}`: {e}"))?;
         let stream = tokio_rustls::TlsConnector::from(config)

@@ -11,6 +11,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
 use crate::config::error::{Diags, Path};
+use crate::config::yaml::{Node, NodeKind};
 use crate::plugins::{Phase, PhaseSet};
 
 /// Defaults of the `code:` section.
@@ -67,6 +68,8 @@ pub struct ApiConfig {
     pub max_bytes: Option<usize>,
     /// Verify the server's certificate on `https` (default true).
     pub tls_verify: Option<bool>,
+    /// PEM file of CA certificates to trust instead of the built-in web roots.
+    pub ca_file: Option<String>,
 }
 
 /// `code.directory` as written.
@@ -115,6 +118,97 @@ pub struct ApiSettings {
     pub max_bytes: usize,
     /// Verify the certificate on `https`.
     pub tls_verify: bool,
+    /// CA certificates to trust instead of the web roots (resolved path).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ApiSettings {
+    /// The TLS client configuration for an `https` URL.
+    pub fn tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        let tls = crate::config::file::UpstreamTlsConfig {
+            verify: Some(self.tls_verify),
+            ca_file: self.ca_file.as_ref().map(|p| p.display().to_string()),
+            sni: None,
+        };
+        crate::server::tls::client_config(&tls, FsPath::new("."), crate::upstream::Protocol::Http1)
+    }
+}
+
+const KEYS: &[&str] = &[
+    "api",
+    "directory",
+    "admin_scripts",
+    "phases",
+    "all_or_nothing",
+    "priority",
+];
+const API_KEYS: &[&str] = &[
+    "url",
+    "interval_secs",
+    "jitter_ms",
+    "timeout_ms",
+    "headers",
+    "max_bytes",
+    "tls_verify",
+    "ca_file",
+];
+
+/// Reports keys of mapping `node` not in `known` and returns the node without them, so
+/// the other problems of the section are reported too.
+fn known_only(node: &Node, known: &[&str], path: &Path, diags: &mut Diags) -> Node {
+    let mut out = node.clone();
+    if let NodeKind::Map(entries) = &mut out.kind {
+        entries.retain(|(k, _)| {
+            let ok = known.contains(&k.as_str());
+            if !ok {
+                diags.push(
+                    &path.key(k),
+                    format!("unknown key; expected one of: {}", known.join(", ")),
+                );
+            }
+            ok
+        });
+    }
+    out
+}
+
+/// Reads and validates the `code:` node at `path`. Every problem goes to `diags`; the
+/// settings returned then stand in for the section (so that, say, routes answered by
+/// dynamic scripts are not reported as lacking an upstream too).
+pub fn from_node(node: &Node, path: &Path, base_dir: &FsPath, diags: &mut Diags) -> CodeSettings {
+    let mut node = known_only(node, KEYS, path, diags);
+    if let Some(api) = node.take("api") {
+        let api = known_only(&api, API_KEYS, &path.key("api"), diags);
+        if let NodeKind::Map(entries) = &mut node.kind {
+            entries.push(("api".to_string(), api));
+        }
+    }
+    let null = matches!(node.kind, NodeKind::Null);
+    let parsed = if null {
+        crate::config::de::from_node(
+            &Node {
+                kind: NodeKind::Map(Vec::new()),
+                line: node.line,
+            },
+            path,
+        )
+    } else {
+        crate::config::de::from_node::<CodeConfig>(&node, path)
+    };
+    match parsed {
+        Ok(cfg) => validate(cfg, path, base_dir, diags),
+        Err(d) => {
+            diags.0.push(d);
+            CodeSettings {
+                api: None,
+                directory: None,
+                admin_scripts: true,
+                phases: PhaseSet::of(&Phase::ALL),
+                all_or_nothing: false,
+                priority: defaults::PRIORITY,
+            }
+        }
+    }
 }
 
 /// Validates `cfg` (found at `path`); relative directories resolve against `base_dir`.
@@ -124,7 +218,7 @@ pub fn validate(
     base_dir: &FsPath,
     diags: &mut Diags,
 ) -> CodeSettings {
-    let api = cfg.api.map(|a| api(a, &path.key("api"), diags));
+    let api = cfg.api.map(|a| api(a, &path.key("api"), base_dir, diags));
     let directory = cfg.directory.map(|d| {
         if d.path.trim().is_empty() {
             diags.push(&path.key("directory").key("path"), "must not be empty");
@@ -158,7 +252,7 @@ pub fn validate(
     }
 }
 
-fn api(a: ApiConfig, path: &Path, diags: &mut Diags) -> ApiSettings {
+fn api(a: ApiConfig, path: &Path, base_dir: &FsPath, diags: &mut Diags) -> ApiSettings {
     let url = match a.url.parse::<Uri>() {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => u,
         Ok(_) => {
@@ -200,7 +294,7 @@ fn api(a: ApiConfig, path: &Path, diags: &mut Diags) -> ApiSettings {
             headers.push(pair);
         }
     }
-    ApiSettings {
+    let settings = ApiSettings {
         url,
         interval: Duration::from_secs_f64(interval.clamp(0.05, 86_400.0)),
         jitter: Duration::from_millis(jitter_ms.min(3_600_000)),
@@ -208,5 +302,18 @@ fn api(a: ApiConfig, path: &Path, diags: &mut Diags) -> ApiSettings {
         headers,
         max_bytes,
         tls_verify: a.tls_verify.unwrap_or(true),
+        ca_file: a.ca_file.as_ref().map(|f| base_dir.join(f)),
+    };
+    if settings.ca_file.is_some() || settings.url.scheme_str() == Some("https") {
+        // Read the CA file now, so a bad one is a configuration error with its line.
+        if let Err(e) = settings.tls() {
+            let key = if a.ca_file.is_some() {
+                "ca_file"
+            } else {
+                "url"
+            };
+            diags.push(&path.key(key), e);
+        }
     }
+    settings
 }

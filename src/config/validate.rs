@@ -209,9 +209,11 @@ fn code_settings(
     base_dir: &FsPath,
     diags: &mut Diags,
 ) -> Option<Arc<crate::code::CodeSettings>> {
-    let cfg: crate::code::config::CodeConfig = field(root, "code", diags)?;
-    let settings = crate::code::config::validate(cfg, &Path::root().key("code"), base_dir, diags);
-    Some(Arc::new(settings))
+    let node = root.get("code")?;
+    let path = Path::root().key("code");
+    Some(Arc::new(crate::code::config::from_node(
+        node, &path, base_dir, diags,
+    )))
 }
 
 fn lua_settings(root: &Node, diags: &mut Diags) -> crate::lua::LuaSettings {

@@ -906,3 +906,71 @@ async fn fifty_code_swaps_under_keep_alive_load_fail_no_request() {
     }
     assert_eq!(get_host(addr, "h", "/").await.text(), "v50\n");
 }
+
+#[tokio::test]
+async fn an_https_code_api_is_verified_against_the_configured_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let cert = crate::support::tls::SelfSigned::write_to(certs.path());
+    let document = doc("enabled", &[("*", "b", "content", "ngx.say('over tls')")]);
+    let api = Upstream::start_tls(cert.server_config(&[b"http/1.1"]), move |_| {
+        let body = document.clone();
+        async move { Response::new(Full::new(Bytes::from(body))) }
+    });
+    let url = format!("https://localhost:{}/code.json", api.addr().port());
+    let ca = certs.path().join("cert.pem").display().to_string();
+
+    // The built-in web roots do not trust a self-signed certificate.
+    let untrusted = Config::new(&format!(
+        "data_dir: '{{{{dir}}}}/data'\ncode:\n  api: {{url: '{url}', interval_secs: 0.2}}\nroutes: [{{name: dynamic}}]\n"
+    ))
+    .start();
+    let admin = untrusted.admin;
+    eventually("the certificate is refused", || async move {
+        let s = crate::support::get(admin, "/status").await.json();
+        s["code"]["sources"]["api"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("TLS"))
+    })
+    .await;
+    assert_eq!(get_host(untrusted.addr, "h", "/").await.status, 404);
+
+    let trusted = Config::new(&format!(
+        "data_dir: '{{{{dir}}}}/data'\ncode:\n  api: {{url: '{url}', interval_secs: 0.2, ca_file: '{ca}'}}\nroutes: [{{name: dynamic}}]\n"
+    ))
+    .start();
+    wait_for_body(trusted.addr, "h", "over tls\n").await;
+}
+
+#[test]
+fn check_reports_bad_code_settings_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "listeners: [{address: '127.0.0.1:0'}]\n\
+         code:\n\
+         \x20 api:\n\
+         \x20   url: ftp://example.com/x\n\
+         \x20   interval_secs: 0\n\
+         \x20   ca_file: missing.pem\n\
+         \x20 phases: [acces]\n\
+         \x20 colour: blue\n\
+         routes: [{name: r}]\n",
+    )
+    .unwrap();
+    let out = crate::support::bin::run_cli(&["check", "-c", file.to_str().unwrap()], &[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for expected in [
+        "bad.yaml:8: code.colour",
+        "code.api.url",
+        "code.api.interval_secs",
+        "code.api.ca_file",
+        "code.phases[0]",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "no {expected:?} in:\n{}",
+            out.stderr
+        );
+    }
+}

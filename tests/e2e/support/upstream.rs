@@ -143,6 +143,15 @@ impl Upstream {
         )
     }
 
+    /// An upstream behind TLS with `config` that answers each request with `handler`.
+    pub fn start_tls<F, Fut>(config: Arc<rustls::ServerConfig>, handler: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        Self::start_with(Some(config), handler)
+    }
+
     fn start_with<F, Fut>(tls: Option<Arc<rustls::ServerConfig>>, handler: F) -> Upstream
     where
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
