@@ -5,7 +5,9 @@
 //!   source as the body with `?phase=...&domain=...`). It goes through the one reloader,
 //!   and is refused whole (422, with line and error) when it does not compile — the
 //!   running version of the script, if any, keeps running;
-//! - `DELETE /scripts/{name}`: remove a pushed script.
+//! - `DELETE /scripts/{name}`: remove a pushed script;
+//! - `GET /scripts/{name}`: the scripts of that name (any source) with their running source;
+//! - `POST /code/poll`: poll the code API now and answer with the outcome.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -26,7 +28,8 @@ use crate::state::Shared;
 pub fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/scripts", get(list))
-        .route("/scripts/{name}", put(push).delete(remove))
+        .route("/scripts/{*name}", get(show).put(push).delete(remove))
+        .route("/code/poll", post(poll_now))
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -219,4 +222,78 @@ async fn remove(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> 
         );
     }
     Json(json!({"status": "deleted", "code_version": outcome.version})).into_response()
+}
+
+async fn show(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    let set = shared.code.current();
+    let scripts: Vec<serde_json::Value> = shared
+        .code
+        .statuses()
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| {
+            let running = set
+                .entries()
+                .find(|(_, e)| e.source.as_str() == s.source && e.script.name == name)
+                .map(|(_, e)| e.script.source.clone());
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["code"] = running.map_or(serde_json::Value::Null, serde_json::Value::String);
+            v
+        })
+        .collect();
+    if scripts.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dynamic script named `{name}`"),
+        );
+    }
+    Json(json!({"name": name, "scripts": scripts})).into_response()
+}
+
+async fn poll_now(State(shared): State<Arc<Shared>>) -> Response {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(api) = shared
+        .snapshot
+        .load()
+        .code
+        .as_ref()
+        .and_then(|c| c.api.clone())
+    else {
+        return error(
+            StatusCode::CONFLICT,
+            "no_code_api",
+            "no code API is configured (code.api)",
+        );
+    };
+    let signal = &shared.code.poll;
+    let mut done = signal.done.subscribe();
+    let start = *done.borrow_and_update();
+    // A poll already running may have fetched before the caller published: wait for the next.
+    let need = start + if signal.running.load(SeqCst) { 2 } else { 1 };
+    signal.now.notify_one();
+    let finished = async {
+        while *done.borrow_and_update() < need {
+            if done.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    };
+    let limit = api.timeout + std::time::Duration::from_secs(5);
+    match tokio::time::timeout(limit, finished).await {
+        Ok(true) => {
+            let status = crate::code::status_json(&shared.code);
+            Json(json!({
+                "code_version": status["version"],
+                "api": status["sources"]["api"],
+            }))
+            .into_response()
+        }
+        _ => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "poll_timeout",
+            "the poll did not finish in time; see GET /status",
+        ),
+    }
 }

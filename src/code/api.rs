@@ -257,7 +257,10 @@ async fn wait(shared: &Shared, api: &ApiSettings) {
         if now >= until {
             return;
         }
-        tokio::time::sleep((until - now).min(Duration::from_millis(500))).await;
+        tokio::select! {
+            _ = tokio::time::sleep((until - now).min(Duration::from_millis(500))) => {}
+            _ = shared.code.poll.now.notified() => return,
+        }
         let current = shared.snapshot.load();
         if current.code.as_ref().and_then(|c| c.api.as_ref()) != Some(api) {
             return;
@@ -305,7 +308,15 @@ pub async fn poll(shared: Arc<Shared>) {
                 a.location = Some(url.clone());
             });
         }
+        let signal = &shared.code.poll;
+        signal
+            .running
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         poll_once(&shared, &api, &snapshot.settings.data_dir, &mut st).await;
+        signal
+            .running
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        signal.done.send_modify(|n| *n += 1);
         wait(&shared, &api).await;
     }
 }

@@ -155,6 +155,13 @@ impl CodeSet {
     pub fn has(&self, phase: Phase) -> bool {
         !self.by_phase[phase as usize].is_empty()
     }
+
+    /// Every script of the set with its phase.
+    pub fn entries(&self) -> impl Iterator<Item = (Phase, &Entry)> {
+        Phase::ALL
+            .into_iter()
+            .flat_map(move |p| self.by_phase[p as usize].iter().map(move |e| (p, e)))
+    }
 }
 
 /// The code set a request started with, and what was decided about its host.
@@ -300,6 +307,36 @@ pub struct CodeRegistry {
     sources: Mutex<[build::SourceStatus; 3]>,
     /// Counters.
     pub metrics: CodeMetrics,
+    /// Lets the admin API ask the code-API poller for a poll now.
+    pub poll: PollSignal,
+}
+
+/// "Poll now" requests to the code-API poller, and its finished polls.
+pub struct PollSignal {
+    /// Wakes the poller from its wait (a permit is kept if it is busy).
+    pub now: tokio::sync::Notify,
+    /// Number of finished polls.
+    pub done: tokio::sync::watch::Sender<u64>,
+    /// Whether a poll is running.
+    pub running: std::sync::atomic::AtomicBool,
+}
+
+impl Default for PollSignal {
+    fn default() -> Self {
+        PollSignal {
+            now: tokio::sync::Notify::new(),
+            done: tokio::sync::watch::Sender::new(0),
+            running: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl std::fmt::Debug for PollSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollSignal")
+            .field("done", &*self.done.borrow())
+            .finish()
+    }
 }
 
 impl CodeRegistry {

@@ -974,3 +974,51 @@ fn check_reports_bad_code_settings_with_their_lines() {
         );
     }
 }
+
+#[tokio::test]
+async fn poll_now_applies_a_published_change_without_waiting_for_the_interval() {
+    let api = CodeApi::start(README_DOC);
+    let gw = gateway(&api.url(), 3600.0, "", "{{dir}}/data");
+    let addr = gw.addr;
+    eventually("the first poll", || async move {
+        get_host(addr, "dynamic.local.com", "/?token=token")
+            .await
+            .status
+            == 200
+    })
+    .await;
+
+    api.set(&doc(
+        "enabled",
+        &[("*", "body", "content", "ngx.say('now')")],
+    ));
+    let polled = send(
+        gw.admin,
+        request("POST", "/code/poll")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(polled.status, 200, "{}", polled.text());
+    assert_eq!(polled.json()["api"]["last_result"], "updated");
+    assert_eq!(get_host(addr, "h", "/").await.text(), "now\n");
+
+    // The running source of a script, by name (names of code-API scripts contain `/`).
+    let shown = gw.admin_get("/scripts/*/body").await;
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    assert_eq!(shown.json()["scripts"][0]["code"], "ngx.say('now')");
+    assert_eq!(gw.admin_get("/scripts/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn poll_now_needs_a_code_api() {
+    let gw = Config::new("data_dir: '{{dir}}/data'\ncode: {}\nroutes: [{name: dynamic}]\n").start();
+    let r = send(
+        gw.admin,
+        request("POST", "/code/poll")
+            .body(Empty::<Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 409);
+}
