@@ -242,21 +242,18 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
         .map(|next| {
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;
-            let code_changed = current.code != next.code;
-            let code_settings = next.code.clone();
-            shared.snapshot.store(Arc::new(next));
-            if code_changed {
-                // Scripts of phases no longer enabled drop out, a new `code:` section
-                // loads its sources: rebuilt from the kept documents, nothing recompiled.
+            if current.code != next.code {
+                // The dynamic code under the new `code:` section is in place first (a new
+                // section loads its sources; otherwise the set is rebuilt from the kept
+                // documents, nothing recompiled), so the new chains never run without it.
                 if current.code.is_none() {
-                    crate::code::start(&shared.code, &shared.snapshot.load());
+                    crate::code::start(&shared.code, &next);
                 }
-                shared.code.apply(
-                    crate::code::Change::Rebuild,
-                    "config",
-                    code_settings.as_deref(),
-                );
+                shared
+                    .code
+                    .apply(crate::code::Change::Rebuild, "config", next.code.as_deref());
             }
+            shared.snapshot.store(Arc::new(next));
             ReloadOutcome {
                 version,
                 needs_restart,

@@ -1022,3 +1022,21 @@ async fn poll_now_needs_a_code_api() {
     .await;
     assert_eq!(r.status, 409);
 }
+
+#[tokio::test]
+async fn a_reload_that_adds_a_code_section_serves_its_scripts_when_it_returns() {
+    let gw = Config::new(
+        "routes: [{name: r, upstream: app}]\nupstreams: [{name: app, targets: ['{{app}}']}]\n",
+    )
+    .var("app", crate::support::upstream::dead_address())
+    .start();
+    let scripts = gw.dir.path().join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    std::fs::write(scripts.join("hi.content.lua"), "ngx.say('added')").unwrap();
+    gw.write_config_text(
+        "listeners: [{address: '127.0.0.1:0'}]\nadmin: {address: '127.0.0.1:0'}\naccess_log: {target: 'off'}\ndata_dir: data\ncode: {directory: {path: scripts}}\nroutes: [{name: r}]\n",
+    );
+    let r = gw.admin_post("/reload").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get_host(gw.addr, "h", "/").await.text(), "added\n");
+}
