@@ -312,7 +312,8 @@ pub async fn poll(shared: Arc<Shared>) {
         signal
             .running
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        poll_once(&shared, &api, &snapshot.settings.data_dir, &mut st).await;
+        let data_dir = shared.code.data_dir(&snapshot.settings.data_dir);
+        poll_once(&shared, &api, &data_dir, &mut st).await;
         signal
             .running
             .store(false, std::sync::atomic::Ordering::SeqCst);

@@ -309,6 +309,9 @@ pub struct CodeRegistry {
     pub metrics: CodeMetrics,
     /// Lets the admin API ask the code-API poller for a poll now.
     pub poll: PollSignal,
+    /// The data directory of the running process (set at start: like the queues, code
+    /// persistence moves to a changed `data_dir` only after a restart).
+    data_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 /// "Poll now" requests to the code-API poller, and its finished polls.
@@ -340,6 +343,14 @@ impl std::fmt::Debug for PollSignal {
 }
 
 impl CodeRegistry {
+    /// Where persisted code lives: the data directory at start, else `fallback`.
+    pub fn data_dir(&self, fallback: &std::path::Path) -> std::path::PathBuf {
+        self.data_dir
+            .get()
+            .cloned()
+            .unwrap_or_else(|| fallback.to_path_buf())
+    }
+
     /// The running set.
     pub fn current(&self) -> Arc<CodeSet> {
         self.current.load_full()
@@ -463,7 +474,10 @@ pub fn handle(shared: &crate::state::Shared, update: CodeUpdate) {
         .code
         .apply(update.change, update.trigger, snapshot.code.as_deref());
     if admin && outcome.set.is_some() {
-        persist_admin(&shared.code, &snapshot.settings.data_dir);
+        persist_admin(
+            &shared.code,
+            &shared.code.data_dir(&snapshot.settings.data_dir),
+        );
     }
     if let Some(reply) = update.reply {
         let _ = reply.send(outcome);
@@ -536,12 +550,14 @@ fn load_admin(data_dir: &std::path::Path) -> Option<SourceDoc> {
 /// Builds the first code set at start, before workers serve: persisted admin pushes, the
 /// directory, and the persisted last good code-API document (offline start).
 pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
+    let _ = registry.data_dir.set(snapshot.settings.data_dir.clone());
+    let data_dir = registry.data_dir(&snapshot.settings.data_dir);
     let Some(settings) = snapshot.code.as_deref() else {
         return;
     };
     if settings.admin_scripts {
         registry.with_sources(|s| s[Source::Admin.index()].configured = true);
-        if let Some(doc) = load_admin(&snapshot.settings.data_dir) {
+        if let Some(doc) = load_admin(&data_dir) {
             registry.apply(
                 Change::Replace(Source::Admin, Some(doc)),
                 "start",
@@ -557,7 +573,7 @@ pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
         });
     }
     directory::load_at_start(registry, settings);
-    api::load_at_start(registry, settings, &snapshot.settings.data_dir);
+    api::load_at_start(registry, settings, &data_dir);
 }
 
 /// The `code` part of `GET /status`.
