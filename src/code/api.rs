@@ -112,6 +112,7 @@ pub fn load_at_start(
                 "start",
                 Some(settings),
             );
+            let failed = outcome.errors.len();
             registry.with_sources(|s| {
                 let st = &mut s[Source::Api.index()];
                 st.last_result = Some("loaded_from_disk".into());
@@ -119,7 +120,8 @@ pub fn load_at_start(
                 st.etag = meta.etag.clone();
                 st.document_version = Some(super::version_of(&body));
                 st.last_change_at = Some(now());
-                let _ = outcome;
+                st.last_error = (failed > 0)
+                    .then(|| format!("{failed} script(s) of the persisted document not loaded"));
             });
             tracing::warn!(url, fetched_at = %meta.fetched_at, "Serving the last good code-API document from the data directory until the code API answers.");
         }
