@@ -854,17 +854,42 @@ async fn push_script(admin: SocketAddr, name: &str, phase: &str, code: &str) {
 
 #[tokio::test]
 async fn a_request_in_flight_finishes_on_the_code_it_started_with() {
+    // The access script waits on an upstream the test releases: the request is certainly
+    // in flight (its code pinned) when the new version is pushed.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let gate = release.clone();
+    let hold = Upstream::start(move |_| {
+        let gate = gate.clone();
+        async move {
+            let _ = gate.acquire().await.unwrap();
+            Response::new(Full::new(Bytes::from("go")))
+        }
+    });
     let gw = Config::new("data_dir: '{{dir}}/data'\ncode: {}\nroutes: [{name: dynamic}]\n").start();
-    push_script(gw.admin, "slow", "access", "ngx.sleep(0.5)").await;
+    let wait = format!(
+        "if ngx.var.http_x_wait then sluicegate.http.request('http://{}/') end",
+        hold.addr()
+    );
+    push_script(gw.admin, "wait", "access", &wait).await;
     push_script(gw.admin, "body", "content", "ngx.say('v1')").await;
 
     let addr = gw.addr;
-    let in_flight = tokio::spawn(async move { get_host(addr, "h", "/").await.text() });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let in_flight = tokio::spawn(async move {
+        let req = request("GET", "/")
+            .header("host", "h")
+            .header("x-wait", "1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        send(addr, req).await.text()
+    });
+    eventually("the access script is waiting", || {
+        let n = hold.requests().len();
+        async move { n == 1 }
+    })
+    .await;
     push_script(gw.admin, "body", "content", "ngx.say('v2')").await;
-    push_script(gw.admin, "slow", "access", "return").await;
-
     assert_eq!(get_host(addr, "h", "/").await.text(), "v2\n");
+    release.add_permits(1);
     assert_eq!(in_flight.await.unwrap(), "v1\n");
 }
 
