@@ -1065,3 +1065,60 @@ async fn a_reload_that_adds_a_code_section_serves_its_scripts_when_it_returns() 
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(get_host(gw.addr, "h", "/").await.text(), "added\n");
 }
+
+#[test]
+fn check_code_validates_documents_directories_and_files_before_publishing() {
+    use crate::support::bin::run_cli;
+    let readme = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/dynacode/response.json"
+    );
+    let ok = run_cli(&["check-code", readme], &[]);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(ok.stdout.contains("ok (3 scripts)"), "{}", ok.stdout);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fine.content.lua"), "ngx.say('x')").unwrap();
+    std::fs::write(
+        dir.path().join("typo.access.lua"),
+        "local a = 1\nif a then\n",
+    )
+    .unwrap();
+    let document = dir.path().join("doc.json");
+    let text = doc(
+        "enabled",
+        &[
+            ("*", "bad", "log", "x = = 1"),
+            ("*", "good", "log", "return"),
+        ],
+    );
+    std::fs::write(&document, text).unwrap();
+    let out = run_cli(
+        &[
+            "check-code",
+            dir.path().to_str().unwrap(),
+            document.to_str().unwrap(),
+            dir.path().join("fine.content.lua").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("typo.access.lua:3: syntax error"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("*/bad:1: syntax error"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("fine.content.lua: ok (1 script)"),
+        "{}",
+        out.stdout
+    );
+
+    let missing = run_cli(&["check-code", "/nonexistent/doc.json"], &[]);
+    assert_eq!(missing.code, 1);
+}
