@@ -5,7 +5,9 @@
 //! ignored.
 //!
 //! Watching is polling: every 250 ms the directory's listing (name, size, modification
-//! time) is compared with the last one, and only a difference reads the files. Polling
+//! time) is compared with the last one, and only a difference reads the files (and every
+//! 5 s, for filesystems with coarse modification times); only a changed set of scripts
+//! goes to the reloader. Polling
 //! was chosen over inotify-style notifications because it behaves the same on every
 //! filesystem (network mounts, container volumes, Kubernetes ConfigMaps that swap a
 //! symlink) and needs no extra dependency; a listing of a few hundred entries every 250 ms
@@ -25,6 +27,11 @@ use crate::state::Shared;
 
 /// How often the directory is listed.
 pub const POLL: Duration = Duration::from_millis(250);
+
+/// Every this many rounds (5 s) the files are read even when the listing looks the same:
+/// on filesystems with coarse modification times, a rewrite of the same size within one
+/// tick would otherwise go unnoticed.
+const RESCAN_ROUNDS: u32 = 20;
 
 /// Largest script file read (larger ones are reported, not loaded).
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -148,10 +155,13 @@ pub fn load_at_start(registry: &super::CodeRegistry, settings: &super::CodeSetti
 /// Watches the configured directory for as long as the process runs.
 pub async fn watch(shared: Arc<Shared>) {
     let mut last: Option<(std::path::PathBuf, Listing)> = None;
+    let mut last_doc: Option<SourceDoc> = None;
     let mut last_error: Option<String> = None;
     let mut had_dir = false;
+    let mut rounds: u32 = 0;
     loop {
         tokio::time::sleep(POLL).await;
+        rounds = rounds.wrapping_add(1);
         let snapshot = shared.snapshot.load_full();
         let Some(dir) = snapshot.code.as_ref().and_then(|c| c.directory.clone()) else {
             if had_dir {
@@ -168,6 +178,7 @@ pub async fn watch(shared: Arc<Shared>) {
                 had_dir = false;
             }
             last = None;
+            last_doc = None;
             continue;
         };
         had_dir = true;
@@ -184,9 +195,10 @@ pub async fn watch(shared: Arc<Shared>) {
             }
         };
         last_error = None;
-        if last
-            .as_ref()
-            .is_some_and(|(d, l)| *d == dir && *l == current)
+        let same_dir = last.as_ref().is_some_and(|(d, _)| *d == dir);
+        if same_dir
+            && last.as_ref().is_some_and(|(_, l)| *l == current)
+            && !rounds.is_multiple_of(RESCAN_ROUNDS)
         {
             continue;
         }
@@ -194,7 +206,9 @@ pub async fn watch(shared: Arc<Shared>) {
         // finds it identical and swaps nothing.
         last = Some((dir.clone(), current));
         match scan(&dir) {
+            Ok(doc) if same_dir && last_doc.as_ref() == Some(&doc) => {}
             Ok(doc) => {
+                last_doc = Some(doc.clone());
                 let outcome = super::submit(
                     &shared,
                     Change::Replace(Source::Directory, Some(doc)),
