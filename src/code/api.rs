@@ -349,10 +349,12 @@ async fn poll_once(shared: &Arc<Shared>, api: &ApiSettings, data_dir: &Path, st:
         }
         Ok(Fetched::NotModified) => {
             metrics.fetches_not_modified.fetch_add(1, Relaxed);
+            metrics.api_answered();
             record("not_modified", None, true);
         }
         Ok(Fetched::Document { body, etag }) => {
             metrics.fetches_ok.fetch_add(1, Relaxed);
+            metrics.api_answered();
             let version = super::version_of(&body);
             if st.applied.as_deref() == Some(version.as_str()) {
                 metrics.unchanged.fetch_add(1, Relaxed);

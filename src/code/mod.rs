@@ -210,6 +210,18 @@ pub struct CodeMetrics {
     pub swaps: AtomicU64,
     /// Updates rejected whole (malformed documents, `all_or_nothing`).
     pub rejected: AtomicU64,
+    /// Unix time (seconds) of the last poll the code API answered (200 or 304); 0 = never.
+    pub last_success_unix: AtomicU64,
+}
+
+impl CodeMetrics {
+    /// Records that the code API answered now.
+    pub fn api_answered(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_success_unix.store(now, Ordering::Relaxed);
+    }
 }
 
 impl CodeMetrics {
@@ -271,6 +283,12 @@ impl CodeMetrics {
                 "Version of the running dynamic code set.",
                 "gauge",
                 set.version,
+            ),
+            (
+                "sluicegate_code_api_last_success_timestamp_seconds",
+                "Unix time the code API last answered a poll (200 or 304); 0 if never since start.",
+                "gauge",
+                get(&self.last_success_unix),
             ),
             (
                 "sluicegate_code_scripts",

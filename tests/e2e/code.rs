@@ -252,6 +252,7 @@ async fn a_change_is_live_within_an_interval_and_unchanged_documents_are_not_rec
         metric(&m, "sluicegate_code_compiles_total{result=\"failed\"}"),
         Some(0.0)
     );
+    assert!(metric(&m, "sluicegate_code_api_last_success_timestamp_seconds").unwrap() > 1.6e9);
     let r = get_host(gw.addr, "any.host", "/").await;
     assert_eq!((r.text().as_str(), r.header("x-tag")), ("v2\n", "a"));
 }
