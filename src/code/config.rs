@@ -128,7 +128,7 @@ impl ApiSettings {
         let tls = crate::config::file::UpstreamTlsConfig {
             verify: Some(self.tls_verify),
             ca_file: self.ca_file.as_ref().map(|p| p.display().to_string()),
-            sni: None,
+            ..Default::default()
         };
         crate::server::tls::client_config(&tls, FsPath::new("."), crate::upstream::Protocol::Http1)
     }

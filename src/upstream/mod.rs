@@ -8,6 +8,7 @@
 
 pub mod h1;
 pub mod pool;
+pub mod tls;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
