@@ -142,6 +142,13 @@ pub struct Snapshot {
     /// The open queues. Not part of the version: every snapshot of a running gateway holds
     /// the same registry (the reloader carries it over), so reloads never reopen a queue.
     pub queues: Arc<crate::queue::Queues>,
+    /// The `code:` section (dynamic scripts), if present. The scripts themselves live in
+    /// [`Shared::code`], swapped on their own (see `crate::code`).
+    pub code: Option<Arc<crate::code::CodeSettings>>,
+    /// `watch_config`: reload when the configuration file changes.
+    pub watch_config: bool,
+    /// SHA-256 of the text this snapshot was loaded from (what the file watcher compares).
+    pub source_digest: [u8; 32],
 }
 
 /// A reload asked for by one of the triggers.
@@ -150,6 +157,8 @@ pub struct ReloadRequest {
     pub trigger: &'static str,
     /// Where to send the outcome.
     pub reply: Option<oneshot::Sender<Result<ReloadOutcome, ConfigError>>>,
+    /// Set for a dynamic-code change instead of a configuration reload.
+    pub code: Option<crate::code::CodeUpdate>,
 }
 
 /// What an applied reload did.
@@ -177,6 +186,8 @@ pub struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// `ngx.shared` dictionaries: shared by all workers, kept across reloads.
     pub lua_dicts: Arc<crate::lua::SharedDicts>,
+    /// Dynamic scripts (code API, directory, admin pushes): kept across reloads.
+    pub code: Arc<crate::code::CodeRegistry>,
 }
 
 impl Shared {
@@ -191,6 +202,7 @@ impl Shared {
         let req = ReloadRequest {
             trigger,
             reply: Some(tx),
+            code: None,
         };
         let stopped = || ConfigError {
             source_name: "<reloader>".into(),
@@ -212,6 +224,13 @@ impl Shared {
 /// The reloader: applies reload requests one at a time, in order.
 pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<ReloadRequest>) {
     while let Some(req) = rx.recv().await {
+        if let Some(update) = req.code {
+            // Compiling a large set takes a while: off the control thread, so the admin API
+            // and the pollers keep answering; still one change at a time.
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::code::handle(&shared, update)).await;
+            continue;
+        }
         let current = shared.snapshot.load_full();
         let result = config::load_snapshot(
             &current.source,
@@ -223,6 +242,17 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
         .map(|next| {
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;
+            if current.code != next.code {
+                // The dynamic code under the new `code:` section is in place first (a new
+                // section loads its sources; otherwise the set is rebuilt from the kept
+                // documents, nothing recompiled), so the new chains never run without it.
+                if current.code.is_none() {
+                    crate::code::start(&shared.code, &next);
+                }
+                shared
+                    .code
+                    .apply(crate::code::Change::Rebuild, "config", next.code.as_deref());
+            }
             shared.snapshot.store(Arc::new(next));
             ReloadOutcome {
                 version,

@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::state::Shared;
 
 pub mod queues;
+pub mod scripts;
 
 /// Serves the admin API on `listener` until the process stops.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
@@ -31,6 +32,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/reload", post(reload))
         .route("/stop", post(stop))
         .merge(queues::routes())
+        .merge(scripts::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
@@ -73,6 +75,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "listeners": snap.listeners.iter().map(|l| json!({"name": l.name, "address": l.address, "tls": l.tls.is_some()})).collect::<Vec<_>>(),
         "routes": routes,
         "upstreams": upstreams,
+        "code": crate::code::status_json(&shared.code),
     }))
 }
 
@@ -96,6 +99,10 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         {
             let mut text = shared.metrics.render();
             shared.queues().render_metrics(&mut text);
+            shared
+                .code
+                .metrics
+                .render(&shared.code.current(), &mut text);
             text
         },
     )

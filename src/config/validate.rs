@@ -32,6 +32,8 @@ const TOP_LEVEL: &[&str] = &[
     "routes",
     "plugins",
     "lua",
+    "code",
+    "watch_config",
     "secrets",
 ];
 
@@ -167,13 +169,22 @@ fn build_snapshot(
         crate::server::worker_count(settings.workers)
     };
     let upstreams = upstreams(root, build.base_dir, worker_count, metrics, diags);
-    let global = plugin_chain(
+    let mut global = plugin_chain(
         root.get("plugins"),
         &Path::root().key("plugins"),
         build,
         diags,
     );
     check_upstream_refs(&global, &upstreams, diags);
+    let code = code_settings(root, build.base_dir, diags);
+    if let Some(c) = &code {
+        // Dynamic scripts run in every chain (see `crate::code::plugin`).
+        global.push(ChainEntry {
+            plugin: Arc::new(crate::code::plugin::CodePlugin::new(c.phases)),
+            priority: c.priority,
+        });
+    }
+    let watch_config: Option<bool> = field(root, "watch_config", diags);
     let (routes, matches) = routes(root, &upstreams, &global, build, metrics, diags);
     if !diags.is_empty() {
         return None;
@@ -192,7 +203,22 @@ fn build_snapshot(
         unmatched: metrics.route("_unmatched"),
         lua: Arc::new(lua),
         queues: Arc::default(),
+        code,
+        watch_config: watch_config.unwrap_or(false),
+        source_digest: [0; 32],
     })
+}
+
+fn code_settings(
+    root: &Node,
+    base_dir: &FsPath,
+    diags: &mut Diags,
+) -> Option<Arc<crate::code::CodeSettings>> {
+    let node = root.get("code")?;
+    let path = Path::root().key("code");
+    Some(Arc::new(crate::code::config::from_node(
+        node, &path, base_dir, diags,
+    )))
 }
 
 fn lua_settings(root: &Node, diags: &mut Diags) -> crate::lua::LuaSettings {

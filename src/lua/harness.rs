@@ -89,6 +89,7 @@ impl Harness {
             reload_tx,
             shutdown,
             lua_dicts: Arc::default(),
+            code: Arc::default(),
         });
         let settings = Arc::new(settings);
         let rt = Runtime {

@@ -254,6 +254,14 @@ pub trait Plugin: Send + Sync + 'static {
     fn upstream_refs(&self) -> Vec<(Path, String)> {
         Vec::new()
     }
+
+    /// Whether the body filter has work for this request, asked once when the response
+    /// head is final. A plugin whose body filter depends on the request (dynamic scripts)
+    /// says no when it has none, so the response keeps its `Content-Length` and streams
+    /// without the filter pass.
+    fn filters_body(&self, _ctx: &RequestCtx) -> bool {
+        self.phases().contains(Phase::BodyFilter)
+    }
 }
 
 /// What a plugin factory may need while building an instance.

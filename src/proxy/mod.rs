@@ -209,6 +209,17 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
             }
         }
         if phase == Phase::Content {
+            // Dynamic content scripts answer only the hosts they match: other requests of
+            // a route with an upstream are proxied, those of a route without one get 404.
+            if chain.entries.iter().any(|e| e.plugin.name() == "code") {
+                if route.upstream.is_some() || ctx.upstream_override.is_some() {
+                    break;
+                }
+                return Err(ProxyError::client(
+                    Kind::NoRoute,
+                    "no script answers requests for this host",
+                ));
+            }
             return Err(ProxyError::new(
                 error::Source::Plugin,
                 Kind::Internal,
@@ -318,13 +329,15 @@ fn finish(
         }
     }
     let chain = chain_of(snapshot, ctx.route);
-    if chain.has(Phase::BodyFilter) {
+    let filters =
+        chain.has(Phase::BodyFilter) && chain.entries.iter().any(|e| e.plugin.filters_body(&ctx));
+    if filters {
         head.headers.remove(http::header::CONTENT_LENGTH);
     }
     ctx.status = head.status.as_u16();
     let grpc = ctx.grpc;
     let observer = LogObserver {
-        filters: chain.has(Phase::BodyFilter),
+        filters,
         // A Trailers-Only answer (or the gateway's own gRPC error) has it in the headers.
         grpc_status: if grpc {
             grpc_status(&head.headers)

@@ -127,6 +127,10 @@ impl Gateway {
         let (shutdown, _) = watch::channel(false);
         let mut snapshot = snapshot;
         snapshot.queues = crate::queue::open_all(&snapshot)?;
+        // The first code set (persisted pushes, the directory, the last good code-API
+        // document) is in place before any worker serves.
+        let code = Arc::new(crate::code::CodeRegistry::default());
+        crate::code::start(&code, &snapshot);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -135,6 +139,7 @@ impl Gateway {
             reload_tx,
             shutdown,
             lua_dicts: Arc::default(),
+            code,
         });
         let mut handles = Vec::new();
         for (id, socks) in sockets.into_iter().enumerate() {
@@ -162,6 +167,9 @@ impl Gateway {
                 };
                 rt.block_on(async move {
                     tokio::spawn(state::reloader(control_shared.clone(), reload_rx));
+                    tokio::spawn(crate::code::api::poll(control_shared.clone()));
+                    tokio::spawn(crate::code::directory::watch(control_shared.clone()));
+                    tokio::spawn(crate::config::watch::watch(control_shared.clone()));
                     if let Some(l) = admin_listener {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => {

@@ -36,6 +36,7 @@ mod support;
 mod admin;
 mod claim_routing;
 mod cli;
+mod code;
 mod edge;
 mod grpc;
 mod http2;
