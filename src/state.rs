@@ -111,6 +111,8 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Set when requests are queued durably instead of proxied (`queue:`).
     pub queue: Option<Arc<crate::queue::RouteQueue>>,
+    /// Retries on another target (`retry:`).
+    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
 }
 
 /// One complete, validated configuration version.
@@ -142,6 +144,9 @@ pub struct Snapshot {
     /// The open queues. Not part of the version: every snapshot of a running gateway holds
     /// the same registry (the reloader carries it over), so reloads never reopen a queue.
     pub queues: Arc<crate::queue::Queues>,
+    /// Resolved upstream targets and their health. Like `queues`, carried over by every
+    /// reload, so answers and health survive it.
+    pub upstream_runtime: Arc<crate::upstream::live::Runtime>,
 }
 
 /// A reload asked for by one of the triggers.
@@ -220,6 +225,10 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             &shared.metrics,
         )
         .and_then(|mut next| crate::queue::carry_over(&current, &mut next).map(|()| next))
+        .map(|mut next| {
+            crate::upstream::live::Runtime::carry_over(&current, &mut next);
+            next
+        })
         .map(|next| {
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;

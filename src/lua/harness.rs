@@ -148,6 +148,8 @@ impl Harness {
             vars: http::Extensions::new(),
             upstream: Default::default(),
             upstream_override: None,
+            upstream_target: None,
+            upstream_in_flight: None,
             traffic: Rc::default(),
             worker: self.worker.clone(),
             status: 0,
