@@ -358,8 +358,13 @@ impl Lookup {
         let mut addrs = Vec::new();
         let mut errors = Vec::new();
         for (_, weight, port, target) in records.iter().filter(|r| r.0 == best) {
-            // RFC 2782: weight 0 gets a very small share, not none.
-            let scaled = (u32::from(*weight) * 1000 / max_weight).clamp(1, 1000);
+            // Weights over 1000 are scaled down to the balancer's range; RFC 2782's weight 0
+            // gets a very small share, not none.
+            let scaled = if max_weight <= 1000 {
+                u32::from(*weight).max(1)
+            } else {
+                (u32::from(*weight) * 1000 / max_weight).clamp(1, 1000)
+            };
             let host = target.trim_end_matches('.');
             match self.host(host, *port, scaled).await {
                 Ok(a) => {

@@ -183,6 +183,8 @@ pub struct Resolution {
     pub in_progress: bool,
     /// Whether it was asked at least once.
     pub attempted: bool,
+    /// Whether the outcome of a first question reached the upstreams' target sets.
+    pub published: bool,
     /// Successful refreshes.
     pub ok_total: u64,
     /// Failed refreshes.
@@ -199,6 +201,7 @@ impl Resolution {
             next_refresh: Instant::now(),
             in_progress: false,
             attempted: false,
+            published: false,
             ok_total: 0,
             failed_total: 0,
         }
@@ -315,13 +318,14 @@ impl Runtime {
             .retain(|k, _| needed.contains(k));
     }
 
-    /// Every DNS question and whether it was asked once (gateway start waits for that).
+    /// Whether every question in `keys` was answered (or failed) once and the outcome
+    /// published (gateway start waits for that).
     pub fn all_attempted(&self, keys: &[SpecKind]) -> bool {
         let map = self
             .resolutions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        keys.iter().all(|k| map.get(k).is_some_and(|r| r.attempted))
+        keys.iter().all(|k| map.get(k).is_some_and(|r| r.published))
     }
 
     /// The targets `upstream` has now: static addresses plus usable DNS answers.

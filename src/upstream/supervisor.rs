@@ -174,6 +174,7 @@ async fn refresh(shared: Arc<Shared>, runtime: Arc<Runtime>, lookup: Arc<Lookup>
             snapshot.upstream_runtime.rebuild(u);
         }
     }
+    runtime.with_resolution(&key, |r| r.published = true);
 }
 
 /// The name a DNS question is about, for logs and metrics.

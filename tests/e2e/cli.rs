@@ -40,6 +40,9 @@ fn check_accepts_every_shipped_config() {
         ("UPSTREAM", "127.0.0.1:9"),
         ("BENCH_UPSTREAM", "127.0.0.1:9"),
         ("BENCH_API_KEY", "e2e-test-key"),
+        ("UPSTREAM_NAME", "api.internal"),
+        ("UPSTREAM_PORT", "8000"),
+        ("DNS_SERVER", "127.0.0.1:53"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);

@@ -31,10 +31,12 @@ mod support;
 
 mod admin;
 mod cli;
+mod dns;
 mod http2;
 mod limits;
 mod plugins;
 mod proxy;
+mod resilience;
 mod routing;
 mod upstream_failures;
 mod websocket;

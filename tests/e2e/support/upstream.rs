@@ -75,8 +75,15 @@ impl Background {
         F: FnOnce(TcpListener) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + 'static,
     {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream port");
+        Self::start_at("127.0.0.1:0", serve)
+    }
+
+    fn start_at<F, Fut>(bind: &str, serve: F) -> Background
+    where
+        F: FnOnce(TcpListener) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let std_listener = std::net::TcpListener::bind(bind).expect("bind an upstream port");
         std_listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
@@ -154,6 +161,27 @@ impl Upstream {
         let (record, count) = (seen.clone(), connections.clone());
         let server =
             Background::start(move |listener| serve_http(listener, tls, handler, record, count));
+        Upstream {
+            server,
+            seen,
+            connections,
+        }
+    }
+
+    /// An upstream bound to `bind` (e.g. `127.0.0.2:PORT`, for DNS tests that move a name
+    /// to another address with the same port) answering with `handler`.
+    pub fn start_on<F, Fut>(bind: &str, handler: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), connections.clone());
+        let server = Background::start_at(bind, move |listener| {
+            serve_http(listener, None, handler, record, count)
+        });
         Upstream {
             server,
             seen,

@@ -1,0 +1,269 @@
+//! Upstreams that fail and heal: passive ejection and recovery, active health checks,
+//! retries of statuses on another target with byte-identical bodies, non-idempotent methods,
+//! the all-unhealthy behaviour and circuit breaking.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::support::client::full;
+use crate::support::upstream::Seen;
+use crate::support::{eventually, request, send, Config, TestGateway, Upstream};
+
+/// An upstream that answers 503 while `failing` is set, else 200 with `name` (or the echo
+/// of the body for a PUT/POST).
+fn switchable(name: &'static str, failing: Arc<AtomicBool>) -> Upstream {
+    Upstream::start(move |seen: Seen| {
+        let failing = failing.clone();
+        async move {
+            if failing.load(Ordering::SeqCst) {
+                let mut r = Response::new(Full::new(Bytes::from_static(b"down")));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                return r;
+            }
+            let body = if seen.body.is_empty() {
+                Bytes::from_static(name.as_bytes())
+            } else {
+                seen.body.clone()
+            };
+            Response::new(Full::new(body))
+        }
+    })
+}
+
+fn two_targets(a: &Upstream, b: &Upstream, upstream_extra: &str, route_extra: &str) -> TestGateway {
+    Config::new(&format!(
+        "upstreams:\n  - {{name: app, targets: [\"{}\", \"{}\"]{upstream_extra}}}\nroutes:\n  - {{name: all, upstream: app{route_extra}}}\n",
+        a.addr(),
+        b.addr()
+    ))
+    .start()
+}
+
+#[tokio::test]
+async fn a_503_is_retried_on_the_other_target_with_a_byte_identical_body() {
+    let bad = switchable("bad", Arc::new(AtomicBool::new(true)));
+    let good = switchable("good", Arc::new(AtomicBool::new(false)));
+    let gw = two_targets(&bad, &good, "", ", retry: {attempts: 2}");
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for _ in 0..4 {
+        let req = request("PUT", "/data").body(full(payload.clone())).unwrap();
+        let reply = send(gw.addr, req).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.body, payload,
+            "the client gets the good target's echo"
+        );
+    }
+    let bad_seen = bad.requests();
+    assert!(
+        !bad_seen.is_empty(),
+        "round-robin sent some first tries to the bad target"
+    );
+    for seen in bad_seen.iter().chain(good.requests().iter()) {
+        assert_eq!(seen.body, payload, "every try carried the same bytes");
+    }
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert!(
+        crate::support::metric(
+            &metrics,
+            r#"sluicegate_upstream_retries_total{upstream="app"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_post_is_not_retried_unless_the_route_opts_in() {
+    let bad = switchable("bad", Arc::new(AtomicBool::new(true)));
+    let good = switchable("good", Arc::new(AtomicBool::new(false)));
+    let gw = two_targets(&bad, &good, "", ", retry: {attempts: 2}");
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let req = request("POST", "/orders").body(full("order")).unwrap();
+        statuses.push(send(gw.addr, req).await.status);
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![200, 503],
+        "the POST that hit the bad target is not retried"
+    );
+    assert_eq!(bad.requests().len(), 1);
+
+    let gw = two_targets(
+        &bad,
+        &good,
+        "",
+        ", retry: {attempts: 2, non_idempotent: true}",
+    );
+    for _ in 0..2 {
+        let req = request("POST", "/orders").body(full("order")).unwrap();
+        let reply = send(gw.addr, req).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "order");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_target_is_ejected_without_client_errors_and_comes_back() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let flaky = switchable("flaky", failing.clone());
+    let steady = switchable("steady", Arc::new(AtomicBool::new(false)));
+    let gw = two_targets(
+        &flaky,
+        &steady,
+        ", health: {passive: {max_failures: 2, backoff_ms: 1500}}",
+        ", retry: {attempts: 1}",
+    );
+    for _ in 0..4 {
+        assert_eq!(gw.get("/").await.status, 200);
+    }
+    failing.store(true, Ordering::SeqCst);
+    let before = flaky.requests().len();
+    for _ in 0..20 {
+        assert_eq!(gw.get("/").await.status, 200, "no client-visible error");
+    }
+    assert_eq!(
+        flaky.requests().len() - before,
+        2,
+        "ejected after exactly max_failures failures"
+    );
+    let status = gw.admin_get("/status").await.json();
+    let targets = status["upstreams"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        targets.iter().any(|t| t["health"] == "ejected"),
+        "{targets:?}"
+    );
+
+    failing.store(false, Ordering::SeqCst);
+    eventually("the recovered target gets requests again", || async {
+        let before = flaky.requests().len();
+        gw.get("/").await;
+        gw.get("/").await;
+        flaky.requests().len() > before
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn active_checks_take_a_target_out_and_bring_it_back() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let served = Arc::new(AtomicUsize::new(0));
+    let (h, s) = (healthy.clone(), served.clone());
+    let checked = Upstream::start(move |seen: Seen| {
+        let (h, s) = (h.clone(), s.clone());
+        async move {
+            if seen.uri.path() == "/healthz" {
+                let mut r = Response::new(Full::new(Bytes::new()));
+                if !h.load(Ordering::SeqCst) {
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                return r;
+            }
+            s.fetch_add(1, Ordering::SeqCst);
+            Response::new(Full::new(Bytes::from_static(b"checked")))
+        }
+    });
+    let other = switchable("other", Arc::new(AtomicBool::new(false)));
+    let gw = two_targets(
+        &checked,
+        &other,
+        ", health: {active: {path: /healthz, interval_ms: 100, timeout_ms: 1000, healthy_threshold: 2, unhealthy_threshold: 2}}",
+        "",
+    );
+    healthy.store(false, Ordering::SeqCst);
+    eventually("the failing target is marked unhealthy", || async {
+        let status = gw.admin_get("/status").await.json();
+        status["upstreams"][0]["targets"][0]["health"] == "unhealthy"
+    })
+    .await;
+    let before = served.load(Ordering::SeqCst);
+    for _ in 0..6 {
+        assert_eq!(gw.get("/").await.text(), "other");
+    }
+    assert_eq!(served.load(Ordering::SeqCst), before);
+
+    healthy.store(true, Ordering::SeqCst);
+    eventually("the target is healthy again", || async {
+        let status = gw.admin_get("/status").await.json();
+        status["upstreams"][0]["targets"][0]["health"] == "healthy"
+    })
+    .await;
+    for _ in 0..4 {
+        gw.get("/").await;
+    }
+    assert!(served.load(Ordering::SeqCst) > before);
+}
+
+#[tokio::test]
+async fn every_target_unhealthy_fails_closed_with_503_json_when_configured() {
+    let a = switchable("a", Arc::new(AtomicBool::new(true)));
+    let b = switchable("b", Arc::new(AtomicBool::new(true)));
+    let gw = two_targets(
+        &a,
+        &b,
+        ", health: {passive: {max_failures: 1, backoff_ms: 60000}, all_unhealthy: fail_closed}",
+        "",
+    );
+    // One failure each ejects both.
+    assert_eq!(gw.get("/").await.status, 503);
+    assert_eq!(gw.get("/").await.status, 503);
+    let reply = gw.get("/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "unavailable");
+    assert!(reply.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("unhealthy"));
+    assert_eq!(a.requests().len() + b.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn every_target_unhealthy_fails_open_by_default() {
+    let a = switchable("a", Arc::new(AtomicBool::new(false)));
+    let gw = Config::new(&format!(
+        "upstreams: [{{name: app, targets: [\"{}\"], health: {{passive: {{max_failures: 1, failure_statuses: [200], backoff_ms: 60000}}}}}}]\nroutes: [{{name: all, upstream: app}}]\n",
+        a.addr()
+    ))
+    .start();
+    for _ in 0..3 {
+        assert_eq!(gw.get("/").await.status, 200);
+    }
+    assert_eq!(a.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn a_full_circuit_breaker_answers_503_json() {
+    let slow = Upstream::slow(Duration::from_millis(800));
+    let gw = Config::new(&format!(
+        "upstreams: [{{name: app, targets: [\"{}\"], circuit_breaker: {{max_connections: 1}}}}]\nroutes: [{{name: all, upstream: app}}]\n",
+        slow.addr()
+    ))
+    .start();
+    let (first, second) = tokio::join!(gw.get("/"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        gw.get("/").await
+    });
+    assert_eq!(first.status, 200);
+    assert_eq!(second.status, 503);
+    assert_eq!(second.json()["error"], "unavailable");
+    // The slot is free again once the first response is done.
+    assert_eq!(gw.get("/").await.status, 200);
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert_eq!(
+        crate::support::metric(
+            &metrics,
+            r#"sluicegate_upstream_circuit_open_total{upstream="app"}"#
+        ),
+        Some(1.0)
+    );
+}
