@@ -9,6 +9,7 @@ pub mod lua;
 pub mod plugins;
 pub mod proxy;
 pub mod queue;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod telemetry;

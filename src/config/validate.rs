@@ -32,6 +32,7 @@ const TOP_LEVEL: &[&str] = &[
     "routes",
     "plugins",
     "lua",
+    "secrets",
     "dns",
 ];
 
@@ -45,7 +46,11 @@ pub fn snapshot(
 ) -> Result<Snapshot, Vec<Diag>> {
     let mut diags = Diags::default();
     let top = Path::root();
-    let build = BuildCtx { base_dir };
+    let secrets = crate::secrets::SecretStore::load(root.get("secrets"), base_dir, &mut diags);
+    let build = BuildCtx {
+        base_dir,
+        secrets: &secrets,
+    };
     let result = match &root.kind {
         NodeKind::Map(entries) => {
             for (k, _) in entries {

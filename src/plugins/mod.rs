@@ -7,9 +7,18 @@
 //! content) return a [`Step`] so that synchronous plugins cost no allocation; the filter and
 //! log phases are synchronous, as in OpenResty, where they cannot yield either.
 
+pub mod cors;
+pub mod form_to_json;
 pub mod headers;
+pub mod health;
+pub mod hmac_signature;
+pub mod ip_restriction;
+pub mod key_auth;
 pub mod lua;
 pub mod request_termination;
+pub mod security_headers;
+#[cfg(test)]
+mod testing;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -240,6 +249,9 @@ pub trait Plugin: Send + Sync + 'static {
 pub struct BuildCtx<'a> {
     /// Directory that relative file names in the config are resolved against.
     pub base_dir: &'a std::path::Path,
+    /// The secrets the configuration declares; resolve a plugin's
+    /// [`SecretRef`](crate::secrets::SecretRef) fields with it.
+    pub secrets: &'a crate::secrets::SecretStore,
 }
 
 /// Builds a plugin from its `config` node, recording every problem in `diags`.
@@ -276,6 +288,41 @@ pub const BUILTIN: &[Builtin] = &[
         name: "lua",
         priority: 1000,
         build: lua::build,
+    },
+    Builtin {
+        name: "key_auth",
+        priority: 1250,
+        build: key_auth::build,
+    },
+    Builtin {
+        name: "health",
+        priority: 1,
+        build: health::build,
+    },
+    Builtin {
+        name: "security_headers",
+        priority: 700,
+        build: security_headers::build,
+    },
+    Builtin {
+        name: "hmac_signature",
+        priority: 1500,
+        build: hmac_signature::build,
+    },
+    Builtin {
+        name: "ip_restriction",
+        priority: 3000,
+        build: ip_restriction::build,
+    },
+    Builtin {
+        name: "form_to_json",
+        priority: 1100,
+        build: form_to_json::build,
+    },
+    Builtin {
+        name: "cors",
+        priority: 2000,
+        build: cors::build,
     },
 ];
 

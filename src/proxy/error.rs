@@ -54,6 +54,12 @@ pub enum Kind {
     Unavailable,
     /// A bug or an unexpected state.
     Internal,
+    /// The request lacks valid credentials (key, signature, token): 401.
+    Unauthorized,
+    /// The client may not use this route (IP lists): 403.
+    Forbidden,
+    /// The request body is not of a type the route accepts: 415.
+    UnsupportedMediaType,
 }
 
 /// An error on the request path.
@@ -107,6 +113,9 @@ impl ProxyError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -127,6 +136,9 @@ impl ProxyError {
             Kind::ScriptBudget => "script_over_budget",
             Kind::Unavailable => "unavailable",
             Kind::Internal => "internal_error",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::UnsupportedMediaType => "unsupported_media_type",
         }
     }
 }
@@ -180,6 +192,17 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> LocalRespon
     }
 }
 
+/// The response to a request a plugin refuses (401 without a valid credential, 403 for a
+/// refused address, 400 for a body it cannot read): the usual JSON error shape, with the
+/// request id. `message` is shown to the client: it names what is wrong, never a secret.
+pub fn rejection(
+    kind: Kind,
+    message: impl Into<String>,
+    request_id: &HeaderValue,
+) -> LocalResponse {
+    error_response(&ProxyError::client(kind, message), request_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +217,8 @@ mod tests {
             (Kind::UpstreamConnect, 502),
             (Kind::UpstreamTimeout, 504),
             (Kind::ScriptBudget, 500),
+            (Kind::Unauthorized, 401),
+            (Kind::Forbidden, 403),
         ];
         for (kind, status) in cases {
             assert_eq!(ProxyError::client(kind, "x").status().as_u16(), status);

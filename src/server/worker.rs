@@ -219,7 +219,9 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
     let mut builder = auto::Builder::new(LocalExec);
     builder
         .http1()
-        .timer(TokioTimer::new())
+        // No hyper timer for HTTP/1.1: `ConnIo` owns the idle and header timeouts (with a
+        // 408 answer), so hyper's own header timer would only cost a timer per request.
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_buf_size((settings.max_header_bytes + 64 * 1024).max(16 * 1024))
         .max_headers(512);

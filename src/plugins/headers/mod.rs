@@ -132,6 +132,7 @@ mod tests {
         let mut diags = Diags::default();
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
+            secrets: crate::secrets::SecretStore::empty(),
         };
         (build(&node, &Path::root(), &ctx, &mut diags), diags)
     }

@@ -238,6 +238,7 @@ mod tests {
         let mut diags = Diags::default();
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
+            secrets: crate::secrets::SecretStore::empty(),
         };
         let p = build(
             &node,

@@ -1,0 +1,333 @@
+//! `key_auth`: the request must carry one of the configured keys, in a header or a query
+//! parameter; otherwise it gets 401 before anything else is spent on it. Keys are secrets
+//! (`${secret:NAME}`), so each accepts its current and its previous value during a
+//! rotation. The comparison takes the same time wherever a candidate differs from a key,
+//! and every key is compared, so timing reveals neither a key nor which one matched.
+//! With `strip`, the key is removed before the request is forwarded, so the upstream never
+//! sees it and its own `Authorization` header stays untouched.
+
+mod config;
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+
+pub use config::KeyAuthConfig;
+
+use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
+use crate::config::error::{Diags, Path};
+use crate::config::yaml::Node;
+use crate::proxy::context::RequestCtx;
+use crate::proxy::error::{rejection, Kind};
+use crate::secrets::SecretValue;
+
+/// The header used when the config names no place for the key.
+const DEFAULT_HEADER: &str = "x-api-key";
+
+/// The `key_auth` plugin.
+#[derive(Debug)]
+pub struct KeyAuth {
+    header: Option<HeaderName>,
+    query_param: Option<String>,
+    keys: Vec<SecretValue>,
+    strip: bool,
+    /// Where the key is expected, for the 401 message.
+    expected: String,
+}
+
+/// Builds a `key_auth` plugin from its config.
+pub fn build(
+    config: &Node,
+    path: &Path,
+    ctx: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Option<Arc<dyn Plugin>> {
+    let cfg: KeyAuthConfig = parse_config(config, path, diags)?;
+    let before = diags.0.len();
+    let header_name = match (&cfg.header, &cfg.query_param) {
+        (None, None) => Some(DEFAULT_HEADER),
+        (h, _) => h.as_deref(),
+    };
+    let header = header_name.and_then(|h| match HeaderName::from_bytes(h.as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            diags.push(&path.key("header"), format!("invalid header name `{h}`"));
+            None
+        }
+    });
+    if let Some(q) = &cfg.query_param {
+        if q.is_empty() || q.bytes().any(|b| matches!(b, b'&' | b'=' | b'#' | b' ')) {
+            diags.push(
+                &path.key("query_param"),
+                format!("invalid query parameter name `{q}`"),
+            );
+        }
+    }
+    if cfg.keys.is_empty() {
+        diags.push(
+            &path.key("keys"),
+            "give at least one key (`\"${secret:NAME}\"`)",
+        );
+    }
+    let mut keys = Vec::new();
+    for (i, r) in cfg.keys.iter().enumerate() {
+        if let Some(secret) = ctx.secrets.resolve(r, &path.key("keys").index(i), diags) {
+            keys.extend(secret.values().cloned());
+        }
+    }
+    let expected = match (&header, &cfg.query_param) {
+        (Some(h), Some(q)) => format!("header `{h}` or query parameter `{q}`"),
+        (Some(h), None) => format!("header `{h}`"),
+        (None, Some(q)) => format!("query parameter `{q}`"),
+        (None, None) => String::new(),
+    };
+    (diags.0.len() == before).then(|| {
+        Arc::new(KeyAuth {
+            header,
+            query_param: cfg.query_param,
+            keys,
+            strip: cfg.strip,
+            expected,
+        }) as Arc<dyn Plugin>
+    })
+}
+
+impl KeyAuth {
+    /// Whether `candidate` is one of the keys. Every key is compared, so the time taken
+    /// does not depend on which key (if any) matched.
+    fn accepts(&self, candidate: &[u8]) -> bool {
+        self.keys
+            .iter()
+            .fold(false, |found, key| key.ct_eq(candidate) | found)
+    }
+
+    fn check(&self, ctx: &mut RequestCtx) -> Flow {
+        if let Some(h) = &self.header {
+            if let Some(v) = ctx.head.headers.get(h) {
+                let ok = self.accepts(v.as_bytes());
+                if ok && self.strip {
+                    ctx.head.headers.remove(h);
+                }
+                return self.verdict(ok, ctx);
+            }
+        }
+        if let Some(q) = &self.query_param {
+            if let Some(value) = query_value(ctx.head.uri.query(), q) {
+                let ok = self.accepts(value.as_bytes());
+                if ok && self.strip {
+                    strip_query_param(&mut ctx.head.uri, q);
+                }
+                return self.verdict(ok, ctx);
+            }
+        }
+        tracing::debug!(
+            request_id = ctx.request_id_str(),
+            "Request without an API key refused."
+        );
+        Flow::Respond(unauthorized(
+            format!("an API key is required in the {}", self.expected),
+            &ctx.request_id,
+        ))
+    }
+
+    fn verdict(&self, ok: bool, ctx: &RequestCtx) -> Flow {
+        if ok {
+            return Flow::Continue;
+        }
+        tracing::debug!(
+            request_id = ctx.request_id_str(),
+            "Request with an invalid API key refused."
+        );
+        Flow::Respond(unauthorized("invalid API key".to_string(), &ctx.request_id))
+    }
+}
+
+fn unauthorized(message: String, request_id: &HeaderValue) -> super::LocalResponse {
+    let mut r = rejection(Kind::Unauthorized, message, request_id);
+    r.headers.insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Key realm=\"sluicegate\""),
+    );
+    r
+}
+
+/// The value of parameter `name` in `query` (percent-decoded; `+` is a space).
+fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Cow<'q, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| decode_component(v))
+    })
+}
+
+/// Percent-decodes a query component; an invalid escape is kept as written (it then simply
+/// matches no key).
+fn decode_component(v: &str) -> std::borrow::Cow<'_, str> {
+    if !v.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(v);
+    }
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Removes every `name=...` pair from the URI's query.
+fn strip_query_param(uri: &mut http::Uri, name: &str) {
+    let Some(query) = uri.query() else { return };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) != name)
+        .collect();
+    let mut pq = uri.path().to_string();
+    if !kept.is_empty() {
+        pq.push('?');
+        pq.push_str(&kept.join("&"));
+    }
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = pq.parse().ok();
+    if let Ok(u) = http::Uri::from_parts(parts) {
+        *uri = u;
+    }
+}
+
+impl Plugin for KeyAuth {
+    fn name(&self) -> &'static str {
+        "key_auth"
+    }
+
+    fn phases(&self) -> PhaseSet {
+        PhaseSet::of(&[Phase::Access])
+    }
+
+    fn access<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
+        Step::Ready(Ok(self.check(ctx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::testing::{self, access, request, responded};
+
+    const SECRETS: &[(&str, &str, Option<&str>)] = &[
+        ("proxy_key", "new-key", Some("old-key")),
+        ("other", "other-key", None),
+    ];
+
+    fn plugin(text: &str) -> Arc<dyn Plugin> {
+        testing::plugin(build, text, SECRETS)
+    }
+
+    #[test]
+    fn accepts_the_current_and_the_previous_value_of_every_key() {
+        let p = plugin("{header: X-Proxy-Auth, keys: ['${secret:proxy_key}', '${secret:other}']}");
+        let h = testing::harness();
+        for key in ["new-key", "old-key", "other-key"] {
+            let mut ctx = request(&h, "GET", "/", &[("x-proxy-auth", key)], None);
+            assert!(matches!(access(&*p, &mut ctx), Flow::Continue), "{key}");
+            assert_eq!(ctx.head.headers["x-proxy-auth"], key, "kept without strip");
+        }
+    }
+
+    #[test]
+    fn refuses_missing_and_wrong_keys_with_a_json_401() {
+        let p = plugin("{header: X-Proxy-Auth, keys: ['${secret:proxy_key}']}");
+        let h = testing::harness();
+        let mut ctx = request(&h, "GET", "/", &[], None);
+        let (status, body) = responded(access(&*p, &mut ctx));
+        assert_eq!(status, 401);
+        assert_eq!(body["error"], "unauthorized");
+        assert!(body["message"].as_str().unwrap().contains("x-proxy-auth"));
+        assert_eq!(body["request_id"], "test-request-id");
+        for wrong in ["new-ke", "new-keyy", "other-key", ""] {
+            let mut ctx = request(&h, "GET", "/", &[("x-proxy-auth", wrong)], None);
+            let (status, body) = responded(access(&*p, &mut ctx));
+            assert_eq!(
+                (status, body["message"].as_str().unwrap()),
+                (401, "invalid API key")
+            );
+            assert!(!body.to_string().contains("new-key"), "the key never shows");
+        }
+    }
+
+    #[test]
+    fn strips_the_key_but_leaves_other_credentials_alone() {
+        let p = plugin("{header: X-Proxy-Auth, keys: ['${secret:proxy_key}'], strip: true}");
+        let h = testing::harness();
+        let mut ctx = request(
+            &h,
+            "GET",
+            "/",
+            &[
+                ("x-proxy-auth", "new-key"),
+                ("authorization", "Bearer upstream"),
+            ],
+            None,
+        );
+        assert!(matches!(access(&*p, &mut ctx), Flow::Continue));
+        assert!(ctx.head.headers.get("x-proxy-auth").is_none());
+        assert_eq!(ctx.head.headers["authorization"], "Bearer upstream");
+    }
+
+    #[test]
+    fn reads_a_percent_encoded_query_parameter_and_strips_it() {
+        let p = plugin("{query_param: api_key, keys: ['${secret:other}'], strip: true}");
+        let h = testing::harness();
+        let mut ctx = request(&h, "GET", "/x?a=1&api_key=other%2Dkey&b=2", &[], None);
+        assert!(matches!(access(&*p, &mut ctx), Flow::Continue));
+        assert_eq!(ctx.head.uri, "/x?a=1&b=2");
+        let mut ctx = request(&h, "GET", "/x?api_key=other-key", &[], None);
+        assert!(matches!(access(&*p, &mut ctx), Flow::Continue));
+        assert_eq!(ctx.head.uri, "/x");
+        let mut ctx = request(&h, "GET", "/x?api_key=nope", &[], None);
+        assert_eq!(responded(access(&*p, &mut ctx)).0, 401);
+        // The header is not looked at when only a query parameter is configured.
+        let mut ctx = request(&h, "GET", "/x", &[("x-api-key", "other-key")], None);
+        assert_eq!(responded(access(&*p, &mut ctx)).0, 401);
+    }
+
+    #[test]
+    fn defaults_to_the_x_api_key_header() {
+        let p = plugin("{keys: ['${secret:other}']}");
+        let h = testing::harness();
+        let mut ctx = request(&h, "GET", "/", &[("x-api-key", "other-key")], None);
+        assert!(matches!(access(&*p, &mut ctx), Flow::Continue));
+    }
+
+    #[test]
+    fn rejects_bad_configs_with_their_paths() {
+        let errs = testing::errors(build, "{header: 'bad header', keys: []}", SECRETS);
+        let paths: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(paths, ["header", "keys"]);
+        let errs = testing::errors(
+            build,
+            "{keys: ['${secret:missing}', plain-text-key]}",
+            SECRETS,
+        );
+        assert_eq!(errs[0].0, "keys[1]");
+        assert!(errs[0].1.contains("secret reference"), "{errs:?}");
+        let errs = testing::errors(build, "{keys: ['${secret:missing}']}", SECRETS);
+        assert_eq!(errs[0].0, "keys[0]");
+        assert!(errs[0].1.contains("not declared"), "{errs:?}");
+        let errs = testing::errors(build, "{keys: ['${secret:other}'], colour: red}", SECRETS);
+        assert_eq!(errs[0].0, "colour");
+    }
+}
