@@ -95,6 +95,10 @@ impl Harness {
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
+            upstreams: {
+                let snapshot = snapshot.clone();
+                Arc::new(move |name| snapshot.upstreams.get(name).cloned())
+            },
         };
         let worker = Worker::new(0, shared, WorkerLua::new(rt));
         Ok(Harness { worker, snapshot })

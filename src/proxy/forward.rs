@@ -153,6 +153,7 @@ pub async fn forward(
     let mut retries_left = retry.as_ref().map_or(0, |p| p.attempts);
     let mut last_err = ProxyError::upstream(Kind::UpstreamConnect, "upstream has no targets");
     let mut first_pick = true;
+    let mut wait_until = None;
     loop {
         let Some(index) = choose(
             upstream,
@@ -165,13 +166,15 @@ pub async fn forward(
         )?
         else {
             if full.0 != 0 && upstream.circuit.max_pending > 0 {
-                // Every remaining target is at its limit: wait for a slot, then choose again.
-                let waited = InFlight::wait_for_slot(
-                    &upstream.live,
-                    upstream.circuit.max_pending,
-                    upstream.circuit.pending_timeout,
-                )
-                .await;
+                // Every remaining target is at its limit: wait for a slot (within one
+                // `pending_timeout` in all), then choose again.
+                let until = *wait_until.get_or_insert_with(|| {
+                    crate::server::clock::coarse_now() + upstream.circuit.pending_timeout
+                });
+                let left = until.saturating_duration_since(crate::server::clock::coarse_now());
+                let waited = !left.is_zero()
+                    && InFlight::wait_for_slot(&upstream.live, upstream.circuit.max_pending, left)
+                        .await;
                 if waited {
                     tried = Tried(tried.0 & !full.0);
                     full = Tried::default();

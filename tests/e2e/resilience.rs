@@ -267,3 +267,95 @@ async fn a_full_circuit_breaker_answers_503_json() {
         Some(1.0)
     );
 }
+
+fn fixed(name: &'static str) -> Upstream {
+    Upstream::start(move |_: Seen| async move {
+        Response::new(Full::new(Bytes::from_static(name.as_bytes())))
+    })
+}
+
+#[tokio::test]
+async fn a_script_chooses_the_upstream_and_a_target() {
+    let a = fixed("a");
+    let (b1, b2) = (fixed("b1"), fixed("b2"));
+    let gw = Config::new(
+        r#"
+upstreams:
+  - {name: a, targets: ["{{a}}"]}
+  - {name: b, targets: ["{{b1}}", "{{b2}}"]}
+routes:
+  - name: all
+    upstream: a
+    plugins:
+      - name: lua
+        config:
+          name: pick
+          phase: access
+          code: |
+            local pool = ngx.var.http_x_pool
+            if pool then
+              local ok, err = sluicegate.upstream.set(pool, ngx.var.http_x_target)
+              if not ok then
+                ngx.status = 400
+                ngx.say(err)
+                return ngx.exit(400)
+              end
+            end
+"#,
+    )
+    .var("a", a.addr())
+    .var("b1", b1.addr())
+    .var("b2", b2.addr())
+    .start();
+    let ask = |headers: Vec<(&'static str, String)>| {
+        let mut req = request("GET", "/");
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        send(gw.addr, req.body(full("")).unwrap())
+    };
+    assert_eq!(ask(vec![]).await.text(), "a");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(ask(vec![("x-pool", "b".into())]).await.text());
+    }
+    assert_eq!(seen.len(), 2, "both targets of b: {seen:?}");
+    for _ in 0..3 {
+        let reply = ask(vec![
+            ("x-pool", "b".into()),
+            ("x-target", b2.addr().to_string()),
+        ])
+        .await;
+        assert_eq!(reply.text(), "b2");
+    }
+    let unknown = ask(vec![("x-pool", "nope".into())]).await;
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.text().contains("unknown upstream `nope`"));
+    let no_target = ask(vec![
+        ("x-pool", "b".into()),
+        ("x-target", a.addr().to_string()),
+    ])
+    .await;
+    assert_eq!(no_target.status, 400);
+    assert!(no_target.text().contains("has no target"));
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_circuit_breaker_slot_when_pending_is_allowed() {
+    let slow = Upstream::slow(Duration::from_millis(300));
+    let gw = Config::new(&format!(
+        "upstreams: [{{name: app, targets: [\"{}\"], circuit_breaker: {{max_connections: 1, max_pending: 1, pending_timeout_ms: 5000}}}}]\nroutes: [{{name: all, upstream: app}}]\n",
+        slow.addr()
+    ))
+    .start();
+    let (first, second) = tokio::join!(gw.get("/"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gw.get("/").await
+    });
+    assert_eq!(first.status, 200);
+    assert_eq!(
+        second.status, 200,
+        "the second request waited for the first one's slot"
+    );
+    assert_eq!(slow.requests().len(), 2);
+}
