@@ -225,7 +225,7 @@ pub fn policy(
                 Some(on) => Policy::Hash(on),
                 None => {
                     diags.push(
-                        &path.key("hash_on"),
+                        &path.key("balance"),
                         "consistent_hash needs `hash_on` (header, cookie or client_ip)",
                     );
                     Policy::Hash(HashOn::ClientIp)
@@ -549,7 +549,7 @@ mod tests {
     fn consistent_hashing_needs_exactly_one_key() {
         let mut diags = Diags::default();
         policy("consistent_hash", None, &Path::root(), &mut diags);
-        assert_eq!(diags.0[0].path, "hash_on");
+        assert_eq!(diags.0[0].path, "balance");
         let mut diags = Diags::default();
         let p = policy(
             "consistent_hash",

@@ -345,37 +345,46 @@ impl Lookup {
                 records.push((srv.priority, srv.weight, srv.port, srv.target.to_utf8()));
             }
         }
-        let Some(best) = records.iter().map(|r| r.0).min() else {
+        if records.is_empty() {
             return Err(format!("SRV `{name}` has no records"));
-        };
-        let max_weight = records
-            .iter()
-            .filter(|r| r.0 == best)
-            .map(|r| u32::from(r.1))
-            .max()
-            .unwrap_or(0)
-            .max(1);
+        }
+        let mut priorities: Vec<u16> = records.iter().map(|r| r.0).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
         let mut addrs = Vec::new();
         let mut errors = Vec::new();
-        for (_, weight, port, target) in records.iter().filter(|r| r.0 == best) {
-            // Weights over 1000 are scaled down to the balancer's range; RFC 2782's weight 0
-            // gets a very small share, not none.
-            let scaled = if max_weight <= 1000 {
-                u32::from(*weight).max(1)
-            } else {
-                (u32::from(*weight) * 1000 / max_weight).clamp(1, 1000)
-            };
-            let host = target.trim_end_matches('.');
-            match self.host(host, *port, scaled).await {
-                Ok(a) => {
-                    ttl = ttl.min(a.ttl.as_secs().try_into().unwrap_or(u32::MAX));
-                    for entry in a.addrs {
-                        if !addrs.iter().any(|(x, _)| *x == entry.0) {
-                            addrs.push(entry);
+        // The lowest priority value whose targets resolve; higher ones are fallbacks.
+        for priority in priorities {
+            let group: Vec<_> = records.iter().filter(|r| r.0 == priority).collect();
+            let max_weight = group
+                .iter()
+                .map(|r| u32::from(r.1))
+                .max()
+                .unwrap_or(0)
+                .max(1);
+            for (_, weight, port, target) in group {
+                // Weights over 1000 are scaled down to the balancer's range; RFC 2782's
+                // weight 0 gets a very small share, not none.
+                let scaled = if max_weight <= 1000 {
+                    u32::from(*weight).max(1)
+                } else {
+                    (u32::from(*weight) * 1000 / max_weight).clamp(1, 1000)
+                };
+                let host = target.trim_end_matches('.');
+                match self.host(host, *port, scaled).await {
+                    Ok(a) => {
+                        ttl = ttl.min(a.ttl.as_secs().try_into().unwrap_or(u32::MAX));
+                        for entry in a.addrs {
+                            if !addrs.iter().any(|(x, _)| *x == entry.0) {
+                                addrs.push(entry);
+                            }
                         }
                     }
+                    Err(e) => errors.push(e),
                 }
-                Err(e) => errors.push(e),
+            }
+            if !addrs.is_empty() {
+                break;
             }
         }
         if addrs.is_empty() {

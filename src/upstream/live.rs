@@ -339,10 +339,10 @@ impl Runtime {
         let mut complete = true;
         for spec in &upstream.specs {
             let host = spec.host();
+            // Two configured targets with one address stay two targets (like two nginx
+            // `server` lines); they share that address's state and pool.
             let mut add = |addr: SocketAddr, weight: u32, host: String| {
-                if !out.iter().any(|(a, _, _)| *a == addr) {
-                    out.push((addr, weight.clamp(1, 1000), host));
-                }
+                out.push((addr, weight.clamp(1, 1000), host));
             };
             match &spec.kind {
                 SpecKind::Static(a) => add(*a, spec.weight, host),

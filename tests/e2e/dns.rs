@@ -242,3 +242,31 @@ async fn runs_the_dns_example_as_documented() {
     assert_eq!(reply.text(), "from-dns");
     assert!(dns.queries() >= 1);
 }
+
+#[tokio::test]
+async fn a_higher_srv_priority_is_used_when_the_lowest_does_not_resolve() {
+    let backup = named("127.0.0.1:0", "backup");
+    let dns = TestDns::start();
+    dns.set_a("b.test", &["127.0.0.1"], 60);
+    dns.set_srv(
+        "_http._tcp.app.test",
+        &[
+            // `gone.test` has no records: the priority-10 group resolves to nothing.
+            (10, 1, 1, "gone.test"),
+            (20, 1, backup.addr().port(), "b.test"),
+        ],
+        60,
+    );
+    let gw = Config::new(
+        r#"
+dns: {nameservers: ["{{dns}}"], hosts_file: ""}
+upstreams: [{name: app, targets: [{srv: _http._tcp.app.test}]}]
+routes: [{name: all, upstream: app}]
+"#,
+    )
+    .var("dns", dns.addr())
+    .start();
+    for _ in 0..3 {
+        assert_eq!(body(&gw).await, "backup");
+    }
+}

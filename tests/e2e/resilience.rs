@@ -359,3 +359,86 @@ async fn a_request_waits_for_a_circuit_breaker_slot_when_pending_is_allowed() {
     );
     assert_eq!(slow.requests().len(), 2);
 }
+
+#[test]
+fn check_reports_bad_dns_health_retry_and_breaker_settings_with_paths_and_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "listeners: [{address: '127.0.0.1:0'}]\n\
+         dns:\n\
+         \x20 nameservers: [dns.example]\n\
+         \x20 family: ipv5\n\
+         upstreams:\n\
+         \x20 - name: app\n\
+         \x20   targets: [\"api.internal:80\", {srv: '_http._tcp.x', address: '10.0.0.1:80'}]\n\
+         \x20   balance: consistent_hash\n\
+         \x20   health:\n\
+         \x20     active: {path: healthz, expected_statuses: [\"7xx\"]}\n\
+         \x20     passive: {max_failures: 0}\n\
+         \x20   circuit_breaker: {max_connections: 0}\n\
+         routes:\n\
+         \x20 - upstream: app\n\
+         \x20   retry: {on: [weather], attempts: 0}\n",
+    )
+    .unwrap();
+    let out = crate::support::bin::run_cli(&["check", "-c", file.to_str().unwrap()], &[]);
+    assert_eq!(out.code, 2, "stderr: {}", out.stderr);
+    let name = file.display().to_string();
+    for (line, path) in [
+        (3, "dns.nameservers[0]"),
+        (4, "dns.family"),
+        (7, "upstreams[0].targets[1]"),
+        (8, "upstreams[0].balance"),
+        (10, "upstreams[0].health.active.path"),
+        (10, "upstreams[0].health.active.expected_statuses[0]"),
+        (11, "upstreams[0].health.passive.max_failures"),
+        (12, "upstreams[0].circuit_breaker.max_connections"),
+        (15, "routes[0].retry.on[0]"),
+        (15, "routes[0].retry.attempts"),
+    ] {
+        let expected = format!("{name}:{line}: {path}: ");
+        assert!(
+            out.stderr.lines().any(|l| l.starts_with(&expected)),
+            "no line starting with {expected:?} in:\n{}",
+            out.stderr
+        );
+    }
+    // Unknown keys inside the new sections are errors too.
+    std::fs::write(
+        &file,
+        "listeners: [{address: '127.0.0.1:0'}]\n\
+         upstreams: [{name: app, targets: ['127.0.0.1:1'], health: {passive: {colour: red}}}]\n",
+    )
+    .unwrap();
+    let out = crate::support::bin::run_cli(&["check", "-c", file.to_str().unwrap()], &[]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("upstreams[0].health.passive.colour: unknown field"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn runs_the_four_target_bench_config() {
+    let up = Upstream::echo();
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/plain-4targets.yaml");
+    let upstream = up.addr().to_string();
+    let process = crate::support::bin::Process::start_with_env(
+        &config,
+        &[("PORT", "0"), ("BENCH_UPSTREAM", &upstream)],
+    );
+    for _ in 0..8 {
+        assert_eq!(crate::support::get(process.addr, "/").await.status, 200);
+    }
+    // Active checks (GET /) reach the origin too.
+    eventually("active checks reach the origin", || async {
+        up.requests()
+            .iter()
+            .any(|r| r.header("user-agent") == "sluicegate-health-check")
+    })
+    .await;
+}
