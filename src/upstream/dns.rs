@@ -251,6 +251,8 @@ pub struct Answer {
     pub ttl: Duration,
     /// Where the answer came from: `hosts` or `dns`.
     pub source: &'static str,
+    /// For SRV answers: the record's target name of each address (for TLS SNI).
+    pub names: Vec<(SocketAddr, String)>,
 }
 
 /// Resolves names with one hickory resolver and the hosts file.
@@ -297,6 +299,7 @@ impl Lookup {
                 // The hosts file is read again when it changes; checking it costs nothing.
                 ttl: self.settings.min_ttl,
                 source: "hosts",
+                names: Vec::new(),
             });
         }
         let resolver = self.resolver.as_ref().map_err(Clone::clone)?;
@@ -326,6 +329,7 @@ impl Lookup {
             addrs,
             ttl: self.bound(ttl),
             source: "dns",
+            names: Vec::new(),
         })
     }
 
@@ -352,6 +356,7 @@ impl Lookup {
         priorities.sort_unstable();
         priorities.dedup();
         let mut addrs = Vec::new();
+        let mut names = Vec::new();
         let mut errors = Vec::new();
         // The lowest priority value whose targets resolve; higher ones are fallbacks.
         for priority in priorities {
@@ -376,6 +381,7 @@ impl Lookup {
                         ttl = ttl.min(a.ttl.as_secs().try_into().unwrap_or(u32::MAX));
                         for entry in a.addrs {
                             if !addrs.iter().any(|(x, _)| *x == entry.0) {
+                                names.push((entry.0, host.to_string()));
                                 addrs.push(entry);
                             }
                         }
@@ -398,6 +404,7 @@ impl Lookup {
             addrs,
             ttl: self.bound(ttl),
             source: "dns",
+            names,
         })
     }
 

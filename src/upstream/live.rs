@@ -349,8 +349,13 @@ impl Runtime {
                 key => match map.get(key).and_then(|r| r.usable(stale)) {
                     Some(answer) => {
                         for (addr, w) in &answer.addrs {
+                            // SRV targets are named by their records; others by the spec.
                             let host = if host.is_empty() {
-                                addr.ip().to_string()
+                                answer
+                                    .names
+                                    .iter()
+                                    .find(|(a, _)| a == addr)
+                                    .map_or_else(|| addr.ip().to_string(), |(_, n)| n.clone())
                             } else {
                                 host.clone()
                             };

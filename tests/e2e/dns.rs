@@ -150,6 +150,16 @@ routes: [{name: all, upstream: app}]
     assert_eq!(counts.get("heavy"), Some(&30), "{counts:?}");
     assert_eq!(counts.get("light"), Some(&10), "{counts:?}");
     assert_eq!(counts.get("backup"), None, "{counts:?}");
+    let status = gw.admin_get("/status").await.json();
+    let targets = status["upstreams"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(targets.len(), 2, "{targets:?}");
+    assert!(
+        targets.iter().all(|t| t["host"] == "a.test"),
+        "SRV targets keep their record's name (TLS SNI): {targets:?}"
+    );
 }
 
 #[tokio::test]
@@ -269,4 +279,32 @@ routes: [{name: all, upstream: app}]
     for _ in 0..3 {
         assert_eq!(body(&gw).await, "backup");
     }
+}
+
+#[tokio::test]
+async fn search_domains_and_ndots_come_from_the_resolv_conf_file() {
+    let up = named("127.0.0.1:0", "searched");
+    let dns = TestDns::start();
+    dns.set_a("app.svc.test", &["127.0.0.1"], 60);
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    // The nameserver line is replaced by `nameservers` (it cannot name a port); search and
+    // ndots still apply.
+    std::fs::write(
+        &resolv,
+        "nameserver 192.0.2.1\nsearch svc.test\noptions ndots:2\n",
+    )
+    .unwrap();
+    let gw = Config::new(
+        r#"
+dns: {nameservers: ["{{dns}}"], resolv_conf: "{{resolv}}", hosts_file: ""}
+upstreams: [{name: app, targets: ["app:{{port}}"]}]
+routes: [{name: all, upstream: app}]
+"#,
+    )
+    .var("dns", dns.addr())
+    .var("resolv", resolv.display())
+    .var("port", up.addr().port())
+    .start();
+    assert_eq!(body(&gw).await, "searched");
 }
