@@ -226,6 +226,7 @@ pub async fn forward(
                 metrics.error("connect");
                 passive_failure(upstream, target);
                 tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
+                ctx.upstream_in_flight = None;
                 last_err = e;
                 continue;
             }
@@ -244,6 +245,7 @@ pub async fn forward(
                     metrics.error("connect");
                     passive_failure(upstream, target);
                     tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
+                    ctx.upstream_in_flight = None;
                     req = unsent;
                     last_err = e;
                     continue;

@@ -61,7 +61,13 @@ pub async fn run_active(upstream: Arc<Upstream>, check: ActiveCheck) {
     loop {
         every.tick().await;
         let set = upstream.live.load_full();
-        let checks = set.targets.iter().map(|t| check_one(&upstream, &check, t));
+        // One check per address, even when two configured targets share it.
+        let mut seen = std::collections::HashSet::new();
+        let checks = set
+            .targets
+            .iter()
+            .filter(|t| seen.insert(Arc::as_ptr(&t.state) as usize))
+            .map(|t| check_one(&upstream, &check, t));
         futures_util::future::join_all(checks).await;
     }
 }

@@ -25,12 +25,21 @@ const REFRESH_AT: f64 = 0.75;
 pub async fn run(shared: Arc<Shared>) {
     let mut lookup: Option<Arc<Lookup>> = None;
     let mut checks: HashMap<usize, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut version = 0;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let snapshot = shared.snapshot.load_full();
         let runtime = snapshot.upstream_runtime.clone();
+        if snapshot.version != version {
+            // A refresh that finished while a reload was being built updated the sets of
+            // the snapshot it replaced: bring the new one up to date.
+            version = snapshot.version;
+            for u in snapshot.upstreams.values() {
+                runtime.rebuild(u);
+            }
+        }
         let settings = runtime.settings();
         if lookup.as_ref().is_none_or(|l| *l.settings() != *settings) {
             if lookup.is_some() {
