@@ -448,3 +448,58 @@ async fn runs_the_four_target_bench_config() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_ejected_target_stays_ejected_across_a_reload() {
+    let bad = switchable("bad", Arc::new(AtomicBool::new(true)));
+    let good = switchable("good", Arc::new(AtomicBool::new(false)));
+    let upstreams = format!(
+        "upstreams:\n  - {{name: app, targets: [\"{}\", \"{}\"], health: {{passive: {{max_failures: 1, backoff_ms: 60000}}}}}}\n",
+        bad.addr(),
+        good.addr()
+    );
+    let gw = Config::new(&format!(
+        "{upstreams}routes:\n  - {{name: all, upstream: app}}\n"
+    ))
+    .start();
+    // The first request goes to `bad` (round-robin starts there) and ejects it.
+    assert_eq!(gw.get("/").await.status, 503);
+    gw.rewrite_config(&Config::new(&format!(
+        "{upstreams}routes:\n  - {{name: all, upstream: app}}\n  - {{name: extra, match: {{paths: /extra}}, upstream: app}}\n"
+    )));
+    assert_eq!(gw.admin_post("/reload").await.status, 200);
+    let status = gw.admin_get("/status").await.json();
+    assert_eq!(status["upstreams"][0]["targets"][0]["health"], "ejected");
+    for _ in 0..4 {
+        assert_eq!(gw.get("/").await.text(), "good");
+    }
+    assert_eq!(bad.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn consistent_hashing_keeps_each_user_on_one_target() {
+    let a = fixed("a");
+    let b = fixed("b");
+    let gw = Config::new(&format!(
+        "upstreams: [{{name: app, targets: [\"{}\", \"{}\"], balance: consistent_hash, hash_on: {{header: x-user}}}}]\nroutes: [{{name: all, upstream: app}}]\n",
+        a.addr(),
+        b.addr()
+    ))
+    .start();
+    let mut used = std::collections::HashSet::new();
+    for user in 0..12 {
+        let ask = || {
+            let req = request("GET", "/")
+                .header("x-user", format!("user-{user}"))
+                .body(full(""))
+                .unwrap();
+            send(gw.addr, req)
+        };
+        let first = ask().await.text();
+        for _ in 0..3 {
+            assert_eq!(ask().await.text(), first, "user-{user} moved");
+        }
+        used.insert(first);
+    }
+    assert_eq!(used.len(), 2, "keys spread over both targets");
+}
