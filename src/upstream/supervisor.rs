@@ -40,12 +40,19 @@ pub async fn run(shared: Arc<Shared>) {
                 runtime.rebuild(u);
             }
         }
+        sync_checks(&snapshot, &mut checks);
+        let keys = dns_keys(&snapshot);
+        runtime.retain_resolutions(&keys.iter().cloned().collect());
+        if keys.is_empty() {
+            // Static addresses only: no resolver is needed (nor resolv.conf read).
+            continue;
+        }
         let settings = runtime.settings();
         if lookup.as_ref().is_none_or(|l| *l.settings() != *settings) {
             if lookup.is_some() {
                 tracing::info!("DNS settings changed; resolving every name again.");
-                for key in dns_keys(&snapshot) {
-                    runtime.with_resolution(&key, |r| r.next_refresh = Instant::now());
+                for key in &keys {
+                    runtime.with_resolution(key, |r| r.next_refresh = Instant::now());
                 }
             }
             lookup = Some(Arc::new(Lookup::new((*settings).clone())));
@@ -53,8 +60,6 @@ pub async fn run(shared: Arc<Shared>) {
         let Some(lookup) = lookup.clone() else {
             continue;
         };
-        let keys = dns_keys(&snapshot);
-        runtime.retain_resolutions(&keys.iter().cloned().collect());
         let now = Instant::now();
         for key in keys {
             let due = runtime.with_resolution(&key, |r| {
@@ -71,7 +76,6 @@ pub async fn run(shared: Arc<Shared>) {
                 ));
             }
         }
-        sync_checks(&snapshot, &mut checks);
     }
 }
 
