@@ -503,3 +503,38 @@ async fn consistent_hashing_keeps_each_user_on_one_target() {
     }
     assert_eq!(used.len(), 2, "keys spread over both targets");
 }
+
+#[tokio::test]
+async fn timeouts_and_resets_are_retried_when_the_route_asks() {
+    use crate::support::RawUpstream;
+    let silent = RawUpstream::silent();
+    // Reads the request head, then closes without answering.
+    let resetting = RawUpstream::start(|mut stream| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+    });
+    let good = fixed("good");
+    let gw = Config::new(&format!(
+        "upstreams:\n  - {{name: app, targets: [\"{}\", \"{}\", \"{}\"], read_timeout_ms: 300}}\nroutes:\n  - {{name: all, upstream: app, retry: {{attempts: 2, on: [timeout, reset]}}}}\n",
+        silent.addr(),
+        resetting.addr(),
+        good.addr()
+    ))
+    .start();
+    for _ in 0..3 {
+        let reply = gw.get("/").await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.text(), "good");
+    }
+    assert!(silent.accepted() >= 1 && resetting.accepted() >= 1);
+
+    // Without `timeout` in `on`, a silent target's timeout reaches the client.
+    let gw = Config::new(&format!(
+        "upstreams:\n  - {{name: app, targets: [\"{}\", \"{}\"], read_timeout_ms: 300}}\nroutes:\n  - {{name: all, upstream: app, retry: {{attempts: 2, on: [503]}}}}\n",
+        silent.addr(),
+        good.addr()
+    ))
+    .start();
+    assert_eq!(gw.get("/").await.status, 504);
+}
