@@ -143,7 +143,9 @@ pub async fn forward(
     };
     let worker = ctx.worker.clone();
     let metrics = &upstream.metrics;
-    let set = upstream.live.load_full();
+    // A guard, not an `Arc` clone: no write to the set's shared reference count on the
+    // common path (arc-swap falls back to a clone when a thread holds many guards).
+    let set = upstream.live.load();
     if set.is_empty() {
         return Err(no_targets(upstream, set.complete));
     }
