@@ -111,7 +111,19 @@ impl TestDns {
     /// Starts answering again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        let socket = std::net::UdpSocket::bind(self.addr).expect("bind the DNS port again");
+        // While it was down, a short-lived client socket (a resolver's query) may have been
+        // given this port: such sockets close within a query timeout, so try for a while.
+        let until = std::time::Instant::now() + super::STEP;
+        let socket = loop {
+            match std::net::UdpSocket::bind(self.addr) {
+                Ok(s) => break s,
+                Err(e) if std::time::Instant::now() < until => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => panic!("cannot bind the DNS port {} again: {e}", self.addr),
+            }
+        };
         self.serve(socket);
     }
 
