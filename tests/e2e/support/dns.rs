@@ -117,8 +117,7 @@ impl TestDns {
         let socket = loop {
             match std::net::UdpSocket::bind(self.addr) {
                 Ok(s) => break s,
-                Err(e) if std::time::Instant::now() < until => {
-                    let _ = e;
+                Err(_) if std::time::Instant::now() < until => {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 Err(e) => panic!("cannot bind the DNS port {} again: {e}", self.addr),
