@@ -225,7 +225,7 @@ pub struct RouteConfig {
     pub rewrite: Option<RewriteConfig>,
     /// Queue requests durably and deliver them to `upstream` later (see docs/queue.md).
     pub queue: Option<crate::queue::config::QueueConfig>,
-    /// Retries on another target (see docs/configuration.md).
+    /// Retries on another target (see docs/upstreams.md).
     pub retry: Option<crate::proxy::retry::RetryConfig>,
 }
 

@@ -47,7 +47,7 @@ pub enum RetryOn {
     Event(String),
 }
 
-/// Defaults (also in docs/configuration.md).
+/// Defaults (also in docs/upstreams.md).
 pub mod defaults {
     /// Retries after the first try.
     pub const ATTEMPTS: u32 = 2;

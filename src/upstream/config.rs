@@ -1,6 +1,6 @@
 //! The upstream settings this module adds to the configuration format (`hash_on`,
 //! `health`, `circuit_breaker`, SRV targets) and their validation into runtime settings.
-//! Every error names its path; defaults are documented in docs/configuration.md.
+//! Every error names its path; defaults are documented in docs/upstreams.md.
 
 use std::time::Duration;
 
@@ -159,7 +159,7 @@ pub struct Circuit {
     pub pending_timeout: Duration,
 }
 
-/// Defaults (also in docs/configuration.md).
+/// Defaults (also in docs/upstreams.md).
 pub mod defaults {
     /// Envoy and Kong check every 5-10 s; 5 s finds a dead target within ~15 s at 3 failures.
     pub const CHECK_INTERVAL_MS: u64 = 5_000;

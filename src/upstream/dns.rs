@@ -48,7 +48,7 @@ pub struct DnsConfig {
     pub family: Option<String>,
 }
 
-/// Defaults of the `dns:` section (also in docs/configuration.md).
+/// Defaults of the `dns:` section (also in docs/upstreams.md).
 pub mod defaults {
     /// The usual place of the system's resolver configuration.
     pub const RESOLV_CONF: &str = "/etc/resolv.conf";
