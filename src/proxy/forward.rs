@@ -226,7 +226,7 @@ pub async fn forward(
             Ok(c) => c,
             Err(e) => {
                 metrics.error("connect");
-                passive_failure(upstream, target);
+                passive_failure(ctx, upstream, target);
                 tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
                 ctx.upstream_in_flight = None;
                 last_err = e;
@@ -245,7 +245,7 @@ pub async fn forward(
                 Err(e) => {
                     // The target went away between two requests: the next target gets it.
                     metrics.error("connect");
-                    passive_failure(upstream, target);
+                    passive_failure(ctx, upstream, target);
                     tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
                     ctx.upstream_in_flight = None;
                     req = unsent;
@@ -261,7 +261,7 @@ pub async fn forward(
                 let status = response.status().as_u16();
                 if let Some(passive) = &upstream.health.passive {
                     if passive.failure_statuses.contains(&status) {
-                        passive_failure(upstream, target);
+                        passive_failure(ctx, upstream, target);
                     } else {
                         health::record_success(&target.state);
                     }
@@ -302,7 +302,7 @@ pub async fn forward(
                 }
                 let timeout = e.kind == Kind::UpstreamTimeout;
                 metrics.error(if timeout { "timeout" } else { "protocol" });
-                passive_failure(upstream, target);
+                passive_failure(ctx, upstream, target);
                 if let (Some(policy), Some(t)) = (&retry, &template) {
                     let wanted = if timeout {
                         policy.on_timeout
@@ -427,10 +427,10 @@ fn may_retry(
     true
 }
 
-fn passive_failure(upstream: &Upstream, target: &Target) {
+fn passive_failure(ctx: &RequestCtx, upstream: &Upstream, target: &Target) {
     if let Some(passive) = &upstream.health.passive {
         if health::record_failure(&target.state, passive) {
-            tracing::warn!(upstream = %upstream.name, target = %target.address, "Target ejected after consecutive failures.");
+            tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, "Target ejected after consecutive failures.");
         }
     }
 }
