@@ -222,6 +222,8 @@ pub async fn forward(
                 authority.as_deref().unwrap_or(&target.address),
             );
         }
+        // Peak-EWMA measures each try, from choosing the target to the response head.
+        let try_started = (upstream.policy == Policy::PeakEwma).then(std::time::Instant::now);
         let conn = match worker.pool.checkout(upstream, target).await {
             Ok(c) => c,
             Err(e) => {
@@ -256,6 +258,9 @@ pub async fn forward(
         }
         // From the request's arrival: one clock read instead of two.
         ctx.upstream.duration = Some(ctx.started.elapsed());
+        if let Some(started) = try_started {
+            target.state.observe_latency(started.elapsed());
+        }
         match sent {
             Ok(response) => {
                 let status = response.status().as_u16();

@@ -24,6 +24,8 @@ pub enum Policy {
     LeastConnections,
     /// Two targets at random, the less loaded of them (power of two choices).
     RandomTwoChoices,
+    /// Two targets at random, the one with the lower peak-EWMA latency × requests in flight.
+    PeakEwma,
     /// The same key always goes to the same target while it is available.
     Hash(HashOn),
 }
@@ -31,7 +33,10 @@ pub enum Policy {
 impl Policy {
     /// Whether choosing needs requests in flight counted.
     pub fn counts_in_flight(&self) -> bool {
-        matches!(self, Policy::LeastConnections | Policy::RandomTwoChoices)
+        matches!(
+            self,
+            Policy::LeastConnections | Policy::RandomTwoChoices | Policy::PeakEwma
+        )
     }
 
     /// The name used in the configuration and `/status`.
@@ -40,6 +45,7 @@ impl Policy {
             Policy::RoundRobin => "round_robin",
             Policy::LeastConnections => "least_connections",
             Policy::RandomTwoChoices => "random_two_choices",
+            Policy::PeakEwma => "peak_ewma",
             Policy::Hash(_) => "consistent_hash",
         }
     }
@@ -229,6 +235,14 @@ fn load(t: &Target) -> u64 {
     (t.state.in_flight.load(Ordering::Relaxed) as u64 + 1) * 1_000_000 / u64::from(t.weight)
 }
 
+/// Expected cost of sending to `t` (peak-EWMA): latency × (requests in flight + 1) per unit
+/// of weight. A target without a sample costs 0, so new targets get tried.
+fn cost(t: &Target) -> u64 {
+    let latency = t.state.latency_us().max(0.0) as u64;
+    latency.saturating_mul(t.state.in_flight.load(Ordering::Relaxed) as u64 + 1)
+        / u64::from(t.weight)
+}
+
 impl TargetSet {
     /// Chooses a target for a request: an index into `targets`, skipping `tried` ones and,
     /// unless `ignore_health`, unavailable ones. `key` is the request's hash for
@@ -275,7 +289,12 @@ impl TargetSet {
                     .filter(|&i| ok(i))
                     .min_by_key(|&i| load(&self.targets[i]))
             }
-            Policy::RandomTwoChoices => {
+            Policy::RandomTwoChoices | Policy::PeakEwma => {
+                let measure = if *policy == Policy::PeakEwma {
+                    cost
+                } else {
+                    load
+                };
                 let a = (random() % n as u64) as usize;
                 let b = if n > 1 {
                     (a + 1 + (random() % (n as u64 - 1)) as usize) % n
@@ -283,16 +302,18 @@ impl TargetSet {
                     a
                 };
                 match (ok(a), ok(b)) {
-                    (true, true) => Some(if load(&self.targets[b]) < load(&self.targets[a]) {
-                        b
-                    } else {
-                        a
-                    }),
+                    (true, true) => {
+                        Some(if measure(&self.targets[b]) < measure(&self.targets[a]) {
+                            b
+                        } else {
+                            a
+                        })
+                    }
                     (true, false) => Some(a),
                     (false, true) => Some(b),
                     (false, false) => (0..n)
                         .filter(|&i| ok(i))
-                        .min_by_key(|&i| load(&self.targets[i])),
+                        .min_by_key(|&i| measure(&self.targets[i])),
                 }
             }
             Policy::Hash(_) => self.ring.as_ref().and_then(|r| r.find(key, ok)),
@@ -400,6 +421,35 @@ mod tests {
                 Some(0)
             );
         }
+    }
+
+    #[test]
+    fn peak_ewma_avoids_the_slow_target_and_reacts_to_a_spike_at_once() {
+        let s = set(
+            vec![target("10.0.0.1:80", 1), target("10.0.0.2:80", 1)],
+            &Policy::PeakEwma,
+        );
+        s.targets[0]
+            .state
+            .observe_latency(std::time::Duration::from_millis(50));
+        s.targets[1]
+            .state
+            .observe_latency(std::time::Duration::from_millis(2));
+        for _ in 0..20 {
+            assert_eq!(
+                s.select(&Policy::PeakEwma, 0, 0, Tried::default(), false),
+                Some(1)
+            );
+        }
+        // A slower sample replaces the average at once (the peak).
+        s.targets[1]
+            .state
+            .observe_latency(std::time::Duration::from_millis(200));
+        assert!(s.targets[1].state.latency_us() >= 200_000.0);
+        assert_eq!(
+            s.select(&Policy::PeakEwma, 0, 0, Tried::default(), false),
+            Some(0)
+        );
     }
 
     /// Which target each of `keys` maps to, as addresses.

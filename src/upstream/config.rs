@@ -190,6 +190,7 @@ pub fn policy(
         "round_robin" => Policy::RoundRobin,
         "least_connections" => Policy::LeastConnections,
         "random_two_choices" => Policy::RandomTwoChoices,
+        "peak_ewma" => Policy::PeakEwma,
         "consistent_hash" => {
             let on = hash_on.as_ref().map(|h| {
                 let set = usize::from(h.header.is_some())
@@ -236,7 +237,7 @@ pub fn policy(
             diags.push(
                 &path.key("balance"),
                 format!(
-                    "unknown policy `{other}`; expected round_robin, least_connections, random_two_choices or consistent_hash"
+                    "unknown policy `{other}`; expected round_robin, least_connections, random_two_choices, peak_ewma or consistent_hash"
                 ),
             );
             Policy::RoundRobin

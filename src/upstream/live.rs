@@ -77,6 +77,9 @@ pub fn now_ms() -> u64 {
     now.saturating_duration_since(*EPOCH).as_millis() as u64 + 1
 }
 
+/// Time constant of the peak-EWMA latency (Finagle's default decay time, 10 s).
+const LATENCY_TAU_MS: f64 = 10_000.0;
+
 /// Live state of one resolved address of one upstream.
 #[derive(Debug, Default)]
 pub struct TargetState {
@@ -98,6 +101,10 @@ pub struct TargetState {
     pub check_fail_streak: AtomicU32,
     /// The last active check's outcome, for `/status`.
     pub last_check: Mutex<Option<String>>,
+    /// Peak-EWMA of response-head latency in microseconds (`f64` bits; 0 = no sample).
+    pub latency_ewma: AtomicU64,
+    /// When `latency_ewma` was last updated ([`now_ms`]).
+    pub latency_stamp: AtomicU64,
 }
 
 impl TargetState {
@@ -109,6 +116,35 @@ impl TargetState {
         }
         let until = self.ejected_until.load(Ordering::Relaxed);
         until == 0 || now_ms() >= until
+    }
+
+    /// Adds a latency sample to the peak-EWMA: a slower sample replaces the average at
+    /// once (the "peak"), faster ones pull it down with a 10 s time constant (Finagle's
+    /// default decay). Races between workers lose a sample at worst.
+    pub fn observe_latency(&self, latency: Duration) {
+        let now = now_ms();
+        let sample = latency.as_secs_f64() * 1e6;
+        let old = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        let elapsed = now.saturating_sub(self.latency_stamp.swap(now, Ordering::Relaxed)) as f64;
+        let next = if old == 0.0 || sample > old {
+            sample
+        } else {
+            let w = (-elapsed / LATENCY_TAU_MS).exp();
+            old * w + sample * (1.0 - w)
+        };
+        self.latency_ewma.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The peak-EWMA latency in microseconds now (0 before any sample). It decays toward
+    /// zero while the target gets no requests, so a target that was slow once is tried
+    /// again after a while instead of being avoided for good.
+    pub fn latency_us(&self) -> f64 {
+        let value = f64::from_bits(self.latency_ewma.load(Ordering::Relaxed));
+        if value == 0.0 {
+            return 0.0;
+        }
+        let elapsed = now_ms().saturating_sub(self.latency_stamp.load(Ordering::Relaxed)) as f64;
+        value * (-elapsed / LATENCY_TAU_MS).exp()
     }
 
     /// Whether the passive checks have it ejected now.

@@ -94,6 +94,7 @@ fn upstream_status(snapshot: &Snapshot, u: &Upstream) -> Value {
                 "consecutive_failures": s.failures.load(Ordering::Relaxed),
                 "ejections": s.ejections_total.load(Ordering::Relaxed),
                 "in_flight": s.in_flight.load(Ordering::Relaxed),
+                "latency_ewma_ms": Some(s.latency_us() / 1000.0).filter(|v| *v > 0.0),
             })
         })
         .collect();

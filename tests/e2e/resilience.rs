@@ -538,3 +538,38 @@ async fn timeouts_and_resets_are_retried_when_the_route_asks() {
     .start();
     assert_eq!(gw.get("/").await.status, 504);
 }
+
+#[tokio::test]
+async fn peak_ewma_sends_most_requests_to_the_fast_target() {
+    // Much slower than any stall of a loaded test machine, so the order never flips.
+    let slow = Upstream::slow(Duration::from_millis(1000));
+    let fast = fixed("fast");
+    let gw = Config::new(&format!(
+        "upstreams: [{{name: app, targets: [\"{}\", \"{}\"], balance: peak_ewma}}]\nroutes: [{{name: all, upstream: app}}]\n",
+        slow.addr(),
+        fast.addr()
+    ))
+    .start();
+    for _ in 0..20 {
+        assert_eq!(gw.get("/").await.status, 200);
+    }
+    // Each target is tried while it has no latency sample; after that the slow one only
+    // gets a request when its latency estimate has decayed (10 s time constant).
+    assert!(
+        slow.requests().len() <= 2,
+        "slow got {}",
+        slow.requests().len()
+    );
+    assert!(fast.requests().len() >= 18);
+    let status = gw.admin_get("/status").await.json();
+    let targets = status["upstreams"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        targets
+            .iter()
+            .all(|t| t["latency_ewma_ms"].as_f64().is_some()),
+        "{targets:?}"
+    );
+}
