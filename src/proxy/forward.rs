@@ -284,7 +284,7 @@ pub async fn forward(
                             &status.to_string(),
                         )
                     {
-                        drop(response);
+                        discard(response, upstream.read_timeout).await;
                         req = t.request();
                         continue;
                     }
@@ -335,6 +335,22 @@ pub async fn forward(
                 return Err(e);
             }
         }
+    }
+}
+
+/// Drops a response that is being retried. A small body with a known length is read to
+/// its end first (bounded in time), so an HTTP/1.1 connection goes back to the pool instead
+/// of being closed; anything else is dropped, closing its connection.
+async fn discard(response: Response<UpstreamBody>, read_timeout: std::time::Duration) {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    /// Bodies up to this size are drained (an error page, a JSON error).
+    const DRAIN_MAX: u64 = 64 * 1024;
+    let (_, body) = response.into_parts();
+    let body = super::body::UpstreamResponseBody::new(body, read_timeout);
+    if body.size_hint().exact().is_some_and(|n| n <= DRAIN_MAX) {
+        let limit = read_timeout.min(std::time::Duration::from_secs(1));
+        let _ = tokio::time::timeout(limit, body.collect()).await;
     }
 }
 

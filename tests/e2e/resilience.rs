@@ -67,6 +67,11 @@ async fn a_503_is_retried_on_the_other_target_with_a_byte_identical_body() {
     for seen in bad_seen.iter().chain(good.requests().iter()) {
         assert_eq!(seen.body, payload, "every try carried the same bytes");
     }
+    assert_eq!(
+        bad.connections(),
+        1,
+        "the retried 503s were read to the end, so their connection was reused"
+    );
     let metrics = gw.admin_get("/metrics").await.text();
     assert!(
         crate::support::metric(
