@@ -356,7 +356,7 @@ impl Runtime {
 
     /// Whether every question in `keys` was answered (or failed) once and the outcome
     /// published (gateway start waits for that).
-    pub fn all_attempted(&self, keys: &[SpecKind]) -> bool {
+    pub fn all_published(&self, keys: &[SpecKind]) -> bool {
         let map = self
             .resolutions
             .lock()

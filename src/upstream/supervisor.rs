@@ -210,7 +210,7 @@ pub fn wait_first_answers(shared: &Shared) {
     let settings = snapshot.upstream_runtime.settings();
     let limit = (settings.timeout * (settings.attempts as u32 + 1)).min(Duration::from_secs(10));
     let until = Instant::now() + limit;
-    while !snapshot.upstream_runtime.all_attempted(&keys) && Instant::now() < until {
+    while !snapshot.upstream_runtime.all_published(&keys) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
