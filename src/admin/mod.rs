@@ -109,7 +109,7 @@ async fn reload(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn stop(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    let _ = shared.shutdown.send(true);
+    shared.shutdown.send_replace(true);
     Json(json!({"status": "stopping"}))
 }
 

@@ -204,10 +204,16 @@ pub struct PoolConfig {
 pub struct UpstreamTlsConfig {
     /// Verify the upstream's certificate (default true).
     pub verify: Option<bool>,
-    /// PEM file of CA certificates to trust instead of the built-in web roots.
+    /// PEM file of CA certificates to trust instead of the system's.
     pub ca_file: Option<String>,
     /// Server name to send and verify; defaults to the target's host.
     pub sni: Option<String>,
+    /// Trust store when there is no `ca_file`: `system` (default) or `builtin`.
+    pub roots: Option<String>,
+    /// PEM certificate chain presented to upstreams that ask for one (mutual TLS).
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 /// A route: which requests it takes and what it does with them.

@@ -19,7 +19,7 @@ use crate::plugins::{self, BuildCtx};
 use crate::proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
 use crate::state::{Chain, ChainEntry, PathRewrite, Route, Snapshot};
 use crate::telemetry::{AccessLog, Metrics};
-use crate::upstream::{Protocol, Upstream, UpstreamTls};
+use crate::upstream::{Protocol, Upstream};
 
 const TOP_LEVEL: &[&str] = &[
     "workers",
@@ -61,7 +61,11 @@ pub fn snapshot(
                     );
                 }
             }
-            build_snapshot(root, &build, version, workers, metrics, &mut diags)
+            let snapshot = build_snapshot(root, &build, version, workers, metrics, &mut diags);
+            if diags.is_empty() {
+                secrets.check_unresolved(root, &mut diags);
+            }
+            snapshot
         }
         _ => {
             diags.push(
@@ -354,6 +358,7 @@ fn upstreams(
 ) -> HashMap<String, Arc<Upstream>> {
     let path = Path::root().key("upstreams");
     let mut out = HashMap::new();
+    let tls_loader = crate::upstream::tls::Loader::new(base_dir);
     for (i, u) in list::<file::UpstreamConfig>(root, "upstreams", diags) {
         let p = path.index(i);
         if out.contains_key(&u.name) {
@@ -383,15 +388,23 @@ fn upstreams(
             &p.key("circuit_breaker"),
             diags,
         );
+        let mut tls_fingerprint = 0;
         let tls = match u.scheme.as_str() {
-            "http" => None,
-            "https" => match crate::server::tls::client_config(&u.tls, base_dir, protocol) {
-                Ok(config) => Some(UpstreamTls {
-                    config,
-                    sni: u.tls.sni.clone(),
-                }),
-                Err(e) => {
-                    diags.push(&p.key("tls"), e);
+            "http" => {
+                if crate::upstream::tls::is_set(&u.tls) {
+                    diags.push(&p.key("tls"), "TLS settings need `scheme: https`");
+                }
+                None
+            }
+            "https" => match tls_loader.load(&u.name, &u.tls, protocol) {
+                Ok(loaded) => {
+                    tls_fingerprint = loaded.fingerprint;
+                    Some(loaded.tls)
+                }
+                Err(errors) => {
+                    for (key, e) in errors {
+                        diags.push(&p.key("tls").key(key), e);
+                    }
                     None
                 }
             },
@@ -422,7 +435,7 @@ fn upstreams(
             live: Arc::new(crate::upstream::live::LiveTargets::new(
                 crate::upstream::live::TargetSet::new(Vec::new(), workers, &policy, false),
             )),
-            pool_seed: pool_key("", u.scheme.as_str(), protocol, &u.tls),
+            pool_seed: pool_key("", u.scheme.as_str(), protocol, tls_fingerprint),
             workers,
             policy,
             health,
@@ -459,18 +472,12 @@ fn check_timeouts(path: &Path, values: &[(&str, Option<u64>)], diags: &mut Diags
     }
 }
 
-fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls: &file::UpstreamTlsConfig) -> u64 {
+/// `tls_fingerprint` covers the TLS settings and the contents of their files, so a reload
+/// that changes a certificate gets new connections.
+fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls_fingerprint: u64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        address,
-        scheme,
-        protocol,
-        &tls.ca_file,
-        &tls.sni,
-        tls.verify,
-    )
-        .hash(&mut h);
+    (address, scheme, protocol, tls_fingerprint).hash(&mut h);
     h.finish()
 }
 

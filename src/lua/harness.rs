@@ -159,6 +159,7 @@ impl Harness {
             status: 0,
             conn_state: Arc::default(),
             response_headers: http::HeaderMap::new(),
+            grpc: false,
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct RequestCtx {
     pub response_headers: http::HeaderMap,
     /// The client connection's phase, set back to idle when the request is done.
     pub conn_state: Arc<crate::server::conn::ConnState>,
+    /// Whether this is a gRPC call (HTTP/2, `content-type: application/grpc[+...]`): the
+    /// gateway's own errors are then gRPC statuses (see `error::grpc_error_response`).
+    pub grpc: bool,
 }
 
 impl RequestCtx {

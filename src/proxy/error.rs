@@ -203,9 +203,155 @@ pub fn rejection(
     error_response(&ProxyError::client(kind, message), request_id)
 }
 
+/// Whether `headers` describe a gRPC call: `content-type: application/grpc`, alone or with
+/// a `+codec` or parameters (gRPC-Web's `application/grpc-web` is not: its clients read
+/// HTTP statuses).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
+}
+
+fn is_grpc_content_type(v: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    v.len() >= GRPC.len()
+        && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
+/// gRPC status codes the gateway answers with (the numbering of gRPC's `Code`).
+mod grpc_code {
+    pub const CANCELLED: u8 = 1;
+    pub const INVALID_ARGUMENT: u8 = 3;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
+
+impl ProxyError {
+    /// The gRPC status a gRPC client gets: gRPC's HTTP-to-gRPC mapping (502, 503 →
+    /// UNAVAILABLE, 404 → UNIMPLEMENTED, ...), made more precise where the gateway knows
+    /// more than a status code says (a timeout is DEADLINE_EXCEEDED, a size limit
+    /// RESOURCE_EXHAUSTED).
+    pub fn grpc_status(&self) -> u8 {
+        use grpc_code::*;
+        match self.kind {
+            Kind::NoRoute | Kind::NoUpstream => UNIMPLEMENTED,
+            Kind::HeaderTooLarge | Kind::BodyTooLarge => RESOURCE_EXHAUSTED,
+            Kind::ClientTimeout | Kind::UpstreamTimeout => DEADLINE_EXCEEDED,
+            Kind::ClientClosed => CANCELLED,
+            Kind::UpstreamConnect | Kind::UpstreamProtocol | Kind::Unavailable => UNAVAILABLE,
+            Kind::BadRequest | Kind::PluginFailure | Kind::ScriptBudget | Kind::Internal => {
+                INTERNAL
+            }
+            Kind::Unauthorized => UNAUTHENTICATED,
+            Kind::Forbidden => PERMISSION_DENIED,
+            Kind::UnsupportedMediaType => INVALID_ARGUMENT,
+        }
+    }
+}
+
+/// Builds the gRPC form of the error response for a gRPC call: HTTP 200 with the status in
+/// `grpc-status` / `grpc-message` and no body ("Trailers-Only"), as gRPC clients expect; a
+/// JSON body with a 502 would reach them as an opaque protocol error. The JSON body's
+/// `error` code travels as `sluicegate-error` metadata, the request id in `x-request-id`
+/// as on every response.
+pub fn grpc_error_response(err: &ProxyError) -> LocalResponse {
+    let mut headers = grpc_trailers(err);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    LocalResponse {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+/// The status fields of a gRPC error: the trailers that end a gRPC response whose body
+/// failed after its head was sent (the upstream reset or timed out mid-stream, a body
+/// filter failed), so gRPC clients get a status they can act on instead of a reset stream;
+/// and the headers of a Trailers-Only error response.
+pub fn grpc_trailers(err: &ProxyError) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(err.grpc_status())),
+    );
+    if let Ok(v) = HeaderValue::from_bytes(&percent_encode(err.message.as_bytes())) {
+        trailers.insert("grpc-message", v);
+    }
+    trailers.insert("sluicegate-error", HeaderValue::from_static(err.code()));
+    trailers
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(text: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_grpc_content_types_only() {
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;charset=utf-8",
+        ] {
+            assert!(is_grpc_content_type(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "application/grpc-web",
+            "application/grpcx",
+            "application/json",
+            "",
+        ] {
+            assert!(!is_grpc_content_type(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only_with_a_status_and_an_encoded_message() {
+        let err = ProxyError::upstream(Kind::UpstreamConnect, "target 10.0.0.1:80 refused: 100%");
+        let resp = grpc_error_response(&err);
+        assert_eq!(resp.status, StatusCode::OK);
+        assert!(resp.body.is_empty());
+        assert_eq!(resp.headers["grpc-status"], "14");
+        assert_eq!(
+            resp.headers["grpc-message"],
+            "target 10.0.0.1:80 refused: 100%25"
+        );
+        assert_eq!(resp.headers["content-type"], "application/grpc");
+        assert_eq!(resp.headers["sluicegate-error"], "upstream_unreachable");
+        assert_eq!(percent_encode("é\n".as_bytes()), b"%C3%A9%0A");
+    }
+
+    #[test]
+    fn timeouts_and_limits_get_precise_grpc_codes() {
+        let code = |k| ProxyError::client(k, "x").grpc_status();
+        assert_eq!(code(Kind::UpstreamTimeout), 4);
+        assert_eq!(code(Kind::BodyTooLarge), 8);
+        assert_eq!(code(Kind::NoRoute), 12);
+        assert_eq!(code(Kind::ScriptBudget), 13);
+        assert_eq!(code(Kind::Unavailable), 14);
+    }
 
     #[test]
     fn maps_each_kind_to_one_status() {

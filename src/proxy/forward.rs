@@ -40,6 +40,17 @@ pub struct Forwarded {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for the upstream.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip(headers, keep_upgrade, false);
+}
+
+/// [`strip_hop_by_hop`] for a request to an HTTP/2 upstream: `TE: trailers` survives (gRPC
+/// servers need it to know the client reads trailers; it is the one `TE` value HTTP/2
+/// allows, RFC 9113 §8.2.2). Costs nothing more when the request has no `TE`.
+pub fn strip_hop_by_hop_request(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip(headers, keep_upgrade, true);
+}
+
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
     // One pass over the names (no hashing) finds which hop-by-hop headers are present;
     // only those are removed. Most requests have none, most responses only `Connection`.
     let fixed: [&HeaderName; 7] = [
@@ -60,6 +71,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present == 0 && !keep_upgrade {
         return;
     }
+    // Index of `TE` in `fixed`; read before `Connection: TE` removes it.
+    const TE: usize = 4;
+    let te_trailers = keep_te_trailers && present & (1 << TE) != 0 && asks_for_trailers(headers);
     if present & 1 != 0 {
         // Headers named in `Connection` are hop-by-hop too (its usual tokens are not names).
         let named: Vec<HeaderName> = headers
@@ -85,9 +99,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(*name);
         }
     }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Whether any `TE` line lists the `trailers` token.
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
@@ -598,7 +629,12 @@ fn upstream_request(
     } else {
         std::mem::take(&mut ctx.head.headers)
     };
-    strip_hop_by_hop(&mut headers, upgrade);
+    if upstream.protocol == Protocol::Http2 {
+        strip_hop_by_hop_request(&mut headers, upgrade);
+    } else {
+        // The HTTP/1.1 client does not pass trailers on: it must not promise to read them.
+        strip_hop_by_hop(&mut headers, upgrade);
+    }
     // `Expect: 100-continue` was answered to the client when its body was first read.
     headers.remove(header::EXPECT);
     let host = match headers.get(header::HOST) {
@@ -754,6 +790,26 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_for_the_upstream_and_drops_other_te_values() {
+        let mut h = HeaderMap::new();
+        h.append(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        strip_hop_by_hop_request(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h.get_all(header::TE).iter().count(), 1);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop_request(&mut h, false);
+        assert!(!h.contains_key(header::TE));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key(header::TE), "responses never keep TE");
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub async fn handle(
         ))
     };
     let limits = check_limits(&head, listener.max_header_bytes, listener.max_body_bytes);
+    // gRPC needs HTTP/2: HTTP/1.1 requests pay one comparison.
+    let grpc = head.version == http::Version::HTTP_2 && error::is_grpc(&head.headers);
     let mut ctx = RequestCtx {
         original_uri: head.uri.clone(),
         head,
@@ -105,6 +107,7 @@ pub async fn handle(
         status: 0,
         conn_state: conn.state.clone(),
         response_headers: http::HeaderMap::new(),
+        grpc,
     };
     let answer = match limits {
         Ok(()) => run(&mut ctx, &snapshot).await,
@@ -322,11 +325,21 @@ fn finish(
         head.headers.remove(http::header::CONTENT_LENGTH);
     }
     ctx.status = head.status.as_u16();
+    let grpc = ctx.grpc;
     let observer = LogObserver {
         filters: chain.has(Phase::BodyFilter),
+        // A Trailers-Only answer (or the gateway's own gRPC error) has it in the headers.
+        grpc_status: if grpc {
+            grpc_status(&head.headers)
+        } else {
+            None
+        },
         ctx: Some(ctx),
     };
-    Response::from_parts(head, ResponseBody::new(source, Some(Box::new(observer))))
+    Response::from_parts(
+        head,
+        ResponseBody::new(source, Some(Box::new(observer))).grpc(grpc),
+    )
 }
 
 fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {
@@ -340,6 +353,11 @@ fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {
 fn error_parts(ctx: &RequestCtx, e: &ProxyError) -> (ResponseHead, ResponseSource) {
     if e.kind != Kind::NoRoute && e.origin != error::Source::Client {
         tracing::warn!(request_id = ctx.request_id_str(), route = ctx.route_name(), status = e.status().as_u16(), error = %e, "Request failed.");
+    }
+    if ctx.grpc {
+        // Trailers-only: no body at all, so no `content-length: 0` either.
+        let (head, _) = local_parts(error::grpc_error_response(e));
+        return (head, ResponseSource::Full(None));
     }
     local_parts(error_response(e, &ctx.request_id))
 }
@@ -364,6 +382,15 @@ fn header_filter(
 struct LogObserver {
     ctx: Option<RequestCtx>,
     filters: bool,
+    /// The `grpc-status` a gRPC call ended with, for the access log.
+    grpc_status: Option<u16>,
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 impl BodyObserver for LogObserver {
@@ -388,16 +415,22 @@ impl BodyObserver for LogObserver {
         Ok(())
     }
 
+    fn on_grpc_trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(status) = grpc_status(trailers) {
+            self.grpc_status = Some(status);
+        }
+    }
+
     fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64) {
         let Some(ctx) = self.ctx.take() else { return };
         ctx.traffic.bytes_out.set(bytes_out);
-        log_phase(&ctx, outcome);
+        log_phase(&ctx, outcome, self.grpc_status);
         ctx.conn_state.set(ConnPhase::Idle);
         ctx.conn_state.end();
     }
 }
 
-fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
+fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome, grpc_status: Option<u16>) {
     let took = ctx.started.elapsed();
     let snapshot = &ctx.snapshot;
     let chain = chain_of(snapshot, ctx.route);
@@ -415,11 +448,16 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
         .unwrap_or(&snapshot.unmatched);
     metrics.record(ctx.status, took);
     if outcome == BodyOutcome::UpstreamFailed {
+        let ending = if ctx.grpc {
+            "the gRPC call ended with status UNAVAILABLE"
+        } else {
+            "client connection closed"
+        };
         tracing::warn!(
             request_id = ctx.request_id_str(),
             route = ctx.route_name(),
             upstream = ctx.upstream.target.as_deref().unwrap_or("-"),
-            "Response body failed mid-stream; client connection closed."
+            "Response body failed mid-stream; {ending}."
         );
         if let Some(u) = ctx
             .route
@@ -445,6 +483,7 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
             duration: took,
             upstream_duration: ctx.upstream.duration,
             aborted: outcome != BodyOutcome::Complete,
+            grpc_status,
         });
     }
 }

@@ -201,7 +201,9 @@ impl Gateway {
     }
 
     fn stop(&mut self) {
-        let _ = self.shared.shutdown.send(true);
+        // `send_replace`, not `send`: a worker that has not subscribed yet (a stop right after
+        // start) must still find the flag set when it does.
+        self.shared.shutdown.send_replace(true);
         for h in self.workers.drain(..) {
             match h.join() {
                 Ok(Ok(())) => {}

@@ -127,13 +127,11 @@ async fn probe(upstream: &Upstream, check: &ActiveCheck, target: &Target) -> Res
     match &upstream.tls {
         None => send(TokioIo::new(tcp), req, upstream.protocol, &host).await,
         Some(tls) => {
-            let name = tls.sni.clone().unwrap_or_else(|| target.host.clone());
-            let server_name = rustls::pki_types::ServerName::try_from(name)
-                .map_err(|e| format!("invalid TLS server name: {e}"))?;
+            let server_name = super::tls::server_name(tls, &target.host)?;
             let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
-                .connect(server_name, tcp)
+                .connect(server_name.clone(), tcp)
                 .await
-                .map_err(|e| format!("TLS handshake failed: {e}"))?;
+                .map_err(|e| super::tls::handshake_error(&e, &server_name))?;
             send(TokioIo::new(stream), req, upstream.protocol, &host).await
         }
     }

@@ -17,6 +17,7 @@ pub mod live;
 pub mod pool;
 pub mod status;
 pub mod supervisor;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -43,6 +43,9 @@ fn check_accepts_every_shipped_config() {
         ("UPSTREAM_NAME", "api.internal"),
         ("UPSTREAM_PORT", "8000"),
         ("DNS_SERVER", "127.0.0.1:53"),
+        // The secrets the examples declare, as their users would export them.
+        ("SLACK_SIGNING_SECRET", "e2e-slack-secret"),
+        ("PROXY_KEY", "e2e-proxy-key"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);

@@ -6,6 +6,8 @@ pub mod bin;
 pub mod client;
 pub mod dns;
 pub mod gateway;
+pub mod h2server;
+pub mod pki;
 pub mod tls;
 pub mod upstream;
 
