@@ -111,6 +111,8 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Set when requests are queued durably instead of proxied (`queue:`).
     pub queue: Option<Arc<crate::queue::RouteQueue>>,
+    /// Retries on another target (`retry:`).
+    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
 }
 
 /// One complete, validated configuration version.
@@ -149,6 +151,9 @@ pub struct Snapshot {
     pub watch_config: bool,
     /// SHA-256 of the text this snapshot was loaded from (what the file watcher compares).
     pub source_digest: [u8; 32],
+    /// Resolved upstream targets and their health. Like `queues`, carried over by every
+    /// reload, so answers and health survive it.
+    pub upstream_runtime: Arc<crate::upstream::live::Runtime>,
 }
 
 /// A reload asked for by one of the triggers.
@@ -239,6 +244,10 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             &shared.metrics,
         )
         .and_then(|mut next| crate::queue::carry_over(&current, &mut next).map(|()| next))
+        .map(|mut next| {
+            crate::upstream::live::Runtime::carry_over(&current, &mut next);
+            next
+        })
         .map(|next| {
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;

@@ -88,6 +88,12 @@ impl RouteMetrics {
 pub struct UpstreamMetrics {
     /// Errors by kind (`connect`, `timeout`, `protocol`, `body`).
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests retried on another target (route `retry:` policies).
+    pub retries: AtomicU64,
+    /// Retries refused because the route's retry budget was spent.
+    pub retry_budget_exhausted: AtomicU64,
+    /// Requests refused with 503 because every target was at its circuit-breaker limit.
+    pub circuit_open: AtomicU64,
 }
 
 impl UpstreamMetrics {

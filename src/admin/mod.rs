@@ -51,17 +51,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    let mut upstreams: Vec<_> = snap
-        .upstreams
-        .values()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "targets": u.targets.iter().map(|t| json!({"address": &*t.address, "weight": t.weight})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    upstreams.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let upstreams = crate::upstream::status::status(&snap);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.started.elapsed().as_secs(),
@@ -103,6 +93,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 .code
                 .metrics
                 .render(&shared.code.current(), &mut text);
+            crate::upstream::status::render_metrics(&shared.snapshot.load(), &mut text);
             text
         },
     )

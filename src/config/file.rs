@@ -140,6 +140,14 @@ pub struct UpstreamConfig {
     /// TLS client settings for `https` upstreams.
     #[serde(default)]
     pub tls: UpstreamTlsConfig,
+    /// What `balance: consistent_hash` hashes.
+    pub hash_on: Option<crate::upstream::config::HashOnConfig>,
+    /// Active and passive health checks.
+    #[serde(default)]
+    pub health: crate::upstream::config::HealthConfig,
+    /// Per-target limits.
+    #[serde(default)]
+    pub circuit_breaker: crate::upstream::config::CircuitConfig,
 }
 
 fn default_scheme() -> String {
@@ -162,12 +170,15 @@ pub enum TargetConfig {
     Weighted(WeightedTarget),
 }
 
-/// A target with a weight.
+/// A target with a weight (an address, or an SRV name).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedTarget {
     /// `host:port`.
+    #[serde(default)]
     pub address: String,
+    /// An SRV name (`_http._tcp.api.example`) instead of `address`.
+    pub srv: Option<String>,
     /// Relative share of requests (1..=1000).
     #[serde(default = "one")]
     pub weight: u32,
@@ -220,6 +231,8 @@ pub struct RouteConfig {
     pub rewrite: Option<RewriteConfig>,
     /// Queue requests durably and deliver them to `upstream` later (see docs/queue.md).
     pub queue: Option<crate::queue::config::QueueConfig>,
+    /// Retries on another target (see docs/upstreams.md).
+    pub retry: Option<crate::proxy::retry::RetryConfig>,
 }
 
 /// Route conditions. Every given condition must hold.

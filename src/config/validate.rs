@@ -19,7 +19,7 @@ use crate::plugins::{self, BuildCtx};
 use crate::proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
 use crate::state::{Chain, ChainEntry, PathRewrite, Route, Snapshot};
 use crate::telemetry::{AccessLog, Metrics};
-use crate::upstream::{Balancer, Protocol, Target, Upstream};
+use crate::upstream::{Protocol, Upstream};
 
 const TOP_LEVEL: &[&str] = &[
     "workers",
@@ -35,6 +35,7 @@ const TOP_LEVEL: &[&str] = &[
     "code",
     "watch_config",
     "secrets",
+    "dns",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -168,7 +169,14 @@ fn build_snapshot(
     } else {
         crate::server::worker_count(settings.workers)
     };
+    let dns_cfg: crate::upstream::dns::DnsConfig = field(root, "dns", diags).unwrap_or_default();
+    let dns =
+        crate::upstream::dns::settings(dns_cfg, build.base_dir, &Path::root().key("dns"), diags);
+    let upstream_runtime = Arc::new(crate::upstream::live::Runtime::new(dns));
     let upstreams = upstreams(root, build.base_dir, worker_count, metrics, diags);
+    for u in upstreams.values() {
+        upstream_runtime.publish(u);
+    }
     let mut global = plugin_chain(
         root.get("plugins"),
         &Path::root().key("plugins"),
@@ -206,6 +214,7 @@ fn build_snapshot(
         code,
         watch_config: watch_config.unwrap_or(false),
         source_digest: [0; 32],
+        upstream_runtime,
     })
 }
 
@@ -399,12 +408,13 @@ fn upstreams(
                 Protocol::Http1
             }
         };
-        if u.balance != "round_robin" {
-            diags.push(
-                &p.key("balance"),
-                format!("unknown policy `{}`; expected round_robin", u.balance),
-            );
-        }
+        let policy = crate::upstream::config::policy(&u.balance, u.hash_on.clone(), &p, diags);
+        let health = crate::upstream::config::health(u.health.clone(), &p.key("health"), diags);
+        let circuit = crate::upstream::config::circuit(
+            u.circuit_breaker.clone(),
+            &p.key("circuit_breaker"),
+            diags,
+        );
         let mut tls_fingerprint = 0;
         let tls = match u.scheme.as_str() {
             "http" => {
@@ -433,27 +443,7 @@ fn upstreams(
                 None
             }
         };
-        let mut targets = Vec::new();
-        for (j, t) in u.targets.iter().enumerate() {
-            let (address, weight) = match t {
-                file::TargetConfig::Address(a) => (a.clone(), 1),
-                file::TargetConfig::Weighted(w) => (w.address.clone(), w.weight),
-            };
-            let tp = p.key("targets").index(j);
-            if !(1..=1000).contains(&weight) {
-                diags.push(&tp.key("weight"), "must be between 1 and 1000");
-            }
-            match split_host_port(&address) {
-                Some((host, port)) => targets.push(Target {
-                    pool_key: pool_key(&address, u.scheme.as_str(), protocol, tls_fingerprint),
-                    address: Arc::from(address.as_str()),
-                    host,
-                    port,
-                    weight: weight.clamp(1, 1000),
-                }),
-                None => diags.push(&tp, format!("`{address}` is not a host:port address")),
-            }
-        }
+        let specs = crate::upstream::config::target_specs(&u.targets, &p.key("targets"), diags);
         check_timeouts(
             &p,
             &[
@@ -469,10 +459,17 @@ fn upstreams(
             diags,
         );
         let upstream = Upstream {
-            balancer: Balancer::round_robin(&targets, workers),
+            live: Arc::new(crate::upstream::live::LiveTargets::new(
+                crate::upstream::live::TargetSet::new(Vec::new(), workers, &policy, false),
+            )),
+            pool_seed: pool_key("", u.scheme.as_str(), protocol, tls_fingerprint),
+            workers,
+            policy,
+            health,
+            circuit,
             metrics: metrics.upstream(&u.name),
             name: u.name.clone(),
-            targets,
+            specs,
             protocol,
             tls,
             connect_timeout: ms(u.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS),
@@ -668,6 +665,9 @@ fn routes(
             };
             crate::queue::config::validate_route(q, &ctx, &p.key("queue"), &mut queue_names, diags)
         });
+        let retry = rc
+            .retry
+            .map(|r| Arc::new(crate::proxy::retry::policy(r, &p.key("retry"), diags)));
         let mut entries = global.to_vec();
         entries.extend(own);
         matches.push(route_match(&rc.matcher, &p.key("match"), diags));
@@ -678,6 +678,7 @@ fn routes(
             rewrite: rc.rewrite.map(|r| rewrite(r, &p.key("rewrite"), diags)),
             chain: Chain::new(entries),
             queue,
+            retry,
         });
     }
     (routes, matches)

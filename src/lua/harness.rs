@@ -99,6 +99,10 @@ impl Harness {
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
+            upstreams: {
+                let snapshot = snapshot.clone();
+                Arc::new(move |name| snapshot.upstreams.get(name).cloned())
+            },
         };
         let worker = Worker::new(0, shared, WorkerLua::new(rt));
         Ok(Harness { worker, snapshot })
@@ -156,6 +160,8 @@ impl Harness {
             vars,
             upstream: Default::default(),
             upstream_override: None,
+            upstream_target: None,
+            upstream_in_flight: None,
             traffic: Rc::default(),
             worker: self.worker.clone(),
             status: 0,

@@ -103,6 +103,8 @@ pub struct ReqState {
     pub ctx_created: bool,
     /// Reading the request body failed (413, 408, client gone): the request ends with it.
     pub body_error: Option<crate::proxy::error::ProxyError>,
+    /// `sluicegate.upstream.set`: the upstream and the target to try first.
+    pub upstream_choice: Option<(Arc<crate::upstream::Upstream>, Option<Arc<str>>)>,
 }
 
 fn empty_head() -> http::request::Parts {
@@ -128,6 +130,7 @@ impl ReqState {
             ctx_key: None,
             ctx_created: false,
             body_error: None,
+            upstream_choice: None,
         }
     }
 
@@ -181,6 +184,10 @@ impl ReqState {
                 ctx.vars.insert(key);
             }
         }
+        if let Some((upstream, target)) = self.upstream_choice.take() {
+            ctx.upstream_override = Some(upstream);
+            ctx.upstream_target = target;
+        }
         self.reset();
     }
 
@@ -202,6 +209,7 @@ impl ReqState {
         self.ctx_key = None;
         self.ctx_created = false;
         self.body_error = None;
+        self.upstream_choice = None;
         self.info.upstream = None;
         self.info.jwt_claims = None;
     }

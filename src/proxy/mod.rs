@@ -9,6 +9,7 @@ pub mod body;
 pub mod context;
 pub mod error;
 pub mod forward;
+pub mod retry;
 pub mod router;
 
 use std::net::SocketAddr;
@@ -99,6 +100,8 @@ pub async fn handle(
         vars: http::Extensions::new(),
         upstream: Default::default(),
         upstream_override: None,
+        upstream_target: None,
+        upstream_in_flight: None,
         traffic,
         worker,
         status: 0,

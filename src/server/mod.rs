@@ -170,6 +170,7 @@ impl Gateway {
                     tokio::spawn(crate::code::api::poll(control_shared.clone()));
                     tokio::spawn(crate::code::directory::watch(control_shared.clone()));
                     tokio::spawn(crate::config::watch::watch(control_shared.clone()));
+                    tokio::spawn(crate::upstream::supervisor::run(control_shared.clone()));
                     if let Some(l) = admin_listener {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => {
@@ -183,6 +184,8 @@ impl Gateway {
                     let _ = stop_rx.await;
                 });
             })?;
+        // The first requests find host-name targets resolved (bounded by the DNS timeouts).
+        crate::upstream::supervisor::wait_first_answers(&shared);
         for (l, addr) in shared.snapshot.load().listeners.iter().zip(&bound) {
             tracing::info!(listener = %l.name, address = %addr, tls = l.tls.is_some(), workers, "Listening.");
         }

@@ -307,7 +307,7 @@ async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyEr
         )
     };
     let connecting = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        let tcp = TcpStream::connect(target.addr)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);

@@ -4,6 +4,7 @@
 
 pub mod bin;
 pub mod client;
+pub mod dns;
 pub mod gateway;
 pub mod h2server;
 pub mod jwt;

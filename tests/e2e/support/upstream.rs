@@ -178,6 +178,28 @@ impl Upstream {
         }
     }
 
+    /// An upstream bound to `bind` (e.g. `127.0.0.2:PORT`, for DNS tests that move a name
+    /// to another address with the same port) answering with `handler`.
+    pub fn start_on<F, Fut>(bind: &str, handler: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), connections.clone());
+        let listener = std::net::TcpListener::bind(bind).expect("bind an upstream port");
+        let server = Background::start_on(listener, move |listener| {
+            serve_http(listener, None, handler, record, count)
+        });
+        Upstream {
+            server,
+            seen,
+            connections,
+        }
+    }
+
     /// An echo upstream listening, from now on, on a port held by [`reserve_port`] (the
     /// upstream that "starts late").
     pub fn echo_on(reserved: ReservedPort) -> Upstream {
