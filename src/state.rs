@@ -247,21 +247,30 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
         .map(|mut next| {
             crate::upstream::live::Runtime::carry_over(&current, &mut next);
             next
-        })
-        .map(|next| {
+        });
+        // The dynamic code under a changed `code:` section is in place before the snapshot
+        // that uses it (see `crate::code::on_config`), built on the blocking pool.
+        let result = match result {
+            Ok(next) if current.code != next.code => {
+                let (shared, current) = (shared.clone(), current.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::code::on_config(&shared.code, &current, &next);
+                    next
+                })
+                .await
+                .map_err(|e| ConfigError {
+                    source_name: "<reloader>".into(),
+                    diags: vec![crate::config::error::Diag::at_line(
+                        0,
+                        format!("building the dynamic code failed: {e}"),
+                    )],
+                })
+            }
+            other => other,
+        };
+        let result = result.map(|next| {
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;
-            if current.code != next.code {
-                // The dynamic code under the new `code:` section is in place first (a new
-                // section loads its sources; otherwise the set is rebuilt from the kept
-                // documents, nothing recompiled), so the new chains never run without it.
-                if current.code.is_none() {
-                    crate::code::start(&shared.code, &next);
-                }
-                shared
-                    .code
-                    .apply(crate::code::Change::Rebuild, "config", next.code.as_deref());
-            }
             shared.snapshot.store(Arc::new(next));
             ReloadOutcome {
                 version,

@@ -594,6 +594,21 @@ pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
     api::load_at_start(registry, settings, &data_dir);
 }
 
+/// A configuration reload changed the `code:` section from `current`'s to `next`'s: a new
+/// section loads its sources, otherwise the set is rebuilt from the kept documents
+/// (nothing recompiled). Runs before `next` is swapped in, so the new chains never run
+/// without their code.
+pub fn on_config(
+    registry: &CodeRegistry,
+    current: &crate::state::Snapshot,
+    next: &crate::state::Snapshot,
+) {
+    if current.code.is_none() {
+        start(registry, next);
+    }
+    registry.apply(Change::Rebuild, "config", next.code.as_deref());
+}
+
 /// The `code` part of `GET /status`.
 pub fn status_json(registry: &CodeRegistry) -> serde_json::Value {
     let set = registry.current();
