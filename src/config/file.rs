@@ -125,7 +125,7 @@ pub struct UpstreamConfig {
     /// `http1` or `http2`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
-    /// Load-balancing policy; `round_robin` (weighted) for now.
+    /// Load-balancing policy (docs/upstreams.md); `round_robin` (weighted) by default.
     #[serde(default = "default_balance")]
     pub balance: String,
     /// TCP (and TLS) connect timeout.

@@ -42,7 +42,7 @@ pub struct ActiveConfig {
     /// Path to GET.
     #[serde(default = "default_check_path")]
     pub path: String,
-    /// `Host` header to send; defaults to the target's host.
+    /// `Host` header to send; defaults to the target's `host:port`.
     pub host: Option<String>,
     /// Time between two checks of a target.
     pub interval_ms: Option<u64>,

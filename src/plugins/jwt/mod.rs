@@ -297,6 +297,20 @@ fn jwks_settings(
     if j.max_bytes == 0 {
         diags.push(&path.key("max_bytes"), "must be greater than 0");
     }
+    // The JWKS client takes `verify`, `ca_file` and `sni`; the upstream-only keys are
+    // refused rather than ignored.
+    for (key, set) in [
+        ("roots", j.tls.roots.is_some()),
+        ("client_cert", j.tls.client_cert.is_some()),
+        ("client_key", j.tls.client_key.is_some()),
+    ] {
+        if set {
+            diags.push(
+                &path.key("tls").key(key),
+                "not supported for a JWKS URL (use `ca_file`, `sni` or `verify`)",
+            );
+        }
+    }
     let https = url
         .as_ref()
         .is_some_and(|u| u.scheme_str() == Some("https"));

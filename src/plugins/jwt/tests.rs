@@ -422,6 +422,10 @@ fn validates_the_configuration_with_paths() {
     assert!(e[0].1.contains("cannot read"), "{e:?}");
     let e = errors("keys: [{jwk: {kty: oct, k: c2hvcnQ}}]");
     assert_eq!(e[0].0, "keys[0].jwk");
+    let e = errors("jwks: {url: 'https://idp/jwks', tls: {client_cert: c.pem, roots: builtin}}");
+    let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(paths.contains(&"jwks.tls.client_cert"), "{e:?}");
+    assert!(paths.contains(&"jwks.tls.roots"), "{e:?}");
 }
 
 #[test]
