@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod code;
 pub mod config;
 pub mod lua;
 pub mod plugins;

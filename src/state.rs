@@ -111,6 +111,8 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// Set when requests are queued durably instead of proxied (`queue:`).
     pub queue: Option<Arc<crate::queue::RouteQueue>>,
+    /// Retries on another target (`retry:`).
+    pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
 }
 
 /// One complete, validated configuration version.
@@ -142,6 +144,16 @@ pub struct Snapshot {
     /// The open queues. Not part of the version: every snapshot of a running gateway holds
     /// the same registry (the reloader carries it over), so reloads never reopen a queue.
     pub queues: Arc<crate::queue::Queues>,
+    /// The `code:` section (dynamic scripts), if present. The scripts themselves live in
+    /// [`Shared::code`], swapped on their own (see `crate::code`).
+    pub code: Option<Arc<crate::code::CodeSettings>>,
+    /// `watch_config`: reload when the configuration file changes.
+    pub watch_config: bool,
+    /// SHA-256 of the text this snapshot was loaded from (what the file watcher compares).
+    pub source_digest: [u8; 32],
+    /// Resolved upstream targets and their health. Like `queues`, carried over by every
+    /// reload, so answers and health survive it.
+    pub upstream_runtime: Arc<crate::upstream::live::Runtime>,
 }
 
 /// A reload asked for by one of the triggers.
@@ -150,6 +162,8 @@ pub struct ReloadRequest {
     pub trigger: &'static str,
     /// Where to send the outcome.
     pub reply: Option<oneshot::Sender<Result<ReloadOutcome, ConfigError>>>,
+    /// Set for a dynamic-code change instead of a configuration reload.
+    pub code: Option<crate::code::CodeUpdate>,
 }
 
 /// What an applied reload did.
@@ -177,6 +191,8 @@ pub struct Shared {
     pub shutdown: watch::Sender<bool>,
     /// `ngx.shared` dictionaries: shared by all workers, kept across reloads.
     pub lua_dicts: Arc<crate::lua::SharedDicts>,
+    /// Dynamic scripts (code API, directory, admin pushes): kept across reloads.
+    pub code: Arc<crate::code::CodeRegistry>,
 }
 
 impl Shared {
@@ -191,6 +207,7 @@ impl Shared {
         let req = ReloadRequest {
             trigger,
             reply: Some(tx),
+            code: None,
         };
         let stopped = || ConfigError {
             source_name: "<reloader>".into(),
@@ -212,6 +229,13 @@ impl Shared {
 /// The reloader: applies reload requests one at a time, in order.
 pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<ReloadRequest>) {
     while let Some(req) = rx.recv().await {
+        if let Some(update) = req.code {
+            // Compiling a large set takes a while: off the control thread, so the admin API
+            // and the pollers keep answering; still one change at a time.
+            let shared = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || crate::code::handle(&shared, update)).await;
+            continue;
+        }
         let current = shared.snapshot.load_full();
         let result = config::load_snapshot(
             &current.source,
@@ -220,7 +244,31 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             &shared.metrics,
         )
         .and_then(|mut next| crate::queue::carry_over(&current, &mut next).map(|()| next))
-        .map(|next| {
+        .map(|mut next| {
+            crate::upstream::live::Runtime::carry_over(&current, &mut next);
+            next
+        });
+        // The dynamic code under a changed `code:` section is in place before the snapshot
+        // that uses it (see `crate::code::on_config`), built on the blocking pool.
+        let result = match result {
+            Ok(next) if current.code != next.code => {
+                let (shared, current) = (shared.clone(), current.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::code::on_config(&shared.code, &current, &next);
+                    next
+                })
+                .await
+                .map_err(|e| ConfigError {
+                    source_name: "<reloader>".into(),
+                    diags: vec![crate::config::error::Diag::at_line(
+                        0,
+                        format!("building the dynamic code failed: {e}"),
+                    )],
+                })
+            }
+            other => other,
+        };
+        let result = result.map(|next| {
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;
             shared.snapshot.store(Arc::new(next));

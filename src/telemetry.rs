@@ -88,6 +88,12 @@ impl RouteMetrics {
 pub struct UpstreamMetrics {
     /// Errors by kind (`connect`, `timeout`, `protocol`, `body`).
     errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests retried on another target (route `retry:` policies).
+    pub retries: AtomicU64,
+    /// Retries refused because the route's retry budget was spent.
+    pub retry_budget_exhausted: AtomicU64,
+    /// Requests refused with 503 because every target was at its circuit-breaker limit.
+    pub circuit_open: AtomicU64,
 }
 
 impl UpstreamMetrics {
@@ -305,6 +311,8 @@ pub struct AccessRecord<'a> {
     pub upstream_duration: Option<Duration>,
     /// Whether the response body was cut short.
     pub aborted: bool,
+    /// For gRPC calls, the `grpc-status` the call ended with (written only when known).
+    pub grpc_status: Option<u16>,
 }
 
 impl AccessLog {
@@ -371,7 +379,7 @@ impl AccessLog {
     pub fn write(&self, rec: &AccessRecord<'_>) {
         let Some(file) = self.file() else { return };
         let time = httpdate_rfc3339(rec.time);
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "time": time,
             "request_id": rec.request_id,
             "client": rec.client.to_string(),
@@ -386,6 +394,9 @@ impl AccessLog {
             "upstream_duration_ms": rec.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
             "aborted": rec.aborted,
         });
+        if let Some(status) = rec.grpc_status {
+            line["grpc_status"] = status.into();
+        }
         let mut buf = line.to_string().into_bytes();
         buf.push(b'\n');
         let _ = (&*file).write_all(&buf);
@@ -438,9 +449,14 @@ mod tests {
             duration: Duration::from_millis(1),
             upstream_duration: None,
             aborted: false,
+            grpc_status: None,
         });
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"request_id\":\"id-1\""), "{text}");
+        assert!(
+            !text.contains("grpc_status"),
+            "only gRPC calls have it: {text}"
+        );
         let missing = dir.path().join("nope").join("access.log");
         assert!(AccessLog::open("file", missing.to_str()).is_err());
     }

@@ -13,6 +13,7 @@ use serde_json::json;
 use crate::state::Shared;
 
 pub mod queues;
+pub mod scripts;
 
 /// Serves the admin API on `listener` until the process stops.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
@@ -31,6 +32,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/reload", post(reload))
         .route("/stop", post(stop))
         .merge(queues::routes())
+        .merge(scripts::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
@@ -49,17 +51,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    let mut upstreams: Vec<_> = snap
-        .upstreams
-        .values()
-        .map(|u| {
-            json!({
-                "name": u.name,
-                "targets": u.targets.iter().map(|t| json!({"address": &*t.address, "weight": t.weight})).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
-    upstreams.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let upstreams = crate::upstream::status::status(&snap);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.started.elapsed().as_secs(),
@@ -73,6 +65,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "listeners": snap.listeners.iter().map(|l| json!({"name": l.name, "address": l.address, "tls": l.tls.is_some()})).collect::<Vec<_>>(),
         "routes": routes,
         "upstreams": upstreams,
+        "code": crate::code::status_json(&shared.code),
     }))
 }
 
@@ -96,6 +89,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         {
             let mut text = shared.metrics.render();
             shared.queues().render_metrics(&mut text);
+            shared
+                .code
+                .metrics
+                .render(&shared.code.current(), &mut text);
+            crate::upstream::status::render_metrics(&shared.snapshot.load(), &mut text);
             text
         },
     )
@@ -118,7 +116,7 @@ async fn reload(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn stop(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
-    let _ = shared.shutdown.send(true);
+    shared.shutdown.send_replace(true);
     Json(json!({"status": "stopping"}))
 }
 

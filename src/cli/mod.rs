@@ -2,6 +2,7 @@
 //! 2 bad usage or bad configuration. Errors go to stderr, one per line.
 
 pub mod check;
+pub mod check_code;
 pub mod reload;
 pub mod run;
 pub mod test;
@@ -73,6 +74,14 @@ pub enum Command {
     Wal(wal::WalArgs),
     /// Print the version.
     Version,
+    /// Validate dynamic scripts before publishing them: code-API documents (JSON), script
+    /// directories or `NAME.PHASE.lua` files. Exit 0 if every script compiles, else print
+    /// each error (script name and line) and exit 2.
+    CheckCode {
+        /// Documents, directories or script files.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
 }
 
 /// Runs the command line and returns the exit code.
@@ -95,6 +104,7 @@ pub fn main() -> i32 {
         Command::Stop { config, admin } => reload::admin_post(config.as_deref(), admin, "/stop"),
         Command::Test { paths, tap } => test::test(&paths, tap),
         Command::Wal(args) => wal::wal(args),
+        Command::CheckCode { paths } => check_code::check_code(&paths),
         Command::Version => {
             println!("sluicegate {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK

@@ -125,7 +125,7 @@ pub struct UpstreamConfig {
     /// `http1` or `http2`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
-    /// Load-balancing policy; `round_robin` (weighted) for now.
+    /// Load-balancing policy (docs/upstreams.md); `round_robin` (weighted) by default.
     #[serde(default = "default_balance")]
     pub balance: String,
     /// TCP (and TLS) connect timeout.
@@ -140,6 +140,14 @@ pub struct UpstreamConfig {
     /// TLS client settings for `https` upstreams.
     #[serde(default)]
     pub tls: UpstreamTlsConfig,
+    /// What `balance: consistent_hash` hashes.
+    pub hash_on: Option<crate::upstream::config::HashOnConfig>,
+    /// Active and passive health checks.
+    #[serde(default)]
+    pub health: crate::upstream::config::HealthConfig,
+    /// Per-target limits.
+    #[serde(default)]
+    pub circuit_breaker: crate::upstream::config::CircuitConfig,
 }
 
 fn default_scheme() -> String {
@@ -162,12 +170,15 @@ pub enum TargetConfig {
     Weighted(WeightedTarget),
 }
 
-/// A target with a weight.
+/// A target with a weight (an address, or an SRV name).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedTarget {
     /// `host:port`.
+    #[serde(default)]
     pub address: String,
+    /// An SRV name (`_http._tcp.api.example`) instead of `address`.
+    pub srv: Option<String>,
     /// Relative share of requests (1..=1000).
     #[serde(default = "one")]
     pub weight: u32,
@@ -193,10 +204,16 @@ pub struct PoolConfig {
 pub struct UpstreamTlsConfig {
     /// Verify the upstream's certificate (default true).
     pub verify: Option<bool>,
-    /// PEM file of CA certificates to trust instead of the built-in web roots.
+    /// PEM file of CA certificates to trust instead of the system's.
     pub ca_file: Option<String>,
     /// Server name to send and verify; defaults to the target's host.
     pub sni: Option<String>,
+    /// Trust store when there is no `ca_file`: `system` (default) or `builtin`.
+    pub roots: Option<String>,
+    /// PEM certificate chain presented to upstreams that ask for one (mutual TLS).
+    pub client_cert: Option<String>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<String>,
 }
 
 /// A route: which requests it takes and what it does with them.
@@ -214,6 +231,8 @@ pub struct RouteConfig {
     pub rewrite: Option<RewriteConfig>,
     /// Queue requests durably and deliver them to `upstream` later (see docs/queue.md).
     pub queue: Option<crate::queue::config::QueueConfig>,
+    /// Retries on another target (see docs/upstreams.md).
+    pub retry: Option<crate::proxy::retry::RetryConfig>,
 }
 
 /// Route conditions. Every given condition must hold.

@@ -8,6 +8,7 @@ pub mod de;
 pub mod error;
 pub mod file;
 pub mod validate;
+pub mod watch;
 pub mod yaml;
 
 use std::path::{Path as FsPath, PathBuf};
@@ -97,6 +98,7 @@ pub fn load_snapshot(
         .unwrap_or_else(|| FsPath::new("."));
     load_snapshot_from_str(&text, &name, base_dir, version, workers, metrics).map(|mut s| {
         s.source = path.to_path_buf();
+        s.source_digest = watch::digest(text.as_bytes());
         s
     })
 }

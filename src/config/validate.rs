@@ -19,7 +19,7 @@ use crate::plugins::{self, BuildCtx};
 use crate::proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
 use crate::state::{Chain, ChainEntry, PathRewrite, Route, Snapshot};
 use crate::telemetry::{AccessLog, Metrics};
-use crate::upstream::{Balancer, Protocol, Target, Upstream, UpstreamTls};
+use crate::upstream::{Protocol, Upstream};
 
 const TOP_LEVEL: &[&str] = &[
     "workers",
@@ -32,7 +32,10 @@ const TOP_LEVEL: &[&str] = &[
     "routes",
     "plugins",
     "lua",
+    "code",
+    "watch_config",
     "secrets",
+    "dns",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -60,7 +63,11 @@ pub fn snapshot(
                     );
                 }
             }
-            build_snapshot(root, &build, version, workers, metrics, &mut diags)
+            let snapshot = build_snapshot(root, &build, version, workers, metrics, &mut diags);
+            if diags.is_empty() {
+                secrets.check_unresolved(root, &mut diags);
+            }
+            snapshot
         }
         _ => {
             diags.push(
@@ -162,13 +169,30 @@ fn build_snapshot(
     } else {
         crate::server::worker_count(settings.workers)
     };
+    let dns_cfg: crate::upstream::dns::DnsConfig = field(root, "dns", diags).unwrap_or_default();
+    let dns =
+        crate::upstream::dns::settings(dns_cfg, build.base_dir, &Path::root().key("dns"), diags);
+    let upstream_runtime = Arc::new(crate::upstream::live::Runtime::new(dns));
     let upstreams = upstreams(root, build.base_dir, worker_count, metrics, diags);
-    let global = plugin_chain(
+    for u in upstreams.values() {
+        upstream_runtime.publish(u);
+    }
+    let mut global = plugin_chain(
         root.get("plugins"),
         &Path::root().key("plugins"),
         build,
         diags,
     );
+    check_upstream_refs(&global, &upstreams, diags);
+    let code = code_settings(root, build.base_dir, diags);
+    if let Some(c) = &code {
+        // Dynamic scripts run in every chain (see `crate::code::plugin`).
+        global.push(ChainEntry {
+            plugin: Arc::new(crate::code::plugin::CodePlugin::new(c.phases)),
+            priority: c.priority,
+        });
+    }
+    let watch_config: Option<bool> = field(root, "watch_config", diags);
     let (routes, matches) = routes(root, &upstreams, &global, build, metrics, diags);
     if !diags.is_empty() {
         return None;
@@ -187,7 +211,23 @@ fn build_snapshot(
         unmatched: metrics.route("_unmatched"),
         lua: Arc::new(lua),
         queues: Arc::default(),
+        code,
+        watch_config: watch_config.unwrap_or(false),
+        source_digest: [0; 32],
+        upstream_runtime,
     })
+}
+
+fn code_settings(
+    root: &Node,
+    base_dir: &FsPath,
+    diags: &mut Diags,
+) -> Option<Arc<crate::code::CodeSettings>> {
+    let node = root.get("code")?;
+    let path = Path::root().key("code");
+    Some(Arc::new(crate::code::config::from_node(
+        node, &path, base_dir, diags,
+    )))
 }
 
 fn lua_settings(root: &Node, diags: &mut Diags) -> crate::lua::LuaSettings {
@@ -345,6 +385,7 @@ fn upstreams(
 ) -> HashMap<String, Arc<Upstream>> {
     let path = Path::root().key("upstreams");
     let mut out = HashMap::new();
+    let tls_loader = crate::upstream::tls::Loader::new(base_dir);
     for (i, u) in list::<file::UpstreamConfig>(root, "upstreams", diags) {
         let p = path.index(i);
         if out.contains_key(&u.name) {
@@ -367,21 +408,30 @@ fn upstreams(
                 Protocol::Http1
             }
         };
-        if u.balance != "round_robin" {
-            diags.push(
-                &p.key("balance"),
-                format!("unknown policy `{}`; expected round_robin", u.balance),
-            );
-        }
+        let policy = crate::upstream::config::policy(&u.balance, u.hash_on.clone(), &p, diags);
+        let health = crate::upstream::config::health(u.health.clone(), &p.key("health"), diags);
+        let circuit = crate::upstream::config::circuit(
+            u.circuit_breaker.clone(),
+            &p.key("circuit_breaker"),
+            diags,
+        );
+        let mut tls_fingerprint = 0;
         let tls = match u.scheme.as_str() {
-            "http" => None,
-            "https" => match crate::server::tls::client_config(&u.tls, base_dir, protocol) {
-                Ok(config) => Some(UpstreamTls {
-                    config,
-                    sni: u.tls.sni.clone(),
-                }),
-                Err(e) => {
-                    diags.push(&p.key("tls"), e);
+            "http" => {
+                if crate::upstream::tls::is_set(&u.tls) {
+                    diags.push(&p.key("tls"), "TLS settings need `scheme: https`");
+                }
+                None
+            }
+            "https" => match tls_loader.load(&u.name, &u.tls, protocol) {
+                Ok(loaded) => {
+                    tls_fingerprint = loaded.fingerprint;
+                    Some(loaded.tls)
+                }
+                Err(errors) => {
+                    for (key, e) in errors {
+                        diags.push(&p.key("tls").key(key), e);
+                    }
                     None
                 }
             },
@@ -393,27 +443,7 @@ fn upstreams(
                 None
             }
         };
-        let mut targets = Vec::new();
-        for (j, t) in u.targets.iter().enumerate() {
-            let (address, weight) = match t {
-                file::TargetConfig::Address(a) => (a.clone(), 1),
-                file::TargetConfig::Weighted(w) => (w.address.clone(), w.weight),
-            };
-            let tp = p.key("targets").index(j);
-            if !(1..=1000).contains(&weight) {
-                diags.push(&tp.key("weight"), "must be between 1 and 1000");
-            }
-            match split_host_port(&address) {
-                Some((host, port)) => targets.push(Target {
-                    pool_key: pool_key(&address, u.scheme.as_str(), protocol, &u.tls),
-                    address: Arc::from(address.as_str()),
-                    host,
-                    port,
-                    weight: weight.clamp(1, 1000),
-                }),
-                None => diags.push(&tp, format!("`{address}` is not a host:port address")),
-            }
-        }
+        let specs = crate::upstream::config::target_specs(&u.targets, &p.key("targets"), diags);
         check_timeouts(
             &p,
             &[
@@ -429,10 +459,17 @@ fn upstreams(
             diags,
         );
         let upstream = Upstream {
-            balancer: Balancer::round_robin(&targets, workers),
+            live: Arc::new(crate::upstream::live::LiveTargets::new(
+                crate::upstream::live::TargetSet::new(Vec::new(), workers, &policy, false),
+            )),
+            pool_seed: pool_key("", u.scheme.as_str(), protocol, tls_fingerprint),
+            workers,
+            policy,
+            health,
+            circuit,
             metrics: metrics.upstream(&u.name),
             name: u.name.clone(),
-            targets,
+            specs,
             protocol,
             tls,
             connect_timeout: ms(u.connect_timeout_ms, defaults::CONNECT_TIMEOUT_MS),
@@ -462,18 +499,12 @@ fn check_timeouts(path: &Path, values: &[(&str, Option<u64>)], diags: &mut Diags
     }
 }
 
-fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls: &file::UpstreamTlsConfig) -> u64 {
+/// `tls_fingerprint` covers the TLS settings and the contents of their files, so a reload
+/// that changes a certificate gets new connections.
+fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls_fingerprint: u64) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        address,
-        scheme,
-        protocol,
-        &tls.ca_file,
-        &tls.sni,
-        tls.verify,
-    )
-        .hash(&mut h);
+    (address, scheme, protocol, tls_fingerprint).hash(&mut h);
     h.finish()
 }
 
@@ -557,6 +588,21 @@ fn plugin_chain(
     out
 }
 
+/// Reports the upstream names plugins refer to that the configuration does not define.
+fn check_upstream_refs(
+    entries: &[ChainEntry],
+    upstreams: &HashMap<String, Arc<Upstream>>,
+    diags: &mut Diags,
+) {
+    for entry in entries {
+        for (path, name) in entry.plugin.upstream_refs() {
+            if !upstreams.contains_key(&name) {
+                diags.push(&path, format!("unknown upstream `{name}`"));
+            }
+        }
+    }
+}
+
 fn routes(
     root: &Node,
     upstreams: &HashMap<String, Arc<Upstream>>,
@@ -601,6 +647,7 @@ fn routes(
             }
         });
         let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
+        check_upstream_refs(&own, upstreams, diags);
         if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(|e| e.plugin.answers()) {
             diags.push(
                 &p,
@@ -618,6 +665,9 @@ fn routes(
             };
             crate::queue::config::validate_route(q, &ctx, &p.key("queue"), &mut queue_names, diags)
         });
+        let retry = rc
+            .retry
+            .map(|r| Arc::new(crate::proxy::retry::policy(r, &p.key("retry"), diags)));
         let mut entries = global.to_vec();
         entries.extend(own);
         matches.push(route_match(&rc.matcher, &p.key("match"), diags));
@@ -628,6 +678,7 @@ fn routes(
             rewrite: rc.rewrite.map(|r| rewrite(r, &p.key("rewrite"), diags)),
             chain: Chain::new(entries),
             queue,
+            retry,
         });
     }
     (routes, matches)

@@ -4,7 +4,8 @@
 //!
 //! Invariants: every node carries the 1-based line it started on; interpolation never
 //! touches `${secret:NAME}` references (those are resolved by the secrets layer when a
-//! plugin asks for them); a missing variable without a default is an error at that node.
+//! plugin asks for them) nor `${claims.NAME}` (claim routing templates); a missing
+//! variable without a default is an error at that node.
 
 use std::collections::HashMap;
 
@@ -288,7 +289,8 @@ fn plain_kind(text: String) -> NodeKind {
 }
 
 /// Replaces `${NAME}` and `${NAME:-default}` with environment values. `$${` writes a
-/// literal `${`. `${secret:NAME}` is kept as written for the secrets layer.
+/// literal `${`. `${secret:NAME}` is kept as written for the secrets layer, and
+/// `${claims.NAME}` for claim routing templates.
 pub fn interpolate(input: &str, env: &dyn Env) -> Result<String, String> {
     if !input.contains('$') {
         return Ok(input.to_string());
@@ -313,7 +315,8 @@ pub fn interpolate(input: &str, env: &dyn Env) -> Result<String, String> {
         };
         let body = &body_start[..end];
         rest = &body_start[end + 1..];
-        if body.starts_with("secret:") {
+        // `${claims.NAME}` is a claim routing template, filled in per request.
+        if body.starts_with("secret:") || body.starts_with("claims.") {
             out.push_str("${");
             out.push_str(body);
             out.push('}');
@@ -364,6 +367,10 @@ mod tests {
             "${secret:slack}"
         );
         assert!(interpolate("${NOPE}", &e).unwrap_err().contains("NOPE"));
+        assert_eq!(
+            interpolate("api-${claims.region}", &e).unwrap(),
+            "api-${claims.region}"
+        );
     }
 
     #[test]

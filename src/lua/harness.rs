@@ -34,6 +34,8 @@ pub struct FakeRequest {
     pub tls: bool,
     /// Request id.
     pub request_id: HeaderValue,
+    /// Claims of a JWT as if the `jwt` plugin had verified it (`sluicegate.jwt.claims()`).
+    pub jwt_claims: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Default for FakeRequest {
@@ -46,6 +48,7 @@ impl Default for FakeRequest {
             client_addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
             tls: false,
             request_id: HeaderValue::from_static("test-request-id"),
+            jwt_claims: None,
         }
     }
 }
@@ -86,6 +89,7 @@ impl Harness {
             reload_tx,
             shutdown,
             lua_dicts: Arc::default(),
+            code: Arc::default(),
         });
         let settings = Arc::new(settings);
         let rt = Runtime {
@@ -95,6 +99,10 @@ impl Harness {
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
+            upstreams: {
+                let snapshot = snapshot.clone();
+                Arc::new(move |name| snapshot.upstreams.get(name).cloned())
+            },
         };
         let worker = Worker::new(0, shared, WorkerLua::new(rt));
         Ok(Harness { worker, snapshot })
@@ -132,6 +140,10 @@ impl Harness {
             Some(b) => RequestBody::Buffered(b),
             None => RequestBody::Empty,
         };
+        let mut vars = http::Extensions::new();
+        if let Some(claims) = req.jwt_claims {
+            vars.insert(crate::plugins::jwt::Claims(Arc::new(claims)));
+        }
         RequestCtx {
             original_uri: head.uri.clone(),
             head,
@@ -145,14 +157,17 @@ impl Harness {
             snapshot: self.snapshot.clone(),
             route: None,
             started: Instant::now(),
-            vars: http::Extensions::new(),
+            vars,
             upstream: Default::default(),
             upstream_override: None,
+            upstream_target: None,
+            upstream_in_flight: None,
             traffic: Rc::default(),
             worker: self.worker.clone(),
             status: 0,
             conn_state: Arc::default(),
             response_headers: http::HeaderMap::new(),
+            grpc: false,
         }
     }
 }

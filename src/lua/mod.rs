@@ -236,6 +236,9 @@ impl Failure {
     }
 }
 
+/// Finds an upstream of the running configuration by name.
+pub type UpstreamLookup = dyn Fn(&str) -> Option<Arc<crate::upstream::Upstream>>;
+
 /// Shared handles a VM needs from the process: dictionaries, metrics, current settings.
 #[derive(Clone)]
 pub struct Runtime {
@@ -251,6 +254,8 @@ pub struct Runtime {
     pub worker_count: usize,
     /// The open durable queues, if any (`sluicegate.queue.enqueue`).
     pub queues: Arc<dyn Fn() -> Option<Arc<crate::queue::Queues>>>,
+    /// Upstream `name` of the running configuration (`sluicegate.upstream.set`).
+    pub upstreams: Arc<UpstreamLookup>,
 }
 
 impl Runtime {
@@ -264,6 +269,7 @@ impl Runtime {
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
+            upstreams: Arc::new(|_| None),
         }
     }
 }

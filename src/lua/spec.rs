@@ -152,6 +152,14 @@ fn fake_request(lua: &Lua, t: &Table) -> mlua::Result<FakeRequest> {
             .map_err(|_| mlua::Error::runtime(format!("bad remote_addr `{addr}`")))?;
     }
     req.tls = t.get::<Option<String>>("scheme")?.as_deref() == Some("https");
+    if let Some(claims) = t.get::<Option<Table>>("jwt_claims")? {
+        let text = super::api::cjson::encode_value(lua, &Value::Table(claims))
+            .map_err(|e| mlua::Error::runtime(format!("bad jwt_claims: {e}")))?;
+        match serde_json::from_slice(&text) {
+            Ok(serde_json::Value::Object(map)) => req.jwt_claims = Some(map),
+            _ => return Err(mlua::Error::runtime("jwt_claims must be a table of claims")),
+        }
+    }
     if let Some(id) = t.get::<Option<String>>("request_id")? {
         req.request_id =
             HeaderValue::from_str(&id).map_err(|_| mlua::Error::runtime("bad request_id"))?;

@@ -59,6 +59,8 @@ pub struct Info {
     pub bytes_in: u64,
     /// Response body bytes sent.
     pub bytes_out: u64,
+    /// Claims of the JWT the `jwt` plugin verified (`sluicegate.jwt.claims()`).
+    pub jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Default for Info {
@@ -72,6 +74,7 @@ impl Default for Info {
             upstream: None,
             bytes_in: 0,
             bytes_out: 0,
+            jwt_claims: None,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct ReqState {
     pub ctx_created: bool,
     /// Reading the request body failed (413, 408, client gone): the request ends with it.
     pub body_error: Option<crate::proxy::error::ProxyError>,
+    /// `sluicegate.upstream.set`: the upstream and the target to try first.
+    pub upstream_choice: Option<(Arc<crate::upstream::Upstream>, Option<Arc<str>>)>,
 }
 
 fn empty_head() -> http::request::Parts {
@@ -125,6 +130,7 @@ impl ReqState {
             ctx_key: None,
             ctx_created: false,
             body_error: None,
+            upstream_choice: None,
         }
     }
 
@@ -162,6 +168,10 @@ impl ReqState {
         self.info.bytes_out = ctx.traffic.bytes_out.get();
         self.ctx_key = ctx.vars.get::<CtxKey>().cloned();
         self.ctx_created = false;
+        self.info.jwt_claims = ctx
+            .vars
+            .get::<crate::plugins::jwt::Claims>()
+            .map(|c| c.0.clone());
     }
 
     /// Gives the request back to `ctx` and resets the state for reuse.
@@ -173,6 +183,10 @@ impl ReqState {
             if let Some(key) = self.ctx_key.take() {
                 ctx.vars.insert(key);
             }
+        }
+        if let Some((upstream, target)) = self.upstream_choice.take() {
+            ctx.upstream_override = Some(upstream);
+            ctx.upstream_target = target;
         }
         self.reset();
     }
@@ -195,7 +209,9 @@ impl ReqState {
         self.ctx_key = None;
         self.ctx_created = false;
         self.body_error = None;
+        self.upstream_choice = None;
         self.info.upstream = None;
+        self.info.jwt_claims = None;
     }
 
     /// Whether the call ended the request (exit with a final status, redirect, output).

@@ -20,6 +20,11 @@ pub mod security_headers;
 #[cfg(test)]
 mod testing;
 
+pub mod claim_routing;
+pub mod json_path;
+pub mod json_transform;
+pub mod jwt;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -243,6 +248,20 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// Log phase: observe the finished request.
     fn log(&self, _ctx: &RequestCtx) {}
+
+    /// Upstream names the plugin may send requests to, each with the configuration path
+    /// that names it, so that loading the configuration checks they exist.
+    fn upstream_refs(&self) -> Vec<(Path, String)> {
+        Vec::new()
+    }
+
+    /// Whether the body filter has work for this request, asked once when the response
+    /// head is final. A plugin whose body filter depends on the request (dynamic scripts)
+    /// says no when it has none, so the response keeps its `Content-Length` and streams
+    /// without the filter pass.
+    fn filters_body(&self, _ctx: &RequestCtx) -> bool {
+        self.phases().contains(Phase::BodyFilter)
+    }
 }
 
 /// What a plugin factory may need while building an instance.
@@ -288,6 +307,21 @@ pub const BUILTIN: &[Builtin] = &[
         name: "lua",
         priority: 1000,
         build: lua::build,
+    },
+    Builtin {
+        name: "jwt",
+        priority: 1450,
+        build: jwt::build,
+    },
+    Builtin {
+        name: "claim_routing",
+        priority: 900,
+        build: claim_routing::build,
+    },
+    Builtin {
+        name: "json_transform",
+        priority: 1050,
+        build: json_transform::build,
     },
     Builtin {
         name: "key_auth",

@@ -340,6 +340,8 @@ pub trait BodyObserver {
     fn filters(&self) -> bool;
     /// The body ended (or was dropped) with `outcome` after `bytes_out` bytes.
     fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64);
+    /// The trailers of a gRPC call's response, as sent to the client.
+    fn on_grpc_trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// The response body sent to the client.
@@ -349,6 +351,11 @@ pub struct ResponseBody {
     bytes_out: u64,
     outcome: Option<BodyOutcome>,
     eof_sent: bool,
+    /// Upstream trailers held back while body filters add their last chunk: trailers end
+    /// the stream, so nothing may follow them.
+    trailers: Option<Box<http::HeaderMap>>,
+    /// A gRPC call: a failure mid-body ends the stream with a gRPC status in trailers.
+    grpc: bool,
 }
 
 impl ResponseBody {
@@ -360,6 +367,46 @@ impl ResponseBody {
             bytes_out: 0,
             outcome: None,
             eof_sent: false,
+            trailers: None,
+            grpc: false,
+        }
+    }
+
+    /// Marks the body as a gRPC call's (see [`ResponseBody::fail`]).
+    pub fn grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
+    /// Ends a failed body: an error (the client's stream is reset, its connection closed
+    /// on HTTP/1.1), or for a gRPC call trailers with the status that `err` maps to.
+    fn fail(
+        &mut self,
+        outcome: BodyOutcome,
+        e: BoxError,
+        err: impl FnOnce() -> ProxyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finish(outcome);
+        if !self.grpc {
+            return Poll::Ready(Some(Err(e)));
+        }
+        // `e` was logged with the request id already (log phase, or the failing plugin).
+        drop(e);
+        let err = err();
+        // Nothing more is read or sent after the status.
+        self.source = ResponseSource::Full(None);
+        self.eof_sent = true;
+        let trailers = super::error::grpc_trailers(&err);
+        self.saw_trailers(&trailers);
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+
+    /// Shows a gRPC call's trailers to the observer (the log records `grpc-status`).
+    fn saw_trailers(&mut self, trailers: &http::HeaderMap) {
+        if self.grpc {
+            if let Some(obs) = self.observer.as_mut() {
+                obs.on_grpc_trailers(trailers);
+            }
         }
     }
 
@@ -399,36 +446,59 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(trailers) = this.trailers.take() {
+            this.saw_trailers(&trailers);
+            return Poll::Ready(Some(Ok(Frame::trailers(*trailers))));
+        }
         let polled = match &mut this.source {
             ResponseSource::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ResponseSource::Upstream(u) => Pin::new(u).poll_frame(cx),
         };
         match polled {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                let last = this.final_chunk();
-                if last.is_none() {
+            Poll::Ready(None) => match this.final_chunk() {
+                None => {
                     this.finish(BodyOutcome::Complete);
+                    Poll::Ready(None)
                 }
-                Poll::Ready(last)
-            }
+                Some(Err(e)) => this.fail(BodyOutcome::FilterFailed, e, filter_error),
+                last => Poll::Ready(last),
+            },
             Poll::Ready(Some(Err(e))) => {
-                this.finish(BodyOutcome::UpstreamFailed);
-                Poll::Ready(Some(Err(e)))
+                let message = e.to_string();
+                this.fail(BodyOutcome::UpstreamFailed, e, || {
+                    ProxyError::upstream(Kind::UpstreamProtocol, message)
+                })
             }
             Poll::Ready(Some(Ok(frame))) => {
                 let frame = match frame.into_data() {
                     Ok(mut data) => {
                         if let Some(obs) = this.observer.as_mut().filter(|o| o.filters()) {
                             if let Err(e) = obs.on_chunk(&mut data, false) {
-                                this.finish(BodyOutcome::FilterFailed);
-                                return Poll::Ready(Some(Err(e)));
+                                return this.fail(BodyOutcome::FilterFailed, e, filter_error);
                             }
                         }
                         this.bytes_out += data.len() as u64;
                         Frame::data(data)
                     }
-                    Err(trailers) => trailers,
+                    Err(trailers) => {
+                        // The body filters' end of stream comes before the trailers.
+                        match this.final_chunk() {
+                            None => {
+                                if let Some(t) = trailers.trailers_ref() {
+                                    this.saw_trailers(t);
+                                }
+                                trailers
+                            }
+                            Some(Err(e)) => {
+                                return this.fail(BodyOutcome::FilterFailed, e, filter_error);
+                            }
+                            Some(Ok(last)) => {
+                                this.trailers = trailers.into_trailers().ok().map(Box::new);
+                                last
+                            }
+                        }
+                    }
                 };
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -436,6 +506,9 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.trailers.is_some() {
+            return false;
+        }
         if self.observer.as_ref().is_some_and(|o| o.filters()) && !self.eof_sent {
             return false;
         }
@@ -456,6 +529,14 @@ impl Body for ResponseBody {
             ResponseSource::Upstream(u) => u.size_hint(),
         }
     }
+}
+
+fn filter_error() -> ProxyError {
+    ProxyError::new(
+        super::error::Source::Plugin,
+        Kind::PluginFailure,
+        "a body filter failed",
+    )
 }
 
 impl Drop for ResponseBody {

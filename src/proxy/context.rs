@@ -83,6 +83,12 @@ pub struct RequestCtx {
     /// The upstream chosen by a plugin or script (claim routing, `sluicegate.upstream.set`)
     /// instead of the route's own; `None` keeps the route's.
     pub upstream_override: Option<Arc<crate::upstream::Upstream>>,
+    /// The target to try first (`ip:port` or `host:port` of one of the upstream's targets),
+    /// chosen by a script (`sluicegate.upstream.set(name, target)`); retries go elsewhere.
+    pub upstream_target: Option<Arc<str>>,
+    /// Holds the chosen target's in-flight slot until the response is done (least
+    /// connections, circuit breakers).
+    pub upstream_in_flight: Option<crate::upstream::live::InFlight>,
     /// Byte counters.
     pub traffic: Rc<Traffic>,
     /// The worker serving the request.
@@ -94,6 +100,9 @@ pub struct RequestCtx {
     pub response_headers: http::HeaderMap,
     /// The client connection's phase, set back to idle when the request is done.
     pub conn_state: Arc<crate::server::conn::ConnState>,
+    /// Whether this is a gRPC call (HTTP/2, `content-type: application/grpc[+...]`): the
+    /// gateway's own errors are then gRPC statuses (see `error::grpc_error_response`).
+    pub grpc: bool,
 }
 
 impl RequestCtx {

@@ -54,6 +54,14 @@ pub enum Kind {
     Unavailable,
     /// A bug or an unexpected state.
     Internal,
+    /// No bearer token in the request (RFC 6750: a challenge without an error code).
+    TokenMissing,
+    /// A bearer token that is malformed, badly signed, expired or otherwise unacceptable.
+    TokenInvalid,
+    /// The request reached a gateway that cannot serve it (claim routing found no upstream).
+    Misdirected,
+    /// A body that had to be JSON is not.
+    InvalidJson,
     /// The request lacks valid credentials (key, signature, token): 401.
     Unauthorized,
     /// The client may not use this route (IP lists): 403.
@@ -113,6 +121,9 @@ impl ProxyError {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::TokenMissing | Kind::TokenInvalid => StatusCode::UNAUTHORIZED,
+            Kind::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Kind::InvalidJson => StatusCode::BAD_REQUEST,
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -136,6 +147,10 @@ impl ProxyError {
             Kind::ScriptBudget => "script_over_budget",
             Kind::Unavailable => "unavailable",
             Kind::Internal => "internal_error",
+            Kind::TokenMissing => "missing_token",
+            Kind::TokenInvalid => "invalid_token",
+            Kind::Misdirected => "misdirected_request",
+            Kind::InvalidJson => "invalid_json",
             Kind::Unauthorized => "unauthorized",
             Kind::Forbidden => "forbidden",
             Kind::UnsupportedMediaType => "unsupported_media_type",
@@ -192,6 +207,36 @@ pub fn error_response(err: &ProxyError, request_id: &HeaderValue) -> LocalRespon
     }
 }
 
+/// Builds the 401 response for a bearer-token error (`TokenMissing` / `TokenInvalid`), with
+/// the RFC 6750 challenge: `WWW-Authenticate: Bearer realm="..."`, plus
+/// `error="invalid_token", error_description="..."` when a token was presented.
+pub fn bearer_challenge(err: &ProxyError, realm: &str, request_id: &HeaderValue) -> LocalResponse {
+    let mut resp = error_response(err, request_id);
+    let mut challenge = format!("Bearer realm=\"{}\"", quoted(realm));
+    if err.kind == Kind::TokenInvalid {
+        challenge.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{}\"",
+            quoted(&err.message)
+        ));
+    }
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers.insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// Text safe inside an RFC 7230 quoted string: RFC 6750 limits `error_description` to
+/// printable ASCII without `"` and `\\`, so anything else becomes a space.
+fn quoted(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\\' => '\'',
+            ' '..='~' => c,
+            _ => ' ',
+        })
+        .collect()
+}
+
 /// The response to a request a plugin refuses (401 without a valid credential, 403 for a
 /// refused address, 400 for a body it cannot read): the usual JSON error shape, with the
 /// request id. `message` is shown to the client: it names what is wrong, never a secret.
@@ -203,9 +248,160 @@ pub fn rejection(
     error_response(&ProxyError::client(kind, message), request_id)
 }
 
+/// Whether `headers` describe a gRPC call: `content-type: application/grpc`, alone or with
+/// a `+codec` or parameters (gRPC-Web's `application/grpc-web` is not: its clients read
+/// HTTP statuses).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| is_grpc_content_type(v.as_bytes()))
+}
+
+fn is_grpc_content_type(v: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    v.len() >= GRPC.len()
+        && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+}
+
+/// gRPC status codes the gateway answers with (the numbering of gRPC's `Code`).
+mod grpc_code {
+    pub const CANCELLED: u8 = 1;
+    pub const UNKNOWN: u8 = 2;
+    pub const INVALID_ARGUMENT: u8 = 3;
+    pub const DEADLINE_EXCEEDED: u8 = 4;
+    pub const PERMISSION_DENIED: u8 = 7;
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
+    pub const UNIMPLEMENTED: u8 = 12;
+    pub const INTERNAL: u8 = 13;
+    pub const UNAVAILABLE: u8 = 14;
+    pub const UNAUTHENTICATED: u8 = 16;
+}
+
+impl ProxyError {
+    /// The gRPC status a gRPC client gets: gRPC's HTTP-to-gRPC mapping (502, 503 →
+    /// UNAVAILABLE, 404 → UNIMPLEMENTED, ...), made more precise where the gateway knows
+    /// more than a status code says (a timeout is DEADLINE_EXCEEDED, a size limit
+    /// RESOURCE_EXHAUSTED).
+    pub fn grpc_status(&self) -> u8 {
+        use grpc_code::*;
+        match self.kind {
+            Kind::NoRoute | Kind::NoUpstream => UNIMPLEMENTED,
+            Kind::HeaderTooLarge | Kind::BodyTooLarge => RESOURCE_EXHAUSTED,
+            Kind::ClientTimeout | Kind::UpstreamTimeout => DEADLINE_EXCEEDED,
+            Kind::ClientClosed => CANCELLED,
+            Kind::UpstreamConnect | Kind::UpstreamProtocol | Kind::Unavailable => UNAVAILABLE,
+            Kind::BadRequest | Kind::PluginFailure | Kind::ScriptBudget | Kind::Internal => {
+                INTERNAL
+            }
+            Kind::Unauthorized => UNAUTHENTICATED,
+            Kind::Forbidden => PERMISSION_DENIED,
+            Kind::UnsupportedMediaType => INVALID_ARGUMENT,
+            Kind::TokenMissing | Kind::TokenInvalid => UNAUTHENTICATED,
+            // gRPC's HTTP mapping: 400 → INTERNAL; statuses it does not list → UNKNOWN.
+            Kind::InvalidJson => INTERNAL,
+            Kind::Misdirected => UNKNOWN,
+        }
+    }
+}
+
+/// Builds the gRPC form of the error response for a gRPC call: HTTP 200 with the status in
+/// `grpc-status` / `grpc-message` and no body ("Trailers-Only"), as gRPC clients expect; a
+/// JSON body with a 502 would reach them as an opaque protocol error. The JSON body's
+/// `error` code travels as `sluicegate-error` metadata, the request id in `x-request-id`
+/// as on every response.
+pub fn grpc_error_response(err: &ProxyError) -> LocalResponse {
+    let mut headers = grpc_trailers(err);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    LocalResponse {
+        status: StatusCode::OK,
+        headers,
+        body: Bytes::new(),
+    }
+}
+
+/// The status fields of a gRPC error: the trailers that end a gRPC response whose body
+/// failed after its head was sent (the upstream reset or timed out mid-stream, a body
+/// filter failed), so gRPC clients get a status they can act on instead of a reset stream;
+/// and the headers of a Trailers-Only error response.
+pub fn grpc_trailers(err: &ProxyError) -> HeaderMap {
+    let mut trailers = HeaderMap::new();
+    trailers.insert(
+        "grpc-status",
+        HeaderValue::from(u16::from(err.grpc_status())),
+    );
+    if let Ok(v) = HeaderValue::from_bytes(&percent_encode(err.message.as_bytes())) {
+        trailers.insert("grpc-message", v);
+    }
+    trailers.insert("sluicegate-error", HeaderValue::from_static(err.code()));
+    trailers
+}
+
+/// `grpc-message` encoding: bytes outside printable ASCII, and `%`, as `%XX`.
+fn percent_encode(text: &[u8]) -> Vec<u8> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = Vec::with_capacity(text.len());
+    for &b in text {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_grpc_content_types_only() {
+        for yes in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;charset=utf-8",
+        ] {
+            assert!(is_grpc_content_type(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "application/grpc-web",
+            "application/grpcx",
+            "application/json",
+            "",
+        ] {
+            assert!(!is_grpc_content_type(no.as_bytes()), "{no}");
+        }
+    }
+
+    #[test]
+    fn grpc_errors_are_trailers_only_with_a_status_and_an_encoded_message() {
+        let err = ProxyError::upstream(Kind::UpstreamConnect, "target 10.0.0.1:80 refused: 100%");
+        let resp = grpc_error_response(&err);
+        assert_eq!(resp.status, StatusCode::OK);
+        assert!(resp.body.is_empty());
+        assert_eq!(resp.headers["grpc-status"], "14");
+        assert_eq!(
+            resp.headers["grpc-message"],
+            "target 10.0.0.1:80 refused: 100%25"
+        );
+        assert_eq!(resp.headers["content-type"], "application/grpc");
+        assert_eq!(resp.headers["sluicegate-error"], "upstream_unreachable");
+        assert_eq!(percent_encode("é\n".as_bytes()), b"%C3%A9%0A");
+    }
+
+    #[test]
+    fn timeouts_and_limits_get_precise_grpc_codes() {
+        let code = |k| ProxyError::client(k, "x").grpc_status();
+        assert_eq!(code(Kind::UpstreamTimeout), 4);
+        assert_eq!(code(Kind::BodyTooLarge), 8);
+        assert_eq!(code(Kind::NoRoute), 12);
+        assert_eq!(code(Kind::ScriptBudget), 13);
+        assert_eq!(code(Kind::Unavailable), 14);
+    }
 
     #[test]
     fn maps_each_kind_to_one_status() {
@@ -232,5 +428,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
         assert_eq!(v["request_id"], "abc");
         assert_eq!(v["error"], "upstream_timeout");
+    }
+
+    #[test]
+    fn bearer_errors_carry_an_rfc_6750_challenge() {
+        let id = HeaderValue::from_static("abc");
+        let missing = ProxyError::client(Kind::TokenMissing, "no bearer token");
+        let resp = bearer_challenge(&missing, "api", &id);
+        assert_eq!(resp.status, 401);
+        assert_eq!(resp.headers["www-authenticate"], "Bearer realm=\"api\"");
+        let invalid = ProxyError::client(Kind::TokenInvalid, "the token \"expired\"\n");
+        let resp = bearer_challenge(&invalid, "api", &id);
+        assert_eq!(
+            resp.headers["www-authenticate"],
+            "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"the token 'expired' \""
+        );
+        let v: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+        assert_eq!(v["error"], "invalid_token");
+        assert_eq!(
+            ProxyError::client(Kind::Misdirected, "x").status().as_u16(),
+            421
+        );
     }
 }

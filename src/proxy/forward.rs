@@ -12,10 +12,15 @@ use hyper_util::rt::TokioIo;
 use super::body::{failure_error, UpstreamRequestBody};
 use super::context::{RequestBody, RequestCtx};
 use super::error::{Kind, ProxyError};
+use super::retry::RetryPolicy;
 use crate::state::PathRewrite;
+use crate::upstream::balance::{self, HashOn, Policy, Tried};
 use crate::upstream::h1::{SendFailure, Upgraded};
+use crate::upstream::health;
+use crate::upstream::live::{InFlight, TargetSet};
 use crate::upstream::pool::{SendOutcome, UpstreamBody};
-use crate::upstream::{Protocol, Upstream};
+use crate::upstream::{Protocol, Target, Upstream};
+use std::sync::atomic::Ordering;
 
 /// `X-Request-Id`.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -35,6 +40,17 @@ pub struct Forwarded {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
 /// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for the upstream.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip(headers, keep_upgrade, false);
+}
+
+/// [`strip_hop_by_hop`] for a request to an HTTP/2 upstream: `TE: trailers` survives (gRPC
+/// servers need it to know the client reads trailers; it is the one `TE` value HTTP/2
+/// allows, RFC 9113 §8.2.2). Costs nothing more when the request has no `TE`.
+pub fn strip_hop_by_hop_request(headers: &mut HeaderMap, keep_upgrade: bool) {
+    strip(headers, keep_upgrade, true);
+}
+
+fn strip(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
     // One pass over the names (no hashing) finds which hop-by-hop headers are present;
     // only those are removed. Most requests have none, most responses only `Connection`.
     let fixed: [&HeaderName; 7] = [
@@ -55,6 +71,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present == 0 && !keep_upgrade {
         return;
     }
+    // Index of `TE` in `fixed`; read before `Connection: TE` removes it.
+    const TE: usize = 4;
+    let te_trailers = keep_te_trailers && present & (1 << TE) != 0 && asks_for_trailers(headers);
     if present & 1 != 0 {
         // Headers named in `Connection` are hop-by-hop too (its usual tokens are not names).
         let named: Vec<HeaderName> = headers
@@ -80,9 +99,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(*name);
         }
     }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Whether any `TE` line lists the `trailers` token.
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
@@ -98,8 +134,10 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// Forwards the request in `ctx` to `upstream`, trying the next target when one cannot be
-/// reached.
+/// Forwards the request in `ctx` to `upstream`: chooses a target with the upstream's policy
+/// (skipping unhealthy ones), tries the next target when one cannot be reached, and — when
+/// the route has a `retry:` policy — retries timeouts, resets and chosen statuses on another
+/// target with the buffered body, within the route's retry budget.
 pub async fn forward(
     ctx: &mut RequestCtx,
     upstream: &Arc<Upstream>,
@@ -112,7 +150,23 @@ pub async fn forward(
         Protocol::Http2 => super::context::request_host_raw(&ctx.head.uri, &ctx.head.headers),
         Protocol::Http1 => None,
     };
+    let retry = match ctx.route.and_then(|i| ctx.snapshot.routes.get(i)) {
+        Some(route) if !upgrade => route.retry.clone(),
+        _ => None,
+    };
+    let key = match &upstream.policy {
+        Policy::Hash(on) => hash_key(ctx, on),
+        _ => 0,
+    };
+    let replayable = match &retry {
+        Some(policy) => {
+            policy.deposit();
+            policy.allows(&ctx.head.method) && buffer_for_replay(ctx, policy).await?
+        }
+        None => false,
+    };
     let mut req = upstream_request(ctx, upstream, rewrite, upgrade, keep_headers)?;
+    let template = if replayable { Template::of(&req) } else { None };
     let client_upgrade = if upgrade {
         ctx.head.extensions.remove::<hyper::upgrade::OnUpgrade>()
     } else {
@@ -120,13 +174,75 @@ pub async fn forward(
     };
     let worker = ctx.worker.clone();
     let metrics = &upstream.metrics;
-    let attempts = upstream.targets.len().max(1);
-    let first = upstream.pick(worker.id).unwrap_or(0);
+    // A guard, not an `Arc` clone: no write to the set's shared reference count on the
+    // common path (arc-swap falls back to a clone when a thread holds many guards).
+    let set = upstream.live.load();
+    if set.is_empty() {
+        return Err(no_targets(upstream, set.complete));
+    }
+    let hint = ctx.upstream_target.take();
+    let mut tried = Tried::default();
+    let mut full = Tried::default();
+    let mut retries_left = retry.as_ref().map_or(0, |p| p.attempts);
     let mut last_err = ProxyError::upstream(Kind::UpstreamConnect, "upstream has no targets");
-    for attempt in 0..attempts {
-        let Some(target) = upstream.target(first, attempt) else {
-            break;
+    let mut first_pick = true;
+    let mut wait_until = None;
+    loop {
+        let Some(index) = choose(
+            upstream,
+            &set,
+            worker.id,
+            key,
+            tried,
+            hint.as_deref(),
+            first_pick,
+        )?
+        else {
+            if full.0 != 0 && upstream.circuit.max_pending > 0 {
+                // Every remaining target is at its limit: wait for a slot (within one
+                // `pending_timeout` in all), then choose again.
+                let until = *wait_until.get_or_insert_with(|| {
+                    crate::server::clock::coarse_now() + upstream.circuit.pending_timeout
+                });
+                let left = until.saturating_duration_since(crate::server::clock::coarse_now());
+                let waited = !left.is_zero()
+                    && InFlight::wait_for_slot(&upstream.live, upstream.circuit.max_pending, left)
+                        .await;
+                if waited {
+                    tried = Tried(tried.0 & !full.0);
+                    full = Tried::default();
+                    continue;
+                }
+            }
+            if full.0 != 0 {
+                metrics.circuit_open.fetch_add(1, Ordering::Relaxed);
+                return Err(ProxyError::new(
+                    super::error::Source::Upstream,
+                    Kind::Unavailable,
+                    format!(
+                        "upstream `{}`: every target is at its connection limit (circuit breaker open)",
+                        upstream.name
+                    ),
+                ));
+            }
+            return Err(last_err);
         };
+        first_pick = false;
+        tried.add(index);
+        let target = &set.targets[index];
+        if upstream.counts_in_flight() {
+            match InFlight::acquire(
+                &target.state,
+                &upstream.live,
+                upstream.circuit.max_connections,
+            ) {
+                Some(slot) => ctx.upstream_in_flight = Some(slot),
+                None => {
+                    full.add(index);
+                    continue;
+                }
+            }
+        }
         ctx.upstream.target = Some(target.address.clone());
         // HTTP/2 needs `:scheme` and `:authority`; HTTP/1.1 (TLS or not) sends the
         // origin-form target to an origin server (RFC 9112 §3.2.1).
@@ -137,11 +253,15 @@ pub async fn forward(
                 authority.as_deref().unwrap_or(&target.address),
             );
         }
+        // Peak-EWMA measures each try, from choosing the target to the response head.
+        let try_started = (upstream.policy == Policy::PeakEwma).then(std::time::Instant::now);
         let conn = match worker.pool.checkout(upstream, target).await {
             Ok(c) => c,
             Err(e) => {
                 metrics.error("connect");
+                passive_failure(ctx, upstream, target);
                 tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
+                ctx.upstream_in_flight = None;
                 last_err = e;
                 continue;
             }
@@ -158,7 +278,9 @@ pub async fn forward(
                 Err(e) => {
                     // The target went away between two requests: the next target gets it.
                     metrics.error("connect");
+                    passive_failure(ctx, upstream, target);
                     tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, error = %e, "Upstream target unreachable.");
+                    ctx.upstream_in_flight = None;
                     req = unsent;
                     last_err = e;
                     continue;
@@ -170,35 +292,280 @@ pub async fn forward(
         if ctx.snapshot.access_log.enabled() {
             ctx.upstream.duration = Some(ctx.started.elapsed());
         }
-        return match sent {
+        if let Some(started) = try_started {
+            target.state.observe_latency(started.elapsed());
+        }
+        match sent {
             Ok(response) => {
+                let status = response.status().as_u16();
+                if let Some(passive) = &upstream.health.passive {
+                    if passive.failure_statuses.contains(&status) {
+                        passive_failure(ctx, upstream, target);
+                    } else {
+                        health::record_success(&target.state);
+                    }
+                }
+                if let (Some(policy), Some(t)) = (&retry, &template) {
+                    if policy.statuses.contains(&status)
+                        && may_retry(
+                            ctx,
+                            upstream,
+                            policy,
+                            &mut retries_left,
+                            &set,
+                            tried,
+                            &target.address,
+                            &status.to_string(),
+                        )
+                    {
+                        discard(response, upstream.read_timeout).await;
+                        req = t.request();
+                        continue;
+                    }
+                }
                 if let Some(on_client) = client_upgrade {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         return Ok(tunnel(ctx, on_client, response));
                     }
                 }
-                Ok(Forwarded { response })
+                return Ok(Forwarded { response });
             }
             Err(SendFailure { error: e, .. }) => {
                 // A request body that failed on the client side is the client's error.
                 let failure = &ctx.traffic.body_failure;
-                let e = if failure.get().is_some() {
-                    failure_error(failure)
-                } else {
-                    e
-                };
-                if e.origin == super::error::Source::Upstream {
-                    metrics.error(if e.kind == Kind::UpstreamTimeout {
-                        "timeout"
-                    } else {
-                        "protocol"
-                    });
+                if failure.get().is_some() {
+                    return Err(failure_error(failure));
                 }
-                Err(e)
+                if e.origin != super::error::Source::Upstream {
+                    return Err(e);
+                }
+                let timeout = e.kind == Kind::UpstreamTimeout;
+                metrics.error(if timeout { "timeout" } else { "protocol" });
+                passive_failure(ctx, upstream, target);
+                if let (Some(policy), Some(t)) = (&retry, &template) {
+                    let wanted = if timeout {
+                        policy.on_timeout
+                    } else {
+                        policy.on_reset
+                    };
+                    let what = if timeout { "timeout" } else { "reset" };
+                    if wanted
+                        && may_retry(
+                            ctx,
+                            upstream,
+                            policy,
+                            &mut retries_left,
+                            &set,
+                            tried,
+                            &target.address,
+                            what,
+                        )
+                    {
+                        req = t.request();
+                        last_err = e;
+                        continue;
+                    }
+                }
+                return Err(e);
             }
-        };
+        }
     }
-    Err(last_err)
+}
+
+/// Drops a response that is being retried. A small body with a known length is read to
+/// its end first (bounded in time), so an HTTP/1.1 connection goes back to the pool instead
+/// of being closed; anything else is dropped, closing its connection.
+async fn discard(response: Response<UpstreamBody>, read_timeout: std::time::Duration) {
+    use http_body::Body as _;
+    use http_body_util::BodyExt as _;
+    /// Bodies up to this size are drained (an error page, a JSON error).
+    const DRAIN_MAX: u64 = 64 * 1024;
+    let (_, body) = response.into_parts();
+    let body = super::body::UpstreamResponseBody::new(body, read_timeout);
+    if body.size_hint().exact().is_some_and(|n| n <= DRAIN_MAX) {
+        let limit = read_timeout.min(std::time::Duration::from_secs(1));
+        let _ = tokio::time::timeout(limit, body.collect()).await;
+    }
+}
+
+/// The error when an upstream has no target to send to.
+fn no_targets(upstream: &Upstream, complete: bool) -> ProxyError {
+    if complete {
+        ProxyError::new(
+            super::error::Source::Upstream,
+            Kind::Unavailable,
+            format!(
+                "upstream `{}` has no target addresses (DNS answers expired)",
+                upstream.name
+            ),
+        )
+    } else {
+        ProxyError::new(
+            super::error::Source::Upstream,
+            Kind::Unavailable,
+            format!(
+                "upstream `{}`: its target names are not resolved yet",
+                upstream.name
+            ),
+        )
+    }
+}
+
+/// The next target: the script's choice first (when available), then the policy's among
+/// healthy targets not tried yet. With every target unhealthy on the first pick, either all
+/// are tried anyway (`fail_open`) or the request fails with 503 (`fail_closed`).
+fn choose(
+    upstream: &Upstream,
+    set: &TargetSet,
+    worker: usize,
+    key: u64,
+    tried: Tried,
+    hint: Option<&str>,
+    first_pick: bool,
+) -> Result<Option<usize>, ProxyError> {
+    if first_pick {
+        if let Some(i) = hint.and_then(|h| set.find(h)) {
+            if set.targets[i].state.available() {
+                return Ok(Some(i));
+            }
+        }
+    }
+    if let Some(i) = set.select(&upstream.policy, worker, key, tried, false) {
+        return Ok(Some(i));
+    }
+    if !first_pick {
+        // Retries go to healthy targets only; any untried one when none is healthy.
+        return Ok(set.select(
+            &upstream.policy,
+            worker,
+            key,
+            tried,
+            !upstream.health.fail_closed,
+        ));
+    }
+    if upstream.health.fail_closed {
+        return Err(ProxyError::new(
+            super::error::Source::Upstream,
+            Kind::Unavailable,
+            format!("every target of upstream `{}` is unhealthy", upstream.name),
+        ));
+    }
+    Ok(set.select(&upstream.policy, worker, key, tried, true))
+}
+
+/// Whether a failed try may be retried: attempts and budget left, another target to try.
+#[allow(clippy::too_many_arguments)]
+fn may_retry(
+    ctx: &RequestCtx,
+    upstream: &Upstream,
+    policy: &RetryPolicy,
+    retries_left: &mut u32,
+    set: &TargetSet,
+    tried: Tried,
+    target: &str,
+    what: &str,
+) -> bool {
+    if *retries_left == 0 || (0..set.len()).all(|i| tried.has(i)) {
+        return false;
+    }
+    if !policy.withdraw() {
+        upstream
+            .metrics
+            .retry_budget_exhausted
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target, reason = what, "Retry budget exhausted; not retrying.");
+        return false;
+    }
+    *retries_left -= 1;
+    upstream.metrics.retries.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(request_id = ctx.request_id_str(), upstream = %upstream.name, target, reason = what, "Retrying on another target.");
+    true
+}
+
+fn passive_failure(ctx: &RequestCtx, upstream: &Upstream, target: &Target) {
+    if let Some(passive) = &upstream.health.passive {
+        if health::record_failure(&target.state, passive) {
+            tracing::warn!(request_id = ctx.request_id_str(), upstream = %upstream.name, target = %target.address, "Target ejected after consecutive failures.");
+        }
+    }
+}
+
+/// Reads the body into memory when it is small enough to replay; false when it must stream.
+async fn buffer_for_replay(ctx: &mut RequestCtx, policy: &RetryPolicy) -> Result<bool, ProxyError> {
+    match &ctx.body {
+        RequestBody::Empty | RequestBody::Buffered(_) => Ok(true),
+        RequestBody::Stream(_) => {
+            let declared = ctx
+                .head
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            match declared {
+                Some(n) if n <= policy.max_body_bytes => {
+                    ctx.read_body().await?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        }
+    }
+}
+
+/// The key consistent hashing hashes for this request (0 when the request lacks it).
+fn hash_key(ctx: &RequestCtx, on: &HashOn) -> u64 {
+    match on {
+        HashOn::Header(name) => ctx
+            .head
+            .headers
+            .get(name)
+            .map_or(0, |v| balance::key_hash(v.as_bytes())),
+        HashOn::Cookie(name) => ctx
+            .head
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, v)| balance::key_hash(v.as_bytes())),
+        HashOn::ClientIp => balance::key_hash(ctx.client_ip.as_bytes()),
+    }
+}
+
+/// A request that can be sent again, byte for byte: head and buffered body.
+struct Template {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+    body: Option<bytes::Bytes>,
+}
+
+impl Template {
+    fn of(req: &Request<UpstreamRequestBody>) -> Option<Template> {
+        let body = match req.body() {
+            UpstreamRequestBody::Full(b) => b.clone(),
+            UpstreamRequestBody::Stream(_) => return None,
+        };
+        Some(Template {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+            body,
+        })
+    }
+
+    fn request(&self) -> Request<UpstreamRequestBody> {
+        let mut req = Request::new(UpstreamRequestBody::Full(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 /// Sends and waits for the response head. The read timeout counts from the end of the
@@ -268,7 +635,12 @@ fn upstream_request(
     // Room for the X-Forwarded-* and X-Request-Id headers added below: a map sized for the
     // client's few headers would otherwise grow (and rehash) more than once.
     headers.reserve(5);
-    strip_hop_by_hop(&mut headers, upgrade);
+    if upstream.protocol == Protocol::Http2 {
+        strip_hop_by_hop_request(&mut headers, upgrade);
+    } else {
+        // The HTTP/1.1 client does not pass trailers on: it must not promise to read them.
+        strip_hop_by_hop(&mut headers, upgrade);
+    }
     // `Expect: 100-continue` was answered to the client when its body was first read.
     headers.remove(header::EXPECT);
     let host = match headers.get(header::HOST) {
@@ -429,6 +801,26 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_for_the_upstream_and_drops_other_te_values() {
+        let mut h = HeaderMap::new();
+        h.append(header::TE, HeaderValue::from_static("gzip;q=0.5, Trailers"));
+        h.insert("content-type", HeaderValue::from_static("application/grpc"));
+        strip_hop_by_hop_request(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h.get_all(header::TE).iter().count(), 1);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop_request(&mut h, false);
+        assert!(!h.contains_key(header::TE));
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(!h.contains_key(header::TE), "responses never keep TE");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod body;
 pub mod context;
 pub mod error;
 pub mod forward;
+pub mod retry;
 pub mod router;
 
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ pub async fn handle(
         ))
     };
     let limits = check_limits(&head, listener.max_header_bytes, listener.max_body_bytes);
+    // gRPC needs HTTP/2: HTTP/1.1 requests pay one comparison.
+    let grpc = head.version == http::Version::HTTP_2 && error::is_grpc(&head.headers);
     // Boxed: the context moves from the driver to the response body's log observer, and a
     // pointer moves cheaper than the whole context (several times per request).
     let mut ctx = Box::new(RequestCtx {
@@ -99,11 +102,14 @@ pub async fn handle(
         vars: http::Extensions::new(),
         upstream: Default::default(),
         upstream_override: None,
+        upstream_target: None,
+        upstream_in_flight: None,
         traffic,
         worker,
         status: 0,
         conn_state: conn.state.clone(),
         response_headers: http::HeaderMap::new(),
+        grpc,
     });
     let answer = match limits {
         Ok(()) => run(&mut ctx, &snapshot).await,
@@ -208,6 +214,17 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
             }
         }
         if phase == Phase::Content {
+            // Dynamic content scripts answer only the hosts they match: other requests of
+            // a route with an upstream are proxied, those of a route without one get 404.
+            if chain.entries.iter().any(|e| e.plugin.name() == "code") {
+                if route.upstream.is_some() || ctx.upstream_override.is_some() {
+                    break;
+                }
+                return Err(ProxyError::client(
+                    Kind::NoRoute,
+                    "no script answers requests for this host",
+                ));
+            }
             return Err(ProxyError::new(
                 error::Source::Plugin,
                 Kind::Internal,
@@ -325,15 +342,27 @@ fn finish(
         }
     }
     let chain = chain_of(snapshot, ctx.route);
-    if chain.has(Phase::BodyFilter) {
+    let filters =
+        chain.has(Phase::BodyFilter) && chain.entries.iter().any(|e| e.plugin.filters_body(&ctx));
+    if filters {
         head.headers.remove(http::header::CONTENT_LENGTH);
     }
     ctx.status = head.status.as_u16();
+    let grpc = ctx.grpc;
     let observer = LogObserver {
-        filters: chain.has(Phase::BodyFilter),
+        filters,
+        // A Trailers-Only answer (or the gateway's own gRPC error) has it in the headers.
+        grpc_status: if grpc {
+            grpc_status(&head.headers)
+        } else {
+            None
+        },
         ctx: Some(ctx),
     };
-    Response::from_parts(head, ResponseBody::new(source, Some(Box::new(observer))))
+    Response::from_parts(
+        head,
+        ResponseBody::new(source, Some(Box::new(observer))).grpc(grpc),
+    )
 }
 
 fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {
@@ -347,6 +376,11 @@ fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {
 fn error_parts(ctx: &RequestCtx, e: &ProxyError) -> (ResponseHead, ResponseSource) {
     if e.kind != Kind::NoRoute && e.origin != error::Source::Client {
         tracing::warn!(request_id = ctx.request_id_str(), route = ctx.route_name(), status = e.status().as_u16(), error = %e, "Request failed.");
+    }
+    if ctx.grpc {
+        // Trailers-only: no body at all, so no `content-length: 0` either.
+        let (head, _) = local_parts(error::grpc_error_response(e));
+        return (head, ResponseSource::Full(None));
     }
     local_parts(error_response(e, &ctx.request_id))
 }
@@ -371,6 +405,15 @@ fn header_filter(
 struct LogObserver {
     ctx: Option<Box<RequestCtx>>,
     filters: bool,
+    /// The `grpc-status` a gRPC call ended with, for the access log.
+    grpc_status: Option<u16>,
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 impl BodyObserver for LogObserver {
@@ -395,16 +438,22 @@ impl BodyObserver for LogObserver {
         Ok(())
     }
 
+    fn on_grpc_trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(status) = grpc_status(trailers) {
+            self.grpc_status = Some(status);
+        }
+    }
+
     fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64) {
         let Some(ctx) = self.ctx.take() else { return };
         ctx.traffic.bytes_out.set(bytes_out);
-        log_phase(&ctx, outcome);
+        log_phase(&ctx, outcome, self.grpc_status);
         ctx.conn_state.set(ConnPhase::Idle);
         ctx.conn_state.end();
     }
 }
 
-fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
+fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome, grpc_status: Option<u16>) {
     let took = ctx.started.elapsed();
     let snapshot = &ctx.snapshot;
     let chain = chain_of(snapshot, ctx.route);
@@ -422,11 +471,16 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
         .unwrap_or(&snapshot.unmatched);
     metrics.record(ctx.status, took);
     if outcome == BodyOutcome::UpstreamFailed {
+        let ending = if ctx.grpc {
+            "the gRPC call ended with status UNAVAILABLE"
+        } else {
+            "client connection closed"
+        };
         tracing::warn!(
             request_id = ctx.request_id_str(),
             route = ctx.route_name(),
             upstream = ctx.upstream.target.as_deref().unwrap_or("-"),
-            "Response body failed mid-stream; client connection closed."
+            "Response body failed mid-stream; {ending}."
         );
         if let Some(u) = ctx
             .route
@@ -452,6 +506,7 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome) {
             duration: took,
             upstream_duration: ctx.upstream.duration,
             aborted: outcome != BodyOutcome::Complete,
+            grpc_status,
         });
     }
 }

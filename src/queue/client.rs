@@ -115,18 +115,23 @@ impl Client {
     /// Sends `out` to `upstream` once (trying further targets only when one cannot be
     /// connected to).
     pub async fn send(&self, upstream: &Upstream, out: &Outgoing) -> Result<Answer, SendError> {
-        let attempts = upstream.targets.len().max(1);
+        let set = upstream.live.load_full();
+        let attempts = set.len().max(1);
         let mut last = SendError::Connect {
             upstream: upstream.name.clone(),
-            message: "the upstream has no targets".into(),
+            message: "the upstream has no (resolved) targets".into(),
         };
-        let Some(first) = upstream.pick(BALANCER_SLOT) else {
-            return Err(last);
-        };
-        for attempt in 0..attempts {
-            let Some(target) = upstream.target(first, attempt) else {
+        let mut tried = crate::upstream::balance::Tried::default();
+        for _ in 0..attempts {
+            // Healthy targets first; with none left, any target not tried yet.
+            let Some(index) = set
+                .select(&upstream.policy, BALANCER_SLOT, 0, tried, false)
+                .or_else(|| set.select(&upstream.policy, BALANCER_SLOT, 0, tried, true))
+            else {
                 break;
             };
+            tried.add(index);
+            let target = &set.targets[index];
             let conn = match self.checkout(upstream, target).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -180,7 +185,7 @@ impl Client {
             message: format!("target {}: {message}", target.address),
         };
         let connecting = async {
-            let tcp = TcpStream::connect((target.host.as_str(), target.port))
+            let tcp = TcpStream::connect(target.addr)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
             let _ = tcp.set_nodelay(true);

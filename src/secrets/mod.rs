@@ -158,6 +158,9 @@ fn valid_name(name: &str) -> bool {
 pub struct SecretStore {
     /// Each declared secret, or why its value could not be read.
     entries: BTreeMap<String, Result<Secret, String>>,
+    /// The config paths whose references were resolved (to find references written where
+    /// nothing resolves them).
+    resolved: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl SecretStore {
@@ -175,6 +178,7 @@ impl SecretStore {
                 .into_iter()
                 .map(|s| (s.name().to_string(), Ok(s)))
                 .collect(),
+            resolved: Default::default(),
         }
     }
 
@@ -232,6 +236,9 @@ impl SecretStore {
 
     /// Resolves `r`, recording at `path` why it cannot be (undeclared, unset, unreadable).
     pub fn resolve(&self, r: &SecretRef, path: &Path, diags: &mut Diags) -> Option<Secret> {
+        if let Ok(mut seen) = self.resolved.lock() {
+            seen.insert(path.to_string());
+        }
         match self.entries.get(&r.name) {
             Some(Ok(s)) => Some(s.clone()),
             Some(Err(why)) => {
@@ -251,9 +258,46 @@ impl SecretStore {
         }
     }
 
+    /// Reports every `${secret:...}` in `root` that no plugin option resolved: written in an
+    /// option that does not take a secret (a header value, Lua code, an address), it would
+    /// otherwise be used as the literal text. Call it after every plugin was built.
+    pub fn check_unresolved(&self, root: &Node, diags: &mut Diags) {
+        let Ok(seen) = self.resolved.lock() else {
+            return;
+        };
+        walk(root, &Path::root(), &mut |node, path| {
+            if let NodeKind::Str(s) = &node.kind {
+                if s.contains("${secret:") && !seen.contains(path.as_str()) {
+                    diags.push(
+                        path,
+                        "`${secret:...}` is resolved only in plugin options that take a \
+                         secret (see docs/secrets.md); here it would be used as literal text",
+                    );
+                }
+            }
+        });
+    }
+
     /// The names of the declared secrets (safe to show).
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
+    }
+}
+
+fn walk(node: &Node, path: &Path, f: &mut dyn FnMut(&Node, &Path)) {
+    f(node, path);
+    match &node.kind {
+        NodeKind::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk(item, &path.index(i), f);
+            }
+        }
+        NodeKind::Map(entries) => {
+            for (k, v) in entries {
+                walk(v, &path.key(k), f);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -449,6 +493,23 @@ mod tests {
             paths,
             ["secrets.a", "secrets.b", "secrets.c.colour", "secrets.d e"]
         );
+    }
+
+    #[test]
+    fn reports_references_that_nothing_resolved() {
+        let root = parse(
+            "a: '${secret:k}'\nb: ['x', 'Bearer ${secret:k}']\n",
+            &HashMap::new(),
+        )
+        .unwrap();
+        let s = SecretStore::default();
+        let mut diags = Diags::default();
+        let r = SecretRef::parse("${secret:k}").unwrap();
+        s.resolve(&r, &Path::root().key("a"), &mut diags);
+        let mut diags = Diags::default();
+        s.check_unresolved(&root, &mut diags);
+        let paths: Vec<&str> = diags.0.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(paths, ["b[1]"]);
     }
 
     #[test]

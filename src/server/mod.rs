@@ -128,6 +128,10 @@ impl Gateway {
         let (shutdown, _) = watch::channel(false);
         let mut snapshot = snapshot;
         snapshot.queues = crate::queue::open_all(&snapshot)?;
+        // The first code set (persisted pushes, the directory, the last good code-API
+        // document) is in place before any worker serves.
+        let code = Arc::new(crate::code::CodeRegistry::default());
+        crate::code::start(&code, &snapshot);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
@@ -136,6 +140,7 @@ impl Gateway {
             reload_tx,
             shutdown,
             lua_dicts: Arc::default(),
+            code,
         });
         let mut handles = Vec::new();
         for (id, socks) in sockets.into_iter().enumerate() {
@@ -163,6 +168,10 @@ impl Gateway {
                 };
                 rt.block_on(async move {
                     tokio::spawn(state::reloader(control_shared.clone(), reload_rx));
+                    tokio::spawn(crate::code::api::poll(control_shared.clone()));
+                    tokio::spawn(crate::code::directory::watch(control_shared.clone()));
+                    tokio::spawn(crate::config::watch::watch(control_shared.clone()));
+                    tokio::spawn(crate::upstream::supervisor::run(control_shared.clone()));
                     if let Some(l) = admin_listener {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => {
@@ -176,6 +185,8 @@ impl Gateway {
                     let _ = stop_rx.await;
                 });
             })?;
+        // The first requests find host-name targets resolved (bounded by the DNS timeouts).
+        crate::upstream::supervisor::wait_first_answers(&shared);
         for (l, addr) in shared.snapshot.load().listeners.iter().zip(&bound) {
             tracing::info!(listener = %l.name, address = %addr, tls = l.tls.is_some(), workers, "Listening.");
         }
@@ -199,7 +210,9 @@ impl Gateway {
     }
 
     fn stop(&mut self) {
-        let _ = self.shared.shutdown.send(true);
+        // `send_replace`, not `send`: a worker that has not subscribed yet (a stop right after
+        // start) must still find the flag set when it does.
+        self.shared.shutdown.send_replace(true);
         for h in self.workers.drain(..) {
             match h.join() {
                 Ok(Ok(())) => {}

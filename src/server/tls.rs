@@ -1,5 +1,6 @@
 //! TLS configuration: the server side for TLS listeners (rustls, ALPN `h2` and
-//! `http/1.1`), and the client side for `https` upstreams (web roots or a CA file).
+//! `http/1.1`), and a plain client side (web roots or a CA file) for the Lua HTTP client;
+//! `https` upstreams have their own, fuller one in `upstream::tls`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +51,8 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Builds the client configuration for an `https` upstream.
+/// Builds a client configuration (built-in web roots, a CA file, or no verification) for
+/// the Lua HTTP client. Upstreams use [`crate::upstream::tls`].
 pub fn client_config(
     cfg: &UpstreamTlsConfig,
     base_dir: &Path,

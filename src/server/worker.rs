@@ -244,6 +244,10 @@ fn lua_runtime(id: usize, shared: &Arc<Shared>) -> crate::lua::Runtime {
             let shared = shared.clone();
             Arc::new(move || Some(shared.queues()))
         },
+        upstreams: {
+            let shared = shared.clone();
+            Arc::new(move |name| shared.snapshot.load().upstreams.get(name).cloned())
+        },
     }
 }
 

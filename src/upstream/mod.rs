@@ -3,13 +3,23 @@
 //! connection pools are per worker ([`pool`]) and keyed by target, so they survive reloads
 //! that keep a target.
 //!
-//! Target choice is behind [`Balancer`] so more policies (least-connections, hashing) and
-//! health state can be added without touching the proxy.
+//! Configured targets ([`live::TargetSpec`]) resolve into the [`live::TargetSet`] a request
+//! chooses from ([`balance`]); the resolver and health-check tasks ([`supervisor`],
+//! [`health`]) keep that set and its targets' states current, and requests read both
+//! without locks.
 
+pub mod balance;
+pub mod config;
+pub mod dns;
 pub mod h1;
+pub mod health;
+pub mod live;
 pub mod pool;
+pub mod status;
+pub mod supervisor;
+pub mod tls;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,27 +41,43 @@ pub struct UpstreamTls {
     pub sni: Option<String>,
 }
 
-/// One target of an upstream.
+/// One resolved target of an upstream: an address to connect to.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `host:port` as written.
+    /// `ip:port`, for logs and `/status`.
     pub address: Arc<str>,
-    /// Host part (for SNI and the pool key).
+    /// Host name (for SNI): the configured name, or the IP for static targets.
     pub host: String,
     /// Port.
     pub port: u16,
+    /// The address connections go to.
+    pub addr: SocketAddr,
     /// Relative weight.
     pub weight: u32,
-    /// Key of this target's pool: equal for equal (address, scheme, protocol, TLS).
+    /// Key of this target's pool: equal for equal (address, host, scheme, protocol, TLS).
     pub pool_key: u64,
+    /// Health and load, shared across sets and reloads.
+    pub state: Arc<live::TargetState>,
 }
 
 /// A named upstream.
 pub struct Upstream {
     /// Name routes refer to.
     pub name: String,
-    /// Targets, in configuration order.
-    pub targets: Vec<Target>,
+    /// Targets as configured (static addresses, host names, SRV names).
+    pub specs: Vec<live::TargetSpec>,
+    /// The resolved targets, replaced as DNS answers change.
+    pub live: Arc<live::LiveTargets>,
+    /// The load-balancing policy.
+    pub policy: balance::Policy,
+    /// Active and passive health checks.
+    pub health: config::Health,
+    /// Per-target limits.
+    pub circuit: config::Circuit,
+    /// Hash of the connection settings (scheme, protocol, TLS) that pool keys start from.
+    pub pool_seed: u64,
+    /// Workers (each has a balancer cursor).
+    pub workers: usize,
     /// Protocol.
     pub protocol: Protocol,
     /// TLS, for `https` upstreams.
@@ -66,8 +92,6 @@ pub struct Upstream {
     pub max_idle: usize,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
-    /// The balancing policy.
-    pub balancer: Balancer,
     /// This upstream's error counters (resolved once, when the snapshot is built).
     pub metrics: Arc<crate::telemetry::UpstreamMetrics>,
 }
@@ -82,114 +106,9 @@ impl Upstream {
         }
     }
 
-    /// The balancer's choice for worker `worker`: an index into `targets`. Pass it to
-    /// [`Upstream::target`] with the attempt number so retries walk the other targets.
-    pub fn pick(&self, worker: usize) -> Option<usize> {
-        self.balancer.pick(worker)
-    }
-
-    /// The target for `attempt` (0 = first try) after the balancer chose `first`: each
-    /// target is tried once, in order from the first choice.
-    pub fn target(&self, first: usize, attempt: usize) -> Option<&Target> {
-        if self.targets.is_empty() {
-            return None;
-        }
-        self.targets.get((first + attempt) % self.targets.len())
-    }
-}
-
-/// Weighted round-robin, with one cursor per worker so workers never contend.
-pub struct Balancer {
-    /// The expanded schedule: target indexes, each repeated by weight, interleaved.
-    schedule: Vec<usize>,
-    /// One cursor per worker, each on its own cache line.
-    cursors: Vec<PaddedCursor>,
-}
-
-#[repr(align(64))]
-struct PaddedCursor(AtomicUsize);
-
-impl Balancer {
-    /// A weighted round-robin over `targets` for `workers` workers.
-    pub fn round_robin(targets: &[Target], workers: usize) -> Self {
-        Balancer {
-            schedule: smooth_schedule(targets),
-            cursors: (0..workers.max(1))
-                .map(|w| PaddedCursor(AtomicUsize::new(w)))
-                .collect(),
-        }
-    }
-
-    fn pick(&self, worker: usize) -> Option<usize> {
-        if self.schedule.is_empty() {
-            return None;
-        }
-        let cursor = &self.cursors[worker % self.cursors.len()].0;
-        let base = cursor.fetch_add(1, Ordering::Relaxed);
-        Some(self.schedule[base % self.schedule.len()])
-    }
-}
-
-/// nginx's smooth weighted round-robin, unrolled into a schedule: weights 5,1,1 give
-/// a a b a c a a rather than a a a a a b c.
-fn smooth_schedule(targets: &[Target]) -> Vec<usize> {
-    let total: i64 = targets.iter().map(|t| i64::from(t.weight)).sum();
-    let mut current = vec![0i64; targets.len()];
-    let mut out = Vec::with_capacity(total as usize);
-    for _ in 0..total {
-        let mut best = 0;
-        for (i, t) in targets.iter().enumerate() {
-            current[i] += i64::from(t.weight);
-            if current[i] > current[best] {
-                best = i;
-            }
-        }
-        current[best] -= total;
-        out.push(best);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn target(addr: &str, weight: u32) -> Target {
-        Target {
-            address: Arc::from(addr),
-            host: addr.to_string(),
-            port: 80,
-            weight,
-            pool_key: 0,
-        }
-    }
-
-    #[test]
-    fn smooth_weighted_round_robin_interleaves() {
-        let t = [target("a", 5), target("b", 1), target("c", 1)];
-        assert_eq!(smooth_schedule(&t), vec![0, 0, 1, 0, 2, 0, 0]);
-    }
-
-    #[test]
-    fn round_robin_visits_every_target_and_retries_move_on() {
-        let u = Upstream {
-            name: "u".into(),
-            balancer: Balancer::round_robin(&[target("a", 1), target("b", 1)], 1),
-            targets: vec![target("a", 1), target("b", 1)],
-            protocol: Protocol::Http1,
-            tls: None,
-            connect_timeout: Duration::from_secs(1),
-            read_timeout: Duration::from_secs(1),
-            write_timeout: Duration::from_secs(1),
-            max_idle: 1,
-            idle_timeout: Duration::from_secs(1),
-            metrics: Default::default(),
-        };
-        let first = u.pick(0).unwrap();
-        let try0 = u.target(first, 0).unwrap().address.clone();
-        let try1 = u.target(first, 1).unwrap().address.clone();
-        assert_ne!(try0, try1, "a retry goes to the other target");
-        let next = u.target(u.pick(0).unwrap(), 0).unwrap().address.clone();
-        assert_ne!(try0, next, "the next request goes to the next target");
+    /// Whether requests in flight per target must be counted (least-connections,
+    /// random-two-choices, or a circuit breaker).
+    pub fn counts_in_flight(&self) -> bool {
+        self.policy.counts_in_flight() || self.circuit.max_connections > 0
     }
 }

@@ -48,6 +48,31 @@ struct Idle {
 struct PoolInner {
     idle: RefCell<HashMap<u64, VecDeque<Idle>>>,
     h2: RefCell<HashMap<u64, http2::SendRequest<UpstreamRequestBody>>>,
+    /// HTTP/2 connections being opened: requests that arrive meanwhile wait for that one
+    /// instead of opening their own (a burst would otherwise open one per request).
+    h2_connecting: RefCell<HashMap<u64, Rc<H2Connecting>>>,
+}
+
+/// An HTTP/2 connect in progress, and its outcome once known.
+#[derive(Default)]
+struct H2Connecting {
+    done: tokio::sync::Notify,
+    outcome: RefCell<Option<Result<http2::SendRequest<UpstreamRequestBody>, ProxyError>>>,
+}
+
+/// Held by the request that opens an HTTP/2 connection: however that ends (done, failed,
+/// or the request dropped mid-connect), the waiters are woken and the entry removed.
+struct ConnectingGuard {
+    pool: Rc<PoolInner>,
+    key: u64,
+    connecting: Rc<H2Connecting>,
+}
+
+impl Drop for ConnectingGuard {
+    fn drop(&mut self) {
+        self.pool.h2_connecting.borrow_mut().remove(&self.key);
+        self.connecting.done.notify_waiters();
+    }
 }
 
 /// A worker's upstream connection pool.
@@ -110,10 +135,54 @@ impl Pool {
             if let Some(sender) = existing.filter(|s| !s.is_closed()) {
                 return Ok(self.conn(Sender::H2(sender), true, upstream, target));
             }
+            return self.checkout_h2(upstream, target).await;
         } else if let Some(conn) = self.take_idle(target.pool_key, upstream.idle_timeout) {
             return Ok(self.conn(Sender::H1(conn), true, upstream, target));
         }
         self.checkout_fresh(upstream, target).await
+    }
+
+    /// A new HTTP/2 connection to `target`, or the one another request is opening.
+    async fn checkout_h2(&self, upstream: &Upstream, target: &Target) -> Result<Conn, ProxyError> {
+        let key = target.pool_key;
+        let pending = self.inner.h2_connecting.borrow().get(&key).cloned();
+        if let Some(pending) = pending {
+            // Registered before awaiting, so the wake-up cannot be missed.
+            pending.done.notified().await;
+            let outcome = pending.outcome.borrow().clone();
+            match outcome {
+                Some(Ok(sender)) => {
+                    return Ok(self.conn(Sender::H2(sender), false, upstream, target))
+                }
+                Some(Err(e)) => return Err(e),
+                // The request opening it went away before the end: open one ourselves.
+                None => {}
+            }
+        }
+        let connecting = Rc::new(H2Connecting::default());
+        self.inner
+            .h2_connecting
+            .borrow_mut()
+            .insert(key, connecting.clone());
+        let _guard = ConnectingGuard {
+            pool: self.inner.clone(),
+            key,
+            connecting: connecting.clone(),
+        };
+        let result = self.checkout_fresh(upstream, target).await;
+        *connecting.outcome.borrow_mut() = Some(match &result {
+            Ok(Conn {
+                sender: Sender::H2(s),
+                ..
+            }) => Ok(s.clone()),
+            Ok(_) => Err(ProxyError::new(
+                crate::proxy::error::Source::Internal,
+                Kind::Internal,
+                "an HTTP/2 upstream gave an HTTP/1.1 connection",
+            )),
+            Err(e) => Err(e.clone()),
+        });
+        result
     }
 
     /// A new connection to `target`, bypassing idle ones.
@@ -238,21 +307,31 @@ async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyEr
         )
     };
     let connecting = async {
-        let tcp = TcpStream::connect((target.host.as_str(), target.port))
+        let tcp = TcpStream::connect(target.addr)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let stream = match &upstream.tls {
             None => UpstreamIo::Plain(tcp),
             Some(tls) => {
-                let name = tls.sni.clone().unwrap_or_else(|| target.host.clone());
-                let server_name = rustls::pki_types::ServerName::try_from(name)
-                    .map_err(|e| unreachable(format!("invalid TLS server name: {e}")))?;
+                let server_name =
+                    super::tls::server_name(tls, &target.host).map_err(unreachable)?;
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let tls_stream = connector
-                    .connect(server_name, tcp)
+                    .connect(server_name.clone(), tcp)
                     .await
-                    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+                    .map_err(|e| unreachable(super::tls::handshake_error(&e, &server_name)))?;
+                // HTTP/2 over TLS is agreed by ALPN (RFC 9113 §3.2): without it the upstream
+                // would read the connection preface as garbage.
+                if upstream.protocol == Protocol::Http2
+                    && tls_stream.get_ref().1.alpn_protocol() != Some(b"h2")
+                {
+                    return Err(unreachable(
+                        "the upstream did not agree to HTTP/2 (ALPN `h2`) during the TLS handshake; \
+                         set `protocol: http1` or enable HTTP/2 on it"
+                            .into(),
+                    ));
+                }
                 UpstreamIo::Tls(Box::new(tls_stream))
             }
         };

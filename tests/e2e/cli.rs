@@ -40,6 +40,13 @@ fn check_accepts_every_shipped_config() {
         ("UPSTREAM", "127.0.0.1:9"),
         ("BENCH_UPSTREAM", "127.0.0.1:9"),
         ("BENCH_API_KEY", "e2e-test-key"),
+        ("CODE_API_URL", "http://127.0.0.1:9/code.json"),
+        ("UPSTREAM_NAME", "api.internal"),
+        ("UPSTREAM_PORT", "8000"),
+        ("DNS_SERVER", "127.0.0.1:53"),
+        // The secrets the examples declare, as their users would export them.
+        ("SLACK_SIGNING_SECRET", "e2e-slack-secret"),
+        ("PROXY_KEY", "e2e-proxy-key"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);

@@ -5,6 +5,10 @@
 //! - **Upstreams** ([`support::upstream`]) are real servers on `127.0.0.1:0`, each on its
 //!   own thread with its own tokio runtime: a recording hyper server (HTTP/1.1 and h2c),
 //!   raw TCP servers for misbehaviour (silent, reset mid-body), and a WebSocket echo server.
+//!   [`support::h2server`] streams requests to its handler as they arrive (trailers,
+//!   bidirectional gRPC) and records each TLS handshake (SNI, client certificate, ALPN);
+//!   [`support::pki`] makes a throwaway CA with server and client certificates. The gRPC
+//!   tests use tonic on both ends with a hand-written prost message (no `protoc`).
 //! - **The gateway** is started in-process with `sluicegate::server::Gateway::start` from a
 //!   YAML file written into a temporary directory ([`support::gateway::Config`]). Tests write
 //!   only the upstreams/routes/plugins they care about; the builder adds one worker (so
@@ -30,11 +34,20 @@
 mod support;
 
 mod admin;
+mod claim_routing;
 mod cli;
+mod code;
+mod dns;
+mod edge;
+mod grpc;
 mod http2;
+mod json_transform;
+mod jwt;
 mod limits;
 mod plugins;
 mod proxy;
+mod resilience;
 mod routing;
 mod upstream_failures;
+mod upstream_tls;
 mod websocket;

@@ -156,7 +156,8 @@ fn encode(v: &Value, out: &mut Vec<u8>, depth: usize, marks: &Marks) -> Result<(
     Ok(())
 }
 
-fn to_lua(lua: &Lua, v: serde_json::Value) -> mlua::Result<Value> {
+/// Converts a JSON value as `cjson.decode` would (`null` is `cjson.null`).
+pub fn to_lua(lua: &Lua, v: serde_json::Value) -> mlua::Result<Value> {
     Ok(match v {
         serde_json::Value::Null => Value::NULL,
         serde_json::Value::Bool(b) => Value::Boolean(b),

@@ -5,6 +5,7 @@
 pub mod cjson;
 pub mod crypto;
 pub mod http;
+pub mod jwt;
 pub mod ngx;
 pub mod queue;
 pub mod re;
@@ -12,6 +13,7 @@ pub mod req;
 pub mod resp;
 pub mod shared;
 pub mod timer;
+pub mod upstream;
 pub mod var;
 
 use std::rc::Rc;
@@ -71,6 +73,8 @@ pub fn register(lua: &Lua, host: &Rc<Host>, globals: &Table) -> mlua::Result<Tab
     crypto::register(lua, &ngx, &sluicegate)?;
     http::register(lua, host, &sluicegate)?;
     queue::register(lua, host, &sluicegate)?;
+    jwt::register(lua, host, &sluicegate)?;
+    upstream::register(lua, host, &sluicegate)?;
     let cjson = cjson::module(lua, false)?;
     let cjson_safe = cjson::module(lua, true)?;
     ngx.raw_set("null", mlua::Value::NULL)?;

@@ -172,22 +172,21 @@ impl Cors {
             .is_ok_and(|o| self.origins.iter().any(|p| p.matches(o)))
     }
 
+    /// Whether the answer depends on the request's origin (so caches must key on it).
+    fn echoes_origin(&self) -> bool {
+        !self.any_origin || self.credentials
+    }
+
     /// Sets the headers every CORS response from an allowed origin carries.
     fn allow_origin(&self, origin: &HeaderValue, headers: &mut HeaderMap) {
-        if self.any_origin && !self.credentials {
+        if self.echoes_origin() {
+            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            vary_origin(headers);
+        } else {
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_ORIGIN,
                 HeaderValue::from_static("*"),
             );
-        } else {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            let varies = headers.get_all(header::VARY).iter().any(|v| {
-                v.to_str()
-                    .is_ok_and(|v| v.to_ascii_lowercase().contains("origin"))
-            });
-            if !varies {
-                headers.append(header::VARY, HeaderValue::from_static("Origin"));
-            }
         }
         if self.credentials {
             headers.insert(
@@ -237,6 +236,19 @@ impl Cors {
     }
 }
 
+/// Adds `Vary: Origin` unless the response already varies on it.
+fn vary_origin(headers: &mut HeaderMap) {
+    let varies = headers.get_all(header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("origin") || t.trim() == "*")
+        })
+    });
+    if !varies {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
 fn is_preflight(ctx: &RequestCtx) -> bool {
     ctx.head.method == http::Method::OPTIONS
         && ctx
@@ -275,15 +287,18 @@ impl Plugin for Cors {
         if is_preflight(ctx) {
             return Ok(());
         }
-        let Some(origin) = ctx.head.headers.get(header::ORIGIN) else {
-            return Ok(());
-        };
-        if self.allowed(origin) {
-            self.allow_origin(origin, &mut resp.headers);
-            if let Some(e) = &self.exposed {
-                resp.headers
-                    .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+        match ctx.head.headers.get(header::ORIGIN) {
+            Some(origin) if self.allowed(origin) => {
+                self.allow_origin(origin, &mut resp.headers);
+                if let Some(e) = &self.exposed {
+                    resp.headers
+                        .insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, e.clone());
+                }
             }
+            // The answer would differ for another origin: a shared cache must not hand this
+            // response to a cross-origin request.
+            _ if self.echoes_origin() => vary_origin(&mut resp.headers),
+            _ => {}
         }
         Ok(())
     }

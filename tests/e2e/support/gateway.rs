@@ -25,6 +25,7 @@ pub struct Config {
     listeners: Option<String>,
     access_log: String,
     workers: usize,
+    files: Vec<(String, Vec<u8>)>,
 }
 
 impl Config {
@@ -37,6 +38,7 @@ impl Config {
             listeners: None,
             access_log: "access_log: {target: 'off'}".to_string(),
             workers: 1,
+            files: Vec::new(),
         }
     }
 
@@ -86,6 +88,13 @@ routes:
         self
     }
 
+    /// Writes a file (a secret, a script) next to the configuration before the gateway
+    /// starts; relative names in the configuration resolve against that directory.
+    pub fn file(mut self, name: &str, contents: impl Into<Vec<u8>>) -> Config {
+        self.files.push((name.to_string(), contents.into()));
+        self
+    }
+
     /// The YAML text, with variables replaced; `dir` is the configuration's directory.
     pub fn render(&self, dir: &std::path::Path) -> String {
         let listeners = self.listeners.clone().unwrap_or_else(|| {
@@ -120,6 +129,9 @@ routes:
         init_logs();
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("sluicegate.yaml");
+        for (name, contents) in &self.files {
+            std::fs::write(dir.path().join(name), contents)?;
+        }
         std::fs::write(&path, self.render(dir.path()))?;
         let gateway = Gateway::start(&path)?;
         Ok(TestGateway {

@@ -4,7 +4,11 @@
 
 pub mod bin;
 pub mod client;
+pub mod dns;
 pub mod gateway;
+pub mod h2server;
+pub mod jwt;
+pub mod pki;
 pub mod tls;
 pub mod upstream;
 

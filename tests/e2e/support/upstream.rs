@@ -77,6 +77,14 @@ impl Background {
     {
         let std_listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind an upstream port");
+        Self::start_on(std_listener, serve)
+    }
+
+    fn start_on<F, Fut>(std_listener: std::net::TcpListener, serve: F) -> Background
+    where
+        F: FnOnce(TcpListener) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
         std_listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
@@ -143,6 +151,15 @@ impl Upstream {
         )
     }
 
+    /// An upstream behind TLS with `config` that answers each request with `handler`.
+    pub fn start_tls<F, Fut>(config: Arc<rustls::ServerConfig>, handler: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        Self::start_with(Some(config), handler)
+    }
+
     fn start_with<F, Fut>(tls: Option<Arc<rustls::ServerConfig>>, handler: F) -> Upstream
     where
         F: Fn(Seen) -> Fut + Send + Sync + 'static,
@@ -154,6 +171,46 @@ impl Upstream {
         let (record, count) = (seen.clone(), connections.clone());
         let server =
             Background::start(move |listener| serve_http(listener, tls, handler, record, count));
+        Upstream {
+            server,
+            seen,
+            connections,
+        }
+    }
+
+    /// An upstream bound to `bind` (e.g. `127.0.0.2:PORT`, for DNS tests that move a name
+    /// to another address with the same port) answering with `handler`.
+    pub fn start_on<F, Fut>(bind: &str, handler: F) -> Upstream
+    where
+        F: Fn(Seen) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |seen| Box::pin(handler(seen)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), connections.clone());
+        let listener = std::net::TcpListener::bind(bind).expect("bind an upstream port");
+        let server = Background::start_on(listener, move |listener| {
+            serve_http(listener, None, handler, record, count)
+        });
+        Upstream {
+            server,
+            seen,
+            connections,
+        }
+    }
+
+    /// An echo upstream listening, from now on, on a port held by [`reserve_port`] (the
+    /// upstream that "starts late").
+    pub fn echo_on(reserved: ReservedPort) -> Upstream {
+        reserved.0.listen(128).expect("listen on the reserved port");
+        let handler: Handler = Arc::new(|seen: Seen| Box::pin(async move { echo_response(&seen) }));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (record, count) = (seen.clone(), connections.clone());
+        let server = Background::start_on(reserved.0.into(), move |listener| {
+            serve_http(listener, None, handler, record, count)
+        });
         Upstream {
             server,
             seen,
@@ -353,4 +410,23 @@ pub fn dead_address() -> SocketAddr {
     let addr = socket.local_addr().unwrap().as_socket().unwrap();
     HELD.lock().unwrap().push(socket);
     addr
+}
+
+/// A port bound but not listening: connections to it are refused until an upstream starts
+/// on it with [`Upstream::echo_on`], and no other test can take it meanwhile.
+pub struct ReservedPort(socket2::Socket);
+
+impl ReservedPort {
+    /// The reserved address.
+    pub fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap().as_socket().unwrap()
+    }
+}
+
+/// Reserves a local port (see [`ReservedPort`]).
+pub fn reserve_port() -> ReservedPort {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).unwrap();
+    ReservedPort(socket)
 }
