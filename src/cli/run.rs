@@ -8,6 +8,36 @@ use crate::server::Gateway;
 
 /// Runs the gateway; returns the exit code.
 pub fn run(config: &Path) -> i32 {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sluicegate: cannot start the signal runtime: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    // Signal handlers first: a SIGHUP or SIGTERM that arrives while the gateway starts is
+    // kept and acted on once it runs, instead of killing the process with the default action.
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        let _runtime = rt.enter();
+        (|| {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            ))
+        })()
+    };
+    let (mut term, mut int, mut hup) = match signals {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("sluicegate: cannot install signal handlers: {e}");
+            return EXIT_FAILURE;
+        }
+    };
     let gateway = match Gateway::start(config) {
         Ok(g) => g,
         Err(e) => {
@@ -19,22 +49,8 @@ pub fn run(config: &Path) -> i32 {
             return EXIT_FAILURE;
         }
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("sluicegate: cannot start the signal runtime: {e}");
-            return EXIT_FAILURE;
-        }
-    };
     let shared = gateway.shared.clone();
-    let outcome = rt.block_on(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
+    let drained = rt.block_on(async move {
         let mut stop = shared.shutdown.subscribe();
         loop {
             tokio::select! {
@@ -59,24 +75,16 @@ pub fn run(config: &Path) -> i32 {
             let _ = done_tx.send(());
         });
         tokio::select! {
-            _ = done_rx => Ok(true),
-            _ = term.recv() => Ok(false),
-            _ = int.recv() => Ok(false),
+            _ = done_rx => true,
+            _ = term.recv() => false,
+            _ = int.recv() => false,
         }
     });
-    match outcome {
-        Ok(true) => {
-            tracing::info!("Stopped.");
-            EXIT_OK
-        }
-        Ok(false) => {
-            tracing::warn!("Second stop signal: exiting without waiting for the drain.");
-            EXIT_FAILURE
-        }
-        Err(e) => {
-            let e: std::io::Error = e;
-            eprintln!("sluicegate: cannot install signal handlers: {e}");
-            EXIT_FAILURE
-        }
+    if drained {
+        tracing::info!("Stopped.");
+        EXIT_OK
+    } else {
+        tracing::warn!("Second stop signal: exiting without waiting for the drain.");
+        EXIT_FAILURE
     }
 }
