@@ -37,6 +37,9 @@ pub struct Chain {
     pub entries: Vec<ChainEntry>,
     /// Union of the entries' phases.
     pub phases: PhaseSet,
+    /// Whether a plugin reads the request's headers or URI after it was forwarded (in
+    /// header_filter, body_filter or log): then forwarding copies them instead of moving them.
+    pub reads_request_late: bool,
 }
 
 impl Chain {
@@ -46,7 +49,18 @@ impl Chain {
         let phases = entries
             .iter()
             .fold(PhaseSet::default(), |acc, e| acc.union(e.plugin.phases()));
-        Chain { entries, phases }
+        let reads_request_late = entries.iter().any(|e| {
+            let p = e.plugin.phases();
+            (p.contains(Phase::HeaderFilter)
+                || p.contains(Phase::BodyFilter)
+                || p.contains(Phase::Log))
+                && e.plugin.reads_request_late()
+        });
+        Chain {
+            entries,
+            phases,
+            reads_request_late,
+        }
     }
 
     /// Whether any plugin acts in `phase`.

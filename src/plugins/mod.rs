@@ -249,6 +249,13 @@ pub trait Plugin: Send + Sync + 'static {
     /// Log phase: observe the finished request.
     fn log(&self, _ctx: &RequestCtx) {}
 
+    /// Whether its header_filter, body_filter or log phase reads the request's headers or
+    /// URI (which are otherwise moved into the upstream request, not copied). Plugins that
+    /// only look at the response say no.
+    fn reads_request_late(&self) -> bool {
+        true
+    }
+
     /// Upstream names the plugin may send requests to, each with the configuration path
     /// that names it, so that loading the configuration checks they exist.
     fn upstream_refs(&self) -> Vec<(Path, String)> {

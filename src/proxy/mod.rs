@@ -240,8 +240,7 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
             "route has no upstream",
         )
     })?;
-    let keep_headers =
-        chain.has(Phase::HeaderFilter) || chain.has(Phase::BodyFilter) || chain.has(Phase::Log);
+    let keep_headers = chain.reads_request_late;
     // Boxed: kept inline, the forwarding state would make every request's future (which
     // hyper moves into its dispatcher) several KiB larger, local answers included.
     let fwd = Box::pin(forward::forward(

@@ -106,6 +106,10 @@ impl Plugin for Headers {
         }
     }
 
+    fn reads_request_late(&self) -> bool {
+        false
+    }
+
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
         self.request.apply(&mut ctx.head.headers);
         Step::Ready(Ok(Flow::Continue))

@@ -169,6 +169,10 @@ impl Plugin for SecurityHeaders {
         PhaseSet::of(&[Phase::HeaderFilter])
     }
 
+    fn reads_request_late(&self) -> bool {
+        false
+    }
+
     fn header_filter(
         &self,
         _ctx: &mut RequestCtx,
