@@ -53,6 +53,12 @@ pub fn run(config: &Path) -> i32 {
     let drained = rt.block_on(async move {
         let mut stop = shared.shutdown.subscribe();
         loop {
+            // A stop asked for before this subscription (the admin API answers as soon as
+            // the gateway runs) is already the current value, not a change.
+            if *stop.borrow_and_update() {
+                tracing::info!("Stop requested through the admin API; draining.");
+                break;
+            }
             tokio::select! {
                 _ = term.recv() => { tracing::info!(signal = "SIGTERM", "Draining and stopping."); break; }
                 _ = int.recv() => { tracing::info!(signal = "SIGINT", "Draining and stopping."); break; }
