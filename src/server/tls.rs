@@ -10,7 +10,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::file::{TlsConfig, UpstreamTlsConfig};
 use crate::upstream::Protocol;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The crypto provider of every TLS configuration the gateway builds.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -87,9 +88,11 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
-/// Accepts any upstream certificate (`tls.verify: false`, for tests and private networks).
+/// Accepts any upstream certificate (`tls.verify: false`, for tests and private networks);
+/// signatures are still checked, so the handshake itself stays sound. Shared by every
+/// client-side TLS configuration (upstreams, the JWKS and code-API fetchers, Lua's http).
 #[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct NoVerify(pub(crate) Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for NoVerify {
     fn verify_server_cert(

@@ -24,6 +24,7 @@ use rustls::RootCertStore;
 
 use super::{Protocol, UpstreamTls};
 use crate::config::file::UpstreamTlsConfig;
+use crate::server::tls::{provider, NoVerify};
 
 /// An upstream's TLS settings, loaded.
 pub struct Loaded {
@@ -41,10 +42,6 @@ pub type KeyError = (&'static str, String);
 pub struct Loader<'a> {
     base_dir: &'a Path,
     system: OnceCell<Result<(RootCertStore, u64), String>>,
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Whether any `tls:` key is set (they only make sense with `scheme: https`).
@@ -338,56 +335,6 @@ pub fn handshake_error(e: &std::io::Error, name: &ServerName<'_>) -> String {
         _ => String::new(),
     };
     format!("TLS handshake with `{name}` failed: {e}{hint}")
-}
-
-/// Accepts any upstream certificate (`tls.verify: false`); signatures are still checked,
-/// so the handshake itself stays sound.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]
