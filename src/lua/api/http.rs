@@ -124,15 +124,7 @@ async fn send(spec: Spec) -> Result<(u16, HeaderMap, Bytes), String> {
         .map_err(|e| format!("connect to {host}:{port} failed: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if https {
-        let tls = crate::config::file::UpstreamTlsConfig {
-            verify: Some(spec.verify),
-            ..Default::default()
-        };
-        let config = crate::server::tls::client_config(
-            &tls,
-            std::path::Path::new("."),
-            crate::upstream::Protocol::Http1,
-        )?;
+        let config = tls_config(spec.verify)?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("bad TLS server name `{host}`: {e}"))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
@@ -222,4 +214,24 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
     http.raw_set("request", request)?;
     sluicegate.raw_set("http", http)?;
     Ok(())
+}
+
+/// The client TLS configuration for `sluicegate.http` (built-in roots, or no verification),
+/// built once per process: building one parses every root certificate.
+fn tls_config(verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIGS: [std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>; 2] =
+        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
+    CONFIGS[usize::from(verify)]
+        .get_or_init(|| {
+            let tls = crate::config::file::UpstreamTlsConfig {
+                verify: Some(verify),
+                ..Default::default()
+            };
+            crate::server::tls::client_config(
+                &tls,
+                std::path::Path::new("."),
+                crate::upstream::Protocol::Http1,
+            )
+        })
+        .clone()
 }
