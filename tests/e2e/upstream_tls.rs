@@ -163,7 +163,7 @@ routes:
     // certificate, so the refusal (an alert) arrives while the response is read.
     let message = reply.json()["message"].as_str().unwrap().to_string();
     assert!(message.contains("CertificateRequired"), "{message}");
-    let failures = up.handshake_failures();
+    let failures = up.wait_for_handshake_failures(1).await;
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert!(failures[0].contains("certificate"), "{failures:?}");
 }

@@ -126,6 +126,20 @@ impl H2Server {
     pub fn handshake_failures(&self) -> Vec<String> {
         self.handshake_failures.lock().unwrap().clone()
     }
+
+    /// The failed handshakes once there are at least `n` (or after five seconds): the
+    /// server records a failure after sending its alert, so the client can learn of the
+    /// refusal before the server's task has written it down.
+    pub async fn wait_for_handshake_failures(&self, n: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let failures = self.handshake_failures();
+            if failures.len() >= n || std::time::Instant::now() >= deadline {
+                return failures;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for H2Server {
