@@ -6,6 +6,7 @@ pub mod admin;
 pub mod cli;
 pub mod code;
 pub mod config;
+pub mod http1;
 pub mod lua;
 pub mod plugins;
 pub mod proxy;

@@ -15,7 +15,7 @@ use super::error::{Kind, ProxyError};
 use super::retry::RetryPolicy;
 use crate::state::PathRewrite;
 use crate::upstream::balance::{self, HashOn, Policy, Tried};
-use crate::upstream::h1::{SendFailure, Upgraded};
+use crate::upstream::h1::SendFailure;
 use crate::upstream::health;
 use crate::upstream::live::{InFlight, TargetSet};
 use crate::upstream::pool::{SendOutcome, UpstreamBody};
@@ -736,7 +736,7 @@ fn tunnel(
         UpstreamBody::H1(mut h1) => {
             if let Some(conn) = h1.take_upgraded() {
                 let (io, leftover) = conn.into_upgraded();
-                let upstream = Upgraded::new(io, leftover);
+                let upstream = crate::http1::Rewind::new(io, leftover);
                 // Counted like a connection, so a drain waits for it (up to the timeout).
                 let active = ctx.worker.tracker.enter();
                 tokio::task::spawn_local(async move {
@@ -759,7 +759,7 @@ fn tunnel(
 
 async fn copy_both_ways(
     on_client: hyper::upgrade::OnUpgrade,
-    mut upstream: Upgraded,
+    mut upstream: crate::http1::Rewind<crate::upstream::pool::UpstreamStream>,
     request_id: String,
 ) {
     let client = match on_client.await {

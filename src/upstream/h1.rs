@@ -17,14 +17,15 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::pool::{PoolHandle, UpstreamStream};
 use crate::proxy::body::{BoxError, UpstreamRequestBody};
+use crate::http1::{decode, keep_alive, push_chunk, ChunkState, Decoded, Framing};
 use crate::proxy::error::{Kind, ProxyError, Source};
 
 /// Largest response head accepted from an upstream.
@@ -300,13 +301,6 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
-    use std::io::Write;
-    let _ = write!(out, "{:x}\r\n", data.len());
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Writes the request line and headers into `out`; returns whether the body must be sent
 /// chunked (a streamed body without `Content-Length`).
 fn encode_head(out: &mut Vec<u8>, req: &Request<UpstreamRequestBody>) -> bool {
@@ -427,56 +421,6 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     }
 }
 
-fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let tokens = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim);
-    let mut close = false;
-    let mut keep = false;
-    for t in tokens {
-        close |= t.eq_ignore_ascii_case("close");
-        keep |= t.eq_ignore_ascii_case("keep-alive");
-    }
-    if version == Version::HTTP_10 {
-        keep && !close
-    } else {
-        !close
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Expecting a `size[;ext]\r\n` line.
-    Size,
-    /// Inside a chunk with this many bytes left.
-    Data(u64),
-    /// Expecting the `\r\n` after a chunk's data.
-    DataEnd,
-    /// After the last chunk: trailer lines until an empty line.
-    Trailers,
-}
-
-/// How the response body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// This many bytes remain.
-    Length(u64),
-    /// Chunked transfer coding.
-    Chunked(ChunkState),
-    /// Until the upstream closes the connection.
-    Close,
-    /// Finished.
-    Done,
-}
-
-impl Framing {
-    fn reusable(&self) -> bool {
-        !matches!(self, Framing::Close)
-    }
-}
 
 /// A response body read straight from the upstream connection.
 pub struct H1Body {
@@ -484,107 +428,6 @@ pub struct H1Body {
     framing: Framing,
     keep_alive: bool,
     pool: Option<PoolHandle>,
-}
-
-/// What the buffer yielded.
-#[derive(Debug, PartialEq, Eq)]
-enum Decoded {
-    /// A piece of the body.
-    Data(Bytes),
-    /// The body is complete.
-    End,
-    /// More bytes are needed.
-    NeedMore,
-}
-
-/// Decodes the next piece of a body framed by `framing` from the front of `buf`.
-fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'static str> {
-    loop {
-        match *framing {
-            Framing::Done => return Ok(Decoded::End),
-            Framing::Length(0) => {
-                *framing = Framing::Done;
-                return Ok(Decoded::End);
-            }
-            Framing::Length(n) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = n.min(buf.len() as u64) as usize;
-                *framing = Framing::Length(n - take as u64);
-                return Ok(Decoded::Data(buf.split_to(take).freeze()));
-            }
-            Framing::Close => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                return Ok(Decoded::Data(buf.split().freeze()));
-            }
-            Framing::Chunked(ChunkState::Size) => {
-                let Some(end) = find_crlf(buf) else {
-                    if buf.len() > 4096 {
-                        return Err("chunk size line too long");
-                    }
-                    return Ok(Decoded::NeedMore);
-                };
-                let line = &buf[..end];
-                let hex = line.split(|b| *b == b';').next().unwrap_or(&[]);
-                let hex = std::str::from_utf8(hex)
-                    .map_err(|_| "invalid chunk size")?
-                    .trim();
-                if hex.is_empty() || hex.len() > 15 {
-                    return Err("invalid chunk size");
-                }
-                let size = u64::from_str_radix(hex, 16).map_err(|_| "invalid chunk size")?;
-                buf.advance(end + 2);
-                *framing = if size == 0 {
-                    Framing::Chunked(ChunkState::Trailers)
-                } else {
-                    Framing::Chunked(ChunkState::Data(size))
-                };
-            }
-            Framing::Chunked(ChunkState::Data(n)) => {
-                if buf.is_empty() {
-                    return Ok(Decoded::NeedMore);
-                }
-                let take = n.min(buf.len() as u64) as usize;
-                let left = n - take as u64;
-                *framing = Framing::Chunked(if left == 0 {
-                    ChunkState::DataEnd
-                } else {
-                    ChunkState::Data(left)
-                });
-                return Ok(Decoded::Data(buf.split_to(take).freeze()));
-            }
-            Framing::Chunked(ChunkState::DataEnd) => {
-                if buf.len() < 2 {
-                    return Ok(Decoded::NeedMore);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err("missing CRLF after chunk data");
-                }
-                buf.advance(2);
-                *framing = Framing::Chunked(ChunkState::Size);
-            }
-            Framing::Chunked(ChunkState::Trailers) => {
-                let Some(end) = find_crlf(buf) else {
-                    if buf.len() > MAX_HEAD_BYTES {
-                        return Err("trailers too large");
-                    }
-                    return Ok(Decoded::NeedMore);
-                };
-                buf.advance(end + 2);
-                if end == 0 {
-                    *framing = Framing::Done;
-                    return Ok(Decoded::End);
-                }
-            }
-        }
-    }
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
 }
 
 impl H1Body {
@@ -679,54 +522,6 @@ impl Drop for H1Body {
     }
 }
 
-/// Reads an upgraded connection's leftover bytes first, then the stream.
-pub struct Upgraded {
-    leftover: Bytes,
-    io: UpstreamStream,
-}
-
-impl Upgraded {
-    /// Joins leftover bytes and the stream.
-    pub fn new(io: UpstreamStream, leftover: Bytes) -> Self {
-        Upgraded { leftover, io }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.leftover.is_empty() {
-            let n = this.leftover.len().min(buf.remaining());
-            buf.put_slice(&this.leftover[..n]);
-            this.leftover.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,76 +560,6 @@ mod tests {
         assert!(head("HTTP/1.1 200 OK\r\ncontent", Method::GET)
             .unwrap()
             .is_none());
-    }
-
-    #[test]
-    fn keep_alive_follows_version_and_connection_tokens() {
-        let mut h = HeaderMap::new();
-        assert!(keep_alive(Version::HTTP_11, &h));
-        assert!(!keep_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
-        assert!(keep_alive(Version::HTTP_10, &h));
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        assert!(!keep_alive(Version::HTTP_11, &h));
-    }
-
-    fn drain(framing: &mut Framing, buf: &mut BytesMut) -> (Vec<u8>, Decoded) {
-        let mut out = Vec::new();
-        loop {
-            match decode(framing, buf).unwrap() {
-                Decoded::Data(d) => out.extend_from_slice(&d),
-                other => return (out, other),
-            }
-        }
-    }
-
-    #[test]
-    fn decodes_chunked_bodies_split_across_reads() {
-        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
-        for split in 1..wire.len() {
-            let mut framing = Framing::Chunked(ChunkState::Size);
-            let mut buf = BytesMut::from(&wire[..split]);
-            let (mut body, mut state) = drain(&mut framing, &mut buf);
-            buf.extend_from_slice(&wire[split..]);
-            if state == Decoded::NeedMore {
-                let (more, s2) = drain(&mut framing, &mut buf);
-                body.extend_from_slice(&more);
-                state = s2;
-            }
-            assert_eq!(state, Decoded::End, "split at {split}");
-            assert_eq!(body, b"hello world", "split at {split}");
-            assert_eq!(&buf[..], b"NEXT", "split at {split}");
-        }
-    }
-
-    #[test]
-    fn rejects_malformed_chunks() {
-        for wire in [&b"zz\r\n"[..], b"5\r\nhelloXX", b"\r\n"] {
-            let mut framing = Framing::Chunked(ChunkState::Size);
-            let mut buf = BytesMut::from(wire);
-            let mut failed = false;
-            for _ in 0..4 {
-                match decode(&mut framing, &mut buf) {
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                    Ok(Decoded::NeedMore) | Ok(Decoded::End) => break,
-                    Ok(Decoded::Data(_)) => {}
-                }
-            }
-            assert!(failed, "{:?}", String::from_utf8_lossy(wire));
-        }
-    }
-
-    #[test]
-    fn length_framing_stops_at_the_length_and_leaves_the_rest() {
-        let mut framing = Framing::Length(3);
-        let mut buf = BytesMut::from(&b"abcdef"[..]);
-        let (body, state) = drain(&mut framing, &mut buf);
-        assert_eq!(body, b"abc");
-        assert_eq!(state, Decoded::End);
-        assert_eq!(&buf[..], b"def");
     }
 
     #[test]
