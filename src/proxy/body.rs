@@ -70,9 +70,48 @@ impl IdleTimer {
     }
 }
 
+/// The client's request body as the server hands it over.
+pub enum ClientStream {
+    /// From the gateway's HTTP/1.1 server.
+    H1(crate::server::h1::RequestBody),
+    /// From hyper's HTTP/2 server.
+    H2(Incoming),
+}
+
+impl Body for ClientStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientStream::H1(b) => Pin::new(b).poll_frame(cx),
+            ClientStream::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|next| next.map(|r| r.map_err(BoxError::from))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientStream::H1(b) => b.is_end_stream(),
+            ClientStream::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientStream::H1(b) => b.size_hint(),
+            ClientStream::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The client's request body with the listener's limits applied.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: ClientStream,
     limit: u64,
     seen: u64,
     idle: IdleTimer,
@@ -82,7 +121,7 @@ pub struct ClientBody {
 impl ClientBody {
     /// Wraps `inner`.
     pub fn new(
-        inner: Incoming,
+        inner: ClientStream,
         limit: u64,
         idle_timeout: Option<Duration>,
         traffic: Rc<Traffic>,

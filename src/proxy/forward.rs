@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
 
 use super::body::{failure_error, UpstreamRequestBody};
 use super::context::{RequestBody, RequestCtx};
@@ -168,7 +167,7 @@ pub async fn forward(
     let mut req = upstream_request(ctx, upstream, rewrite, upgrade, keep_headers)?;
     let template = if replayable { Template::of(&req) } else { None };
     let client_upgrade = if upgrade {
-        ctx.head.extensions.remove::<hyper::upgrade::OnUpgrade>()
+        ctx.head.extensions.remove::<crate::server::h1::OnUpgrade>()
     } else {
         None
     };
@@ -727,7 +726,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 /// bytes both ways until either side closes.
 fn tunnel(
     ctx: &RequestCtx,
-    on_client: hyper::upgrade::OnUpgrade,
+    on_client: crate::server::h1::OnUpgrade,
     response: Response<UpstreamBody>,
 ) -> Forwarded {
     let (head, body) = response.into_parts();
@@ -758,18 +757,17 @@ fn tunnel(
 }
 
 async fn copy_both_ways(
-    on_client: hyper::upgrade::OnUpgrade,
+    on_client: crate::server::h1::OnUpgrade,
     mut upstream: crate::http1::Rewind<crate::upstream::pool::UpstreamStream>,
     request_id: String,
 ) {
-    let client = match on_client.await {
+    let mut client = match on_client.wait().await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(request_id = %request_id, error = %e, "Upgrade failed.");
             return;
         }
     };
-    let mut client = TokioIo::new(client);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => {
             tracing::debug!(request_id = %request_id, bytes_up = up, bytes_down = down, "Upgraded connection closed.")

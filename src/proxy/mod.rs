@@ -20,10 +20,9 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
-use hyper::body::Incoming;
 
 use self::body::{
-    BodyObserver, BodyOutcome, BoxError, ClientBody, ResponseBody, ResponseSource,
+    BodyObserver, BodyOutcome, BoxError, ClientBody, ClientStream, ResponseBody, ResponseSource,
     UpstreamResponseBody,
 };
 use self::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
@@ -58,7 +57,7 @@ enum Answer {
 pub async fn handle(
     worker: Rc<Worker>,
     conn: Rc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ClientStream>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
     conn.state.set(ConnPhase::InRequest);
     conn.state.begin();

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod conn;
 pub mod deadline;
+pub mod h1;
 pub mod tls;
 pub mod worker;
 

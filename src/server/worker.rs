@@ -15,14 +15,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::conn::{ConnIo, ConnPhase, ConnState};
+use super::h1;
 use super::LocalExec;
+use crate::http1::Rewind;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
 use crate::upstream::pool::Pool;
@@ -90,6 +92,14 @@ impl DrainSignal {
         }
     }
 
+    /// A registration for one connection.
+    pub fn slot(&self) -> DrainSlot<'_> {
+        DrainSlot {
+            signal: self,
+            slot: None,
+        }
+    }
+
     /// Stores (or refreshes) the waker in `slot`.
     fn register(&self, slot: &mut Option<usize>, waker: &Waker) {
         let mut wakers = self.wakers.borrow_mut();
@@ -123,9 +133,21 @@ impl DrainSignal {
 }
 
 /// A connection's registration with the [`DrainSignal`], released when dropped.
-struct DrainSlot<'a> {
+pub struct DrainSlot<'a> {
     signal: &'a DrainSignal,
     slot: Option<usize>,
+}
+
+impl DrainSlot<'_> {
+    /// Whether the worker is draining.
+    pub fn is_draining(&self) -> bool {
+        self.signal.is_draining()
+    }
+
+    /// Wakes `waker` when the worker starts draining.
+    pub fn watch(&mut self, waker: &Waker) {
+        self.signal.register(&mut self.slot, waker);
+    }
 }
 
 impl Drop for DrainSlot<'_> {
@@ -301,39 +323,36 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
         .get(index)
         .unwrap_or(crate::config::ListenerSettings::fallback());
     let state = Arc::new(ConnState::default());
-    let mut builder = auto::Builder::new(LocalExec);
-    builder
-        .http1()
-        // No hyper timer for HTTP/1.1: `ConnIo` owns the idle and header timeouts (with a
-        // 408 answer), so hyper's own header timer would only cost a timer per request.
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size((settings.max_header_bytes + 64 * 1024).max(16 * 1024))
-        .max_headers(512);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(LocalExec);
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(256)
         // The listener's header limit applies to HTTP/2 header lists too.
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    let limits = h1::Limits {
+        // The driver answers 431 for heads over the listener's limit (with the request
+        // id and a log line); the loop only bounds its buffer, with room for the rest.
+        max_head_bytes: (settings.max_header_bytes + 64 * 1024).max(16 * 1024),
+        h2c: settings.http2,
+    };
     let timeout = settings.header_timeout;
     let client_ip = http::HeaderValue::from_str(&addr.ip().to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
     match settings.tls.clone() {
         None => {
-            if !settings.http2 {
-                builder = builder.http1_only();
-            }
             let info = Rc::new(ConnInfo {
                 client_addr: addr,
                 listener: index,
-                client_ip: client_ip.clone(),
+                client_ip,
                 tls: false,
                 state: state.clone(),
             });
-            let io = TokioIo::new(ConnIo::new(stream, state, timeout));
-            drive(&builder, io, worker, info).await;
+            let io = ConnIo::new(stream, state, timeout);
+            if let h1::Served::Http2(io, preface) =
+                h1::serve(io, worker.clone(), info.clone(), limits).await
+            {
+                drive_h2(&h2, Rewind::new(io, preface), worker, info).await;
+            }
         }
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -348,45 +367,57 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
                     return;
                 }
             };
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            if h2 {
+            let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            if alpn_h2 {
                 state.set(ConnPhase::H2);
-                builder = builder.http2_only();
-            } else {
-                builder = builder.http1_only();
             }
             let info = Rc::new(ConnInfo {
                 client_addr: addr,
                 listener: index,
-                client_ip: client_ip.clone(),
+                client_ip,
                 tls: true,
                 state: state.clone(),
             });
-            let io = TokioIo::new(ConnIo::new(tls_stream, state, timeout));
-            drive(&builder, io, worker, info).await;
+            let io = ConnIo::new(tls_stream, state, timeout);
+            if alpn_h2 {
+                drive_h2(&h2, io, worker, info).await;
+            } else {
+                let limits = h1::Limits {
+                    h2c: false,
+                    ..limits
+                };
+                let _ = h1::serve(io, worker, info, limits).await;
+            }
         }
     }
 }
 
-async fn drive<I>(builder: &auto::Builder<LocalExec>, io: I, worker: Rc<Worker>, info: Rc<ConnInfo>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+/// Serves an HTTP/2 connection with hyper until it ends or the worker drains.
+async fn drive_h2<I>(
+    builder: &http2::Builder<LocalExec>,
+    io: I,
+    worker: Rc<Worker>,
+    info: Rc<ConnInfo>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let client = info.client_addr;
-    let metrics = worker.shared.metrics.clone();
     let signal = worker.clone();
-    // Boxed: hyper keeps the request's future by value in its dispatcher, so an unboxed
+    // Boxed: hyper keeps the request's future by value in its stream task, so an unboxed
     // one (KiBs) would be copied in on every request.
-    let service = service_fn(move |req| Box::pin(proxy::handle(worker.clone(), info.clone(), req)));
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        Box::pin(proxy::handle(
+            worker.clone(),
+            info.clone(),
+            req.map(crate::proxy::body::ClientStream::H2),
+        ))
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
-    let mut registration = DrainSlot {
-        signal: &signal.drain,
-        slot: None,
-    };
+    let mut registration = signal.drain.slot();
     let mut asked = false;
     let result = std::future::poll_fn(|cx| {
-        if !asked && registration.signal.is_draining() {
+        if !asked && registration.is_draining() {
             asked = true;
             conn.as_mut().graceful_shutdown();
         }
@@ -394,25 +425,13 @@ where
             return Poll::Ready(r);
         }
         if !asked {
-            registration
-                .signal
-                .register(&mut registration.slot, cx.waker());
+            registration.watch(cx.waker());
         }
         Poll::Pending
     })
     .await;
     drop(registration);
     if let Err(e) = result {
-        // hyper answers malformed requests itself (400, or 431 past its buffer); count and
-        // log them here, since they never reach the driver.
-        let malformed = e
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(|h| h.is_parse() || h.is_parse_too_large());
-        if malformed {
-            metrics.malformed_requests.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(client = %client, error = %e, "Malformed request rejected.");
-        } else {
-            tracing::debug!(client = %client, error = %e, "Client connection ended with an error.");
-        }
+        tracing::debug!(client = %client, error = %e, "HTTP/2 client connection ended with an error.");
     }
 }

@@ -24,8 +24,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::pool::{PoolHandle, UpstreamStream};
-use crate::proxy::body::{BoxError, UpstreamRequestBody};
 use crate::http1::{decode, keep_alive, push_chunk, ChunkState, Decoded, Framing};
+use crate::proxy::body::{BoxError, UpstreamRequestBody};
 use crate::proxy::error::{Kind, ProxyError, Source};
 
 /// Largest response head accepted from an upstream.
@@ -420,7 +420,6 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
         }
     }
 }
-
 
 /// A response body read straight from the upstream connection.
 pub struct H1Body {

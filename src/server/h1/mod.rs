@@ -1,0 +1,337 @@
+//! The gateway's HTTP/1.1 server: one loop per client connection that reads a request
+//! head, hands the request to the phase driver ([`crate::proxy::handle`]) and writes its
+//! response, then the next, in order (pipelined requests wait in the read buffer).
+//!
+//! It replaces hyper's HTTP/1.1 server for the same reason [`crate::upstream::h1`] replaced
+//! hyper's client: no dispatcher task, no channel to the body, no second copy of the head.
+//! The request is parsed straight from the read buffer (header values share it), the head
+//! and a body that is ready with it leave in one write. HTTP/2 (ALPN `h2`, or the h2c
+//! preface on a cleartext listener that allows it) is still served by hyper.
+//!
+//! What the loop guarantees:
+//! - every malformed or oversized head gets a JSON error (400, 431) and the connection
+//!   closes; nothing malformed reaches the driver;
+//! - the connection stays open only when both sides allow it (version, `Connection`), the
+//!   response was framed and complete, the request body was read to its end (or what is
+//!   left of it had already arrived and is skipped), and the worker is not draining;
+//! - a connection closed with request bytes still unread is closed gracefully: the write
+//!   side first, then the rest of the upload is read and dropped for a bounded time, so the
+//!   client reads its response instead of a reset;
+//! - idle and header timeouts come from [`super::conn::ConnIo`] underneath: a stalled head
+//!   gets a 408 there, and an idle connection reads as closed.
+
+mod body;
+mod request;
+mod response;
+mod upgrade;
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use self::body::RequestBody;
+pub use self::upgrade::{ClientIo, OnUpgrade, Upgraded};
+
+use self::body::{Conn, Expect, READ_CHUNK};
+use self::response::{Ask, Written};
+use super::conn::ConnPhase;
+use super::worker::{DrainSlot, Worker};
+use crate::http1::Framing;
+use crate::proxy::body::{ClientStream, ResponseBody, ResponseSource};
+use crate::proxy::error::{error_response, Kind, ProxyError};
+use crate::proxy::ConnInfo;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long a closing connection keeps reading (and dropping) an upload it will not use.
+const LINGER: Duration = Duration::from_secs(2);
+/// How much of such an upload it reads before giving up.
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// What the connection turned out to be, when it is not over.
+pub enum Served<I> {
+    /// Closed (or handed over to an upgrade).
+    Done,
+    /// The client sent the HTTP/2 preface: serve it as HTTP/2 with these bytes first.
+    Http2(I, Bytes),
+}
+
+/// The per-listener limits the loop applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head accepted before answering 431 (the driver checks the exact
+    /// header size against the listener's limit; this bounds the buffer).
+    pub max_head_bytes: usize,
+    /// Whether a cleartext client may start HTTP/2 with the preface (h2c).
+    pub h2c: bool,
+}
+
+/// Serves HTTP/1.1 requests on `io` until the connection ends.
+pub async fn serve<I>(io: I, worker: Rc<Worker>, info: Rc<ConnInfo>, limits: Limits) -> Served<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Rc::new(RefCell::new(Conn::new(
+        io,
+        BytesMut::with_capacity(READ_CHUNK),
+    )));
+    let mut out = Vec::with_capacity(1024);
+    let mut first = true;
+    let mut drain = worker.drain.slot();
+    loop {
+        let head = match next_head(&conn, &mut drain, limits, first).await {
+            Next::Head(head) => head,
+            Next::Closed => return Served::Done,
+            Next::Http2 => return into_http2(conn),
+            Next::Invalid(e) => {
+                worker
+                    .shared
+                    .metrics
+                    .malformed_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client = %info.client_addr, error = %e, "Malformed request rejected.");
+                reject(&conn, &mut out, &e).await;
+                linger(&conn).await;
+                return Served::Done;
+            }
+        };
+        first = false;
+        let (upgrade_tx, request) = {
+            let mut c = conn.borrow_mut();
+            c.request = c.request.wrapping_add(1);
+            c.framing = head.framing;
+            c.expect = if head.expect_continue && head.framing != Framing::Done {
+                Expect::Waiting
+            } else {
+                Expect::Nothing
+            };
+            let (tx, rx) = if head.upgrade {
+                let (tx, rx) = upgrade::pair();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            let source: Rc<RefCell<dyn body::BodySource>> = conn.clone();
+            let mut req = Request::from_parts(
+                head.parts,
+                ClientStream::H1(RequestBody::new(source, c.request)),
+            );
+            if let Some(rx) = rx {
+                req.extensions_mut().insert(rx);
+            }
+            (tx, req)
+        };
+        let ask_version = request.version();
+        let is_head = request.method() == http::Method::HEAD;
+        // Boxed: the driver's future is large, and moving a pointer per request is cheaper
+        // than moving the future into this loop's state.
+        let resp = Box::pin(crate::proxy::handle(worker.clone(), info.clone(), request)).await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(never) => match never {},
+        };
+        let keep_alive = head.keep_alive && !worker.drain.is_draining() && {
+            let mut c = conn.borrow_mut();
+            // An unread body still on its way would be taken for the next request: only
+            // what has fully arrived can be skipped.
+            let done = c.body_done() || (c.expect == Expect::Nothing && c.discard_buffered_body());
+            done && !c.broken
+        };
+        let ask = Ask {
+            version: ask_version,
+            head: is_head,
+            keep_alive,
+        };
+        match response::write(&conn, &mut out, resp, &ask).await {
+            Written::KeepAlive => {
+                info.state.set(ConnPhase::Idle);
+            }
+            Written::Close => {
+                close(&conn).await;
+                return Served::Done;
+            }
+            Written::Switched => {
+                hand_over(conn, upgrade_tx);
+                return Served::Done;
+            }
+        }
+    }
+}
+
+// Not boxed: a head is what almost every call returns, and it moves once.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Head(request::Head),
+    Closed,
+    Http2,
+    Invalid(ProxyError),
+}
+
+/// Reads until a whole request head is buffered (or the connection ends).
+async fn next_head<I>(
+    conn: &Rc<RefCell<Conn<I>>>,
+    drain: &mut DrainSlot<'_>,
+    limits: Limits,
+    first: bool,
+) -> Next
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut sniffing = first && limits.h2c;
+    std::future::poll_fn(|cx| {
+        let mut c = conn.borrow_mut();
+        loop {
+            if sniffing && !c.buf.is_empty() {
+                let n = c.buf.len().min(H2_PREFACE.len());
+                if c.buf[..n] != H2_PREFACE[..n] {
+                    sniffing = false;
+                } else if n == H2_PREFACE.len() {
+                    return Poll::Ready(Next::Http2);
+                }
+            }
+            if !sniffing && !c.buf.is_empty() {
+                match request::parse(&mut c.buf) {
+                    Ok(Some(head)) => return Poll::Ready(Next::Head(head)),
+                    Err(e) => return Poll::Ready(Next::Invalid(e)),
+                    Ok(None) if c.buf.len() > limits.max_head_bytes => {
+                        return Poll::Ready(Next::Invalid(ProxyError::client(
+                            Kind::HeaderTooLarge,
+                            format!(
+                                "the request head is larger than {} bytes",
+                                limits.max_head_bytes
+                            ),
+                        )))
+                    }
+                    Ok(None) => {}
+                }
+            }
+            if c.buf.is_empty() && drain.is_draining() {
+                return Poll::Ready(Next::Closed);
+            }
+            c.buf.reserve(READ_CHUNK);
+            let c = &mut *c;
+            match tokio_util::io::poll_read_buf(Pin::new(&mut c.io), cx, &mut c.buf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Pending => {
+                    if c.buf.is_empty() {
+                        drain.watch(cx.waker());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// Answers a request that never reached the driver, then closes.
+async fn reject<I>(conn: &Rc<RefCell<Conn<I>>>, out: &mut Vec<u8>, e: &ProxyError)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let request_id = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"));
+    let local = error_response(e, &request_id);
+    let mut resp = Response::new(ResponseBody::new(
+        ResponseSource::Full(Some(local.body)),
+        None,
+    ));
+    *resp.status_mut() = local.status;
+    *resp.headers_mut() = local.headers;
+    resp.headers_mut()
+        .insert(crate::proxy::forward::X_REQUEST_ID.clone(), request_id);
+    let ask = Ask {
+        version: http::Version::HTTP_11,
+        head: false,
+        keep_alive: false,
+    };
+    let _ = response::write(conn, out, resp, &ask).await;
+}
+
+/// Ends the connection: the write side first, then, if the client may still be sending
+/// (an unread upload), its bytes are read and dropped for a while so that closing does not
+/// reset the connection under the response it has not read yet.
+async fn close<I>(conn: &Rc<RefCell<Conn<I>>>)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let unread = {
+        let c = conn.borrow();
+        !c.body_done() || c.broken
+    };
+    if unread {
+        linger(conn).await;
+    } else {
+        let _ =
+            std::future::poll_fn(|cx| Pin::new(&mut conn.borrow_mut().io).poll_shutdown(cx)).await;
+    }
+}
+
+async fn linger<I>(conn: &Rc<RefCell<Conn<I>>>)
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = std::future::poll_fn(|cx| Pin::new(&mut conn.borrow_mut().io).poll_shutdown(cx)).await;
+    let drain = async {
+        let mut scratch = vec![0u8; 16 * 1024];
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let n = {
+                let read = std::future::poll_fn(|cx| {
+                    let mut c = conn.borrow_mut();
+                    let mut rb = tokio::io::ReadBuf::new(&mut scratch);
+                    match Pin::new(&mut c.io).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => Poll::Ready(Ok(rb.filled().len())),
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    }
+                });
+                match read.await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                }
+            };
+            total += n;
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Passes the stream (and anything the client sent after its head) to the upgrade.
+fn hand_over<I>(conn: Rc<RefCell<Conn<I>>>, pending: Option<upgrade::Pending>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(pending) = pending else {
+        tracing::debug!("A 101 response to a request that asked for no upgrade; closed.");
+        return;
+    };
+    let Ok(cell) = Rc::try_unwrap(conn) else {
+        tracing::warn!("The upgraded connection is still in use by its request; closed.");
+        return;
+    };
+    let c = cell.into_inner();
+    let io: Box<dyn ClientIo> = Box::new(c.io);
+    if !pending.fulfil(io, c.buf.freeze()) {
+        tracing::debug!("Nobody waits for the upgraded connection any more; closed.");
+    }
+}
+
+fn into_http2<I>(conn: Rc<RefCell<Conn<I>>>) -> Served<I> {
+    match Rc::try_unwrap(conn) {
+        Ok(cell) => {
+            let c = cell.into_inner();
+            Served::Http2(c.io, c.buf.freeze())
+        }
+        Err(_) => Served::Done,
+    }
+}

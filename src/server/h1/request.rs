@@ -1,0 +1,275 @@
+//! Parsing a request head (RFC 9112 §2–§6) into `http` types, and deciding how its body
+//! is framed.
+//!
+//! Invariants: a head is either complete and valid, incomplete (more bytes needed), or
+//! rejected with the status the client gets (400, or 431 for too many fields); header
+//! values share the head's buffer instead of being copied; a request whose body length
+//! cannot be determined safely (conflicting lengths, a transfer coding other than chunked
+//! last) is rejected, never guessed, since guessing is how requests get smuggled.
+
+use std::mem::MaybeUninit;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri, Version};
+
+use crate::http1::{ChunkState, Framing};
+use crate::proxy::error::{Kind, ProxyError};
+
+/// Header fields parsed per request (more is a 431).
+const MAX_HEADERS: usize = 512;
+
+/// A parsed request head and what the connection must know about it.
+pub(super) struct Head {
+    /// Method, URI, version and headers, ready for the driver.
+    pub parts: http::request::Parts,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// Whether the client allows another request on this connection.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// A protocol upgrade request (`Connection: upgrade` + `Upgrade`).
+    pub upgrade: bool,
+}
+
+fn bad(message: impl Into<String>) -> ProxyError {
+    ProxyError::client(Kind::BadRequest, message)
+}
+
+/// Parses the head at the front of `buf` and consumes it; `Ok(None)` when it is not
+/// complete yet.
+pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ProxyError::client(
+                Kind::HeaderTooLarge,
+                format!("the request has more than {MAX_HEADERS} header fields"),
+            ))
+        }
+        Err(e) => return Err(bad(format!("malformed request head: {e}"))),
+    };
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| bad("malformed request method"))?;
+    let version = match req.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Values and the target will share the head's buffer: note where each lies, then split.
+    let base = buf.as_ptr() as usize;
+    let target = req.path.unwrap_or("");
+    let target_at = (target.as_ptr() as usize - base, target.len());
+    let mut fields = Vec::with_capacity(req.headers.len());
+    for h in req.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad(format!("malformed header name `{}`", h.name)))?;
+        let start = h.value.as_ptr() as usize - base;
+        fields.push((name, start, start + h.value.len()));
+    }
+    let head_bytes = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head_bytes.slice(target_at.0..target_at.0 + target_at.1))
+        .map_err(|_| bad("malformed request target"))?;
+    // Room for the few headers the gateway adds upstream (X-Forwarded-*, X-Request-Id).
+    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
+            .map_err(|_| bad(format!("malformed value for header `{name}`")))?;
+        headers.append(name, value);
+    }
+    // A request that sent both `Transfer-Encoding` and `Content-Length` is answered and
+    // the connection closed (RFC 9112 §6.1).
+    let (framing, close_after) = framing(version, &mut headers)?;
+    let keep_alive = crate::http1::keep_alive(version, &headers) && !close_after;
+    let expect_continue = version == Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let upgrade = version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && crate::proxy::forward::is_upgrade(&headers);
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers = headers;
+    Ok(Some(Head {
+        parts,
+        framing,
+        keep_alive,
+        expect_continue,
+        upgrade,
+    }))
+}
+
+/// The body's framing (RFC 9112 §6.3) and whether the connection must close after it.
+/// A `Content-Length` next to `Transfer-Encoding` is removed: it must not reach the upstream.
+fn framing(version: Version, headers: &mut HeaderMap) -> Result<(Framing, bool), ProxyError> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(bad(
+                "Transfer-Encoding is not allowed in an HTTP/1.0 request",
+            ));
+        }
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|t| !t.is_empty())
+            .is_some_and(|last| last.eq_ignore_ascii_case("chunked"));
+        if !chunked_last {
+            return Err(bad(
+                "the request's Transfer-Encoding does not end with chunked",
+            ));
+        }
+        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok((Framing::Chunked(ChunkState::Size), had_length));
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let n = parse_length(v.as_bytes()).ok_or_else(|| bad("malformed Content-Length"))?;
+        if length.is_some_and(|l| l != n) {
+            return Err(bad("conflicting Content-Length values"));
+        }
+        length = Some(n);
+    }
+    Ok((
+        match length {
+            None | Some(0) => Framing::Done,
+            Some(n) => Framing::Length(n),
+        },
+        false,
+    ))
+}
+
+/// A `Content-Length` value: digits only (no sign, no spaces inside), at most 18 of them.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Option<Head>, ProxyError> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse(&mut buf)
+    }
+
+    fn head(text: &str) -> Head {
+        match parse_text(text) {
+            Ok(Some(h)) => h,
+            Ok(None) => panic!("incomplete: {text:?}"),
+            Err(e) => panic!("rejected: {text:?}: {e}"),
+        }
+    }
+
+    fn status(text: &str) -> u16 {
+        match parse_text(text) {
+            Err(e) => e.status().as_u16(),
+            Ok(_) => 0,
+        }
+    }
+
+    #[test]
+    fn parses_a_request_and_leaves_the_next_one_in_the_buffer() {
+        let mut buf = BytesMut::from(
+            &b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nX-Two: 1\r\nX-Two: 2\r\n\r\nGET /next"[..],
+        );
+        let h = parse(&mut buf).unwrap().unwrap();
+        assert_eq!(h.parts.method, Method::GET);
+        assert_eq!(h.parts.uri, "/a?b=1");
+        assert_eq!(h.parts.version, Version::HTTP_11);
+        assert_eq!(h.parts.headers["host"], "x");
+        assert_eq!(h.parts.headers.get_all("x-two").iter().count(), 2);
+        assert_eq!(h.framing, Framing::Done);
+        assert!(h.keep_alive && !h.expect_continue && !h.upgrade);
+        assert_eq!(&buf[..], b"GET /next");
+    }
+
+    #[test]
+    fn waits_for_the_rest_of_an_incomplete_head() {
+        assert!(parse_text("GET / HTTP/1.1\r\nHost: x\r\n")
+            .unwrap()
+            .is_none());
+        assert!(parse_text("GE").unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_bodies_by_length_or_chunked() {
+        let h = head("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(12));
+        let h = head("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(5));
+        let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
+        assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn drops_the_content_length_of_a_chunked_request_and_closes_after_it() {
+        let h = head("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
+        assert!(!h.parts.headers.contains_key("content-length"));
+        assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn rejects_what_could_smuggle_a_request() {
+        for text in [
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 5 5\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        ] {
+            assert_eq!(status(text), 400, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_heads_with_400_and_too_many_fields_with_431() {
+        for text in [
+            "GARBAGE\x01 / HTTP/1.1\r\n\r\n",
+            "GET / HTTP/9.9\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+        ] {
+            assert_eq!(status(text), 400, "{text:?}");
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\n{many}\r\n")), 431);
+    }
+
+    #[test]
+    fn follows_the_keep_alive_rules_of_each_version() {
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn notices_expect_continue_and_upgrades() {
+        assert!(
+            head("POST / HTTP/1.1\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+        assert!(!head("POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        assert!(
+            head("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade
+        );
+        assert!(!head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+    }
+}
