@@ -40,6 +40,7 @@ mod code;
 mod dns;
 mod edge;
 mod grpc;
+mod http1;
 mod http2;
 mod json_transform;
 mod jwt;

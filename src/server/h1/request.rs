@@ -60,23 +60,20 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         _ => Version::HTTP_11,
     };
     // Values and the target will share the head's buffer: note where each lies, then split.
-    let base = buf.as_ptr() as usize;
-    let target = req.path.unwrap_or("");
-    let target_at = (target.as_ptr() as usize - base, target.len());
+    let target = span(buf, len, req.path.unwrap_or("").as_bytes());
     let mut fields = Vec::with_capacity(req.headers.len());
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| bad(format!("malformed header name `{}`", h.name)))?;
-        let start = h.value.as_ptr() as usize - base;
-        fields.push((name, start, start + h.value.len()));
+        fields.push((name, span(buf, len, h.value)));
     }
     let head_bytes = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head_bytes.slice(target_at.0..target_at.0 + target_at.1))
+    let uri = Uri::from_maybe_shared(head_bytes.slice(target))
         .map_err(|_| bad("malformed request target"))?;
     // Room for the few headers the gateway adds upstream (X-Forwarded-*, X-Request-Id).
     let mut headers = HeaderMap::with_capacity(fields.len() + 6);
-    for (name, start, end) in fields {
-        let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
+    for (name, at) in fields {
+        let value = HeaderValue::from_maybe_shared(head_bytes.slice(at))
             .map_err(|_| bad(format!("malformed value for header `{name}`")))?;
         headers.append(name, value);
     }
@@ -103,6 +100,16 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         expect_continue,
         upgrade,
     }))
+}
+
+/// Where `part` (a slice the parser returned) lies within the first `len` bytes of `buf`;
+/// an empty range for anything that does not (an empty value may point elsewhere).
+fn span(buf: &[u8], len: usize, part: &[u8]) -> std::ops::Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(buf.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if start <= len && end <= len => start..end,
+        _ => 0..0,
+    }
 }
 
 /// The body's framing (RFC 9112 §6.3) and whether the connection must close after it.
@@ -196,6 +203,33 @@ mod tests {
         assert_eq!(h.framing, Framing::Done);
         assert!(h.keep_alive && !h.expect_continue && !h.upgrade);
         assert_eq!(&buf[..], b"GET /next");
+    }
+
+    #[test]
+    fn keeps_empty_header_values() {
+        let h = head("GET / HTTP/1.1\r\nX-Empty:\r\nX-Blank:   \r\nHost: x\r\n\r\n");
+        assert_eq!(h.parts.headers["x-empty"], "");
+        assert_eq!(h.parts.headers["x-blank"], "");
+        assert_eq!(h.parts.headers["host"], "x");
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes() {
+        // A deterministic spread of inputs: prefixes and byte flips of valid heads.
+        let valid = b"POST /p?q=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc";
+        let mut state = 0x2545_f491_u32;
+        for i in 0..20_000 {
+            let mut bytes = valid[..(i % valid.len()) + 1].to_vec();
+            for _ in 0..(i % 4) {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                let at = state as usize % bytes.len();
+                bytes[at] = (state >> 8) as u8;
+            }
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = parse(&mut buf);
+        }
     }
 
     #[test]

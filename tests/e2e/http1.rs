@@ -1,0 +1,202 @@
+//! The HTTP/1.1 server's connection rules, over raw sockets: when a connection stays open
+//! and when it closes, how responses are framed for each client version, HEAD, and what
+//! happens to request bodies the gateway never needed.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::client::Raw;
+use crate::support::upstream::RawUpstream;
+use crate::support::{within, Config, Upstream};
+
+/// A gateway with a proxied route `/up`, a local answer on `/local`, and a local answer
+/// that asks to close the connection.
+fn gateway(up: &Upstream) -> crate::support::TestGateway {
+    Config::new(
+        r#"
+upstreams: [{name: app, targets: ["{{up}}"]}]
+routes:
+  - {name: up, match: {paths: /up}, upstream: app}
+  - name: local
+    match: {paths: /local}
+    plugins: [{name: request_termination, config: {status: 200, body: local answer}}]
+  - name: bye
+    match: {paths: /bye}
+    plugins:
+      - name: request_termination
+        config: {status: 503, body: going away, headers: {connection: close}}
+"#,
+    )
+    .var("up", up.addr())
+    .start()
+}
+
+#[tokio::test]
+async fn keeps_a_connection_open_after_a_short_body_it_answered_without_reading() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    // The local answer needs no body; the whole body is already here, so it is skipped
+    // and the next request on the connection is read correctly.
+    raw.write(b"POST /local HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world")
+        .await;
+    let first = raw.read_response().await.expect("first response");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, "local answer");
+    assert_eq!(first.header("connection"), None, "{}", first.head);
+
+    raw.write(b"GET /up/next HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let second = raw.read_response().await.expect("second response");
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        second.header("x-upstream-path").as_deref(),
+        Some("/up/next")
+    );
+}
+
+#[tokio::test]
+async fn closes_gracefully_after_answering_before_a_large_upload_arrived() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(b"POST /local HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n\r\n")
+        .await;
+    // The answer comes before the body, says the connection closes, and the upload that
+    // still follows is read and dropped: no reset destroys the answer.
+    let resp = raw.read_response().await.expect("the answer");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+    let chunk = vec![b'u'; 64 * 1024];
+    for _ in 0..8 {
+        if raw.stream.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut rest = Vec::new();
+    let end = within("close", raw.stream.read_to_end(&mut rest)).await;
+    assert!(end.is_ok(), "a clean close, not a reset: {end:?}");
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn answers_head_with_the_length_of_the_body_it_leaves_out() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(b"HEAD /local HTTP/1.1\r\nHost: x\r\n\r\nGET /local HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let all = String::from_utf8(raw.read_to_end().await).unwrap();
+    let (head, rest) = all.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(head.contains("\r\ncontent-length: 12\r\n"), "{all}");
+    // The body the HEAD left out is not there: the next bytes are the GET's answer.
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
+    assert!(rest.ends_with("\r\n\r\nlocal answer"), "{all}");
+}
+
+#[tokio::test]
+async fn keeps_an_http_1_0_connection_open_when_the_client_asks() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    for path in ["/up/one", "/up/two"] {
+        raw.write(format!("GET {path} HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").as_bytes())
+            .await;
+        let resp = raw.read_response().await.expect("a response");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("connection").as_deref(), Some("keep-alive"));
+        assert_eq!(resp.header("x-upstream-path").as_deref(), Some(path));
+    }
+}
+
+#[tokio::test]
+async fn closes_when_a_local_answer_says_connection_close() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(b"GET /bye HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let all = String::from_utf8(raw.read_to_end().await).unwrap();
+    assert!(
+        all.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{all}"
+    );
+    assert_eq!(all.matches("connection: close").count(), 1, "{all}");
+    assert!(all.ends_with("\r\n\r\ngoing away"), "{all}");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_date() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let resp = raw.read_response().await.expect("a response");
+    let date = resp.header("date").expect("a Date header");
+    assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+}
+
+/// An upstream that answers without a length and closes to end the body.
+fn unframed_upstream() -> RawUpstream {
+    RawUpstream::start(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhello ")
+            .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let _ = stream.write_all(b"world").await;
+    })
+}
+
+#[tokio::test]
+async fn frames_a_body_of_unknown_length_chunked_for_http_1_1_and_by_closing_for_1_0() {
+    let up = unframed_upstream();
+    let gw = Config::proxy_to(up.addr()).start();
+
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut wire = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !wire.ends_with(b"0\r\n\r\n") {
+        let n = within("chunked body", raw.stream.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&wire));
+        wire.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8(wire).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert_eq!(body, "6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n");
+    // The connection is still usable.
+    raw.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await;
+    let again = raw.read_response().await.expect("a second response");
+    assert_eq!(again.status, 200);
+
+    let mut old = Raw::connect(gw.addr).await;
+    old.write(b"GET / HTTP/1.0\r\n\r\n").await;
+    let text = String::from_utf8(old.read_to_end().await).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("\r\nconnection: close"), "{head}");
+    assert_eq!(body, "hello world");
+}
+
+#[tokio::test]
+async fn does_not_invite_a_body_it_will_not_read() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(
+        b"POST /local HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    // No `100 Continue`: the final answer comes at once, and the connection closes since
+    // the client may or may not send the body now.
+    let resp = raw.read_response().await.expect("the final answer");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("connection").as_deref(), Some("close"));
+}
