@@ -56,6 +56,10 @@ pub(super) struct Conn<I> {
     pub broken: bool,
     /// The number of the current request: a body kept past its request reads nothing.
     pub request: u64,
+    /// Whether the current request's body has been read from at all. A body nobody has
+    /// started reading can be skipped; one that is being streamed (to an HTTP/2 upstream,
+    /// possibly while the response is already on its way) must not lose bytes to the loop.
+    pub touched: bool,
 }
 
 impl<I> Conn<I> {
@@ -68,6 +72,7 @@ impl<I> Conn<I> {
             expect: Expect::Nothing,
             broken: false,
             request: 0,
+            touched: false,
         }
     }
 
@@ -147,6 +152,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> BodySource for Conn<I> {
         if request != self.request {
             return Poll::Ready(Some(Err("the request this body belongs to is over".into())));
         }
+        self.touched = true;
         loop {
             match decode(&mut self.framing, &mut self.buf) {
                 Err(msg) => return self.fail(format!("malformed request body: {msg}")),

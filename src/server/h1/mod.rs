@@ -97,8 +97,9 @@ where
                     .metrics
                     .malformed_requests
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(client = %info.client_addr, error = %e, "Malformed request rejected.");
-                reject(&conn, &mut out, &e).await;
+                let id = uuid::Uuid::new_v4().hyphenated().to_string();
+                tracing::info!(request_id = %id, client = %info.client_addr, status = e.status().as_u16(), error = %e, "Malformed request rejected.");
+                reject(&conn, &mut out, &e, &id).await;
                 linger(&conn).await;
                 return Served::Done;
             }
@@ -107,6 +108,7 @@ where
         let (upgrade_tx, request) = {
             let mut c = conn.borrow_mut();
             c.request = c.request.wrapping_add(1);
+            c.touched = false;
             c.framing = head.framing;
             c.expect = if head.expect_continue && head.framing != Framing::Done {
                 Expect::Waiting
@@ -139,10 +141,12 @@ where
             Err(never) => match never {},
         };
         let keep_alive = head.keep_alive && !worker.drain.is_draining() && {
+            let idle_body = body_is_idle(&conn);
             let mut c = conn.borrow_mut();
             // An unread body still on its way would be taken for the next request: only
-            // what has fully arrived can be skipped.
-            let done = c.body_done() || (c.expect == Expect::Nothing && c.discard_buffered_body());
+            // what has fully arrived can be skipped, and only when nobody is reading it.
+            let done = c.body_done()
+                || (idle_body && c.expect == Expect::Nothing && c.discard_buffered_body());
             done && !c.broken
         };
         let ask = Ask {
@@ -234,12 +238,11 @@ where
 }
 
 /// Answers a request that never reached the driver, then closes.
-async fn reject<I>(conn: &Rc<RefCell<Conn<I>>>, out: &mut Vec<u8>, e: &ProxyError)
+async fn reject<I>(conn: &Rc<RefCell<Conn<I>>>, out: &mut Vec<u8>, e: &ProxyError, id: &str)
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let id = uuid::Uuid::new_v4().hyphenated().to_string();
-    let request_id = HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("-"));
+    let request_id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"));
     let local = error_response(e, &request_id);
     let mut resp = Response::new(ResponseBody::new(
         ResponseSource::Full(Some(local.body)),
@@ -268,7 +271,9 @@ where
         let c = conn.borrow();
         !c.body_done() || c.broken
     };
-    if unread {
+    // A body still being streamed by its reader keeps its bytes: the write side closes,
+    // and its reader ends when the client does.
+    if unread && body_is_idle(conn) {
         linger(conn).await;
     } else {
         let _ =
@@ -304,6 +309,12 @@ where
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Whether nobody can be reading the current request's body: nobody started, or its
+/// reader has let go of it (the loop's own reference is the only one left).
+fn body_is_idle<I>(conn: &Rc<RefCell<Conn<I>>>) -> bool {
+    Rc::strong_count(conn) == 1 || !conn.borrow().touched
 }
 
 /// Passes the stream (and anything the client sent after its head) to the upgrade.
