@@ -12,7 +12,8 @@ pub mod defaults {
     pub const MAX_HEADER_BYTES: usize = 32 * 1024;
     /// 10 MiB, a common default for API gateways (Kong uses 8 MiB for buffered bodies).
     pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
-    /// nginx's `client_header_timeout` / `client_body_timeout` default is 60 s.
+    /// nginx's `client_header_timeout` / `client_body_timeout` / `send_timeout` default is
+    /// 60 s.
     pub const CLIENT_TIMEOUT_MS: u64 = 60_000;
     /// nginx's `proxy_connect_timeout` default is 60 s; 5 s fails faster toward a dead target.
     pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -50,6 +51,8 @@ pub struct ListenerConfig {
     pub client_header_timeout_ms: Option<u64>,
     /// Longest pause allowed between two pieces of a request body.
     pub client_body_timeout_ms: Option<u64>,
+    /// Longest time a response write may wait for a client that stopped reading.
+    pub client_send_timeout_ms: Option<u64>,
 }
 
 /// Certificate and key files (PEM) for a TLS listener.

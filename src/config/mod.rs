@@ -54,6 +54,8 @@ pub struct ListenerSettings {
     pub header_timeout: Duration,
     /// Longest pause inside a request body.
     pub body_timeout: Duration,
+    /// Longest wait of a response write on a client that does not read (HTTP/1.1).
+    pub send_timeout: Duration,
 }
 
 impl ListenerSettings {
@@ -71,6 +73,7 @@ impl ListenerSettings {
                 max_body_bytes: file::defaults::MAX_BODY_BYTES,
                 header_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
                 body_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+                send_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
             });
         &FALLBACK
     }

@@ -329,6 +329,7 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
             &[
                 ("client_header_timeout_ms", l.client_header_timeout_ms),
                 ("client_body_timeout_ms", l.client_body_timeout_ms),
+                ("client_send_timeout_ms", l.client_send_timeout_ms),
             ],
             diags,
         );
@@ -342,6 +343,7 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
             max_body_bytes: l.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
             header_timeout: ms(l.client_header_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
             body_timeout: ms(l.client_body_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
+            send_timeout: ms(l.client_send_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
         });
     }
     out

@@ -334,6 +334,7 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
         // id and a log line); the loop only bounds its buffer, with room for the rest.
         max_head_bytes: (settings.max_header_bytes + 64 * 1024).max(16 * 1024),
         h2c: settings.http2,
+        send_timeout: settings.send_timeout,
     };
     let timeout = settings.header_timeout;
     let client_ip = http::HeaderValue::from_str(&addr.ip().to_string())

@@ -200,3 +200,29 @@ async fn does_not_invite_a_body_it_will_not_read() {
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("connection").as_deref(), Some("close"));
 }
+
+#[tokio::test]
+async fn gives_up_on_a_client_that_stops_reading_its_response() {
+    const BIG: usize = 64 * 1024 * 1024;
+    let up = Upstream::start(|_| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            BIG
+        ])))
+    });
+    let gw = Config::proxy_to(up.addr())
+        .listener("client_send_timeout_ms: 300")
+        .start();
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    // Nothing is read while the gateway's writes fill the socket buffers and stall.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = raw.read_to_end().await;
+    assert!(
+        got.len() < BIG,
+        "the whole response arrived: the stalled write was never given up"
+    );
+    assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    // The gateway goes on serving.
+    assert_eq!(gw.get("/").await.status, 200);
+}

@@ -72,6 +72,8 @@ pub struct Limits {
     pub max_head_bytes: usize,
     /// Whether a cleartext client may start HTTP/2 with the preface (h2c).
     pub h2c: bool,
+    /// How long a response write may wait for a client that does not read.
+    pub send_timeout: Duration,
 }
 
 /// Serves HTTP/1.1 requests on `io` until the connection ends.
@@ -99,7 +101,7 @@ where
                     .fetch_add(1, Ordering::Relaxed);
                 let id = uuid::Uuid::new_v4().hyphenated().to_string();
                 tracing::info!(request_id = %id, client = %info.client_addr, status = e.status().as_u16(), error = %e, "Malformed request rejected.");
-                reject(&conn, &mut out, &e, &id).await;
+                reject(&conn, &mut out, &e, &id, limits.send_timeout).await;
                 linger(&conn).await;
                 return Served::Done;
             }
@@ -133,9 +135,9 @@ where
         };
         let ask_version = request.version();
         let is_head = request.method() == http::Method::HEAD;
-        // Boxed: the driver's future is large, and moving a pointer per request is cheaper
-        // than moving the future into this loop's state.
-        let resp = Box::pin(crate::proxy::handle(worker.clone(), info.clone(), request)).await;
+        // Not boxed: awaited in place, the driver's future is never moved (boxing it copied
+        // the whole future into the heap on every request).
+        let resp = crate::proxy::handle(worker.clone(), info.clone(), request).await;
         let resp = match resp {
             Ok(r) => r,
             Err(never) => match never {},
@@ -153,6 +155,7 @@ where
             version: ask_version,
             head: is_head,
             keep_alive,
+            send_timeout: limits.send_timeout,
         };
         match response::write(&conn, &mut out, resp, &ask).await {
             Written::KeepAlive => {
@@ -238,8 +241,13 @@ where
 }
 
 /// Answers a request that never reached the driver, then closes.
-async fn reject<I>(conn: &Rc<RefCell<Conn<I>>>, out: &mut Vec<u8>, e: &ProxyError, id: &str)
-where
+async fn reject<I>(
+    conn: &Rc<RefCell<Conn<I>>>,
+    out: &mut Vec<u8>,
+    e: &ProxyError,
+    id: &str,
+    send_timeout: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let request_id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"));
@@ -256,6 +264,7 @@ where
         version: http::Version::HTTP_11,
         head: false,
         keep_alive: false,
+        send_timeout,
     };
     let _ = response::write(conn, out, resp, &ask).await;
 }

@@ -15,6 +15,7 @@ use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -24,6 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::Conn;
 use crate::proxy::body::ResponseBody;
+use crate::server::clock::coarse_now;
+use crate::server::deadline::Deadline;
 
 /// Pieces up to this size are copied behind what is pending and written with it.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -50,6 +53,8 @@ pub(super) struct Ask {
     /// Whether the connection may stay open after this response, as far as the request
     /// and the worker (draining or not) are concerned.
     pub keep_alive: bool,
+    /// How long a write may wait for a client that does not read.
+    pub send_timeout: Duration,
 }
 
 /// How writing a response ended.
@@ -85,13 +90,14 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         keep_alive,
         ask.version,
     );
+    let stall = ask.send_timeout;
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        return match flush(conn, out).await {
+        return match flush(conn, out, stall).await {
             Ok(()) => Written::Switched,
             Err(_) => Written::Close,
         };
     }
-    match write_body(conn, out, &mut body, wire).await {
+    match write_body(conn, out, &mut body, wire, stall).await {
         Ok(()) if keep_alive => Written::KeepAlive,
         Ok(()) => Written::Close,
         Err(e) => {
@@ -200,6 +206,7 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
     out: &mut Vec<u8>,
     body: &mut ResponseBody,
     wire: Wire,
+    stall: Duration,
 ) -> io::Result<()> {
     let mut sent: u64 = 0;
     loop {
@@ -209,7 +216,7 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
         {
             Poll::Ready(next) => next,
             Poll::Pending => {
-                flush(conn, out).await?;
+                flush(conn, out, stall).await?;
                 std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
             }
         };
@@ -217,7 +224,7 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
             None => break,
             Some(Err(e)) => {
                 // Already logged with the request id (log phase); cut the response short.
-                let _ = flush(conn, out).await;
+                let _ = flush(conn, out, stall).await;
                 return Err(io::Error::other(e.to_string()));
             }
             Some(Ok(frame)) => match frame.into_data() {
@@ -234,27 +241,27 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
                 let left = n - sent;
                 if data.len() as u64 > left {
                     let fits = data.slice(..left as usize);
-                    send(conn, out, &fits).await?;
-                    let _ = flush(conn, out).await;
+                    send(conn, out, &fits, stall).await?;
+                    let _ = flush(conn, out, stall).await;
                     return Err(io::Error::other(
                         "the body is longer than its Content-Length",
                     ));
                 }
                 sent += data.len() as u64;
-                send(conn, out, &data).await?;
+                send(conn, out, &data, stall).await?;
             }
             Wire::Chunked => {
                 use std::io::Write as _;
                 let _ = write!(out, "{:x}\r\n", data.len());
-                send(conn, out, &data).await?;
+                send(conn, out, &data, stall).await?;
                 out.extend_from_slice(b"\r\n");
             }
-            Wire::Close => send(conn, out, &data).await?,
+            Wire::Close => send(conn, out, &data, stall).await?,
         }
     }
     if let Wire::Length(n) = wire {
         if sent < n {
-            let _ = flush(conn, out).await;
+            let _ = flush(conn, out, stall).await;
             return Err(io::Error::other(
                 "the body is shorter than its Content-Length",
             ));
@@ -263,7 +270,7 @@ async fn write_body<I: AsyncRead + AsyncWrite + Unpin>(
     if wire == Wire::Chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    flush(conn, out).await
+    flush(conn, out, stall).await
 }
 
 /// Appends `data` to the pending bytes, or writes both when it is large.
@@ -271,40 +278,74 @@ async fn send<I: AsyncRead + AsyncWrite + Unpin>(
     conn: &Rc<RefCell<Conn<I>>>,
     out: &mut Vec<u8>,
     data: &Bytes,
+    stall: Duration,
 ) -> io::Result<()> {
     if out.len() + data.len() <= COALESCE_BYTES {
         out.extend_from_slice(data);
         return Ok(());
     }
-    flush(conn, out).await?;
-    write_all(conn, data).await
+    flush(conn, out, stall).await?;
+    write_all(conn, data, stall).await
 }
 
 /// Writes and clears the pending bytes, then flushes the stream.
 pub(super) async fn flush<I: AsyncRead + AsyncWrite + Unpin>(
     conn: &Rc<RefCell<Conn<I>>>,
     out: &mut Vec<u8>,
+    stall: Duration,
 ) -> io::Result<()> {
     if !out.is_empty() {
-        write_all(conn, out).await?;
+        write_all(conn, out, stall).await?;
         out.clear();
     }
-    std::future::poll_fn(|cx| Pin::new(&mut conn.borrow_mut().io).poll_flush(cx)).await
+    let mut timer = None;
+    std::future::poll_fn(|cx| {
+        let flushed = Pin::new(&mut conn.borrow_mut().io).poll_flush(cx);
+        stalled(flushed, &mut timer, stall, cx)
+    })
+    .await
 }
 
 async fn write_all<I: AsyncRead + AsyncWrite + Unpin>(
     conn: &Rc<RefCell<Conn<I>>>,
     mut data: &[u8],
+    stall: Duration,
 ) -> io::Result<()> {
     while !data.is_empty() {
-        let n = std::future::poll_fn(|cx| Pin::new(&mut conn.borrow_mut().io).poll_write(cx, data))
-            .await?;
+        // A fresh timer per write: the limit is on a stall, not on the whole response.
+        let mut timer = None;
+        let n = std::future::poll_fn(|cx| {
+            let written = Pin::new(&mut conn.borrow_mut().io).poll_write(cx, data);
+            stalled(written, &mut timer, stall, cx)
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         data = &data[n..];
     }
     Ok(())
+}
+
+/// Passes a ready result through; while pending, fails once the client has not taken a
+/// byte for `stall` (the timer is only armed when a write has to wait).
+fn stalled<T>(
+    result: Poll<io::Result<T>>,
+    timer: &mut Option<Deadline>,
+    stall: Duration,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<T>> {
+    if result.is_ready() {
+        return result;
+    }
+    let deadline = timer.get_or_insert_with(|| Deadline::at(coarse_now() + stall));
+    match deadline.poll_elapsed(cx) {
+        Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client stopped reading the response",
+        ))),
+        Poll::Pending => Poll::Pending,
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +358,7 @@ mod tests {
             version,
             head,
             keep_alive: true,
+            send_timeout: Duration::from_secs(60),
         }
     }
 
