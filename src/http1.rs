@@ -17,6 +17,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Largest trailer section accepted after the last chunk.
 const MAX_TRAILER_BYTES: usize = 64 * 1024;
 
+/// Read buffer growth step.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+/// Below this much free space, a read buffer grows before the next read.
+const MIN_READ_SPACE: usize = 2 * 1024;
+
+/// Makes room in `buf` for the next read. The space left after earlier messages (whose
+/// bytes may still be shared with header values) is used up first: reserving a whole
+/// [`READ_CHUNK`] before every read would allocate a new buffer for nearly every message.
+pub fn make_read_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ_SPACE {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
 /// Appends `data` as one chunk of the chunked transfer coding.
 pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     use std::io::Write;

@@ -24,7 +24,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::pool::{PoolHandle, UpstreamStream};
-use crate::http1::{decode, keep_alive, push_chunk, ChunkState, Decoded, Framing};
+use crate::http1::{decode, keep_alive, push_chunk, ChunkState, Decoded, Framing, READ_CHUNK};
 use crate::proxy::body::{BoxError, UpstreamRequestBody};
 use crate::proxy::error::{Kind, ProxyError, Source};
 
@@ -32,8 +32,6 @@ use crate::proxy::error::{Kind, ProxyError, Source};
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Headers parsed per response (more is an error, as in hyper's default of 100).
 const MAX_HEADERS: usize = 128;
-/// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
 /// Request bodies up to this size are copied after the head and sent in one write.
 const COALESCE_BODY_BYTES: usize = 16 * 1024;
 
@@ -250,7 +248,7 @@ impl H1Conn {
                     Err(msg) => return Err(HeadError::new(&msg, false)),
                 }
             }
-            self.buf.reserve(READ_CHUNK);
+            crate::http1::make_read_room(&mut self.buf);
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) => {
                     return Err(HeadError::new(
@@ -481,7 +479,7 @@ impl Body for H1Body {
                 }
                 Ok(Decoded::NeedMore) => {}
             }
-            conn.buf.reserve(READ_CHUNK);
+            crate::http1::make_read_room(&mut conn.buf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return this.broken(&format!("upstream read failed: {e}")),

@@ -23,9 +23,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::http1::{decode, Decoded, Framing};
 use crate::proxy::body::BoxError;
 
-/// Read buffer growth step.
-pub(super) const READ_CHUNK: usize = 16 * 1024;
-
 /// The interim response that asks a client waiting on `Expect: 100-continue` for its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -171,7 +168,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> BodySource for Conn<I> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            self.buf.reserve(READ_CHUNK);
+            crate::http1::make_read_room(&mut self.buf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {

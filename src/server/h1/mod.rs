@@ -39,11 +39,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use self::body::RequestBody;
 pub use self::upgrade::{ClientIo, OnUpgrade, Upgraded};
 
-use self::body::{Conn, Expect, READ_CHUNK};
+use self::body::{Conn, Expect};
 use self::response::{Ask, Written};
 use super::conn::ConnPhase;
 use super::worker::{DrainSlot, Worker};
-use crate::http1::Framing;
+use crate::http1::{Framing, READ_CHUNK};
 use crate::proxy::body::{ClientStream, ResponseBody, ResponseSource};
 use crate::proxy::error::{error_response, Kind, ProxyError};
 use crate::proxy::ConnInfo;
@@ -223,7 +223,7 @@ where
             if c.buf.is_empty() && drain.is_draining() {
                 return Poll::Ready(Next::Closed);
             }
-            c.buf.reserve(READ_CHUNK);
+            crate::http1::make_read_room(&mut c.buf);
             let c = &mut *c;
             match tokio_util::io::poll_read_buf(Pin::new(&mut c.io), cx, &mut c.buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
