@@ -15,7 +15,7 @@ pub mod router;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
@@ -447,7 +447,8 @@ impl BodyObserver for LogObserver {
 }
 
 fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome, grpc_status: Option<u16>) {
-    let took = ctx.started.elapsed();
+    let now = Instant::now();
+    let took = now.saturating_duration_since(ctx.started);
     let snapshot = &ctx.snapshot;
     let chain = chain_of(snapshot, ctx.route);
     if chain.has(Phase::Log) {
@@ -485,8 +486,9 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome, grpc_status: Option<u16>) {
     }
     if snapshot.access_log.enabled() {
         snapshot.access_log.write(&AccessRecord {
-            // Wall-clock start, derived here so requests without a log pay no clock read.
-            time: SystemTime::now() - took,
+            // Wall-clock start, derived from the monotonic reading above: no second clock
+            // read (a system call on some virtual machines).
+            time: crate::server::clock::wall_at(now) - took,
             request_id: ctx.request_id_str(),
             client: ctx.client_addr,
             method: ctx.head.method.as_str(),

@@ -20,6 +20,9 @@ const DATE_LEN: usize = 29;
 
 thread_local! {
     static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// A wall-clock reading and the monotonic instant it was taken at, refreshed by the
+    /// ticker: wall times are derived from monotonic readings without another clock read.
+    static WALL: Cell<Option<(std::time::SystemTime, std::time::Instant)>> = const { Cell::new(None) };
     /// The Unix second and its IMF-fixdate, refreshed by the ticker.
     static DATE: RefCell<Option<(u64, [u8; DATE_LEN])>> = const { RefCell::new(None) };
 }
@@ -54,13 +57,28 @@ fn refresh_date() {
     });
 }
 
+/// The wall-clock time at monotonic instant `at` (within a clock tick's drift of a real
+/// reading on worker threads; a real reading elsewhere).
+pub fn wall_at(at: std::time::Instant) -> std::time::SystemTime {
+    match WALL.with(Cell::get) {
+        Some((wall, base)) if at >= base => wall + (at - base),
+        Some((wall, base)) => wall - (base - at),
+        None => std::time::SystemTime::now(),
+    }
+}
+
+/// Whether this thread runs a ticker (a worker thread).
+pub fn ticking() -> bool {
+    NOW.with(|c| c.get().is_some())
+}
+
 /// The current time, at most [`TICK`] old on worker threads (exact elsewhere).
 pub fn coarse_now() -> Instant {
     NOW.with(|c| c.get()).unwrap_or_else(Instant::now)
 }
 
-/// Keeps this thread's coarse clock fresh and fires its due deadlines
-/// ([`super::deadline`]); runs for the life of the worker.
+/// Keeps this thread's coarse clock fresh, fires its due deadlines ([`super::deadline`])
+/// and writes its queued access-log lines; runs for the life of the worker.
 pub async fn run_ticker() {
     let _sweeping = super::deadline::SweepGuard::new();
     let _ticking = Ticking;
@@ -72,8 +90,10 @@ pub async fn run_ticker() {
         let _ = now;
         let now = Instant::now();
         NOW.with(|c| c.set(Some(now)));
+        WALL.with(|c| c.set(Some((std::time::SystemTime::now(), now.into_std()))));
         refresh_date();
         super::deadline::sweep(now);
+        crate::telemetry::flush_access_log();
     }
 }
 
@@ -84,7 +104,10 @@ struct Ticking;
 impl Drop for Ticking {
     fn drop(&mut self) {
         let _ = NOW.try_with(|c| c.set(None));
+        let _ = WALL.try_with(|c| c.set(None));
         let _ = DATE.try_with(|d| d.borrow_mut().take());
+        // Lines queued for the next tick go out now; later ones are written at once.
+        crate::telemetry::flush_access_log();
     }
 }
 
@@ -111,5 +134,18 @@ mod tests {
             httpdate::parse_http_date(&text[DATE_LEN..]).is_ok(),
             "{text}"
         );
+    }
+
+    #[test]
+    fn derives_wall_times_from_monotonic_readings() {
+        let base = std::time::Instant::now();
+        let wall = std::time::SystemTime::now();
+        WALL.with(|c| c.set(Some((wall, base))));
+        let later = base + Duration::from_millis(1500);
+        assert_eq!(wall_at(later), wall + Duration::from_millis(1500));
+        let earlier = base.checked_sub(Duration::from_millis(10)).unwrap_or(base);
+        assert_eq!(wall_at(earlier), wall - (base - earlier));
+        WALL.with(|c| c.set(None));
+        assert!(wall_at(std::time::Instant::now()) >= wall);
     }
 }

@@ -3,16 +3,17 @@
 //! the per-route and per-upstream entries they need, so the hot path only does relaxed
 //! atomic adds. [`Metrics::render`] writes the Prometheus text format.
 //!
-//! The access log writes one JSON line per request with a single `write` call on an
-//! `O_APPEND` file descriptor, so lines from different workers never interleave.
+//! The access log is in [`access_log`].
+
+mod access_log;
+
+pub use self::access_log::{flush_access_log, httpdate_rfc3339, AccessLog, AccessRecord};
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// Upper bounds (seconds) of the request-duration histogram buckets.
 pub const DURATION_BUCKETS: [f64; 12] = [
@@ -266,206 +267,9 @@ fn escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Where access-log lines go.
-#[derive(Debug)]
-pub enum AccessLog {
-    /// No access log.
-    Off,
-    /// A file descriptor opened for appending (a file, or a duplicate of stdout/stderr).
-    File(File),
-    /// A log file that does not exist yet: created on the first line, so validating a
-    /// configuration (`sluicegate check`) never creates files.
-    Deferred {
-        /// Where the file goes.
-        path: std::path::PathBuf,
-        /// The file once opened (`None` if creating it failed; that is logged once).
-        file: std::sync::OnceLock<Option<File>>,
-    },
-}
-
-/// One access-log record.
-pub struct AccessRecord<'a> {
-    /// When the request head arrived.
-    pub time: SystemTime,
-    /// Request id.
-    pub request_id: &'a str,
-    /// Client address.
-    pub client: std::net::SocketAddr,
-    /// Method.
-    pub method: &'a str,
-    /// Path as received.
-    pub path: &'a str,
-    /// Matched route.
-    pub route: &'a str,
-    /// Upstream target.
-    pub upstream: Option<&'a str>,
-    /// Status sent.
-    pub status: u16,
-    /// Request body bytes.
-    pub bytes_in: u64,
-    /// Response body bytes.
-    pub bytes_out: u64,
-    /// Total duration.
-    pub duration: Duration,
-    /// Time to the upstream's response head.
-    pub upstream_duration: Option<Duration>,
-    /// Whether the response body was cut short.
-    pub aborted: bool,
-    /// For gRPC calls, the `grpc-status` the call ended with (written only when known).
-    pub grpc_status: Option<u16>,
-}
-
-impl AccessLog {
-    /// Opens the log for `target` (`stdout`, `stderr`, `file`, `off`).
-    pub fn open(target: &str, path: Option<&str>) -> std::io::Result<AccessLog> {
-        use std::os::fd::AsFd;
-        Ok(match target {
-            "off" => AccessLog::Off,
-            "stdout" => {
-                AccessLog::File(File::from(std::io::stdout().as_fd().try_clone_to_owned()?))
-            }
-            "stderr" => {
-                AccessLog::File(File::from(std::io::stderr().as_fd().try_clone_to_owned()?))
-            }
-            _ => {
-                let path = std::path::PathBuf::from(path.unwrap_or("access.log"));
-                if path.exists() {
-                    AccessLog::File(std::fs::OpenOptions::new().append(true).open(&path)?)
-                } else {
-                    let dir = path
-                        .parent()
-                        .filter(|d| !d.as_os_str().is_empty())
-                        .unwrap_or(std::path::Path::new("."));
-                    if !dir.is_dir() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::NotFound,
-                            format!("directory `{}` does not exist", dir.display()),
-                        ));
-                    }
-                    AccessLog::Deferred {
-                        path,
-                        file: std::sync::OnceLock::new(),
-                    }
-                }
-            }
-        })
-    }
-
-    /// Whether lines are written at all.
-    pub fn enabled(&self) -> bool {
-        !matches!(self, AccessLog::Off)
-    }
-
-    fn file(&self) -> Option<&File> {
-        match self {
-            AccessLog::Off => None,
-            AccessLog::File(f) => Some(f),
-            AccessLog::Deferred { path, file } => file
-                .get_or_init(|| {
-                    let opened = std::fs::OpenOptions::new().create(true).append(true).open(path);
-                    match opened {
-                        Ok(f) => Some(f),
-                        Err(e) => {
-                            tracing::error!(path = %path.display(), error = %e, "Cannot create the access log; access lines are dropped.");
-                            None
-                        }
-                    }
-                })
-                .as_ref(),
-        }
-    }
-
-    /// Writes one line for `rec`.
-    pub fn write(&self, rec: &AccessRecord<'_>) {
-        let Some(file) = self.file() else { return };
-        let time = httpdate_rfc3339(rec.time);
-        let mut line = serde_json::json!({
-            "time": time,
-            "request_id": rec.request_id,
-            "client": rec.client.to_string(),
-            "method": rec.method,
-            "path": rec.path,
-            "route": rec.route,
-            "upstream": rec.upstream,
-            "status": rec.status,
-            "bytes_in": rec.bytes_in,
-            "bytes_out": rec.bytes_out,
-            "duration_ms": rec.duration.as_secs_f64() * 1000.0,
-            "upstream_duration_ms": rec.upstream_duration.map(|d| d.as_secs_f64() * 1000.0),
-            "aborted": rec.aborted,
-        });
-        if let Some(status) = rec.grpc_status {
-            line["grpc_status"] = status.into();
-        }
-        let mut buf = line.to_string().into_bytes();
-        buf.push(b'\n');
-        let _ = (&*file).write_all(&buf);
-    }
-}
-
-/// RFC 3339 UTC time with milliseconds, without pulling in a date crate.
-pub fn httpdate_rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
-        d.subsec_millis()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn opening_a_new_log_file_creates_it_only_on_the_first_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
-        let log = AccessLog::open("file", path.to_str()).unwrap();
-        assert!(!path.exists(), "validating a config must not create files");
-        log.write(&AccessRecord {
-            time: SystemTime::UNIX_EPOCH,
-            request_id: "id-1",
-            client: "127.0.0.1:1".parse().unwrap(),
-            method: "GET",
-            path: "/",
-            route: "r",
-            upstream: None,
-            status: 200,
-            bytes_in: 0,
-            bytes_out: 2,
-            duration: Duration::from_millis(1),
-            upstream_duration: None,
-            aborted: false,
-            grpc_status: None,
-        });
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("\"request_id\":\"id-1\""), "{text}");
-        assert!(
-            !text.contains("grpc_status"),
-            "only gRPC calls have it: {text}"
-        );
-        let missing = dir.path().join("nope").join("access.log");
-        assert!(AccessLog::open("file", missing.to_str()).is_err());
-    }
-
-    #[test]
-    fn formats_rfc3339_dates() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        assert_eq!(httpdate_rfc3339(t), "2023-11-14T22:13:20.123Z");
-    }
 
     #[test]
     fn renders_requests_by_route_and_status() {
