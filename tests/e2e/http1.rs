@@ -226,3 +226,54 @@ async fn gives_up_on_a_client_that_stops_reading_its_response() {
     // The gateway goes on serving.
     assert_eq!(gw.get("/").await.status, 200);
 }
+
+#[tokio::test]
+async fn survives_mangled_requests_and_goes_on_serving() {
+    let up = Upstream::echo();
+    let gw = Config::proxy_to(up.addr())
+        .listener("client_header_timeout_ms: 200")
+        .listener("client_body_timeout_ms: 200")
+        .start();
+    let valid: [&[u8]; 3] = [
+        b"GET /a?b=c HTTP/1.1\r\nHost: x\r\nX-Long: yyyyyyyyyyyy\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET / HTTP/1.1\r\n\r\n",
+        b"PUT /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ];
+    // A deterministic spread of damage: flipped bytes, cuts and duplicated pieces.
+    let mut state = 0x9e37_79b9_u32;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state as usize
+    };
+    let mut clients = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let mut bytes = valid[i % valid.len()].to_vec();
+        for _ in 0..(next() % 4 + 1) {
+            let at = next() % bytes.len();
+            match next() % 3 {
+                0 => bytes[at] = next() as u8,
+                1 => bytes.truncate(at.max(1)),
+                _ => {
+                    let piece = bytes[at..].to_vec();
+                    bytes.extend_from_slice(&piece);
+                }
+            }
+        }
+        let addr = gw.addr;
+        clients.spawn(async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.write(&bytes).await;
+            // Either an answer (any status) or a close: never a hang past the timeouts.
+            raw.read_to_end().await.starts_with(b"HTTP/1.1 ")
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = clients.join_next().await {
+        answered += usize::from(done.unwrap());
+    }
+    assert!(answered > 100, "only {answered} of 300 got an answer");
+    let reply = gw.get("/still-here").await;
+    assert_eq!(reply.status, 200);
+}
