@@ -193,6 +193,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut sniffing = first && limits.h2c;
+    // Where the buffer ended at the last parse attempt: a head that arrives in small pieces
+    // is parsed again only once a blank line or another few KiB arrived, not per piece
+    // (parsing starts over each time, so per piece would be quadratic in the head size).
+    let mut tried_at: Option<usize> = None;
     std::future::poll_fn(|cx| {
         let mut c = conn.borrow_mut();
         loop {
@@ -204,7 +208,8 @@ where
                     return Poll::Ready(Next::Http2);
                 }
             }
-            if !sniffing && !c.buf.is_empty() {
+            if !sniffing && !c.buf.is_empty() && worth_parsing(&c.buf, tried_at) {
+                tried_at = Some(c.buf.len());
                 match request::parse(&mut c.buf) {
                     Ok(Some(head)) => return Poll::Ready(Next::Head(head)),
                     Err(e) => return Poll::Ready(Next::Invalid(e)),
@@ -238,6 +243,17 @@ where
         }
     })
     .await
+}
+
+/// Whether `buf` may now hold a complete head: the first bytes (so garbage is refused at
+/// once), a blank line among the bytes since the last attempt, or 4 KiB more of them.
+fn worth_parsing(buf: &[u8], tried_at: Option<usize>) -> bool {
+    let Some(at) = tried_at else { return true };
+    if buf.len() >= at + 4096 {
+        return true;
+    }
+    let fresh = &buf[at.saturating_sub(2).min(buf.len())..];
+    fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n")
 }
 
 /// Answers a request that never reached the driver, then closes.
@@ -353,5 +369,29 @@ fn into_http2<I>(conn: Rc<RefCell<Conn<I>>>) -> Served<I> {
             Served::Http2(c.io, c.buf.freeze())
         }
         Err(_) => Served::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_again_only_after_a_blank_line_or_a_few_kib() {
+        assert!(
+            worth_parsing(b"G", None),
+            "the first bytes are always parsed"
+        );
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n";
+        assert!(!worth_parsing(head, Some(head.len() - 3)));
+        let done = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(
+            worth_parsing(done, Some(done.len() - 1)),
+            "blank line split over reads"
+        );
+        assert!(worth_parsing(b"GET /\n\n", Some(6)), "bare line feeds");
+        let long = vec![b'a'; 5000];
+        assert!(worth_parsing(&long, Some(100)));
+        assert!(!worth_parsing(&long, Some(4000)));
     }
 }
