@@ -370,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_by_declared_length_then_known_size_then_chunked_or_close() {
+    fn frames_by_the_declared_length_then_by_the_known_size() {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
         let w = wire(
@@ -391,8 +391,19 @@ mod tests {
         assert_eq!(w, Wire::Length(4));
         assert_eq!(h[header::CONTENT_LENGTH], "4");
 
-        let streamed = ResponseBody::new(ResponseSource::Full(None), None);
-        let _ = streamed; // A full body always knows its size; streams are covered end to end.
+        // An unparsable declared length is dropped and replaced by the known size.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("x"));
+        let w = wire(
+            StatusCode::OK,
+            &ask(Version::HTTP_10, false),
+            &mut h,
+            &full("ab"),
+        );
+        assert_eq!(w, Wire::Length(2));
+        assert_eq!(h[header::CONTENT_LENGTH], "2");
+        // Bodies of unknown length (chunked, or close-delimited for HTTP/1.0) are covered
+        // end to end in tests/e2e/http1.rs.
     }
 
     #[test]
