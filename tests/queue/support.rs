@@ -288,7 +288,12 @@ pub fn queued(upstream: SocketAddr, queue_extra: &str) -> String {
         extra.push('\n');
     }
     if !queue_extra.contains("retry:") {
-        extra.push_str("      retry: {initial_backoff_ms: 20, max_backoff_ms: 200}\n");
+        // Fast retries, and enough of them: with the default 15 attempts, a message whose
+        // jittered delays came out short could be dead-lettered within the 1-2 s an
+        // upstream is kept down by the tests, which made them fail now and then.
+        extra.push_str(
+            "      retry: {initial_backoff_ms: 20, max_backoff_ms: 200, max_attempts: 1000}\n",
+        );
     }
     format!(
         "upstreams:\n  - name: app\n    targets: [\"{upstream}\"]\n    connect_timeout_ms: 500\n    read_timeout_ms: 5000\nroutes:\n  - name: wal\n    match: {{paths: /wal/}}\n    upstream: app\n    rewrite: {{strip_prefix: /wal}}\n    queue:\n      name: wal\n{extra}"
