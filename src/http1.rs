@@ -62,6 +62,30 @@ pub fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
+/// Whether the last transfer coding named in `Transfer-Encoding` is `chunked` (RFC 9112
+/// §6.3: only then is the body chunked-framed).
+pub fn chunked_is_last(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|t| !t.is_empty())
+        .is_some_and(|last| last.eq_ignore_ascii_case("chunked"))
+}
+
+/// A `Content-Length` value: digits only (no sign, no spaces inside), at most 18 of them.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
 /// Where a chunked body's decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkState {

@@ -105,7 +105,7 @@ impl ConnState {
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4). Until all of it has arrived, an h2c
 /// connection is still "in its head": hyper's HTTP/2 keep-alive only starts after it.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A client stream with the idle and header timeouts.
 pub struct ConnIo<T> {

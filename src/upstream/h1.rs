@@ -389,14 +389,7 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     {
         return Ok(Framing::Length(0));
     }
-    let te_chunked = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .next_back()
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-    if te_chunked {
+    if crate::http1::chunked_is_last(headers) {
         return Ok(Framing::Chunked(ChunkState::Size));
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
@@ -406,10 +399,7 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<F
     match lengths.next() {
         None => Ok(Framing::Close),
         Some(v) => {
-            let n: u64 = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
+            let n = crate::http1::parse_length(v.as_bytes())
                 .ok_or_else(|| "the upstream sent an invalid Content-Length".to_string())?;
             if lengths.any(|other| other != v) {
                 return Err("the upstream sent conflicting Content-Length headers".into());
@@ -554,6 +544,10 @@ mod tests {
             Method::GET
         )
         .is_err());
+        assert!(
+            head("HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", Method::GET).is_err(),
+            "a signed length is not a length"
+        );
         assert!(head("HTTP/1.1 200 OK\r\ncontent", Method::GET)
             .unwrap()
             .is_none());

@@ -41,15 +41,12 @@ pub use self::upgrade::{ClientIo, OnUpgrade, Upgraded};
 
 use self::body::{Conn, Expect};
 use self::response::{Ask, Written};
-use super::conn::ConnPhase;
+use super::conn::{ConnPhase, H2_PREFACE};
 use super::worker::{DrainSlot, Worker};
 use crate::http1::{Framing, READ_CHUNK};
 use crate::proxy::body::{ClientStream, ResponseBody, ResponseSource};
 use crate::proxy::error::{error_response, Kind, ProxyError};
 use crate::proxy::ConnInfo;
-
-/// The HTTP/2 connection preface (RFC 9113 §3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long a closing connection keeps reading (and dropping) an upload it will not use.
 const LINGER: Duration = Duration::from_secs(2);

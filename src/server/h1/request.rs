@@ -121,15 +121,7 @@ fn framing(version: Version, headers: &mut HeaderMap) -> Result<(Framing, bool),
                 "Transfer-Encoding is not allowed in an HTTP/1.0 request",
             ));
         }
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|t| !t.is_empty())
-            .is_some_and(|last| last.eq_ignore_ascii_case("chunked"));
-        if !chunked_last {
+        if !crate::http1::chunked_is_last(headers) {
             return Err(bad(
                 "the request's Transfer-Encoding does not end with chunked",
             ));
@@ -139,7 +131,8 @@ fn framing(version: Version, headers: &mut HeaderMap) -> Result<(Framing, bool),
     }
     let mut length: Option<u64> = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        let n = parse_length(v.as_bytes()).ok_or_else(|| bad("malformed Content-Length"))?;
+        let n = crate::http1::parse_length(v.as_bytes())
+            .ok_or_else(|| bad("malformed Content-Length"))?;
         if length.is_some_and(|l| l != n) {
             return Err(bad("conflicting Content-Length values"));
         }
@@ -152,17 +145,6 @@ fn framing(version: Version, headers: &mut HeaderMap) -> Result<(Framing, bool),
         },
         false,
     ))
-}
-
-/// A `Content-Length` value: digits only (no sign, no spaces inside), at most 18 of them.
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
 }
 
 #[cfg(test)]

@@ -81,7 +81,8 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
     let keep_alive = ask.keep_alive
         && wire != Wire::Close
         && status != StatusCode::SWITCHING_PROTOCOLS
-        && !asks_close(&head.headers);
+        // A response that says `Connection: close` (set by a plugin or script) closes.
+        && crate::http1::keep_alive(Version::HTTP_11, &head.headers);
     encode_head(
         out,
         status,
@@ -114,11 +115,9 @@ fn wire(status: StatusCode, ask: &Ask, headers: &mut HeaderMap, body: &ResponseB
         headers.remove(header::CONTENT_LENGTH);
         return Wire::None;
     }
-    let declared = headers.get(header::CONTENT_LENGTH).map(|v| {
-        std::str::from_utf8(v.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-    });
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| crate::http1::parse_length(v.as_bytes()));
     if ask.head || status == StatusCode::NOT_MODIFIED {
         // The headers describe the body a GET would have had: keep a declared length, and
         // state the length of a body the gateway made itself.
@@ -145,16 +144,6 @@ fn wire(status: StatusCode, ask: &Ask, headers: &mut HeaderMap, body: &ResponseB
     } else {
         Wire::Close
     }
-}
-
-/// Whether the response itself says `Connection: close` (set by a plugin or script).
-fn asks_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 fn encode_head(
@@ -482,7 +471,10 @@ mod tests {
     fn a_plugin_asking_to_close_closes() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Close"));
-        assert!(asks_close(&h));
-        assert!(!asks_close(&HeaderMap::new()));
+        assert!(!crate::http1::keep_alive(Version::HTTP_11, &h));
+        assert!(crate::http1::keep_alive(
+            Version::HTTP_11,
+            &HeaderMap::new()
+        ));
     }
 }
