@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 
 use super::context::Traffic;
 use super::error::{Kind, ProxyError};
+use crate::http1::raw::RawHeaders;
 use crate::server::clock::coarse_now;
 use crate::server::deadline::Deadline;
 use crate::upstream::pool::UpstreamBody;
@@ -395,6 +396,9 @@ pub struct ResponseBody {
     trailers: Option<Box<http::HeaderMap>>,
     /// A gRPC call: a failure mid-body ends the stream with a gRPC status in trailers.
     grpc: bool,
+    /// The upstream's header lines, to be written before the head's own headers (an
+    /// HTTP/1.1 client, nothing reading or changing them; see [`RawHeaders`]).
+    raw_headers: Option<RawHeaders>,
 }
 
 impl ResponseBody {
@@ -408,7 +412,19 @@ impl ResponseBody {
             eof_sent: false,
             trailers: None,
             grpc: false,
+            raw_headers: None,
         }
+    }
+
+    /// Passes the upstream's header lines `raw` to the client with this body.
+    pub fn with_raw_headers(mut self, raw: Option<RawHeaders>) -> Self {
+        self.raw_headers = raw;
+        self
+    }
+
+    /// The header lines given by [`ResponseBody::with_raw_headers`] (once).
+    pub fn take_raw_headers(&mut self) -> Option<RawHeaders> {
+        self.raw_headers.take()
     }
 
     /// Marks the body as a gRPC call's (see [`ResponseBody::fail`]).

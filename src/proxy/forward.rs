@@ -734,7 +734,7 @@ fn tunnel(
     match body {
         UpstreamBody::H1(mut h1) => {
             if let Some(conn) = h1.take_upgraded() {
-                let (io, leftover) = conn.into_upgraded();
+                let (io, leftover) = (*conn).into_upgraded();
                 let upstream = crate::http1::Rewind::new(io, leftover);
                 // Counted like a connection, so a drain waits for it (up to the timeout).
                 let active = ctx.worker.tracker.enter();

@@ -28,6 +28,7 @@ use self::body::{
 use self::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
 use self::error::{error_response, Kind, ProxyError};
 use self::forward::X_REQUEST_ID;
+use crate::http1::raw::RawHeaders;
 use crate::plugins::{Flow, LocalResponse, Phase};
 use crate::server::conn::ConnPhase;
 use crate::server::worker::Worker;
@@ -281,10 +282,12 @@ fn respond(
     snapshot: &Arc<Snapshot>,
     answer: Result<Answer, ProxyError>,
 ) -> Response<ResponseBody> {
+    let mut raw = None;
     let (mut head, source) = match answer {
         Ok(Answer::Local(r)) => local_parts(r),
         Ok(Answer::Upstream(fwd, read_timeout)) => {
-            let (head, body) = fwd.response.into_parts();
+            let (head, mut body) = fwd.response.into_parts();
+            raw = body.take_raw_headers();
             (
                 head,
                 ResponseSource::Upstream(UpstreamResponseBody::new(body, read_timeout)),
@@ -292,20 +295,42 @@ fn respond(
         }
         Err(e) => error_parts(&ctx, &e),
     };
+    let chain = chain_of(snapshot, ctx.route);
+    // An HTTP/1.1 upstream's header lines go to an HTTP/1.1 client as they came when
+    // nothing reads or changes them; otherwise they become the head's header map.
+    if let Some(r) = raw.take_if(|r| !passes_raw(&ctx, chain, r)) {
+        match r.to_map() {
+            Ok(map) => head.headers = map,
+            Err(msg) => {
+                let (h, s) = error_parts(&ctx, &ProxyError::upstream(Kind::UpstreamProtocol, msg));
+                drop(source);
+                return finish(ctx, snapshot, h, s, None);
+            }
+        }
+    }
     if !ctx.response_headers.is_empty() {
         context::replace_headers(std::mem::take(&mut ctx.response_headers), &mut head.headers);
     }
-    let chain = chain_of(snapshot, ctx.route);
     if chain.has(Phase::HeaderFilter) {
         if let Err(e) = header_filter(&mut ctx, chain, &mut head) {
             // The upstream body (if any) is dropped: its connection closes, not reused.
             let (h, s) = error_parts(&ctx, &e);
             head = h;
             drop(source);
-            return finish(ctx, snapshot, head, s);
+            return finish(ctx, snapshot, head, s, None);
         }
     }
-    finish(ctx, snapshot, head, source)
+    finish(ctx, snapshot, head, source, raw)
+}
+
+/// Whether an upstream's header block may go to the client without a header map: the
+/// client speaks HTTP/1.x, and no filter, script or earlier phase touches the headers.
+fn passes_raw(ctx: &RequestCtx, chain: &Chain, raw: &RawHeaders) -> bool {
+    raw.passthrough()
+        && ctx.head.version != http::Version::HTTP_2
+        && ctx.response_headers.is_empty()
+        && !chain.has(Phase::HeaderFilter)
+        && !chain.has(Phase::BodyFilter)
 }
 
 fn finish(
@@ -313,6 +338,7 @@ fn finish(
     snapshot: &Arc<Snapshot>,
     mut head: ResponseHead,
     source: ResponseSource,
+    raw: Option<RawHeaders>,
 ) -> Response<ResponseBody> {
     head.headers
         .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -354,7 +380,9 @@ fn finish(
     };
     Response::from_parts(
         head,
-        ResponseBody::new(source, Some(Box::new(observer))).grpc(grpc),
+        ResponseBody::new(source, Some(Box::new(observer)))
+            .grpc(grpc)
+            .with_raw_headers(raw),
     )
 }
 

@@ -18,13 +18,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use super::pool::{PoolHandle, UpstreamStream};
-use crate::http1::{decode, keep_alive, push_chunk, ChunkState, Decoded, Framing, READ_CHUNK};
+use crate::http1::raw::{RawBuilder, RawHeaders};
+use crate::http1::{decode, push_chunk, Decoded, Framing, READ_CHUNK};
 use crate::proxy::body::{BoxError, UpstreamRequestBody};
 use crate::proxy::error::{Kind, ProxyError, Source};
 
@@ -82,7 +83,7 @@ impl H1Conn {
     /// Sends `req` and reads the response head. The body is read through the returned
     /// response's [`H1Body`], which gives the connection back to `pool` when it is done.
     pub async fn send(
-        mut self,
+        mut self: Box<Self>,
         req: Request<UpstreamRequestBody>,
         pool: PoolHandle,
     ) -> Result<Response<H1Body>, SendFailure> {
@@ -109,7 +110,7 @@ impl H1Conn {
         }
         match self.read_head(&method).await {
             Ok((head, framing)) => {
-                let keep_alive = framing.reusable() && keep_alive(head.version, &head.headers);
+                let keep_alive = framing.reusable() && head.keep_alive;
                 Ok(self.into_response(head, framing, keep_alive, pool))
             }
             Err(HeadError {
@@ -129,7 +130,7 @@ impl H1Conn {
 
     /// The response whose body this connection goes on to read.
     fn into_response(
-        self,
+        self: Box<Self>,
         head: RawHead,
         framing: Framing,
         keep_alive: bool,
@@ -140,10 +141,10 @@ impl H1Conn {
             framing,
             keep_alive,
             pool: Some(pool),
+            headers: Some(head.headers),
         });
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
         resp
     }
 
@@ -333,11 +334,12 @@ fn encode_head(out: &mut Vec<u8>, req: &Request<UpstreamRequestBody>) -> bool {
 struct RawHead {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    headers: RawHeaders,
+    keep_alive: bool,
 }
 
 /// Parses a complete response head from the front of `buf` (consuming it), or `None` when
-/// more bytes are needed.
+/// more bytes are needed. The header block stays raw (see [`RawHeaders`]).
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(RawHead, Framing)>, String> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
@@ -348,76 +350,43 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(RawHead, Fr
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| "the upstream sent an invalid status code".to_string())?;
-    let version = if resp.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    // Header values will share the head's buffer: note where each one lies, then split.
-    let base = buf.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(resp.headers.len());
+    let http10 = resp.version == Some(0);
+    let mut fields = RawBuilder::new(buf, resp.headers.len());
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("the upstream sent an invalid header name `{}`", h.name))?;
-        let start = h.value.as_ptr() as usize - base;
-        fields.push((name, start, start + h.value.len()));
+        fields.field(h.name.as_bytes(), h.value)?;
     }
-    let head_bytes = buf.split_to(len).freeze();
-    // Room for the few headers the gateway adds to a response (X-Request-Id, filters).
-    let mut headers = HeaderMap::with_capacity(fields.len() + 4);
-    for (name, start, end) in fields {
-        let value = HeaderValue::from_maybe_shared(head_bytes.slice(start..end))
-            .map_err(|_| format!("the upstream sent an invalid value for `{name}`"))?;
-        headers.append(name, value);
-    }
-    let framing = framing(method, status, &headers)?;
+    let parsed = fields.finish(buf.split_to(len).freeze(), method, status, http10);
     Ok(Some((
         RawHead {
             status,
-            version,
-            headers,
+            version: if http10 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            },
+            headers: parsed.headers,
+            keep_alive: parsed.keep_alive,
         },
-        framing,
+        parsed.framing,
     )))
 }
 
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Framing, String> {
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Length(0));
-    }
-    if crate::http1::chunked_is_last(headers) {
-        return Ok(Framing::Chunked(ChunkState::Size));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return Ok(Framing::Close);
-    }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    match lengths.next() {
-        None => Ok(Framing::Close),
-        Some(v) => {
-            let n = crate::http1::parse_length(v.as_bytes())
-                .ok_or_else(|| "the upstream sent an invalid Content-Length".to_string())?;
-            if lengths.any(|other| other != v) {
-                return Err("the upstream sent conflicting Content-Length headers".into());
-            }
-            Ok(Framing::Length(n))
-        }
-    }
-}
-
-/// A response body read straight from the upstream connection.
+/// A response body read straight from the upstream connection. It carries the response's
+/// header block until the proxy takes it: the response's own header map stays empty.
 pub struct H1Body {
-    conn: Option<H1Conn>,
+    conn: Option<Box<H1Conn>>,
     framing: Framing,
     keep_alive: bool,
     pool: Option<PoolHandle>,
+    headers: Option<RawHeaders>,
 }
 
 impl H1Body {
+    /// The response's header block (once).
+    pub fn take_headers(&mut self) -> Option<RawHeaders> {
+        self.headers.take()
+    }
+
     fn finish(&mut self) {
         self.framing = Framing::Done;
         if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
@@ -434,7 +403,7 @@ impl H1Body {
     }
 
     /// Takes the connection after a `101 Switching Protocols`.
-    pub fn take_upgraded(&mut self) -> Option<H1Conn> {
+    pub fn take_upgraded(&mut self) -> Option<Box<H1Conn>> {
         self.pool = None;
         self.conn.take()
     }
@@ -512,6 +481,7 @@ impl Drop for H1Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http1::ChunkState;
 
     fn head(text: &str, method: Method) -> Result<Option<(RawHead, Framing)>, String> {
         let mut buf = BytesMut::from(text.as_bytes());

@@ -34,12 +34,13 @@ use crate::server::clock::coarse_now;
 use crate::server::LocalExec;
 
 enum Sender {
-    H1(H1Conn),
+    /// Boxed once per connection, so that requests move a pointer, not the connection.
+    H1(Box<H1Conn>),
     H2(http2::SendRequest<UpstreamRequestBody>),
 }
 
 struct Idle {
-    conn: H1Conn,
+    conn: Box<H1Conn>,
     since: Instant,
     idle_timeout: Duration,
 }
@@ -91,7 +92,7 @@ pub struct PoolHandle {
 
 impl PoolHandle {
     /// Returns `conn` to the pool (its response body was read to the end).
-    pub fn release(self, mut conn: H1Conn) {
+    pub fn release(self, mut conn: Box<H1Conn>) {
         let mut idle = self.pool.idle.borrow_mut();
         let queue = idle.entry(self.key).or_default();
         if queue.len() < self.max_idle {
@@ -121,6 +122,17 @@ pub enum UpstreamBody {
     H1(H1Body),
     /// An HTTP/2 stream.
     H2(Incoming),
+}
+
+impl UpstreamBody {
+    /// An HTTP/1.1 response's header block: its `Response` has an empty header map until
+    /// the proxy builds it from this block or passes the block through.
+    pub fn take_raw_headers(&mut self) -> Option<crate::http1::raw::RawHeaders> {
+        match self {
+            UpstreamBody::H1(b) => b.take_headers(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
 }
 
 /// Outcome of [`Conn::send`]: the response, or an error with the request given back when
@@ -212,7 +224,7 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, key: u64, idle_timeout: Duration) -> Option<H1Conn> {
+    fn take_idle(&self, key: u64, idle_timeout: Duration) -> Option<Box<H1Conn>> {
         let mut idle = self.inner.idle.borrow_mut();
         let queue = idle.get_mut(&key)?;
         let now = coarse_now();
@@ -343,7 +355,7 @@ async fn connect(upstream: &Upstream, target: &Target) -> Result<Sender, ProxyEr
     };
     let stream = WriteTimeout::new(stream, upstream.write_timeout);
     match upstream.protocol {
-        Protocol::Http1 => Ok(Sender::H1(H1Conn::new(stream))),
+        Protocol::Http1 => Ok(Sender::H1(Box::new(H1Conn::new(stream)))),
         Protocol::Http2 => {
             let (sender, conn) = http2::Builder::new(LocalExec)
                 .timer(TokioTimer::new())

@@ -277,3 +277,77 @@ async fn survives_mangled_requests_and_goes_on_serving() {
     let reply = gw.get("/still-here").await;
     assert_eq!(reply.status, 200);
 }
+
+/// An upstream that answers every request on a connection with `head` and a 2-byte body.
+fn fixed_head_upstream(head: &'static str) -> RawUpstream {
+    RawUpstream::start(move |mut stream| async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 || stream.write_all(head.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn passes_upstream_header_lines_through_as_sent_without_hop_by_hop_ones() {
+    let up = fixed_head_upstream(
+        "HTTP/1.1 200 OK\r\nServer: origin\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+         X-Request-Id: theirs\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nDate: Sat, 21 Nov 2026 10:00:00 GMT\r\n\
+         Proxy-Connection: keep-alive\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = Config::proxy_to(up.addr()).start();
+    let mut conn = Raw::connect(gw.addr).await;
+    for _ in 0..2 {
+        conn.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        let resp = conn.read_response().await.expect("a response");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, "ok");
+        // The end-to-end lines in their order and spelling, one `Date` (the upstream's),
+        // the gateway's request id, and no hop-by-hop line.
+        assert!(
+            resp.head.starts_with(
+                "HTTP/1.1 200 OK\r\nServer: origin\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+                 Date: Sat, 21 Nov 2026 10:00:00 GMT\r\nContent-Length: 2\r\nx-request-id: "
+            ),
+            "{}",
+            resp.head
+        );
+        assert_ne!(resp.header("x-request-id").as_deref(), Some("theirs"));
+        let lower = resp.head.to_ascii_lowercase();
+        assert_eq!(lower.matches("date:").count(), 1, "{}", resp.head);
+        for hop in ["connection:", "keep-alive:", "proxy-connection:"] {
+            assert!(!lower.contains(hop), "{hop} in {}", resp.head);
+        }
+    }
+}
+
+#[tokio::test]
+async fn rebuilds_upstream_headers_when_a_line_does_not_just_pass() {
+    // A header named in `Connection` is hop-by-hop too; a bare-LF line is written as CRLF.
+    let up = fixed_head_upstream(
+        "HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\nX-Kept: 2\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let gw = Config::proxy_to(up.addr()).start();
+    let mut conn = Raw::connect(gw.addr).await;
+    conn.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let resp = conn.read_response().await.expect("a response");
+    assert_eq!(resp.body, "ok");
+    assert_eq!(resp.header("x-private"), None, "{}", resp.head);
+    assert_eq!(resp.header("x-kept").as_deref(), Some("2"));
+    assert!(!resp.head.contains("\n\n") && !resp.head.replace("\r\n", "").contains('\n'));
+
+    // Lines with a bare LF but nothing to drop by name still reach the client in CRLF.
+    let up = fixed_head_upstream("HTTP/1.1 200 OK\nX-A: 1\nContent-Length: 2\n\nok");
+    let gw = Config::proxy_to(up.addr()).start();
+    let mut conn = Raw::connect(gw.addr).await;
+    conn.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await;
+    let resp = conn.read_response().await.expect("a response");
+    assert_eq!(resp.body, "ok");
+    assert!(
+        resp.head.contains("\r\nX-A: 1\r\nContent-Length: 2\r\n"),
+        "{}",
+        resp.head
+    );
+}

@@ -24,6 +24,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::Conn;
+use crate::http1::raw::RawHeaders;
 use crate::proxy::body::ResponseBody;
 use crate::server::clock::coarse_now;
 use crate::server::deadline::Deadline;
@@ -77,7 +78,8 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
 ) -> Written {
     let (mut head, mut body) = resp.into_parts();
     let status = head.status;
-    let wire = wire(status, ask, &mut head.headers, &body);
+    let raw = body.take_raw_headers();
+    let wire = wire(status, ask, &mut head.headers, raw.as_ref(), &body);
     let keep_alive = ask.keep_alive
         && wire != Wire::Close
         && status != StatusCode::SWITCHING_PROTOCOLS
@@ -87,10 +89,12 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         out,
         status,
         &mut head.headers,
+        raw.as_ref(),
         wire,
         keep_alive,
         ask.version,
     );
+    drop(raw);
     let stall = ask.send_timeout;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return match flush(conn, out, stall).await {
@@ -108,16 +112,30 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Decides the framing and fixes the framing headers to match it.
-fn wire(status: StatusCode, ask: &Ask, headers: &mut HeaderMap, body: &ResponseBody) -> Wire {
+/// Decides the framing and fixes the framing headers to match it. Raw upstream lines
+/// (only ever those of a response with a body, and a valid length if any) go out as
+/// they are: their `Content-Length` is the declared one.
+fn wire(
+    status: StatusCode,
+    ask: &Ask,
+    headers: &mut HeaderMap,
+    raw: Option<&RawHeaders>,
+    body: &ResponseBody,
+) -> Wire {
     headers.remove(header::TRANSFER_ENCODING);
     if status.is_informational() || status == StatusCode::NO_CONTENT {
         headers.remove(header::CONTENT_LENGTH);
         return Wire::None;
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .map(|v| crate::http1::parse_length(v.as_bytes()));
+    let declared = match raw.and_then(RawHeaders::content_length) {
+        Some(n) => {
+            headers.remove(header::CONTENT_LENGTH);
+            Some(Some(n))
+        }
+        None => headers
+            .get(header::CONTENT_LENGTH)
+            .map(|v| crate::http1::parse_length(v.as_bytes())),
+    };
     if ask.head || status == StatusCode::NOT_MODIFIED {
         // The headers describe the body a GET would have had: keep a declared length, and
         // state the length of a body the gateway made itself.
@@ -150,6 +168,7 @@ fn encode_head(
     out: &mut Vec<u8>,
     status: StatusCode,
     headers: &mut HeaderMap,
+    raw: Option<&RawHeaders>,
     wire: Wire,
     keep_alive: bool,
     version: Version,
@@ -165,13 +184,16 @@ fn encode_head(
         // the server's to set.
         headers.remove(header::CONNECTION);
     }
+    if let Some(raw) = raw {
+        raw.write_passed(out);
+    }
     for (name, value) in headers.iter() {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !headers.contains_key(header::DATE) {
+    if !headers.contains_key(header::DATE) && !raw.is_some_and(RawHeaders::has_date) {
         out.extend_from_slice(b"date: ");
         crate::server::clock::write_http_date(out);
         out.extend_from_slice(b"\r\n");
@@ -366,6 +388,7 @@ mod tests {
             StatusCode::OK,
             &ask(Version::HTTP_11, false),
             &mut h,
+            None,
             &full("abc"),
         );
         assert_eq!(w, Wire::Length(3));
@@ -375,6 +398,7 @@ mod tests {
             StatusCode::OK,
             &ask(Version::HTTP_11, false),
             &mut h,
+            None,
             &full("abcd"),
         );
         assert_eq!(w, Wire::Length(4));
@@ -387,6 +411,7 @@ mod tests {
             StatusCode::OK,
             &ask(Version::HTTP_10, false),
             &mut h,
+            None,
             &full("ab"),
         );
         assert_eq!(w, Wire::Length(2));
@@ -402,6 +427,7 @@ mod tests {
             StatusCode::OK,
             &ask(Version::HTTP_11, true),
             &mut h,
+            None,
             &full("abc"),
         );
         assert_eq!(w, Wire::None);
@@ -413,6 +439,7 @@ mod tests {
             StatusCode::NO_CONTENT,
             &ask(Version::HTTP_11, false),
             &mut h,
+            None,
             &full(""),
         );
         assert_eq!(w, Wire::None);
@@ -424,6 +451,7 @@ mod tests {
             StatusCode::NOT_MODIFIED,
             &ask(Version::HTTP_11, false),
             &mut h,
+            None,
             &full(""),
         );
         assert_eq!(w, Wire::None);
@@ -440,6 +468,7 @@ mod tests {
             &mut out,
             StatusCode::OK,
             &mut h,
+            None,
             Wire::Chunked,
             false,
             Version::HTTP_11,
@@ -459,6 +488,7 @@ mod tests {
             &mut out,
             StatusCode::OK,
             &mut h,
+            None,
             Wire::Length(0),
             true,
             Version::HTTP_10,

@@ -2,8 +2,12 @@
 //! ([`crate::server::h1`]) and the upstream client ([`crate::upstream::h1`]): body framing
 //! (RFC 9112 §6), the chunked transfer coding (§7.1) and the keep-alive rule (§9.3).
 //!
+//! The header block of an upstream response is kept raw ([`raw`]).
+//!
 //! Invariant: bytes are never re-interpreted. A malformed chunk header is an error, never
 //! a guess, so a body boundary is the same for the gateway and for its peer.
+
+pub mod raw;
 
 use std::io;
 use std::pin::Pin;
