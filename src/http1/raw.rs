@@ -39,6 +39,8 @@ pub struct RawHeaders {
     passthrough: bool,
     has_date: bool,
     content_length: Option<u64>,
+    /// The gateway's `X-Request-Id`, in place of the upstream's.
+    request_id: Option<HeaderValue>,
 }
 
 /// What [`RawBuilder::field`] found out about the block so far.
@@ -188,6 +190,7 @@ impl RawBuilder {
                 passthrough: !rebuilt,
                 has_date: facts.has_date,
                 content_length: facts.content_length.filter(|_| facts.te_chunked.is_none()),
+                request_id: None,
             },
             framing,
             keep_alive,
@@ -225,6 +228,12 @@ impl RawHeaders {
         self.content_length
     }
 
+    /// Sets the `X-Request-Id` written after the passed lines (the upstream's own is never
+    /// passed).
+    pub fn set_request_id(&mut self, id: HeaderValue) {
+        self.request_id = Some(id);
+    }
+
     /// Every field as a header map (values share the head's buffer).
     pub fn to_map(&self) -> Result<HeaderMap, String> {
         // Room for the few headers the gateway adds to a response (X-Request-Id, filters).
@@ -246,8 +255,18 @@ impl RawHeaders {
         Ok(map)
     }
 
-    /// Appends the lines passed to the client: runs of consecutive lines in one copy each.
+    /// Appends the lines passed to the client (runs of consecutive lines in one copy
+    /// each), then the request id set by [`RawHeaders::set_request_id`].
     pub fn write_passed(&self, out: &mut Vec<u8>) {
+        self.write_lines(out);
+        if let Some(id) = &self.request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    fn write_lines(&self, out: &mut Vec<u8>) {
         if !self.contiguous {
             for f in self.fields.iter().filter(|f| !f.hop) {
                 out.extend_from_slice(&self.head[f.name as usize..f.name_end as usize]);
@@ -317,6 +336,9 @@ mod tests {
             passed(&p),
             "Server: origin\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
         );
+        let mut p = p;
+        p.headers.set_request_id(HeaderValue::from_static("ours"));
+        assert!(passed(&p).ends_with("Content-Length: 3\r\nx-request-id: ours\r\n"));
         let map = p.headers.to_map().unwrap();
         assert_eq!(map.len(), 6);
         assert_eq!(map["x-request-id"], "theirs");

@@ -29,6 +29,79 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The headers the gateway adds to every forwarded request (RFC 7239's de-facto forms).
+/// They replace the client's same-named headers, except `X-Forwarded-For`, which is
+/// appended to. An HTTP/1.1 upstream gets them written straight into the request head,
+/// no header map involved ([`ForwardedHeaders::replaces`] tells the encoder what to skip);
+/// an HTTP/2 upstream gets them in the map ([`ForwardedHeaders::apply`]).
+#[derive(Clone)]
+pub struct ForwardedHeaders {
+    client_ip: HeaderValue,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+    request_id: HeaderValue,
+}
+
+impl ForwardedHeaders {
+    /// The headers for a client at `client_ip`, over TLS or not, asking for `host`.
+    pub fn new(
+        client_ip: HeaderValue,
+        tls: bool,
+        host: Option<HeaderValue>,
+        request_id: HeaderValue,
+    ) -> Self {
+        ForwardedHeaders {
+            client_ip,
+            proto: if tls { "https" } else { "http" },
+            host,
+            request_id,
+        }
+    }
+
+    /// Whether a header of the request is replaced by these (or folded into them).
+    pub fn replaces(name: &HeaderName) -> bool {
+        name == X_FORWARDED_FOR
+            || name == X_FORWARDED_PROTO
+            || name == X_FORWARDED_HOST
+            || name == X_REQUEST_ID
+    }
+
+    /// Appends them to an HTTP/1.1 head whose own lines skipped those [`Self::replaces`]
+    /// names; `headers` supplies the earlier `X-Forwarded-For` hops.
+    pub fn write(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        for (name, hop) in headers {
+            if name == X_FORWARDED_FOR {
+                out.extend_from_slice(hop.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.client_ip.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
+        if let Some(host) = &self.host {
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+        }
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Puts them into `headers` (for an HTTP/2 upstream).
+    fn apply(self, headers: &mut HeaderMap) {
+        append_forwarded_for(headers, &self.client_ip);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(self.proto),
+        );
+        if let Some(h) = self.host {
+            headers.insert(X_FORWARDED_HOST.clone(), h);
+        }
+        headers.insert(X_REQUEST_ID.clone(), self.request_id);
+    }
+}
+
 /// The upstream's answer; its body streams from the upstream (an HTTP/1.1 connection goes
 /// back to the pool when the body ends).
 pub struct Forwarded {
@@ -164,7 +237,8 @@ pub async fn forward(
         }
         None => false,
     };
-    let mut req = upstream_request(ctx, upstream, rewrite, upgrade, keep_headers)?;
+    let (mut req, added) = upstream_request(ctx, upstream, rewrite, upgrade, keep_headers)?;
+    let added = added.as_ref();
     let template = if replayable { Template::of(&req) } else { None };
     let client_upgrade = if upgrade {
         ctx.head.extensions.remove::<crate::server::h1::OnUpgrade>()
@@ -265,7 +339,7 @@ pub async fn forward(
                 continue;
             }
         };
-        let mut sent = send_with_timeout(ctx, upstream, conn, req).await;
+        let mut sent = send_with_timeout(ctx, upstream, conn, req, added).await;
         if let Err(SendFailure {
             retry: Some(unsent),
             ..
@@ -273,7 +347,7 @@ pub async fn forward(
         {
             // A pooled connection the upstream had closed: one try on a fresh connection.
             match worker.pool.checkout_fresh(upstream, target).await {
-                Ok(conn) => sent = send_with_timeout(ctx, upstream, conn, unsent).await,
+                Ok(conn) => sent = send_with_timeout(ctx, upstream, conn, unsent, added).await,
                 Err(e) => {
                     // The target went away between two requests: the next target gets it.
                     metrics.error("connect");
@@ -575,8 +649,9 @@ async fn send_with_timeout(
     upstream: &Upstream,
     conn: crate::upstream::pool::Conn,
     req: Request<UpstreamRequestBody>,
+    added: Option<&ForwardedHeaders>,
 ) -> SendOutcome {
-    let send = conn.send(req);
+    let send = conn.send(req, added);
     tokio::pin!(send);
     loop {
         let deadline = crate::server::clock::coarse_now() + upstream.read_timeout;
@@ -623,7 +698,7 @@ fn upstream_request(
     rewrite: Option<&PathRewrite>,
     upgrade: bool,
     keep_headers: bool,
-) -> Result<Request<UpstreamRequestBody>, ProxyError> {
+) -> Result<(Request<UpstreamRequestBody>, Option<ForwardedHeaders>), ProxyError> {
     // Later phases that look at the request get its URI and headers; otherwise they move,
     // uncopied (the URI last: the Host fallback below reads it).
     let mut headers = if keep_headers {
@@ -631,42 +706,45 @@ fn upstream_request(
     } else {
         std::mem::take(&mut ctx.head.headers)
     };
-    // Room for the X-Forwarded-* and X-Request-Id headers added below: a map sized for the
-    // client's few headers would otherwise grow (and rehash) more than once.
-    headers.reserve(5);
-    if upstream.protocol == Protocol::Http2 {
+    let h2 = upstream.protocol == Protocol::Http2;
+    if h2 {
         strip_hop_by_hop_request(&mut headers, upgrade);
+        // `Expect: 100-continue` was answered to the client when its body was first read
+        // (the HTTP/1.1 encoder skips it).
+        headers.remove(header::EXPECT);
     } else {
         // The HTTP/1.1 client does not pass trailers on: it must not promise to read them.
         strip_hop_by_hop(&mut headers, upgrade);
     }
-    // `Expect: 100-continue` was answered to the client when its body was first read.
-    headers.remove(header::EXPECT);
-    let host = match headers.get(header::HOST) {
-        Some(h) => Some(h.clone()),
-        None => ctx
-            .head
+    let sent_host = headers.get(header::HOST).cloned();
+    let host = sent_host.clone().or_else(|| {
+        ctx.head
             .uri
             .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-    };
-    if upstream.protocol == Protocol::Http2 {
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if h2 {
         // HTTP/2 carries the host in :authority.
         headers.remove(header::HOST);
-    } else if !headers.contains_key(header::HOST) {
+    } else if sent_host.is_none() {
         if let Some(h) = &host {
             headers.insert(header::HOST, h.clone());
         }
     }
-    append_forwarded_for(&mut headers, &ctx.client_ip);
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-    );
-    if let Some(h) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), h);
+    let mut added = Some(ForwardedHeaders::new(
+        ctx.client_ip.clone(),
+        ctx.tls,
+        host,
+        ctx.request_id.clone(),
+    ));
+    if h2 {
+        if let Some(a) = added.take() {
+            // Room for them: a map sized for the client's few headers would otherwise
+            // grow (and rehash) more than once.
+            headers.reserve(4);
+            a.apply(&mut headers);
+        }
     }
-    headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
     let uri = if keep_headers {
         upstream_uri(ctx.head.uri.clone(), rewrite)?
     } else {
@@ -684,7 +762,7 @@ fn upstream_request(
     *req.method_mut() = ctx.head.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
-    Ok(req)
+    Ok((req, added))
 }
 
 /// The origin-form URI for the upstream: the client's, rewritten if the route says so.

@@ -338,10 +338,16 @@ fn finish(
     snapshot: &Arc<Snapshot>,
     mut head: ResponseHead,
     source: ResponseSource,
-    raw: Option<RawHeaders>,
+    mut raw: Option<RawHeaders>,
 ) -> Response<ResponseBody> {
-    head.headers
-        .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+    match raw.as_mut() {
+        // Written with the upstream's lines: the head's map then stays empty, unallocated.
+        Some(r) => r.set_request_id(ctx.request_id.clone()),
+        None => {
+            head.headers
+                .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        }
+    }
     // The client's protocol version, whatever the upstream spoke.
     head.version = ctx.head.version;
     if !matches!(source, ResponseSource::Upstream(_)) {

@@ -28,6 +28,7 @@ use crate::http1::raw::{RawBuilder, RawHeaders};
 use crate::http1::{decode, push_chunk, Decoded, Framing, READ_CHUNK};
 use crate::proxy::body::{BoxError, UpstreamRequestBody};
 use crate::proxy::error::{Kind, ProxyError, Source};
+use crate::proxy::forward::ForwardedHeaders;
 
 /// Largest response head accepted from an upstream.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -85,10 +86,11 @@ impl H1Conn {
     pub async fn send(
         mut self: Box<Self>,
         req: Request<UpstreamRequestBody>,
+        added: Option<&ForwardedHeaders>,
         pool: PoolHandle,
     ) -> Result<Response<H1Body>, SendFailure> {
         let method = req.method().clone();
-        let chunked = encode_head(&mut self.head, &req);
+        let chunked = encode_head(&mut self.head, &req, added);
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
         if let Err(e) = self.write_request(&mut body, chunked).await {
@@ -300,9 +302,15 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// Writes the request line and headers into `out`; returns whether the body must be sent
-/// chunked (a streamed body without `Content-Length`).
-fn encode_head(out: &mut Vec<u8>, req: &Request<UpstreamRequestBody>) -> bool {
+/// Writes the request line and headers into `out`, with the gateway's forwarding headers
+/// `added` in place of the request's own; returns whether the body must be sent chunked
+/// (a streamed body without `Content-Length`). `Expect` is never sent: the gateway
+/// answered it to the client.
+fn encode_head(
+    out: &mut Vec<u8>,
+    req: &Request<UpstreamRequestBody>,
+    added: Option<&ForwardedHeaders>,
+) -> bool {
     out.clear();
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -313,13 +321,20 @@ fn encode_head(out: &mut Vec<u8>, req: &Request<UpstreamRequestBody>) -> bool {
         .unwrap_or("/");
     out.extend_from_slice(pq.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_length = false;
     for (name, value) in req.headers() {
+        if name == header::EXPECT || (added.is_some() && ForwardedHeaders::replaces(name)) {
+            continue;
+        }
+        has_length |= name == header::CONTENT_LENGTH;
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let has_length = req.headers().contains_key(header::CONTENT_LENGTH);
+    if let Some(added) = added {
+        added.write(req.headers(), out);
+    }
     let body = req.body();
     let chunked = !has_length && !body.is_end_stream();
     if chunked {
@@ -524,21 +539,48 @@ mod tests {
     }
 
     #[test]
+    fn writes_the_forwarding_headers_in_place_of_the_clients_and_never_expect() {
+        let req = Request::get("/a?b")
+            .header("host", "h")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("x-forwarded-proto", "https")
+            .header("x-request-id", "client")
+            .header("expect", "100-continue")
+            .header("x-forwarded-for", "198.51.100.7")
+            .body(UpstreamRequestBody::Full(None))
+            .unwrap();
+        let added = crate::proxy::forward::ForwardedHeaders::new(
+            header::HeaderValue::from_static("127.0.0.1"),
+            false,
+            Some(header::HeaderValue::from_static("h")),
+            header::HeaderValue::from_static("id-1"),
+        );
+        let mut out = Vec::new();
+        assert!(!encode_head(&mut out, &req, Some(&added)));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a?b HTTP/1.1\r\nhost: h\r\n\
+             x-forwarded-for: 203.0.113.9, 198.51.100.7, 127.0.0.1\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: h\r\nx-request-id: id-1\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn encodes_streamed_bodies_without_length_as_chunked() {
         let req = Request::post("/x")
             .body(UpstreamRequestBody::Full(Some(Bytes::from_static(b"abc"))))
             .unwrap();
         let mut out = Vec::new();
-        assert!(encode_head(&mut out, &req));
+        assert!(encode_head(&mut out, &req, None));
         let req = Request::post("/x")
             .header("content-length", "3")
             .body(UpstreamRequestBody::Full(Some(Bytes::from_static(b"abc"))))
             .unwrap();
-        assert!(!encode_head(&mut out, &req));
+        assert!(!encode_head(&mut out, &req, None));
         let req = Request::post("/x")
             .body(UpstreamRequestBody::Full(None))
             .unwrap();
-        assert!(!encode_head(&mut out, &req));
+        assert!(!encode_head(&mut out, &req, None));
         assert!(String::from_utf8_lossy(&out).contains("content-length: 0"));
     }
 }

@@ -30,6 +30,7 @@ use super::h1::{H1Body, H1Conn, SendFailure};
 use super::{Protocol, Target, Upstream};
 use crate::proxy::body::UpstreamRequestBody;
 use crate::proxy::error::{Kind, ProxyError};
+use crate::proxy::forward::ForwardedHeaders;
 use crate::server::clock::coarse_now;
 use crate::server::LocalExec;
 
@@ -257,7 +258,13 @@ impl Pool {
 
 impl Conn {
     /// Sends `req` and waits for the response head.
-    pub async fn send(self, req: Request<UpstreamRequestBody>) -> SendOutcome {
+    /// `added`: the gateway's forwarding headers, written into an HTTP/1.1 head (an
+    /// HTTP/2 request carries them in its map already).
+    pub async fn send(
+        self,
+        req: Request<UpstreamRequestBody>,
+        added: Option<&ForwardedHeaders>,
+    ) -> SendOutcome {
         match self.sender {
             Sender::H1(conn) => {
                 let handle = PoolHandle {
@@ -266,7 +273,7 @@ impl Conn {
                     max_idle: self.max_idle,
                     idle_timeout: self.idle_timeout,
                 };
-                conn.send(req, handle)
+                conn.send(req, added, handle)
                     .await
                     .map(|r| r.map(UpstreamBody::H1))
             }

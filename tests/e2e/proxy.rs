@@ -26,12 +26,20 @@ async fn proxies_a_get_with_forwarded_headers_and_a_uuid_request_id() {
         .header(HOST, "shop.example.com:8443")
         .header("x-forwarded-for", "203.0.113.9")
         .header("x-forwarded-for", "198.51.100.7")
+        // What a client claims about the gateway's side is replaced, not passed on.
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "spoofed.example")
         .body(Empty::<Bytes>::new())
         .unwrap();
     let reply = send(gw.addr, req).await;
 
     assert_eq!(reply.status, 200);
     let seen = up.only_request();
+    assert_eq!(seen.header_all("x-forwarded-proto"), ["http"]);
+    assert_eq!(
+        seen.header_all("x-forwarded-host"),
+        ["shop.example.com:8443"]
+    );
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.uri, "/items?id=7");
     assert_eq!(seen.header("host"), "shop.example.com:8443");
