@@ -39,7 +39,9 @@ pub struct Chain {
     pub phases: PhaseSet,
     /// Whether a plugin reads the request's headers or URI after it was forwarded (in
     /// header_filter, body_filter or log): then forwarding copies them instead of moving them.
-    pub reads_request_late: bool,
+    pub reads_request_late: bool,    /// Whether every header filter can work on raw upstream header lines
+    /// ([`crate::plugins::Plugin::filters_raw_headers`]).
+    pub raw_header_filters: bool,
 }
 
 impl Chain {
@@ -56,10 +58,15 @@ impl Chain {
                 || p.contains(Phase::Log))
                 && e.plugin.reads_request_late()
         });
+        let raw_header_filters = entries
+            .iter()
+            .filter(|e| e.plugin.phases().contains(Phase::HeaderFilter))
+            .all(|e| e.plugin.filters_raw_headers());
         Chain {
             entries,
             phases,
             reads_request_late,
+            raw_header_filters,
         }
     }
 

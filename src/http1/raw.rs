@@ -228,6 +228,21 @@ impl RawHeaders {
         self.content_length
     }
 
+    /// Drops every line named `name` (a header filter removing or replacing it).
+    pub fn remove(&mut self, name: &HeaderName) {
+        let wanted = name.as_str().as_bytes();
+        for f in &mut self.fields {
+            if !f.hop && self.head[f.name as usize..f.name_end as usize].eq_ignore_ascii_case(wanted) {
+                f.hop = true;
+            }
+        }
+        if *name == http::header::CONTENT_LENGTH {
+            self.content_length = None;
+        } else if *name == http::header::DATE {
+            self.has_date = false;
+        }
+    }
+
     /// Sets the `X-Request-Id` written after the passed lines (the upstream's own is never
     /// passed).
     pub fn set_request_id(&mut self, id: HeaderValue) {
@@ -339,6 +354,13 @@ mod tests {
         let mut p = p;
         p.headers.set_request_id(HeaderValue::from_static("ours"));
         assert!(passed(&p).ends_with("Content-Length: 3\r\nx-request-id: ours\r\n"));
+        p.headers.remove(&http::header::SERVER);
+        p.headers.remove(&http::header::CONTENT_LENGTH);
+        assert_eq!(p.headers.content_length(), None);
+        assert_eq!(
+            passed(&p),
+            "Content-Type: text/plain\r\nx-request-id: ours\r\n"
+        );
         let map = p.headers.to_map().unwrap();
         assert_eq!(map.len(), 6);
         assert_eq!(map["x-request-id"], "theirs");

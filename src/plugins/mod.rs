@@ -34,6 +34,7 @@ use http::{HeaderMap, StatusCode};
 
 use crate::config::error::{Diags, Path};
 use crate::config::yaml::Node;
+use crate::http1::raw::RawHeaders;
 use crate::proxy::context::{RequestCtx, ResponseHead};
 
 /// The phases a request goes through, in order.
@@ -234,6 +235,31 @@ pub trait Plugin: Send + Sync + 'static {
         _resp: &mut ResponseHead,
     ) -> Result<(), PluginError> {
         Ok(())
+    }
+
+    /// Whether its header filter can run on an upstream response whose header lines are
+    /// still raw ([`Plugin::header_filter_raw`]): it only removes, replaces or appends
+    /// headers by name and never reads the upstream's values. When every header filter of
+    /// a chain can, a plain proxied response keeps the raw pass-through (see
+    /// [`crate::http1::raw`]).
+    fn filters_raw_headers(&self) -> bool {
+        false
+    }
+
+    /// Header filter on a response whose upstream lines are in `raw` and whose
+    /// `resp.headers` holds only what the gateway adds. Called instead of
+    /// [`Plugin::header_filter`], and only for plugins that say
+    /// [`Plugin::filters_raw_headers`].
+    fn header_filter_raw(
+        &self,
+        _ctx: &mut RequestCtx,
+        _resp: &mut ResponseHead,
+        _raw: &mut RawHeaders,
+    ) -> Result<(), PluginError> {
+        Err(PluginError::Failed {
+            plugin: self.name(),
+            message: "this plugin cannot filter raw response headers".into(),
+        })
     }
 
     /// Body filter: change one chunk of the response body (`eof` on the last call).

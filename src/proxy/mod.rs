@@ -312,7 +312,7 @@ fn respond(
         context::replace_headers(std::mem::take(&mut ctx.response_headers), &mut head.headers);
     }
     if chain.has(Phase::HeaderFilter) {
-        if let Err(e) = header_filter(&mut ctx, chain, &mut head) {
+        if let Err(e) = header_filter(&mut ctx, chain, &mut head, raw.as_mut()) {
             // The upstream body (if any) is dropped: its connection closes, not reused.
             let (h, s) = error_parts(&ctx, &e);
             head = h;
@@ -329,7 +329,7 @@ fn passes_raw(ctx: &RequestCtx, chain: &Chain, raw: &RawHeaders) -> bool {
     raw.passthrough()
         && ctx.head.version != http::Version::HTTP_2
         && ctx.response_headers.is_empty()
-        && !chain.has(Phase::HeaderFilter)
+        && (!chain.has(Phase::HeaderFilter) || chain.raw_header_filters)
         && !chain.has(Phase::BodyFilter)
 }
 
@@ -342,7 +342,11 @@ fn finish(
 ) -> Response<ResponseBody> {
     match raw.as_mut() {
         // Written with the upstream's lines: the head's map then stays empty, unallocated.
-        Some(r) => r.set_request_id(ctx.request_id.clone()),
+        Some(r) => {
+            r.set_request_id(ctx.request_id.clone());
+            // A filter's own `X-Request-Id` gives way, as it does in the map below.
+            head.headers.remove(&X_REQUEST_ID);
+        }
         None => {
             head.headers
                 .insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
@@ -412,17 +416,20 @@ fn error_parts(ctx: &RequestCtx, e: &ProxyError) -> (ResponseHead, ResponseSourc
     local_parts(error_response(e, &ctx.request_id))
 }
 
+/// Runs the header filters, on the raw upstream lines when they are kept.
 fn header_filter(
     ctx: &mut RequestCtx,
     chain: &Chain,
     head: &mut ResponseHead,
+    mut raw: Option<&mut RawHeaders>,
 ) -> Result<(), ProxyError> {
     for entry in &chain.entries {
         if entry.plugin.phases().contains(Phase::HeaderFilter) {
-            entry
-                .plugin
-                .header_filter(ctx, head)
-                .map_err(|e| plugin_failed(ctx, entry.plugin.name(), Phase::HeaderFilter, e))?;
+            let done = match raw.as_deref_mut() {
+                Some(r) => entry.plugin.header_filter_raw(ctx, head, r),
+                None => entry.plugin.header_filter(ctx, head),
+            };
+            done.map_err(|e| plugin_failed(ctx, entry.plugin.name(), Phase::HeaderFilter, e))?;
         }
     }
     Ok(())

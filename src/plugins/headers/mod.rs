@@ -14,6 +14,7 @@ use super::{
 };
 use crate::config::error::{Diags, Path};
 use crate::config::yaml::Node;
+use crate::http1::raw::RawHeaders;
 use crate::proxy::context::{RequestCtx, ResponseHead};
 
 /// Compiled header operations.
@@ -49,6 +50,15 @@ impl Ops {
 
     fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// [`Ops::apply`] on a response whose upstream lines are raw: removed and replaced
+    /// names drop their raw lines, and the new values go in `headers` (written after them).
+    fn apply_raw(&self, headers: &mut HeaderMap, raw: &mut RawHeaders) {
+        for n in self.remove.iter().chain(self.set.iter().map(|(n, _)| n)) {
+            raw.remove(n);
+        }
+        self.apply(headers);
     }
 
     fn apply(&self, headers: &mut HeaderMap) {
@@ -121,6 +131,20 @@ impl Plugin for Headers {
         resp: &mut ResponseHead,
     ) -> Result<(), PluginError> {
         self.response.apply(&mut resp.headers);
+        Ok(())
+    }
+
+    fn filters_raw_headers(&self) -> bool {
+        true
+    }
+
+    fn header_filter_raw(
+        &self,
+        _ctx: &mut RequestCtx,
+        resp: &mut ResponseHead,
+        raw: &mut RawHeaders,
+    ) -> Result<(), PluginError> {
+        self.response.apply_raw(&mut resp.headers, raw);
         Ok(())
     }
 }
