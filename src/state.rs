@@ -39,7 +39,8 @@ pub struct Chain {
     pub phases: PhaseSet,
     /// Whether a plugin reads the request's headers or URI after it was forwarded (in
     /// header_filter, body_filter or log): then forwarding copies them instead of moving them.
-    pub reads_request_late: bool,    /// Whether every header filter can work on raw upstream header lines
+    pub reads_request_late: bool,
+    /// Whether every header filter can work on raw upstream header lines
     /// ([`crate::plugins::Plugin::filters_raw_headers`]).
     pub raw_header_filters: bool,
 }

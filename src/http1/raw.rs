@@ -26,8 +26,11 @@ struct Field {
     name_end: u32,
     value: u32,
     value_end: u32,
-    /// Dropped on the way to the client.
+    /// Hop-by-hop (or the upstream's request id): never passed to the client, but part
+    /// of the map (whose users strip it as the map path always has).
     hop: bool,
+    /// Removed or replaced by a header filter: in neither.
+    removed: bool,
 }
 
 /// A parsed response header block, with what the gateway needs to know about it.
@@ -133,6 +136,7 @@ impl RawBuilder {
             value: at(value),
             value_end: at(value) + value.len() as u32,
             hop,
+            removed: false,
         });
         Ok(())
     }
@@ -212,6 +216,21 @@ fn contiguous(head: &[u8], fields: &[Field]) -> bool {
     })
 }
 
+impl Default for RawHeaders {
+    /// No lines (a placeholder while a filter holds the real block).
+    fn default() -> Self {
+        RawHeaders {
+            head: Bytes::new(),
+            fields: Vec::new(),
+            contiguous: false,
+            passthrough: false,
+            has_date: false,
+            content_length: None,
+            request_id: None,
+        }
+    }
+}
+
 impl RawHeaders {
     /// Whether the lines may go to the client as they are (see the module invariants).
     pub fn passthrough(&self) -> bool {
@@ -232,8 +251,8 @@ impl RawHeaders {
     pub fn remove(&mut self, name: &HeaderName) {
         let wanted = name.as_str().as_bytes();
         for f in &mut self.fields {
-            if !f.hop && self.head[f.name as usize..f.name_end as usize].eq_ignore_ascii_case(wanted) {
-                f.hop = true;
+            if self.head[f.name as usize..f.name_end as usize].eq_ignore_ascii_case(wanted) {
+                f.removed = true;
             }
         }
         if *name == http::header::CONTENT_LENGTH {
@@ -249,11 +268,35 @@ impl RawHeaders {
         self.request_id = Some(id);
     }
 
-    /// Every field as a header map (values share the head's buffer).
+    /// Moves every line still present into `headers`, before the headers already there
+    /// (those a filter added while the lines were raw); afterwards no line is left to
+    /// pass. For a filter that turns out to need the whole map after all.
+    pub fn merge_into(&mut self, headers: &mut HeaderMap) -> Result<(), String> {
+        let mut map = self.to_map()?;
+        let mut name = None;
+        for (n, value) in std::mem::take(headers) {
+            if n.is_some() {
+                name = n;
+            }
+            if let Some(n) = &name {
+                map.append(n.clone(), value);
+            }
+        }
+        *headers = map;
+        for f in &mut self.fields {
+            f.removed = true;
+        }
+        self.content_length = None;
+        self.has_date = false;
+        Ok(())
+    }
+
+    /// Every line not removed by a filter, as a header map (values share the head's
+    /// buffer).
     pub fn to_map(&self) -> Result<HeaderMap, String> {
         // Room for the few headers the gateway adds to a response (X-Request-Id, filters).
         let mut map = HeaderMap::with_capacity(self.fields.len() + 4);
-        for f in &self.fields {
+        for f in self.fields.iter().filter(|f| !f.removed) {
             let name_bytes = &self.head[f.name as usize..f.name_end as usize];
             let name = HeaderName::from_bytes(name_bytes).map_err(|_| {
                 format!(
@@ -283,7 +326,7 @@ impl RawHeaders {
 
     fn write_lines(&self, out: &mut Vec<u8>) {
         if !self.contiguous {
-            for f in self.fields.iter().filter(|f| !f.hop) {
+            for f in self.fields.iter().filter(|f| !f.hop && !f.removed) {
                 out.extend_from_slice(&self.head[f.name as usize..f.name_end as usize]);
                 out.extend_from_slice(b": ");
                 out.extend_from_slice(&self.head[f.value as usize..f.value_end as usize]);
@@ -293,7 +336,7 @@ impl RawHeaders {
         }
         let mut run: Option<usize> = None;
         for f in &self.fields {
-            match (f.hop, run) {
+            match (f.hop || f.removed, run) {
                 (false, None) => run = Some(f.name as usize),
                 (true, Some(start)) => {
                     out.extend_from_slice(&self.head[start..f.name as usize]);
@@ -361,9 +404,31 @@ mod tests {
             passed(&p),
             "Content-Type: text/plain\r\nx-request-id: ours\r\n"
         );
+        // The map has every line a filter left, hop-by-hop ones included.
         let map = p.headers.to_map().unwrap();
-        assert_eq!(map.len(), 6);
+        assert_eq!(map.len(), 4);
         assert_eq!(map["x-request-id"], "theirs");
+    }
+
+    #[test]
+    fn merges_the_remaining_lines_before_what_a_filter_added() {
+        let mut p = parse(
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nDate: d\r\nContent-Length: 0\r\n\r\n",
+            Method::GET,
+        )
+        .unwrap();
+        let mut added = HeaderMap::new();
+        p.headers.remove(&HeaderName::from_static("x-b"));
+        added.insert("x-b", HeaderValue::from_static("new"));
+        added.append("x-a", HeaderValue::from_static("second"));
+        p.headers.merge_into(&mut added).unwrap();
+        let a: Vec<_> = added.get_all("x-a").iter().collect();
+        assert_eq!(a, ["1", "second"]);
+        assert_eq!(added["x-b"], "new");
+        assert_eq!(added.len(), 5);
+        assert_eq!(passed(&p), "");
+        assert!(!p.headers.has_date());
+        assert_eq!(p.headers.content_length(), None);
     }
 
     #[test]

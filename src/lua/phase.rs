@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use super::state::ReqState;
 use super::vm::{Done, Vm};
 use super::{Failure, FailureKind, Kind, Script};
+use crate::http1::raw::RawHeaders;
 use crate::plugins::{Flow, LocalResponse, Phase, PluginError, Step};
 use crate::proxy::context::{RequestCtx, ResponseHead};
 
@@ -174,6 +175,33 @@ pub fn header_filter(
         ctx.snapshot.lua.cpu_budget,
     );
     std::mem::swap(&mut state.resp, resp);
+    state.leave(ctx);
+    vm.put_state(state);
+    result.map_err(|f| f.into_plugin_error(&script.name))
+}
+
+/// [`header_filter`] on a response whose upstream lines are still raw: they stay raw
+/// unless the script reads the response headers.
+pub fn header_filter_raw(
+    script: &Arc<Script>,
+    ctx: &mut RequestCtx,
+    resp: &mut ResponseHead,
+    raw: &mut RawHeaders,
+) -> Result<(), PluginError> {
+    let (vm, inst) = prepare(script, ctx)?;
+    let mut state = vm.take_state();
+    state.enter(Kind::HeaderFilter, ctx);
+    std::mem::swap(&mut state.resp, resp);
+    state.raw = Some(std::mem::take(raw));
+    let Done { result, mut state } = vm.call_sync(
+        &inst,
+        Kind::HeaderFilter,
+        state,
+        ctx.snapshot.lua.cpu_budget,
+    );
+    std::mem::swap(&mut state.resp, resp);
+    // Merged into `resp.headers` by a read: no raw lines are left.
+    *raw = state.raw.take().unwrap_or_default();
     state.leave(ctx);
     vm.put_state(state);
     result.map_err(|f| f.into_plugin_error(&script.name))

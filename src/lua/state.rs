@@ -13,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::Kind;
+use crate::http1::raw::RawHeaders;
 use crate::proxy::context::{RequestBody, RequestCtx, ResponseHead};
 
 /// The `ngx.ctx` table of a request, kept in `RequestCtx::vars` between phases.
@@ -89,6 +90,10 @@ pub struct ReqState {
     pub body: RequestBody,
     /// The response head in header_filter (moved) and body_filter/log (status only).
     pub resp: ResponseHead,
+    /// In header_filter, the upstream's header lines while still raw: `resp.headers` then
+    /// holds only what the gateway added; the first read merges them in
+    /// ([`ReqState::response_headers`]).
+    pub raw: Option<RawHeaders>,
     /// Body filter chunk (`ngx.arg[1]`).
     pub chunk: Bytes,
     /// Body filter end of stream (`ngx.arg[2]`).
@@ -116,6 +121,24 @@ fn empty_response() -> ResponseHead {
 }
 
 impl ReqState {
+    /// The response headers for a read in a filter phase: raw upstream lines are merged
+    /// into the map first.
+    pub fn response_headers(&mut self) -> Result<&mut http::HeaderMap, String> {
+        if let Some(raw) = self.raw.as_mut() {
+            raw.merge_into(&mut self.resp.headers)?;
+            self.raw = None;
+        }
+        Ok(&mut self.resp.headers)
+    }
+
+    /// Before a write of `name` in a filter phase: raw upstream lines of that name go (the
+    /// write replaces or removes them all).
+    pub fn replace_raw(&mut self, name: &http::HeaderName) {
+        if let Some(raw) = self.raw.as_mut() {
+            raw.remove(name);
+        }
+    }
+
     /// An idle state (pooled per VM).
     pub fn new() -> Self {
         ReqState {
@@ -123,6 +146,7 @@ impl ReqState {
             head: empty_head(),
             body: RequestBody::Empty,
             resp: empty_response(),
+            raw: None,
             chunk: Bytes::new(),
             eof: false,
             out: Output::default(),

@@ -320,6 +320,20 @@ fn respond(
             return finish(ctx, snapshot, head, s, None);
         }
     }
+    // A filter made the status one without a body: its framing lines must not pass raw.
+    let status = head.status;
+    if status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+    {
+        if let Some(mut r) = raw.take() {
+            if let Err(msg) = r.merge_into(&mut head.headers) {
+                let (h, s) = error_parts(&ctx, &ProxyError::upstream(Kind::UpstreamProtocol, msg));
+                drop(source);
+                return finish(ctx, snapshot, h, s, None);
+            }
+        }
+    }
     finish(ctx, snapshot, head, source, raw)
 }
 

@@ -299,3 +299,51 @@ async fn access_headers_reach_the_client_whatever_the_script_text_and_keep_every
     assert_eq!(r.status, 200);
     assert_eq!(r.header_all("x-multi"), vec!["a", "b"]);
 }
+
+#[tokio::test]
+async fn header_filter_sees_the_upstream_headers_and_replaces_them() {
+    let up = Upstream::start();
+    // Writes only: the upstream's lines pass as they came, minus the replaced one.
+    let writer = start(
+        &proxied(
+            &up,
+            &lua(
+                "header_filter",
+                "write",
+                "ngx.header[\"X-Upstream\"] = \"replaced\"\nngx.header[\"X-Gateway\"] = \"lua\"",
+            ),
+        ),
+        &[],
+    );
+    let r = get(writer.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header_all("x-upstream"), ["replaced"]);
+    assert_eq!(r.header_all("set-cookie").len(), 2);
+    assert_eq!(r.header("x-gateway"), "lua");
+
+    // A read sees the upstream's values, and later writes and removals still apply.
+    let reader = start(
+        &proxied(
+            &up,
+            &lua(
+                "header_filter",
+                "read",
+                "ngx.header[\"X-Gateway\"] = \"lua\"\n\
+                 ngx.header[\"X-Seen\"] = ngx.header[\"X-Upstream\"] or \"none\"\n\
+                 ngx.header[\"X-Sent\"] = ngx.var.sent_http_x_gateway or \"none\"\n\
+                 local cookies = ngx.header[\"Set-Cookie\"]\n\
+                 ngx.header[\"X-Cookies\"] = type(cookies) == \"table\" and #cookies or 0\n\
+                 ngx.header[\"X-Upstream\"] = nil",
+            ),
+        ),
+        &[],
+    );
+    let r = get(reader.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-seen"), "yes");
+    assert_eq!(r.header("x-sent"), "lua");
+    assert_eq!(r.header("x-cookies"), "2");
+    assert!(r.header_all("x-upstream").is_empty());
+    assert_eq!(r.header_all("x-gateway"), ["lua"]);
+    assert_eq!(r.header_all("set-cookie").len(), 2);
+}

@@ -42,8 +42,9 @@ fn log_ignored(lua: &Lua, host: &Host, what: &str) {
     );
 }
 
-/// The response headers a call sees: its own output in output phases, the real response
-/// in filter and log phases.
+/// The response headers a write goes to: its own output in output phases, the real
+/// response in filter phases (whose raw upstream lines of the written name the caller
+/// drops first: the write replaces them).
 fn headers(s: &mut ReqState) -> &mut HeaderMap {
     if Kinds::OUTPUT.has(s.kind) {
         &mut s.out.headers
@@ -56,7 +57,12 @@ fn header_get(lua: &Lua, s: &mut ReqState, name: &[u8]) -> mlua::Result<Value> {
     let Some(name) = convert::header_name(name, true) else {
         return Ok(Value::Nil);
     };
-    let all = headers(s).get_all(&name);
+    let map = if Kinds::OUTPUT.has(s.kind) {
+        &mut s.out.headers
+    } else {
+        s.response_headers().map_err(|e| convert::error(lua, e))?
+    };
+    let all = map.get_all(&name);
     let mut values = all.iter();
     let Some(first) = values.next() else {
         return Ok(Value::Nil);
@@ -176,6 +182,8 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
                     }
                     if Kinds::OUTPUT.has(s.kind) {
                         s.out.headers_set = true;
+                    } else if let Some(n) = convert::header_name(&name.as_bytes(), true) {
+                        s.replace_raw(&n);
                     }
                     set_header(lua, headers(s), &name.as_bytes(), &value, true)?;
                     Ok(false)

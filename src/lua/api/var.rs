@@ -191,6 +191,10 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
         "__index",
         lua.create_function(move |lua, (_, name): (Value, mlua::LuaString)| {
             h.with_req(lua, "ngx.var", Kinds::REQUEST, |s| {
+                if name.as_bytes().starts_with(b"sent_http_") {
+                    // The response headers as they will go out: raw upstream lines too.
+                    s.response_headers().map_err(|e| convert::error(lua, e))?;
+                }
                 var(lua, &h, s, &name.as_bytes())
             })
         })?,

@@ -16,6 +16,7 @@
 
 mod config;
 
+use crate::http1::raw::RawHeaders;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -206,6 +207,24 @@ impl Plugin for Lua {
             return Ok(());
         }
         crate::lua::phase::header_filter(&self.script, ctx, resp)
+    }
+
+    /// Scripts read response headers through `ngx.header` and `ngx.var.sent_http_*`,
+    /// which merge raw upstream lines in on first use; writes only drop them.
+    fn filters_raw_headers(&self) -> bool {
+        true
+    }
+
+    fn header_filter_raw(
+        &self,
+        ctx: &mut RequestCtx,
+        resp: &mut ResponseHead,
+        raw: &mut RawHeaders,
+    ) -> Result<(), PluginError> {
+        if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
+            return Ok(());
+        }
+        crate::lua::phase::header_filter_raw(&self.script, ctx, resp, raw)
     }
 
     fn body_filter(
