@@ -98,7 +98,7 @@ impl Plugin for CodePlugin {
     ) -> Result<(), PluginError> {
         let pinned = pinned(ctx);
         for script in pinned.scripts(Phase::HeaderFilter) {
-            crate::lua::phase::header_filter(script, ctx, resp)?;
+            crate::lua::phase::header_filter(script, ctx, resp, None)?;
         }
         Ok(())
     }

@@ -158,16 +158,19 @@ fn flow(state: &mut ReqState, kind: Kind) -> Flow {
     }
 }
 
-/// Runs a `header_filter` script on the response head.
+/// Runs a `header_filter` script on the response head. With `raw`, the upstream's lines
+/// stay raw unless the script reads the response headers (see [`RawHeaders`]).
 pub fn header_filter(
     script: &Arc<Script>,
     ctx: &mut RequestCtx,
     resp: &mut ResponseHead,
+    mut raw: Option<&mut RawHeaders>,
 ) -> Result<(), PluginError> {
     let (vm, inst) = prepare(script, ctx)?;
     let mut state = vm.take_state();
     state.enter(Kind::HeaderFilter, ctx);
     std::mem::swap(&mut state.resp, resp);
+    state.raw = raw.as_deref_mut().map(std::mem::take);
     let Done { result, mut state } = vm.call_sync(
         &inst,
         Kind::HeaderFilter,
@@ -175,33 +178,10 @@ pub fn header_filter(
         ctx.snapshot.lua.cpu_budget,
     );
     std::mem::swap(&mut state.resp, resp);
-    state.leave(ctx);
-    vm.put_state(state);
-    result.map_err(|f| f.into_plugin_error(&script.name))
-}
-
-/// [`header_filter`] on a response whose upstream lines are still raw: they stay raw
-/// unless the script reads the response headers.
-pub fn header_filter_raw(
-    script: &Arc<Script>,
-    ctx: &mut RequestCtx,
-    resp: &mut ResponseHead,
-    raw: &mut RawHeaders,
-) -> Result<(), PluginError> {
-    let (vm, inst) = prepare(script, ctx)?;
-    let mut state = vm.take_state();
-    state.enter(Kind::HeaderFilter, ctx);
-    std::mem::swap(&mut state.resp, resp);
-    state.raw = Some(std::mem::take(raw));
-    let Done { result, mut state } = vm.call_sync(
-        &inst,
-        Kind::HeaderFilter,
-        state,
-        ctx.snapshot.lua.cpu_budget,
-    );
-    std::mem::swap(&mut state.resp, resp);
-    // Merged into `resp.headers` by a read: no raw lines are left.
-    *raw = state.raw.take().unwrap_or_default();
+    if let Some(r) = raw {
+        // Merged into `resp.headers` by a read: no raw lines are left.
+        *r = state.raw.take().unwrap_or_default();
+    }
     state.leave(ctx);
     vm.put_state(state);
     result.map_err(|f| f.into_plugin_error(&script.name))

@@ -298,14 +298,9 @@ fn respond(
     let chain = chain_of(snapshot, ctx.route);
     // An HTTP/1.1 upstream's header lines go to an HTTP/1.1 client as they came when
     // nothing reads or changes them; otherwise they become the head's header map.
-    if let Some(r) = raw.take_if(|r| !passes_raw(&ctx, chain, r)) {
-        match r.to_map() {
-            Ok(map) => head.headers = map,
-            Err(msg) => {
-                let (h, s) = error_parts(&ctx, &ProxyError::upstream(Kind::UpstreamProtocol, msg));
-                drop(source);
-                return finish(ctx, snapshot, h, s, None);
-            }
+    if let Some(mut r) = raw.take_if(|r| !passes_raw(&ctx, chain, r)) {
+        if let Err(msg) = r.merge_into(&mut head.headers) {
+            return bad_upstream_head(ctx, snapshot, msg, source);
         }
     }
     if !ctx.response_headers.is_empty() {
@@ -328,13 +323,24 @@ fn respond(
     {
         if let Some(mut r) = raw.take() {
             if let Err(msg) = r.merge_into(&mut head.headers) {
-                let (h, s) = error_parts(&ctx, &ProxyError::upstream(Kind::UpstreamProtocol, msg));
-                drop(source);
-                return finish(ctx, snapshot, h, s, None);
+                return bad_upstream_head(ctx, snapshot, msg, source);
             }
         }
     }
     finish(ctx, snapshot, head, source, raw)
+}
+
+/// A 502 for an upstream head whose lines cannot become a header map; the upstream body
+/// is dropped (its connection closes).
+fn bad_upstream_head(
+    ctx: Box<RequestCtx>,
+    snapshot: &Arc<Snapshot>,
+    msg: String,
+    source: ResponseSource,
+) -> Response<ResponseBody> {
+    drop(source);
+    let (h, s) = error_parts(&ctx, &ProxyError::upstream(Kind::UpstreamProtocol, msg));
+    finish(ctx, snapshot, h, s, None)
 }
 
 /// Whether an upstream's header block may go to the client without a header map: the

@@ -206,7 +206,7 @@ impl Plugin for Lua {
         if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
             return Ok(());
         }
-        crate::lua::phase::header_filter(&self.script, ctx, resp)
+        crate::lua::phase::header_filter(&self.script, ctx, resp, None)
     }
 
     /// Scripts read response headers through `ngx.header` and `ngx.var.sent_http_*`,
@@ -224,7 +224,7 @@ impl Plugin for Lua {
         if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
             return Ok(());
         }
-        crate::lua::phase::header_filter_raw(&self.script, ctx, resp, raw)
+        crate::lua::phase::header_filter(&self.script, ctx, resp, Some(raw))
     }
 
     fn body_filter(
