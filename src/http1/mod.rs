@@ -66,19 +66,6 @@ pub fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
-/// Whether the last transfer coding named in `Transfer-Encoding` is `chunked` (RFC 9112
-/// §6.3: only then is the body chunked-framed).
-pub fn chunked_is_last(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|t| !t.is_empty())
-        .is_some_and(|last| last.eq_ignore_ascii_case("chunked"))
-}
-
 /// A `Content-Length` value: digits only (no sign, no spaces inside), at most 18 of them.
 pub fn parse_length(v: &[u8]) -> Option<u64> {
     let v = v.trim_ascii();

@@ -17,7 +17,7 @@ use crate::upstream::balance::{self, HashOn, Policy, Tried};
 use crate::upstream::h1::SendFailure;
 use crate::upstream::health;
 use crate::upstream::live::{InFlight, TargetSet};
-use crate::upstream::pool::{SendOutcome, UpstreamBody};
+use crate::upstream::pool::{SendOutcome, UpstreamBody, UpstreamRequest, UpstreamResponse};
 use crate::upstream::{Protocol, Target, Upstream};
 use std::sync::atomic::Ordering;
 
@@ -106,7 +106,7 @@ impl ForwardedHeaders {
 /// back to the pool when the body ends).
 pub struct Forwarded {
     /// The response.
-    pub response: Response<UpstreamBody>,
+    pub response: UpstreamResponse,
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
@@ -448,13 +448,12 @@ pub async fn forward(
 /// Drops a response that is being retried. A small body with a known length is read to
 /// its end first (bounded in time), so an HTTP/1.1 connection goes back to the pool instead
 /// of being closed; anything else is dropped, closing its connection.
-async fn discard(response: Response<UpstreamBody>, read_timeout: std::time::Duration) {
+async fn discard(response: UpstreamResponse, read_timeout: std::time::Duration) {
     use http_body::Body as _;
     use http_body_util::BodyExt as _;
     /// Bodies up to this size are drained (an error page, a JSON error).
     const DRAIN_MAX: u64 = 64 * 1024;
-    let (_, body) = response.into_parts();
-    let body = super::body::UpstreamResponseBody::new(body, read_timeout);
+    let body = super::body::UpstreamResponseBody::new(response.into_body(), read_timeout);
     if body.size_hint().exact().is_some_and(|n| n <= DRAIN_MAX) {
         let limit = read_timeout.min(std::time::Duration::from_secs(1));
         let _ = tokio::time::timeout(limit, body.collect()).await;
@@ -631,8 +630,8 @@ impl Template {
         })
     }
 
-    fn request(&self) -> Request<UpstreamRequestBody> {
-        let mut req = Request::new(UpstreamRequestBody::Full(self.body.clone()));
+    fn request(&self) -> UpstreamRequest {
+        let mut req = Box::new(Request::new(UpstreamRequestBody::Full(self.body.clone())));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
@@ -648,7 +647,7 @@ async fn send_with_timeout(
     ctx: &RequestCtx,
     upstream: &Upstream,
     conn: crate::upstream::pool::Conn,
-    req: Request<UpstreamRequestBody>,
+    req: UpstreamRequest,
     added: Option<&ForwardedHeaders>,
 ) -> SendOutcome {
     let send = conn.send(req, added);
@@ -698,7 +697,7 @@ fn upstream_request(
     rewrite: Option<&PathRewrite>,
     upgrade: bool,
     keep_headers: bool,
-) -> Result<(Request<UpstreamRequestBody>, Option<ForwardedHeaders>), ProxyError> {
+) -> Result<(UpstreamRequest, Option<ForwardedHeaders>), ProxyError> {
     // Later phases that look at the request get its URI and headers; otherwise they move,
     // uncopied (the URI last: the Host fallback below reads it).
     let mut headers = if keep_headers {
@@ -758,7 +757,7 @@ fn upstream_request(
         }
         RequestBody::Empty => UpstreamRequestBody::Full(None),
     };
-    let mut req = Request::new(body);
+    let mut req = Box::new(Request::new(body));
     *req.method_mut() = ctx.head.method.clone();
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
@@ -805,7 +804,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
 fn tunnel(
     ctx: &RequestCtx,
     on_client: crate::server::h1::OnUpgrade,
-    response: Response<UpstreamBody>,
+    response: UpstreamResponse,
 ) -> Forwarded {
     let (head, body) = response.into_parts();
     let request_id = ctx.request_id_str().to_string();
@@ -822,13 +821,13 @@ fn tunnel(
                 });
             }
             Forwarded {
-                response: Response::from_parts(head, UpstreamBody::H1(h1)),
+                response: Box::new(Response::from_parts(head, UpstreamBody::H1(h1))),
             }
         }
         UpstreamBody::H2(incoming) => {
             // HTTP/2 upstreams do not switch protocols (RFC 9113 §8.6).
             Forwarded {
-                response: Response::from_parts(head, UpstreamBody::H2(incoming)),
+                response: Box::new(Response::from_parts(head, UpstreamBody::H2(incoming))),
             }
         }
     }

@@ -60,6 +60,16 @@ pub async fn handle(
     conn: Rc<ConnInfo>,
     req: Request<ClientStream>,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    Ok(*handle_boxed(worker, conn, Box::new(req)).await)
+}
+
+/// [`handle`] with the request and response boxed, as the HTTP/1.1 loop uses it: each
+/// passes through several futures, and a pointer moves where the whole value was copied.
+pub async fn handle_boxed(
+    worker: Rc<Worker>,
+    conn: Rc<ConnInfo>,
+    req: Box<Request<ClientStream>>,
+) -> Box<Response<ResponseBody>> {
     conn.state.set(ConnPhase::InRequest);
     conn.state.begin();
     let snapshot = worker.shared.snapshot.load_full();
@@ -69,9 +79,14 @@ pub async fn handle(
         .listeners
         .get(conn.listener)
         .unwrap_or(crate::config::ListenerSettings::fallback());
-    let request_id = request_id(&head.headers, listener.trust_request_id);
+    let request_id = request_id(
+        &head.headers,
+        listener.trust_request_id,
+        &worker.request_ids,
+    );
     let traffic = Rc::new(Traffic::default());
-    let body = if incoming.is_end_stream() {
+    let bodiless = incoming.is_end_stream();
+    let body = if bodiless {
         traffic.request_done.set(true);
         RequestBody::Empty
     } else {
@@ -82,7 +97,11 @@ pub async fn handle(
             traffic.clone(),
         ))
     };
-    let limits = check_limits(&head, listener.max_header_bytes, listener.max_body_bytes);
+    let limits = check_limits(
+        &head,
+        listener.max_header_bytes,
+        (!bodiless).then_some(listener.max_body_bytes),
+    );
     // gRPC needs HTTP/2: HTTP/1.1 requests pay one comparison.
     let grpc = head.version == http::Version::HTTP_2 && error::is_grpc(&head.headers);
     // Boxed: the context moves from the driver to the response body's log observer, and a
@@ -115,14 +134,15 @@ pub async fn handle(
         Ok(()) => run(&mut ctx, &snapshot).await,
         Err(e) => Err(e),
     };
-    Ok(respond(ctx, &snapshot, answer))
+    respond(ctx, &snapshot, answer)
 }
 
-/// Limits checked before any phase: header size (431) and declared body size (413).
+/// Limits checked before any phase: header size (431) and, for a request with a body,
+/// its declared size (413).
 fn check_limits(
     head: &http::request::Parts,
     max_header: usize,
-    max_body: u64,
+    max_body: Option<u64>,
 ) -> Result<(), ProxyError> {
     let header_bytes: usize = head.method.as_str().len()
         + head.uri.path_and_query().map_or(1, |pq| pq.as_str().len())
@@ -138,6 +158,9 @@ fn check_limits(
             format!("request headers are {header_bytes} bytes; the limit is {max_header}"),
         ));
     }
+    let Some(max_body) = max_body else {
+        return Ok(());
+    };
     let declared = head
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -152,7 +175,7 @@ fn check_limits(
     Ok(())
 }
 
-fn request_id(headers: &http::HeaderMap, trust: bool) -> HeaderValue {
+fn request_id(headers: &http::HeaderMap, trust: bool, ids: &RequestIds) -> HeaderValue {
     if trust {
         if let Some(v) = headers.get(&X_REQUEST_ID) {
             if !v.is_empty() && v.len() <= 200 {
@@ -160,9 +183,35 @@ fn request_id(headers: &http::HeaderMap, trust: bool) -> HeaderValue {
             }
         }
     }
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    ids.generate()
+}
+
+/// Generated request ids (UUID v4 text), cut from one buffer per worker: an id costs no
+/// allocation of its own, and its copies (upstream head, response, log) share the buffer's
+/// reference count instead of each id first being copied into a shared allocation.
+#[derive(Default)]
+pub struct RequestIds(std::cell::RefCell<bytes::BytesMut>);
+
+impl RequestIds {
+    /// Ids per buffer: one allocation per this many requests.
+    const PER_BUFFER: usize = 64;
+
+    fn generate(&self) -> HeaderValue {
+        const LEN: usize = uuid::fmt::Hyphenated::LENGTH;
+        let mut buf = self.0.borrow_mut();
+        if buf.capacity() - buf.len() < LEN {
+            *buf = bytes::BytesMut::with_capacity(LEN * Self::PER_BUFFER);
+        }
+        let mut text = [0u8; LEN];
+        buf.extend_from_slice(
+            uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut text)
+                .as_bytes(),
+        );
+        HeaderValue::from_maybe_shared(buf.split().freeze())
+            .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
 }
 
 async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, ProxyError> {
@@ -281,7 +330,7 @@ fn respond(
     mut ctx: Box<RequestCtx>,
     snapshot: &Arc<Snapshot>,
     answer: Result<Answer, ProxyError>,
-) -> Response<ResponseBody> {
+) -> Box<Response<ResponseBody>> {
     let mut raw = None;
     let (mut head, source) = match answer {
         Ok(Answer::Local(r)) => local_parts(r),
@@ -337,7 +386,7 @@ fn bad_upstream_head(
     snapshot: &Arc<Snapshot>,
     msg: String,
     source: ResponseSource,
-) -> Response<ResponseBody> {
+) -> Box<Response<ResponseBody>> {
     drop(source);
     let (h, s) = error_parts(&ctx, &ProxyError::upstream(Kind::UpstreamProtocol, msg));
     finish(ctx, snapshot, h, s, None)
@@ -359,7 +408,7 @@ fn finish(
     mut head: ResponseHead,
     source: ResponseSource,
     mut raw: Option<RawHeaders>,
-) -> Response<ResponseBody> {
+) -> Box<Response<ResponseBody>> {
     match raw.as_mut() {
         // Written with the upstream's lines: the head's map then stays empty, unallocated.
         Some(r) => {
@@ -408,12 +457,12 @@ fn finish(
         },
         ctx: Some(ctx),
     };
-    Response::from_parts(
+    Box::new(Response::from_parts(
         head,
         ResponseBody::new(source, Some(Box::new(observer)))
             .grpc(grpc)
             .with_raw_headers(raw),
-    )
+    ))
 }
 
 fn local_parts(r: LocalResponse) -> (ResponseHead, ResponseSource) {
@@ -575,10 +624,21 @@ mod tests {
     fn generates_uuid_request_ids_unless_trusted() {
         let mut h = http::HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("client-id"));
-        assert_eq!(request_id(&h, true), "client-id");
-        let generated = request_id(&h, false);
+        let ids = RequestIds::default();
+        assert_eq!(request_id(&h, true, &ids), "client-id");
+        let generated = request_id(&h, false, &ids);
         assert_eq!(generated.len(), 36);
         assert!(uuid::Uuid::parse_str(generated.to_str().unwrap()).is_ok());
+        // Many ids from the shared buffers stay distinct and whole.
+        let all: Vec<HeaderValue> = (0..RequestIds::PER_BUFFER * 3)
+            .map(|_| ids.generate())
+            .collect();
+        let distinct: std::collections::HashSet<&[u8]> =
+            all.iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(distinct.len(), all.len());
+        assert!(all
+            .iter()
+            .all(|id| uuid::Uuid::parse_str(id.to_str().unwrap()).is_ok()));
     }
 
     #[test]
@@ -590,7 +650,7 @@ mod tests {
             .unwrap();
         let (head, ()) = req.into_parts();
         assert_eq!(
-            check_limits(&head, 1024, 10).unwrap_err().kind,
+            check_limits(&head, 1024, Some(10)).unwrap_err().kind,
             Kind::HeaderTooLarge
         );
         let req = Request::builder()
@@ -600,8 +660,10 @@ mod tests {
             .unwrap();
         let (head, ()) = req.into_parts();
         assert_eq!(
-            check_limits(&head, 1024, 10).unwrap_err().kind,
+            check_limits(&head, 1024, Some(10)).unwrap_err().kind,
             Kind::BodyTooLarge
         );
+        // A request without a body is not held to its declared length.
+        assert!(check_limits(&head, 1024, None).is_ok());
     }
 }

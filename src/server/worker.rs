@@ -43,6 +43,8 @@ pub struct Worker {
     pub tracker: Rc<Tracker>,
     /// Asks this worker's connections to finish their current request and close.
     pub drain: DrainSignal,
+    /// Where this worker's generated request ids are written.
+    pub request_ids: crate::proxy::RequestIds,
 }
 
 impl Worker {
@@ -58,6 +60,7 @@ impl Worker {
                 idle: Notify::new(),
             }),
             drain: DrainSignal::default(),
+            request_ids: Default::default(),
         })
     }
 }

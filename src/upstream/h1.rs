@@ -23,7 +23,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use super::pool::{PoolHandle, UpstreamStream};
+use super::pool::{PoolHandle, UpstreamBody, UpstreamRequest, UpstreamResponse, UpstreamStream};
 use crate::http1::raw::{RawBuilder, RawHeaders};
 use crate::http1::{decode, push_chunk, Decoded, Framing, READ_CHUNK};
 use crate::proxy::body::{BoxError, UpstreamRequestBody};
@@ -51,7 +51,7 @@ pub struct SendFailure {
     /// The error to report when not retried.
     pub error: ProxyError,
     /// The request, given back when sending it again is safe.
-    pub retry: Option<Request<UpstreamRequestBody>>,
+    pub retry: Option<UpstreamRequest>,
 }
 
 impl H1Conn {
@@ -85,14 +85,17 @@ impl H1Conn {
     /// response's [`H1Body`], which gives the connection back to `pool` when it is done.
     pub async fn send(
         mut self: Box<Self>,
-        req: Request<UpstreamRequestBody>,
+        mut req: UpstreamRequest,
         added: Option<&ForwardedHeaders>,
         pool: PoolHandle,
-    ) -> Result<Response<H1Body>, SendFailure> {
+    ) -> Result<UpstreamResponse, SendFailure> {
         let method = req.method().clone();
         let chunked = encode_head(&mut self.head, &req, added);
-        let (parts, body) = req.into_parts();
-        let mut body = Some(body);
+        // The head stays boxed (for a retry); only the body moves out.
+        let mut body = Some(std::mem::replace(
+            req.body_mut(),
+            UpstreamRequestBody::Full(None),
+        ));
         if let Err(e) = self.write_request(&mut body, chunked).await {
             // An upstream may answer before reading the whole body (a 413 or 401 to an
             // upload) and close; writing then fails, but its answer is already in our
@@ -107,7 +110,7 @@ impl H1Conn {
                 .reused
                 .then(|| body.take())
                 .flatten()
-                .map(|b| Request::from_parts(parts, b));
+                .map(|b| with_body(req, b));
             return Err(SendFailure { error: e, retry });
         }
         match self.read_head(&method).await {
@@ -124,7 +127,7 @@ impl H1Conn {
                 let retry = (self.reused && nothing_read && idempotent(&method))
                     .then(|| body.take())
                     .flatten()
-                    .map(|b| Request::from_parts(parts, b));
+                    .map(|b| with_body(req, b));
                 Err(SendFailure { error, retry })
             }
         }
@@ -137,14 +140,14 @@ impl H1Conn {
         framing: Framing,
         keep_alive: bool,
         pool: PoolHandle,
-    ) -> Response<H1Body> {
-        let mut resp = Response::new(H1Body {
+    ) -> UpstreamResponse {
+        let mut resp = Box::new(Response::new(UpstreamBody::H1(H1Body {
             conn: Some(self),
             framing,
             keep_alive,
             pool: Some(pool),
             headers: Some(head.headers),
-        });
+        })));
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         resp
@@ -300,6 +303,12 @@ fn idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
+}
+
+/// `req` with its body put back (for sending it again).
+fn with_body(mut req: UpstreamRequest, body: UpstreamRequestBody) -> UpstreamRequest {
+    *req.body_mut() = body;
+    req
 }
 
 /// Writes the request line and headers into `out`, with the gateway's forwarding headers

@@ -46,13 +46,37 @@ struct Idle {
     idle_timeout: Duration,
 }
 
+/// Pool keys are already hashes of the target (`Target::pool_key`): the maps use them as
+/// they are instead of hashing them again (SipHash twice per request before).
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed here; anything else still spreads over the bits.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
 #[derive(Default)]
 struct PoolInner {
-    idle: RefCell<HashMap<u64, VecDeque<Idle>>>,
-    h2: RefCell<HashMap<u64, http2::SendRequest<UpstreamRequestBody>>>,
+    idle: RefCell<KeyMap<VecDeque<Idle>>>,
+    h2: RefCell<KeyMap<http2::SendRequest<UpstreamRequestBody>>>,
     /// HTTP/2 connections being opened: requests that arrive meanwhile wait for that one
     /// instead of opening their own (a burst would otherwise open one per request).
-    h2_connecting: RefCell<HashMap<u64, Rc<H2Connecting>>>,
+    h2_connecting: RefCell<KeyMap<Rc<H2Connecting>>>,
 }
 
 /// An HTTP/2 connect in progress, and its outcome once known.
@@ -136,9 +160,17 @@ impl UpstreamBody {
     }
 }
 
+/// A request on its way to an upstream. Boxed once: it passes through several layers of
+/// futures on the way to the connection, and each would otherwise copy the whole request.
+pub type UpstreamRequest = Box<Request<UpstreamRequestBody>>;
+
 /// Outcome of [`Conn::send`]: the response, or an error with the request given back when
 /// it may be sent again on a fresh connection.
-pub type SendOutcome = Result<Response<UpstreamBody>, SendFailure>;
+pub type SendOutcome = Result<UpstreamResponse, SendFailure>;
+
+/// An upstream's response head and body, boxed once for the same reason as
+/// [`UpstreamRequest`]: it travels up through as many futures.
+pub type UpstreamResponse = Box<Response<UpstreamBody>>;
 
 impl Pool {
     /// A connection to `target`: an idle pooled one when there is one, else a new one.
@@ -260,11 +292,7 @@ impl Conn {
     /// Sends `req` and waits for the response head.
     /// `added`: the gateway's forwarding headers, written into an HTTP/1.1 head (an
     /// HTTP/2 request carries them in its map already).
-    pub async fn send(
-        self,
-        req: Request<UpstreamRequestBody>,
-        added: Option<&ForwardedHeaders>,
-    ) -> SendOutcome {
+    pub async fn send(self, req: UpstreamRequest, added: Option<&ForwardedHeaders>) -> SendOutcome {
         match self.sender {
             Sender::H1(conn) => {
                 let handle = PoolHandle {
@@ -273,15 +301,13 @@ impl Conn {
                     max_idle: self.max_idle,
                     idle_timeout: self.idle_timeout,
                 };
-                conn.send(req, added, handle)
-                    .await
-                    .map(|r| r.map(UpstreamBody::H1))
+                conn.send(req, added, handle).await
             }
-            Sender::H2(mut sender) => match sender.try_send_request(req).await {
-                Ok(resp) => Ok(resp.map(UpstreamBody::H2)),
+            Sender::H2(mut sender) => match sender.try_send_request(*req).await {
+                Ok(resp) => Ok(Box::new(resp.map(UpstreamBody::H2))),
                 Err(mut e) => {
                     self.pool.h2.borrow_mut().remove(&self.key);
-                    let retry = e.take_message().filter(|_| self.reused);
+                    let retry = e.take_message().filter(|_| self.reused).map(Box::new);
                     Err(SendFailure {
                         error: send_error(e.error()),
                         retry,

@@ -121,10 +121,10 @@ where
                 (None, None)
             };
             let source: Rc<RefCell<dyn body::BodySource>> = conn.clone();
-            let mut req = Request::from_parts(
+            let mut req = Box::new(Request::from_parts(
                 head.parts,
                 ClientStream::H1(RequestBody::new(source, c.request)),
-            );
+            ));
             if let Some(rx) = rx {
                 req.extensions_mut().insert(rx);
             }
@@ -134,11 +134,7 @@ where
         let is_head = request.method() == http::Method::HEAD;
         // Not boxed: awaited in place, the driver's future is never moved (boxing it copied
         // the whole future into the heap on every request).
-        let resp = crate::proxy::handle(worker.clone(), info.clone(), request).await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(never) => match never {},
-        };
+        let resp = crate::proxy::handle_boxed(worker.clone(), info.clone(), request).await;
         let keep_alive = head.keep_alive && !worker.drain.is_draining() && {
             let idle_body = body_is_idle(&conn);
             let mut c = conn.borrow_mut();
@@ -265,10 +261,10 @@ async fn reject<I>(
 {
     let request_id = HeaderValue::from_str(id).unwrap_or(HeaderValue::from_static("-"));
     let local = error_response(e, &request_id);
-    let mut resp = Response::new(ResponseBody::new(
+    let mut resp = Box::new(Response::new(ResponseBody::new(
         ResponseSource::Full(Some(local.body)),
         None,
-    ));
+    )));
     *resp.status_mut() = local.status;
     *resp.headers_mut() = local.headers;
     resp.headers_mut()

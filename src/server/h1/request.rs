@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
+use smallvec::SmallVec;
 
 use crate::http1::{ChunkState, Framing};
 use crate::proxy::error::{Kind, ProxyError};
@@ -60,34 +61,40 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         _ => Version::HTTP_11,
     };
     // Values and the target will share the head's buffer: note where each lies, then split.
+    // The fields that decide framing and keep-alive are read on this pass, so none of
+    // them is looked up in the map afterwards.
     let target = span(buf, len, req.path.unwrap_or("").as_bytes());
-    let mut fields = Vec::with_capacity(req.headers.len());
+    let mut facts = Facts::default();
+    // On the stack for usual heads; drained in place below (moving it costs a copy).
+    let mut fields: SmallVec<[(HeaderName, std::ops::Range<usize>); 16]> = SmallVec::new();
     for h in req.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| bad(format!("malformed header name `{}`", h.name)))?;
+        facts.field(&name, h.value);
         fields.push((name, span(buf, len, h.value)));
     }
     let head_bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head_bytes.slice(target))
         .map_err(|_| bad("malformed request target"))?;
-    // Room for the few headers the gateway adds upstream (X-Forwarded-*, X-Request-Id).
-    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
-    for (name, at) in fields {
+    // Room for a few headers plugins add; the forwarding headers are written straight
+    // into an HTTP/1.1 upstream's head, and an HTTP/2 request reserves its own.
+    let mut headers = HeaderMap::with_capacity(fields.len() + 2);
+    for (name, at) in fields.drain(..) {
         let value = HeaderValue::from_maybe_shared(head_bytes.slice(at))
             .map_err(|_| bad(format!("malformed value for header `{name}`")))?;
         headers.append(name, value);
     }
     // A request that sent both `Transfer-Encoding` and `Content-Length` is answered and
     // the connection closed (RFC 9112 §6.1).
-    let (framing, close_after) = framing(version, &mut headers)?;
-    let keep_alive = crate::http1::keep_alive(version, &headers) && !close_after;
-    let expect_continue = version == Version::HTTP_11
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let upgrade = version == Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
-        && crate::proxy::forward::is_upgrade(&headers);
+    let (framing, close_after) = facts.framing(version, &mut headers)?;
+    let http11 = version == Version::HTTP_11;
+    let keep_alive = if http11 {
+        !facts.close
+    } else {
+        facts.keep_alive && !facts.close
+    } && !close_after;
+    let expect_continue = http11 && facts.expect_continue;
+    let upgrade = http11 && facts.upgrade_header && facts.upgrade_token;
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
@@ -112,39 +119,99 @@ fn span(buf: &[u8], len: usize, part: &[u8]) -> std::ops::Range<usize> {
     }
 }
 
-/// The body's framing (RFC 9112 §6.3) and whether the connection must close after it.
-/// A `Content-Length` next to `Transfer-Encoding` is removed: it must not reach the upstream.
-fn framing(version: Version, headers: &mut HeaderMap) -> Result<(Framing, bool), ProxyError> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 {
-            return Err(bad(
-                "Transfer-Encoding is not allowed in an HTTP/1.0 request",
-            ));
+/// What the fields that frame the message say, read once while the head is parsed.
+#[derive(Default)]
+struct Facts {
+    content_length: Option<u64>,
+    /// A malformed or conflicting `Content-Length` (an error unless the body is chunked,
+    /// in which case the field is dropped).
+    length_error: Option<&'static str>,
+    /// `Transfer-Encoding` was sent; `Some(true)` when its last coding is `chunked`.
+    te_chunked: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+    upgrade_token: bool,
+    upgrade_header: bool,
+    /// The first `Expect` field asks for `100-continue`.
+    expect_continue: bool,
+    expect_seen: bool,
+}
+
+impl Facts {
+    /// Notes one field.
+    fn field(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            match crate::http1::parse_length(value) {
+                None => {
+                    self.length_error.get_or_insert("malformed Content-Length");
+                }
+                Some(n) if self.content_length.is_some_and(|l| l != n) => {
+                    self.length_error
+                        .get_or_insert("conflicting Content-Length values");
+                }
+                Some(n) => self.content_length = Some(n),
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            let last = value
+                .split(|b| *b == b',')
+                .map(<[u8]>::trim_ascii)
+                .rfind(|t| !t.is_empty());
+            match last {
+                Some(t) => self.te_chunked = Some(t.eq_ignore_ascii_case(b"chunked")),
+                None => {
+                    self.te_chunked.get_or_insert(false);
+                }
+            }
+        } else if *name == header::CONNECTION {
+            for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                self.upgrade_token |= token.eq_ignore_ascii_case(b"upgrade");
+            }
+        } else if *name == header::UPGRADE {
+            self.upgrade_header = true;
+        } else if *name == header::EXPECT && !self.expect_seen {
+            self.expect_seen = true;
+            self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
         }
-        if !crate::http1::chunked_is_last(headers) {
-            return Err(bad(
-                "the request's Transfer-Encoding does not end with chunked",
-            ));
-        }
-        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
-        return Ok((Framing::Chunked(ChunkState::Size), had_length));
     }
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        let n = crate::http1::parse_length(v.as_bytes())
-            .ok_or_else(|| bad("malformed Content-Length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(bad("conflicting Content-Length values"));
+
+    /// The body's framing (RFC 9112 §6.3) and whether the connection must close after it.
+    /// A `Content-Length` next to `Transfer-Encoding` is removed: it must not reach the
+    /// upstream. Otherwise a malformed or conflicting one is a 400.
+    fn framing(
+        &self,
+        version: Version,
+        headers: &mut HeaderMap,
+    ) -> Result<(Framing, bool), ProxyError> {
+        if let Some(chunked_last) = self.te_chunked {
+            if version == Version::HTTP_10 {
+                return Err(bad(
+                    "Transfer-Encoding is not allowed in an HTTP/1.0 request",
+                ));
+            }
+            if !chunked_last {
+                return Err(bad(
+                    "the request's Transfer-Encoding does not end with chunked",
+                ));
+            }
+            let had_length = self.content_length.is_some() || self.length_error.is_some();
+            if had_length {
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            return Ok((Framing::Chunked(ChunkState::Size), had_length));
         }
-        length = Some(n);
+        if let Some(message) = self.length_error {
+            return Err(bad(message));
+        }
+        Ok((
+            match self.content_length {
+                None | Some(0) => Framing::Done,
+                Some(n) => Framing::Length(n),
+            },
+            false,
+        ))
     }
-    Ok((
-        match length {
-            None | Some(0) => Framing::Done,
-            Some(n) => Framing::Length(n),
-        },
-        false,
-    ))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode, Version};
-use http_body::Body;
+use http_body::{Body, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::Conn;
@@ -73,22 +73,24 @@ pub(super) enum Written {
 pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
     conn: &Rc<RefCell<Conn<I>>>,
     out: &mut Vec<u8>,
-    resp: Response<ResponseBody>,
+    mut resp: Box<Response<ResponseBody>>,
     ask: &Ask,
 ) -> Written {
-    let (mut head, mut body) = resp.into_parts();
-    let status = head.status;
-    let raw = body.take_raw_headers();
-    let wire = wire(status, ask, &mut head.headers, raw.as_ref(), &body);
+    // Worked on in its box: taking it apart would copy it out.
+    let status = resp.status();
+    let raw = resp.body_mut().take_raw_headers();
+    let size = resp.body().size_hint();
+    let wire = wire(status, ask, resp.headers_mut(), raw.as_ref(), &size);
     let keep_alive = ask.keep_alive
         && wire != Wire::Close
         && status != StatusCode::SWITCHING_PROTOCOLS
         // A response that says `Connection: close` (set by a plugin or script) closes.
-        && crate::http1::keep_alive(Version::HTTP_11, &head.headers);
+        && (resp.headers().is_empty()
+            || crate::http1::keep_alive(Version::HTTP_11, resp.headers()));
     encode_head(
         out,
         status,
-        &mut head.headers,
+        resp.headers_mut(),
         raw.as_ref(),
         wire,
         keep_alive,
@@ -102,7 +104,7 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
             Err(_) => Written::Close,
         };
     }
-    match write_body(conn, out, &mut body, wire, stall).await {
+    match write_body(conn, out, resp.body_mut(), wire, stall).await {
         Ok(()) if keep_alive => Written::KeepAlive,
         Ok(()) => Written::Close,
         Err(e) => {
@@ -120,7 +122,7 @@ fn wire(
     ask: &Ask,
     headers: &mut HeaderMap,
     raw: Option<&RawHeaders>,
-    body: &ResponseBody,
+    size: &SizeHint,
 ) -> Wire {
     headers.remove(header::TRANSFER_ENCODING);
     if status.is_informational() || status == StatusCode::NO_CONTENT {
@@ -140,7 +142,7 @@ fn wire(
         // The headers describe the body a GET would have had: keep a declared length, and
         // state the length of a body the gateway made itself.
         if declared.is_none() && status != StatusCode::NOT_MODIFIED {
-            if let Some(n) = body.size_hint().exact().filter(|n| *n > 0) {
+            if let Some(n) = size.exact().filter(|n| *n > 0) {
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
         }
@@ -153,7 +155,7 @@ fn wire(
         }
         None => {}
     }
-    if let Some(n) = body.size_hint().exact() {
+    if let Some(n) = size.exact() {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
         return Wire::Length(n);
     }
@@ -373,11 +375,13 @@ mod tests {
         }
     }
 
-    fn full(text: &'static str) -> ResponseBody {
+    /// The size a full body of `text` announces.
+    fn full(text: &'static str) -> SizeHint {
         ResponseBody::new(
             ResponseSource::Full(Some(Bytes::from_static(text.as_bytes()))),
             None,
         )
+        .size_hint()
     }
 
     #[test]
