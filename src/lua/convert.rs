@@ -209,8 +209,60 @@ pub fn raw_arg<'q>(query: &'q [u8], name: &[u8]) -> Option<&'q [u8]> {
     })
 }
 
-/// A header name as `ngx.header`/`ngx.var.http_*` take it: `_` → `-`, lower case.
+/// The header name a script wrote (`ngx.header.content_type`, `ngx.req.set_header`):
+/// lower-cased, `_` read as `-` when `underscores`. Scripts name the same few headers on
+/// every request, so the last names converted are kept per thread: converting costs a
+/// lower-casing pass, a validation and, for names `http` does not know, an allocation.
 pub fn header_name(name: &[u8], underscores: bool) -> Option<http::HeaderName> {
+    if name.len() > NAME_CACHE_LEN {
+        return convert_header_name(name, underscores);
+    }
+    if let Some(hit) = NAMES.with(|c| c.borrow().get(name, underscores)) {
+        return Some(hit);
+    }
+    let converted = convert_header_name(name, underscores)?;
+    NAMES.with(|c| c.borrow_mut().put(name, underscores, converted.clone()));
+    Some(converted)
+}
+
+/// Names longer than this are converted every time (and not kept).
+const NAME_CACHE_LEN: usize = 64;
+/// How many names are kept per thread.
+const NAME_CACHE_SIZE: usize = 16;
+
+thread_local! {
+    static NAMES: std::cell::RefCell<NameCache> = const {
+        std::cell::RefCell::new(NameCache { entries: Vec::new(), next: 0 })
+    };
+}
+
+/// The last header names converted: as written, the `_` rule, and the name.
+struct NameCache {
+    entries: Vec<(Box<[u8]>, bool, http::HeaderName)>,
+    /// The entry replaced next once full (oldest first).
+    next: usize,
+}
+
+impl NameCache {
+    fn get(&self, name: &[u8], underscores: bool) -> Option<http::HeaderName> {
+        self.entries
+            .iter()
+            .find(|(n, u, _)| *u == underscores && **n == *name)
+            .map(|(_, _, h)| h.clone())
+    }
+
+    fn put(&mut self, name: &[u8], underscores: bool, header: http::HeaderName) {
+        let entry = (Box::from(name), underscores, header);
+        if self.entries.len() < NAME_CACHE_SIZE {
+            self.entries.push(entry);
+        } else {
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % NAME_CACHE_SIZE;
+        }
+    }
+}
+
+fn convert_header_name(name: &[u8], underscores: bool) -> Option<http::HeaderName> {
     let mut buf = [0u8; 128];
     if name.len() <= buf.len() {
         for (d, s) in buf.iter_mut().zip(name) {
@@ -275,6 +327,20 @@ mod tests {
         assert_eq!(header_name(b"X_Api_Key", true).unwrap(), "x-api-key");
         assert_eq!(header_name(b"X_Api_Key", false).unwrap(), "x_api_key");
         assert!(header_name(b"bad name", true).is_none());
+        // From the cache, each spelling keeps its own conversion, and once more names
+        // were used than it holds, the old ones are converted again, still right.
+        assert_eq!(header_name(b"X_Api_Key", true).unwrap(), "x-api-key");
+        assert_eq!(header_name(b"X_Api_Key", false).unwrap(), "x_api_key");
+        for i in 0..NAME_CACHE_SIZE * 2 {
+            let name = format!("X_N{i}");
+            assert_eq!(
+                header_name(name.as_bytes(), true).unwrap(),
+                format!("x-n{i}").as_str()
+            );
+        }
+        assert_eq!(header_name(b"X_Api_Key", true).unwrap(), "x-api-key");
+        let long = "x".repeat(NAME_CACHE_LEN + 1);
+        assert_eq!(header_name(long.as_bytes(), true).unwrap(), long.as_str());
     }
 
     #[test]

@@ -44,13 +44,20 @@ fn set_path_and_query(s: &mut ReqState, path: &str, query: Option<&[u8]>) -> Res
 }
 
 fn header_value(lua: &Lua, v: &Value) -> mlua::Result<HeaderValue> {
-    let b = convert::as_bytes(v).ok_or_else(|| {
-        convert::error(
-            lua,
-            format!("header value must be a string, got {}", v.type_name()),
-        )
-    })?;
-    HeaderValue::from_bytes(&b).map_err(|_| convert::error(lua, "invalid header value"))
+    let made = match v {
+        // Read in place: no copy of the string before the value's own.
+        Value::String(s) => HeaderValue::from_bytes(&s.as_bytes()),
+        other => {
+            let b = convert::as_bytes(other).ok_or_else(|| {
+                convert::error(
+                    lua,
+                    format!("header value must be a string, got {}", v.type_name()),
+                )
+            })?;
+            HeaderValue::from_bytes(&b)
+        }
+    };
+    made.map_err(|_| convert::error(lua, "invalid header value"))
 }
 
 /// Sets (or with `nil` removes) header `name` in `headers`; a table sets one line per value.
@@ -61,12 +68,31 @@ pub fn set_header(
     value: &Value,
     underscores: bool,
 ) -> mlua::Result<()> {
-    let name = convert::header_name(name, underscores).ok_or_else(|| {
+    let name = checked_header_name(lua, name, underscores)?;
+    set_named_header(lua, headers, name, value)
+}
+
+/// `name` as a header name, or the error a script gets for an invalid one.
+pub fn checked_header_name(
+    lua: &Lua,
+    name: &[u8],
+    underscores: bool,
+) -> mlua::Result<http::HeaderName> {
+    convert::header_name(name, underscores).ok_or_else(|| {
         convert::error(
             lua,
             format!("invalid header name \"{}\"", String::from_utf8_lossy(name)),
         )
-    })?;
+    })
+}
+
+/// [`set_header`] with the name already converted.
+pub fn set_named_header(
+    lua: &Lua,
+    headers: &mut HeaderMap,
+    name: http::HeaderName,
+    value: &Value,
+) -> mlua::Result<()> {
     match value {
         Value::Nil => {
             headers.remove(&name);

@@ -15,7 +15,7 @@ use super::super::convert;
 use super::super::state::ReqState;
 use super::super::vm::Host;
 use super::super::{Kind, Kinds};
-use super::req::set_header;
+use super::req::{checked_header_name, set_named_header};
 
 /// Where `ngx.exit` may be called.
 const EXIT: Kinds = Kinds::of(&[
@@ -180,12 +180,13 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
                     if Kinds::OUTPUT.has(s.kind) && s.out.sent {
                         return Ok(true);
                     }
+                    let n = checked_header_name(lua, &name.as_bytes(), true)?;
                     if Kinds::OUTPUT.has(s.kind) {
                         s.out.headers_set = true;
-                    } else if let Some(n) = convert::header_name(&name.as_bytes(), true) {
+                    } else {
                         s.replace_raw(&n);
                     }
-                    set_header(lua, headers(s), &name.as_bytes(), &value, true)?;
+                    set_named_header(lua, headers(s), n, &value)?;
                     Ok(false)
                 })?;
                 if ignored {
