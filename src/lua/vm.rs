@@ -437,7 +437,9 @@ impl Vm {
     pub(super) fn leave(&self, inst: &Instance, result: &Result<(), Failure>) {
         let active = inst.active.get().saturating_sub(1);
         inst.active.set(active);
-        if active == 0 && !inst.env.is_empty() {
+        if active == 0 {
+            // Unconditionally: clearing an empty table costs less than asking whether it
+            // is empty (`next` through mlua's reference thread).
             let _ = inst.env.clear();
         }
         if matches!(result, Err(f) if f.kind == FailureKind::MemoryLimit) {

@@ -400,7 +400,7 @@ fn metatable(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     meta.raw_set(
         "__index",
         lua.create_function(
-            move |lua, (_, key): (Value, mlua::LuaString)| -> mlua::Result<Value> {
+            move |lua, (_, key): (bool, mlua::LuaString)| -> mlua::Result<Value> {
                 match &*key.as_bytes() {
                     b"ctx" => get_ctx(lua, &h).map(Value::Table),
                     b"status" => super::resp::get_status(lua, &h),
@@ -417,7 +417,7 @@ fn metatable(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Table> {
     meta.raw_set(
         "__newindex",
         lua.create_function(
-            move |lua, (_, key, value): (Value, mlua::LuaString, Value)| match &*key.as_bytes() {
+            move |lua, (_, key, value): (bool, mlua::LuaString, Value)| match &*key.as_bytes() {
                 b"ctx" => match value {
                     Value::Table(t) => {
                         h.check(lua, "ngx.ctx", Kinds::REQUEST_OR_TIMER)?;

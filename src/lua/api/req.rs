@@ -86,6 +86,19 @@ pub fn checked_header_name(
     })
 }
 
+/// Sets header `name` to one value given as text.
+pub fn set_header_text(
+    lua: &Lua,
+    headers: &mut HeaderMap,
+    name: http::HeaderName,
+    text: &[u8],
+) -> mlua::Result<()> {
+    let value =
+        HeaderValue::from_bytes(text).map_err(|_| convert::error(lua, "invalid header value"))?;
+    headers.insert(name, value);
+    Ok(())
+}
+
 /// [`set_header`] with the name already converted.
 pub fn set_named_header(
     lua: &Lua,

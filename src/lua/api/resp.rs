@@ -15,7 +15,7 @@ use super::super::convert;
 use super::super::state::ReqState;
 use super::super::vm::Host;
 use super::super::{Kind, Kinds};
-use super::req::{checked_header_name, set_named_header};
+use super::req::{checked_header_name, set_header_text, set_named_header};
 
 /// Where `ngx.exit` may be called.
 const EXIT: Kinds = Kinds::of(&[
@@ -165,9 +165,10 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
     let h = host.clone();
     header_meta.raw_set(
         "__index",
-        lua.create_function(move |lua, (_, name): (Value, mlua::LuaString)| {
+        // As `ngx.var`: no registry references for the table and the name.
+        lua.create_function(move |lua, (_, name): (bool, mlua::BString)| {
             h.with_req(lua, "ngx.header", Kinds::REQUEST, |s| {
-                header_get(lua, s, &name.as_bytes())
+                header_get(lua, s, &name)
             })
         })?,
     )?;
@@ -175,22 +176,32 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
     header_meta.raw_set(
         "__newindex",
         lua.create_function(
-            move |lua, (_, name, value): (Value, mlua::LuaString, Value)| {
+            // A string (or number) value is read as bytes, with no registry reference;
+            // anything else (nil, a table of values) as a value.
+            move |lua,
+                  (_, name, value): (bool, mlua::BString, mlua::Either<mlua::BString, Value>)| {
                 let ignored = h.with_req(lua, "ngx.header (assignment)", HEADER_WRITE, |s| {
                     if Kinds::OUTPUT.has(s.kind) && s.out.sent {
                         return Ok(true);
                     }
-                    let n = checked_header_name(lua, &name.as_bytes(), true)?;
+                    let n = checked_header_name(lua, &name, true)?;
                     if Kinds::OUTPUT.has(s.kind) {
                         s.out.headers_set = true;
                     } else {
                         s.replace_raw(&n);
                     }
-                    set_named_header(lua, headers(s), n, &value)?;
+                    match &value {
+                        mlua::Either::Left(text) => set_header_text(lua, headers(s), n, text)?,
+                        mlua::Either::Right(v) => set_named_header(lua, headers(s), n, v)?,
+                    }
                     Ok(false)
                 })?;
                 if ignored {
-                    log_ignored(lua, &h, &format!("ngx.header.{}", name.to_string_lossy()));
+                    log_ignored(
+                        lua,
+                        &h,
+                        &format!("ngx.header.{}", String::from_utf8_lossy(&name)),
+                    );
                 }
                 Ok(())
             },
@@ -341,7 +352,7 @@ return exit, redirect
     let h = host.clone();
     arg_meta.raw_set(
         "__index",
-        lua.create_function(move |lua, (_, i): (Value, i64)| {
+        lua.create_function(move |lua, (_, i): (bool, i64)| {
             h.with_req(
                 lua,
                 "ngx.arg",
@@ -357,7 +368,7 @@ return exit, redirect
     let h = host.clone();
     arg_meta.raw_set(
         "__newindex",
-        lua.create_function(move |lua, (_, i, v): (Value, i64, Value)| {
+        lua.create_function(move |lua, (_, i, v): (bool, i64, Value)| {
             h.with_req(lua, "ngx.arg", Kinds::of(&[Kind::BodyFilter]), |s| {
                 match i {
                     1 => s.chunk = Bytes::from(convert::as_bytes(&v).unwrap_or_default()),

@@ -210,7 +210,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
     meta.raw_set(
         "__index",
         lua.create_function(
-            move |lua, (_, name): (Value, mlua::LuaString)| -> mlua::Result<Value> {
+            move |lua, (_, name): (bool, mlua::LuaString)| -> mlua::Result<Value> {
                 let key = name.as_bytes().to_vec();
                 if let Some(ud) = cache.borrow().get(&key) {
                     return Ok(Value::UserData(ud.clone()));

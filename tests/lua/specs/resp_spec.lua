@@ -106,6 +106,21 @@ describe("ngx.header", function()
     assert.equal("application/json table ab nil\n", res.body)
   end)
 
+  it("writes numbers as Lua prints them and refuses values that are not text", function()
+    local res = run("content", [[
+      ngx.header["X-Count"] = 5
+      ngx.header["X-Frac"] = 1.5
+      local ok, err = pcall(function() ngx.header["X-Bad"] = true end)
+      local ok2, err2 = pcall(function() ngx.header["X-Split"] = "a\r\nb: c" end)
+      ngx.say(tostring(ok), " ", tostring(ok2))
+    ]])
+    assert.equal("5", res.headers["x-count"])
+    assert.equal("1.5", res.headers["x-frac"])
+    assert.is_nil(res.headers["x-bad"])
+    assert.is_nil(res.headers["x-split"])
+    assert.equal("false false\n", res.body)
+  end)
+
   it("is ignored with an error log once output was sent", function()
     local res = run("content", [[ngx.say("x") ngx.header["X-Late"] = "1" ngx.status = 404]])
     assert.is_nil(res.headers["x-late"])
