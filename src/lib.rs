@@ -9,6 +9,7 @@ pub mod config;
 pub mod http1;
 pub mod lua;
 pub mod plugins;
+pub mod prehashed;
 pub mod proxy;
 pub mod queue;
 pub mod secrets;

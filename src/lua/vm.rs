@@ -182,26 +182,6 @@ impl StringCache {
     }
 }
 
-/// Script ids are already hashes: use them as they are.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type IdHash = std::hash::BuildHasherDefault<IdHasher>;
-
 /// One VM with its host state and loaded scripts.
 pub struct Vm {
     /// The Lua state.
@@ -211,7 +191,8 @@ pub struct Vm {
     globals: Table,
     /// `__newindex` of script environments: refuses to shadow built-in globals.
     env_newindex: Function,
-    instances: RefCell<HashMap<u64, Rc<Instance>, IdHash>>,
+    /// By script id (already a hash).
+    instances: RefCell<crate::prehashed::PrehashedMap<Rc<Instance>>>,
     /// Boxed: a state moves between the pool, the running slot and call futures by pointer.
     #[allow(clippy::vec_box)]
     pool: RefCell<Vec<Box<ReqState>>>,
@@ -256,7 +237,7 @@ impl Vm {
             host,
             globals,
             env_newindex,
-            instances: RefCell::new(HashMap::default()),
+            instances: RefCell::default(),
             pool: RefCell::new(Vec::new()),
             memory_limit: Cell::new(0),
         });

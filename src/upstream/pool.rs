@@ -9,7 +9,7 @@
 //! retried once on a fresh connection (see [`super::h1`]).
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -48,27 +48,7 @@ struct Idle {
 
 /// Pool keys are already hashes of the target (`Target::pool_key`): the maps use them as
 /// they are instead of hashing them again (SipHash twice per request before).
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64` keys are hashed here; anything else still spreads over the bits.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<KeyHasher>>;
+type KeyMap<V> = crate::prehashed::PrehashedMap<V>;
 
 #[derive(Default)]
 struct PoolInner {
