@@ -309,6 +309,38 @@ mod tests {
     }
 
     #[test]
+    fn drops_even_a_malformed_length_next_to_chunked_and_reads_tokens_in_any_case() {
+        let h =
+            head("POST / HTTP/1.1\r\nContent-Length: abc\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
+        assert!(!h.parts.headers.contains_key("content-length"));
+        assert!(!h.keep_alive);
+        let h = head("GET / HTTP/1.0\r\nConnection: foo , Keep-Alive\r\n\r\n");
+        assert!(h.keep_alive);
+        let h = head("GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: CLOSE\r\n\r\n");
+        assert!(!h.keep_alive);
+        let h =
+            head("GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n");
+        assert!(h.upgrade);
+        // Only the first `Expect` counts, as a lookup in the map would find it.
+        let h = head(
+            "POST / HTTP/1.1\r\nExpect: foo\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+        );
+        assert!(!h.expect_continue);
+        // A transfer coding list split over two fields: the last coding decides.
+        assert_eq!(
+            status(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"
+            ),
+            400
+        );
+        let h = head(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
+    }
+
+    #[test]
     fn rejects_what_could_smuggle_a_request() {
         for text in [
             "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
