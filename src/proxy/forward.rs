@@ -34,7 +34,6 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 /// appended to. An HTTP/1.1 upstream gets them written straight into the request head,
 /// no header map involved ([`ForwardedHeaders::replaces`] tells the encoder what to skip);
 /// an HTTP/2 upstream gets them in the map ([`ForwardedHeaders::apply`]).
-#[derive(Clone)]
 pub struct ForwardedHeaders {
     client_ip: HeaderValue,
     proto: &'static str,
