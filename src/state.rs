@@ -211,6 +211,10 @@ pub struct Shared {
     pub reload_tx: mpsc::UnboundedSender<ReloadRequest>,
     /// Flips to true when the process should drain and stop.
     pub shutdown: watch::Sender<bool>,
+    /// The version of the snapshot the reloader stored last. The control thread's
+    /// background tasks that have nothing to do under the running configuration wait on
+    /// it instead of waking on a timer.
+    pub swapped: watch::Sender<u64>,
     /// `ngx.shared` dictionaries: shared by all workers, kept across reloads.
     pub lua_dicts: Arc<crate::lua::SharedDicts>,
     /// Dynamic scripts (code API, directory, admin pushes): kept across reloads.
@@ -294,6 +298,7 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;
             shared.snapshot.store(Arc::new(next));
+            shared.swapped.send_replace(version);
             ReloadOutcome {
                 version,
                 needs_restart,

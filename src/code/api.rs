@@ -23,6 +23,7 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::build::now;
 use super::config::ApiSettings;
@@ -252,16 +253,15 @@ fn jitter(max: Duration) -> Duration {
 }
 
 /// Waits one interval (plus jitter), or less when a reload changes the `code.api` settings.
-async fn wait(shared: &Shared, api: &ApiSettings) {
-    let until = tokio::time::Instant::now() + api.interval + jitter(api.jitter);
+/// `swapped` was subscribed before `api` was read from the snapshot.
+async fn wait(shared: &Shared, api: &ApiSettings, swapped: &mut watch::Receiver<u64>) {
+    let deadline = tokio::time::sleep(api.interval + jitter(api.jitter));
+    tokio::pin!(deadline);
     loop {
-        let now = tokio::time::Instant::now();
-        if now >= until {
-            return;
-        }
         tokio::select! {
-            _ = tokio::time::sleep((until - now).min(Duration::from_millis(500))) => {}
+            _ = &mut deadline => return,
             _ = shared.code.poll.now.notified() => return,
+            _ = swapped.changed() => {}
         }
         let current = shared.snapshot.load();
         if current.code.as_ref().and_then(|c| c.api.as_ref()) != Some(api) {
@@ -281,11 +281,14 @@ struct PollState {
 /// Polls the code API for as long as the process runs (a task on the control thread).
 pub async fn poll(shared: Arc<Shared>) {
     let mut st = PollState::default();
+    // Subscribed before the first look at the snapshot, so no swap goes unnoticed.
+    let mut swapped = shared.swapped.subscribe();
     loop {
         let snapshot = shared.snapshot.load_full();
         let Some(api) = snapshot.code.as_ref().and_then(|c| c.api.clone()) else {
             st = PollState::default();
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            // No code API: nothing to do until a reload configures one.
+            let _ = swapped.changed().await;
             continue;
         };
         let url = api.url.to_string();
@@ -320,7 +323,7 @@ pub async fn poll(shared: Arc<Shared>) {
             .running
             .store(false, std::sync::atomic::Ordering::SeqCst);
         signal.done.send_modify(|n| *n += 1);
-        wait(&shared, &api).await;
+        wait(&shared, &api, &mut swapped).await;
     }
 }
 

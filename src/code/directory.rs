@@ -159,8 +159,15 @@ pub async fn watch(shared: Arc<Shared>) {
     let mut last_error: Option<String> = None;
     let mut had_dir = false;
     let mut rounds: u32 = 0;
+    // Subscribed before the first look at the snapshot, so no swap goes unnoticed.
+    let mut swapped = shared.swapped.subscribe();
     loop {
-        tokio::time::sleep(POLL).await;
+        if had_dir || configured(&shared) {
+            tokio::time::sleep(POLL).await;
+        } else {
+            // No directory: nothing to do until a reload configures one.
+            let _ = swapped.changed().await;
+        }
         rounds = rounds.wrapping_add(1);
         let snapshot = shared.snapshot.load_full();
         let Some(dir) = snapshot.code.as_ref().and_then(|c| c.directory.clone()) else {
@@ -235,6 +242,16 @@ pub async fn watch(shared: Arc<Shared>) {
             Err(e) => record(&shared, &dir, "error", Some(e.to_string())),
         }
     }
+}
+
+/// Whether the running configuration names a script directory.
+fn configured(shared: &Shared) -> bool {
+    shared
+        .snapshot
+        .load()
+        .code
+        .as_ref()
+        .is_some_and(|c| c.directory.is_some())
 }
 
 fn record(shared: &Shared, dir: &Path, result: &str, error: Option<String>) {

@@ -23,13 +23,21 @@ pub fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Watches the running configuration's file for as long as the process runs.
 pub async fn watch(shared: Arc<Shared>) {
+    // Subscribed before the first look at the snapshot, so no swap goes unnoticed.
+    let mut swapped = shared.swapped.subscribe();
     // The last content a reload was asked for (so a rejected file is not retried).
     let mut attempted: Option<[u8; 32]> = None;
     loop {
+        if !shared.snapshot.load().watch_config {
+            // Not watched: nothing to do until a reload (by signal or the admin API)
+            // turns watching on.
+            attempted = None;
+            let _ = swapped.changed().await;
+            continue;
+        }
         tokio::time::sleep(POLL).await;
         let snapshot = shared.snapshot.load_full();
         if !snapshot.watch_config {
-            attempted = None;
             continue;
         }
         let Ok(bytes) = std::fs::read(&snapshot.source) else {

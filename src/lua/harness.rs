@@ -88,6 +88,7 @@ impl Harness {
             workers: 1,
             reload_tx,
             shutdown,
+            swapped: tokio::sync::watch::Sender::new(snapshot.version),
             lua_dicts: Arc::default(),
             code: Arc::default(),
         });

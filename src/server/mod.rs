@@ -134,6 +134,7 @@ impl Gateway {
         let code = Arc::new(crate::code::CodeRegistry::default());
         crate::code::start(&code, &snapshot);
         let shared = Arc::new(Shared {
+            swapped: watch::Sender::new(snapshot.version),
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             started: Instant::now(),

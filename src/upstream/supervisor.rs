@@ -28,8 +28,17 @@ pub async fn run(shared: Arc<Shared>) {
     let mut version = 0;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Subscribed before the first look at the snapshot, so no swap goes unnoticed.
+    let mut swapped = shared.swapped.subscribe();
+    let mut names = true;
     loop {
-        tick.tick().await;
+        if names {
+            tick.tick().await;
+        } else {
+            // Static addresses only: nothing is due until a reload brings a host name.
+            // (Health checks run in their own tasks.)
+            let _ = swapped.changed().await;
+        }
         let snapshot = shared.snapshot.load_full();
         let runtime = snapshot.upstream_runtime.clone();
         if snapshot.version != version {
@@ -43,7 +52,8 @@ pub async fn run(shared: Arc<Shared>) {
         sync_checks(&snapshot, &mut checks);
         let keys = dns_keys(&snapshot);
         runtime.retain_resolutions(&keys.iter().cloned().collect());
-        if keys.is_empty() {
+        names = !keys.is_empty();
+        if !names {
             // Static addresses only: no resolver is needed (nor resolv.conf read).
             continue;
         }

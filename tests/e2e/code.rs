@@ -704,6 +704,28 @@ async fn a_watched_config_file_reloads_itself_and_a_bad_one_is_rejected() {
 }
 
 #[tokio::test]
+async fn a_reload_that_turns_on_watch_config_starts_watching() {
+    let config = |watch: bool, body: &str| {
+        Config::new(&format!(
+            "watch_config: {watch}\nroutes: [{{name: r, plugins: [{{name: request_termination, config: {{status: 200, body: {body}}}}}]}}]\n"
+        ))
+    };
+    let gw = config(false, "one").start();
+    assert_eq!(gw.get("/").await.text(), "one");
+    gw.rewrite_config(&config(true, "two"));
+    let reload = gw.admin_post("/reload").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    assert_eq!(gw.get("/").await.text(), "two");
+    // Only the watcher applies this edit: nothing else asks for a reload.
+    gw.rewrite_config(&config(true, "three"));
+    let addr = gw.addr;
+    eventually("the watched file applies", || async move {
+        crate::support::get(addr, "/").await.text() == "three"
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn restart_only_changes_are_reported_by_a_reload() {
     let gw = Config::new("routes: [{name: r, plugins: [{name: request_termination}]}]").start();
     gw.write_config_text(

@@ -230,6 +230,37 @@ routes: [{{name: all, upstream: app}}{extra}]
 }
 
 #[tokio::test]
+async fn a_reload_that_names_a_host_has_it_resolved() {
+    // At start every target is an address, so the resolver has nothing to do (and waits
+    // for a reload instead of waking on a timer).
+    let (_one, _two, port) = pair();
+    let dns = TestDns::start();
+    dns.set_a("app.test", &["127.0.0.2"], 1);
+    let dns_addr = dns.addr();
+    let config = |target: String| {
+        Config::new(
+            r#"
+dns: {nameservers: ["{{dns}}"], hosts_file: "", error_retry_ms: 200}
+upstreams: [{name: app, targets: ["{{target}}"]}]
+routes: [{name: all, upstream: app}]
+"#,
+        )
+        .var("dns", dns_addr)
+        .var("target", target)
+    };
+    let gw = config(format!("127.0.0.1:{port}")).start();
+    assert_eq!(body(&gw).await, "one");
+    gw.rewrite_config(&config(format!("app.test:{port}")));
+    let reload = gw.admin_post("/reload").await;
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    let addr = gw.addr;
+    eventually("the new name is resolved and used", || async move {
+        get(addr, "/").await.text() == "two"
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn runs_the_dns_example_as_documented() {
     let up = named("127.0.0.1:0", "from-dns");
     let dns = TestDns::start();
