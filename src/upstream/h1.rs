@@ -367,7 +367,7 @@ struct RawHead {
 /// more bytes are needed. The header block stays raw (see [`RawHeaders`]).
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(RawHead, Framing)>, String> {
     // Left uninitialised: the parser writes the slots it fills (initialising all 128 cost
-    // ~500 instructions per response).
+    // ~450 instructions per response).
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
