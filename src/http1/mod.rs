@@ -44,6 +44,13 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether a response with `status` never has a body (RFC 9110 §6.4.1: 1xx, 204, 304).
+pub fn status_without_body(status: http::StatusCode) -> bool {
+    status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+}
+
 /// Whether a connection stays open after this message: HTTP/1.1 unless `Connection:
 /// close`; HTTP/1.0 only with `Connection: keep-alive`.
 pub fn keep_alive(version: Version, headers: &HeaderMap) -> bool {

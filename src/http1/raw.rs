@@ -33,7 +33,9 @@ struct Field {
     removed: bool,
 }
 
-/// A parsed response header block, with what the gateway needs to know about it.
+/// A parsed response header block, with what the gateway needs to know about it. The
+/// default has no lines (a placeholder while a filter holds the real block).
+#[derive(Default)]
 pub struct RawHeaders {
     head: Bytes,
     fields: Vec<Field>,
@@ -163,10 +165,7 @@ impl RawBuilder {
         http10: bool,
     ) -> ParsedHead {
         let facts = self.facts;
-        let bodiless = *method == Method::HEAD
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
+        let bodiless = *method == Method::HEAD || super::status_without_body(status);
         let framing = if bodiless {
             Framing::Length(0)
         } else {
@@ -214,21 +213,6 @@ fn contiguous(head: &[u8], fields: &[Field]) -> bool {
         let next = fields.get(i + 1).map_or(end, |n| n.name as usize);
         head.get(f.value_end as usize..next) == Some(b"\r\n".as_slice())
     })
-}
-
-impl Default for RawHeaders {
-    /// No lines (a placeholder while a filter holds the real block).
-    fn default() -> Self {
-        RawHeaders {
-            head: Bytes::new(),
-            fields: Vec::new(),
-            contiguous: false,
-            passthrough: false,
-            has_date: false,
-            content_length: None,
-            request_id: None,
-        }
-    }
 }
 
 impl RawHeaders {

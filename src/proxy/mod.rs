@@ -365,11 +365,7 @@ fn respond(
         }
     }
     // A filter made the status one without a body: its framing lines must not pass raw.
-    let status = head.status;
-    if status.is_informational()
-        || status == http::StatusCode::NO_CONTENT
-        || status == http::StatusCode::NOT_MODIFIED
-    {
+    if crate::http1::status_without_body(head.status) {
         if let Some(mut r) = raw.take() {
             if let Err(msg) = r.merge_into(&mut head.headers) {
                 return bad_upstream_head(ctx, snapshot, msg, source);

@@ -164,6 +164,19 @@ impl Lua {
         }
     }
 
+    /// The header filter, on the upstream's raw lines when `raw` has them.
+    fn run_header_filter(
+        &self,
+        ctx: &mut RequestCtx,
+        resp: &mut ResponseHead,
+        raw: Option<&mut RawHeaders>,
+    ) -> Result<(), PluginError> {
+        if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
+            return Ok(());
+        }
+        crate::lua::phase::header_filter(&self.script, ctx, resp, raw)
+    }
+
     fn request_phase<'a>(&'a self, phase: Phase, ctx: &'a mut RequestCtx) -> Step<'a> {
         if self.phase != phase || !self.applies(ctx) {
             return Step::next();
@@ -203,10 +216,7 @@ impl Plugin for Lua {
         ctx: &mut RequestCtx,
         resp: &mut ResponseHead,
     ) -> Result<(), PluginError> {
-        if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
-            return Ok(());
-        }
-        crate::lua::phase::header_filter(&self.script, ctx, resp, None)
+        self.run_header_filter(ctx, resp, None)
     }
 
     /// Scripts read response headers through `ngx.header` and `ngx.var.sent_http_*`,
@@ -221,10 +231,7 @@ impl Plugin for Lua {
         resp: &mut ResponseHead,
         raw: &mut RawHeaders,
     ) -> Result<(), PluginError> {
-        if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
-            return Ok(());
-        }
-        crate::lua::phase::header_filter(&self.script, ctx, resp, Some(raw))
+        self.run_header_filter(ctx, resp, Some(raw))
     }
 
     fn body_filter(
