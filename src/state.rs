@@ -15,11 +15,13 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use sluicegate_core::context::{ConfigView, ScriptLimits, UpstreamRef};
+
 use crate::config::{self, ConfigError, ListenerSettings, Settings};
 use crate::plugins::{Phase, PhaseSet, Plugin};
 use crate::proxy::router::Router;
-use crate::telemetry::{AccessLog, Metrics, RouteMetrics};
-use crate::upstream::Upstream;
+use sluicegate_telemetry::{AccessLog, Metrics, RouteMetrics};
+use sluicegate_upstream::Upstream;
 
 /// One plugin in a chain, with its effective priority.
 #[derive(Clone)]
@@ -175,7 +177,42 @@ pub struct Snapshot {
     pub source_digest: [u8; 32],
     /// Resolved upstream targets and their health. Like `queues`, carried over by every
     /// reload, so answers and health survive it.
-    pub upstream_runtime: Arc<crate::upstream::live::Runtime>,
+    pub upstream_runtime: Arc<sluicegate_upstream::live::Runtime>,
+}
+
+impl Snapshot {
+    /// Upstream `name`, checked to have `target` when one is named (a script's
+    /// `sluicegate.upstream.set(name, target)`); the error says which is missing.
+    pub fn choose_upstream(&self, name: &str, target: Option<&str>) -> Result<UpstreamRef, String> {
+        let upstream = self
+            .upstreams
+            .get(name)
+            .ok_or_else(|| format!("unknown upstream `{name}`"))?;
+        if let Some(t) = target {
+            if upstream.live.load().find(t).is_none() {
+                return Err(format!("upstream `{name}` has no target `{t}`"));
+            }
+        }
+        Ok(upstream.clone() as UpstreamRef)
+    }
+}
+
+/// What plugins and scripts see of the snapshot (the vocabulary crate's narrow view).
+impl ConfigView for Snapshot {
+    fn route_name(&self, index: usize) -> Option<&str> {
+        self.routes.get(index).map(|r| r.name.as_str())
+    }
+
+    fn upstream(&self, name: &str) -> Option<UpstreamRef> {
+        self.upstreams.get(name).map(|u| u.clone() as UpstreamRef)
+    }
+
+    fn script_limits(&self) -> ScriptLimits {
+        ScriptLimits {
+            cpu_budget: self.lua.cpu_budget,
+            memory_limit: self.lua.memory_limit,
+        }
+    }
 }
 
 /// A reload asked for by one of the triggers.
@@ -237,7 +274,7 @@ impl Shared {
         };
         let stopped = || ConfigError {
             source_name: "<reloader>".into(),
-            diags: vec![crate::config::error::Diag::at_line(
+            diags: vec![sluicegate_core::diag::Diag::at_line(
                 0,
                 "the reloader has stopped".into(),
             )],
@@ -271,7 +308,11 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
         )
         .and_then(|mut next| crate::queue::carry_over(&current, &mut next).map(|()| next))
         .map(|mut next| {
-            crate::upstream::live::Runtime::carry_over(&current, &mut next);
+            sluicegate_upstream::live::Runtime::carry_over(
+                &current.upstream_runtime,
+                &mut next.upstream_runtime,
+                next.upstreams.values(),
+            );
             next
         });
         // The dynamic code under a changed `code:` section is in place before the snapshot
@@ -286,7 +327,7 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
                 .await
                 .map_err(|e| ConfigError {
                     source_name: "<reloader>".into(),
-                    diags: vec![crate::config::error::Diag::at_line(
+                    diags: vec![sluicegate_core::diag::Diag::at_line(
                         0,
                         format!("building the dynamic code failed: {e}"),
                     )],

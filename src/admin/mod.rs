@@ -14,6 +14,7 @@ use crate::state::Shared;
 
 pub mod queues;
 pub mod scripts;
+pub mod upstreams;
 
 /// Serves the admin API on `listener` until the process stops.
 pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
@@ -51,14 +52,14 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
             })
         })
         .collect();
-    let upstreams = crate::upstream::status::status(&snap);
+    let upstreams = crate::admin::upstreams::status(&snap);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": shared.started.elapsed().as_secs(),
         "config": {
             "version": snap.version,
             "source": snap.source.display().to_string(),
-            "loaded_at": crate::telemetry::httpdate_rfc3339(snap.loaded_at),
+            "loaded_at": sluicegate_telemetry::httpdate_rfc3339(snap.loaded_at),
         },
         "workers": shared.workers,
         "active_connections": shared.metrics.active_connections.load(std::sync::atomic::Ordering::Relaxed),
@@ -93,7 +94,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 .code
                 .metrics
                 .render(&shared.code.current(), &mut text);
-            crate::upstream::status::render_metrics(&shared.snapshot.load(), &mut text);
+            crate::admin::upstreams::render_metrics(&shared.snapshot.load(), &mut text);
             text
         },
     )

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{EXIT_OK, EXIT_USAGE};
-use crate::telemetry::Metrics;
+use sluicegate_telemetry::Metrics;
 
 /// Validates `config`; prints every error (path and line) and returns 2, or returns 0.
 pub fn check(config: &Path) -> i32 {

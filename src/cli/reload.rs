@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
-use crate::telemetry::Metrics;
+use sluicegate_telemetry::Metrics;
 
 /// POSTs to `path` on the admin API and prints the answer; returns the exit code.
 pub fn admin_post(config: Option<&Path>, admin: Option<String>, path: &str) -> i32 {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::queue::{inspect, QueueBackend, QueueError, Queues, WalBackend};
-use crate::telemetry::Metrics;
+use sluicegate_telemetry::Metrics;
 
 /// Arguments of `sluicegate wal`.
 #[derive(Debug, Args)]

@@ -158,7 +158,7 @@ pub struct CodeState {
 
 /// The current time as RFC 3339.
 pub fn now() -> String {
-    crate::telemetry::httpdate_rfc3339(SystemTime::now())
+    sluicegate_telemetry::httpdate_rfc3339(SystemTime::now())
 }
 
 impl CodeState {

@@ -10,9 +10,9 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::{Node, NodeKind};
 use crate::plugins::{Phase, PhaseSet};
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::yaml::{Node, NodeKind};
 
 /// Defaults of the `code:` section.
 pub mod defaults {
@@ -125,12 +125,16 @@ pub struct ApiSettings {
 impl ApiSettings {
     /// The TLS client configuration for an `https` URL.
     pub fn tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
-        let tls = crate::config::file::UpstreamTlsConfig {
+        let tls = sluicegate_config::file::UpstreamTlsConfig {
             verify: Some(self.tls_verify),
             ca_file: self.ca_file.as_ref().map(|p| p.display().to_string()),
             ..Default::default()
         };
-        crate::server::tls::client_config(&tls, FsPath::new("."), crate::upstream::Protocol::Http1)
+        sluicegate_upstream::tls::client_config(
+            &tls,
+            FsPath::new("."),
+            sluicegate_upstream::Protocol::Http1,
+        )
     }
 }
 
@@ -185,7 +189,7 @@ pub fn from_node(node: &Node, path: &Path, base_dir: &FsPath, diags: &mut Diags)
     }
     let null = matches!(node.kind, NodeKind::Null);
     let parsed = if null {
-        crate::config::de::from_node(
+        sluicegate_core::de::from_node(
             &Node {
                 kind: NodeKind::Map(Vec::new()),
                 line: node.line,
@@ -193,7 +197,7 @@ pub fn from_node(node: &Node, path: &Path, base_dir: &FsPath, diags: &mut Diags)
             path,
         )
     } else {
-        crate::config::de::from_node::<CodeConfig>(&node, path)
+        sluicegate_core::de::from_node::<CodeConfig>(&node, path)
     };
     match parsed {
         Ok(cfg) => validate(cfg, path, base_dir, diags),

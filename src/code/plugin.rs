@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::Pinned;
+use super::{CodeRegistry, CodeSet, Pinned};
 use crate::plugins::{Flow, Phase, PhaseSet, Plugin, PluginError, Step};
-use crate::proxy::context::{RequestCtx, ResponseHead};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
 
 /// Runs dynamic scripts.
 #[derive(Debug)]
@@ -32,12 +32,20 @@ impl CodePlugin {
     }
 }
 
+/// The running code set of the worker's registry (an empty one on a worker without one).
+fn current(ctx: &RequestCtx) -> Arc<CodeSet> {
+    ctx.worker
+        .service::<CodeRegistry>()
+        .map(CodeRegistry::current)
+        .unwrap_or_default()
+}
+
 /// The code set this request runs with: pinned on first use, kept to the end.
 fn pinned(ctx: &mut RequestCtx) -> Arc<Pinned> {
     if let Some(p) = ctx.vars.get::<Arc<Pinned>>() {
         return p.clone();
     }
-    let p = Arc::new(Pinned::new(ctx.worker.shared.code.current(), ctx.host()));
+    let p = Arc::new(Pinned::new(current(ctx), ctx.host()));
     ctx.vars.insert(p.clone());
     p
 }
@@ -45,7 +53,7 @@ fn pinned(ctx: &mut RequestCtx) -> Arc<Pinned> {
 fn pinned_readonly(ctx: &RequestCtx) -> Arc<Pinned> {
     match ctx.vars.get::<Arc<Pinned>>() {
         Some(p) => p.clone(),
-        None => Arc::new(Pinned::new(ctx.worker.shared.code.current(), ctx.host())),
+        None => Arc::new(Pinned::new(current(ctx), ctx.host())),
     }
 }
 

@@ -4,21 +4,20 @@
 //! Loading never stops at the first problem: every element is checked and every error is
 //! returned with its path and line, so `sluicegate check` can list them all.
 
-pub mod de;
-pub mod error;
-pub mod file;
 pub mod validate;
 pub mod watch;
-pub mod yaml;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::ConfigError;
+pub use sluicegate_core::diag::ConfigError;
+
+use sluicegate_config::file;
+use sluicegate_core::{diag as error, yaml};
 
 use crate::state::Snapshot;
-use crate::telemetry::Metrics;
+use sluicegate_telemetry::Metrics;
 
 /// Process-wide settings.
 #[derive(Debug, Clone, PartialEq)]

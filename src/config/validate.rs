@@ -10,16 +10,16 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use super::de::from_node;
-use super::error::{Diag, Diags, Path};
-use super::file::{self, defaults};
-use super::yaml::{Node, NodeKind};
 use super::{ListenerSettings, Settings};
 use crate::plugins::{self, BuildCtx};
 use crate::proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
 use crate::state::{Chain, ChainEntry, PathRewrite, Route, Snapshot};
-use crate::telemetry::{AccessLog, Metrics};
-use crate::upstream::{Protocol, Upstream};
+use sluicegate_config::file::{self, defaults};
+use sluicegate_core::de::from_node;
+use sluicegate_core::diag::{Diag, Diags, Path};
+use sluicegate_core::yaml::{Node, NodeKind};
+use sluicegate_telemetry::{AccessLog, Metrics};
+use sluicegate_upstream::{Protocol, Upstream};
 
 const TOP_LEVEL: &[&str] = &[
     "workers",
@@ -48,7 +48,7 @@ pub fn snapshot(
 ) -> Result<Snapshot, Vec<Diag>> {
     let mut diags = Diags::default();
     let top = Path::root();
-    let secrets = crate::secrets::SecretStore::load(root.get("secrets"), base_dir, &mut diags);
+    let secrets = sluicegate_secrets::SecretStore::load(root.get("secrets"), base_dir, &mut diags);
     let build = BuildCtx {
         base_dir,
         secrets: &secrets,
@@ -169,10 +169,15 @@ fn build_snapshot(
     } else {
         crate::server::worker_count(settings.workers)
     };
-    let dns_cfg: crate::upstream::dns::DnsConfig = field(root, "dns", diags).unwrap_or_default();
-    let dns =
-        crate::upstream::dns::settings(dns_cfg, build.base_dir, &Path::root().key("dns"), diags);
-    let upstream_runtime = Arc::new(crate::upstream::live::Runtime::new(dns));
+    let dns_cfg: sluicegate_upstream::dns::DnsConfig =
+        field(root, "dns", diags).unwrap_or_default();
+    let dns = sluicegate_upstream::dns::settings(
+        dns_cfg,
+        build.base_dir,
+        &Path::root().key("dns"),
+        diags,
+    );
+    let upstream_runtime = Arc::new(sluicegate_upstream::live::Runtime::new(dns));
     let upstreams = upstreams(root, build.base_dir, worker_count, metrics, diags);
     for u in upstreams.values() {
         upstream_runtime.publish(u);
@@ -387,7 +392,7 @@ fn upstreams(
 ) -> HashMap<String, Arc<Upstream>> {
     let path = Path::root().key("upstreams");
     let mut out = HashMap::new();
-    let tls_loader = crate::upstream::tls::Loader::new(base_dir);
+    let tls_loader = sluicegate_upstream::tls::Loader::new(base_dir);
     for (i, u) in list::<file::UpstreamConfig>(root, "upstreams", diags) {
         let p = path.index(i);
         if out.contains_key(&u.name) {
@@ -410,9 +415,9 @@ fn upstreams(
                 Protocol::Http1
             }
         };
-        let policy = crate::upstream::config::policy(&u.balance, u.hash_on.clone(), &p, diags);
-        let health = crate::upstream::config::health(u.health.clone(), &p.key("health"), diags);
-        let circuit = crate::upstream::config::circuit(
+        let policy = sluicegate_upstream::config::policy(&u.balance, u.hash_on.clone(), &p, diags);
+        let health = sluicegate_upstream::config::health(u.health.clone(), &p.key("health"), diags);
+        let circuit = sluicegate_upstream::config::circuit(
             u.circuit_breaker.clone(),
             &p.key("circuit_breaker"),
             diags,
@@ -420,7 +425,7 @@ fn upstreams(
         let mut tls_fingerprint = 0;
         let tls = match u.scheme.as_str() {
             "http" => {
-                if crate::upstream::tls::is_set(&u.tls) {
+                if sluicegate_upstream::tls::is_set(&u.tls) {
                     diags.push(&p.key("tls"), "TLS settings need `scheme: https`");
                 }
                 None
@@ -445,7 +450,7 @@ fn upstreams(
                 None
             }
         };
-        let specs = crate::upstream::config::target_specs(&u.targets, &p.key("targets"), diags);
+        let specs = sluicegate_upstream::config::target_specs(&u.targets, &p.key("targets"), diags);
         check_timeouts(
             &p,
             &[
@@ -461,8 +466,8 @@ fn upstreams(
             diags,
         );
         let upstream = Upstream {
-            live: Arc::new(crate::upstream::live::LiveTargets::new(
-                crate::upstream::live::TargetSet::new(Vec::new(), workers, &policy, false),
+            live: Arc::new(sluicegate_upstream::live::LiveTargets::new(
+                sluicegate_upstream::live::TargetSet::new(Vec::new(), workers, &policy, false),
             )),
             pool_seed: pool_key("", u.scheme.as_str(), protocol, tls_fingerprint),
             workers,
@@ -508,14 +513,6 @@ fn pool_key(address: &str, scheme: &str, protocol: Protocol, tls_fingerprint: u6
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (address, scheme, protocol, tls_fingerprint).hash(&mut h);
     h.finish()
-}
-
-/// Splits `host:port` (IPv6 as `[::1]:80`).
-pub fn split_host_port(addr: &str) -> Option<(String, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
 #[derive(Deserialize)]
@@ -792,7 +789,7 @@ fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMa
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::yaml::parse;
+    use sluicegate_core::yaml::parse;
 
     fn check(text: &str) -> Result<Snapshot, Vec<Diag>> {
         let root = parse(text, &HashMap::new())?;
@@ -875,5 +872,44 @@ mod tests {
         };
         assert_eq!(slash.apply("/app/x"), "/x");
         assert_eq!(slash.apply("/application"), "/application");
+    }
+
+    #[test]
+    fn loading_reports_unknown_fallback_and_constant_upstreams_with_lines() {
+        let text = "listeners: [{address: '127.0.0.1:0'}]\nadmin: {enabled: false}\nupstreams: [{name: home, targets: ['127.0.0.1:1']}]\nroutes:\n  - name: r\n    plugins:\n      - name: claim_routing\n        config:\n          rules: [{upstream: nowhere}]\n          fallback: gone\n";
+        let err = super::super::load_snapshot_from_str(
+            text,
+            "<test>",
+            std::path::Path::new("."),
+            1,
+            1,
+            &sluicegate_telemetry::Metrics::default(),
+        )
+        .err()
+        .unwrap();
+        let found: Vec<(String, Option<usize>)> =
+            err.diags.iter().map(|d| (d.path.clone(), d.line)).collect();
+        assert!(
+            found.contains(&(
+                "routes[0].plugins[0].config.rules[0].upstream".into(),
+                Some(9)
+            )),
+            "{found:?}"
+        );
+        assert!(
+            found.contains(&("routes[0].plugins[0].config.fallback".into(), Some(10))),
+            "{found:?}"
+        );
+        // A route with claim routing needs no upstream of its own.
+        let ok = text.replace("nowhere", "home").replace("gone", "home");
+        assert!(super::super::load_snapshot_from_str(
+            &ok,
+            "<test>",
+            std::path::Path::new("."),
+            1,
+            1,
+            &sluicegate_telemetry::Metrics::default(),
+        )
+        .is_ok());
     }
 }

@@ -1,21 +1,24 @@
 //! A worker without sockets, for running scripts against made-up requests: what
-//! `sluicegate test` specs (and unit tests) use. The request context, the worker, its VM and
-//! the plugin are the real ones; only the client connection is missing.
+//! `sluicegate test` specs (and unit tests) use. The request context, the VM and the plugin
+//! are the real ones; the worker and configuration are the small [`TestWorker`] and
+//! [`TestConfig`] views, and there is no client connection.
 
+use std::any::{Any, TypeId};
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
+use sluicegate_core::context::{
+    ConfigView, RequestBody, RequestCtx, ScriptLimits, UpstreamRef, WorkerView,
+};
+use sluicegate_telemetry::Metrics;
 
 use super::{LuaSettings, Runtime, WorkerLua};
-use crate::proxy::context::{RequestBody, RequestCtx};
-use crate::server::worker::Worker;
-use crate::state::{Shared, Snapshot};
-use crate::telemetry::Metrics;
 
 /// A made-up request.
 #[derive(Debug, Clone)]
@@ -53,59 +56,98 @@ impl Default for FakeRequest {
     }
 }
 
-/// A worker and snapshot to run scripts on.
-pub struct Harness {
-    /// The worker (its `lua` VM runs the scripts).
-    pub worker: Rc<Worker>,
-    /// The snapshot requests start with.
-    pub snapshot: Arc<Snapshot>,
+/// The worker of a [`Harness`]: its VM, and what the gateway's worker would tell a plugin.
+pub struct TestWorker {
+    /// The VM the scripts run on.
+    pub lua: WorkerLua,
+    /// What [`WorkerView::draining`] answers.
+    pub draining: Cell<bool>,
+    /// Where failed script calls are counted.
+    pub metrics: Arc<Metrics>,
 }
 
-const MINIMAL: &str =
-    "listeners: [{address: '127.0.0.1:0'}]\nadmin: {enabled: false}\naccess_log: {target: 'off'}\n";
+impl WorkerView for TestWorker {
+    fn id(&self) -> usize {
+        0
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    fn script_failed(&self, script: &str, kind: &'static str) {
+        self.metrics.script_failure(script, kind);
+    }
+
+    fn service_of(&self, ty: TypeId) -> Option<&dyn Any> {
+        (ty == TypeId::of::<WorkerLua>()).then_some(&self.lua as &dyn Any)
+    }
+}
+
+/// The configuration of a [`Harness`]: the script budget and the upstreams scripts and
+/// plugins may choose.
+pub struct TestConfig {
+    /// The `lua:` settings.
+    pub lua: Arc<LuaSettings>,
+    /// Upstreams by name, as the upstream layer's values.
+    pub upstreams: HashMap<String, UpstreamRef>,
+}
+
+impl ConfigView for TestConfig {
+    fn route_name(&self, _index: usize) -> Option<&str> {
+        None
+    }
+
+    fn upstream(&self, name: &str) -> Option<UpstreamRef> {
+        self.upstreams.get(name).cloned()
+    }
+
+    fn script_limits(&self) -> ScriptLimits {
+        ScriptLimits {
+            cpu_budget: self.lua.cpu_budget,
+            memory_limit: self.lua.memory_limit,
+        }
+    }
+}
+
+/// A worker and configuration to run scripts on.
+pub struct Harness {
+    /// The worker (its `lua` VM runs the scripts).
+    pub worker: Rc<TestWorker>,
+    /// The configuration requests start with.
+    pub snapshot: Arc<TestConfig>,
+}
 
 impl Harness {
-    /// A one-worker harness with `settings`; `capture_logs` collects `ngx.log` lines.
+    /// A one-worker harness with `settings` and no upstreams.
     pub fn new(settings: LuaSettings) -> Result<Harness, String> {
         let metrics = Arc::new(Metrics::default());
-        let mut snapshot = crate::config::load_snapshot_from_str(
-            MINIMAL,
-            "<spec>",
-            std::path::Path::new("."),
-            1,
-            1,
-            &metrics,
-        )
-        .map_err(|e| e.to_string())?;
-        snapshot.lua = Arc::new(settings.clone());
-        let snapshot = Arc::new(snapshot);
-        let (reload_tx, _) = tokio::sync::mpsc::unbounded_channel();
-        let (shutdown, _) = tokio::sync::watch::channel(false);
-        let shared = Arc::new(Shared {
-            snapshot: ArcSwap::new(snapshot.clone()),
-            metrics: metrics.clone(),
-            started: Instant::now(),
-            workers: 1,
-            reload_tx,
-            shutdown,
-            swapped: tokio::sync::watch::Sender::new(snapshot.version),
-            lua_dicts: Arc::default(),
-            code: Arc::default(),
-        });
         let settings = Arc::new(settings);
+        let snapshot = Arc::new(TestConfig {
+            lua: settings.clone(),
+            upstreams: HashMap::new(),
+        });
         let rt = Runtime {
-            dicts: shared.lua_dicts.clone(),
-            metrics,
+            dicts: Arc::default(),
+            metrics: metrics.clone(),
             settings: Arc::new(move || settings.clone()),
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
             upstreams: {
                 let snapshot = snapshot.clone();
-                Arc::new(move |name| snapshot.upstreams.get(name).cloned())
+                Arc::new(move |name, _target| {
+                    snapshot
+                        .upstream(name)
+                        .ok_or_else(|| format!("unknown upstream `{name}`"))
+                })
             },
         };
-        let worker = Worker::new(0, shared, WorkerLua::new(rt));
+        let worker = Rc::new(TestWorker {
+            lua: WorkerLua::new(rt),
+            draining: Cell::new(false),
+            metrics,
+        });
         Ok(Harness { worker, snapshot })
     }
 
@@ -166,7 +208,6 @@ impl Harness {
             traffic: Rc::default(),
             worker: self.worker.clone(),
             status: 0,
-            conn_state: Arc::default(),
             response_headers: http::HeaderMap::new(),
             grpc: false,
         }

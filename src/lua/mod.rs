@@ -35,6 +35,7 @@ pub use script::{compile, Script};
 pub use vm::WorkerLua;
 
 use crate::plugins::Phase;
+use sluicegate_core::context::UpstreamRef;
 
 /// Defaults of the `lua:` configuration section.
 pub mod defaults {
@@ -236,8 +237,9 @@ impl Failure {
     }
 }
 
-/// Finds an upstream of the running configuration by name.
-pub type UpstreamLookup = dyn Fn(&str) -> Option<Arc<crate::upstream::Upstream>>;
+/// Finds upstream `name` of the running configuration, checking that it has `target`
+/// when one is named; the error says which is missing.
+pub type UpstreamLookup = dyn Fn(&str, Option<&str>) -> Result<UpstreamRef, String>;
 
 /// Shared handles a VM needs from the process: dictionaries, metrics, current settings.
 #[derive(Clone)]
@@ -245,7 +247,7 @@ pub struct Runtime {
     /// `ngx.shared` storage.
     pub dicts: Arc<SharedDicts>,
     /// Where timer failures are counted.
-    pub metrics: Arc<crate::telemetry::Metrics>,
+    pub metrics: Arc<sluicegate_telemetry::Metrics>,
     /// The current settings (the running snapshot's `lua:` section).
     pub settings: Arc<dyn Fn() -> Arc<LuaSettings>>,
     /// `ngx.worker.id()`.
@@ -269,7 +271,7 @@ impl Runtime {
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
-            upstreams: Arc::new(|_| None),
+            upstreams: Arc::new(|name, _| Err(format!("unknown upstream `{name}`"))),
         }
     }
 }

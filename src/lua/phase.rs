@@ -18,10 +18,10 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::state::ReqState;
 use super::vm::{Done, Vm};
-use super::{Failure, FailureKind, Kind, Script};
-use crate::http1::raw::RawHeaders;
+use super::{Failure, FailureKind, Kind, Script, WorkerLua};
 use crate::plugins::{Flow, LocalResponse, Phase, PluginError, Step};
-use crate::proxy::context::{RequestCtx, ResponseHead};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_http1::raw::RawHeaders;
 
 /// Set once a body filter set `ngx.arg[2] = true`: later chunks are dropped.
 #[derive(Clone)]
@@ -31,13 +31,10 @@ fn prepare(
     script: &Arc<Script>,
     ctx: &RequestCtx,
 ) -> Result<(Rc<Vm>, Rc<super::vm::Instance>), PluginError> {
-    let vm = ctx
-        .worker
-        .lua
-        .vm()
+    let vm = WorkerLua::of(&*ctx.worker)
         .map_err(|f| f.into_plugin_error(&script.name))?
         .clone();
-    vm.apply_memory_limit(ctx.snapshot.lua.memory_limit);
+    vm.apply_memory_limit(ctx.snapshot.script_limits().memory_limit);
     let inst = vm
         .instance(script)
         .map_err(|f| f.into_plugin_error(&script.name))?;
@@ -54,10 +51,10 @@ pub fn run_request<'a>(script: &'a Arc<Script>, phase: Phase, ctx: &'a mut Reque
     let mut state = vm.take_state();
     state.enter(kind, ctx);
     if !script.may_yield {
-        let done = vm.call_sync(&inst, kind, state, ctx.snapshot.lua.cpu_budget);
+        let done = vm.call_sync(&inst, kind, state, ctx.snapshot.script_limits().cpu_budget);
         return Step::Ready(finish_request(&vm, ctx, script, kind, done));
     }
-    let mut call = vm.call_async(inst, kind, state, ctx.snapshot.lua.cpu_budget);
+    let mut call = vm.call_async(inst, kind, state, ctx.snapshot.script_limits().cpu_budget);
     match call.poll_now() {
         Some(done) => Step::Ready(finish_request(&vm, ctx, script, kind, done)),
         None => Step::Wait(Box::pin(async move {
@@ -85,7 +82,7 @@ fn finish_request(
     if matches!(outcome, Ok(Flow::Continue)) && state.out.headers_set {
         // The driver applies these to the response, whichever answers.
         let set = std::mem::take(&mut state.out.headers);
-        crate::proxy::context::replace_headers(set, &mut ctx.response_headers);
+        sluicegate_core::context::replace_headers(set, &mut ctx.response_headers);
     }
     state.leave(ctx);
     vm.put_state(state);
@@ -175,7 +172,7 @@ pub fn header_filter(
         &inst,
         Kind::HeaderFilter,
         state,
-        ctx.snapshot.lua.cpu_budget,
+        ctx.snapshot.script_limits().cpu_budget,
     );
     std::mem::swap(&mut state.resp, resp);
     if let Some(r) = raw {
@@ -204,8 +201,12 @@ pub fn body_filter(
     state.resp.status = StatusCode::from_u16(ctx.status).unwrap_or(StatusCode::OK);
     state.chunk = std::mem::take(chunk);
     state.eof = eof;
-    let Done { result, mut state } =
-        vm.call_sync(&inst, Kind::BodyFilter, state, ctx.snapshot.lua.cpu_budget);
+    let Done { result, mut state } = vm.call_sync(
+        &inst,
+        Kind::BodyFilter,
+        state,
+        ctx.snapshot.script_limits().cpu_budget,
+    );
     *chunk = std::mem::take(&mut state.chunk);
     let truncated = state.eof && !eof;
     state.leave(ctx);
@@ -224,20 +225,24 @@ pub fn log(script: &Arc<Script>, ctx: &RequestCtx) {
         } else {
             "budget"
         };
-        ctx.worker.shared.metrics.script_failure(&script.name, k);
+        ctx.worker.script_failed(&script.name, k);
         tracing::error!(request_id = ctx.request_id_str(), script = %script.name, phase = "log", error = %message, "Script failed.");
     }
 }
 
 /// Runs a `log` script and returns how it went.
 pub fn log_result(script: &Arc<Script>, ctx: &RequestCtx) -> Result<(), Failure> {
-    ctx.worker.lua.vm().cloned().and_then(|vm| {
-        vm.apply_memory_limit(ctx.snapshot.lua.memory_limit);
+    WorkerLua::of(&*ctx.worker).cloned().and_then(|vm| {
+        vm.apply_memory_limit(ctx.snapshot.script_limits().memory_limit);
         let inst = vm.instance(script)?;
         let mut state = vm.take_state();
         state.enter_readonly(Kind::Log, ctx);
-        let Done { result, state } =
-            vm.call_sync(&inst, Kind::Log, state, ctx.snapshot.lua.cpu_budget);
+        let Done { result, state } = vm.call_sync(
+            &inst,
+            Kind::Log,
+            state,
+            ctx.snapshot.script_limits().cpu_budget,
+        );
         vm.put_state(state);
         result
     })

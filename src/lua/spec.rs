@@ -188,12 +188,12 @@ impl SpecScript {
         &self,
         req: FakeRequest,
         response: Option<(u16, HeaderMap, Vec<Bytes>)>,
-    ) -> (Outcome, crate::proxy::context::RequestCtx) {
+    ) -> (Outcome, sluicegate_core::context::RequestCtx) {
         let harness = self.env.harness.borrow().clone();
         let mut ctx = harness.request(req);
         let mut out = Outcome::default();
         let fail = |out: &mut Outcome, e: PluginError| {
-            let proxy: crate::proxy::error::ProxyError = match e {
+            let proxy: sluicegate_core::error::ProxyError = match e {
                 PluginError::Script {
                     message,
                     over_budget,
@@ -201,9 +201,9 @@ impl SpecScript {
                 } => {
                     out.error = Some(message);
                     out.over_budget = over_budget;
-                    crate::proxy::error::ProxyError::new(
-                        crate::proxy::error::Source::Script,
-                        crate::proxy::error::Kind::PluginFailure,
+                    sluicegate_core::error::ProxyError::new(
+                        sluicegate_core::error::Source::Script,
+                        sluicegate_core::error::Kind::PluginFailure,
                         "",
                     )
                 }
@@ -273,7 +273,7 @@ impl SpecScript {
 fn outcome_table(
     lua: &Lua,
     out: Outcome,
-    ctx: &crate::proxy::context::RequestCtx,
+    ctx: &sluicegate_core::context::RequestCtx,
 ) -> mlua::Result<Table> {
     let t = lua.create_table()?;
     t.set("continued", out.continued)?;
@@ -294,7 +294,7 @@ fn outcome_table(
     req.set("path", ctx.head.uri.path())?;
     req.set("query", ctx.head.uri.query())?;
     req.set("headers", headers_out(lua, &ctx.head.headers)?)?;
-    if let crate::proxy::context::RequestBody::Buffered(b) = &ctx.body {
+    if let sluicegate_core::context::RequestBody::Buffered(b) = &ctx.body {
         req.set("body", lua.create_string(b)?)?;
     }
     t.set("request", req)?;

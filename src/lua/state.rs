@@ -13,8 +13,8 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::Kind;
-use crate::http1::raw::RawHeaders;
-use crate::proxy::context::{RequestBody, RequestCtx, ResponseHead};
+use sluicegate_core::context::{RequestBody, RequestCtx, ResponseHead, UpstreamRef};
+use sluicegate_http1::raw::RawHeaders;
 
 /// The `ngx.ctx` table of a request, kept in `RequestCtx::vars` between phases.
 /// Dropping the last clone frees the table (the registry slot is released lazily by mlua).
@@ -107,9 +107,9 @@ pub struct ReqState {
     /// Whether `ctx_key` was created by this call (and must be saved in the context).
     pub ctx_created: bool,
     /// Reading the request body failed (413, 408, client gone): the request ends with it.
-    pub body_error: Option<crate::proxy::error::ProxyError>,
+    pub body_error: Option<sluicegate_core::error::ProxyError>,
     /// `sluicegate.upstream.set`: the upstream and the target to try first.
-    pub upstream_choice: Option<(Arc<crate::upstream::Upstream>, Option<Arc<str>>)>,
+    pub upstream_choice: Option<(UpstreamRef, Option<Arc<str>>)>,
 }
 
 fn empty_head() -> http::request::Parts {

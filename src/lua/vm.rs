@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use mlua::{Function, Lua, Table};
 
+use sluicegate_core::context::WorkerView;
+
 use super::call::{classify, AsyncCall};
 use super::state::ReqState;
 use super::{budget, convert, Failure, FailureKind, Kind, Kinds, Runtime, Script};
@@ -192,7 +194,7 @@ pub struct Vm {
     /// `__newindex` of script environments: refuses to shadow built-in globals.
     env_newindex: Function,
     /// By script id (already a hash).
-    instances: RefCell<crate::prehashed::PrehashedMap<Rc<Instance>>>,
+    instances: RefCell<sluicegate_core::prehashed::PrehashedMap<Rc<Instance>>>,
     /// Boxed: a state moves between the pool, the running slot and call futures by pointer.
     #[allow(clippy::vec_box)]
     pool: RefCell<Vec<Box<ReqState>>>,
@@ -475,6 +477,17 @@ impl WorkerLua {
             kind: FailureKind::Error,
             message: format!("the Lua VM could not be created: {e}"),
         })
+    }
+
+    /// The VM of the worker `worker` (created now if needed).
+    pub fn of(worker: &dyn WorkerView) -> Result<&Rc<Vm>, Failure> {
+        worker
+            .service::<WorkerLua>()
+            .ok_or_else(|| Failure {
+                kind: FailureKind::Error,
+                message: "this worker has no Lua VM".into(),
+            })?
+            .vm()
     }
 
     /// The VM if it was created.

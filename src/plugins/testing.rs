@@ -6,10 +6,10 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use super::{BuildCtx, Factory, Flow, Plugin};
-use crate::config::error::{Diags, Path};
 use crate::lua::harness::{FakeRequest, Harness};
-use crate::proxy::context::{RequestCtx, ResponseHead};
-use crate::secrets::{Secret, SecretStore, SecretValue};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_secrets::{Secret, SecretStore, SecretValue};
 
 /// Builds a plugin with `factory` from the YAML `text`; `secrets` are `(name, current,
 /// previous)` triples.
@@ -18,7 +18,7 @@ pub fn build(
     text: &str,
     secrets: &[(&str, &str, Option<&str>)],
 ) -> (Option<Arc<dyn Plugin>>, Diags) {
-    let node = crate::config::yaml::parse(text, &std::collections::HashMap::new()).unwrap();
+    let node = sluicegate_core::yaml::parse(text, &std::collections::HashMap::new()).unwrap();
     let store = SecretStore::from_secrets(secrets.iter().map(|(n, cur, prev)| {
         Secret::new(
             n,

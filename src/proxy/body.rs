@@ -1,277 +1,18 @@
-//! Body types on both sides of the proxy. Bodies stream: nothing here buffers a whole body
-//! unless a plugin asked for it ([`ClientBody::collect`]).
-//!
-//! - [`ClientBody`]: the client's request body, enforcing the listener's size limit and
-//!   idle timeout; it records why it failed so the driver can answer 413 or 408.
-//! - [`UpstreamRequestBody`]: what is sent upstream (the stream, or a replaced body).
-//! - [`ResponseBody`]: what is sent to the client; it returns the upstream connection to the
-//!   pool at the end of the body, runs body filters, and runs the log phase exactly once when
-//!   the body is finished or dropped.
+//! The response body sent to the client. [`ResponseBody`] returns the upstream connection
+//! to the pool at the end of the body, runs body filters, and runs the log phase exactly
+//! once when the body is finished or dropped.
 
-use std::cell::Cell;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use sluicegate_core::body::{BoxError, IdleTimer};
+use sluicegate_core::error::{Kind, ProxyError};
+use sluicegate_http1::raw::RawHeaders;
 
-use super::context::Traffic;
-use super::error::{Kind, ProxyError};
-use crate::http1::raw::RawHeaders;
-use crate::server::clock::coarse_now;
-use crate::server::deadline::Deadline;
-use crate::upstream::pool::UpstreamBody;
-
-/// Error type of the bodies the proxy produces.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// An idle timer that is only armed while the stream is waiting: a body that never stalls
-/// never arms it. It runs on the coarse clock (no timer-wheel entry, no clock read).
-struct IdleTimer {
-    timeout: Option<Duration>,
-    /// Boxed: armed only on a stall, and it would otherwise enlarge every body.
-    sleep: Option<Box<Deadline>>,
-    progressed: bool,
-}
-
-impl IdleTimer {
-    fn new(timeout: Option<Duration>) -> Self {
-        IdleTimer {
-            timeout,
-            sleep: None,
-            progressed: false,
-        }
-    }
-
-    fn progress(&mut self) {
-        self.progressed = true;
-    }
-
-    /// Called when the inner stream is pending; true when the timeout has elapsed.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(timeout) = self.timeout else {
-            return false;
-        };
-        let sleep = match &mut self.sleep {
-            Some(s) => {
-                if self.progressed {
-                    s.reset(coarse_now() + timeout);
-                }
-                s
-            }
-            None => self
-                .sleep
-                .insert(Box::new(Deadline::at(coarse_now() + timeout))),
-        };
-        self.progressed = false;
-        sleep.poll_elapsed(cx).is_ready()
-    }
-}
-
-/// The client's request body as the server hands it over.
-pub enum ClientStream {
-    /// From the gateway's HTTP/1.1 server.
-    H1(crate::server::h1::RequestBody),
-    /// From hyper's HTTP/2 server.
-    H2(Incoming),
-}
-
-impl Body for ClientStream {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientStream::H1(b) => Pin::new(b).poll_frame(cx),
-            ClientStream::H2(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map(|next| next.map(|r| r.map_err(BoxError::from))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientStream::H1(b) => b.is_end_stream(),
-            ClientStream::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientStream::H1(b) => b.size_hint(),
-            ClientStream::H2(b) => b.size_hint(),
-        }
-    }
-}
-
-/// The client's request body with the listener's limits applied.
-pub struct ClientBody {
-    inner: ClientStream,
-    limit: u64,
-    seen: u64,
-    idle: IdleTimer,
-    traffic: Rc<Traffic>,
-}
-
-impl ClientBody {
-    /// Wraps `inner`.
-    pub fn new(
-        inner: ClientStream,
-        limit: u64,
-        idle_timeout: Option<Duration>,
-        traffic: Rc<Traffic>,
-    ) -> Self {
-        ClientBody {
-            inner,
-            limit,
-            seen: 0,
-            idle: IdleTimer::new(idle_timeout),
-            traffic,
-        }
-    }
-
-    /// Reads the whole body into memory (bounded by the limit).
-    pub async fn collect(mut self) -> Result<Bytes, ProxyError> {
-        let mut buf = BytesMut::new();
-        loop {
-            let frame = std::future::poll_fn(|cx| Pin::new(&mut self).poll_frame(cx)).await;
-            match frame {
-                None => return Ok(buf.freeze()),
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(_)) => return Err(self.error()),
-            }
-        }
-    }
-
-    /// The error matching how the body failed.
-    pub fn error(&self) -> ProxyError {
-        failure_error(&self.traffic.body_failure)
-    }
-
-    fn fail(&self, kind: Kind) -> BoxError {
-        self.traffic.body_failure.set(Some(kind));
-        Box::new(failure_error(&self.traffic.body_failure))
-    }
-}
-
-/// The [`ProxyError`] recorded in `failure` (a client that went away when none is).
-pub fn failure_error(failure: &Cell<Option<Kind>>) -> ProxyError {
-    match failure.get() {
-        Some(Kind::BodyTooLarge) => {
-            ProxyError::client(Kind::BodyTooLarge, "request body is larger than allowed")
-        }
-        Some(Kind::ClientTimeout) => ProxyError::client(
-            Kind::ClientTimeout,
-            "client sent the request body too slowly",
-        ),
-        _ => ProxyError::client(Kind::ClientClosed, "client closed the request body"),
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                this.idle.progress();
-                if let Some(data) = frame.data_ref() {
-                    this.seen += data.len() as u64;
-                    this.traffic
-                        .bytes_in
-                        .set(this.traffic.bytes_in.get() + data.len() as u64);
-                    if this.seen > this.limit {
-                        return Poll::Ready(Some(Err(this.fail(Kind::BodyTooLarge))));
-                    }
-                }
-                // hyper stops polling a body whose `is_end_stream` turns true (any body with
-                // a Content-Length), so `Ready(None)` may never come: mark the end here, or
-                // the upstream read timeout would never start counting.
-                if this.inner.is_end_stream() {
-                    this.traffic.request_done.set(true);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(this.fail(Kind::ClientClosed)))),
-            Poll::Ready(None) => {
-                this.traffic.request_done.set(true);
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.idle.poll_expired(cx) {
-                    return Poll::Ready(Some(Err(this.fail(Kind::ClientTimeout))));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The request body sent to the upstream.
-pub enum UpstreamRequestBody {
-    /// The client's body, streamed.
-    Stream(ClientBody),
-    /// A body held in memory (read or replaced by a plugin).
-    Full(Option<Bytes>),
-}
-
-impl Body for UpstreamRequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamRequestBody::Stream(s) => Pin::new(s).poll_frame(cx),
-            UpstreamRequestBody::Full(b) => Poll::Ready(
-                b.take()
-                    .filter(|b| !b.is_empty())
-                    .map(|b| Ok(Frame::data(b))),
-            ),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamRequestBody::Stream(s) => s.is_end_stream(),
-            UpstreamRequestBody::Full(b) => b.as_ref().is_none_or(|b| b.is_empty()),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamRequestBody::Stream(s) => s.size_hint(),
-            UpstreamRequestBody::Full(b) => {
-                SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64))
-            }
-        }
-    }
-}
+use sluicegate_upstream::pool::UpstreamBody;
 
 /// The upstream's response body, streamed, with the read idle timeout. An HTTP/1.1 body
 /// gives its connection back to the pool itself when it ends cleanly.
@@ -451,7 +192,7 @@ impl ResponseBody {
         // Nothing more is read or sent after the status.
         self.source = ResponseSource::Full(None);
         self.eof_sent = true;
-        let trailers = super::error::grpc_trailers(&err);
+        let trailers = sluicegate_core::error::grpc_trailers(&err);
         self.saw_trailers(&trailers);
         Poll::Ready(Some(Ok(Frame::trailers(trailers))))
     }
@@ -588,7 +329,7 @@ impl Body for ResponseBody {
 
 fn filter_error() -> ProxyError {
     ProxyError::new(
-        super::error::Source::Plugin,
+        sluicegate_core::error::Source::Plugin,
         Kind::PluginFailure,
         "a body filter failed",
     )

@@ -3,193 +3,34 @@
 //! retrying a connect failure on the next target, the read timeout, and passing `Upgrade`
 //! (WebSocket) connections through.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 
-use super::body::{failure_error, UpstreamRequestBody};
-use super::context::{RequestBody, RequestCtx};
-use super::error::{Kind, ProxyError};
 use super::retry::RetryPolicy;
-use crate::state::PathRewrite;
-use crate::upstream::balance::{self, HashOn, Policy, Tried};
-use crate::upstream::h1::SendFailure;
-use crate::upstream::health;
-use crate::upstream::live::{InFlight, TargetSet};
-use crate::upstream::pool::{SendOutcome, UpstreamBody, UpstreamRequest, UpstreamResponse};
-use crate::upstream::{Protocol, Target, Upstream};
+use crate::server::worker::Worker;
+use crate::state::{PathRewrite, Snapshot};
+use sluicegate_core::body::{failure_error, UpstreamRequestBody};
+use sluicegate_core::context::{RequestBody, RequestCtx};
+use sluicegate_core::error::{Kind, ProxyError};
+use sluicegate_upstream::balance::{self, HashOn, Policy, Tried};
+use sluicegate_upstream::h1::SendFailure;
+use sluicegate_upstream::health;
+use sluicegate_upstream::live::{InFlight, TargetSet};
+use sluicegate_upstream::pool::{SendOutcome, UpstreamBody, UpstreamRequest, UpstreamResponse};
+use sluicegate_upstream::{Protocol, Target, Upstream};
 use std::sync::atomic::Ordering;
 
-/// `X-Request-Id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// The headers the gateway adds to every forwarded request (RFC 7239's de-facto forms).
-/// They replace the client's same-named headers, except `X-Forwarded-For`, which is
-/// appended to. An HTTP/1.1 upstream gets them written straight into the request head,
-/// no header map involved ([`ForwardedHeaders::replaces`] tells the encoder what to skip);
-/// an HTTP/2 upstream gets them in the map ([`ForwardedHeaders::apply`]).
-pub struct ForwardedHeaders {
-    client_ip: HeaderValue,
-    proto: &'static str,
-    host: Option<HeaderValue>,
-    request_id: HeaderValue,
-}
-
-impl ForwardedHeaders {
-    /// The headers for a client at `client_ip`, over TLS or not, asking for `host`.
-    pub fn new(
-        client_ip: HeaderValue,
-        tls: bool,
-        host: Option<HeaderValue>,
-        request_id: HeaderValue,
-    ) -> Self {
-        ForwardedHeaders {
-            client_ip,
-            proto: if tls { "https" } else { "http" },
-            host,
-            request_id,
-        }
-    }
-
-    /// Whether a header of the request is replaced by these (or folded into them).
-    pub fn replaces(name: &HeaderName) -> bool {
-        name == X_FORWARDED_FOR
-            || name == X_FORWARDED_PROTO
-            || name == X_FORWARDED_HOST
-            || name == X_REQUEST_ID
-    }
-
-    /// Appends them to an HTTP/1.1 head whose own lines skipped those [`Self::replaces`]
-    /// names; `headers` supplies the earlier `X-Forwarded-For` hops.
-    pub fn write(&self, headers: &HeaderMap, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        for (name, hop) in headers {
-            if name == X_FORWARDED_FOR {
-                out.extend_from_slice(hop.as_bytes());
-                out.extend_from_slice(b", ");
-            }
-        }
-        out.extend_from_slice(self.client_ip.as_bytes());
-        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-        out.extend_from_slice(self.proto.as_bytes());
-        if let Some(host) = &self.host {
-            out.extend_from_slice(b"\r\nx-forwarded-host: ");
-            out.extend_from_slice(host.as_bytes());
-        }
-        out.extend_from_slice(b"\r\nx-request-id: ");
-        out.extend_from_slice(self.request_id.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-
-    /// Puts them into `headers` (for an HTTP/2 upstream).
-    fn apply(self, headers: &mut HeaderMap) {
-        append_forwarded_for(headers, &self.client_ip);
-        headers.insert(
-            X_FORWARDED_PROTO.clone(),
-            HeaderValue::from_static(self.proto),
-        );
-        if let Some(h) = self.host {
-            headers.insert(X_FORWARDED_HOST.clone(), h);
-        }
-        headers.insert(X_REQUEST_ID.clone(), self.request_id);
-    }
-}
+use sluicegate_http1::hop::{strip_hop_by_hop, strip_hop_by_hop_request};
+use sluicegate_upstream::forwarded::ForwardedHeaders;
 
 /// The upstream's answer; its body streams from the upstream (an HTTP/1.1 connection goes
 /// back to the pool when the body ends).
 pub struct Forwarded {
     /// The response.
     pub response: UpstreamResponse,
-}
-
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named in `Connection`.
-/// With `keep_upgrade`, `Connection: upgrade` and `Upgrade` are kept for the upstream.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    strip(headers, keep_upgrade, false);
-}
-
-/// [`strip_hop_by_hop`] for a request to an HTTP/2 upstream: `TE: trailers` survives (gRPC
-/// servers need it to know the client reads trailers; it is the one `TE` value HTTP/2
-/// allows, RFC 9113 §8.2.2). Costs nothing more when the request has no `TE`.
-pub fn strip_hop_by_hop_request(headers: &mut HeaderMap, keep_upgrade: bool) {
-    strip(headers, keep_upgrade, true);
-}
-
-fn strip(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
-    // One pass over the names (no hashing) finds which hop-by-hop headers are present;
-    // only those are removed. Most requests have none, most responses only `Connection`.
-    let fixed: [&HeaderName; 7] = [
-        &header::CONNECTION,
-        &header::UPGRADE,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-    ];
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = fixed.iter().position(|f| *f == name) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 && !keep_upgrade {
-        return;
-    }
-    // Index of `TE` in `fixed`; read before `Connection: TE` removes it.
-    const TE: usize = 4;
-    let te_trailers = keep_te_trailers && present & (1 << TE) != 0 && asks_for_trailers(headers);
-    if present & 1 != 0 {
-        // Headers named in `Connection` are hop-by-hop too (its usual tokens are not names).
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !t.eq_ignore_ascii_case("keep-alive")
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("upgrade")
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
-    }
-    for (i, name) in fixed.iter().enumerate() {
-        let is_upgrade_pair = i < 2;
-        if present & (1 << i) != 0 && !(keep_upgrade && is_upgrade_pair) {
-            headers.remove(*name);
-        }
-    }
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if keep_upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-}
-
-/// Whether any `TE` line lists the `trailers` token.
-fn asks_for_trailers(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
 }
 
 /// Whether the request asks to switch protocols (WebSocket and friends).
@@ -211,6 +52,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// target with the buffered body, within the route's retry budget.
 pub async fn forward(
     ctx: &mut RequestCtx,
+    snapshot: &Snapshot,
+    worker: &Rc<Worker>,
     upstream: &Arc<Upstream>,
     rewrite: Option<&PathRewrite>,
     keep_headers: bool,
@@ -218,10 +61,12 @@ pub async fn forward(
     let upgrade = is_upgrade(&ctx.head.headers);
     // HTTP/2 upstreams get the client's host as :authority, as HTTP/1.1 ones get its Host.
     let authority = match upstream.protocol {
-        Protocol::Http2 => super::context::request_host_raw(&ctx.head.uri, &ctx.head.headers),
+        Protocol::Http2 => {
+            sluicegate_core::context::request_host_raw(&ctx.head.uri, &ctx.head.headers)
+        }
         Protocol::Http1 => None,
     };
-    let retry = match ctx.route.and_then(|i| ctx.snapshot.routes.get(i)) {
+    let retry = match ctx.route.and_then(|i| snapshot.routes.get(i)) {
         Some(route) if !upgrade => route.retry.clone(),
         _ => None,
     };
@@ -244,7 +89,6 @@ pub async fn forward(
     } else {
         None
     };
-    let worker = ctx.worker.clone();
     let metrics = &upstream.metrics;
     // A guard, not an `Arc` clone: no write to the set's shared reference count on the
     // common path (arc-swap falls back to a clone when a thread holds many guards).
@@ -274,9 +118,9 @@ pub async fn forward(
                 // Every remaining target is at its limit: wait for a slot (within one
                 // `pending_timeout` in all), then choose again.
                 let until = *wait_until.get_or_insert_with(|| {
-                    crate::server::clock::coarse_now() + upstream.circuit.pending_timeout
+                    sluicegate_core::clock::coarse_now() + upstream.circuit.pending_timeout
                 });
-                let left = until.saturating_duration_since(crate::server::clock::coarse_now());
+                let left = until.saturating_duration_since(sluicegate_core::clock::coarse_now());
                 let waited = !left.is_zero()
                     && InFlight::wait_for_slot(&upstream.live, upstream.circuit.max_pending, left)
                         .await;
@@ -289,7 +133,7 @@ pub async fn forward(
             if full.0 != 0 {
                 metrics.circuit_open.fetch_add(1, Ordering::Relaxed);
                 return Err(ProxyError::new(
-                    super::error::Source::Upstream,
+                    sluicegate_core::error::Source::Upstream,
                     Kind::Unavailable,
                     format!(
                         "upstream `{}`: every target is at its connection limit (circuit breaker open)",
@@ -308,7 +152,7 @@ pub async fn forward(
                 &upstream.live,
                 upstream.circuit.max_connections,
             ) {
-                Some(slot) => ctx.upstream_in_flight = Some(slot),
+                Some(slot) => ctx.upstream_in_flight = Some(Box::new(slot)),
                 None => {
                     full.add(index);
                     continue;
@@ -361,7 +205,7 @@ pub async fn forward(
         }
         // From the request's arrival: one clock read instead of two, and none when no
         // access log line will carry it.
-        if ctx.snapshot.access_log.enabled() {
+        if snapshot.access_log.enabled() {
             ctx.upstream.duration = Some(ctx.started.elapsed());
         }
         if let Some(started) = try_started {
@@ -397,7 +241,7 @@ pub async fn forward(
                 }
                 if let Some(on_client) = client_upgrade {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        return Ok(tunnel(ctx, on_client, response));
+                        return Ok(tunnel(ctx, worker, on_client, response));
                     }
                 }
                 return Ok(Forwarded { response });
@@ -408,7 +252,7 @@ pub async fn forward(
                 if failure.get().is_some() {
                     return Err(failure_error(failure));
                 }
-                if e.origin != super::error::Source::Upstream {
+                if e.origin != sluicegate_core::error::Source::Upstream {
                     return Err(e);
                 }
                 let timeout = e.kind == Kind::UpstreamTimeout;
@@ -463,7 +307,7 @@ async fn discard(response: UpstreamResponse, read_timeout: std::time::Duration) 
 fn no_targets(upstream: &Upstream, complete: bool) -> ProxyError {
     if complete {
         ProxyError::new(
-            super::error::Source::Upstream,
+            sluicegate_core::error::Source::Upstream,
             Kind::Unavailable,
             format!(
                 "upstream `{}` has no target addresses (DNS answers expired)",
@@ -472,7 +316,7 @@ fn no_targets(upstream: &Upstream, complete: bool) -> ProxyError {
         )
     } else {
         ProxyError::new(
-            super::error::Source::Upstream,
+            sluicegate_core::error::Source::Upstream,
             Kind::Unavailable,
             format!(
                 "upstream `{}`: its target names are not resolved yet",
@@ -516,7 +360,7 @@ fn choose(
     }
     if upstream.health.fail_closed {
         return Err(ProxyError::new(
-            super::error::Source::Upstream,
+            sluicegate_core::error::Source::Upstream,
             Kind::Unavailable,
             format!("every target of upstream `{}` is unhealthy", upstream.name),
         ));
@@ -645,15 +489,15 @@ impl Template {
 async fn send_with_timeout(
     ctx: &RequestCtx,
     upstream: &Upstream,
-    conn: crate::upstream::pool::Conn,
+    conn: sluicegate_upstream::pool::Conn,
     req: UpstreamRequest,
     added: Option<&ForwardedHeaders>,
 ) -> SendOutcome {
     let send = conn.send(req, added);
     tokio::pin!(send);
     loop {
-        let deadline = crate::server::clock::coarse_now() + upstream.read_timeout;
-        match crate::server::deadline::timeout_at(deadline, &mut send).await {
+        let deadline = sluicegate_core::clock::coarse_now() + upstream.read_timeout;
+        match sluicegate_core::deadline::timeout_at(deadline, &mut send).await {
             Ok(r) => return r,
             Err(_) if !ctx.traffic.request_done.get() => continue,
             Err(_) => {
@@ -780,28 +624,11 @@ fn upstream_uri(uri: Uri, rewrite: Option<&PathRewrite>) -> Result<Uri, ProxyErr
         .map_err(|_| ProxyError::client(Kind::BadRequest, "the rewritten path is not a valid URI"))
 }
 
-/// Appends the client IP to `X-Forwarded-For`, joining every existing line of it.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: &HeaderValue) {
-    let mut existing = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
-    if existing.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR.clone(), ip.clone());
-        return;
-    }
-    let mut joined: Vec<u8> = Vec::with_capacity(64);
-    for v in existing {
-        joined.extend_from_slice(v.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(ip.as_bytes());
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-}
-
 /// Joins the client and upstream connections after a `101 Switching Protocols` and copies
 /// bytes both ways until either side closes.
 fn tunnel(
     ctx: &RequestCtx,
+    worker: &Worker,
     on_client: crate::server::h1::OnUpgrade,
     response: UpstreamResponse,
 ) -> Forwarded {
@@ -811,9 +638,9 @@ fn tunnel(
         UpstreamBody::H1(mut h1) => {
             if let Some(conn) = h1.take_upgraded() {
                 let (io, leftover) = (*conn).into_upgraded();
-                let upstream = crate::http1::Rewind::new(io, leftover);
+                let upstream = sluicegate_http1::Rewind::new(io, leftover);
                 // Counted like a connection, so a drain waits for it (up to the timeout).
-                let active = ctx.worker.tracker.enter();
+                let active = worker.tracker.enter();
                 tokio::task::spawn_local(async move {
                     copy_both_ways(on_client, upstream, request_id).await;
                     drop(active);
@@ -834,7 +661,7 @@ fn tunnel(
 
 async fn copy_both_ways(
     on_client: crate::server::h1::OnUpgrade,
-    mut upstream: crate::http1::Rewind<crate::upstream::pool::UpstreamStream>,
+    mut upstream: sluicegate_http1::Rewind<sluicegate_upstream::pool::UpstreamStream>,
     request_id: String,
 ) {
     let mut client = match on_client.wait().await {

@@ -6,8 +6,6 @@
 //! request (from the response body's end or drop); nothing here panics on bad input.
 
 pub mod body;
-pub mod context;
-pub mod error;
 pub mod forward;
 pub mod retry;
 pub mod router;
@@ -21,19 +19,19 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
 
-use self::body::{
-    BodyObserver, BodyOutcome, BoxError, ClientBody, ClientStream, ResponseBody, ResponseSource,
-    UpstreamResponseBody,
-};
-use self::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
-use self::error::{error_response, Kind, ProxyError};
-use self::forward::X_REQUEST_ID;
-use crate::http1::raw::RawHeaders;
-use crate::plugins::{Flow, LocalResponse, Phase};
+use self::body::{BodyObserver, BodyOutcome, ResponseBody, ResponseSource, UpstreamResponseBody};
+use crate::plugins::{Flow, LocalResponse, Phase, PluginError};
 use crate::server::conn::ConnPhase;
+use crate::server::conn::ConnState;
 use crate::server::worker::Worker;
 use crate::state::{Chain, Snapshot};
-use crate::telemetry::AccessRecord;
+use sluicegate_core::body::{BoxError, ClientBody, ClientStream};
+use sluicegate_core::context::X_REQUEST_ID;
+use sluicegate_core::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
+use sluicegate_core::error::{self as error, error_response, Kind, ProxyError};
+use sluicegate_http1::raw::RawHeaders;
+use sluicegate_telemetry::AccessRecord;
+use sluicegate_upstream::Upstream;
 
 /// What the client connection tells the driver about itself.
 pub struct ConnInfo {
@@ -124,17 +122,16 @@ pub async fn handle_boxed(
         upstream_target: None,
         upstream_in_flight: None,
         traffic,
-        worker,
+        worker: worker.clone(),
         status: 0,
-        conn_state: conn.state.clone(),
         response_headers: http::HeaderMap::new(),
         grpc,
     });
     let answer = match limits {
-        Ok(()) => run(&mut ctx, &snapshot).await,
+        Ok(()) => run(&mut ctx, &snapshot, &worker).await,
         Err(e) => Err(e),
     };
-    respond(ctx, &snapshot, answer)
+    respond(ctx, &snapshot, &conn.state, answer)
 }
 
 /// Limits checked before any phase: header size (431) and, for a request with a body,
@@ -214,7 +211,11 @@ impl RequestIds {
     }
 }
 
-async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, ProxyError> {
+async fn run(
+    ctx: &mut RequestCtx,
+    snapshot: &Arc<Snapshot>,
+    worker: &Rc<Worker>,
+) -> Result<Answer, ProxyError> {
     let host = if snapshot.router.needs_host() {
         ctx.host()
     } else {
@@ -236,7 +237,7 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
         if phase == Phase::Content {
             if let Some(queue) = &route.queue {
                 // A queued route: the durable append and its acknowledgement are the content.
-                return crate::queue::http::enqueue(ctx, queue)
+                return crate::queue::http::enqueue(ctx, &snapshot.queues, queue)
                     .await
                     .map(Answer::Local);
             }
@@ -281,7 +282,12 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
             ));
         }
     }
-    let chosen = ctx.upstream_override.take();
+    // A plugin's or script's choice is one of this snapshot's upstreams, handed over as
+    // the upstream layer's own type.
+    let chosen = ctx
+        .upstream_override
+        .take()
+        .and_then(|u| u.downcast::<Upstream>().ok());
     let upstream = chosen.as_ref().or(route.upstream.as_ref()).ok_or_else(|| {
         ProxyError::new(
             error::Source::Internal,
@@ -293,26 +299,29 @@ async fn run(ctx: &mut RequestCtx, snapshot: &Arc<Snapshot>) -> Result<Answer, P
     // Inline, not boxed: the HTTP/1.1 loop awaits this future in place, so its size costs
     // nothing per request, while boxing it copied the forwarding state into the heap on
     // every request. (HTTP/2 requests pay one copy of the whole future into hyper's box.)
-    let fwd = forward::forward(ctx, upstream, route.rewrite.as_ref(), keep_headers).await?;
+    let fwd = forward::forward(
+        ctx,
+        snapshot,
+        worker,
+        upstream,
+        route.rewrite.as_ref(),
+        keep_headers,
+    )
+    .await?;
     Ok(Answer::Upstream(fwd, upstream.read_timeout))
 }
 
-fn plugin_failed(
-    ctx: &RequestCtx,
-    plugin: &str,
-    phase: Phase,
-    e: crate::plugins::PluginError,
-) -> ProxyError {
-    if let crate::plugins::PluginError::Script {
+fn plugin_failed(ctx: &RequestCtx, plugin: &str, phase: Phase, e: PluginError) -> ProxyError {
+    if let PluginError::Script {
         script,
         message,
         over_budget,
     } = &e
     {
         let kind = if *over_budget { "budget" } else { "error" };
-        ctx.worker.shared.metrics.script_failure(script, kind);
+        ctx.worker.script_failed(script, kind);
         tracing::error!(request_id = ctx.request_id_str(), script = %script, phase = phase.as_str(), error = %message, "Script failed.");
-    } else if !matches!(e, crate::plugins::PluginError::Body(_)) {
+    } else if !matches!(e, PluginError::Body(_)) {
         tracing::error!(request_id = ctx.request_id_str(), plugin, phase = phase.as_str(), error = %e, "Plugin failed.");
     }
     e.into()
@@ -329,6 +338,7 @@ fn chain_of(snapshot: &Snapshot, route: Option<usize>) -> &Chain {
 fn respond(
     mut ctx: Box<RequestCtx>,
     snapshot: &Arc<Snapshot>,
+    conn_state: &Arc<ConnState>,
     answer: Result<Answer, ProxyError>,
 ) -> Box<Response<ResponseBody>> {
     let mut raw = None;
@@ -349,11 +359,14 @@ fn respond(
     // nothing reads or changes them; otherwise they become the head's header map.
     if let Some(mut r) = raw.take_if(|r| !passes_raw(&ctx, chain, r)) {
         if let Err(msg) = r.merge_into(&mut head.headers) {
-            return bad_upstream_head(ctx, snapshot, msg, source);
+            return bad_upstream_head(ctx, snapshot, conn_state, msg, source);
         }
     }
     if !ctx.response_headers.is_empty() {
-        context::replace_headers(std::mem::take(&mut ctx.response_headers), &mut head.headers);
+        sluicegate_core::context::replace_headers(
+            std::mem::take(&mut ctx.response_headers),
+            &mut head.headers,
+        );
     }
     if chain.has(Phase::HeaderFilter) {
         if let Err(e) = header_filter(&mut ctx, chain, &mut head, raw.as_mut()) {
@@ -361,18 +374,18 @@ fn respond(
             let (h, s) = error_parts(&ctx, &e);
             head = h;
             drop(source);
-            return finish(ctx, snapshot, head, s, None);
+            return finish(ctx, snapshot, conn_state, head, s, None);
         }
     }
     // A filter made the status one without a body: its framing lines must not pass raw.
-    if crate::http1::status_without_body(head.status) {
+    if sluicegate_http1::status_without_body(head.status) {
         if let Some(mut r) = raw.take() {
             if let Err(msg) = r.merge_into(&mut head.headers) {
-                return bad_upstream_head(ctx, snapshot, msg, source);
+                return bad_upstream_head(ctx, snapshot, conn_state, msg, source);
             }
         }
     }
-    finish(ctx, snapshot, head, source, raw)
+    finish(ctx, snapshot, conn_state, head, source, raw)
 }
 
 /// A 502 for an upstream head whose lines cannot become a header map; the upstream body
@@ -380,12 +393,13 @@ fn respond(
 fn bad_upstream_head(
     ctx: Box<RequestCtx>,
     snapshot: &Arc<Snapshot>,
+    conn_state: &Arc<ConnState>,
     msg: String,
     source: ResponseSource,
 ) -> Box<Response<ResponseBody>> {
     drop(source);
     let (h, s) = error_parts(&ctx, &ProxyError::upstream(Kind::UpstreamProtocol, msg));
-    finish(ctx, snapshot, h, s, None)
+    finish(ctx, snapshot, conn_state, h, s, None)
 }
 
 /// Whether an upstream's header block may go to the client without a header map: the
@@ -401,6 +415,7 @@ fn passes_raw(ctx: &RequestCtx, chain: &Chain, raw: &RawHeaders) -> bool {
 fn finish(
     mut ctx: Box<RequestCtx>,
     snapshot: &Arc<Snapshot>,
+    conn_state: &Arc<ConnState>,
     mut head: ResponseHead,
     source: ResponseSource,
     mut raw: Option<RawHeaders>,
@@ -423,7 +438,7 @@ fn finish(
         // Local bodies are complete: hop-by-hop framing comes from hyper.
         head.headers.remove(http::header::TRANSFER_ENCODING);
     } else {
-        forward::strip_hop_by_hop(
+        sluicegate_http1::hop::strip_hop_by_hop(
             &mut head.headers,
             head.status == http::StatusCode::SWITCHING_PROTOCOLS,
         );
@@ -432,7 +447,7 @@ fn finish(
                 head.headers.entry(http::header::UPGRADE).or_insert(up);
             }
             // The tunnel's bytes are not request heads: no header or idle timeout from now on.
-            ctx.conn_state.set(ConnPhase::Upgraded);
+            conn_state.set(ConnPhase::Upgraded);
         }
     }
     let chain = chain_of(snapshot, ctx.route);
@@ -444,6 +459,8 @@ fn finish(
     ctx.status = head.status.as_u16();
     let grpc = ctx.grpc;
     let observer = LogObserver {
+        snapshot: snapshot.clone(),
+        conn_state: conn_state.clone(),
         filters,
         // A Trailers-Only answer (or the gateway's own gRPC error) has it in the headers.
         grpc_status: if grpc {
@@ -503,6 +520,10 @@ fn header_filter(
 /// Runs body filters per chunk and the log phase at the end.
 struct LogObserver {
     ctx: Option<Box<RequestCtx>>,
+    /// The request's snapshot, as the driver's own type (the context's is a narrow view).
+    snapshot: Arc<Snapshot>,
+    /// The client connection's phase, set back to idle when the request is done.
+    conn_state: Arc<ConnState>,
     filters: bool,
     /// The `grpc-status` a gRPC call ended with, for the access log.
     grpc_status: Option<u16>,
@@ -524,8 +545,7 @@ impl BodyObserver for LogObserver {
         let Some(ctx) = self.ctx.as_mut() else {
             return Ok(());
         };
-        let snapshot = ctx.snapshot.clone();
-        let chain = chain_of(&snapshot, ctx.route);
+        let chain = chain_of(&self.snapshot, ctx.route);
         for entry in &chain.entries {
             if entry.plugin.phases().contains(Phase::BodyFilter) {
                 if let Err(e) = entry.plugin.body_filter(ctx, chunk, eof) {
@@ -546,16 +566,20 @@ impl BodyObserver for LogObserver {
     fn finish(&mut self, outcome: BodyOutcome, bytes_out: u64) {
         let Some(ctx) = self.ctx.take() else { return };
         ctx.traffic.bytes_out.set(bytes_out);
-        log_phase(&ctx, outcome, self.grpc_status);
-        ctx.conn_state.set(ConnPhase::Idle);
-        ctx.conn_state.end();
+        log_phase(&ctx, &self.snapshot, outcome, self.grpc_status);
+        self.conn_state.set(ConnPhase::Idle);
+        self.conn_state.end();
     }
 }
 
-fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome, grpc_status: Option<u16>) {
+fn log_phase(
+    ctx: &RequestCtx,
+    snapshot: &Snapshot,
+    outcome: BodyOutcome,
+    grpc_status: Option<u16>,
+) {
     let now = Instant::now();
     let took = now.saturating_duration_since(ctx.started);
-    let snapshot = &ctx.snapshot;
     let chain = chain_of(snapshot, ctx.route);
     if chain.has(Phase::Log) {
         for entry in &chain.entries {
@@ -594,7 +618,7 @@ fn log_phase(ctx: &RequestCtx, outcome: BodyOutcome, grpc_status: Option<u16>) {
         snapshot.access_log.write(&AccessRecord {
             // Wall-clock start, derived from the monotonic reading above: no second clock
             // read (a system call on some virtual machines).
-            time: crate::server::clock::wall_at(now) - took,
+            time: sluicegate_core::clock::wall_at(now) - took,
             request_id: ctx.request_id_str(),
             client: ctx.client_addr,
             method: ctx.head.method.as_str(),

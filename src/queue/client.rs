@@ -23,8 +23,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::retry::parse_retry_after;
-use crate::server::LocalExec;
-use crate::upstream::{Protocol, Target, Upstream};
+use sluicegate_core::LocalExec;
+use sluicegate_upstream::{Protocol, Target, Upstream};
 
 /// Response bodies are read up to this size (for the dead-letter reason); the rest is
 /// drained within the same timeout or the connection is closed.
@@ -121,7 +121,7 @@ impl Client {
             upstream: upstream.name.clone(),
             message: "the upstream has no (resolved) targets".into(),
         };
-        let mut tried = crate::upstream::balance::Tried::default();
+        let mut tried = sluicegate_upstream::balance::Tried::default();
         for _ in 0..attempts {
             // Healthy targets first; with none left, any target not tried yet.
             let Some(index) = set

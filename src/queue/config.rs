@@ -3,17 +3,16 @@
 //! delivery settings). Validation reports every problem with its path, like the rest of
 //! the configuration.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
-use serde::Deserialize;
 
 use super::retry::{defaults, RetryPolicy, StatusSet};
-use crate::config::error::{Diags, Path};
 use crate::plugins::LocalResponse;
+use sluicegate_config::queue::{AckConfig, QueueConfig, RetryConfig, StatusPattern};
+use sluicegate_core::diag::{Diags, Path};
 
 /// Default bound on a queue's bytes on disk: 1 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
@@ -21,71 +20,6 @@ pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 pub const MIN_MAX_BYTES: u64 = 64 * 1024;
 /// Default delivery concurrency: one message at a time keeps strict FIFO order.
 pub const DEFAULT_CONCURRENCY: usize = 1;
-
-/// `queue:` of a route, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueConfig {
-    /// Queue name (directory `data_dir/queues/NAME`); defaults to the route's name.
-    pub name: Option<String>,
-    /// The answer sent once the request is durable.
-    #[serde(default)]
-    pub ack: AckConfig,
-    /// Retry policy of deliveries.
-    #[serde(default)]
-    pub retry: RetryConfig,
-    /// Deliveries in flight at once (default 1).
-    pub concurrency: Option<usize>,
-    /// `fifo` (default) or `unordered`.
-    pub ordering: Option<String>,
-    /// Statuses (not retried) that go straight to the dead letters; default `["4xx"]`.
-    pub dead_letter_on: Option<Vec<StatusPattern>>,
-    /// Bound on the queue's bytes on disk (default 1 GiB).
-    pub max_bytes: Option<u64>,
-}
-
-/// `queue.ack`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AckConfig {
-    /// Status (2xx; default 202).
-    pub status: Option<u16>,
-    /// Body template (`{id}`, `{queue}`, `{request_id}` are replaced); default a JSON
-    /// object with the id.
-    pub body: Option<String>,
-    /// Headers to add.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-/// `queue.retry`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Statuses that are retried; default `[429, "5xx"]`.
-    pub on_status: Option<Vec<StatusPattern>>,
-    /// Wait before the first retry (default 500).
-    pub initial_backoff_ms: Option<u64>,
-    /// Longest computed wait (default 60000).
-    pub max_backoff_ms: Option<u64>,
-    /// Growth per retry (default 2).
-    pub multiplier: Option<f64>,
-    /// Attempts in total before dead-lettering (default 15).
-    pub max_attempts: Option<u32>,
-    /// Messages older than this are dead-lettered on their next failure (default one day;
-    /// 0 = no limit).
-    pub max_age_ms: Option<u64>,
-}
-
-/// A status code (`429`) or class (`"5xx"`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StatusPattern {
-    /// A code.
-    Code(u16),
-    /// A code or class as text.
-    Text(String),
-}
 
 /// In which order messages are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,11 +358,11 @@ mod tests {
     use super::*;
 
     fn parse(yaml: &str) -> Result<RouteQueue, Vec<String>> {
-        let node = crate::config::yaml::parse(yaml, &std::collections::HashMap::new())
+        let node = sluicegate_core::yaml::parse(yaml, &std::collections::HashMap::new())
             .map_err(|d| vec![format!("{d:?}")])?;
         let path = Path::root().key("queue");
         let cfg: QueueConfig =
-            crate::config::de::from_node(&node, &path).map_err(|d| vec![d.path])?;
+            sluicegate_core::de::from_node(&node, &path).map_err(|d| vec![d.path])?;
         let mut diags = Diags::default();
         validate(cfg, "hooks", &path, &mut diags)
             .ok_or_else(|| diags.0.iter().map(|d| d.path.clone()).collect())

@@ -498,7 +498,7 @@ fn outgoing(
         ));
     }
     let mut headers = req.headers.clone();
-    crate::proxy::forward::strip_hop_by_hop(&mut headers, false);
+    sluicegate_http1::hop::strip_hop_by_hop(&mut headers, false);
     headers.remove(header::EXPECT);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(req.body.len()));
     headers.insert(MESSAGE_ID_HEADER.clone(), HeaderValue::from(id));
@@ -508,7 +508,7 @@ fn outgoing(
     }
     if !req.request_id.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&req.request_id) {
-            headers.insert(crate::proxy::forward::X_REQUEST_ID.clone(), v);
+            headers.insert(sluicegate_core::context::X_REQUEST_ID.clone(), v);
         }
     }
     Ok(Outgoing {

@@ -10,22 +10,25 @@ use http::{header, HeaderName, HeaderValue};
 
 use super::config::RouteQueue;
 use super::record::QueuedRequest;
-use super::QueueError;
+use super::{QueueError, Queues};
 use crate::plugins::LocalResponse;
-use crate::proxy::context::RequestCtx;
-use crate::proxy::error::{Kind, ProxyError, Source};
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::error::{Kind, ProxyError, Source};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Appends the request in `ctx` to the route's queue and returns the acknowledgement.
-pub async fn enqueue(ctx: &mut RequestCtx, rq: &RouteQueue) -> Result<LocalResponse, ProxyError> {
+/// Appends the request in `ctx` to the route's queue (one of `queues`) and returns the
+/// acknowledgement.
+pub async fn enqueue(
+    ctx: &mut RequestCtx,
+    queues: &Queues,
+    rq: &RouteQueue,
+) -> Result<LocalResponse, ProxyError> {
     let body = ctx.read_body().await?;
     let request = queued_request(ctx, body);
-    let queue = ctx
-        .snapshot
-        .queues
+    let queue = queues
         .get(&rq.name)
         .ok_or_else(|| QueueError::Unknown(rq.name.clone()))?;
     let id = match queue.enqueue(&request).await {
@@ -48,7 +51,7 @@ pub async fn enqueue(ctx: &mut RequestCtx, rq: &RouteQueue) -> Result<LocalRespo
 /// The request as it would be forwarded now (after rewrite and access plugins).
 pub fn queued_request(ctx: &RequestCtx, body: Bytes) -> QueuedRequest {
     let mut headers = ctx.head.headers.clone();
-    crate::proxy::forward::strip_hop_by_hop(&mut headers, false);
+    sluicegate_http1::hop::strip_hop_by_hop(&mut headers, false);
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
     let host = headers.get(header::HOST).cloned().or_else(|| {

@@ -10,7 +10,7 @@ use super::backend::{QueueBackend, StoredMessage};
 use super::record;
 use super::retry::now_ms;
 use super::{Queue, QueueError};
-use crate::telemetry::httpdate_rfc3339;
+use sluicegate_telemetry::httpdate_rfc3339;
 
 /// Largest page of `list`.
 pub const MAX_LIST: usize = 1000;

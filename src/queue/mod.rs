@@ -47,10 +47,10 @@ pub use backend::{QueueBackend, WalBackend};
 pub use config::{QueueSettings, RouteQueue};
 pub use record::QueuedRequest;
 
-use crate::config::error::{Diag, Path as ConfigPath};
 use crate::state::{PathRewrite, Snapshot};
-use crate::upstream::Upstream;
 use metrics::QueueMetrics;
+use sluicegate_core::diag::{Diag, Path as ConfigPath};
+use sluicegate_upstream::Upstream;
 
 /// `X-Sluicegate-Message-Id`: the message id, on the acknowledgement and every delivery.
 pub static MESSAGE_ID_HEADER: ::http::HeaderName =

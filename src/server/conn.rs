@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::deadline::Deadline;
+use sluicegate_core::deadline::Deadline;
 
 /// Where a connection is in its request cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl<T> ConnIo<T> {
             inner,
             state,
             timeout,
-            sleep: Deadline::at(super::clock::coarse_now() + timeout),
+            sleep: Deadline::at(sluicegate_core::clock::coarse_now() + timeout),
             armed_for: None,
             timeout_response: None,
             preface_matched: Some(0),
@@ -180,7 +180,8 @@ impl<T> ConnIo<T> {
         if self.armed_for != Some(ConnPhase::H2) {
             self.armed_for = Some(ConnPhase::H2);
             self.h2_window = Some(generation);
-            self.sleep.reset(super::clock::coarse_now() + self.timeout);
+            self.sleep
+                .reset(sluicegate_core::clock::coarse_now() + self.timeout);
         }
         while self.sleep.poll_elapsed(cx).is_ready() {
             let idle = self.state.active.load(Ordering::Relaxed) == 0;
@@ -189,7 +190,8 @@ impl<T> ConnIo<T> {
                 return Poll::Ready(Ok(()));
             }
             self.h2_window = idle.then_some(generation);
-            self.sleep.reset(super::clock::coarse_now() + self.timeout);
+            self.sleep
+                .reset(sluicegate_core::clock::coarse_now() + self.timeout);
         }
         Poll::Pending
     }
@@ -243,7 +245,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
                 }
                 if this.armed_for != Some(phase) {
                     this.armed_for = Some(phase);
-                    this.sleep.reset(super::clock::coarse_now() + this.timeout);
+                    this.sleep
+                        .reset(sluicegate_core::clock::coarse_now() + this.timeout);
                 }
                 if this.sleep.poll_elapsed(cx).is_pending() {
                     return Poll::Pending;
@@ -268,4 +271,4 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
     }
 }
 
-pass_async_write!(ConnIo, inner);
+sluicegate_http1::pass_async_write!(ConnIo, inner);

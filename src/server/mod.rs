@@ -4,14 +4,11 @@
 //! [`Gateway::start`] is what `sluicegate run` and the end-to-end tests both use: it returns
 //! once every socket is bound, with the addresses actually bound (so port 0 works).
 
-pub mod clock;
 pub mod conn;
-pub mod deadline;
 pub mod h1;
 pub mod tls;
 pub mod worker;
 
-use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::sync::Arc;
@@ -23,20 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 
 use crate::state::{self, Shared};
-use crate::telemetry::Metrics;
-
-/// Spawns hyper's background tasks (HTTP/2 streams, connections) on the worker's `LocalSet`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LocalExec;
-
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
+use sluicegate_telemetry::Metrics;
 
 /// A running gateway.
 pub struct Gateway {
@@ -173,7 +157,7 @@ impl Gateway {
                     tokio::spawn(crate::code::api::poll(control_shared.clone()));
                     tokio::spawn(crate::code::directory::watch(control_shared.clone()));
                     tokio::spawn(crate::config::watch::watch(control_shared.clone()));
-                    tokio::spawn(crate::upstream::supervisor::run(control_shared.clone()));
+                    tokio::spawn(crate::supervisor::run(control_shared.clone()));
                     if let Some(l) = admin_listener {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => {
@@ -188,7 +172,7 @@ impl Gateway {
                 });
             })?;
         // The first requests find host-name targets resolved (bounded by the DNS timeouts).
-        crate::upstream::supervisor::wait_first_answers(&shared);
+        crate::supervisor::wait_first_answers(&shared);
         for (l, addr) in shared.snapshot.load().listeners.iter().zip(&bound) {
             tracing::info!(listener = %l.name, address = %addr, tls = l.tls.is_some(), workers, "Listening.");
         }

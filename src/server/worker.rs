@@ -7,6 +7,7 @@
 //! connection to finish its current request and close (graceful shutdown), and waits for
 //! them up to the drain timeout.
 
+use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,11 +24,12 @@ use tokio::sync::Notify;
 
 use super::conn::{ConnIo, ConnPhase, ConnState};
 use super::h1;
-use super::LocalExec;
-use crate::http1::Rewind;
 use crate::proxy::{self, ConnInfo};
 use crate::state::Shared;
-use crate::upstream::pool::Pool;
+use sluicegate_core::context::WorkerView;
+use sluicegate_core::LocalExec;
+use sluicegate_http1::Rewind;
+use sluicegate_upstream::pool::Pool;
 
 /// Worker-local state, reachable from every request on this thread.
 pub struct Worker {
@@ -45,6 +47,33 @@ pub struct Worker {
     pub drain: DrainSignal,
     /// Where this worker's generated request ids are written.
     pub request_ids: crate::proxy::RequestIds,
+}
+
+/// What plugins and scripts see of the worker (the vocabulary crate's narrow view).
+impl WorkerView for Worker {
+    fn id(&self) -> usize {
+        self.id
+    }
+
+    fn draining(&self) -> bool {
+        *self.shared.shutdown.borrow()
+    }
+
+    fn script_failed(&self, script: &str, kind: &'static str) {
+        self.shared.metrics.script_failure(script, kind);
+    }
+
+    fn service_of(&self, ty: TypeId) -> Option<&dyn Any> {
+        if ty == TypeId::of::<crate::lua::WorkerLua>() {
+            Some(&self.lua)
+        } else if ty == TypeId::of::<crate::code::CodeRegistry>() {
+            Some(&*self.shared.code)
+        } else if ty == TypeId::of::<Worker>() {
+            Some(self)
+        } else {
+            None
+        }
+    }
 }
 
 impl Worker {
@@ -204,7 +233,9 @@ pub fn run(
             crate::lua::WorkerLua::new(lua_runtime(id, &shared)),
         );
         let tracker = worker.tracker.clone();
-        let ticker = tokio::task::spawn_local(super::clock::run_ticker());
+        let ticker = tokio::task::spawn_local(sluicegate_core::clock::run_ticker(
+            sluicegate_telemetry::flush_access_log,
+        ));
         let reaper = {
             let worker = worker.clone();
             tokio::task::spawn_local(async move {
@@ -271,7 +302,7 @@ fn lua_runtime(id: usize, shared: &Arc<Shared>) -> crate::lua::Runtime {
         },
         upstreams: {
             let shared = shared.clone();
-            Arc::new(move |name| shared.snapshot.load().upstreams.get(name).cloned())
+            Arc::new(move |name, target| shared.snapshot.load().choose_upstream(name, target))
         },
     }
 }
@@ -413,7 +444,7 @@ async fn drive_h2<I>(
         Box::pin(proxy::handle(
             worker.clone(),
             info.clone(),
-            req.map(crate::proxy::body::ClientStream::H2),
+            req.map(sluicegate_core::body::ClientStream::H2),
         ))
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);

@@ -223,14 +223,14 @@ fn tls_config(verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
         [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
     CONFIGS[usize::from(verify)]
         .get_or_init(|| {
-            let tls = crate::config::file::UpstreamTlsConfig {
+            let tls = sluicegate_config::file::UpstreamTlsConfig {
                 verify: Some(verify),
                 ..Default::default()
             };
-            crate::server::tls::client_config(
+            sluicegate_upstream::tls::client_config(
                 &tls,
                 std::path::Path::new("."),
-                crate::upstream::Protocol::Http1,
+                sluicegate_upstream::Protocol::Http1,
             )
         })
         .clone()

@@ -12,7 +12,7 @@ use super::super::state::ReqState;
 use super::super::vm::Host;
 use super::super::Kinds;
 use super::ngx::args_table;
-use crate::proxy::context::RequestBody;
+use sluicegate_core::context::RequestBody;
 
 /// `ngx.req.set_header` and friends are allowed in these phases (request headers can no
 /// longer reach the upstream in the filter phases, but OpenResty allows the call).

@@ -22,15 +22,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
     let upstream = lua.create_table()?;
     let h = host.clone();
     let set = lua.create_function(move |lua, (name, target): (String, Option<String>)| {
-        let chosen = match (h.rt.upstreams)(&name) {
-            None => Err(format!("unknown upstream `{name}`")),
-            Some(u) => match &target {
-                Some(t) if u.live.load().find(t).is_none() => {
-                    Err(format!("upstream `{name}` has no target `{t}`"))
-                }
-                _ => Ok(u),
-            },
-        };
+        let chosen = (h.rt.upstreams)(&name, target.as_deref());
         let mut out = mlua::MultiValue::new();
         match chosen {
             Ok(u) => {

@@ -12,7 +12,7 @@ use super::super::state::ReqState;
 use super::super::vm::Host;
 use super::super::Kinds;
 use super::req::set_query;
-use crate::proxy::context::RequestBody;
+use sluicegate_core::context::RequestBody;
 
 /// Looks a header up by a `ngx.var.http_*` style name (`_` means `-`) without allocating.
 fn header_values<'h>(
@@ -106,7 +106,7 @@ fn var(lua: &Lua, host: &Host, s: &ReqState, name: &[u8]) -> mlua::Result<Value>
     }
     let info = &s.info;
     match name {
-        b"host" | b"server_name" => string(crate::proxy::context::request_host(head).as_bytes()),
+        b"host" | b"server_name" => string(sluicegate_core::context::request_host(head).as_bytes()),
         b"http_host" => head
             .headers
             .get(http::header::HOST)

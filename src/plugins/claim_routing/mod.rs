@@ -22,10 +22,10 @@ pub use config::ClaimRoutingConfig;
 use super::json_path::{as_text, JsonPath};
 use super::jwt::Claims;
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
-use crate::proxy::error::{error_response, Kind, ProxyError, Source};
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{error_response, Kind, ProxyError, Source};
+use sluicegate_core::yaml::Node;
 
 /// Longest claim value put into an upstream name.
 const MAX_CLAIM_TEXT: usize = 128;
@@ -216,7 +216,7 @@ impl ClaimRouting {
         let claims = ctx.vars.get::<Claims>().map(|c| c.0.clone());
         let chosen = self.choose(claims.as_deref());
         if let Some(name) = &chosen {
-            if let Some(up) = ctx.snapshot.upstreams.get(name).cloned() {
+            if let Some(up) = ctx.snapshot.upstream(name) {
                 tracing::debug!(request_id = ctx.request_id_str(), upstream = %name, "Claim routing chose an upstream.");
                 ctx.upstream_override = Some(up);
                 return Flow::Continue;
@@ -225,7 +225,7 @@ impl ClaimRouting {
         if let Some(up) = self
             .fallback
             .as_ref()
-            .and_then(|f| ctx.snapshot.upstreams.get(f).cloned())
+            .and_then(|f| ctx.snapshot.upstream(f))
         {
             tracing::debug!(
                 request_id = ctx.request_id_str(),
@@ -271,9 +271,10 @@ impl Plugin for ClaimRouting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::yaml::parse;
-    use crate::lua::harness::{FakeRequest, Harness};
+    use crate::lua::harness::{FakeRequest, Harness, TestConfig};
     use serde_json::json;
+    use sluicegate_core::context::UpstreamRef;
+    use sluicegate_core::yaml::parse;
     use std::collections::HashMap;
 
     fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
@@ -312,7 +313,7 @@ rules:
     #[test]
     fn routes_home_region_claims_to_the_api_and_others_sideways() {
         let node = parse(EDGE, &HashMap::new()).unwrap();
-        let cfg = crate::config::de::from_node(&node, &Path::root()).unwrap();
+        let cfg = sluicegate_core::de::from_node(&node, &Path::root()).unwrap();
         let r = compile(cfg, &Path::root(), &mut Diags::default()).unwrap();
         let eu = claims(json!({"region": "eu"}));
         let us = claims(json!({"region": "us"}));
@@ -326,16 +327,13 @@ rules:
     #[tokio::test]
     async fn answers_421_or_uses_the_fallback_when_no_upstream_fits() {
         let h = Harness::new(Default::default()).unwrap();
-        let snapshot = crate::config::load_snapshot_from_str(
-            "listeners: [{address: '127.0.0.1:0'}]\nadmin: {enabled: false}\naccess_log: {target: 'off'}\nupstreams:\n  - {name: api-eu, targets: ['127.0.0.1:1']}\n  - {name: home, targets: ['127.0.0.1:2']}\n",
-            "<test>",
-            std::path::Path::new("."),
-            1,
-            1,
-            &crate::telemetry::Metrics::default(),
-        )
-        .unwrap();
-        let snapshot = Arc::new(snapshot);
+        // Upstreams stand in as their names: the plugin hands them over without looking.
+        let snapshot = Arc::new(TestConfig {
+            lua: Arc::default(),
+            upstreams: ["api-eu", "home"]
+                .map(|n| (n.to_string(), Arc::new(n.to_string()) as UpstreamRef))
+                .into(),
+        });
         let run = |plugin: Arc<dyn Plugin>, c: Option<Value>| {
             let mut ctx = h.request(FakeRequest::default());
             ctx.snapshot = snapshot.clone();
@@ -344,7 +342,10 @@ rules:
             }
             async move {
                 let flow = plugin.access(&mut ctx).run().await.unwrap();
-                (flow, ctx.upstream_override.map(|u| u.name.clone()))
+                let chosen = ctx
+                    .upstream_override
+                    .and_then(|u| u.downcast::<String>().ok());
+                (flow, chosen.map(|name| (*name).clone()))
             }
         };
         let (p, _) = build_from(EDGE);
@@ -398,44 +399,5 @@ rules:
                 ("fallback".to_string(), "home".to_string())
             ]
         );
-    }
-
-    #[test]
-    fn loading_reports_unknown_fallback_and_constant_upstreams_with_lines() {
-        let text = "listeners: [{address: '127.0.0.1:0'}]\nadmin: {enabled: false}\nupstreams: [{name: home, targets: ['127.0.0.1:1']}]\nroutes:\n  - name: r\n    plugins:\n      - name: claim_routing\n        config:\n          rules: [{upstream: nowhere}]\n          fallback: gone\n";
-        let err = crate::config::load_snapshot_from_str(
-            text,
-            "<test>",
-            std::path::Path::new("."),
-            1,
-            1,
-            &crate::telemetry::Metrics::default(),
-        )
-        .err()
-        .unwrap();
-        let found: Vec<(String, Option<usize>)> =
-            err.diags.iter().map(|d| (d.path.clone(), d.line)).collect();
-        assert!(
-            found.contains(&(
-                "routes[0].plugins[0].config.rules[0].upstream".into(),
-                Some(9)
-            )),
-            "{found:?}"
-        );
-        assert!(
-            found.contains(&("routes[0].plugins[0].config.fallback".into(), Some(10))),
-            "{found:?}"
-        );
-        // A route with claim routing needs no upstream of its own.
-        let ok = text.replace("nowhere", "home").replace("gone", "home");
-        assert!(crate::config::load_snapshot_from_str(
-            &ok,
-            "<test>",
-            std::path::Path::new("."),
-            1,
-            1,
-            &crate::telemetry::Metrics::default(),
-        )
-        .is_ok());
     }
 }

@@ -20,10 +20,10 @@ pub use config::CorsConfig;
 use super::{
     parse_config, BuildCtx, Flow, LocalResponse, Phase, PhaseSet, Plugin, PluginError, Step,
 };
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::{RequestCtx, ResponseHead};
-use crate::proxy::error::{rejection, Kind};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{rejection, Kind};
+use sluicegate_core::yaml::Node;
 
 /// One allowed-origin pattern (lower-case).
 #[derive(Debug, Clone, PartialEq, Eq)]

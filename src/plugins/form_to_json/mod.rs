@@ -17,10 +17,10 @@ use http::HeaderValue;
 use serde::Deserialize;
 
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, PluginError, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
-use crate::proxy::error::{rejection, Kind};
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{rejection, Kind};
+use sluicegate_core::yaml::Node;
 
 /// `config` of a `form_to_json` plugin entry.
 #[derive(Debug, Default, Deserialize)]
@@ -239,7 +239,7 @@ impl Plugin for FormToJson {
 mod tests {
     use super::*;
     use crate::plugins::testing::{self, access, request, responded};
-    use crate::proxy::context::RequestBody;
+    use sluicegate_core::context::RequestBody;
 
     const FORM: (&str, &str) = (
         "content-type",

@@ -12,10 +12,10 @@ pub use config::{HeaderOps, HeadersConfig};
 use super::{
     header_pair, parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, PluginError, Step,
 };
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::http1::raw::RawHeaders;
-use crate::proxy::context::{RequestCtx, ResponseHead};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::yaml::Node;
+use sluicegate_http1::raw::RawHeaders;
 
 /// Compiled header operations.
 #[derive(Debug, Default)]
@@ -152,7 +152,7 @@ impl Plugin for Headers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::yaml::parse;
+    use sluicegate_core::yaml::parse;
     use std::collections::HashMap;
 
     fn ops(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
@@ -160,7 +160,7 @@ mod tests {
         let mut diags = Diags::default();
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
-            secrets: crate::secrets::SecretStore::empty(),
+            secrets: sluicegate_secrets::SecretStore::empty(),
         };
         (build(&node, &Path::root(), &ctx, &mut diags), diags)
     }

@@ -9,9 +9,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::{parse_config, BuildCtx, Flow, LocalResponse, Phase, PhaseSet, Plugin, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::yaml::Node;
 
 /// `config` of a `health` plugin entry: it takes no options.
 #[derive(Debug, serde::Deserialize)]
@@ -67,7 +67,7 @@ impl Plugin for Health {
     }
 
     fn content<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
-        let draining = *ctx.worker.shared.shutdown.borrow();
+        let draining = ctx.worker.draining();
         let r = if draining { &self.draining } else { &self.ok };
         Step::Ready(Ok(Flow::Respond(r.clone())))
     }
@@ -85,7 +85,7 @@ mod tests {
         let mut ctx = request(&h, "GET", "/healthcheck", &[], None);
         let (status, body) = responded(content(&*p, &mut ctx));
         assert_eq!((status, body), (200, serde_json::json!({"status": "ok"})));
-        h.worker.shared.shutdown.send_replace(true);
+        h.worker.draining.set(true);
         let mut ctx = request(&h, "GET", "/healthcheck", &[], None);
         let (status, body) = responded(content(&*p, &mut ctx));
         assert_eq!(

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::secrets::SecretRef;
+use sluicegate_secrets::SecretRef;
 
 /// `config` of an `hmac_signature` plugin entry.
 #[derive(Debug, Deserialize)]

@@ -20,11 +20,11 @@ pub use config::{Algorithm, Encoding, HmacSignatureConfig, Preset};
 use scheme::{Scheme, Segment, Signed};
 
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, PluginError, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
-use crate::proxy::error::{rejection, Kind};
-use crate::secrets::SecretValue;
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{rejection, Kind};
+use sluicegate_core::yaml::Node;
+use sluicegate_secrets::SecretValue;
 
 /// Slack and the Standard Webhooks specification both advise five minutes.
 const DEFAULT_TOLERANCE_SECS: u64 = 300;
@@ -97,27 +97,27 @@ fn keys(
     ctx: &BuildCtx<'_>,
     diags: &mut Diags,
 ) -> Vec<SecretValue> {
-    let refs: Vec<(Path, &crate::secrets::SecretRef)> = match (&cfg.secret, cfg.secrets.is_empty())
-    {
-        (Some(_), false) => {
-            diags.push(path, "give `secret` or `secrets`, not both");
-            return Vec::new();
-        }
-        (None, true) => {
-            diags.push(
-                &path.key("secret"),
-                "required: the signing secret, as `\"${secret:NAME}\"`",
-            );
-            return Vec::new();
-        }
-        (Some(r), true) => vec![(path.key("secret"), r)],
-        (None, false) => cfg
-            .secrets
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (path.key("secrets").index(i), r))
-            .collect(),
-    };
+    let refs: Vec<(Path, &sluicegate_secrets::SecretRef)> =
+        match (&cfg.secret, cfg.secrets.is_empty()) {
+            (Some(_), false) => {
+                diags.push(path, "give `secret` or `secrets`, not both");
+                return Vec::new();
+            }
+            (None, true) => {
+                diags.push(
+                    &path.key("secret"),
+                    "required: the signing secret, as `\"${secret:NAME}\"`",
+                );
+                return Vec::new();
+            }
+            (Some(r), true) => vec![(path.key("secret"), r)],
+            (None, false) => cfg
+                .secrets
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (path.key("secrets").index(i), r))
+                .collect(),
+        };
     let mut keys = Vec::new();
     for (p, r) in refs {
         let Some(secret) = ctx.secrets.resolve(r, &p, diags) else {

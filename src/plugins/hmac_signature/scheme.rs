@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName};
 use subtle::ConstantTimeEq;
 
 use super::config::{Algorithm, Encoding};
-use crate::secrets::SecretValue;
+use sluicegate_secrets::SecretValue;
 
 /// The longest digest (SHA-512).
 const MAX_DIGEST: usize = 64;

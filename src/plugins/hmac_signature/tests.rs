@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::plugins::testing::{self, access, request, responded};
-use crate::proxy::context::RequestBody;
+use sluicegate_core::context::RequestBody;
 
 const SECRETS: &[(&str, &str, Option<&str>)] = &[
     ("slack", "current-secret", Some("previous-secret")),
@@ -242,8 +242,8 @@ fn generic_scheme_with_timestamp_and_prefix() {
     let ts = now().to_string();
     let headers = http::HeaderMap::new();
     let scheme = super::generic(
-        &crate::config::de::from_node(
-            &crate::config::yaml::parse(cfg, &std::collections::HashMap::new()).unwrap(),
+        &sluicegate_core::de::from_node(
+            &sluicegate_core::yaml::parse(cfg, &std::collections::HashMap::new()).unwrap(),
             &Path::root(),
         )
         .unwrap(),

@@ -17,10 +17,10 @@ use cidr::{canonical, parse_forwarded, Cidr, CidrSet};
 pub use config::{IpRestrictionConfig, RangeList};
 
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
-use crate::proxy::error::{rejection, Kind};
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{rejection, Kind};
+use sluicegate_core::yaml::Node;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -242,11 +242,11 @@ mod tests {
             "ALLOW_CIDRS".to_string(),
             "127.0.0.0/8,10.0.0.0/8 ::1".to_string(),
         );
-        let node = crate::config::yaml::parse("{allow: '${ALLOW_CIDRS}'}", &env).unwrap();
+        let node = sluicegate_core::yaml::parse("{allow: '${ALLOW_CIDRS}'}", &env).unwrap();
         let mut diags = Diags::default();
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
-            secrets: crate::secrets::SecretStore::empty(),
+            secrets: sluicegate_secrets::SecretStore::empty(),
         };
         let p = build(&node, &Path::root(), &ctx, &mut diags).unwrap();
         let h = testing::harness();

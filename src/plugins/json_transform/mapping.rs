@@ -8,8 +8,8 @@
 use serde_json::{Map, Value};
 
 use super::config::SideConfig;
-use crate::config::error::{Diags, Path};
 use crate::plugins::json_path::JsonPath;
+use sluicegate_core::diag::{Diags, Path};
 
 /// Where a field's value comes from.
 #[derive(Debug)]
@@ -149,8 +149,8 @@ mod tests {
     use serde_json::json;
 
     fn mapping(yaml: &str) -> Result<Mapping, Vec<(String, String)>> {
-        let node = crate::config::yaml::parse(yaml, &std::collections::HashMap::new()).unwrap();
-        let cfg: SideConfig = crate::config::de::from_node(&node, &Path::root()).unwrap();
+        let node = sluicegate_core::yaml::parse(yaml, &std::collections::HashMap::new()).unwrap();
+        let cfg: SideConfig = sluicegate_core::de::from_node(&node, &Path::root()).unwrap();
         let mut d = Diags::default();
         Mapping::compile(&cfg, &Path::root(), &mut d)
             .ok_or_else(|| d.0.into_iter().map(|d| (d.path, d.message)).collect())

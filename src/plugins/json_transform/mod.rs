@@ -33,10 +33,10 @@ pub use config::JsonTransformConfig;
 use self::config::Others;
 use self::mapping::{MapError, Mapping};
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, PluginError, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::{RequestCtx, ResponseHead};
-use crate::proxy::error::{rejection, Kind};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{rejection, Kind};
+use sluicegate_core::yaml::Node;
 
 /// Gives each instance an id, so several instances on one chain keep separate buffers.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::*;
 use crate::plugins::testing::{self, access, request, responded, response};
-use crate::proxy::context::RequestBody;
+use sluicegate_core::context::RequestBody;
 
 const ZAPIER: &str = r#"
 request:

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::file::{OneOrMany, UpstreamTlsConfig};
-use crate::secrets::SecretRef;
+use sluicegate_config::file::{OneOrMany, UpstreamTlsConfig};
+use sluicegate_secrets::SecretRef;
 
 /// `config` of a `jwt` plugin entry.
 #[derive(Debug, Deserialize)]

@@ -28,10 +28,10 @@ use self::keys::{Alg, Key, Material};
 use self::token::{ClaimRules, TokenError};
 use super::json_path::{as_text, JsonPath};
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
-use crate::proxy::error::{bearer_challenge, error_response, Kind, ProxyError, Source};
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{bearer_challenge, error_response, Kind, ProxyError, Source};
+use sluicegate_core::yaml::Node;
 
 /// The claims of the token verified for this request, in `RequestCtx::vars`.
 #[derive(Clone, Debug)]
@@ -315,10 +315,10 @@ fn jwks_settings(
         .as_ref()
         .is_some_and(|u| u.scheme_str() == Some("https"));
     let tls = if https {
-        match crate::server::tls::client_config(
+        match sluicegate_upstream::tls::client_config(
             &j.tls,
             ctx.base_dir,
-            crate::upstream::Protocol::Http1,
+            sluicegate_upstream::Protocol::Http1,
         ) {
             Ok(c) => Some(c),
             Err(e) => {

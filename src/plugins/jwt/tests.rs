@@ -9,8 +9,8 @@ use ring::signature as sig;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::yaml::parse;
 use crate::lua::harness::{FakeRequest, Harness};
+use sluicegate_core::yaml::parse;
 
 const RSA_A: &str = include_str!("../../../tests/keys/rsa-a.pem");
 const RSA_A_PUB: &str = include_str!("../../../tests/keys/rsa-a.pub.pem");
@@ -471,10 +471,10 @@ async fn accepts_the_current_and_the_previous_secret_during_a_rotation() {
 fn derives_the_accepted_algorithms_from_the_keys() {
     let text = "keys: [{secret: \"${secret:h40}\"}]";
     let node = parse(text, &HashMap::new()).unwrap();
-    let cfg: JwtConfig = crate::config::de::from_node(&node, &Path::root()).unwrap();
-    let store = crate::secrets::SecretStore::from_secrets([crate::secrets::Secret::new(
+    let cfg: JwtConfig = sluicegate_core::de::from_node(&node, &Path::root()).unwrap();
+    let store = sluicegate_secrets::SecretStore::from_secrets([sluicegate_secrets::Secret::new(
         "h40",
-        crate::secrets::SecretValue::new(b"0123456789abcdef0123456789abcdef01234567".to_vec()),
+        sluicegate_secrets::SecretValue::new(b"0123456789abcdef0123456789abcdef01234567".to_vec()),
         None,
     )]);
     let mut d = Diags::default();

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::secrets::SecretRef;
+use sluicegate_secrets::SecretRef;
 
 /// `config` of a `key_auth` plugin entry.
 #[derive(Debug, Deserialize)]

@@ -15,11 +15,11 @@ use http::{HeaderName, HeaderValue};
 pub use config::KeyAuthConfig;
 
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
-use crate::proxy::error::{rejection, Kind};
-use crate::secrets::SecretValue;
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::error::{rejection, Kind};
+use sluicegate_core::yaml::Node;
+use sluicegate_secrets::SecretValue;
 
 /// The header used when the config names no place for the key.
 const DEFAULT_HEADER: &str = "x-api-key";

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::config::file::OneOrMany;
+use sluicegate_config::file::OneOrMany;
 
 /// `config` of a `lua` plugin entry: exactly one of `code` and `file`.
 #[derive(Debug, Deserialize)]

@@ -16,7 +16,7 @@
 
 mod config;
 
-use crate::http1::raw::RawHeaders;
+use sluicegate_http1::raw::RawHeaders;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,10 +25,10 @@ use regex::Regex;
 pub use config::LuaConfig;
 
 use super::{parse_config, BuildCtx, Phase, PhaseSet, Plugin, PluginError, Step};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
 use crate::lua::Script;
-use crate::proxy::context::{RequestCtx, ResponseHead};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::yaml::Node;
 
 /// A host condition of a script.
 #[derive(Debug)]
@@ -256,7 +256,7 @@ impl Plugin for Lua {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::yaml::parse;
+    use sluicegate_core::yaml::parse;
     use std::collections::HashMap;
 
     fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
@@ -264,7 +264,7 @@ mod tests {
         let mut diags = Diags::default();
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
-            secrets: crate::secrets::SecretStore::empty(),
+            secrets: sluicegate_secrets::SecretStore::empty(),
         };
         let p = build(
             &node,

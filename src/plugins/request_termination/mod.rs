@@ -14,9 +14,9 @@ pub use config::RequestTerminationConfig;
 use super::{
     header_pair, parse_config, BuildCtx, Flow, LocalResponse, Phase, PhaseSet, Plugin, Step,
 };
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::RequestCtx;
+use sluicegate_core::context::RequestCtx;
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::yaml::Node;
 
 /// The `request_termination` plugin.
 #[derive(Debug)]
@@ -112,7 +112,7 @@ impl Plugin for RequestTermination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::yaml::parse;
+    use sluicegate_core::yaml::parse;
     use std::collections::HashMap;
 
     fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
@@ -120,7 +120,7 @@ mod tests {
         let mut diags = Diags::default();
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
-            secrets: crate::secrets::SecretStore::empty(),
+            secrets: sluicegate_secrets::SecretStore::empty(),
         };
         (build(&node, &Path::root(), &ctx, &mut diags), diags)
     }

@@ -14,9 +14,9 @@ use http::{HeaderName, HeaderValue};
 pub use config::SecurityHeadersConfig;
 
 use super::{parse_config, BuildCtx, Phase, PhaseSet, Plugin, PluginError};
-use crate::config::error::{Diags, Path};
-use crate::config::yaml::Node;
-use crate::proxy::context::{RequestCtx, ResponseHead};
+use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::yaml::Node;
 
 /// One year: the shortest HSTS max-age the browsers' preload lists accept.
 const PRELOAD_MIN_MAX_AGE: u64 = 31_536_000;

@@ -10,18 +10,16 @@
 //! Invariant: the body reads exactly its framing's bytes from the read buffer, never a
 //! byte of the next pipelined request.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use http_body::{Body, Frame, SizeHint};
+use http_body::SizeHint;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http1::{decode, Decoded, Framing};
-use crate::proxy::body::BoxError;
+use sluicegate_core::body::{BodySource, BoxError};
+use sluicegate_http1::{decode, Decoded, Framing};
 
 /// The interim response that asks a client waiting on `Expect: 100-continue` for its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -95,20 +93,6 @@ impl<I> Conn<I> {
     }
 }
 
-/// What the request body needs from the connection, without its stream type.
-pub(super) trait BodySource {
-    /// The next piece of request `request`'s body.
-    fn poll_data(
-        &mut self,
-        request: u64,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, BoxError>>>;
-    /// Whether request `request`'s body is complete.
-    fn is_end(&self, request: u64) -> bool;
-    /// What is known of the remaining length of request `request`'s body.
-    fn remaining(&self, request: u64) -> SizeHint;
-}
-
 impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     /// Writes what is left of the `100 Continue` response.
     fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -168,7 +152,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> BodySource for Conn<I> {
                     Poll::Pending => return Poll::Pending,
                 }
             }
-            crate::http1::make_read_room(&mut self.buf);
+            sluicegate_http1::make_read_room(&mut self.buf);
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
@@ -193,48 +177,5 @@ impl<I: AsyncRead + AsyncWrite + Unpin> BodySource for Conn<I> {
             Framing::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
-    }
-}
-
-/// A request body read from an HTTP/1.1 connection.
-pub struct RequestBody {
-    conn: Rc<RefCell<dyn BodySource>>,
-    request: u64,
-}
-
-impl RequestBody {
-    pub(super) fn new(conn: Rc<RefCell<dyn BodySource>>, request: u64) -> Self {
-        RequestBody { conn, request }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.conn.try_borrow_mut() {
-            Ok(mut conn) => conn
-                .poll_data(self.request, cx)
-                .map(|next| next.map(|r| r.map(Frame::data))),
-            // Unreachable by construction (borrows end within a poll); an error rather
-            // than a panic if that ever changes.
-            Err(_) => Poll::Ready(Some(Err("the client connection is busy".into()))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.conn
-            .try_borrow()
-            .map_or(true, |c| c.is_end(self.request))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.conn
-            .try_borrow()
-            .map_or_else(|_| SizeHint::default(), |c| c.remaining(self.request))
     }
 }

@@ -2,7 +2,7 @@
 //! head, hands the request to the phase driver ([`crate::proxy::handle`]) and writes its
 //! response, then the next, in order (pipelined requests wait in the read buffer).
 //!
-//! It replaces hyper's HTTP/1.1 server for the same reason [`crate::upstream::h1`] replaced
+//! It replaces hyper's HTTP/1.1 server for the same reason [`sluicegate_upstream::h1`] replaced
 //! hyper's client: no dispatcher task, no channel to the body, no second copy of the head.
 //! The request is parsed straight from the read buffer (header values share it), the head
 //! and a body that is ready with it leave in one write. HTTP/2 (ALPN `h2`, or the h2c
@@ -36,17 +36,18 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use self::body::RequestBody;
 pub use self::upgrade::{ClientIo, OnUpgrade, Upgraded};
+pub use sluicegate_core::body::RequestBody;
 
 use self::body::{Conn, Expect};
 use self::response::{Ask, Written};
 use super::conn::{ConnPhase, H2_PREFACE};
 use super::worker::{DrainSlot, Worker};
-use crate::http1::{Framing, READ_CHUNK};
-use crate::proxy::body::{ClientStream, ResponseBody, ResponseSource};
-use crate::proxy::error::{error_response, Kind, ProxyError};
+use crate::proxy::body::{ResponseBody, ResponseSource};
 use crate::proxy::ConnInfo;
+use sluicegate_core::body::ClientStream;
+use sluicegate_core::error::{error_response, Kind, ProxyError};
+use sluicegate_http1::{Framing, READ_CHUNK};
 
 /// How long a closing connection keeps reading (and dropping) an upload it will not use.
 const LINGER: Duration = Duration::from_secs(2);
@@ -120,7 +121,7 @@ where
             } else {
                 (None, None)
             };
-            let source: Rc<RefCell<dyn body::BodySource>> = conn.clone();
+            let source: Rc<RefCell<dyn sluicegate_core::body::BodySource>> = conn.clone();
             let mut req = Box::new(Request::from_parts(
                 head.parts,
                 ClientStream::H1(RequestBody::new(source, c.request)),
@@ -221,7 +222,7 @@ where
             if c.buf.is_empty() && drain.is_draining() {
                 return Poll::Ready(Next::Closed);
             }
-            crate::http1::make_read_room(&mut c.buf);
+            sluicegate_http1::make_read_room(&mut c.buf);
             let c = &mut *c;
             match tokio_util::io::poll_read_buf(Pin::new(&mut c.io), cx, &mut c.buf) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
@@ -268,7 +269,7 @@ async fn reject<I>(
     *resp.status_mut() = local.status;
     *resp.headers_mut() = local.headers;
     resp.headers_mut()
-        .insert(crate::proxy::forward::X_REQUEST_ID.clone(), request_id);
+        .insert(sluicegate_core::context::X_REQUEST_ID.clone(), request_id);
     let ask = Ask {
         version: http::Version::HTTP_11,
         head: false,

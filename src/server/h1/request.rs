@@ -14,8 +14,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri, Version};
 use smallvec::SmallVec;
 
-use crate::http1::{ChunkState, Framing};
-use crate::proxy::error::{Kind, ProxyError};
+use sluicegate_core::error::{Kind, ProxyError};
+use sluicegate_http1::{ChunkState, Framing};
 
 /// Header fields parsed per request (more is a 431).
 const MAX_HEADERS: usize = 512;
@@ -141,7 +141,7 @@ impl Facts {
     /// Notes one field.
     fn field(&mut self, name: &HeaderName, value: &[u8]) {
         if *name == header::CONTENT_LENGTH {
-            match crate::http1::parse_length(value) {
+            match sluicegate_http1::parse_length(value) {
                 None => {
                     self.length_error.get_or_insert("malformed Content-Length");
                 }

@@ -24,10 +24,10 @@ use http_body::{Body, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::Conn;
-use crate::http1::raw::RawHeaders;
 use crate::proxy::body::ResponseBody;
-use crate::server::clock::coarse_now;
-use crate::server::deadline::Deadline;
+use sluicegate_core::clock::coarse_now;
+use sluicegate_core::deadline::Deadline;
+use sluicegate_http1::raw::RawHeaders;
 
 /// Pieces up to this size are copied behind what is pending and written with it.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -86,7 +86,7 @@ pub(super) async fn write<I: AsyncRead + AsyncWrite + Unpin>(
         && status != StatusCode::SWITCHING_PROTOCOLS
         // A response that says `Connection: close` (set by a plugin or script) closes.
         && (resp.headers().is_empty()
-            || crate::http1::keep_alive(Version::HTTP_11, resp.headers()));
+            || sluicegate_http1::keep_alive(Version::HTTP_11, resp.headers()));
     encode_head(
         out,
         status,
@@ -136,7 +136,7 @@ fn wire(
         }
         None => headers
             .get(header::CONTENT_LENGTH)
-            .map(|v| crate::http1::parse_length(v.as_bytes())),
+            .map(|v| sluicegate_http1::parse_length(v.as_bytes())),
     };
     if ask.head || status == StatusCode::NOT_MODIFIED {
         // The headers describe the body a GET would have had: keep a declared length, and
@@ -197,7 +197,7 @@ fn encode_head(
     }
     if !headers.contains_key(header::DATE) && !raw.is_some_and(RawHeaders::has_date) {
         out.extend_from_slice(b"date: ");
-        crate::server::clock::write_http_date(out);
+        sluicegate_core::clock::write_http_date(out);
         out.extend_from_slice(b"\r\n");
     }
     if wire == Wire::Chunked {
@@ -505,8 +505,8 @@ mod tests {
     fn a_plugin_asking_to_close_closes() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Close"));
-        assert!(!crate::http1::keep_alive(Version::HTTP_11, &h));
-        assert!(crate::http1::keep_alive(
+        assert!(!sluicegate_http1::keep_alive(Version::HTTP_11, &h));
+        assert!(sluicegate_http1::keep_alive(
             Version::HTTP_11,
             &HeaderMap::new()
         ));

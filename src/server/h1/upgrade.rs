@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
-use crate::http1::Rewind;
+use sluicegate_http1::Rewind;
 
 /// Any client stream (plain or TLS).
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send {}
