@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluicegate::lua::harness::{FakeRequest, Harness};
 use sluicegate::plugins::lua::Lua;
 use sluicegate::plugins::{Phase, Plugin};
+use sluicegate_lua::harness::{FakeRequest, Harness};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -23,7 +23,7 @@ fn main() {
         let h = Harness::new(Default::default()).expect("harness");
         let access = Lua::new(
             Arc::new(
-                sluicegate::lua::compile(
+                sluicegate_lua::compile(
                     "auth",
                     "if ngx.var.http_x_api_key ~= \"bench-secret-key\" then\n  return ngx.exit(ngx.HTTP_UNAUTHORIZED)\nend\n",
                 )
@@ -31,7 +31,7 @@ fn main() {
             ),
             Phase::Access,
         );
-        let filter = Lua::new(Arc::new(sluicegate::lua::compile("mark", "ngx.header[\"X-Gateway\"] = \"lua\"\n").expect("compile")), Phase::HeaderFilter);
+        let filter = Lua::new(Arc::new(sluicegate_lua::compile("mark", "ngx.header[\"X-Gateway\"] = \"lua\"\n").expect("compile")), Phase::HeaderFilter);
         let mut req = FakeRequest::default();
         req.headers.insert("x-api-key", "bench-secret-key".parse().expect("value"));
         req.headers.insert("user-agent", "wrk".parse().expect("value"));

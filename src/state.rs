@@ -164,7 +164,7 @@ pub struct Snapshot {
     /// Counters of requests no route matched.
     pub unmatched: Arc<RouteMetrics>,
     /// The `lua:` section.
-    pub lua: Arc<crate::lua::LuaSettings>,
+    pub lua: Arc<sluicegate_lua::LuaSettings>,
     /// The open queues. Not part of the version: every snapshot of a running gateway holds
     /// the same registry (the reloader carries it over), so reloads never reopen a queue.
     pub queues: Arc<crate::queue::Queues>,
@@ -253,7 +253,7 @@ pub struct Shared {
     /// it instead of waking on a timer.
     pub swapped: watch::Sender<u64>,
     /// `ngx.shared` dictionaries: shared by all workers, kept across reloads.
-    pub lua_dicts: Arc<crate::lua::SharedDicts>,
+    pub lua_dicts: Arc<sluicegate_lua::SharedDicts>,
     /// Dynamic scripts (code API, directory, admin pushes): kept across reloads.
     pub code: Arc<crate::code::CodeRegistry>,
 }

@@ -1,5 +1,5 @@
 //! `sluicegate test [--tap] PATH...`: runs busted-style Lua spec files inside the real Lua
-//! runtime (see `crate::lua::spec`). Exit code 0 when every test passed, 1 when one failed,
+//! runtime (see `sluicegate_lua::spec`). Exit code 0 when every test passed, 1 when one failed,
 //! 2 when no spec file could be found.
 
 use std::path::PathBuf;
@@ -8,11 +8,13 @@ use super::EXIT_USAGE;
 
 /// Runs the specs under `paths`; prints a readable report (TAP with `tap`).
 pub fn test(paths: &[PathBuf], tap: bool) -> i32 {
-    match crate::lua::spec::run(paths) {
+    // Scripts under test reach `https` URLs with the gateway's own roots.
+    sluicegate_lua::provide_http_tls(crate::services::http_tls);
+    match sluicegate_lua::spec::run(paths) {
         Ok(results) => {
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
-            crate::lua::spec::report(&results, tap, &mut out)
+            sluicegate_lua::spec::report(&results, tap, &mut out)
         }
         Err(e) => {
             eprintln!("sluicegate test: {e}");

@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use super::document::{ScriptSpec, SourceDoc};
 use super::{CodeMetrics, CodeSet, CodeSettings, Domain, Entry, Group, Source};
-use crate::lua::Script;
 use crate::plugins::Phase;
+use sluicegate_lua::Script;
 
 /// A change to the sources.
 #[derive(Debug, Clone)]
@@ -423,7 +423,7 @@ impl CodeState {
             }
         }
         *compiled += 1;
-        match crate::lua::compile(&spec.name, &spec.code) {
+        match sluicegate_lua::compile(&spec.name, &spec.code) {
             Ok(script) => {
                 metrics.compiles_ok.fetch_add(1, Ordering::Relaxed);
                 self.failed.remove(&key);

@@ -1,7 +1,7 @@
 //! The `code` chain entry: runs the dynamic scripts of the request's pinned
 //! [`CodeSet`](super::CodeSet) that match its host, phase by phase, with the same runtime,
 //! budgets, isolation and error reporting as configured `lua` scripts (it calls the same
-//! `crate::lua::phase` functions).
+//! `sluicegate_lua::phase` functions).
 //!
 //! When the `code:` section is present, validation puts one instance in every plugin chain
 //! (global and per route) at `code.priority`. It declares the phases of `code.phases`
@@ -66,7 +66,7 @@ impl CodePlugin {
         }
         Step::Wait(Box::pin(async move {
             for script in &scripts {
-                if let Flow::Respond(r) = crate::lua::phase::run_request(script, phase, ctx)
+                if let Flow::Respond(r) = sluicegate_lua::phase::run_request(script, phase, ctx)
                     .run()
                     .await?
                 {
@@ -106,7 +106,7 @@ impl Plugin for CodePlugin {
     ) -> Result<(), PluginError> {
         let pinned = pinned(ctx);
         for script in pinned.scripts(Phase::HeaderFilter) {
-            crate::lua::phase::header_filter(script, ctx, resp, None)?;
+            sluicegate_lua::phase::header_filter(script, ctx, resp, None)?;
         }
         Ok(())
     }
@@ -119,7 +119,7 @@ impl Plugin for CodePlugin {
     ) -> Result<(), PluginError> {
         let pinned = pinned(ctx);
         for script in pinned.scripts(Phase::BodyFilter) {
-            crate::lua::phase::body_filter(script, ctx, chunk, eof)?;
+            sluicegate_lua::phase::body_filter(script, ctx, chunk, eof)?;
         }
         Ok(())
     }
@@ -135,7 +135,7 @@ impl Plugin for CodePlugin {
     fn log(&self, ctx: &RequestCtx) {
         let pinned = pinned_readonly(ctx);
         for script in pinned.scripts(Phase::Log) {
-            crate::lua::phase::log(script, ctx);
+            sluicegate_lua::phase::log(script, ctx);
         }
     }
 }

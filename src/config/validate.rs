@@ -235,10 +235,10 @@ fn code_settings(
     )))
 }
 
-fn lua_settings(root: &Node, diags: &mut Diags) -> crate::lua::LuaSettings {
+fn lua_settings(root: &Node, diags: &mut Diags) -> sluicegate_lua::LuaSettings {
     let cfg: file::LuaSectionConfig = field(root, "lua", diags).unwrap_or_default();
     let path = Path::root().key("lua");
-    let mut s = crate::lua::LuaSettings::default();
+    let mut s = sluicegate_lua::LuaSettings::default();
     if let Some(ms) = cfg.cpu_budget_ms {
         if !(1..=60_000).contains(&ms) {
             diags.push(&path.key("cpu_budget_ms"), "must be between 1 and 60000");

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 
 use super::{BuildCtx, Factory, Flow, Plugin};
-use crate::lua::harness::{FakeRequest, Harness};
 use sluicegate_core::context::{RequestCtx, ResponseHead};
 use sluicegate_core::diag::{Diags, Path};
+use sluicegate_lua::harness::{FakeRequest, Harness};
 use sluicegate_secrets::{Secret, SecretStore, SecretValue};
 
 /// Builds a plugin with `factory` from the YAML `text`; `secrets` are `(name, current,
@@ -59,7 +59,7 @@ pub fn errors(
 
 /// A harness for request contexts.
 pub fn harness() -> Harness {
-    Harness::new(crate::lua::LuaSettings::default()).unwrap()
+    Harness::new(sluicegate_lua::LuaSettings::default()).unwrap()
 }
 
 /// A request with the given method, URI, headers and body.

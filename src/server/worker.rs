@@ -40,7 +40,7 @@ pub struct Worker {
     /// Upstream connections of this worker.
     pub pool: Pool,
     /// This worker's Lua VM (created on the first script call).
-    pub lua: crate::lua::WorkerLua,
+    pub lua: sluicegate_lua::WorkerLua,
     /// Client connections and upgraded tunnels in flight (what a drain waits for).
     pub tracker: Rc<Tracker>,
     /// Asks this worker's connections to finish their current request and close.
@@ -64,7 +64,7 @@ impl WorkerView for Worker {
     }
 
     fn service_of(&self, ty: TypeId) -> Option<&dyn Any> {
-        if ty == TypeId::of::<crate::lua::WorkerLua>() {
+        if ty == TypeId::of::<sluicegate_lua::WorkerLua>() {
             Some(&self.lua)
         } else if ty == TypeId::of::<crate::code::CodeRegistry>() {
             Some(&*self.shared.code)
@@ -78,7 +78,7 @@ impl WorkerView for Worker {
 
 impl Worker {
     /// A worker's state (used by `run`, and by the Lua test harness outside a server).
-    pub fn new(id: usize, shared: Arc<Shared>, lua: crate::lua::WorkerLua) -> Rc<Worker> {
+    pub fn new(id: usize, shared: Arc<Shared>, lua: sluicegate_lua::WorkerLua) -> Rc<Worker> {
         Rc::new(Worker {
             id,
             shared,
@@ -230,7 +230,7 @@ pub fn run(
         let worker = Worker::new(
             id,
             shared.clone(),
-            crate::lua::WorkerLua::new(lua_runtime(id, &shared)),
+            sluicegate_lua::WorkerLua::new(lua_runtime(id, &shared)),
         );
         let tracker = worker.tracker.clone();
         let ticker = tokio::task::spawn_local(sluicegate_core::clock::run_ticker(
@@ -288,9 +288,9 @@ pub fn run(
 }
 
 /// What this worker's Lua VM needs from the process.
-fn lua_runtime(id: usize, shared: &Arc<Shared>) -> crate::lua::Runtime {
+fn lua_runtime(id: usize, shared: &Arc<Shared>) -> sluicegate_lua::Runtime {
     let settings_source = shared.clone();
-    crate::lua::Runtime {
+    sluicegate_lua::Runtime {
         dicts: shared.lua_dicts.clone(),
         metrics: shared.metrics.clone(),
         settings: Arc::new(move || settings_source.snapshot.load().lua.clone()),
@@ -298,8 +298,13 @@ fn lua_runtime(id: usize, shared: &Arc<Shared>) -> crate::lua::Runtime {
         worker_count: shared.workers,
         queues: {
             let shared = shared.clone();
-            Arc::new(move || Some(shared.queues()))
+            Arc::new(move || {
+                let queues: Arc<dyn sluicegate_lua::QueueService> =
+                    Arc::new(crate::services::ScriptQueues(shared.queues()));
+                Some(queues)
+            })
         },
+        http_tls: crate::services::http_tls,
         upstreams: {
             let shared = shared.clone();
             Arc::new(move |name, target| shared.snapshot.load().choose_upstream(name, target))

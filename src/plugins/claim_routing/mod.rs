@@ -271,10 +271,10 @@ impl Plugin for ClaimRouting {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lua::harness::{FakeRequest, Harness, TestConfig};
     use serde_json::json;
     use sluicegate_core::context::UpstreamRef;
     use sluicegate_core::yaml::parse;
+    use sluicegate_lua::harness::{FakeRequest, Harness, TestConfig};
     use std::collections::HashMap;
 
     fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {

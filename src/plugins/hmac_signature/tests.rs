@@ -41,7 +41,7 @@ fn slack_signature(secret: &[u8], ts: &str, body: &[u8]) -> String {
 }
 
 fn slack_request(
-    h: &crate::lua::harness::Harness,
+    h: &sluicegate_lua::harness::Harness,
     secret: &[u8],
     ts: i64,
     body: &[u8],

@@ -142,10 +142,10 @@ impl Plugin for IpRestriction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lua::harness::FakeRequest;
     use crate::plugins::testing::{self, access, responded};
+    use sluicegate_lua::harness::FakeRequest;
 
-    fn from(h: &crate::lua::harness::Harness, peer: &str, xff: &[&str]) -> RequestCtx {
+    fn from(h: &sluicegate_lua::harness::Harness, peer: &str, xff: &[&str]) -> RequestCtx {
         let mut req = FakeRequest {
             client_addr: std::net::SocketAddr::new(peer.parse().unwrap(), 5000),
             ..FakeRequest::default()
@@ -158,7 +158,7 @@ mod tests {
 
     fn allowed(
         p: &Arc<dyn Plugin>,
-        h: &crate::lua::harness::Harness,
+        h: &sluicegate_lua::harness::Harness,
         peer: &str,
         xff: &[&str],
     ) -> bool {

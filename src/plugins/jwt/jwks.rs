@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Notify};
 
-use super::keys::{from_jwk, JwkSkip, Key};
+use sluicegate_jwt::keys::{from_jwk, JwkSkip, Key};
 
 /// Where and how often to fetch.
 #[derive(Clone)]

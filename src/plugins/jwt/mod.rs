@@ -11,11 +11,9 @@
 
 mod config;
 pub mod jwks;
-pub mod keys;
-pub mod token;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use http::{HeaderName, HeaderValue};
@@ -23,19 +21,18 @@ use serde_json::{Map, Value};
 
 pub use config::{JwtConfig, KeyConfig};
 
+pub use sluicegate_jwt::{verify_with_keys, Claims};
+
 use self::jwks::Jwks;
-use self::keys::{Alg, Key, Material};
-use self::token::{ClaimRules, TokenError};
 use super::json_path::{as_text, JsonPath};
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
 use sluicegate_core::context::RequestCtx;
 use sluicegate_core::diag::{Diags, Path};
 use sluicegate_core::error::{bearer_challenge, error_response, Kind, ProxyError, Source};
 use sluicegate_core::yaml::Node;
-
-/// The claims of the token verified for this request, in `RequestCtx::vars`.
-#[derive(Clone, Debug)]
-pub struct Claims(pub Arc<Map<String, Value>>);
+use sluicegate_jwt::keys::{self, Alg, Key, Material};
+use sluicegate_jwt::now;
+use sluicegate_jwt::token::{self, ClaimRules, TokenError};
 
 /// Where the token was found, so `strip_token` can remove it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -508,34 +505,8 @@ impl Sources {
 }
 
 /// Seconds since the epoch, as the claims count them.
-fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 impl Jwt {
-    /// Verifies the token with `keys`. `Err(None)` means no key was a candidate (the
-    /// caller may look elsewhere, or refetch the JWKS and try again).
-    fn verify_with(parsed: &token::Parsed<'_>, keys: &[Key]) -> Result<(), Option<TokenError>> {
-        let kid = parsed.kid.as_deref();
-        let mut tried = false;
-        for key in keys.iter().filter(|k| k.accepts(parsed.alg, kid)) {
-            tried = true;
-            if key
-                .material
-                .verify(parsed.alg, parsed.signing_input, &parsed.signature)
-            {
-                return Ok(());
-            }
-        }
-        if tried {
-            Err(Some(TokenError::Signature))
-        } else {
-            Err(None)
-        }
-    }
-
     /// Verifies the token's signature and claims.
     async fn verify(&self, token: &str) -> Result<Map<String, Value>, ProxyError> {
         let invalid = |e: TokenError| ProxyError::client(Kind::TokenInvalid, e.to_string());
@@ -543,7 +514,7 @@ impl Jwt {
         if !self.algorithms.contains(&parsed.alg) {
             return Err(invalid(TokenError::Algorithm));
         }
-        let mut outcome = Self::verify_with(&parsed, &self.keys);
+        let mut outcome = sluicegate_jwt::verify_with(&parsed, &self.keys);
         if let (Err(inline), Some(jwks)) = (&outcome, &self.jwks) {
             // Configured keys without a `kid` are candidates for every token; when they
             // do not verify it, the right key may still be a published one.
@@ -588,7 +559,7 @@ impl Jwt {
                 ));
             }
         }
-        let outcome = Self::verify_with(parsed, &set.keys);
+        let outcome = sluicegate_jwt::verify_with(parsed, &set.keys);
         if !matches!(outcome, Err(None)) {
             return Ok(outcome);
         }
@@ -597,7 +568,7 @@ impl Jwt {
             return Ok(outcome);
         };
         wait_for(rx, jwks.wait_limit()).await;
-        Ok(Self::verify_with(parsed, &jwks.keys().keys))
+        Ok(sluicegate_jwt::verify_with(parsed, &jwks.keys().keys))
     }
 
     fn reject(&self, ctx: &RequestCtx, err: &ProxyError) -> Flow {
@@ -644,24 +615,6 @@ impl Jwt {
         ctx.vars.insert(Claims(Arc::new(claims)));
         Flow::Continue
     }
-}
-
-/// Verifies `token` with `keys` only (no JWKS): size, algorithm (one of `algorithms`),
-/// signature, then `rules`. What `sluicegate.jwt.verify` uses.
-pub fn verify_with_keys(
-    token: &str,
-    keys: &[Key],
-    algorithms: &[Alg],
-    rules: &ClaimRules,
-    max_bytes: usize,
-) -> Result<Map<String, Value>, TokenError> {
-    let parsed = token::parse(token, max_bytes)?;
-    if !algorithms.contains(&parsed.alg) {
-        return Err(TokenError::Algorithm);
-    }
-    Jwt::verify_with(&parsed, keys).map_err(|e| e.unwrap_or(TokenError::UnknownKey))?;
-    rules.check(&parsed.claims, now())?;
-    Ok(parsed.claims)
 }
 
 async fn wait_for(mut rx: tokio::sync::watch::Receiver<u64>, limit: Duration) {

@@ -9,8 +9,8 @@ use ring::signature as sig;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::lua::harness::{FakeRequest, Harness};
 use sluicegate_core::yaml::parse;
+use sluicegate_lua::harness::{FakeRequest, Harness};
 
 const RSA_A: &str = include_str!("../../../tests/keys/rsa-a.pem");
 const RSA_A_PUB: &str = include_str!("../../../tests/keys/rsa-a.pub.pem");

@@ -2,7 +2,7 @@
 //! global plugin, optionally restricted to host patterns). The script is compiled once,
 //! here, when the configuration is validated — a syntax error is a configuration error
 //! with the script's name and line — and each worker loads the bytecode into its own VM
-//! on first use. The runtime is in `crate::lua`; docs/lua-api.md is the user's reference.
+//! on first use. The runtime and the plugin type are the Lua crate's; docs/lua-api.md is the user's reference.
 //!
 //! ```yaml
 //! plugins:
@@ -16,46 +16,15 @@
 
 mod config;
 
-use sluicegate_http1::raw::RawHeaders;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use regex::Regex;
-
 pub use config::LuaConfig;
+pub use sluicegate_lua::plugin::Lua;
 
-use super::{parse_config, BuildCtx, Phase, PhaseSet, Plugin, PluginError, Step};
-use crate::lua::Script;
-use sluicegate_core::context::{RequestCtx, ResponseHead};
+use super::{parse_config, BuildCtx, Phase, Plugin};
 use sluicegate_core::diag::{Diags, Path};
 use sluicegate_core::yaml::Node;
-
-/// A host condition of a script.
-#[derive(Debug)]
-enum HostRule {
-    Exact(String),
-    /// `*.example.com`, stored as `.example.com`: any subdomain, not the apex.
-    Suffix(String),
-    Regex(Regex),
-}
-
-impl HostRule {
-    fn matches(&self, host: &str) -> bool {
-        match self {
-            HostRule::Exact(h) => h == host,
-            HostRule::Suffix(s) => host.ends_with(s.as_str()),
-            HostRule::Regex(r) => r.is_match(host),
-        }
-    }
-}
-
-/// The `lua` plugin: one script in one phase.
-#[derive(Debug)]
-pub struct Lua {
-    script: Arc<Script>,
-    phase: Phase,
-    hosts: Vec<HostRule>,
-}
+use sluicegate_lua::plugin::host_rules;
 
 /// Builds a `lua` plugin: reads and compiles the script.
 pub fn build(
@@ -98,7 +67,7 @@ pub fn build(
         }
     };
     let name = cfg.name.clone().unwrap_or(default_name);
-    let script = source.and_then(|src| match crate::lua::compile(&name, &src) {
+    let script = source.and_then(|src| match sluicegate_lua::compile(&name, &src) {
         Ok(s) => Some(Arc::new(s)),
         Err(e) => {
             diags.push(&at, format!("script `{name}`: syntax error at {e}"));
@@ -110,152 +79,13 @@ pub fn build(
         return None;
     }
     let (script, phase) = (script?, phase?);
-    Some(Arc::new(Lua {
-        script,
-        phase,
-        hosts,
-    }))
-}
-
-fn host_rules(hosts: &[String], path: &Path, diags: &mut Diags) -> Vec<HostRule> {
-    let mut out = Vec::new();
-    for (i, h) in hosts.iter().enumerate() {
-        if let Some(re) = h.strip_prefix('~') {
-            match Regex::new(re.trim()) {
-                Ok(r) => out.push(HostRule::Regex(r)),
-                Err(e) => diags.push(&path.index(i), format!("invalid regex: {e}")),
-            }
-        } else if let Some(suffix) = h.strip_prefix("*.") {
-            out.push(HostRule::Suffix(format!(
-                ".{}",
-                suffix.to_ascii_lowercase()
-            )));
-        } else if h.contains('*') {
-            diags.push(
-                &path.index(i),
-                "a wildcard is only allowed as the first label (`*.example.com`)",
-            );
-        } else {
-            out.push(HostRule::Exact(h.to_ascii_lowercase()));
-        }
-    }
-    out
-}
-
-impl Lua {
-    /// A plugin running `script` in `phase` for every host (the spec runner's way in).
-    pub fn new(script: Arc<Script>, phase: Phase) -> Self {
-        Lua {
-            script,
-            phase,
-            hosts: Vec::new(),
-        }
-    }
-
-    /// The compiled script.
-    pub fn script(&self) -> &Arc<Script> {
-        &self.script
-    }
-
-    fn applies(&self, ctx: &RequestCtx) -> bool {
-        self.hosts.is_empty() || {
-            let host = ctx.host();
-            self.hosts.iter().any(|r| r.matches(&host))
-        }
-    }
-
-    /// The header filter, on the upstream's raw lines when `raw` has them.
-    fn run_header_filter(
-        &self,
-        ctx: &mut RequestCtx,
-        resp: &mut ResponseHead,
-        raw: Option<&mut RawHeaders>,
-    ) -> Result<(), PluginError> {
-        if self.phase != Phase::HeaderFilter || !self.applies(ctx) {
-            return Ok(());
-        }
-        crate::lua::phase::header_filter(&self.script, ctx, resp, raw)
-    }
-
-    fn request_phase<'a>(&'a self, phase: Phase, ctx: &'a mut RequestCtx) -> Step<'a> {
-        if self.phase != phase || !self.applies(ctx) {
-            return Step::next();
-        }
-        crate::lua::phase::run_request(&self.script, phase, ctx)
-    }
-}
-
-impl Plugin for Lua {
-    fn name(&self) -> &'static str {
-        "lua"
-    }
-
-    /// Rewrite, access and content scripts may answer (`ngx.exit`, `ngx.say`).
-    fn answers(&self) -> bool {
-        matches!(self.phase, Phase::Rewrite | Phase::Access | Phase::Content)
-    }
-
-    fn phases(&self) -> PhaseSet {
-        PhaseSet::of(&[self.phase])
-    }
-
-    fn rewrite<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
-        self.request_phase(Phase::Rewrite, ctx)
-    }
-
-    fn access<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
-        self.request_phase(Phase::Access, ctx)
-    }
-
-    fn content<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
-        self.request_phase(Phase::Content, ctx)
-    }
-
-    fn header_filter(
-        &self,
-        ctx: &mut RequestCtx,
-        resp: &mut ResponseHead,
-    ) -> Result<(), PluginError> {
-        self.run_header_filter(ctx, resp, None)
-    }
-
-    /// Scripts read response headers through `ngx.header` and `ngx.var.sent_http_*`,
-    /// which merge raw upstream lines in on first use; writes only drop them.
-    fn filters_raw_headers(&self) -> bool {
-        true
-    }
-
-    fn header_filter_raw(
-        &self,
-        ctx: &mut RequestCtx,
-        resp: &mut ResponseHead,
-        raw: &mut RawHeaders,
-    ) -> Result<(), PluginError> {
-        self.run_header_filter(ctx, resp, Some(raw))
-    }
-
-    fn body_filter(
-        &self,
-        ctx: &mut RequestCtx,
-        chunk: &mut Bytes,
-        eof: bool,
-    ) -> Result<(), PluginError> {
-        if !self.applies(ctx) {
-            return Ok(());
-        }
-        crate::lua::phase::body_filter(&self.script, ctx, chunk, eof)
-    }
-
-    fn log(&self, ctx: &RequestCtx) {
-        if self.applies(ctx) {
-            crate::lua::phase::log(&self.script, ctx);
-        }
-    }
+    Some(Arc::new(Lua::for_hosts(script, phase, hosts)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluicegate_core::phase::PhaseSet;
     use sluicegate_core::yaml::parse;
     use std::collections::HashMap;
 

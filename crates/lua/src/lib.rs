@@ -1,17 +1,21 @@
-//! The Lua scripting runtime: the only module that imports `mlua` (Luau engine; the choice
-//! and its measurements are in LUA.md, the user-facing API in docs/lua-api.md).
+//! The Lua bridge: the only crate that imports `mlua` (Luau engine; the choice and its
+//! measurements are in LUA.md, the user-facing API in docs/lua-api.md). It reaches the
+//! request through the vocabulary crate's context, and the services scripts call that live
+//! in the layers above (durable queues, upstream choice, TLS roots for the HTTP client)
+//! through the narrow [`Runtime`] hooks those layers fill in.
 //!
 //! How it fits together:
 //! - [`script::compile`] turns source into Luau bytecode once, when a configuration is
 //!   validated; syntax errors become configuration errors with script name and line.
-//! - Each worker thread owns one VM ([`WorkerLua`], in `server::worker::Worker`), created on
+//! - Each worker thread owns one VM ([`WorkerLua`], a service of the server's worker), created on
 //!   first use: sandboxed globals, the `ngx.*` / `cjson` / `bit` / `sluicegate.*` API, and a
 //!   cache of loaded scripts keyed by script id. Each script gets its own environment table.
 //! - [`phase`] moves a request's head and body into the VM's per-call state, runs the script
 //!   under its CPU budget ([`budget`]) and the VM's memory cap, and turns what the script did
-//!   (`ngx.exit`, `ngx.say`, headers) into a plugin [`Flow`](crate::plugins::Flow).
+//!   (`ngx.exit`, `ngx.say`, headers) into a plugin [`Flow`](sluicegate_core::phase::Flow);
+//!   [`plugin`] is the `lua` plugin that does so for one script in one phase.
 //! - [`dict`] is the storage of `ngx.shared.DICT`, shared by all workers and kept across
-//!   reloads in [`Shared`](crate::state::Shared).
+//!   reloads by the application.
 //! - [`spec`] runs busted-style spec files for `sluicegate test`.
 
 pub mod api;
@@ -21,6 +25,7 @@ pub mod convert;
 pub mod dict;
 pub mod harness;
 pub mod phase;
+pub mod plugin;
 pub mod sandbox;
 pub mod script;
 pub mod spec;
@@ -34,8 +39,8 @@ pub use dict::SharedDicts;
 pub use script::{compile, Script};
 pub use vm::WorkerLua;
 
-use crate::plugins::Phase;
 use sluicegate_core::context::UpstreamRef;
+use sluicegate_core::phase::Phase;
 
 /// Defaults of the `lua:` configuration section.
 pub mod defaults {
@@ -228,13 +233,39 @@ pub struct Failure {
 
 impl Failure {
     /// The plugin error for a failed call of `script`.
-    pub fn into_plugin_error(self, script: &str) -> crate::plugins::PluginError {
-        crate::plugins::PluginError::Script {
+    pub fn into_plugin_error(self, script: &str) -> sluicegate_core::phase::PluginError {
+        sluicegate_core::phase::PluginError::Script {
             script: script.to_string(),
             message: self.message,
             over_budget: self.kind != FailureKind::Error,
         }
     }
+}
+
+/// A message a script appends with `sluicegate.queue.enqueue`.
+#[derive(Debug, Clone)]
+pub struct ScriptMessage {
+    /// Method.
+    pub method: http::Method,
+    /// Path and query, as the script gave it (the queue checks it).
+    pub target: String,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// The whole body.
+    pub body: bytes::Bytes,
+    /// The id of the request whose script appended it.
+    pub request_id: String,
+}
+
+/// The durable queues `sluicegate.queue.enqueue` appends to; the queue layer implements it.
+pub trait QueueService {
+    /// Appends `message` to queue `queue`; resolves to the message's id once it is
+    /// durable, or to the reason it is not.
+    fn enqueue(
+        self: Arc<Self>,
+        queue: String,
+        message: ScriptMessage,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>>>>;
 }
 
 /// Finds upstream `name` of the running configuration, checking that it has `target`
@@ -255,7 +286,10 @@ pub struct Runtime {
     /// `ngx.worker.count()`.
     pub worker_count: usize,
     /// The open durable queues, if any (`sluicegate.queue.enqueue`).
-    pub queues: Arc<dyn Fn() -> Option<Arc<crate::queue::Queues>>>,
+    pub queues: Arc<dyn Fn() -> Option<Arc<dyn QueueService>>>,
+    /// The client TLS configuration of `sluicegate.http` (built-in roots, or no
+    /// verification when the argument is false).
+    pub http_tls: fn(bool) -> Result<Arc<rustls::ClientConfig>, String>,
     /// Upstream `name` of the running configuration (`sluicegate.upstream.set`).
     pub upstreams: Arc<UpstreamLookup>,
 }
@@ -271,7 +305,27 @@ impl Runtime {
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
+            http_tls: standalone_http_tls,
             upstreams: Arc::new(|name, _| Err(format!("unknown upstream `{name}`"))),
         }
+    }
+}
+
+/// The TLS hook of runtimes made outside a server (specs, tests), once the application
+/// provides one ([`provide_http_tls`]).
+static HTTP_TLS: std::sync::OnceLock<fn(bool) -> Result<Arc<rustls::ClientConfig>, String>> =
+    std::sync::OnceLock::new();
+
+/// Sets the client TLS configuration that `sluicegate.http` uses in runtimes made outside a
+/// server ([`Runtime::standalone`], the spec harness); the first call wins.
+pub fn provide_http_tls(tls: fn(bool) -> Result<Arc<rustls::ClientConfig>, String>) {
+    let _ = HTTP_TLS.set(tls);
+}
+
+/// The TLS hook of a standalone runtime: the provided one, else none.
+pub fn standalone_http_tls(verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    match HTTP_TLS.get() {
+        Some(tls) => tls(verify),
+        None => Err("TLS is not available to scripts here".into()),
     }
 }

@@ -134,6 +134,7 @@ impl Harness {
             worker_id: 0,
             worker_count: 1,
             queues: Arc::new(|| None),
+            http_tls: crate::standalone_http_tls,
             upstreams: {
                 let snapshot = snapshot.clone();
                 Arc::new(move |name, _target| {
@@ -185,7 +186,7 @@ impl Harness {
         };
         let mut vars = http::Extensions::new();
         if let Some(claims) = req.jwt_claims {
-            vars.insert(crate::plugins::jwt::Claims(Arc::new(claims)));
+            vars.insert(sluicegate_jwt::Claims(Arc::new(claims)));
         }
         RequestCtx {
             original_uri: head.uri.clone(),

@@ -30,7 +30,7 @@ use mlua::{Lua, Table, UserData, UserDataMethods, Value};
 use super::harness::{FakeRequest, Harness};
 use super::vm::Vm;
 use super::{Kind, LuaSettings, Runtime};
-use crate::plugins::{Flow, Phase, Plugin, PluginError};
+use sluicegate_core::phase::{Flow, Phase, Plugin, PluginError};
 
 /// CPU time one spec file may use in its own code (scripts under test keep their budget).
 const SPEC_BUDGET: Duration = Duration::from_secs(60);
@@ -101,7 +101,7 @@ impl TestEnv {
 
 /// A script under test (`t.script{...}`).
 struct SpecScript {
-    plugin: Arc<crate::plugins::lua::Lua>,
+    plugin: Arc<crate::plugin::Lua>,
     phase: Phase,
     env: Rc<TestEnv>,
 }
@@ -385,7 +385,7 @@ fn test_module(lua: &Lua, env: &Rc<TestEnv>) -> mlua::Result<Table> {
                 super::convert::error(lua, format!("script `{name}`: syntax error at {err}"))
             })?;
             Ok(SpecScript {
-                plugin: Arc::new(crate::plugins::lua::Lua::new(Arc::new(script), phase)),
+                plugin: Arc::new(crate::plugin::Lua::new(Arc::new(script), phase)),
                 phase,
                 env: e.clone(),
             })

@@ -109,7 +109,10 @@ fn parse(lua: &Lua, first: Value, second: Option<Table>) -> mlua::Result<Spec> {
 trait Io: hyper::rt::Read + hyper::rt::Write + Unpin {}
 impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> Io for T {}
 
-async fn send(spec: Spec) -> Result<(u16, HeaderMap, Bytes), String> {
+async fn send(
+    spec: Spec,
+    tls: fn(bool) -> Result<Arc<rustls::ClientConfig>, String>,
+) -> Result<(u16, HeaderMap, Bytes), String> {
     let https = spec.uri.scheme_str() == Some("https");
     let host = spec
         .uri
@@ -124,7 +127,7 @@ async fn send(spec: Spec) -> Result<(u16, HeaderMap, Bytes), String> {
         .map_err(|e| format!("connect to {host}:{port} failed: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = if https {
-        let config = tls_config(spec.verify)?;
+        let config = tls(spec.verify)?;
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|e| format!("bad TLS server name `{host}`: {e}"))?;
         let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
@@ -190,10 +193,11 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
                 .check(&lua, "sluicegate.http.request", Kinds::WAIT)
                 .and_then(|_| h.check_async(&lua, "sluicegate.http.request"))
                 .and_then(|_| parse(&lua, first, second));
+            let tls = h.rt.http_tls;
             async move {
                 let spec = spec?;
                 let timeout = spec.timeout;
-                let outcome = match tokio::time::timeout(timeout, send(spec)).await {
+                let outcome = match tokio::time::timeout(timeout, send(spec, tls)).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
                 };
@@ -214,24 +218,4 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
     http.raw_set("request", request)?;
     sluicegate.raw_set("http", http)?;
     Ok(())
-}
-
-/// The client TLS configuration for `sluicegate.http` (built-in roots, or no verification),
-/// built once per process: building one parses every root certificate.
-fn tls_config(verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIGS: [std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>; 2] =
-        [std::sync::OnceLock::new(), std::sync::OnceLock::new()];
-    CONFIGS[usize::from(verify)]
-        .get_or_init(|| {
-            let tls = sluicegate_config::file::UpstreamTlsConfig {
-                verify: Some(verify),
-                ..Default::default()
-            };
-            sluicegate_upstream::tls::client_config(
-                &tls,
-                std::path::Path::new("."),
-                sluicegate_upstream::Protocol::Http1,
-            )
-        })
-        .clone()
 }

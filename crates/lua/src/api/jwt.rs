@@ -23,8 +23,8 @@ use mlua::{Lua, Table, Value};
 
 use super::super::vm::Host;
 use super::super::{convert, Kinds};
-use crate::plugins::jwt::keys::{self, Alg, Key, Material};
-use crate::plugins::jwt::token::ClaimRules;
+use sluicegate_jwt::keys::{self, Alg, Key, Material};
+use sluicegate_jwt::token::ClaimRules;
 
 /// Longest token `verify` accepts (the plugin's default `max_token_bytes`).
 const MAX_TOKEN_BYTES: usize = 8192;
@@ -160,7 +160,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
                 _ => None,
             };
             let result = match token {
-                Some(t) => crate::plugins::jwt::verify_with_keys(
+                Some(t) => sluicegate_jwt::verify_with_keys(
                     t.trim(),
                     std::slice::from_ref(&key),
                     &algorithms,

@@ -194,7 +194,7 @@ impl ReqState {
         self.ctx_created = false;
         self.info.jwt_claims = ctx
             .vars
-            .get::<crate::plugins::jwt::Claims>()
+            .get::<sluicegate_jwt::Claims>()
             .map(|c| c.0.clone());
     }
 

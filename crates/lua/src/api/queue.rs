@@ -11,10 +11,9 @@ use http::{HeaderMap, Method};
 use mlua::{Lua, Table, Value};
 
 use super::super::vm::Host;
-use super::super::{convert, Kinds};
-use crate::queue::QueuedRequest;
+use super::super::{convert, Kinds, ScriptMessage};
 
-fn message(lua: &Lua, t: &Table, request_id: String) -> mlua::Result<QueuedRequest> {
+fn message(lua: &Lua, t: &Table, request_id: String) -> mlua::Result<ScriptMessage> {
     let method = match t.raw_get::<Option<String>>("method")? {
         Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
             .map_err(|_| convert::error(lua, format!("bad method `{m}`")))?,
@@ -34,11 +33,13 @@ fn message(lua: &Lua, t: &Table, request_id: String) -> mlua::Result<QueuedReque
         Some(b) => Bytes::copy_from_slice(&b.as_bytes()),
         None => Bytes::new(),
     };
-    let mut req = QueuedRequest::new(method, path);
-    req.headers = headers;
-    req.body = body;
-    req.request_id = request_id;
-    Ok(req)
+    Ok(ScriptMessage {
+        method,
+        target: path,
+        headers,
+        body,
+        request_id,
+    })
 }
 
 /// Registers `sluicegate.queue`.
@@ -62,7 +63,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
         async move {
             let req = prepared?;
             let result = match queues {
-                Some(q) => q.enqueue(&name, req).await.map_err(|e| e.to_string()),
+                Some(q) => q.enqueue(name, req).await,
                 None => Err("no durable queues are open here".to_string()),
             };
             let mut out = mlua::MultiValue::new();

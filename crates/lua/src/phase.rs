@@ -19,8 +19,8 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use super::state::ReqState;
 use super::vm::{Done, Vm};
 use super::{Failure, FailureKind, Kind, Script, WorkerLua};
-use crate::plugins::{Flow, LocalResponse, Phase, PluginError, Step};
 use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_core::phase::{Flow, LocalResponse, Phase, PluginError, Step};
 use sluicegate_http1::raw::RawHeaders;
 
 /// Set once a body filter set `ngx.arg[2] = true`: later chunks are dropped.
@@ -251,12 +251,12 @@ pub fn log_result(script: &Arc<Script>, ctx: &RequestCtx) -> Result<(), Failure>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lua::harness::{FakeRequest, Harness};
-    use crate::lua::LuaSettings;
-    use crate::plugins::Plugin;
+    use crate::harness::{FakeRequest, Harness};
+    use crate::LuaSettings;
+    use sluicegate_core::phase::Plugin;
 
-    fn plugin(name: &str, phase: Phase, code: &str) -> crate::plugins::lua::Lua {
-        crate::plugins::lua::Lua::new(Arc::new(crate::lua::compile(name, code).unwrap()), phase)
+    fn plugin(name: &str, phase: Phase, code: &str) -> crate::plugin::Lua {
+        crate::plugin::Lua::new(Arc::new(crate::compile(name, code).unwrap()), phase)
     }
 
     fn run<F: std::future::Future>(f: F) -> F::Output {
