@@ -242,6 +242,10 @@ impl Failure {
     }
 }
 
+/// Gives the client TLS configuration of `sluicegate.http`: built-in roots, or no
+/// verification when the argument is false.
+pub type HttpTls = fn(bool) -> Result<Arc<rustls::ClientConfig>, String>;
+
 /// A message a script appends with `sluicegate.queue.enqueue`.
 #[derive(Debug, Clone)]
 pub struct ScriptMessage {
@@ -289,7 +293,7 @@ pub struct Runtime {
     pub queues: Arc<dyn Fn() -> Option<Arc<dyn QueueService>>>,
     /// The client TLS configuration of `sluicegate.http` (built-in roots, or no
     /// verification when the argument is false).
-    pub http_tls: fn(bool) -> Result<Arc<rustls::ClientConfig>, String>,
+    pub http_tls: HttpTls,
     /// Upstream `name` of the running configuration (`sluicegate.upstream.set`).
     pub upstreams: Arc<UpstreamLookup>,
 }
@@ -313,12 +317,11 @@ impl Runtime {
 
 /// The TLS hook of runtimes made outside a server (specs, tests), once the application
 /// provides one ([`provide_http_tls`]).
-static HTTP_TLS: std::sync::OnceLock<fn(bool) -> Result<Arc<rustls::ClientConfig>, String>> =
-    std::sync::OnceLock::new();
+static HTTP_TLS: std::sync::OnceLock<HttpTls> = std::sync::OnceLock::new();
 
 /// Sets the client TLS configuration that `sluicegate.http` uses in runtimes made outside a
 /// server ([`Runtime::standalone`], the spec harness); the first call wins.
-pub fn provide_http_tls(tls: fn(bool) -> Result<Arc<rustls::ClientConfig>, String>) {
+pub fn provide_http_tls(tls: HttpTls) {
     let _ = HTTP_TLS.set(tls);
 }
 

@@ -109,10 +109,7 @@ fn parse(lua: &Lua, first: Value, second: Option<Table>) -> mlua::Result<Spec> {
 trait Io: hyper::rt::Read + hyper::rt::Write + Unpin {}
 impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> Io for T {}
 
-async fn send(
-    spec: Spec,
-    tls: fn(bool) -> Result<Arc<rustls::ClientConfig>, String>,
-) -> Result<(u16, HeaderMap, Bytes), String> {
+async fn send(spec: Spec, tls: crate::HttpTls) -> Result<(u16, HeaderMap, Bytes), String> {
     let https = spec.uri.scheme_str() == Some("https");
     let host = spec
         .uri
