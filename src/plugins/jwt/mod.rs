@@ -504,8 +504,6 @@ impl Sources {
     }
 }
 
-/// Seconds since the epoch, as the claims count them.
-
 impl Jwt {
     /// Verifies the token's signature and claims.
     async fn verify(&self, token: &str) -> Result<Map<String, Value>, ProxyError> {
