@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use sluicegate::code::{Change, CodeRegistry, CodeSettings, ScriptSpec, Source, SourceDoc};
-use sluicegate::plugins::{Phase, PhaseSet};
+use sluicegate_plugins::{Phase, PhaseSet};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluicegate::plugins::lua::Lua;
-use sluicegate::plugins::{Phase, Plugin};
 use sluicegate_lua::harness::{FakeRequest, Harness};
+use sluicegate_plugins::lua::Lua;
+use sluicegate_plugins::{Phase, Plugin};
 
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -42,7 +42,7 @@ fn main() {
             let started = Instant::now();
             for _ in 0..n {
                 let flow = access.access(&mut ctx).run().await;
-                assert!(matches!(flow, Ok(sluicegate::plugins::Flow::Continue)));
+                assert!(matches!(flow, Ok(sluicegate_plugins::Flow::Continue)));
                 filter.header_filter(&mut ctx, &mut resp).expect("filter");
             }
             let per = started.elapsed().as_nanos() as f64 / n as f64;

@@ -10,7 +10,7 @@ use sluicegate_config::file::UpstreamTlsConfig;
 use sluicegate_lua::{QueueService, ScriptMessage};
 use sluicegate_upstream::Protocol;
 
-use crate::queue::{QueuedRequest, Queues};
+use sluicegate_queue::{QueuedRequest, Queues};
 
 /// The process's durable queues, as `sluicegate.queue.enqueue` sees them.
 pub struct ScriptQueues(pub Arc<Queues>);

@@ -16,10 +16,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use sluicegate_core::context::{ConfigView, ScriptLimits, UpstreamRef};
+pub use sluicegate_core::rewrite::PathRewrite;
 
 use crate::config::{self, ConfigError, ListenerSettings, Settings};
-use crate::plugins::{Phase, PhaseSet, Plugin};
 use crate::proxy::router::Router;
+use sluicegate_plugins::{Phase, PhaseSet, Plugin};
+use sluicegate_queue::QueuedRoute;
 use sluicegate_telemetry::{AccessLog, Metrics, RouteMetrics};
 use sluicegate_upstream::Upstream;
 
@@ -43,7 +45,7 @@ pub struct Chain {
     /// header_filter, body_filter or log): then forwarding copies them instead of moving them.
     pub reads_request_late: bool,
     /// Whether every header filter can work on raw upstream header lines
-    /// ([`crate::plugins::Plugin::filters_raw_headers`]).
+    /// ([`sluicegate_plugins::Plugin::filters_raw_headers`]).
     pub raw_header_filters: bool,
 }
 
@@ -79,48 +81,6 @@ impl Chain {
     }
 }
 
-/// Path rewriting of a route.
-#[derive(Debug, Clone, Default)]
-pub struct PathRewrite {
-    /// Removed from the start of the path when present.
-    pub strip_prefix: Option<String>,
-    /// Put in front afterwards.
-    pub add_prefix: Option<String>,
-    /// Regex replacement.
-    pub regex: Option<(regex::Regex, String)>,
-}
-
-impl PathRewrite {
-    /// The rewritten path.
-    pub fn apply(&self, path: &str) -> String {
-        let mut p = path.to_string();
-        if let Some(prefix) = &self.strip_prefix {
-            let prefix = prefix.trim_end_matches('/');
-            // Whole segments only: `/app` strips `/app` and `/app/x`, never `/application`.
-            if let Some(rest) = p.strip_prefix(prefix) {
-                if rest.is_empty() || rest.starts_with('/') {
-                    p = if rest.is_empty() {
-                        "/".to_string()
-                    } else {
-                        rest.to_string()
-                    };
-                }
-            }
-        }
-        if let Some(prefix) = &self.add_prefix {
-            let prefix = prefix.trim_end_matches('/');
-            p = format!("{prefix}{p}");
-        }
-        if let Some((re, replacement)) = &self.regex {
-            p = re.replace(&p, replacement.as_str()).into_owned();
-        }
-        if p.is_empty() {
-            p.push('/');
-        }
-        p
-    }
-}
-
 /// A validated route.
 pub struct Route {
     /// Name for logs and metrics.
@@ -134,7 +94,7 @@ pub struct Route {
     /// This route's counters.
     pub metrics: Arc<RouteMetrics>,
     /// Set when requests are queued durably instead of proxied (`queue:`).
-    pub queue: Option<Arc<crate::queue::RouteQueue>>,
+    pub queue: Option<Arc<sluicegate_queue::RouteQueue>>,
     /// Retries on another target (`retry:`).
     pub retry: Option<Arc<crate::proxy::retry::RetryPolicy>>,
 }
@@ -167,7 +127,7 @@ pub struct Snapshot {
     pub lua: Arc<sluicegate_lua::LuaSettings>,
     /// The open queues. Not part of the version: every snapshot of a running gateway holds
     /// the same registry (the reloader carries it over), so reloads never reopen a queue.
-    pub queues: Arc<crate::queue::Queues>,
+    pub queues: Arc<sluicegate_queue::Queues>,
     /// The `code:` section (dynamic scripts), if present. The scripts themselves live in
     /// [`Shared::code`], swapped on their own (see `crate::code`).
     pub code: Option<Arc<crate::code::CodeSettings>>,
@@ -181,6 +141,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The routes with a `queue:`, as the durable queues see them.
+    pub fn queued_routes(&self) -> Vec<QueuedRoute<'_>> {
+        self.routes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, r)| {
+                Some(QueuedRoute {
+                    index,
+                    name: &r.name,
+                    queue: r.queue.as_deref()?,
+                    upstream: r.upstream.as_ref(),
+                    rewrite: r.rewrite.as_ref(),
+                })
+            })
+            .collect()
+    }
+
     /// Upstream `name`, checked to have `target` when one is named (a script's
     /// `sluicegate.upstream.set(name, target)`); the error says which is missing.
     pub fn choose_upstream(&self, name: &str, target: Option<&str>) -> Result<UpstreamRef, String> {
@@ -260,7 +237,7 @@ pub struct Shared {
 
 impl Shared {
     /// The open durable queues (also what Lua's `sluicegate.queue.enqueue` uses).
-    pub fn queues(&self) -> Arc<crate::queue::Queues> {
+    pub fn queues(&self) -> Arc<sluicegate_queue::Queues> {
         self.snapshot.load().queues.clone()
     }
 
@@ -306,7 +283,7 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             shared.workers,
             &shared.metrics,
         )
-        .and_then(|mut next| crate::queue::carry_over(&current, &mut next).map(|()| next))
+        .and_then(|mut next| carry_over_queues(&current, &mut next).map(|()| next))
         .map(|mut next| {
             sluicegate_upstream::live::Runtime::carry_over(
                 &current.upstream_runtime,
@@ -369,4 +346,14 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             let _ = reply.send(result);
         }
     }
+}
+
+/// Carries the running queue registry over to the `next` snapshot and applies it (reloads).
+fn carry_over_queues(current: &Snapshot, next: &mut Snapshot) -> Result<(), ConfigError> {
+    next.queues = current.queues.clone();
+    let routes = next.queued_routes();
+    next.queues.apply(&routes).map_err(|diags| ConfigError {
+        source_name: next.source.display().to_string(),
+        diags,
+    })
 }

@@ -1,6 +1,6 @@
 //! Admin endpoints of the durable queues (`/queues/...`): status, pending messages, one
 //! message, dead letters, replay and purge. The JSON shapes come from
-//! [`crate::queue::inspect`], the same as `sluicegate wal` prints when the gateway is
+//! [`sluicegate_queue::inspect`], the same as `sluicegate wal` prints when the gateway is
 //! stopped.
 
 use std::sync::Arc;
@@ -12,8 +12,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::queue::{inspect, Queue, QueueError};
 use crate::state::Shared;
+use sluicegate_queue::{inspect, Queue, QueueError};
 
 /// The queue routes (merged into the admin router).
 pub fn routes() -> Router<Arc<Shared>> {

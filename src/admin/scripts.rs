@@ -21,8 +21,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::code::{Change, ScriptSpec};
-use crate::plugins::Phase;
 use crate::state::Shared;
+use sluicegate_plugins::Phase;
 
 /// The `/scripts` routes.
 pub fn routes() -> Router<Arc<Shared>> {

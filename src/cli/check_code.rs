@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::code::{document, CodeMetrics, CodeSettings, CodeState, Source, SourceDoc};
-use crate::plugins::{Phase, PhaseSet};
+use sluicegate_plugins::{Phase, PhaseSet};
 
 /// What one path holds, read as the gateway would read it; errors carry their exit code
 /// (1: unreadable, 2: not a valid document).

@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
-use crate::queue::{inspect, QueueBackend, QueueError, Queues, WalBackend};
+use sluicegate_queue::{inspect, QueueBackend, QueueError, Queues, WalBackend};
 use sluicegate_telemetry::Metrics;
 
 /// Arguments of `sluicegate wal`.
@@ -160,7 +160,7 @@ fn queue_names(data_dir: &Path) -> Vec<String> {
                 .filter_map(Result::ok)
                 .filter(|e| e.path().is_dir())
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|n| crate::queue::config::valid_name(n))
+                .filter(|n| sluicegate_queue::config::valid_name(n))
                 .collect()
         })
         .unwrap_or_default();
@@ -203,7 +203,7 @@ fn locally(
             .limits
             .iter()
             .find(|(n, _)| n == name)
-            .map_or(crate::queue::config::DEFAULT_MAX_BYTES, |(_, m)| *m);
+            .map_or(sluicegate_queue::config::DEFAULT_MAX_BYTES, |(_, m)| *m);
         WalBackend::open(name, &Queues::queue_dir(data_dir, name), max).map_err(|e| match e {
             QueueError::Locked { .. } => Local::Locked(e),
             other => {

@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use super::build::now;
 use super::document::{ScriptSpec, SourceDoc};
 use super::{Change, Source};
-use crate::plugins::Phase;
 use crate::state::Shared;
+use sluicegate_plugins::Phase;
 
 /// How often the directory is listed.
 pub const POLL: Duration = Duration::from_millis(250);

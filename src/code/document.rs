@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use crate::plugins::Phase;
+use sluicegate_plugins::Phase;
 
 /// One script as a source describes it.
 #[derive(Debug, Clone, PartialEq)]

@@ -37,8 +37,8 @@ pub use build::{Change, CodeState, Outcome};
 pub use config::CodeSettings;
 pub use document::{ScriptSpec, SourceDoc};
 
-use crate::plugins::Phase;
 use sluicegate_lua::Script;
+use sluicegate_plugins::Phase;
 
 /// Where a script came from. Sources run in this order within a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{CodeRegistry, CodeSet, Pinned};
-use crate::plugins::{Flow, Phase, PhaseSet, Plugin, PluginError, Step};
 use sluicegate_core::context::{RequestCtx, ResponseHead};
+use sluicegate_plugins::{Flow, Phase, PhaseSet, Plugin, PluginError, Step};
 
 /// Runs dynamic scripts.
 #[derive(Debug)]

@@ -156,6 +156,29 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.settings.data_dir != new.settings.data_dir {
         out.push("data_dir".to_string());
     }
-    out.extend(crate::queue::restart_only_changes(old, new));
+    out.extend(queue_restart_only_changes(old, new));
     out
+}
+
+/// Queue settings that changed between two snapshots but apply only after a restart.
+fn queue_restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
+    let old_bytes: std::collections::HashMap<&str, u64> = old
+        .routes
+        .iter()
+        .filter_map(|r| r.queue.as_ref())
+        .map(|q| (q.name.as_str(), q.settings.max_bytes))
+        .collect();
+    new.routes
+        .iter()
+        .filter_map(|r| r.queue.as_ref())
+        .filter_map(|q| {
+            let before = *old_bytes.get(q.name.as_str())?;
+            (before != q.settings.max_bytes).then(|| {
+                format!(
+                    "queue `{}`: max_bytes {before} -> {}",
+                    q.name, q.settings.max_bytes
+                )
+            })
+        })
+        .collect()
 }

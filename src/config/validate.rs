@@ -11,13 +11,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{ListenerSettings, Settings};
-use crate::plugins::{self, BuildCtx};
 use crate::proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
 use crate::state::{Chain, ChainEntry, PathRewrite, Route, Snapshot};
 use sluicegate_config::file::{self, defaults};
 use sluicegate_core::de::from_node;
 use sluicegate_core::diag::{Diag, Diags, Path};
 use sluicegate_core::yaml::{Node, NodeKind};
+use sluicegate_plugins::{self as plugins, BuildCtx};
 use sluicegate_telemetry::{AccessLog, Metrics};
 use sluicegate_upstream::{Protocol, Upstream};
 
@@ -657,12 +657,18 @@ fn routes(
             let content = own
                 .iter()
                 .any(|e| e.plugin.phases().contains(plugins::Phase::Content));
-            let ctx = crate::queue::config::RouteCtx {
+            let ctx = sluicegate_queue::config::RouteCtx {
                 route: &name,
                 has_upstream: rc.upstream.is_some(),
                 has_content_plugin: content,
             };
-            crate::queue::config::validate_route(q, &ctx, &p.key("queue"), &mut queue_names, diags)
+            sluicegate_queue::config::validate_route(
+                q,
+                &ctx,
+                &p.key("queue"),
+                &mut queue_names,
+                diags,
+            )
         });
         let retry = rc
             .retry

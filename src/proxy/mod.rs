@@ -20,7 +20,6 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
 
 use self::body::{BodyObserver, BodyOutcome, ResponseBody, ResponseSource, UpstreamResponseBody};
-use crate::plugins::{Flow, LocalResponse, Phase, PluginError};
 use crate::server::conn::ConnPhase;
 use crate::server::conn::ConnState;
 use crate::server::worker::Worker;
@@ -30,6 +29,7 @@ use sluicegate_core::context::X_REQUEST_ID;
 use sluicegate_core::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
 use sluicegate_core::error::{self as error, error_response, Kind, ProxyError};
 use sluicegate_http1::raw::RawHeaders;
+use sluicegate_plugins::{Flow, LocalResponse, Phase, PluginError};
 use sluicegate_telemetry::AccessRecord;
 use sluicegate_upstream::Upstream;
 
@@ -237,7 +237,7 @@ async fn run(
         if phase == Phase::Content {
             if let Some(queue) = &route.queue {
                 // A queued route: the durable append and its acknowledgement are the content.
-                return crate::queue::http::enqueue(ctx, &snapshot.queues, queue)
+                return sluicegate_queue::http::enqueue(ctx, &snapshot.queues, queue)
                     .await
                     .map(Answer::Local);
             }

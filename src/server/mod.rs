@@ -112,7 +112,8 @@ impl Gateway {
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
         let mut snapshot = snapshot;
-        snapshot.queues = crate::queue::open_all(&snapshot)?;
+        snapshot.queues =
+            sluicegate_queue::open_all(&snapshot.settings.data_dir, &snapshot.queued_routes())?;
         // The first code set (persisted pushes, the directory, the last good code-API
         // document) is in place before any worker serves.
         let code = Arc::new(crate::code::CodeRegistry::default());

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use sluicegate::queue::{QueueError, QueuedRequest};
+use sluicegate_queue::{QueueError, QueuedRequest};
 
 use crate::support::{eventually, queued, run_cli, TestGateway, Upstream};
 

@@ -23,6 +23,7 @@ pub mod diag;
 pub mod error;
 pub mod phase;
 pub mod prehashed;
+pub mod rewrite;
 pub mod yaml;
 
 use std::future::Future;

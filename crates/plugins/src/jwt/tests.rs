@@ -12,15 +12,15 @@ use super::*;
 use sluicegate_core::yaml::parse;
 use sluicegate_lua::harness::{FakeRequest, Harness};
 
-const RSA_A: &str = include_str!("../../../tests/keys/rsa-a.pem");
-const RSA_A_PUB: &str = include_str!("../../../tests/keys/rsa-a.pub.pem");
-const RSA_B: &str = include_str!("../../../tests/keys/rsa-b.pem");
-const P256: &str = include_str!("../../../tests/keys/ec-p256.pem");
-const P256_PUB: &str = include_str!("../../../tests/keys/ec-p256.pub.pem");
-const P384: &str = include_str!("../../../tests/keys/ec-p384.pem");
-const P384_PUB: &str = include_str!("../../../tests/keys/ec-p384.pub.pem");
-const ED: &str = include_str!("../../../tests/keys/ed25519.pem");
-const ED_PUB: &str = include_str!("../../../tests/keys/ed25519.pub.pem");
+const RSA_A: &str = include_str!("../../../../tests/keys/rsa-a.pem");
+const RSA_A_PUB: &str = include_str!("../../../../tests/keys/rsa-a.pub.pem");
+const RSA_B: &str = include_str!("../../../../tests/keys/rsa-b.pem");
+const P256: &str = include_str!("../../../../tests/keys/ec-p256.pem");
+const P256_PUB: &str = include_str!("../../../../tests/keys/ec-p256.pub.pem");
+const P384: &str = include_str!("../../../../tests/keys/ec-p384.pem");
+const P384_PUB: &str = include_str!("../../../../tests/keys/ec-p384.pub.pem");
+const ED: &str = include_str!("../../../../tests/keys/ed25519.pem");
+const ED_PUB: &str = include_str!("../../../../tests/keys/ed25519.pub.pem");
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 fn der(pem: &str) -> Vec<u8> {
@@ -113,7 +113,7 @@ const SECRETS: &[(&str, &str, Option<&str>)] = &[
 const HS: &str = "{secret: \"${secret:hs}\"}";
 
 fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
-    crate::plugins::testing::build(build, text, SECRETS)
+    crate::testing::build(build, text, SECRETS)
 }
 
 fn plugin(text: &str) -> Arc<dyn Plugin> {

@@ -225,7 +225,7 @@ impl Plugin for KeyAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::testing::{self, access, request, responded};
+    use crate::testing::{self, access, request, responded};
 
     const SECRETS: &[(&str, &str, Option<&str>)] = &[
         ("proxy_key", "new-key", Some("old-key")),

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::plugins::testing::{self, access, request, responded, response};
+use crate::testing::{self, access, request, responded, response};
 use sluicegate_core::context::RequestBody;
 
 const ZAPIER: &str = r#"

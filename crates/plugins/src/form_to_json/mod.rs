@@ -238,7 +238,7 @@ impl Plugin for FormToJson {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::testing::{self, access, request, responded};
+    use crate::testing::{self, access, request, responded};
     use sluicegate_core::context::RequestBody;
 
     const FORM: (&str, &str) = (

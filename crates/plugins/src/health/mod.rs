@@ -76,7 +76,7 @@ impl Plugin for Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::testing::{self, content, request, responded};
+    use crate::testing::{self, content, request, responded};
 
     #[test]
     fn answers_ok_then_503_once_the_gateway_drains() {

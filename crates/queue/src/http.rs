@@ -11,9 +11,9 @@ use http::{header, HeaderName, HeaderValue};
 use super::config::RouteQueue;
 use super::record::QueuedRequest;
 use super::{QueueError, Queues};
-use crate::plugins::LocalResponse;
 use sluicegate_core::context::RequestCtx;
 use sluicegate_core::error::{Kind, ProxyError, Source};
+use sluicegate_core::phase::LocalResponse;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -194,7 +194,7 @@ impl Plugin for SecurityHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::testing::{self, request, response};
+    use crate::testing::{self, request, response};
 
     fn filtered(text: &str, upstream: &[(&str, &str)]) -> ResponseHead {
         let p = testing::plugin(build, text, &[]);

@@ -278,7 +278,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn build_from(text: &str) -> (Option<Arc<dyn Plugin>>, Diags) {
-        crate::plugins::testing::build(build, text, &[])
+        crate::testing::build(build, text, &[])
     }
 
     const EDGE: &str = r#"

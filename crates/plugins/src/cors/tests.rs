@@ -1,7 +1,7 @@
 //! Behaviour and configuration tests of the `cors` plugin.
 
 use super::*;
-use crate::plugins::testing::{self, access, request, responded, response};
+use crate::testing::{self, access, request, responded, response};
 
 fn preflight_headers(flow: Flow) -> (StatusCode, HeaderMap) {
     match flow {

@@ -47,9 +47,9 @@ pub use backend::{QueueBackend, WalBackend};
 pub use config::{QueueSettings, RouteQueue};
 pub use record::QueuedRequest;
 
-use crate::state::{PathRewrite, Snapshot};
 use metrics::QueueMetrics;
 use sluicegate_core::diag::{Diag, Path as ConfigPath};
+use sluicegate_core::rewrite::PathRewrite;
 use sluicegate_upstream::Upstream;
 
 /// `X-Sluicegate-Message-Id`: the message id, on the acknowledgement and every delivery.
@@ -355,8 +355,8 @@ impl Queues {
     /// queue it configures; queues it no longer mentions stop delivering. Either every new
     /// queue opens and everything applies, or nothing changes (the errors say why, at the
     /// route's `queue` path).
-    pub fn apply(&self, snapshot: &Snapshot) -> Result<(), Vec<Diag>> {
-        self.apply_inner(snapshot).map_err(|errors| {
+    pub fn apply(&self, routes: &[QueuedRoute<'_>]) -> Result<(), Vec<Diag>> {
+        self.apply_inner(routes).map_err(|errors| {
             errors
                 .into_iter()
                 .map(|(i, e)| {
@@ -367,13 +367,13 @@ impl Queues {
         })
     }
 
-    fn apply_inner(&self, snapshot: &Snapshot) -> Result<(), Vec<(usize, QueueError)>> {
+    fn apply_inner(&self, routes: &[QueuedRoute<'_>]) -> Result<(), Vec<(usize, QueueError)>> {
         let _guard = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.map.load_full();
         let mut opened: Vec<Arc<Queue>> = Vec::new();
         let mut errors = Vec::new();
-        for (i, route) in snapshot.routes.iter().enumerate() {
-            let Some(rq) = &route.queue else { continue };
+        for route in routes {
+            let (i, rq) = (route.index, route.queue);
             if current.contains_key(&rq.name) || opened.iter().any(|q| q.name == rq.name) {
                 continue;
             }
@@ -403,8 +403,8 @@ impl Queues {
             next.insert(q.name.clone(), q.clone());
         }
         let mut configured = std::collections::HashSet::new();
-        for route in &snapshot.routes {
-            let (Some(rq), Some(upstream)) = (&route.queue, &route.upstream) else {
+        for route in routes {
+            let (rq, Some(upstream)) = (route.queue, route.upstream) else {
                 continue;
             };
             let Some(q) = next.get(&rq.name) else {
@@ -413,9 +413,9 @@ impl Queues {
             configured.insert(rq.name.clone());
             q.settings.store(rq.settings.clone());
             q.target.store(Some(Arc::new(DeliveryTarget {
-                route: route.name.clone(),
+                route: route.name.to_string(),
                 upstream: upstream.clone(),
-                rewrite: route.rewrite.clone(),
+                rewrite: route.rewrite.cloned(),
             })));
             q.wake();
         }
@@ -480,11 +480,26 @@ impl Queues {
     }
 }
 
-/// Opens every queue `snapshot` configures under its `data_dir` and starts delivering
-/// (gateway start). Fails on the first queue that cannot be opened.
-pub fn open_all(snapshot: &Snapshot) -> Result<Arc<Queues>, QueueError> {
-    let queues = Arc::new(Queues::new(&snapshot.settings.data_dir));
-    if let Err(mut errors) = queues.apply_inner(snapshot) {
+/// A route of a configuration with a `queue:`, as the queues see it.
+#[derive(Clone, Copy)]
+pub struct QueuedRoute<'a> {
+    /// The route's index in the configuration (errors name `routes[index].queue`).
+    pub index: usize,
+    /// The route's name.
+    pub name: &'a str,
+    /// Its queue settings.
+    pub queue: &'a RouteQueue,
+    /// Where its messages are delivered (none: the queue holds them).
+    pub upstream: Option<&'a Arc<Upstream>>,
+    /// The path rewrite applied at delivery.
+    pub rewrite: Option<&'a PathRewrite>,
+}
+
+/// Opens every queue `routes` configure under `data_dir` and starts delivering (gateway
+/// start). Fails on the first queue that cannot be opened.
+pub fn open_all(data_dir: &Path, routes: &[QueuedRoute<'_>]) -> Result<Arc<Queues>, QueueError> {
+    let queues = Arc::new(Queues::new(data_dir));
+    if let Err(mut errors) = queues.apply_inner(routes) {
         if !errors.is_empty() {
             return Err(errors.swap_remove(0).1);
         }
@@ -494,41 +509,4 @@ pub fn open_all(snapshot: &Snapshot) -> Result<Arc<Queues>, QueueError> {
         message: format!("cannot start the delivery thread: {e}"),
     })?;
     Ok(queues)
-}
-
-/// Carries the running registry over to the `next` snapshot and applies it (reloads).
-pub fn carry_over(
-    current: &Snapshot,
-    next: &mut Snapshot,
-) -> Result<(), crate::config::ConfigError> {
-    next.queues = current.queues.clone();
-    next.queues
-        .apply(next)
-        .map_err(|diags| crate::config::ConfigError {
-            source_name: next.source.display().to_string(),
-            diags,
-        })
-}
-
-/// Queue settings that changed between two snapshots but apply only after a restart.
-pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
-    let old_bytes: HashMap<&str, u64> = old
-        .routes
-        .iter()
-        .filter_map(|r| r.queue.as_ref())
-        .map(|q| (q.name.as_str(), q.settings.max_bytes))
-        .collect();
-    new.routes
-        .iter()
-        .filter_map(|r| r.queue.as_ref())
-        .filter_map(|q| {
-            let before = *old_bytes.get(q.name.as_str())?;
-            (before != q.settings.max_bytes).then(|| {
-                format!(
-                    "queue `{}`: max_bytes {before} -> {}",
-                    q.name, q.settings.max_bytes
-                )
-            })
-        })
-        .collect()
 }

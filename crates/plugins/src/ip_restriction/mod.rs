@@ -142,7 +142,7 @@ impl Plugin for IpRestriction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::testing::{self, access, responded};
+    use crate::testing::{self, access, responded};
     use sluicegate_lua::harness::FakeRequest;
 
     fn from(h: &sluicegate_lua::harness::Harness, peer: &str, xff: &[&str]) -> RequestCtx {

@@ -10,9 +10,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::retry::{defaults, RetryPolicy, StatusSet};
-use crate::plugins::LocalResponse;
 use sluicegate_config::queue::{AckConfig, QueueConfig, RetryConfig, StatusPattern};
 use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::phase::LocalResponse;
 
 /// Default bound on a queue's bytes on disk: 1 GiB.
 pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
@@ -331,7 +331,7 @@ fn ack(cfg: AckConfig, path: &Path, diags: &mut Diags) -> Option<Ack> {
     let mut headers = HeaderMap::new();
     for (name, value) in &cfg.headers {
         if let Some((n, v)) =
-            crate::plugins::header_pair(name, value, &path.key("headers").key(name), diags)
+            sluicegate_core::phase::header_pair(name, value, &path.key("headers").key(name), diags)
         {
             headers.append(n, v);
         }

@@ -2,7 +2,7 @@
 //! the published documentation are in `scheme.rs`).
 
 use super::*;
-use crate::plugins::testing::{self, access, request, responded};
+use crate::testing::{self, access, request, responded};
 use sluicegate_core::context::RequestBody;
 
 const SECRETS: &[(&str, &str, Option<&str>)] = &[

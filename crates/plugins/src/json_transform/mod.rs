@@ -1,6 +1,6 @@
 //! `json_transform`: reshapes JSON bodies with a declarative mapping ([`mapping`]): pick,
 //! rename, nest, constants and defaults, with the path syntax of
-//! [`json_path`](crate::plugins::json_path) — e.g. a Zapier "signal" `{name, variables{}}`
+//! [`json_path`](crate::json_path) — e.g. a Zapier "signal" `{name, variables{}}`
 //! into the event schema an upstream expects.
 //!
 //! - Request side (access phase): a JSON body (by `Content-Type`, or none given) is read,

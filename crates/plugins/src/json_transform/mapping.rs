@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 use super::config::SideConfig;
-use crate::plugins::json_path::JsonPath;
+use crate::json_path::JsonPath;
 use sluicegate_core::diag::{Diags, Path};
 
 /// Where a field's value comes from.
