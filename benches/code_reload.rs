@@ -22,7 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sluicegate::code::{Change, CodeRegistry, CodeSettings, ScriptSpec, Source, SourceDoc};
+use sluicegate_code::{Change, CodeRegistry, CodeSettings, ScriptSpec, Source, SourceDoc};
 use sluicegate_plugins::{Phase, PhaseSet};
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {

@@ -4,7 +4,7 @@
 
 pub mod admin;
 pub mod cli;
-pub mod code;
+pub mod code_sources;
 pub mod config;
 pub mod proxy;
 pub mod server;

@@ -129,8 +129,8 @@ pub struct Snapshot {
     /// the same registry (the reloader carries it over), so reloads never reopen a queue.
     pub queues: Arc<sluicegate_queue::Queues>,
     /// The `code:` section (dynamic scripts), if present. The scripts themselves live in
-    /// [`Shared::code`], swapped on their own (see `crate::code`).
-    pub code: Option<Arc<crate::code::CodeSettings>>,
+    /// [`Shared::code`], swapped on their own (see `sluicegate_code`).
+    pub code: Option<Arc<sluicegate_code::CodeSettings>>,
     /// `watch_config`: reload when the configuration file changes.
     pub watch_config: bool,
     /// SHA-256 of the text this snapshot was loaded from (what the file watcher compares).
@@ -199,7 +199,7 @@ pub struct ReloadRequest {
     /// Where to send the outcome.
     pub reply: Option<oneshot::Sender<Result<ReloadOutcome, ConfigError>>>,
     /// Set for a dynamic-code change instead of a configuration reload.
-    pub code: Option<crate::code::CodeUpdate>,
+    pub code: Option<sluicegate_code::CodeUpdate>,
 }
 
 /// What an applied reload did.
@@ -232,7 +232,7 @@ pub struct Shared {
     /// `ngx.shared` dictionaries: shared by all workers, kept across reloads.
     pub lua_dicts: Arc<sluicegate_lua::SharedDicts>,
     /// Dynamic scripts (code API, directory, admin pushes): kept across reloads.
-    pub code: Arc<crate::code::CodeRegistry>,
+    pub code: Arc<sluicegate_code::CodeRegistry>,
 }
 
 impl Shared {
@@ -273,7 +273,9 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             // Compiling a large set takes a while: off the control thread, so the admin API
             // and the pollers keep answering; still one change at a time.
             let shared = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || crate::code::handle(&shared, update)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || crate::code_sources::handle(&shared, update))
+                    .await;
             continue;
         }
         let current = shared.snapshot.load_full();
@@ -293,12 +295,17 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             next
         });
         // The dynamic code under a changed `code:` section is in place before the snapshot
-        // that uses it (see `crate::code::on_config`), built on the blocking pool.
+        // that uses it (see `sluicegate_code::on_config`), built on the blocking pool.
         let result = match result {
             Ok(next) if current.code != next.code => {
                 let (shared, current) = (shared.clone(), current.clone());
                 tokio::task::spawn_blocking(move || {
-                    crate::code::on_config(&shared.code, &current, &next);
+                    sluicegate_code::on_config(
+                        &shared.code,
+                        &next.settings.data_dir,
+                        current.code.as_deref(),
+                        next.code.as_deref(),
+                    );
                     next
                 })
                 .await

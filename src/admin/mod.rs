@@ -66,7 +66,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "listeners": snap.listeners.iter().map(|l| json!({"name": l.name, "address": l.address, "tls": l.tls.is_some()})).collect::<Vec<_>>(),
         "routes": routes,
         "upstreams": upstreams,
-        "code": crate::code::status_json(&shared.code),
+        "code": sluicegate_code::status_json(&shared.code),
     }))
 }
 

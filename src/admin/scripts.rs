@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::code::{Change, ScriptSpec};
 use crate::state::Shared;
+use sluicegate_code::{Change, ScriptSpec};
 use sluicegate_plugins::Phase;
 
 /// The `/scripts` routes.
@@ -155,7 +155,7 @@ async fn push(
             format!("unknown phase `{}`; expected rewrite, access, content, header_filter, body_filter or log", req.phase),
         );
     };
-    if let Err(e) = crate::code::Domain::parse(&req.domain) {
+    if let Err(e) = sluicegate_code::Domain::parse(&req.domain) {
         return error(StatusCode::BAD_REQUEST, "bad_request", e);
     }
     let spec = ScriptSpec {
@@ -165,7 +165,8 @@ async fn push(
         code: req.code,
         problem: None,
     };
-    let Some(outcome) = crate::code::submit(&shared, Change::Put(spec), "admin").await else {
+    let Some(outcome) = crate::code_sources::submit(&shared, Change::Put(spec), "admin").await
+    else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
@@ -206,7 +207,8 @@ async fn remove(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> 
     if let Err(r) = pushes_allowed(&shared) {
         return *r;
     }
-    let Some(outcome) = crate::code::submit(&shared, Change::Delete(name.clone()), "admin").await
+    let Some(outcome) =
+        crate::code_sources::submit(&shared, Change::Delete(name.clone()), "admin").await
     else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -283,7 +285,7 @@ async fn poll_now(State(shared): State<Arc<Shared>>) -> Response {
     let limit = api.timeout + std::time::Duration::from_secs(5);
     match tokio::time::timeout(limit, finished).await {
         Ok(true) => {
-            let status = crate::code::status_json(&shared.code);
+            let status = sluicegate_code::status_json(&shared.code);
             Json(json!({
                 "code_version": status["version"],
                 "api": status["sources"]["api"],

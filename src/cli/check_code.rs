@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
-use crate::code::{document, CodeMetrics, CodeSettings, CodeState, Source, SourceDoc};
+use sluicegate_code::{document, CodeMetrics, CodeSettings, CodeState, Source, SourceDoc};
 use sluicegate_plugins::{Phase, PhaseSet};
 
 /// What one path holds, read as the gateway would read it; errors carry their exit code
@@ -14,7 +14,7 @@ use sluicegate_plugins::{Phase, PhaseSet};
 fn read(path: &Path) -> Result<(Source, SourceDoc), (i32, String)> {
     let unreadable = |e: std::io::Error| (EXIT_FAILURE, format!("cannot read it: {e}"));
     if path.is_dir() {
-        return crate::code::directory::scan(path)
+        return sluicegate_code::directory::scan(path)
             .map(|d| (Source::Directory, d))
             .map_err(unreadable);
     }
@@ -29,7 +29,7 @@ fn read(path: &Path) -> Result<(Source, SourceDoc), (i32, String)> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut doc = crate::code::directory::scan(dir).map_err(unreadable)?;
+        let mut doc = sluicegate_code::directory::scan(dir).map_err(unreadable)?;
         doc.specs.retain(|s| s.name == name);
         return Ok((Source::Directory, doc));
     }
@@ -47,7 +47,7 @@ pub fn check_code(paths: &[std::path::PathBuf]) -> i32 {
         admin_scripts: true,
         phases: PhaseSet::of(&Phase::ALL),
         all_or_nothing: false,
-        priority: crate::code::config::defaults::PRIORITY,
+        priority: sluicegate_code::config::defaults::PRIORITY,
     };
     let mut code = EXIT_OK;
     for path in paths {
@@ -63,20 +63,20 @@ pub fn check_code(paths: &[std::path::PathBuf]) -> i32 {
         let count = doc.specs.len();
         let mut state = CodeState::default();
         let settings = CodeSettings {
-            api: (source == Source::Api).then(|| crate::code::config::ApiSettings {
+            api: (source == Source::Api).then(|| sluicegate_code::config::ApiSettings {
                 url: http::Uri::from_static("http://check/"),
                 interval: std::time::Duration::from_secs(1),
                 jitter: std::time::Duration::ZERO,
                 timeout: std::time::Duration::from_secs(1),
                 headers: Vec::new(),
-                max_bytes: crate::code::config::defaults::MAX_BYTES,
+                max_bytes: sluicegate_code::config::defaults::MAX_BYTES,
                 tls_verify: true,
                 ca_file: None,
             }),
             ..settings.clone()
         };
         let outcome = state.apply(
-            crate::code::Change::Replace(source, Some(doc)),
+            sluicegate_code::Change::Replace(source, Some(doc)),
             Some(&settings),
             &CodeMetrics::default(),
         );

@@ -191,9 +191,9 @@ fn build_snapshot(
     check_upstream_refs(&global, &upstreams, diags);
     let code = code_settings(root, build.base_dir, diags);
     if let Some(c) = &code {
-        // Dynamic scripts run in every chain (see `crate::code::plugin`).
+        // Dynamic scripts run in every chain (see `sluicegate_code::plugin`).
         global.push(ChainEntry {
-            plugin: Arc::new(crate::code::plugin::CodePlugin::new(c.phases)),
+            plugin: Arc::new(sluicegate_code::plugin::CodePlugin::new(c.phases)),
             priority: c.priority,
         });
     }
@@ -227,10 +227,10 @@ fn code_settings(
     root: &Node,
     base_dir: &FsPath,
     diags: &mut Diags,
-) -> Option<Arc<crate::code::CodeSettings>> {
+) -> Option<Arc<sluicegate_code::CodeSettings>> {
     let node = root.get("code")?;
     let path = Path::root().key("code");
-    Some(Arc::new(crate::code::config::from_node(
+    Some(Arc::new(sluicegate_code::config::from_node(
         node, &path, base_dir, diags,
     )))
 }

@@ -116,8 +116,8 @@ impl Gateway {
             sluicegate_queue::open_all(&snapshot.settings.data_dir, &snapshot.queued_routes())?;
         // The first code set (persisted pushes, the directory, the last good code-API
         // document) is in place before any worker serves.
-        let code = Arc::new(crate::code::CodeRegistry::default());
-        crate::code::start(&code, &snapshot);
+        let code = Arc::new(sluicegate_code::CodeRegistry::default());
+        sluicegate_code::start(&code, &snapshot.settings.data_dir, snapshot.code.as_deref());
         let shared = Arc::new(Shared {
             swapped: watch::Sender::new(snapshot.version),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -155,8 +155,10 @@ impl Gateway {
                 };
                 rt.block_on(async move {
                     tokio::spawn(state::reloader(control_shared.clone(), reload_rx));
-                    tokio::spawn(crate::code::api::poll(control_shared.clone()));
-                    tokio::spawn(crate::code::directory::watch(control_shared.clone()));
+                    tokio::spawn(crate::code_sources::api::poll(control_shared.clone()));
+                    tokio::spawn(crate::code_sources::directory::watch(
+                        control_shared.clone(),
+                    ));
                     tokio::spawn(crate::config::watch::watch(control_shared.clone()));
                     tokio::spawn(crate::supervisor::run(control_shared.clone()));
                     if let Some(l) = admin_listener {

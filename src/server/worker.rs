@@ -66,7 +66,7 @@ impl WorkerView for Worker {
     fn service_of(&self, ty: TypeId) -> Option<&dyn Any> {
         if ty == TypeId::of::<sluicegate_lua::WorkerLua>() {
             Some(&self.lua)
-        } else if ty == TypeId::of::<crate::code::CodeRegistry>() {
+        } else if ty == TypeId::of::<sluicegate_code::CodeRegistry>() {
             Some(&*self.shared.code)
         } else if ty == TypeId::of::<Worker>() {
             Some(self)

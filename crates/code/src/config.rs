@@ -11,8 +11,8 @@ use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 
 use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::phase::{Phase, PhaseSet};
 use sluicegate_core::yaml::{Node, NodeKind};
-use sluicegate_plugins::{Phase, PhaseSet};
 
 /// Defaults of the `code:` section.
 pub mod defaults {
@@ -293,7 +293,7 @@ fn api(a: ApiConfig, path: &Path, base_dir: &FsPath, diags: &mut Diags) -> ApiSe
     let mut headers = Vec::new();
     for (name, value) in &a.headers {
         if let Some(pair) =
-            sluicegate_plugins::header_pair(name, value, &path.key("headers").key(name), diags)
+            sluicegate_core::phase::header_pair(name, value, &path.key("headers").key(name), diags)
         {
             headers.push(pair);
         }

@@ -15,7 +15,6 @@
 //! on every round, so a configuration reload changes URL, interval or headers live.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,12 +22,10 @@ use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 use super::build::now;
 use super::config::ApiSettings;
 use super::{document, Change, Source};
-use crate::state::Shared;
 
 /// What one poll brought.
 #[derive(Debug)]
@@ -74,7 +71,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn persist(data_dir: &Path, body: &[u8], meta: &Meta) -> std::io::Result<()> {
+/// Keeps the last good document and its metadata for an offline start.
+pub fn persist(data_dir: &Path, body: &[u8], meta: &Meta) -> std::io::Result<()> {
     let (doc, meta_path) = persisted_paths(data_dir);
     let meta_bytes = serde_json::to_vec_pretty(meta).map_err(std::io::Error::other)?;
     write_atomic(&doc, body)?;
@@ -244,182 +242,12 @@ pub async fn fetch(api: &ApiSettings, etag: Option<&str>) -> Result<Fetched, Str
 }
 
 /// A random duration in `0..=max` (jitter spreads a fleet's polls).
-fn jitter(max: Duration) -> Duration {
+pub fn jitter(max: Duration) -> Duration {
     if max.is_zero() {
         return Duration::ZERO;
     }
     let r = uuid::Uuid::new_v4().as_u128() as u64;
     Duration::from_millis(r % (max.as_millis() as u64 + 1))
-}
-
-/// Waits one interval (plus jitter), or less when a reload changes the `code.api` settings.
-/// `swapped` was subscribed before `api` was read from the snapshot.
-async fn wait(shared: &Shared, api: &ApiSettings, swapped: &mut watch::Receiver<u64>) {
-    let deadline = tokio::time::sleep(api.interval + jitter(api.jitter));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => return,
-            _ = shared.code.poll.now.notified() => return,
-            _ = swapped.changed() => {}
-        }
-        let current = shared.snapshot.load();
-        if current.code.as_ref().and_then(|c| c.api.as_ref()) != Some(api) {
-            return;
-        }
-    }
-}
-
-#[derive(Default)]
-struct PollState {
-    url: Option<String>,
-    etag: Option<String>,
-    applied: Option<String>,
-    rejected: Option<(String, String)>,
-}
-
-/// Polls the code API for as long as the process runs (a task on the control thread).
-pub async fn poll(shared: Arc<Shared>) {
-    let mut st = PollState::default();
-    // Subscribed before the first look at the snapshot, so no swap goes unnoticed.
-    let mut swapped = shared.swapped.subscribe();
-    loop {
-        let snapshot = shared.snapshot.load_full();
-        let Some(api) = snapshot.code.as_ref().and_then(|c| c.api.clone()) else {
-            st = PollState::default();
-            // No code API: nothing to do until a reload configures one.
-            let _ = swapped.changed().await;
-            continue;
-        };
-        let url = api.url.to_string();
-        if st.url.as_deref() != Some(url.as_str()) {
-            // The first round starts from what start-up loaded (the persisted document and
-            // its ETag); a new URL keeps the running document's version (an identical
-            // document there is unchanged) but not the ETag, which belongs to the old one.
-            let first = st.url.is_none();
-            let (etag, version) = shared.code.with_sources(|s| {
-                let a = &s[Source::Api.index()];
-                (a.etag.clone(), a.document_version.clone())
-            });
-            st = PollState {
-                url: Some(url.clone()),
-                etag: etag.filter(|_| first),
-                applied: version,
-                rejected: None,
-            };
-            shared.code.with_sources(|s| {
-                let a = &mut s[Source::Api.index()];
-                a.configured = true;
-                a.location = Some(url.clone());
-            });
-        }
-        let signal = &shared.code.poll;
-        signal
-            .running
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let data_dir = shared.code.data_dir(&snapshot.settings.data_dir);
-        poll_once(&shared, &api, &data_dir, &mut st).await;
-        signal
-            .running
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-        signal.done.send_modify(|n| *n += 1);
-        wait(&shared, &api, &mut swapped).await;
-    }
-}
-
-async fn poll_once(shared: &Arc<Shared>, api: &ApiSettings, data_dir: &Path, st: &mut PollState) {
-    let url = api.url.to_string();
-    let metrics = &shared.code.metrics;
-    let fetched = fetch(api, st.etag.as_deref()).await;
-    let checked = now();
-    let record = |result: &str, error: Option<String>, online: bool| {
-        shared.code.with_sources(|s| {
-            let a = &mut s[Source::Api.index()];
-            a.last_check_at = Some(checked.clone());
-            a.last_result = Some(result.to_string());
-            a.last_error = error;
-            if online {
-                a.offline = false;
-            }
-        });
-    };
-    use std::sync::atomic::Ordering::Relaxed;
-    match fetched {
-        Err(e) => {
-            metrics.fetches_failed.fetch_add(1, Relaxed);
-            tracing::warn!(url, error = %e, "Code API poll failed; the running code keeps serving.");
-            record("error", Some(e), false);
-        }
-        Ok(Fetched::NotModified) => {
-            metrics.fetches_not_modified.fetch_add(1, Relaxed);
-            metrics.api_answered();
-            record("not_modified", None, true);
-        }
-        Ok(Fetched::Document { body, etag }) => {
-            metrics.fetches_ok.fetch_add(1, Relaxed);
-            metrics.api_answered();
-            let version = super::version_of(&body);
-            if st.applied.as_deref() == Some(version.as_str()) {
-                metrics.unchanged.fetch_add(1, Relaxed);
-                st.etag = etag;
-                record("unchanged", None, true);
-                return;
-            }
-            if let Some((v, e)) = &st.rejected {
-                if *v == version {
-                    record("rejected", Some(e.clone()), true);
-                    return;
-                }
-            }
-            let doc = match document::parse(&body) {
-                Ok(d) => d,
-                Err(e) => {
-                    metrics.rejected.fetch_add(1, Relaxed);
-                    let e = format!("malformed document: {e}");
-                    tracing::error!(url, error = %e, "Code API document rejected; the running code keeps serving.");
-                    st.rejected = Some((version, e.clone()));
-                    record("rejected", Some(e), true);
-                    return;
-                }
-            };
-            let Some(outcome) =
-                super::submit(shared, Change::Replace(Source::Api, Some(doc)), "api").await
-            else {
-                record("error", Some("the reloader has stopped".into()), true);
-                return;
-            };
-            if let Some(reason) = outcome.rejected {
-                st.rejected = Some((version, reason.clone()));
-                record("rejected", Some(reason), true);
-                return;
-            }
-            let meta = Meta {
-                url: url.clone(),
-                etag: etag.clone(),
-                fetched_at: checked.clone(),
-            };
-            if let Err(e) = persist(data_dir, &body, &meta) {
-                tracing::error!(url, error = %e, dir = %data_dir.display(), "Cannot persist the code-API document; a restart while the code API is down would start without it.");
-            }
-            st.applied = Some(version.clone());
-            st.etag = etag.clone();
-            let error = (!outcome.errors.is_empty()).then(|| {
-                let names: Vec<String> = outcome
-                    .errors
-                    .iter()
-                    .map(|e| format!("{} ({})", e.name, e.message))
-                    .collect();
-                format!("{} script(s) not loaded: {}", names.len(), names.join("; "))
-            });
-            record("updated", error, true);
-            shared.code.with_sources(|s| {
-                let a = &mut s[Source::Api.index()];
-                a.document_version = Some(version);
-                a.etag = etag;
-                a.last_change_at = Some(checked.clone());
-            });
-        }
-    }
 }
 
 #[cfg(test)]

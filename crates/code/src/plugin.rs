@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::{CodeRegistry, CodeSet, Pinned};
 use sluicegate_core::context::{RequestCtx, ResponseHead};
-use sluicegate_plugins::{Flow, Phase, PhaseSet, Plugin, PluginError, Step};
+use sluicegate_core::phase::{Flow, Phase, PhaseSet, Plugin, PluginError, Step};
 
 /// Runs dynamic scripts.
 #[derive(Debug)]

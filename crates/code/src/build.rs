@@ -21,8 +21,8 @@ use serde::Serialize;
 
 use super::document::{ScriptSpec, SourceDoc};
 use super::{CodeMetrics, CodeSet, CodeSettings, Domain, Entry, Group, Source};
+use sluicegate_core::phase::Phase;
 use sluicegate_lua::Script;
-use sluicegate_plugins::Phase;
 
 /// A change to the sources.
 #[derive(Debug, Clone)]
@@ -461,7 +461,7 @@ struct Built {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluicegate_plugins::PhaseSet;
+    use sluicegate_core::phase::PhaseSet;
 
     fn settings(all_or_nothing: bool) -> CodeSettings {
         CodeSettings {

@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 
-use sluicegate_plugins::Phase;
+use sluicegate_core::phase::Phase;
 
 /// One script as a source describes it.
 #[derive(Debug, Clone, PartialEq)]

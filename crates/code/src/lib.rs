@@ -37,8 +37,8 @@ pub use build::{Change, CodeState, Outcome};
 pub use config::CodeSettings;
 pub use document::{ScriptSpec, SourceDoc};
 
+use sluicegate_core::phase::Phase;
 use sluicegate_lua::Script;
-use sluicegate_plugins::Phase;
 
 /// Where a script came from. Sources run in this order within a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -450,56 +450,11 @@ impl CodeRegistry {
     }
 }
 
-/// Whether the request path uses dynamic code (the `code:` section is present).
-pub fn enabled(snapshot: &crate::state::Snapshot) -> bool {
-    snapshot.code.is_some()
-}
-
 /// A short, stable version string for a text: the first 8 bytes of its SHA-256, in hex.
 pub fn version_of(text: &[u8]) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(text);
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Sends `change` to the reloader and waits for the outcome (`None` once the reloader has
-/// stopped).
-pub async fn submit(
-    shared: &crate::state::Shared,
-    change: Change,
-    trigger: &'static str,
-) -> Option<Outcome> {
-    let (tx, rx) = oneshot::channel();
-    let req = crate::state::ReloadRequest {
-        trigger,
-        reply: None,
-        code: Some(CodeUpdate {
-            change,
-            trigger,
-            reply: Some(tx),
-        }),
-    };
-    shared.reload_tx.send(req).ok()?;
-    rx.await.ok()
-}
-
-/// The reloader's handling of a code update: apply it under the running snapshot's
-/// settings, persist admin pushes, reply.
-pub fn handle(shared: &crate::state::Shared, update: CodeUpdate) {
-    let snapshot = shared.snapshot.load();
-    let admin = matches!(update.change, Change::Put(_) | Change::Delete(_));
-    let outcome = shared
-        .code
-        .apply(update.change, update.trigger, snapshot.code.as_deref());
-    if admin && outcome.set.is_some() {
-        persist_admin(
-            &shared.code,
-            &shared.code.data_dir(&snapshot.settings.data_dir),
-        );
-    }
-    if let Some(reply) = update.reply {
-        let _ = reply.send(outcome);
-    }
 }
 
 /// Where admin-pushed scripts are kept across restarts.
@@ -515,7 +470,8 @@ struct StoredScript {
     code: String,
 }
 
-fn persist_admin(registry: &CodeRegistry, data_dir: &std::path::Path) {
+/// Writes the admin-pushed scripts to `data_dir`, so they survive a restart.
+pub fn persist_admin(registry: &CodeRegistry, data_dir: &std::path::Path) {
     let stored: Vec<StoredScript> = registry.with_state(|s| {
         s.doc(Source::Admin)
             .map(|d| {
@@ -567,10 +523,10 @@ fn load_admin(data_dir: &std::path::Path) -> Option<SourceDoc> {
 
 /// Builds the first code set at start, before workers serve: persisted admin pushes, the
 /// directory, and the persisted last good code-API document (offline start).
-pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
-    let _ = registry.data_dir.set(snapshot.settings.data_dir.clone());
-    let data_dir = registry.data_dir(&snapshot.settings.data_dir);
-    let Some(settings) = snapshot.code.as_deref() else {
+pub fn start(registry: &CodeRegistry, data_dir: &std::path::Path, code: Option<&CodeSettings>) {
+    let _ = registry.data_dir.set(data_dir.to_path_buf());
+    let data_dir = registry.data_dir(data_dir);
+    let Some(settings) = code else {
         return;
     };
     if settings.admin_scripts {
@@ -594,19 +550,20 @@ pub fn start(registry: &CodeRegistry, snapshot: &crate::state::Snapshot) {
     api::load_at_start(registry, settings, &data_dir);
 }
 
-/// A configuration reload changed the `code:` section from `current`'s to `next`'s: a new
-/// section loads its sources, otherwise the set is rebuilt from the kept documents
-/// (nothing recompiled). Runs before `next` is swapped in, so the new chains never run
-/// without their code.
+/// A configuration reload changed the `code:` section from `current` to `next` (of a
+/// configuration with `data_dir`): a new section loads its sources, otherwise the set is
+/// rebuilt from the kept documents (nothing recompiled). Runs before the next snapshot is
+/// swapped in, so the new chains never run without their code.
 pub fn on_config(
     registry: &CodeRegistry,
-    current: &crate::state::Snapshot,
-    next: &crate::state::Snapshot,
+    data_dir: &std::path::Path,
+    current: Option<&CodeSettings>,
+    next: Option<&CodeSettings>,
 ) {
-    if current.code.is_none() {
-        start(registry, next);
+    if current.is_none() {
+        start(registry, data_dir, next);
     }
-    registry.apply(Change::Rebuild, "config", next.code.as_deref());
+    registry.apply(Change::Rebuild, "config", next);
 }
 
 /// The `code` part of `GET /status`.
