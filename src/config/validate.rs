@@ -11,13 +11,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::{ListenerSettings, Settings};
-use crate::proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
 use crate::state::{Chain, ChainEntry, PathRewrite, Route, Snapshot};
 use sluicegate_config::file::{self, defaults};
 use sluicegate_core::de::from_node;
 use sluicegate_core::diag::{Diag, Diags, Path};
 use sluicegate_core::yaml::{Node, NodeKind};
 use sluicegate_plugins::{self as plugins, BuildCtx};
+use sluicegate_proxy::router::{HeaderPattern, HostPattern, PathPattern, RouteMatch, Router};
 use sluicegate_telemetry::{AccessLog, Metrics};
 use sluicegate_upstream::{Protocol, Upstream};
 
@@ -672,7 +672,7 @@ fn routes(
         });
         let retry = rc
             .retry
-            .map(|r| Arc::new(crate::proxy::retry::policy(r, &p.key("retry"), diags)));
+            .map(|r| Arc::new(sluicegate_proxy::retry::policy(r, &p.key("retry"), diags)));
         let mut entries = global.to_vec();
         entries.extend(own);
         matches.push(route_match(&rc.matcher, &p.key("match"), diags));

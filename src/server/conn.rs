@@ -14,7 +14,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -22,86 +21,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use sluicegate_core::deadline::Deadline;
-
-/// Where a connection is in its request cycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ConnPhase {
-    /// Between requests.
-    Idle = 0,
-    /// Some bytes of a request head have arrived.
-    InHead = 1,
-    /// A request is being served.
-    InRequest = 2,
-    /// HTTP/2: no per-request phases.
-    H2 = 3,
-    /// Switched protocols after a `101` (WebSocket): no HTTP phases any more.
-    Upgraded = 4,
-}
-
-/// The phase shared between the I/O wrapper and the driver, plus the HTTP/2 stream count
-/// that the idle timeout of multiplexed connections needs.
-#[derive(Debug)]
-pub struct ConnState {
-    phase: AtomicU8,
-    /// Requests in flight on this connection.
-    active: AtomicU32,
-    /// Bumped on every request start: an idle window is "whole" when it did not change.
-    generation: AtomicU32,
-}
-
-impl Default for ConnState {
-    fn default() -> Self {
-        ConnState {
-            phase: AtomicU8::new(ConnPhase::Idle as u8),
-            active: AtomicU32::new(0),
-            generation: AtomicU32::new(0),
-        }
-    }
-}
-
-impl ConnState {
-    /// The current phase.
-    pub fn get(&self) -> ConnPhase {
-        match self.phase.load(Ordering::Relaxed) {
-            1 => ConnPhase::InHead,
-            2 => ConnPhase::InRequest,
-            3 => ConnPhase::H2,
-            4 => ConnPhase::Upgraded,
-            _ => ConnPhase::Idle,
-        }
-    }
-
-    /// Sets the phase (HTTP/2 and upgraded connections keep their phase for good).
-    pub fn set(&self, phase: ConnPhase) {
-        // A connection and its requests live on one worker thread: plain loads and stores
-        // suffice (no read-modify-write, which costs a locked instruction several times a
-        // request). The atomics are only there because hyper wants the I/O type `Send`.
-        let cur = self.phase.load(Ordering::Relaxed);
-        if cur != ConnPhase::H2 as u8 && cur != ConnPhase::Upgraded as u8 && cur != phase as u8 {
-            self.phase.store(phase as u8, Ordering::Relaxed);
-        }
-    }
-}
-
-impl ConnState {
-    /// A request started on this connection (single-threaded; see [`ConnState::set`]).
-    pub fn begin(&self) {
-        let active = self.active.load(Ordering::Relaxed);
-        self.active
-            .store(active.saturating_add(1), Ordering::Relaxed);
-        let generation = self.generation.load(Ordering::Relaxed);
-        self.generation
-            .store(generation.wrapping_add(1), Ordering::Relaxed);
-    }
-
-    /// A request on this connection finished.
-    pub fn end(&self) {
-        let active = self.active.load(Ordering::Relaxed);
-        self.active
-            .store(active.saturating_sub(1), Ordering::Relaxed);
-    }
-}
+pub use sluicegate_proxy::conn::{ConnPhase, ConnState};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4). Until all of it has arrived, an h2c
 /// connection is still "in its head": hyper's HTTP/2 keep-alive only starts after it.
@@ -176,7 +96,7 @@ impl<T> ConnIo<T> {
     /// with no request in flight for a whole timeout window (between one and two timeouts,
     /// checked at the window's end) is ended here.
     fn poll_h2_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let generation = self.state.generation.load(Ordering::Relaxed);
+        let generation = self.state.generation();
         if self.armed_for != Some(ConnPhase::H2) {
             self.armed_for = Some(ConnPhase::H2);
             self.h2_window = Some(generation);
@@ -184,7 +104,7 @@ impl<T> ConnIo<T> {
                 .reset(sluicegate_core::clock::coarse_now() + self.timeout);
         }
         while self.sleep.poll_elapsed(cx).is_ready() {
-            let idle = self.state.active.load(Ordering::Relaxed) == 0;
+            let idle = self.state.in_flight() == 0;
             if idle && self.h2_window == Some(generation) {
                 tracing::debug!("Idle HTTP/2 connection closed.");
                 return Poll::Ready(Ok(()));

@@ -1,5 +1,5 @@
 //! The gateway's HTTP/1.1 server: one loop per client connection that reads a request
-//! head, hands the request to the phase driver ([`crate::proxy::handle`]) and writes its
+//! head, hands the request to the phase driver ([`sluicegate_proxy::handle`]) and writes its
 //! response, then the next, in order (pipelined requests wait in the read buffer).
 //!
 //! It replaces hyper's HTTP/1.1 server for the same reason [`sluicegate_upstream::h1`] replaced
@@ -23,7 +23,6 @@
 mod body;
 mod request;
 mod response;
-mod upgrade;
 
 use std::cell::RefCell;
 use std::pin::Pin;
@@ -36,18 +35,18 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use self::upgrade::{ClientIo, OnUpgrade, Upgraded};
 pub use sluicegate_core::body::RequestBody;
+pub use sluicegate_proxy::upgrade::{self, ClientIo, OnUpgrade, Upgraded};
 
 use self::body::{Conn, Expect};
 use self::response::{Ask, Written};
 use super::conn::{ConnPhase, H2_PREFACE};
-use super::worker::{DrainSlot, Worker};
-use crate::proxy::body::{ResponseBody, ResponseSource};
-use crate::proxy::ConnInfo;
 use sluicegate_core::body::ClientStream;
 use sluicegate_core::error::{error_response, Kind, ProxyError};
 use sluicegate_http1::{Framing, READ_CHUNK};
+use sluicegate_proxy::body::{ResponseBody, ResponseSource};
+use sluicegate_proxy::worker::{DrainSlot, Worker};
+use sluicegate_proxy::ConnInfo;
 
 /// How long a closing connection keeps reading (and dropping) an upload it will not use.
 const LINGER: Duration = Duration::from_secs(2);
@@ -135,7 +134,7 @@ where
         let is_head = request.method() == http::Method::HEAD;
         // Not boxed: awaited in place, the driver's future is never moved (boxing it copied
         // the whole future into the heap on every request).
-        let resp = crate::proxy::handle_boxed(worker.clone(), info.clone(), request).await;
+        let resp = sluicegate_proxy::handle_boxed(worker.clone(), info.clone(), request).await;
         let keep_alive = head.keep_alive && !worker.drain.is_draining() && {
             let idle_body = body_is_idle(&conn);
             let mut c = conn.borrow_mut();

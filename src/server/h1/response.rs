@@ -24,10 +24,10 @@ use http_body::{Body, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::body::Conn;
-use crate::proxy::body::ResponseBody;
 use sluicegate_core::clock::coarse_now;
 use sluicegate_core::deadline::Deadline;
 use sluicegate_http1::raw::RawHeaders;
+use sluicegate_proxy::body::ResponseBody;
 
 /// Pieces up to this size are copied behind what is pending and written with it.
 const COALESCE_BYTES: usize = 16 * 1024;
@@ -364,7 +364,7 @@ fn stalled<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::body::ResponseSource;
+    use sluicegate_proxy::body::ResponseSource;
 
     fn ask(version: Version, head: bool) -> Ask {
         Ask {

@@ -10,8 +10,8 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 
 use super::retry::RetryPolicy;
-use crate::server::worker::Worker;
-use crate::state::{PathRewrite, Snapshot};
+use crate::snapshot::{PathRewrite, Snapshot};
+use crate::worker::Worker;
 use sluicegate_core::body::{failure_error, UpstreamRequestBody};
 use sluicegate_core::context::{RequestBody, RequestCtx};
 use sluicegate_core::error::{Kind, ProxyError};
@@ -85,7 +85,7 @@ pub async fn forward(
     let added = added.as_ref();
     let template = if replayable { Template::of(&req) } else { None };
     let client_upgrade = if upgrade {
-        ctx.head.extensions.remove::<crate::server::h1::OnUpgrade>()
+        ctx.head.extensions.remove::<crate::upgrade::OnUpgrade>()
     } else {
         None
     };
@@ -629,7 +629,7 @@ fn upstream_uri(uri: Uri, rewrite: Option<&PathRewrite>) -> Result<Uri, ProxyErr
 fn tunnel(
     ctx: &RequestCtx,
     worker: &Worker,
-    on_client: crate::server::h1::OnUpgrade,
+    on_client: crate::upgrade::OnUpgrade,
     response: UpstreamResponse,
 ) -> Forwarded {
     let (head, body) = response.into_parts();
@@ -660,7 +660,7 @@ fn tunnel(
 }
 
 async fn copy_both_ways(
-    on_client: crate::server::h1::OnUpgrade,
+    on_client: crate::upgrade::OnUpgrade,
     mut upstream: sluicegate_http1::Rewind<sluicegate_upstream::pool::UpstreamStream>,
     request_id: String,
 ) {

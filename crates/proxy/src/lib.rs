@@ -6,9 +6,14 @@
 //! request (from the response body's end or drop); nothing here panics on bad input.
 
 pub mod body;
+pub mod conn;
 pub mod forward;
 pub mod retry;
 pub mod router;
+pub mod settings;
+pub mod snapshot;
+pub mod upgrade;
+pub mod worker;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -20,10 +25,10 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body as _;
 
 use self::body::{BodyObserver, BodyOutcome, ResponseBody, ResponseSource, UpstreamResponseBody};
-use crate::server::conn::ConnPhase;
-use crate::server::conn::ConnState;
-use crate::server::worker::Worker;
-use crate::state::{Chain, Snapshot};
+use crate::conn::ConnPhase;
+use crate::conn::ConnState;
+use crate::snapshot::{Chain, Snapshot};
+use crate::worker::Worker;
 use sluicegate_core::body::{BoxError, ClientBody, ClientStream};
 use sluicegate_core::context::X_REQUEST_ID;
 use sluicegate_core::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
@@ -44,7 +49,7 @@ pub struct ConnInfo {
     /// The client IP as a header value (for `X-Forwarded-For`), computed once per connection.
     pub client_ip: HeaderValue,
     /// The connection's request-cycle phase (drives its idle and header timeouts).
-    pub state: Arc<crate::server::conn::ConnState>,
+    pub state: Arc<crate::conn::ConnState>,
 }
 
 enum Answer {
@@ -76,7 +81,7 @@ pub async fn handle_boxed(
     let listener = snapshot
         .listeners
         .get(conn.listener)
-        .unwrap_or(crate::config::ListenerSettings::fallback());
+        .unwrap_or(crate::settings::ListenerSettings::fallback());
     let request_id = request_id(
         &head.headers,
         listener.trust_request_id,

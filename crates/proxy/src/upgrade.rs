@@ -25,10 +25,10 @@ pub type Upgraded = Rewind<Box<dyn ClientIo>>;
 pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
 
 /// The connection loop's end of an [`OnUpgrade`].
-pub(super) struct Pending(oneshot::Sender<Upgraded>);
+pub struct Pending(oneshot::Sender<Upgraded>);
 
 /// A linked pair.
-pub(super) fn pair() -> (Pending, OnUpgrade) {
+pub fn pair() -> (Pending, OnUpgrade) {
     let (tx, rx) = oneshot::channel();
     (Pending(tx), OnUpgrade(Arc::new(Mutex::new(Some(rx)))))
 }
