@@ -198,7 +198,7 @@ fn live_times() {
         ),
     )
     .unwrap();
-    let gateway = sluicegate::server::Gateway::start(&config).unwrap();
+    let gateway = sluicegate::gateway::Gateway::start(&config).unwrap();
     let (addr, admin) = (gateway.listeners[0], gateway.admin.unwrap());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

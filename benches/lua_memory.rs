@@ -76,7 +76,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sluicegate.yaml");
     std::fs::write(&path, CONFIG).expect("config");
-    let gateway = sluicegate::server::Gateway::start(&path).expect("gateway");
+    let gateway = sluicegate::gateway::Gateway::start(&path).expect("gateway");
     let addr = gateway.listeners[0];
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -27,7 +27,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sluicegate::server::Gateway;
+use sluicegate::gateway::Gateway;
 
 const BODY: usize = 1024;
 

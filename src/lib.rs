@@ -6,7 +6,6 @@ pub mod admin;
 pub mod cli;
 pub mod code_sources;
 pub mod config;
-pub mod server;
-pub mod services;
+pub mod gateway;
 pub mod state;
 pub mod supervisor;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
-use crate::server::Gateway;
+use crate::gateway::Gateway;
 
 /// Runs the gateway; returns the exit code.
 pub fn run(config: &Path) -> i32 {

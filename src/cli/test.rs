@@ -9,7 +9,7 @@ use super::EXIT_USAGE;
 /// Runs the specs under `paths`; prints a readable report (TAP with `tap`).
 pub fn test(paths: &[PathBuf], tap: bool) -> i32 {
     // Scripts under test reach `https` URLs with the gateway's own roots.
-    sluicegate_lua::provide_http_tls(crate::services::http_tls);
+    sluicegate_lua::provide_http_tls(sluicegate_server::services::http_tls);
     match sluicegate_lua::spec::run(paths) {
         Ok(results) => {
             let stdout = std::io::stdout();

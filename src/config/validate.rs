@@ -167,7 +167,7 @@ fn build_snapshot(
     let worker_count = if workers > 0 {
         workers
     } else {
-        crate::server::worker_count(settings.workers)
+        crate::gateway::worker_count(settings.workers)
     };
     let dns_cfg: sluicegate_upstream::dns::DnsConfig =
         field(root, "dns", diags).unwrap_or_default();
@@ -314,7 +314,7 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
         let p = path.index(i);
         check_address(&l.address, &p.key("address"), diags);
         let tls = l.tls.as_ref().and_then(|t| {
-            match crate::server::tls::server_config(t, base_dir, l.http2) {
+            match sluicegate_server::tls::server_config(t, base_dir, l.http2) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     diags.push(&p.key("tls"), e);

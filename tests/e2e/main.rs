@@ -9,7 +9,7 @@
 //!   bidirectional gRPC) and records each TLS handshake (SNI, client certificate, ALPN);
 //!   [`support::pki`] makes a throwaway CA with server and client certificates. The gRPC
 //!   tests use tonic on both ends with a hand-written prost message (no `protoc`).
-//! - **The gateway** is started in-process with `sluicegate::server::Gateway::start` from a
+//! - **The gateway** is started in-process with `sluicegate::gateway::Gateway::start` from a
 //!   YAML file written into a temporary directory ([`support::gateway::Config`]). Tests write
 //!   only the upstreams/routes/plugins they care about; the builder adds one worker (so
 //!   round-robin is deterministic), a listener and the admin API on port 0, and fills in

@@ -33,7 +33,7 @@ fn check_reports_a_syntax_error_with_script_name_and_line_and_exits_2() {
         "{err}"
     );
     // Load time too: the gateway refuses to start with it.
-    assert!(sluicegate::server::Gateway::start(&config).is_err());
+    assert!(sluicegate::gateway::Gateway::start(&config).is_err());
 }
 
 #[test]

@@ -11,7 +11,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sluicegate::server::Gateway;
+use sluicegate::gateway::Gateway;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 

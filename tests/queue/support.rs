@@ -19,7 +19,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sluicegate::server::Gateway;
+use sluicegate::gateway::Gateway;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 

@@ -11,7 +11,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use sluicegate::server::Gateway;
+use sluicegate::gateway::Gateway;
 use tempfile::TempDir;
 
 use super::client::{self, Reply};

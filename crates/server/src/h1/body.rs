@@ -38,7 +38,7 @@ pub(super) enum Expect {
 /// One client connection: the stream, the bytes read but not yet used, and the framing of
 /// the current request's body.
 pub(super) struct Conn<I> {
-    /// The client stream (with the connection timeouts of [`crate::server::conn::ConnIo`]).
+    /// The client stream (with the connection timeouts of [`crate::conn::ConnIo`]).
     pub io: I,
     /// Bytes read from the client and not consumed yet.
     pub buf: BytesMut,

@@ -21,9 +21,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::conn::{ConnIo, ConnPhase, ConnState};
 use super::h1;
-use crate::state::Shared;
 use sluicegate_core::LocalExec;
 use sluicegate_http1::Rewind;
+use sluicegate_proxy::snapshot::Shared;
 use sluicegate_proxy::worker::{Tracker, Worker};
 use sluicegate_proxy::{self, ConnInfo};
 
@@ -172,7 +172,7 @@ async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: 
     let settings = snapshot
         .listeners
         .get(index)
-        .unwrap_or(crate::config::ListenerSettings::fallback());
+        .unwrap_or(sluicegate_proxy::settings::ListenerSettings::fallback());
     let state = Arc::new(ConnState::default());
     let mut h2 = http2::Builder::new(LocalExec);
     h2.timer(TokioTimer::new())

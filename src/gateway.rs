@@ -1,13 +1,9 @@
-//! The server: binds listener sockets (one `SO_REUSEPORT` copy per worker), starts the
-//! worker threads, the admin listener and the reloader, and stops them gracefully.
+//! The running gateway: binds listener sockets (one `SO_REUSEPORT` copy per worker),
+//! starts the server's worker threads, the admin listener, the reloader and the control
+//! thread's tasks, and stops them gracefully.
 //!
 //! [`Gateway::start`] is what `sluicegate run` and the end-to-end tests both use: it returns
 //! once every socket is bound, with the addresses actually bound (so port 0 works).
-
-pub mod conn;
-pub mod h1;
-pub mod tls;
-pub mod worker;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -135,7 +131,7 @@ impl Gateway {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("sluicegate-worker-{id}"))
-                    .spawn(move || worker::run(id, shared, socks))?,
+                    .spawn(move || sluicegate_server::worker::run(id, shared, socks))?,
             );
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
