@@ -1,6 +1,8 @@
-//! Sluicegate: a programmable edge gateway. See `docs/architecture.md` for how the pieces
-//! fit: `config` builds a `state::Snapshot`, `server` runs worker threads that hand each
-//! request to the `proxy` phase driver, which runs `plugins` and forwards to `upstream`s.
+//! Sluicegate: a programmable edge gateway. This is the application at the top of the
+//! workspace (the crate graph is in `docs/architecture.md`): the CLI, the admin API, the
+//! reloader, the code sources, the DNS and health supervisor, and the assembly of a checked
+//! configuration file into a running snapshot (`config`), which the `gateway` hands to the
+//! server's workers.
 
 pub mod admin;
 pub mod cli;

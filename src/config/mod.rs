@@ -1,5 +1,7 @@
-//! Configuration: the file format ([`file`]), reading it with line numbers ([`yaml`], [`de`]),
-//! and turning it into a validated [`Snapshot`](crate::state::Snapshot) ([`validate`]).
+//! Configuration: loading a file (its format is `sluicegate_config`, read with line numbers
+//! by `sluicegate_core::yaml`) and assembling it into a validated
+//! [`Snapshot`](crate::state::Snapshot) ([`validate`]): routes, plugin chains, compiled
+//! scripts, upstream runtimes, TLS configurations.
 //!
 //! Loading never stops at the first problem: every element is checked and every error is
 //! returned with its path and line, so `sluicegate check` can list them all.

@@ -4,14 +4,14 @@
 //!
 //! How it relates to the configuration snapshot (details in docs/hot-reload.md):
 //! - The scripts form a [`CodeSet`], immutable and swapped atomically behind its own
-//!   `ArcSwap` in [`CodeRegistry`] (one per process, in [`Shared`](crate::state::Shared)),
+//!   `ArcSwap` in [`CodeRegistry`] (one per process, in the proxy's `Shared`),
 //!   because code changes far more often than the configuration and must not re-read the
 //!   configuration file. The `code:` section of the snapshot says where scripts come from
 //!   and puts one `code` entry (see [`plugin`]) in every plugin chain.
 //! - A request pins the code set on its first dynamic phase and keeps it to its log phase,
 //!   as it keeps its snapshot: in-flight requests finish on the version they started with.
 //! - Every change — a new code-API document, a directory change, an admin push, a
-//!   configuration reload — goes through the one reloader ([`crate::state::reloader`]),
+//!   configuration reload — goes through the application's one reloader,
 //!   one at a time. The reloader compiles what changed ([`build`]; a script whose source
 //!   is unchanged is never recompiled, a failing one is not retried until it changes),
 //!   validates the whole new set, and only then swaps it in.

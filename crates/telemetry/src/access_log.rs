@@ -2,7 +2,7 @@
 //!
 //! Lines are formatted by hand into a per-thread buffer (no JSON tree, no allocation per
 //! field) and written in batches: a worker writes its buffer on every clock tick (at most
-//! 20 ms later, see [`crate::server::clock`]), when the buffer passes [`FLUSH_BYTES`], when
+//! 20 ms later, see `sluicegate_core::clock`), when the buffer passes [`FLUSH_BYTES`], when
 //! the destination changes after a reload, and when the worker stops. A thread without a
 //! ticker writes each line at once. Writing a line per request had cost a system call and
 //! a dozen allocations per request: about 6 µs, half as much again as the proxying itself.

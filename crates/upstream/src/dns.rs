@@ -4,7 +4,7 @@
 //!
 //! This module only answers "what does this name resolve to now, and for how long"; caching,
 //! refreshing ahead of expiry and serving stale answers belong to the resolver task
-//! ([`super::supervisor`]). The hosts file is read again when it changes, so an edit to it
+//! (the application's supervisor). The hosts file is read again when it changes, so an edit to it
 //! applies without a restart, like a DNS change.
 
 use std::collections::HashMap;
