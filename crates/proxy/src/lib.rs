@@ -33,8 +33,8 @@ use sluicegate_core::body::{BoxError, ClientBody, ClientStream};
 use sluicegate_core::context::X_REQUEST_ID;
 use sluicegate_core::context::{RequestBody, RequestCtx, ResponseHead, Traffic};
 use sluicegate_core::error::{self as error, error_response, Kind, ProxyError};
+use sluicegate_core::phase::{Flow, LocalResponse, Phase, PluginError};
 use sluicegate_http1::raw::RawHeaders;
-use sluicegate_plugins::{Flow, LocalResponse, Phase, PluginError};
 use sluicegate_telemetry::AccessRecord;
 use sluicegate_upstream::Upstream;
 

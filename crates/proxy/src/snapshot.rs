@@ -20,7 +20,7 @@ pub use sluicegate_core::rewrite::PathRewrite;
 
 use crate::router::Router;
 use crate::settings::{ListenerSettings, Settings};
-use sluicegate_plugins::{Phase, PhaseSet, Plugin};
+use sluicegate_core::phase::{Phase, PhaseSet, Plugin};
 use sluicegate_queue::QueuedRoute;
 use sluicegate_telemetry::{AccessLog, Metrics, RouteMetrics};
 use sluicegate_upstream::Upstream;
@@ -45,7 +45,7 @@ pub struct Chain {
     /// header_filter, body_filter or log): then forwarding copies them instead of moving them.
     pub reads_request_late: bool,
     /// Whether every header filter can work on raw upstream header lines
-    /// ([`sluicegate_plugins::Plugin::filters_raw_headers`]).
+    /// ([`sluicegate_core::phase::Plugin::filters_raw_headers`]).
     pub raw_header_filters: bool,
 }
 
