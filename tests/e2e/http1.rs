@@ -351,3 +351,55 @@ async fn rebuilds_upstream_headers_when_a_line_does_not_just_pass() {
         resp.head
     );
 }
+
+#[tokio::test]
+async fn answers_400_to_requests_that_break_the_host_rules() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    for head in [
+        &b"GET /up HTTP/1.1\r\nX-No-Host: 1\r\n\r\n"[..],
+        &b"GET /up HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n"[..],
+    ] {
+        let mut raw = Raw::connect(gw.addr).await;
+        raw.write(head).await;
+        let resp = raw.read_response().await.expect("a response");
+        assert_eq!(resp.status, 400, "{}", resp.head);
+        assert!(resp.body.contains("Host"), "{}", resp.body);
+    }
+    assert!(up.requests().is_empty(), "{:#?}", up.requests());
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_sets_the_host_the_upstream_sees() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(b"GET http://other.example/up/x HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await;
+    let resp = raw.read_response().await.expect("a response");
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.header("x-upstream-path").as_deref(), Some("/up/x"));
+    let seen = up.only_request();
+    assert_eq!(seen.headers["host"], "other.example");
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn answers_400_to_a_broken_chunked_body() {
+    let up = Upstream::echo();
+    let gw = gateway(&up);
+    let mut raw = Raw::connect(gw.addr).await;
+    raw.write(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    let resp = raw.read_response().await.expect("a response");
+    assert_eq!(resp.status, 400, "{}", resp.head);
+    assert!(resp.body.contains("chunked"), "{}", resp.body);
+    assert_eq!(
+        resp.header("connection").as_deref(),
+        Some("close"),
+        "{}",
+        resp.head
+    );
+}

@@ -172,6 +172,10 @@ pub fn failure_error(failure: &Cell<Option<Kind>>) -> ProxyError {
             Kind::ClientTimeout,
             "client sent the request body too slowly",
         ),
+        Some(Kind::BadRequest) => ProxyError::client(
+            Kind::BadRequest,
+            "the request body is malformed: its chunked coding is invalid",
+        ),
         _ => ProxyError::client(Kind::ClientClosed, "client closed the request body"),
     }
 }
@@ -205,7 +209,19 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(this.fail(Kind::ClientClosed)))),
+            Poll::Ready(Some(Err(e))) => {
+                // A body the client framed wrongly (a broken chunked coding) is a 400; any
+                // other failure of the stream means the client went away.
+                let malformed = e
+                    .downcast_ref::<ProxyError>()
+                    .is_some_and(|p| p.kind == Kind::BadRequest);
+                let kind = if malformed {
+                    Kind::BadRequest
+                } else {
+                    Kind::ClientClosed
+                };
+                Poll::Ready(Some(Err(this.fail(kind))))
+            }
             Poll::Ready(None) => {
                 this.traffic.request_done.set(true);
                 Poll::Ready(None)

@@ -19,6 +19,7 @@ use http_body::SizeHint;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use sluicegate_core::body::{BodySource, BoxError};
+use sluicegate_core::error::{Kind, ProxyError};
 use sluicegate_http1::{decode, Decoded, Framing};
 
 /// The interim response that asks a client waiting on `Expect: 100-continue` for its body.
@@ -136,7 +137,16 @@ impl<I: AsyncRead + AsyncWrite + Unpin> BodySource for Conn<I> {
         self.touched = true;
         loop {
             match decode(&mut self.framing, &mut self.buf) {
-                Err(msg) => return self.fail(format!("malformed request body: {msg}")),
+                Err(msg) => {
+                    self.broken = true;
+                    self.framing = Framing::Done;
+                    // The client's fault, not a closed connection: a 400 (see `ClientBody`).
+                    let error = ProxyError::client(
+                        Kind::BadRequest,
+                        format!("malformed request body: {msg}"),
+                    );
+                    return Poll::Ready(Some(Err(Box::new(error))));
+                }
                 Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
                 Ok(Decoded::End) => return Poll::Ready(None),
                 Ok(Decoded::NeedMore) => {}

@@ -84,10 +84,11 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
             .map_err(|_| bad(format!("malformed value for header `{name}`")))?;
         headers.append(name, value);
     }
+    let http11 = version == Version::HTTP_11;
+    host_rules(&facts, http11, &uri, &mut headers)?;
     // A request that sent both `Transfer-Encoding` and `Content-Length` is answered and
     // the connection closed (RFC 9112 §6.1).
     let (framing, close_after) = facts.framing(version, &mut headers)?;
-    let http11 = version == Version::HTTP_11;
     let keep_alive = if http11 {
         !facts.close
     } else {
@@ -107,6 +108,30 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
         expect_continue,
         upgrade,
     }))
+}
+
+/// The `Host` rules of RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` field
+/// (more than one would let the gateway route on one and the upstream read another), and
+/// an absolute-form target's authority replaces it (§3.2.2), so routing, plugins and the
+/// upstream all see the same host.
+fn host_rules(
+    facts: &Facts,
+    http11: bool,
+    uri: &Uri,
+    headers: &mut HeaderMap,
+) -> Result<(), ProxyError> {
+    if facts.hosts > 1 {
+        return Err(bad("the request has more than one Host header field"));
+    }
+    if http11 && facts.hosts == 0 {
+        return Err(bad("an HTTP/1.1 request must have a Host header field"));
+    }
+    if let (Some(_), Some(authority)) = (uri.scheme(), uri.authority()) {
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| bad("malformed authority in the request target"))?;
+        headers.insert(header::HOST, host);
+    }
+    Ok(())
 }
 
 /// Where `part` (a slice the parser returned) lies within the first `len` bytes of `buf`;
@@ -135,6 +160,8 @@ struct Facts {
     /// The first `Expect` field asks for `100-continue`.
     expect_continue: bool,
     expect_seen: bool,
+    /// `Host` fields seen.
+    hosts: u32,
 }
 
 impl Facts {
@@ -170,6 +197,8 @@ impl Facts {
             }
         } else if *name == header::UPGRADE {
             self.upgrade_header = true;
+        } else if *name == header::HOST {
+            self.hosts += 1;
         } else if *name == header::EXPECT && !self.expect_seen {
             self.expect_seen = true;
             self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
@@ -223,7 +252,19 @@ mod tests {
         parse(&mut buf)
     }
 
+    /// `text` with a `Host` line after its request line when it has none: the tests of
+    /// other rules need a head that meets the Host rules.
+    fn with_host(text: &str) -> String {
+        match text.split_once("\r\n") {
+            Some((line, rest)) if !text.to_ascii_lowercase().contains("\r\nhost:") => {
+                format!("{line}\r\nHost: x\r\n{rest}")
+            }
+            _ => text.to_string(),
+        }
+    }
+
     fn head(text: &str) -> Head {
+        let text = &with_host(text);
         match parse_text(text) {
             Ok(Some(h)) => h,
             Ok(None) => panic!("incomplete: {text:?}"),
@@ -232,7 +273,7 @@ mod tests {
     }
 
     fn status(text: &str) -> u16 {
-        match parse_text(text) {
+        match parse_text(&with_host(text)) {
             Err(e) => e.status().as_u16(),
             Ok(_) => 0,
         }
@@ -386,5 +427,38 @@ mod tests {
             head("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").upgrade
         );
         assert!(!head("GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").upgrade);
+    }
+
+    #[test]
+    fn an_http_1_1_request_needs_exactly_one_host() {
+        let missing = parse_text("GET / HTTP/1.1\r\nX-A: 1\r\n\r\n")
+            .err()
+            .unwrap();
+        assert_eq!(missing.status(), 400);
+        assert!(missing.message.contains("Host"), "{}", missing.message);
+        let two = parse_text("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+            .err()
+            .unwrap();
+        assert_eq!(two.status(), 400);
+        assert!(
+            two.message.contains("more than one Host"),
+            "{}",
+            two.message
+        );
+        let also_two = parse_text("GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n");
+        assert_eq!(also_two.err().map(|e| e.status().as_u16()), Some(400));
+        // HTTP/1.0 predates Host: none is fine.
+        assert!(parse_text("GET / HTTP/1.0\r\n\r\n").unwrap().is_some());
+    }
+
+    #[test]
+    fn an_absolute_form_target_replaces_the_host() {
+        let h = head("GET http://other.example:8080/p?q=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.parts.headers["host"], "other.example:8080");
+        assert_eq!(h.parts.headers.get_all("host").iter().count(), 1);
+        assert_eq!(h.parts.uri.path_and_query().unwrap().as_str(), "/p?q=1");
+        // An origin-form target keeps the client's Host.
+        let h = head("GET /p HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.parts.headers["host"], "a");
     }
 }
