@@ -197,7 +197,7 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'st
                 return Ok(Decoded::Data(buf.split().freeze()));
             }
             Framing::Chunked(ChunkState::Size) => {
-                let Some(end) = find_crlf(buf) else {
+                let Some(end) = line_end(buf)? else {
                     if buf.len() > 4096 {
                         return Err("chunk size line too long");
                     }
@@ -243,7 +243,7 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'st
                 *framing = Framing::Chunked(ChunkState::Size);
             }
             Framing::Chunked(ChunkState::Trailers) => {
-                let Some(end) = find_crlf(buf) else {
+                let Some(end) = line_end(buf)? else {
                     if buf.len() > MAX_TRAILER_BYTES {
                         return Err("trailers too large");
                     }
@@ -259,9 +259,16 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'st
     }
 }
 
-/// Where the first `\r\n` in `buf` starts.
-pub fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
+/// Where the line at the front of `buf` ends (the index of its `\r\n`), `None` while no
+/// line feed has arrived. A line feed without a carriage return before it is an error: a
+/// peer that ends chunk lines with bare LFs frames the body differently from one that does
+/// not, which is how bodies get smuggled (RFC 9112 §2.2 lets a recipient refuse them).
+fn line_end(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+    match buf.iter().position(|b| *b == b'\n') {
+        None => Ok(None),
+        Some(lf) if lf > 0 && buf[lf - 1] == b'\r' => Ok(Some(lf - 1)),
+        Some(_) => Err("a chunk line ends with a bare LF"),
+    }
 }
 
 /// A stream whose first bytes were already read into a buffer: reads return those
@@ -370,5 +377,22 @@ mod tests {
         assert_eq!(body, b"abc");
         assert_eq!(state, Decoded::End);
         assert_eq!(&buf[..], b"def");
+    }
+
+    #[test]
+    fn refuses_chunk_and_trailer_lines_ending_in_a_bare_lf() {
+        for wire in [
+            &b"3\nabc\r\n0\r\n\r\n"[..],
+            b"3\r\nabc\r\n0\r\nX-T: 1\n\r\n",
+            b"\n",
+        ] {
+            let mut framing = Framing::Chunked(ChunkState::Size);
+            let mut buf = BytesMut::from(wire);
+            let mut result = decode(&mut framing, &mut buf);
+            while let Ok(Decoded::Data(_)) = result {
+                result = decode(&mut framing, &mut buf);
+            }
+            assert_eq!(result, Err("a chunk line ends with a bare LF"), "{wire:?}");
+        }
     }
 }
