@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cli;
 pub mod code_sources;
 pub mod config;
+pub mod descriptors;
 pub mod gateway;
 pub mod state;
 pub mod supervisor;

@@ -95,6 +95,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 .metrics
                 .render(&shared.code.current(), &mut text);
             crate::admin::upstreams::render_metrics(&shared.snapshot.load(), &mut text);
+            crate::descriptors::render_metrics(&mut text);
             text
         },
     )

@@ -38,6 +38,8 @@ pub fn run(config: &Path) -> i32 {
             return EXIT_FAILURE;
         }
     };
+    // Before any socket is bound: every connection takes a descriptor.
+    crate::descriptors::raise_limit();
     let gateway = match Gateway::start(config) {
         Ok(g) => g,
         Err(e) => {

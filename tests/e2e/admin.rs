@@ -102,6 +102,10 @@ async fn metrics_expose_request_counts_durations_and_active_connections() {
         Some(1.0)
     );
     assert!(text.contains("# TYPE sluicegate_request_duration_seconds histogram"));
+    // Open descriptors (the held connection among them) against the limit.
+    let open = metric(&text, "sluicegate_process_open_fds").expect("open descriptors");
+    let max = metric(&text, "sluicegate_process_max_fds").expect("descriptor limit");
+    assert!(open >= 4.0 && max >= open, "{open} of {max}");
     assert_eq!(
         metric(
             &text,

@@ -403,3 +403,44 @@ async fn answers_400_to_a_broken_chunked_body() {
         resp.head
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_sends_more_than_its_response_still_answers_each_client() {
+    // Every answer carries a second, unasked-for response behind it.
+    let up = fixed_head_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope",
+    );
+    let gw = Config::proxy_to(up.addr()).start();
+    for _ in 0..3 {
+        let resp = gw.get("/a").await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.body, "ok");
+    }
+}
+
+#[tokio::test]
+async fn an_upstream_that_answers_twice_later_still_answers_each_client() {
+    // The extra response arrives while the connection is idle in the pool.
+    let up = RawUpstream::start(|mut stream| async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
+                .await;
+        }
+    });
+    let gw = Config::proxy_to(up.addr()).start();
+    for _ in 0..3 {
+        let resp = gw.get("/a").await;
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.body, "ok");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+}
