@@ -31,17 +31,6 @@ pub struct Gateway {
     control_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// How many workers to run: the configured count, else one per usable core.
-pub fn worker_count(configured: usize) -> usize {
-    if configured > 0 {
-        configured
-    } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    }
-}
-
 /// Binds `address`. With `reuse_port`, several sockets (one per worker) share the port;
 /// without it the bind fails if anyone else holds the port, which is how a second gateway
 /// on the same address is refused instead of silently sharing its traffic.
@@ -73,7 +62,7 @@ impl Gateway {
         // own `workers` setting gives.
         let snapshot =
             crate::config::load_snapshot(config, 1, 0, &metrics).map_err(anyhow::Error::new)?;
-        let workers = worker_count(snapshot.settings.workers);
+        let workers = snapshot.settings.worker_count();
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut bound = Vec::new();

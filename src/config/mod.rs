@@ -13,7 +13,7 @@ use std::path::Path as FsPath;
 
 pub use sluicegate_core::diag::ConfigError;
 
-use sluicegate_core::{diag as error, yaml};
+use sluicegate_core::{diag, yaml};
 
 use crate::state::Snapshot;
 use sluicegate_telemetry::Metrics;
@@ -30,7 +30,7 @@ pub fn load_snapshot(
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         source_name: name.clone(),
-        diags: vec![error::Diag {
+        diags: vec![diag::Diag {
             path: String::new(),
             line: None,
             message: format!("cannot read the file: {e}"),

@@ -167,7 +167,7 @@ fn build_snapshot(
     let worker_count = if workers > 0 {
         workers
     } else {
-        crate::gateway::worker_count(settings.workers)
+        settings.worker_count()
     };
     let dns_cfg: sluicegate_upstream::dns::DnsConfig =
         field(root, "dns", diags).unwrap_or_default();

@@ -39,7 +39,7 @@ pub use dict::SharedDicts;
 pub use script::{compile, Script};
 pub use vm::WorkerLua;
 
-use sluicegate_core::context::UpstreamRef;
+use sluicegate_core::context::{ScriptLimits, UpstreamRef};
 use sluicegate_core::phase::Phase;
 
 /// Defaults of the `lua:` configuration section.
@@ -68,6 +68,16 @@ pub struct LuaSettings {
     pub max_pending_timers: usize,
     /// Timers running at once per worker.
     pub max_running_timers: usize,
+}
+
+impl LuaSettings {
+    /// The budget every script call runs under.
+    pub fn limits(&self) -> ScriptLimits {
+        ScriptLimits {
+            cpu_budget: self.cpu_budget,
+            memory_limit: self.memory_limit,
+        }
+    }
 }
 
 impl Default for LuaSettings {

@@ -136,7 +136,8 @@ pub async fn handle_boxed(
         Ok(()) => run(&mut ctx, &snapshot, &worker).await,
         Err(e) => Err(e),
     };
-    respond(ctx, &snapshot, &conn.state, answer)
+    // The driver's own reference moves to the response body's log observer.
+    respond(ctx, snapshot, &conn.state, answer)
 }
 
 /// Limits checked before any phase: header size (431) and, for a request with a body,
@@ -342,7 +343,7 @@ fn chain_of(snapshot: &Snapshot, route: Option<usize>) -> &Chain {
 
 fn respond(
     mut ctx: Box<RequestCtx>,
-    snapshot: &Arc<Snapshot>,
+    snapshot: Arc<Snapshot>,
     conn_state: &Arc<ConnState>,
     answer: Result<Answer, ProxyError>,
 ) -> Box<Response<ResponseBody>> {
@@ -359,7 +360,7 @@ fn respond(
         }
         Err(e) => error_parts(&ctx, &e),
     };
-    let chain = chain_of(snapshot, ctx.route);
+    let chain = chain_of(&snapshot, ctx.route);
     // An HTTP/1.1 upstream's header lines go to an HTTP/1.1 client as they came when
     // nothing reads or changes them; otherwise they become the head's header map.
     if let Some(mut r) = raw.take_if(|r| !passes_raw(&ctx, chain, r)) {
@@ -397,7 +398,7 @@ fn respond(
 /// is dropped (its connection closes).
 fn bad_upstream_head(
     ctx: Box<RequestCtx>,
-    snapshot: &Arc<Snapshot>,
+    snapshot: Arc<Snapshot>,
     conn_state: &Arc<ConnState>,
     msg: String,
     source: ResponseSource,
@@ -419,7 +420,7 @@ fn passes_raw(ctx: &RequestCtx, chain: &Chain, raw: &RawHeaders) -> bool {
 
 fn finish(
     mut ctx: Box<RequestCtx>,
-    snapshot: &Arc<Snapshot>,
+    snapshot: Arc<Snapshot>,
     conn_state: &Arc<ConnState>,
     mut head: ResponseHead,
     source: ResponseSource,
@@ -455,7 +456,7 @@ fn finish(
             conn_state.set(ConnPhase::Upgraded);
         }
     }
-    let chain = chain_of(snapshot, ctx.route);
+    let chain = chain_of(&snapshot, ctx.route);
     let filters =
         chain.has(Phase::BodyFilter) && chain.entries.iter().any(|e| e.plugin.filters_body(&ctx));
     if filters {
@@ -464,7 +465,7 @@ fn finish(
     ctx.status = head.status.as_u16();
     let grpc = ctx.grpc;
     let observer = LogObserver {
-        snapshot: snapshot.clone(),
+        snapshot,
         conn_state: conn_state.clone(),
         filters,
         // A Trailers-Only answer (or the gateway's own gRPC error) has it in the headers.

@@ -19,6 +19,19 @@ pub struct Settings {
     pub data_dir: PathBuf,
 }
 
+impl Settings {
+    /// How many workers to run: the configured count, else one per usable core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
 /// Settings of one listener.
 #[derive(Clone)]
 pub struct ListenerSettings {

@@ -185,10 +185,7 @@ impl ConfigView for Snapshot {
     }
 
     fn script_limits(&self) -> ScriptLimits {
-        ScriptLimits {
-            cpu_budget: self.lua.cpu_budget,
-            memory_limit: self.lua.memory_limit,
-        }
+        self.lua.limits()
     }
 }
 

@@ -127,6 +127,13 @@ fn host_rules(
         return Err(bad("an HTTP/1.1 request must have a Host header field"));
     }
     if let (Some(_), Some(authority)) = (uri.scheme(), uri.authority()) {
+        // Userinfo in an `http(s)` target is deprecated and a known phishing form (RFC 9110
+        // §4.2.4): refused rather than passed on as part of `Host`.
+        if authority.as_str().contains('@') {
+            return Err(bad(
+                "the request target has userinfo (`user@`) in its authority",
+            ));
+        }
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| bad("malformed authority in the request target"))?;
         headers.insert(header::HOST, host);
@@ -457,6 +464,8 @@ mod tests {
         assert_eq!(h.parts.headers["host"], "other.example:8080");
         assert_eq!(h.parts.headers.get_all("host").iter().count(), 1);
         assert_eq!(h.parts.uri.path_and_query().unwrap().as_str(), "/p?q=1");
+        let userinfo = parse_text("GET http://u@other.example/ HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(userinfo.err().map(|e| e.status().as_u16()), Some(400));
         // An origin-form target keeps the client's Host.
         let h = head("GET /p HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.parts.headers["host"], "a");
