@@ -67,10 +67,7 @@ impl Worker {
             shared,
             pool: Pool::default(),
             lua,
-            tracker: Rc::new(Tracker {
-                active: Cell::new(0),
-                idle: Notify::new(),
-            }),
+            tracker: Rc::default(),
             drain: DrainSignal::default(),
             request_ids: Default::default(),
         })
