@@ -68,6 +68,8 @@ pub enum Kind {
     Forbidden,
     /// The request body is not of a type the route accepts: 415.
     UnsupportedMediaType,
+    /// The client is over a rate limit: 429.
+    RateLimited,
 }
 
 /// An error on the request path.
@@ -127,6 +129,7 @@ impl ProxyError {
             Kind::Unauthorized => StatusCode::UNAUTHORIZED,
             Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -154,6 +157,7 @@ impl ProxyError {
             Kind::Unauthorized => "unauthorized",
             Kind::Forbidden => "forbidden",
             Kind::UnsupportedMediaType => "unsupported_media_type",
+            Kind::RateLimited => "rate_limited",
         }
     }
 }
@@ -287,7 +291,7 @@ impl ProxyError {
         use grpc_code::*;
         match self.kind {
             Kind::NoRoute | Kind::NoUpstream => UNIMPLEMENTED,
-            Kind::HeaderTooLarge | Kind::BodyTooLarge => RESOURCE_EXHAUSTED,
+            Kind::HeaderTooLarge | Kind::BodyTooLarge | Kind::RateLimited => RESOURCE_EXHAUSTED,
             Kind::ClientTimeout | Kind::UpstreamTimeout => DEADLINE_EXCEEDED,
             Kind::ClientClosed => CANCELLED,
             Kind::UpstreamConnect | Kind::UpstreamProtocol | Kind::Unavailable => UNAVAILABLE,

@@ -261,7 +261,8 @@ impl Metrics {
     }
 }
 
-fn escape(s: &str) -> String {
+/// `s` as a Prometheus label value: backslash, double quote and newline escaped.
+pub fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
