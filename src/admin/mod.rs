@@ -96,6 +96,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
                 .render(&shared.code.current(), &mut text);
             crate::admin::upstreams::render_metrics(&shared.snapshot.load(), &mut text);
             crate::descriptors::render_metrics(&mut text);
+            sluicegate_ratelimit::metrics::render(&mut text);
             text
         },
     )

@@ -52,6 +52,7 @@ pub fn snapshot(
     let build = BuildCtx {
         base_dir,
         secrets: &secrets,
+        route: None,
     };
     let result = match &root.kind {
         NodeKind::Map(entries) => {
@@ -645,7 +646,16 @@ fn routes(
                 None
             }
         });
-        let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), build, diags);
+        let route_build = BuildCtx {
+            route: Some(&name),
+            ..*build
+        };
+        let own = plugin_chain(
+            plugin_node.as_ref(),
+            &p.key("plugins"),
+            &route_build,
+            diags,
+        );
         check_upstream_refs(&own, upstreams, diags);
         if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(|e| e.plugin.answers()) {
             diags.push(

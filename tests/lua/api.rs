@@ -347,3 +347,50 @@ async fn header_filter_sees_the_upstream_headers_and_replaces_them() {
     assert_eq!(r.header_all("x-gateway"), ["lua"]);
     assert_eq!(r.header_all("set-cookie").len(), 2);
 }
+
+#[tokio::test]
+async fn scripts_check_rate_limits_themselves() {
+    let up = Upstream::start();
+    let code = "local ok, info = sluicegate.ratelimit.check(\"login:\" .. (ngx.var.arg_user or \"\"), {rate = 2, per = \"minute\"})\nngx.say(tostring(ok), \" \", info.limit, \" \", info.remaining, \" \", info.retry_after > 0)";
+    let gw = start(&proxied(&up, &lua("content", "login", code)), &[]);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(get(gw.addr(), "/?user=ann", &[]).await.text());
+    }
+    assert_eq!(
+        seen,
+        ["true 2 1 false\n", "true 2 0 false\n", "false 2 0 true\n"]
+    );
+    assert_eq!(
+        get(gw.addr(), "/?user=bob", &[]).await.text(),
+        "true 2 1 false\n"
+    );
+    // A bad spec is the script's error: a 500, with the reason in the log.
+    let bad = start(
+        &proxied(
+            &up,
+            &lua("content", "bad", "sluicegate.ratelimit.check(\"k\", {rate = 1, per = \"week\"})"),
+        ),
+        &[],
+    );
+    assert_eq!(get(bad.addr(), "/", &[]).await.status, 500);
+}
+
+#[tokio::test]
+async fn a_script_chooses_the_key_the_rate_limit_plugin_counts() {
+    let up = Upstream::start();
+    let plugins = lua(
+        "access",
+        "tenant",
+        "sluicegate.ratelimit.set_key(ngx.var.http_x_tenant or \"anonymous\")",
+    ) + "      - name: rate_limit\n        config:\n          limits: [{rate: 2, per: minute}]\n          key: script\n";
+    let gw = start(&proxied(&up, &plugins), &[]);
+    let mut statuses = Vec::new();
+    for tenant in ["a", "a", "a", "b", "b", "b"] {
+        statuses.push(get(gw.addr(), "/", &[("x-tenant", tenant)]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429, 200, 200, 429]);
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ratelimit-remaining"), "1");
+}

@@ -110,6 +110,9 @@ pub struct ReqState {
     pub body_error: Option<sluicegate_core::error::ProxyError>,
     /// `sluicegate.upstream.set`: the upstream and the target to try first.
     pub upstream_choice: Option<(UpstreamRef, Option<Arc<str>>)>,
+    /// `sluicegate.ratelimit.set_key`: the key a `rate_limit` plugin with `key: script`
+    /// counts the request by.
+    pub ratelimit_key: Option<String>,
 }
 
 fn empty_head() -> http::request::Parts {
@@ -155,6 +158,7 @@ impl ReqState {
             ctx_created: false,
             body_error: None,
             upstream_choice: None,
+            ratelimit_key: None,
         }
     }
 
@@ -212,6 +216,9 @@ impl ReqState {
             ctx.upstream_override = Some(upstream);
             ctx.upstream_target = target;
         }
+        if let Some(key) = self.ratelimit_key.take() {
+            ctx.vars.insert(sluicegate_ratelimit::ScriptKey(key));
+        }
         self.reset();
     }
 
@@ -234,6 +241,7 @@ impl ReqState {
         self.ctx_created = false;
         self.body_error = None;
         self.upstream_choice = None;
+        self.ratelimit_key = None;
         self.info.upstream = None;
         self.info.jwt_claims = None;
     }

@@ -10,6 +10,7 @@ pub mod hmac_signature;
 pub mod ip_restriction;
 pub mod key_auth;
 pub mod lua;
+pub mod rate_limit;
 pub mod request_termination;
 pub mod security_headers;
 #[cfg(test)]
@@ -30,12 +31,16 @@ pub use sluicegate_core::phase::{
 };
 
 /// What a plugin factory may need while building an instance.
+#[derive(Clone, Copy)]
 pub struct BuildCtx<'a> {
     /// Directory that relative file names in the config are resolved against.
     pub base_dir: &'a std::path::Path,
     /// The secrets the configuration declares; resolve a plugin's
     /// [`SecretRef`](sluicegate_secrets::SecretRef) fields with it.
     pub secrets: &'a sluicegate_secrets::SecretStore,
+    /// The name of the route whose `plugins` list holds the entry; `None` for a global
+    /// plugin. Plugins that keep state across reloads (`rate_limit`) name it after this.
+    pub route: Option<&'a str>,
 }
 
 /// Builds a plugin from its `config` node, recording every problem in `diags`.
@@ -117,6 +122,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "form_to_json",
         priority: 1100,
         build: form_to_json::build,
+    },
+    Builtin {
+        name: "rate_limit",
+        priority: 910,
+        build: rate_limit::build,
     },
     Builtin {
         name: "cors",

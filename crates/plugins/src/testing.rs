@@ -30,6 +30,7 @@ pub fn build(
     let ctx = BuildCtx {
         base_dir: std::path::Path::new("."),
         secrets: &store,
+        route: Some("test"),
     };
     let plugin = factory(&node, &Path::root(), &ctx, &mut diags);
     (plugin, diags)

@@ -24,6 +24,11 @@ pub mod redis;
 
 use std::time::Duration;
 
+/// The key a Lua script chose for the request (`sluicegate.ratelimit.set_key`), kept in
+/// the request's variables for a `rate_limit` plugin with `key: script`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptKey(pub String);
+
 /// The unit a rate is counted in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Period {

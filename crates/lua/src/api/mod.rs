@@ -8,6 +8,7 @@ pub mod http;
 pub mod jwt;
 pub mod ngx;
 pub mod queue;
+pub mod ratelimit;
 pub mod re;
 pub mod req;
 pub mod resp;
@@ -75,6 +76,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, globals: &Table) -> mlua::Result<Tab
     queue::register(lua, host, &sluicegate)?;
     jwt::register(lua, host, &sluicegate)?;
     upstream::register(lua, host, &sluicegate)?;
+    ratelimit::register(lua, host, &sluicegate)?;
     let cjson = cjson::module(lua, false)?;
     let cjson_safe = cjson::module(lua, true)?;
     ngx.raw_set("null", mlua::Value::NULL)?;

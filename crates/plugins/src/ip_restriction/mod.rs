@@ -66,7 +66,9 @@ pub fn build(
     })
 }
 
-fn ranges(list: &RangeList, path: &Path, required: bool, diags: &mut Diags) -> CidrSet {
+/// Parses `list` into a set, recording each bad entry; `required`: an empty list is an
+/// error.
+pub fn ranges(list: &RangeList, path: &Path, required: bool, diags: &mut Diags) -> CidrSet {
     let entries = list.entries();
     if entries.is_empty() && required {
         diags.push(path, "the list is empty");
@@ -82,30 +84,31 @@ fn ranges(list: &RangeList, path: &Path, required: bool, diags: &mut Diags) -> C
     CidrSet::new(out)
 }
 
-impl IpRestriction {
-    /// The client's address, or `None` when a forwarded address that must be believed is
-    /// malformed.
-    fn client_ip(&self, ctx: &RequestCtx) -> Option<IpAddr> {
-        let peer = canonical(ctx.client_addr.ip());
-        if self.trusted.is_empty() || !self.trusted.contains(peer) {
-            return Some(peer);
-        }
-        let mut addr = peer;
-        for value in ctx.head.headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-            let text = value.to_str().ok()?;
-            for part in text.rsplit(',').map(str::trim).filter(|p| !p.is_empty()) {
-                addr = canonical(parse_forwarded(part)?);
-                if !self.trusted.contains(addr) {
-                    return Some(addr);
-                }
+/// The client's address: the connection's peer, unless the peer is one of `trusted`; then
+/// the first address in `X-Forwarded-For`, read from the right, that is not trusted.
+/// `None` when a forwarded address that must be believed is malformed.
+pub fn client_ip(ctx: &RequestCtx, trusted: &CidrSet) -> Option<IpAddr> {
+    let peer = canonical(ctx.client_addr.ip());
+    if trusted.is_empty() || !trusted.contains(peer) {
+        return Some(peer);
+    }
+    let mut addr = peer;
+    for value in ctx.head.headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let text = value.to_str().ok()?;
+        for part in text.rsplit(',').map(str::trim).filter(|p| !p.is_empty()) {
+            addr = canonical(parse_forwarded(part)?);
+            if !trusted.contains(addr) {
+                return Some(addr);
             }
         }
-        // Every hop is a trusted proxy: the leftmost is as close to the client as it gets.
-        Some(addr)
     }
+    // Every hop is a trusted proxy: the leftmost is as close to the client as it gets.
+    Some(addr)
+}
 
+impl IpRestriction {
     fn check(&self, ctx: &RequestCtx) -> Flow {
-        let Some(ip) = self.client_ip(ctx) else {
+        let Some(ip) = client_ip(ctx, &self.trusted) else {
             return refuse(
                 ctx,
                 "the client address in X-Forwarded-For is malformed".to_string(),
@@ -247,6 +250,7 @@ mod tests {
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
+            route: None,
         };
         let p = build(&node, &Path::root(), &ctx, &mut diags).unwrap();
         let h = testing::harness();

@@ -26,7 +26,7 @@ pub use sluicegate_jwt::{verify_with_keys, Claims};
 use self::jwks::Jwks;
 use super::json_path::{as_text, JsonPath};
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
-use sluicegate_core::context::RequestCtx;
+use sluicegate_core::context::{Consumer, RequestCtx};
 use sluicegate_core::diag::{Diags, Path};
 use sluicegate_core::error::{bearer_challenge, error_response, Kind, ProxyError, Source};
 use sluicegate_core::yaml::Node;
@@ -609,6 +609,9 @@ impl Jwt {
         }
         if self.strip_token {
             self.sources.strip(&mut ctx.head, found);
+        }
+        if let Some(serde_json::Value::String(sub)) = claims.get("sub") {
+            ctx.vars.insert(Consumer(Arc::from(sub.as_str())));
         }
         ctx.vars.insert(Claims(Arc::new(claims)));
         Flow::Continue

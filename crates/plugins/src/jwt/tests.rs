@@ -201,6 +201,11 @@ async fn accepts_tokens_of_every_algorithm_with_a_key_of_its_type() {
         assert_eq!(outcome(&flow).0, 0, "{alg}");
         let c = ctx.vars.get::<Claims>().expect("claims stored");
         assert_eq!(c.0["sub"], "alice", "{alg}");
+        assert_eq!(
+            ctx.vars.get::<Consumer>(),
+            Some(&Consumer("alice".into())),
+            "`sub` names the consumer"
+        );
         // A signature that does not match is rejected.
         let (head, _) = t.rsplit_once('.').unwrap();
         let forged = sign(
@@ -213,6 +218,7 @@ async fn accepts_tokens_of_every_algorithm_with_a_key_of_its_type() {
         let (flow, ctx) = run(&p, Some(&bad)).await;
         assert_eq!(outcome(&flow).0, 401, "{alg}");
         assert!(ctx.vars.get::<Claims>().is_none());
+        assert!(ctx.vars.get::<Consumer>().is_none());
     }
 }
 
@@ -481,6 +487,7 @@ fn derives_the_accepted_algorithms_from_the_keys() {
     let ctx = BuildCtx {
         base_dir: std::path::Path::new("."),
         secrets: &store,
+        route: None,
     };
     let keys = build_key(&cfg.keys[0], &Path::root(), &ctx, &mut d);
     assert!(d.is_empty(), "{:?}", d.0);

@@ -15,7 +15,7 @@ use http::{HeaderName, HeaderValue};
 pub use config::KeyAuthConfig;
 
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
-use sluicegate_core::context::RequestCtx;
+use sluicegate_core::context::{Consumer, RequestCtx};
 use sluicegate_core::diag::{Diags, Path};
 use sluicegate_core::error::{rejection, Kind};
 use sluicegate_core::yaml::Node;
@@ -30,6 +30,8 @@ pub struct KeyAuth {
     header: Option<HeaderName>,
     query_param: Option<String>,
     keys: Vec<SecretValue>,
+    /// The name of the secret each key belongs to: the consumer it identifies.
+    owners: Vec<Arc<str>>,
     strip: bool,
     /// Where the key is expected, for the 401 message.
     expected: String,
@@ -70,9 +72,14 @@ pub fn build(
         );
     }
     let mut keys = Vec::new();
+    let mut owners = Vec::new();
     for (i, r) in cfg.keys.iter().enumerate() {
         if let Some(secret) = ctx.secrets.resolve(r, &path.key("keys").index(i), diags) {
-            keys.extend(secret.values().cloned());
+            let owner: Arc<str> = Arc::from(secret.name());
+            for value in secret.values() {
+                keys.push(value.clone());
+                owners.push(owner.clone());
+            }
         }
     }
     let expected = match (&header, &cfg.query_param) {
@@ -86,6 +93,7 @@ pub fn build(
             header,
             query_param: cfg.query_param,
             keys,
+            owners,
             strip: cfg.strip,
             expected,
         }) as Arc<dyn Plugin>
@@ -93,31 +101,36 @@ pub fn build(
 }
 
 impl KeyAuth {
-    /// Whether `candidate` is one of the keys. Every key is compared, so the time taken
-    /// does not depend on which key (if any) matched.
-    fn accepts(&self, candidate: &[u8]) -> bool {
-        self.keys
-            .iter()
-            .fold(false, |found, key| key.ct_eq(candidate) | found)
+    /// The index of the key `candidate` is, if it is one. Every key is compared and the
+    /// index chosen without a branch, so the time taken does not depend on which key (if
+    /// any) matched.
+    fn matching(&self, candidate: &[u8]) -> Option<usize> {
+        use subtle::{Choice, ConditionallySelectable};
+        let none = u32::MAX;
+        let found = self.keys.iter().enumerate().fold(none, |found, (i, key)| {
+            let hit = Choice::from(u8::from(key.ct_eq(candidate)));
+            u32::conditional_select(&found, &(i as u32), hit)
+        });
+        (found != none).then_some(found as usize)
     }
 
     fn check(&self, ctx: &mut RequestCtx) -> Flow {
         if let Some(h) = &self.header {
             if let Some(v) = ctx.head.headers.get(h) {
-                let ok = self.accepts(v.as_bytes());
-                if ok && self.strip {
+                let found = self.matching(v.as_bytes());
+                if found.is_some() && self.strip {
                     ctx.head.headers.remove(h);
                 }
-                return self.verdict(ok, ctx);
+                return self.verdict(found, ctx);
             }
         }
         if let Some(q) = &self.query_param {
             if let Some(value) = query_value(ctx.head.uri.query(), q) {
-                let ok = self.accepts(value.as_bytes());
-                if ok && self.strip {
+                let found = self.matching(value.as_bytes());
+                if found.is_some() && self.strip {
                     strip_query_param(&mut ctx.head.uri, q);
                 }
-                return self.verdict(ok, ctx);
+                return self.verdict(found, ctx);
             }
         }
         tracing::debug!(
@@ -130,8 +143,12 @@ impl KeyAuth {
         ))
     }
 
-    fn verdict(&self, ok: bool, ctx: &RequestCtx) -> Flow {
-        if ok {
+    /// Lets the request on when a key matched, naming its consumer (the key's secret).
+    fn verdict(&self, found: Option<usize>, ctx: &mut RequestCtx) -> Flow {
+        if let Some(i) = found {
+            if let Some(owner) = self.owners.get(i) {
+                ctx.vars.insert(Consumer(owner.clone()));
+            }
             return Flow::Continue;
         }
         tracing::debug!(
@@ -244,7 +261,16 @@ mod tests {
             let mut ctx = request(&h, "GET", "/", &[("x-proxy-auth", key)], None);
             assert!(matches!(access(&*p, &mut ctx), Flow::Continue), "{key}");
             assert_eq!(ctx.head.headers["x-proxy-auth"], key, "kept without strip");
+            let owner = if key == "other-key" { "other" } else { "proxy_key" };
+            assert_eq!(
+                ctx.vars.get::<Consumer>(),
+                Some(&Consumer(owner.into())),
+                "the key's secret names the consumer"
+            );
         }
+        let mut ctx = request(&h, "GET", "/", &[("x-proxy-auth", "wrong")], None);
+        access(&*p, &mut ctx);
+        assert_eq!(ctx.vars.get::<Consumer>(), None);
     }
 
     #[test]

@@ -95,6 +95,7 @@ mod tests {
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
+            route: None,
         };
         let p = build(
             &node,

@@ -121,6 +121,7 @@ mod tests {
         let ctx = BuildCtx {
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
+            route: None,
         };
         (build(&node, &Path::root(), &ctx, &mut diags), diags)
     }
