@@ -650,12 +650,7 @@ fn routes(
             route: Some(&name),
             ..*build
         };
-        let own = plugin_chain(
-            plugin_node.as_ref(),
-            &p.key("plugins"),
-            &route_build,
-            diags,
-        );
+        let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), &route_build, diags);
         check_upstream_refs(&own, upstreams, diags);
         if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(|e| e.plugin.answers()) {
             diags.push(

@@ -47,6 +47,7 @@ mod jwt;
 mod limits;
 mod plugins;
 mod proxy;
+mod rate_limit;
 mod resilience;
 mod routing;
 mod upstream_failures;

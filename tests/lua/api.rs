@@ -369,7 +369,11 @@ async fn scripts_check_rate_limits_themselves() {
     let bad = start(
         &proxied(
             &up,
-            &lua("content", "bad", "sluicegate.ratelimit.check(\"k\", {rate = 1, per = \"week\"})"),
+            &lua(
+                "content",
+                "bad",
+                "sluicegate.ratelimit.check(\"k\", {rate = 1, per = \"week\"})",
+            ),
         ),
         &[],
     );
@@ -387,7 +391,12 @@ async fn a_script_chooses_the_key_the_rate_limit_plugin_counts() {
     let gw = start(&proxied(&up, &plugins), &[]);
     let mut statuses = Vec::new();
     for tenant in ["a", "a", "a", "b", "b", "b"] {
-        statuses.push(get(gw.addr(), "/", &[("x-tenant", tenant)]).await.status.as_u16());
+        statuses.push(
+            get(gw.addr(), "/", &[("x-tenant", tenant)])
+                .await
+                .status
+                .as_u16(),
+        );
     }
     assert_eq!(statuses, [200, 200, 429, 200, 200, 429]);
     let r = get(gw.addr(), "/", &[]).await;

@@ -41,11 +41,15 @@ fn limit(lua: &Lua, spec: &Table) -> mlua::Result<Limit> {
     let per: String = spec
         .raw_get::<Option<String>>("per")?
         .unwrap_or_else(|| "second".into());
-    let period = Period::parse(&per)
-        .ok_or_else(|| bad(format!("unknown period `{per}`; expected one of: {}", Period::NAMES)))?;
+    let period = Period::parse(&per).ok_or_else(|| {
+        bad(format!(
+            "unknown period `{per}`; expected one of: {}",
+            Period::NAMES
+        ))
+    })?;
     let burst: Option<f64> = spec.raw_get("burst")?;
     let whole = |n: f64, what: &str| {
-        if n.fract() == 0.0 && n >= 0.0 && n <= 1e12 {
+        if n.fract() == 0.0 && (0.0..=1e12).contains(&n) {
             Ok(n as u64)
         } else {
             Err(bad(format!("`{what}` must be a whole number")))
@@ -72,9 +76,8 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
         let limiter = match cached {
             Some(l) => l,
             None => {
-                let l = LocalLimiter::new(SCOPE, &[limit], DEFAULT_MAX_KEYS).map_err(|e| {
-                    convert::error(lua, format!("sluicegate.ratelimit.check: {e}"))
-                })?;
+                let l = LocalLimiter::new(SCOPE, &[limit], DEFAULT_MAX_KEYS)
+                    .map_err(|e| convert::error(lua, format!("sluicegate.ratelimit.check: {e}")))?;
                 let mut c = cache.borrow_mut();
                 if c.len() < CACHED {
                     c.insert(limit, l.clone());
@@ -95,7 +98,10 @@ pub fn register(lua: &Lua, host: &Rc<Host>, sluicegate: &Table) -> mlua::Result<
     let set_key = lua.create_function(move |lua, key: Value| {
         let key = match &key {
             Value::String(s) => s.to_str().map(|s| s.to_string()).map_err(|_| {
-                convert::error(lua, "sluicegate.ratelimit.set_key: the key must be UTF-8 text")
+                convert::error(
+                    lua,
+                    "sluicegate.ratelimit.set_key: the key must be UTF-8 text",
+                )
             })?,
             Value::Integer(n) => n.to_string(),
             Value::Number(n) => n.to_string(),

@@ -261,7 +261,11 @@ mod tests {
             let mut ctx = request(&h, "GET", "/", &[("x-proxy-auth", key)], None);
             assert!(matches!(access(&*p, &mut ctx), Flow::Continue), "{key}");
             assert_eq!(ctx.head.headers["x-proxy-auth"], key, "kept without strip");
-            let owner = if key == "other-key" { "other" } else { "proxy_key" };
+            let owner = if key == "other-key" {
+                "other"
+            } else {
+                "proxy_key"
+            };
             assert_eq!(
                 ctx.vars.get::<Consumer>(),
                 Some(&Consumer(owner.into())),

@@ -107,7 +107,9 @@ impl<'de> Deserialize<'de> for KeyConfig {
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = KeyConfig;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("`client_ip`, `consumer`, `script`, `{header: NAME}` or `{claim: PATH}`")
+                f.write_str(
+                    "`client_ip`, `consumer`, `script`, `{header: NAME}` or `{claim: PATH}`",
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyConfig, E> {
                 match v {
@@ -128,7 +130,9 @@ impl<'de> Deserialize<'de> for KeyConfig {
                     return Err(A::Error::custom("give `header: NAME` or `claim: PATH`"));
                 };
                 if map.next_key::<String>()?.is_some() {
-                    return Err(A::Error::custom("give one of `header` and `claim`, not both"));
+                    return Err(A::Error::custom(
+                        "give one of `header` and `claim`, not both",
+                    ));
                 }
                 match k.as_str() {
                     "header" => Ok(KeyConfig::Header(v)),

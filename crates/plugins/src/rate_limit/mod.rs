@@ -68,7 +68,7 @@ enum Key {
 enum Store {
     Local(LocalLimiter),
     Redis {
-        limiter: RedisLimiter,
+        limiter: Box<RedisLimiter>,
         on_error: OnError,
     },
 }
@@ -90,7 +90,10 @@ pub fn build(
         KeyConfig::Header(h) => match HeaderName::from_bytes(h.as_bytes()) {
             Ok(n) => Some(Key::Header(n)),
             Err(_) => {
-                diags.push(&path.key("key").key("header"), format!("invalid header name `{h}`"));
+                diags.push(
+                    &path.key("key").key("header"),
+                    format!("invalid header name `{h}`"),
+                );
                 None
             }
         },
@@ -169,7 +172,10 @@ fn limits(cfg: &RateLimitConfig, path: &Path, diags: &mut Diags) -> Option<Vec<L
     let at = path.key("limits");
     let max = sluicegate_ratelimit::local::MAX_LIMITS;
     if cfg.limits.is_empty() || cfg.limits.len() > max {
-        diags.push(&at, format!("give 1 to {max} limits (`{{rate: 10, per: second}}`)"));
+        diags.push(
+            &at,
+            format!("give 1 to {max} limits (`{{rate: 10, per: second}}`)"),
+        );
         return None;
     }
     let mut out = Vec::new();
@@ -177,7 +183,11 @@ fn limits(cfg: &RateLimitConfig, path: &Path, diags: &mut Diags) -> Option<Vec<L
         let Some(period) = Period::parse(&l.per) else {
             diags.push(
                 &at.index(i).key("per"),
-                format!("unknown period `{}`; expected one of: {}", l.per, Period::NAMES),
+                format!(
+                    "unknown period `{}`; expected one of: {}",
+                    l.per,
+                    Period::NAMES
+                ),
             );
             continue;
         };
@@ -216,7 +226,10 @@ fn redis_store(
         return None;
     }
     if r.prefix.is_empty() || r.prefix.contains(['{', '}']) {
-        diags.push(&at.key("prefix"), "must not be empty nor contain `{` or `}`");
+        diags.push(
+            &at.key("prefix"),
+            "must not be empty nor contain `{` or `}`",
+        );
         return None;
     }
     let settings = RedisSettings {
@@ -227,7 +240,7 @@ fn redis_store(
     };
     match RedisLimiter::new(scope, limits, settings) {
         Ok(limiter) => Some(Store::Redis {
-            limiter,
+            limiter: Box::new(limiter),
             on_error: r.on_error,
         }),
         Err(e) => {
@@ -288,7 +301,11 @@ impl RateLimit {
     fn key_of(&self, ctx: &RequestCtx) -> Option<Vec<u8>> {
         let found = match &self.key {
             Key::ClientIp => None,
-            Key::Header(h) => ctx.head.headers.get(h).map(|v| tagged("header", v.as_bytes())),
+            Key::Header(h) => ctx
+                .head
+                .headers
+                .get(h)
+                .map(|v| tagged("header", v.as_bytes())),
             Key::Consumer => ctx
                 .vars
                 .get::<Consumer>()
@@ -340,7 +357,8 @@ impl RateLimit {
             format!("rate limit exceeded; retry in {wait} s"),
             &ctx.request_id,
         );
-        r.headers.insert(http::header::RETRY_AFTER, HeaderValue::from(wait));
+        r.headers
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(wait));
         Flow::Respond(r)
     }
 
@@ -352,7 +370,10 @@ impl RateLimit {
             tracing::warn!(
                 request_id = ctx.request_id_str(),
                 error = %e,
-                policy = ?on_error,
+                on_error = match on_error {
+                    OnError::FailOpen => "fail_open",
+                    OnError::FailClosed => "fail_closed",
+                },
                 "The rate-limit store failed."
             );
         }

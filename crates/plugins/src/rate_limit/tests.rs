@@ -20,8 +20,10 @@ fn from(peer: &str, headers: &[(&str, &str)]) -> RequestCtx {
         ..FakeRequest::default()
     };
     for (k, v) in headers {
-        req.headers
-            .append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        req.headers.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     h.request(req)
 }
@@ -67,14 +69,20 @@ fn a_client_over_its_limit_gets_429_with_retry_after() {
 
 #[test]
 fn headers_can_be_turned_off() {
-    let p = plugin("tnoheaders", "limits: [{rate: 1, per: hour}]\nheaders: false");
+    let p = plugin(
+        "tnoheaders",
+        "limits: [{rate: 1, per: hour}]\nheaders: false",
+    );
     let mut ctx = from("10.0.0.1", &[]);
     assert!(matches!(access(&*p, &mut ctx), Flow::Continue));
     assert!(ctx.response_headers.is_empty());
     let Flow::Respond(r) = access(&*p, &mut from("10.0.0.1", &[])) else {
         panic!("expected 429")
     };
-    assert!(r.headers.contains_key("retry-after"), "Retry-After is always sent");
+    assert!(
+        r.headers.contains_key("retry-after"),
+        "Retry-After is always sent"
+    );
 }
 
 #[test]
@@ -93,21 +101,39 @@ fn several_limits_report_the_one_closest_to_running_out() {
 
 #[test]
 fn a_header_key_counts_each_value_and_falls_back_to_the_address() {
-    let p = plugin("theader", "limits: [{rate: 2, per: minute}]\nkey: {header: X-Tenant}");
-    assert_eq!(admitted(&*p, 5, || from("10.0.0.1", &[("x-tenant", "a")])), 2);
+    let p = plugin(
+        "theader",
+        "limits: [{rate: 2, per: minute}]\nkey: {header: X-Tenant}",
+    );
+    assert_eq!(
+        admitted(&*p, 5, || from("10.0.0.1", &[("x-tenant", "a")])),
+        2
+    );
     // Same tenant from another address: the same count.
-    assert_eq!(admitted(&*p, 5, || from("10.0.0.9", &[("x-tenant", "a")])), 0);
-    assert_eq!(admitted(&*p, 5, || from("10.0.0.1", &[("x-tenant", "b")])), 2);
+    assert_eq!(
+        admitted(&*p, 5, || from("10.0.0.9", &[("x-tenant", "a")])),
+        0
+    );
+    assert_eq!(
+        admitted(&*p, 5, || from("10.0.0.1", &[("x-tenant", "b")])),
+        2
+    );
     // Without the header: by address, apart from any tenant.
     assert_eq!(admitted(&*p, 5, || from("10.0.0.1", &[])), 2);
     // A huge value is counted by its digest, the same as itself.
     let big = "x".repeat(5000);
-    assert_eq!(admitted(&*p, 5, || from("10.0.0.3", &[("x-tenant", &big)])), 2);
+    assert_eq!(
+        admitted(&*p, 5, || from("10.0.0.3", &[("x-tenant", &big)])),
+        2
+    );
 }
 
 #[test]
 fn consumer_claim_and_script_keys_read_what_earlier_plugins_left() {
-    let consumer = plugin("tconsumer", "limits: [{rate: 1, per: minute}]\nkey: consumer");
+    let consumer = plugin(
+        "tconsumer",
+        "limits: [{rate: 1, per: minute}]\nkey: consumer",
+    );
     let as_consumer = |name: &str| {
         let mut ctx = from("10.0.0.1", &[]);
         ctx.vars.insert(Consumer(Arc::from(name)));
@@ -116,7 +142,10 @@ fn consumer_claim_and_script_keys_read_what_earlier_plugins_left() {
     assert_eq!(admitted(&*consumer, 3, || as_consumer("PARTNER_A")), 1);
     assert_eq!(admitted(&*consumer, 3, || as_consumer("PARTNER_B")), 1);
 
-    let claim = plugin("tclaim", "limits: [{rate: 1, per: minute}]\nkey: {claim: org.id}");
+    let claim = plugin(
+        "tclaim",
+        "limits: [{rate: 1, per: minute}]\nkey: {claim: org.id}",
+    );
     let with_org = |org: serde_json::Value| {
         let h = testing::harness();
         let claims = serde_json::json!({"org": {"id": org}});
@@ -125,7 +154,10 @@ fn consumer_claim_and_script_keys_read_what_earlier_plugins_left() {
             ..FakeRequest::default()
         })
     };
-    assert_eq!(admitted(&*claim, 3, || with_org(serde_json::json!("acme"))), 1);
+    assert_eq!(
+        admitted(&*claim, 3, || with_org(serde_json::json!("acme"))),
+        1
+    );
     assert_eq!(admitted(&*claim, 3, || with_org(serde_json::json!(42))), 1);
 
     let script = plugin("tscript", "limits: [{rate: 2, per: minute}]\nkey: script");
@@ -152,7 +184,10 @@ fn the_client_address_comes_through_trusted_proxies_only() {
     assert_eq!(admitted(&*p, 2, direct), 1);
     let (status, body) = responded(access(&*p, &mut via_proxy("not-an-ip")));
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("X-Forwarded-For"));
+    assert!(body["message"]
+        .as_str()
+        .unwrap()
+        .contains("X-Forwarded-For"));
 }
 
 #[test]
@@ -174,20 +209,56 @@ fn bad_configs_name_the_path() {
     let cases: &[(&str, &str, &str)] = &[
         ("{}", "", "missing field `limits`"),
         ("limits: []", "limits", "give 1 to 8 limits"),
-        ("limits: [{rate: 0, per: second}]", "limits[0]", "`rate` must be"),
-        ("limits: [{rate: 1, per: week}]", "limits[0].per", "unknown period `week`"),
-        ("limits: [{rate: 1, per: second, burst: 0}]", "limits[0]", "`burst` must be"),
+        (
+            "limits: [{rate: 0, per: second}]",
+            "limits[0]",
+            "`rate` must be",
+        ),
+        (
+            "limits: [{rate: 1, per: week}]",
+            "limits[0].per",
+            "unknown period `week`",
+        ),
+        (
+            "limits: [{rate: 1, per: second, burst: 0}]",
+            "limits[0]",
+            "`burst` must be",
+        ),
         (
             "limits: [{rate: 1, per: second}, {rate: 1, per: s}]",
             "limits[1]",
             "the same limit twice",
         ),
-        ("limits: [{rate: 1, per: second}]\nkey: ip", "key", "unknown key `ip`"),
-        ("limits: [{rate: 1, per: second}]\nkey: {cookie: a}", "key", "unknown key source"),
-        ("limits: [{rate: 1, per: second}]\nkey: {header: 'a b'}", "key.header", "invalid header name"),
-        ("limits: [{rate: 1, per: second}]\nkey: {claim: 'a..b'}", "key.claim", ""),
-        ("limits: [{rate: 1, per: second}]\npolicy: redis", "policy", "needs `redis.url`"),
-        ("limits: [{rate: 1, per: second}]\nredis: {url: 'http://x'}", "redis.url", "redis://"),
+        (
+            "limits: [{rate: 1, per: second}]\nkey: ip",
+            "key",
+            "unknown key `ip`",
+        ),
+        (
+            "limits: [{rate: 1, per: second}]\nkey: {cookie: a}",
+            "key",
+            "unknown key source",
+        ),
+        (
+            "limits: [{rate: 1, per: second}]\nkey: {header: 'a b'}",
+            "key.header",
+            "invalid header name",
+        ),
+        (
+            "limits: [{rate: 1, per: second}]\nkey: {claim: 'a..b'}",
+            "key.claim",
+            "",
+        ),
+        (
+            "limits: [{rate: 1, per: second}]\npolicy: redis",
+            "policy",
+            "needs `redis.url`",
+        ),
+        (
+            "limits: [{rate: 1, per: second}]\nredis: {url: 'http://x'}",
+            "redis.url",
+            "redis://",
+        ),
         (
             "limits: [{rate: 1, per: second}]\nredis: {url: 'redis://h', timeout_ms: 0}",
             "redis.timeout_ms",
@@ -198,9 +269,21 @@ fn bad_configs_name_the_path() {
             "redis.on_error",
             "fail_open",
         ),
-        ("limits: [{rate: 1, per: second}]\nmax_keys: 0", "max_keys", "at least 1"),
-        ("limits: [{rate: 1, per: second}]\nbucket: 'a|b'", "bucket", "without"),
-        ("limits: [{rate: 1, per: second}]\ntrusted_proxies: [nope]", "trusted_proxies[0]", ""),
+        (
+            "limits: [{rate: 1, per: second}]\nmax_keys: 0",
+            "max_keys",
+            "at least 1",
+        ),
+        (
+            "limits: [{rate: 1, per: second}]\nbucket: 'a|b'",
+            "bucket",
+            "without",
+        ),
+        (
+            "limits: [{rate: 1, per: second}]\ntrusted_proxies: [nope]",
+            "trusted_proxies[0]",
+            "",
+        ),
     ];
     for (text, path, message) in cases {
         let errors = testing::errors(build, text, &[]);
@@ -214,7 +297,10 @@ fn bad_configs_name_the_path() {
 #[test]
 fn an_empty_redis_url_means_the_local_policy() {
     // What `url: ${REDIS_URL:-}` gives when the variable is unset.
-    let p = plugin("tempty", "limits: [{rate: 1, per: minute}]\nredis: {url: ''}");
+    let p = plugin(
+        "tempty",
+        "limits: [{rate: 1, per: minute}]\nredis: {url: ''}",
+    );
     assert_eq!(admitted(&*p, 2, || from("10.0.0.1", &[])), 1);
 }
 
@@ -261,7 +347,9 @@ fn an_unreachable_redis_fails_open_by_default_and_closed_when_asked() {
     let mut text = String::new();
     sluicegate_ratelimit::metrics::render(&mut text);
     assert!(
-        text.contains("sluicegate_rate_limit_store_errors_total{bucket=\"tfailopen\",kind=\"connect\"} 1"),
+        text.contains(
+            "sluicegate_rate_limit_store_errors_total{bucket=\"tfailopen\",kind=\"connect\"} 1"
+        ),
         "one connect error, then the backoff: {text}"
     );
 }
