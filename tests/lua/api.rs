@@ -403,3 +403,31 @@ async fn a_script_chooses_the_key_the_rate_limit_plugin_counts() {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("ratelimit-remaining"), "1");
 }
+
+#[tokio::test]
+async fn access_headers_replace_the_upstream_headers_of_the_same_name() {
+    let up = Upstream::start();
+    // No filter reads the response: the upstream's lines pass raw, minus the replaced one.
+    let code =
+        "ngx.header[\"X-Upstream\"] = \"from-access\"\nngx.header[\"X-Added\"] = {\"1\", \"2\"}";
+    let gw = start(&proxied(&up, &lua("access", "set", code)), &[]);
+    let mut conn = Conn::open(gw.addr()).await;
+    for _ in 0..2 {
+        let r = conn.send("GET", "/", &[], "").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header_all("x-upstream"), ["from-access"]);
+        assert_eq!(r.header_all("x-added"), ["1", "2"]);
+        assert_eq!(r.header_all("set-cookie").len(), 2, "the other lines pass");
+        assert_eq!(r.header_all("x-request-id").len(), 1);
+        assert!(
+            r.json().is_object(),
+            "the body is framed as the upstream sent it"
+        );
+    }
+    // A framing header set early would describe another body: the upstream's framing wins.
+    let code = "ngx.header[\"Content-Length\"] = \"9999\"\nngx.header[\"Transfer-Encoding\"] = \"chunked\"";
+    let gw = start(&proxied(&up, &lua("access", "framing", code)), &[]);
+    let r = get(gw.addr(), "/", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json().is_object());
+}

@@ -369,6 +369,18 @@ fn respond(
         }
     }
     if !ctx.response_headers.is_empty() {
+        // Headers set before the response replace the upstream's of the same name: lines
+        // that are still raw are dropped, and the new values go out after them. The
+        // body's framing is the response's own: a length or coding set before it would
+        // describe a body that is not the one sent.
+        for name in FRAMING {
+            ctx.response_headers.remove(name);
+        }
+        if let Some(r) = raw.as_mut() {
+            for name in ctx.response_headers.keys() {
+                r.remove(name);
+            }
+        }
         sluicegate_core::context::replace_headers(
             std::mem::take(&mut ctx.response_headers),
             &mut head.headers,
@@ -408,12 +420,19 @@ fn bad_upstream_head(
     finish(ctx, snapshot, conn_state, h, s, None)
 }
 
+/// The headers that frame a body, which headers set before the response never replace.
+const FRAMING: [http::HeaderName; 3] = [
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+];
+
 /// Whether an upstream's header block may go to the client without a header map: the
-/// client speaks HTTP/1.x, and no filter, script or earlier phase touches the headers.
+/// client speaks HTTP/1.x and no filter reads the whole map. Headers set before the
+/// response (`ngx.header` in access, `rate_limit`) replace the raw lines of their names.
 fn passes_raw(ctx: &RequestCtx, chain: &Chain, raw: &RawHeaders) -> bool {
     raw.passthrough()
         && ctx.head.version != http::Version::HTTP_2
-        && ctx.response_headers.is_empty()
         && (!chain.has(Phase::HeaderFilter) || chain.raw_header_filters)
         && !chain.has(Phase::BodyFilter)
 }

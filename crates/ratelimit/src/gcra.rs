@@ -11,6 +11,28 @@ use std::time::Duration;
 
 use super::{Limit, Verdict};
 
+/// A limit's numbers in the form the decision uses, computed once per limit (the
+/// emission interval is a 128-bit division).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rates {
+    /// `period / rate`, in nanoseconds.
+    pub emission: u64,
+    /// `burst · emission`, in nanoseconds.
+    pub tolerance: u64,
+    /// The burst, as the headers report it.
+    pub burst: u64,
+}
+
+impl From<&Limit> for Rates {
+    fn from(l: &Limit) -> Rates {
+        Rates {
+            emission: l.emission_ns(),
+            tolerance: l.tolerance_ns(),
+            burst: l.burst,
+        }
+    }
+}
+
 /// What one limit decided for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -20,10 +42,13 @@ pub struct Outcome {
     pub verdict: Verdict,
 }
 
-/// Decides a request at `now` against `limit` for a key whose TAT is `tat`.
-pub fn decide(tat: u64, now: u64, limit: &Limit) -> Outcome {
-    let emission = limit.emission_ns();
-    let tolerance = limit.tolerance_ns();
+/// Decides a request at `now` against a limit for a key whose TAT is `tat`.
+pub fn decide(tat: u64, now: u64, rates: &Rates) -> Outcome {
+    let Rates {
+        emission,
+        tolerance,
+        burst,
+    } = *rates;
     let base = tat.max(now);
     let next = base.saturating_add(emission);
     let ahead = next - now;
@@ -32,7 +57,7 @@ pub fn decide(tat: u64, now: u64, limit: &Limit) -> Outcome {
             new_tat: None,
             verdict: Verdict {
                 admitted: false,
-                limit: limit.burst,
+                limit: burst,
                 remaining: 0,
                 reset: Duration::from_nanos(base - now),
                 retry_after: Duration::from_nanos(ahead - tolerance),
@@ -43,7 +68,7 @@ pub fn decide(tat: u64, now: u64, limit: &Limit) -> Outcome {
         new_tat: Some(next),
         verdict: Verdict {
             admitted: true,
-            limit: limit.burst,
+            limit: burst,
             remaining: (tolerance - ahead) / emission,
             reset: Duration::from_nanos(ahead),
             retry_after: Duration::ZERO,
@@ -68,7 +93,7 @@ mod tests {
         let mut tat = 0;
         let mut n = 0;
         for now in times {
-            let o = decide(tat, now, limit);
+            let o = decide(tat, now, &limit.into());
             if let Some(t) = o.new_tat {
                 tat = t;
                 n += 1;
@@ -83,18 +108,18 @@ mod tests {
         let now = 5 * SEC;
         let mut tat = 0;
         for i in 0..10 {
-            let o = decide(tat, now, &l);
+            let o = decide(tat, now, &(&l).into());
             assert!(o.verdict.admitted, "request {i} of the burst");
             assert_eq!(o.verdict.remaining, 9 - i);
             tat = o.new_tat.unwrap();
         }
-        let refused = decide(tat, now, &l);
+        let refused = decide(tat, now, &(&l).into());
         assert_eq!(refused.new_tat, None);
         assert!(!refused.verdict.admitted);
         assert_eq!(refused.verdict.retry_after, Duration::from_millis(100));
         assert_eq!(refused.verdict.reset, Duration::from_secs(1));
         // One emission interval later, one more.
-        let later = decide(tat, now + SEC / 10, &l);
+        let later = decide(tat, now + SEC / 10, &(&l).into());
         assert!(later.verdict.admitted);
         assert_eq!(later.verdict.remaining, 0);
     }
@@ -104,10 +129,10 @@ mod tests {
         let l = limit(5, Period::Minute, 5);
         let mut tat = 0;
         for _ in 0..5 {
-            tat = decide(tat, 0, &l).new_tat.unwrap();
+            tat = decide(tat, 0, &(&l).into()).new_tat.unwrap();
         }
-        assert!(!decide(tat, 0, &l).verdict.admitted);
-        let o = decide(tat, 60 * SEC, &l);
+        assert!(!decide(tat, 0, &(&l).into()).verdict.admitted);
+        let o = decide(tat, 60 * SEC, &(&l).into());
         assert!(o.verdict.admitted);
         assert_eq!(o.verdict.remaining, 4);
     }
@@ -158,13 +183,13 @@ mod tests {
             now in 0u64..10 * SEC,
         ) {
             let l = limit(rate, Period::Second, burst);
-            let o = decide(tat, now, &l);
+            let o = decide(tat, now, &(&l).into());
             prop_assert!(o.verdict.remaining < burst);
             prop_assert_eq!(o.verdict.admitted, o.new_tat.is_some());
             if !o.verdict.admitted {
                 prop_assert!(o.verdict.retry_after > Duration::ZERO);
                 let later = now + o.verdict.retry_after.as_nanos() as u64;
-                prop_assert!(decide(tat, later, &l).verdict.admitted);
+                prop_assert!(decide(tat, later, &(&l).into()).verdict.admitted);
             }
         }
     }

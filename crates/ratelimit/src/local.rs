@@ -39,6 +39,7 @@ pub fn now_ns() -> u64 {
 #[derive(Debug)]
 pub struct Table {
     limit: Limit,
+    rates: gcra::Rates,
     cells: papaya::HashMap<Box<[u8]>, AtomicU64>,
     /// The shared count of keys that arrived when the table was full.
     overflow: AtomicU64,
@@ -49,6 +50,7 @@ impl Table {
     fn new(limit: Limit, max_keys: usize) -> Table {
         Table {
             limit,
+            rates: (&limit).into(),
             cells: papaya::HashMap::new(),
             overflow: AtomicU64::new(0),
             max_keys: AtomicUsize::new(max_keys),
@@ -80,7 +82,7 @@ impl Table {
         };
         let mut current = cell.load(Ordering::Acquire);
         loop {
-            let outcome = gcra::decide(current, now, &self.limit);
+            let outcome = gcra::decide(current, now, &self.rates);
             let Some(next) = outcome.new_tat else {
                 return outcome.verdict;
             };
@@ -94,7 +96,7 @@ impl Table {
     /// Gives back one request admitted for `key` (another limit of the same check refused
     /// it, so it must not count here either).
     pub fn refund(&self, key: &[u8]) {
-        let emission = self.limit.emission_ns();
+        let emission = self.rates.emission;
         let map = self.cells.pin();
         let cell = map.get(key).unwrap_or(&self.overflow);
         let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {

@@ -12,11 +12,12 @@ mod config;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 pub use config::{KeyConfig, OnError, Policy, RateLimitConfig};
 use sluicegate_core::context::{Consumer, RequestCtx};
@@ -278,9 +279,12 @@ impl Key {
     }
 }
 
+/// A request's key: on the stack unless long.
+type KeyBuf = SmallVec<[u8; 64]>;
+
 /// `tag:value`, with a long value replaced by its SHA-256.
-fn tagged(tag: &str, value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(tag.len() + 1 + value.len().min(MAX_KEY_BYTES));
+fn tagged(tag: &str, value: &[u8]) -> KeyBuf {
+    let mut out = KeyBuf::new();
     out.extend_from_slice(tag.as_bytes());
     out.push(b':');
     if value.len() <= MAX_KEY_BYTES {
@@ -298,7 +302,7 @@ impl RateLimit {
     /// The request's key; a request without the configured one (no header, no consumer,
     /// no claim, no script key) is counted by its client address. `None` when the client
     /// address a trusted proxy forwarded is malformed.
-    fn key_of(&self, ctx: &RequestCtx) -> Option<Vec<u8>> {
+    fn key_of(&self, ctx: &RequestCtx) -> Option<KeyBuf> {
         let found = match &self.key {
             Key::ClientIp => None,
             Key::Header(h) => ctx
@@ -324,8 +328,14 @@ impl RateLimit {
         match found {
             Some(k) => Some(k),
             None => {
+                use std::io::Write;
                 let ip = client_ip(ctx, &self.trusted)?;
-                Some(tagged("ip", ip.to_string().as_bytes()))
+                let mut text = [0u8; 48];
+                let mut rest = &mut text[..];
+                // An IPv6 address is at most 45 characters: the write cannot fail.
+                let _ = write!(rest, "{ip}");
+                let len = 48 - rest.len();
+                Some(tagged("ip", &text[..len]))
             }
         }
     }
@@ -334,9 +344,9 @@ impl RateLimit {
         use std::sync::atomic::Ordering::Relaxed;
         if self.headers {
             let h = &mut ctx.response_headers;
-            h.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(v.limit));
-            h.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(v.remaining));
-            h.insert(RATELIMIT_RESET.clone(), HeaderValue::from(v.reset_secs()));
+            h.insert(RATELIMIT_LIMIT.clone(), number(v.limit));
+            h.insert(RATELIMIT_REMAINING.clone(), number(v.remaining));
+            h.insert(RATELIMIT_RESET.clone(), number(v.reset_secs()));
             if let Some(p) = &self.policy_header {
                 h.insert(RATELIMIT_POLICY.clone(), p.clone());
             }
@@ -391,6 +401,22 @@ impl RateLimit {
                 ))
             }
         }
+    }
+}
+
+/// `n` as a header value; the numbers headers carry most often are made once, so sending
+/// them allocates nothing.
+fn number(n: u64) -> HeaderValue {
+    const CACHED: u64 = 1024;
+    static SMALL: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let small = SMALL.get_or_init(|| {
+        (0..=CACHED)
+            .map(|i| HeaderValue::from_static(Box::leak(i.to_string().into_boxed_str())))
+            .collect()
+    });
+    match small.get(n as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(n),
     }
 }
 
