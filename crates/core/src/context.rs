@@ -204,6 +204,11 @@ impl RequestCtx {
 /// Moves every header of `from` into `to`, each name replacing `to`'s values of that name
 /// (all of `from`'s values for a name are kept).
 pub fn replace_headers(from: http::HeaderMap, to: &mut http::HeaderMap) {
+    if to.is_empty() {
+        // Nothing to replace (an upstream head whose lines stay raw): the map moves whole.
+        *to = from;
+        return;
+    }
     let mut last: Option<http::HeaderName> = None;
     for (name, value) in from {
         if let Some(n) = name {

@@ -4,7 +4,7 @@ use sluicegate_core::context::{Consumer, RequestCtx};
 use sluicegate_lua::harness::FakeRequest;
 use sluicegate_ratelimit::ScriptKey;
 
-use super::build;
+use super::{address_key, build};
 use crate::testing::{self, access, responded};
 use crate::{Flow, Plugin};
 
@@ -352,4 +352,19 @@ fn an_unreachable_redis_fails_open_by_default_and_closed_when_asked() {
         ),
         "one connect error, then the backoff: {text}"
     );
+}
+
+#[test]
+fn addresses_are_written_as_text() {
+    for text in [
+        "0.0.0.0",
+        "9.10.99.100",
+        "255.255.255.255",
+        "127.0.0.1",
+        "2001:db8::1",
+        "::",
+    ] {
+        let key = address_key(text.parse().unwrap());
+        assert_eq!(key.as_slice(), format!("ip:{text}").as_bytes());
+    }
 }
