@@ -105,7 +105,17 @@ async fn a_password_and_a_database_are_used() {
     match wrong.check(b"k").await {
         Err(StoreError::Refused(e)) => assert!(e.contains("AUTH"), "{e}"),
         other => panic!("{other:?}"),
-    }
+    } // A password of the same length never borrows the right one's pooled connection.
+    let same_length = limiter(
+        &format!("redis://:s3cre7@127.0.0.1:{}/3", redis.port()),
+        "auth",
+        &[per_minute(3)],
+        Duration::ZERO,
+    );
+    assert!(matches!(
+        same_length.check(b"k").await,
+        Err(StoreError::Refused(_))
+    ));
 }
 
 #[tokio::test]

@@ -217,18 +217,21 @@ impl RedisLimiter {
             return Err(format!("give 1 to {MAX_LIMITS} limits"));
         }
         let e = &settings.endpoint;
+        // Connections are logged in: two configurations share them only with the same
+        // server, database, user and password (kept as a digest, not in the clear).
+        let password = e
+            .password
+            .as_deref()
+            .map(|p| hex(&Sha1::digest(p.as_bytes())))
+            .unwrap_or_default();
         let pool_key = Arc::from(format!(
-            "{}@{}:{}/{}#{}",
+            "{}@{}:{}/{}#{password}",
             e.username.as_deref().unwrap_or(""),
             e.host,
             e.port,
             e.db,
-            e.password.as_deref().map_or(0, str::len)
         ));
-        let sha = Sha1::digest(SCRIPT.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha = hex(&Sha1::digest(SCRIPT.as_bytes()));
         let args = limits
             .iter()
             .flat_map(|l| {
@@ -356,6 +359,10 @@ impl RedisLimiter {
         }
         Ok(Verdict::combine(&verdicts[..self.limits.len()]).unwrap_or(Verdict::UNLIMITED))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One connection to a server.
