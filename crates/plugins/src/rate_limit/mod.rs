@@ -127,16 +127,13 @@ pub fn build(
     if cfg.max_keys == 0 {
         diags.push(&path.key("max_keys"), "must be at least 1");
     }
-    let bucket = match (&cfg.bucket, ctx.route) {
-        (Some(b), _) => format!("bucket:{b}"),
-        (None, Some(route)) => format!("route:{route}"),
-        (None, None) => "global".to_string(),
+    // `label` names the counts in `/metrics`; `bucket` keeps a bucket named like a route
+    // apart from that route's own counts.
+    let (bucket, label) = match (&cfg.bucket, ctx.route) {
+        (Some(b), _) => (format!("bucket:{b}"), b.clone()),
+        (None, Some(route)) => (format!("route:{route}"), route.to_string()),
+        (None, None) => ("global".to_string(), "global".to_string()),
     };
-    let label = cfg
-        .bucket
-        .clone()
-        .or_else(|| ctx.route.map(str::to_string))
-        .unwrap_or_else(|| "global".into());
     let redis_url = cfg.redis.as_ref().map(|r| r.url.trim()).unwrap_or("");
     let policy = cfg.policy.unwrap_or(if redis_url.is_empty() {
         Policy::Local
