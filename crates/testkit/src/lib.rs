@@ -1,11 +1,15 @@
-//! Test support shared by the workspace's suites: real servers, each started on a free
-//! loopback port in a temporary directory and stopped when its handle is dropped.
+//! Test support shared by the workspace's suites: real servers (Redis, nginx, HAProxy),
+//! each started on a free loopback port in a temporary directory and stopped when its
+//! handle is dropped.
 //!
 //! A server that is not installed is a loud failure naming the install step
 //! (`scripts/test` installs every one), never a skipped test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod haproxy;
+pub mod nginx;
+mod proc;
 pub mod redis;
 
 use std::path::PathBuf;
