@@ -405,6 +405,24 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<(RawHead, Fr
     )))
 }
 
+/// The response-head parser for the fuzz targets (`fuzz/`); not part of the crate's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::BytesMut;
+    use http::{Method, StatusCode, Version};
+    use sluicegate_http1::raw::RawHeaders;
+    use sluicegate_http1::Framing;
+
+    /// What [`parse_head`] found: status, version, header block, keep-alive, framing.
+    pub type Head = (StatusCode, Version, RawHeaders, bool, Framing);
+
+    /// Parses a response head at the front of `buf` as the client does (consuming it).
+    pub fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, String> {
+        Ok(super::parse_head(buf, method)?
+            .map(|(h, framing)| (h.status, h.version, h.headers, h.keep_alive, framing)))
+    }
+}
+
 /// A response body read straight from the upstream connection. It carries the response's
 /// header block until the proxy takes it: the response's own header map stays empty.
 pub struct H1Body {
