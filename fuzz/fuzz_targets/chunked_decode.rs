@@ -19,7 +19,11 @@ fn run(mut framing: Framing, input: &[u8], step: usize) -> (Vec<u8>, bool, Optio
     let mut fed = 0;
     loop {
         if buf.is_empty() || step > 0 {
-            let take = if step == 0 { input.len() - fed } else { step.min(input.len() - fed) };
+            let take = if step == 0 {
+                input.len() - fed
+            } else {
+                step.min(input.len() - fed)
+            };
             buf.extend_from_slice(&input[fed..fed + take]);
             fed += take;
         }
@@ -27,7 +31,10 @@ fn run(mut framing: Framing, input: &[u8], step: usize) -> (Vec<u8>, bool, Optio
         let mut calls = 0;
         loop {
             calls += 1;
-            assert!(calls <= input.len() + 4, "the decoder does not make progress");
+            assert!(
+                calls <= input.len() + 4,
+                "the decoder does not make progress"
+            );
             match decode(&mut framing, &mut buf) {
                 Ok(Decoded::Data(d)) => {
                     assert!(!d.is_empty(), "an empty data piece");

@@ -17,7 +17,8 @@ use sluicegate_telemetry::Metrics;
 fn empty_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sluicegate-fuzz-config-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sluicegate-fuzz-config-{}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         dir
     })
@@ -31,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     match sluicegate::config::load_snapshot_from_str(text, "<fuzz>", empty_dir(), 1, 1, &metrics) {
         Ok(_) => {}
         Err(e) => {
-            assert!(!e.diags.is_empty(), "a rejected configuration without a diagnostic");
+            assert!(
+                !e.diags.is_empty(),
+                "a rejected configuration without a diagnostic"
+            );
             let lines = text.lines().count().max(1) + 1;
             for d in &e.diags {
                 if let Some(line) = d.line {

@@ -16,9 +16,15 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut names = HashSet::new();
     for spec in &doc.specs {
-        assert!(spec.name.starts_with(&format!("{}/", spec.domain)), "{spec:?}");
+        assert!(
+            spec.name.starts_with(&format!("{}/", spec.domain)),
+            "{spec:?}"
+        );
         if !names.insert(spec.name.clone()) {
-            assert!(spec.problem.is_some(), "a doubled name without a problem: {spec:?}");
+            assert!(
+                spec.problem.is_some(),
+                "a doubled name without a problem: {spec:?}"
+            );
         }
         if spec.phase.is_none() {
             assert!(spec.problem.is_some(), "no phase and no problem: {spec:?}");

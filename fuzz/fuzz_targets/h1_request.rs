@@ -45,7 +45,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(buf.len() < data.len(), "a head was parsed from no bytes");
-    assert_eq!(&data[data.len() - buf.len()..], &buf[..], "the rest is not the input's tail");
+    assert_eq!(
+        &data[data.len() - buf.len()..],
+        &buf[..],
+        "the rest is not the input's tail"
+    );
     if let Framing::Length(n) = head.framing {
         assert!(n > 0);
     }
@@ -53,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     let mut again = BytesMut::from(&text[..]);
     let second = match request::parse(&mut again) {
         Ok(Some(h)) => h,
-        Ok(None) => panic!("the written head is incomplete: {:?}", String::from_utf8_lossy(&text)),
+        Ok(None) => panic!(
+            "the written head is incomplete: {:?}",
+            String::from_utf8_lossy(&text)
+        ),
         Err(e) => panic!(
             "the written head is refused ({e}): {:?}",
             String::from_utf8_lossy(&text)

@@ -17,9 +17,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(path) else {
         return;
     };
-    let mut root: Value = serde_json::from_slice(doc).unwrap_or_else(|_| json!({"a": [1, {"b": 2}]}));
+    let mut root: Value =
+        serde_json::from_slice(doc).unwrap_or_else(|_| json!({"a": [1, {"b": 2}]}));
     if let Ok(pattern) = JsonPath::parse_pattern(text) {
-        let again = JsonPath::parse_pattern(&pattern.to_string()).expect("a path's text parses again");
+        let again =
+            JsonPath::parse_pattern(&pattern.to_string()).expect("a path's text parses again");
         assert_eq!(again.steps(), pattern.steps());
         let _ = pattern.select(&root).map(|v| as_text(&v));
     }
@@ -36,10 +38,18 @@ fuzz_target!(|data: &[u8]| {
     }
     let marker = json!({"written": true});
     p.set(&mut root, marker.clone());
-    assert_eq!(p.get(&root), Some(&marker), "a written value is not read back");
+    assert_eq!(
+        p.get(&root),
+        Some(&marker),
+        "a written value is not read back"
+    );
     if p.is_root() {
         assert_eq!(p.remove(&mut root), None);
     } else {
-        assert_eq!(p.remove(&mut root), Some(marker), "a written value is not removed");
+        assert_eq!(
+            p.remove(&mut root),
+            Some(marker),
+            "a written value is not removed"
+        );
     }
 });

@@ -36,7 +36,11 @@ fn tag(alg: Alg, input: &[u8]) -> Option<Vec<u8>> {
         Alg::HS512 => hmac::HMAC_SHA512,
         _ => return None,
     };
-    Some(hmac::sign(&hmac::Key::new(algorithm, SECRET), input).as_ref().to_vec())
+    Some(
+        hmac::sign(&hmac::Key::new(algorithm, SECRET), input)
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -59,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
             let key = hmac_key();
             let verdict = sluicegate_jwt::verify_with(&parsed, std::slice::from_ref(&key));
             let Some(good) = tag(parsed.alg, input) else {
-                assert!(verdict.is_err(), "a non-HMAC token verified with an HMAC key");
+                assert!(
+                    verdict.is_err(),
+                    "a non-HMAC token verified with an HMAC key"
+                );
                 return;
             };
             assert_eq!(verdict.is_ok(), parsed.signature == good);
@@ -68,7 +75,8 @@ fuzz_target!(|data: &[u8]| {
                 String::from_utf8_lossy(input),
                 base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&good)
             );
-            let resigned = token::parse(&signed, MAX_TOKEN_BYTES).expect("a re-signed token parses");
+            let resigned =
+                token::parse(&signed, MAX_TOKEN_BYTES).expect("a re-signed token parses");
             assert!(sluicegate_jwt::verify_with(&resigned, std::slice::from_ref(&key)).is_ok());
         }
         1 => {

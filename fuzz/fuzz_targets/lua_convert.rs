@@ -30,7 +30,9 @@ fn check_number(n: f64) {
         "nan" => return assert!(n.is_nan()),
         "inf" => f64::INFINITY,
         "-inf" => f64::NEG_INFINITY,
-        t => t.parse().unwrap_or_else(|_| panic!("`{t}` (from {n:e}) is not a number")),
+        t => t
+            .parse()
+            .unwrap_or_else(|_| panic!("`{t}` (from {n:e}) is not a number")),
     };
     if n.is_normal() {
         let err = ((back - n) / n).abs();
@@ -44,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
     LUA.with(|lua| {
         if let Some(first) = round_trip(lua, data) {
             let _: serde_json::Value = serde_json::from_slice(&first).unwrap_or_else(|e| {
-                panic!("cjson wrote invalid JSON ({e}): {}", String::from_utf8_lossy(&first))
+                panic!(
+                    "cjson wrote invalid JSON ({e}): {}",
+                    String::from_utf8_lossy(&first)
+                )
             });
             let second = round_trip(lua, &first).expect("cjson's own output does not decode");
             assert_eq!(first, second, "encoding is not stable");

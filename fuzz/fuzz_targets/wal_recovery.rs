@@ -30,7 +30,9 @@ fn lock(m: &Mutex<Vec<u8>>) -> std::sync::MutexGuard<'_, Vec<u8>> {
 impl FileOps for MemFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let data = lock(&self.0);
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
         let n = buf.len().min(data.len() - start);
         buf[..n].copy_from_slice(&data[start..start + n]);
         Ok(n)
@@ -113,7 +115,12 @@ impl Fs for MemFs {
 fn fix_frames(bytes: &mut [u8], mut pos: usize) {
     while bytes.len() - pos >= 32 {
         let room = (bytes.len() - pos - 32) as u32;
-        let mut len = u32::from_le_bytes([bytes[pos + 4], bytes[pos + 5], bytes[pos + 6], bytes[pos + 7]]);
+        let mut len = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]);
         if len > room {
             len %= room + 1;
         }
@@ -169,10 +176,19 @@ fuzz_target!(|data: &[u8]| {
     if mode & 8 != 0 && seg_bytes.len() > 1 {
         let split = usize::from(seg_bytes[0]).min(seg_bytes.len() - 1) + 1;
         let second_base = 1 + u64::from(mode >> 4) * 3;
-        put(format!("{:020}.seg", 1), segment(1, seg_bytes[1..split].to_vec(), mode));
-        put(format!("{second_base:020}.seg"), segment(second_base, seg_bytes[split..].to_vec(), mode));
+        put(
+            format!("{:020}.seg", 1),
+            segment(1, seg_bytes[1..split].to_vec(), mode),
+        );
+        put(
+            format!("{second_base:020}.seg"),
+            segment(second_base, seg_bytes[split..].to_vec(), mode),
+        );
     } else {
-        put(format!("{:020}.seg", 1), segment(1, seg_bytes.to_vec(), mode));
+        put(
+            format!("{:020}.seg", 1),
+            segment(1, seg_bytes.to_vec(), mode),
+        );
     }
 
     let opts = WalOptions::default();
@@ -187,14 +203,20 @@ fuzz_target!(|data: &[u8]| {
     }
     for (id, payload) in &before {
         assert!(*id >= 1);
-        assert!(payload.len() <= data.len(), "a payload longer than the input");
+        assert!(
+            payload.len() <= data.len(),
+            "a payload longer than the input"
+        );
     }
     let stats = log.stats();
     assert_eq!(stats.pending_count, before.len() as u64);
     let Ok(new_id) = log.append(b"after recovery".to_vec()) else {
         return;
     };
-    assert!(before.iter().all(|(id, _)| *id < new_id), "a new id not above the old ones");
+    assert!(
+        before.iter().all(|(id, _)| *id < new_id),
+        "a new id not above the old ones"
+    );
     let _ = log.close();
 
     let Ok(log) = Wal::open_with_fs(dir, opts, fs.clone()) else {
@@ -202,5 +224,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut expected = before;
     expected.push((new_id, b"after recovery".to_vec()));
-    assert_eq!(pending(&log), Some(expected), "the pending records changed across a reopen");
+    assert_eq!(
+        pending(&log),
+        Some(expected),
+        "the pending records changed across a reopen"
+    );
 });
