@@ -44,7 +44,11 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
     const TE: usize = 4;
     let te_trailers = keep_te_trailers && present & (1 << TE) != 0 && asks_for_trailers(headers);
     if present & 1 != 0 {
-        // Headers named in `Connection` are hop-by-hop too (its usual tokens are not names).
+        // Headers named in `Connection` are hop-by-hop too (its usual tokens are not names),
+        // except `Host`: it is meant for every recipient (RFC 9110 §7.6.1 forbids naming
+        // such a field), and an HTTP/1.1 request without it is invalid (RFC 9112 §3.2), so
+        // `Connection: host` would turn a valid request into one each upstream reads its
+        // own way. nginx and HAProxy keep it too.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -57,6 +61,7 @@ fn strip(headers: &mut HeaderMap, keep_upgrade: bool, keep_te_trailers: bool) {
                     && !t.eq_ignore_ascii_case("upgrade")
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| *n != header::HOST)
             .collect();
         for n in named {
             headers.remove(n);
@@ -88,4 +93,34 @@ fn asks_for_trailers(headers: &HeaderMap) -> bool {
                 .next()
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in lines {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn removes_the_headers_connection_names_but_never_host() {
+        let mut h = headers(&[
+            ("host", "a"),
+            ("connection", "Host, x-drop"),
+            ("x-drop", "1"),
+            ("x-keep", "1"),
+            ("te", "trailers"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h["host"], "a");
+        assert_eq!(h["x-keep"], "1");
+        assert!(
+            !h.contains_key("x-drop") && !h.contains_key("connection") && !h.contains_key("te")
+        );
+    }
 }
