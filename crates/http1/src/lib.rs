@@ -203,15 +203,7 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'st
                     }
                     return Ok(Decoded::NeedMore);
                 };
-                let line = &buf[..end];
-                let hex = line.split(|b| *b == b';').next().unwrap_or(&[]);
-                let hex = std::str::from_utf8(hex)
-                    .map_err(|_| "invalid chunk size")?
-                    .trim();
-                if hex.is_empty() || hex.len() > 15 {
-                    return Err("invalid chunk size");
-                }
-                let size = u64::from_str_radix(hex, 16).map_err(|_| "invalid chunk size")?;
+                let size = chunk_size(&buf[..end])?;
                 buf.advance(end + 2);
                 *framing = if size == 0 {
                     Framing::Chunked(ChunkState::Trailers)
@@ -249,6 +241,7 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'st
                     }
                     return Ok(Decoded::NeedMore);
                 };
+                trailer_line(&buf[..end])?;
                 buf.advance(end + 2);
                 if end == 0 {
                     *framing = Framing::Done;
@@ -257,6 +250,94 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'st
             }
         }
     }
+}
+
+/// Checks the part of a chunked body already in `buf` (from `state` on) without consuming
+/// it, so that a request whose body is already known to be malformed can be refused before
+/// any of it is forwarded. Bytes after the body's end are not looked at; a body that is
+/// not complete yet is fine as far as it goes.
+pub fn check_buffered_chunks(mut state: ChunkState, buf: &[u8]) -> Result<(), &'static str> {
+    let mut at = 0;
+    loop {
+        let rest = &buf[at..];
+        match state {
+            ChunkState::Size => {
+                let Some(end) = line_end(rest)? else {
+                    return Ok(());
+                };
+                let size = chunk_size(&rest[..end])?;
+                at += end + 2;
+                state = if size == 0 {
+                    ChunkState::Trailers
+                } else {
+                    ChunkState::Data(size)
+                };
+            }
+            ChunkState::Data(n) => {
+                if (rest.len() as u64) < n {
+                    return Ok(());
+                }
+                at += n as usize;
+                state = ChunkState::DataEnd;
+            }
+            ChunkState::DataEnd => {
+                if !b"\r\n".starts_with(&rest[..rest.len().min(2)]) {
+                    return Err("missing CRLF after chunk data");
+                }
+                if rest.len() < 2 {
+                    return Ok(());
+                }
+                at += 2;
+                state = ChunkState::Size;
+            }
+            ChunkState::Trailers => {
+                let Some(end) = line_end(rest)? else {
+                    return Ok(());
+                };
+                if end == 0 {
+                    return Ok(());
+                }
+                trailer_line(&rest[..end])?;
+                at += end + 2;
+            }
+        }
+    }
+}
+
+/// The size in a chunk-size line (`line` without its CRLF): RFC 9112 §7.1's
+/// `1*HEXDIG [ chunk-ext ]`. Nothing may come before the digits, and the extensions
+/// (read and dropped) may hold no control character: a bare CR there is a line end to a
+/// lenient reader, which then frames the body differently (§2.2).
+fn chunk_size(line: &[u8]) -> Result<u64, &'static str> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    // 15 hex digits is the most that fits a u64 with room to spare.
+    if digits == 0 || digits > 15 {
+        return Err("invalid chunk size");
+    }
+    let ext = &line[digits..];
+    let ext_start = ext.iter().position(|b| *b != b' ' && *b != b'\t');
+    if ext_start.is_some_and(|i| ext[i] != b';') {
+        return Err("invalid chunk size");
+    }
+    if ext.iter().any(|b| is_ctl(*b)) {
+        return Err("a control character in a chunk extension");
+    }
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| "invalid chunk size")?;
+    u64::from_str_radix(hex, 16).map_err(|_| "invalid chunk size")
+}
+
+/// A trailer line (read and dropped) may hold no control character, for the reason
+/// [`chunk_size`] gives.
+fn trailer_line(line: &[u8]) -> Result<(), &'static str> {
+    if line.iter().any(|b| is_ctl(*b)) {
+        return Err("a control character in a trailer field");
+    }
+    Ok(())
+}
+
+/// A control character other than HTAB (RFC 5234's CTL, DEL included).
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
 }
 
 /// Where the line at the front of `buf` ends (the index of its `\r\n`), `None` while no
@@ -377,6 +458,77 @@ mod tests {
         assert_eq!(body, b"abc");
         assert_eq!(state, Decoded::End);
         assert_eq!(&buf[..], b"def");
+    }
+
+    /// The first error decoding `wire` as a chunked body, if any.
+    fn decode_error(wire: &[u8]) -> Option<&'static str> {
+        let mut framing = Framing::Chunked(ChunkState::Size);
+        let mut buf = BytesMut::from(wire);
+        loop {
+            match decode(&mut framing, &mut buf) {
+                Err(e) => return Some(e),
+                Ok(Decoded::Data(_)) => {}
+                Ok(_) => return None,
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_chunk_lines_a_lenient_reader_would_split_differently() {
+        for wire in [
+            &b" 3\r\nabc\r\n0\r\n\r\n"[..],
+            b"3;a\rb\r\nabc\r\n0\r\n\r\n",
+            b"3\rX\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\x00\r\nabc\r\n0\r\n\r\n",
+            b"3x\r\nabc\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nX-T: a\rb\r\n\r\n",
+        ] {
+            assert!(
+                decode_error(wire).is_some(),
+                "{:?}",
+                wire.escape_ascii().to_string()
+            );
+            assert!(
+                check_buffered_chunks(ChunkState::Size, wire).is_err(),
+                "{:?}",
+                wire.escape_ascii().to_string()
+            );
+        }
+        // Whitespace after the size, extensions with or without values and spaces around
+        // them, and trailer values with tabs are all valid.
+        for wire in [
+            &b"3  \r\nabc\r\n0\r\n\r\n"[..],
+            b"3 ; a = \"b c\";d\r\nabc\r\n0;e\r\nX-T: a\tb\r\n\r\n",
+        ] {
+            assert_eq!(
+                decode_error(wire),
+                None,
+                "{:?}",
+                wire.escape_ascii().to_string()
+            );
+            assert_eq!(check_buffered_chunks(ChunkState::Size, wire), Ok(()));
+        }
+    }
+
+    #[test]
+    fn checks_a_buffered_chunked_body_as_far_as_it_has_arrived_and_no_further() {
+        let body = b"5;x=1\r\nhello\r\n0\r\nx-t: 1\r\n\r\n";
+        for cut in 0..=body.len() {
+            assert_eq!(
+                check_buffered_chunks(ChunkState::Size, &body[..cut]),
+                Ok(()),
+                "cut at {cut}"
+            );
+        }
+        let mut then = body.to_vec();
+        then.extend_from_slice(b"\n\nnot http at all\r");
+        assert_eq!(check_buffered_chunks(ChunkState::Size, &then), Ok(()));
+        // It starts where the decoder is: inside a chunk, the CRLF after its data is next.
+        assert_eq!(
+            check_buffered_chunks(ChunkState::Data(2), b"abXX"),
+            Err("missing CRLF after chunk data")
+        );
+        assert_eq!(check_buffered_chunks(ChunkState::Data(2), b"ab\r"), Ok(()));
     }
 
     #[test]
