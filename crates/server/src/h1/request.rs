@@ -63,7 +63,13 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
     // Values and the target will share the head's buffer: note where each lies, then split.
     // The fields that decide framing and keep-alive are read on this pass, so none of
     // them is looked up in the map afterwards.
-    let target = span(buf, len, req.path.unwrap_or("").as_bytes());
+    let path = req.path.unwrap_or("");
+    // A fragment is not part of a request-target (RFC 9112 §3.2); the URI parser would
+    // drop it silently, and an upstream that reads the raw line would not.
+    if path.contains('#') {
+        return Err(bad("the request target has a fragment (`#`)"));
+    }
+    let target = span(buf, len, path.as_bytes());
     let mut facts = Facts::default();
     // On the stack for usual heads; drained in place below (moving it costs a copy).
     let mut fields: SmallVec<[(HeaderName, std::ops::Range<usize>); 16]> = SmallVec::new();
@@ -89,6 +95,12 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
     // A request that sent both `Transfer-Encoding` and `Content-Length` is answered and
     // the connection closed (RFC 9112 §6.1).
     let (framing, close_after) = facts.framing(version, &mut headers)?;
+    // The part of a chunked body that came with the head is checked now: if it is
+    // malformed, the request is refused before any of it reaches an upstream, instead of
+    // the upstream getting the head and a body cut short.
+    if let Framing::Chunked(state) = framing {
+        sluicegate_http1::check_buffered_chunks(state, &buf[..]).map_err(bad)?;
+    }
     let keep_alive = if http11 {
         !facts.close
     } else {
@@ -126,6 +138,9 @@ fn host_rules(
     if http11 && facts.hosts == 0 {
         return Err(bad("an HTTP/1.1 request must have a Host header field"));
     }
+    if facts.host_invalid {
+        return Err(bad("the Host header field is not a host and port"));
+    }
     if let (Some(_), Some(authority)) = (uri.scheme(), uri.authority()) {
         // Userinfo in an `http(s)` target is deprecated and a known phishing form (RFC 9110
         // §4.2.4): refused rather than passed on as part of `Host`.
@@ -137,8 +152,62 @@ fn host_rules(
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| bad("malformed authority in the request target"))?;
         headers.insert(header::HOST, host);
+    } else if facts.hosts == 0 {
+        // An HTTP/1.0 request without Host goes to the upstream as HTTP/1.1, which must
+        // have one: empty, as for a target URI without an authority (RFC 9112 §3.2).
+        headers.insert(header::HOST, HeaderValue::from_static(""));
     }
     Ok(())
+}
+
+/// Whether `v` is a `Host` field value: `uri-host [ ":" port ]` (RFC 9110 §7.2, RFC 3986
+/// §3.2.2). RFC 9112 §3.2 makes any other value a 400. nginx refuses some (`a/b`, `a b`)
+/// but passes `u@a` and `a:8x`; HAProxy passes all four on.
+fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        // An IP literal: IPv6 or IPvFuture, between brackets.
+        let Some(end) = v.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let inner = &v[1..end];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|b| b == &b':' || is_unreserved_or_sub_delim(*b))
+        {
+            return false;
+        }
+        (&[][..], &v[end + 1..])
+    } else {
+        match v.iter().position(|b| *b == b':') {
+            Some(colon) => (&v[..colon], &v[colon..]),
+            None => (v, &[][..]),
+        }
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' if host
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+            {
+                i += 3;
+            }
+            b if is_unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    port_ok
+}
+
+/// RFC 3986's `unreserved / sub-delims`: the characters of a host name.
+fn is_unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
 /// Where `part` (a slice the parser returned) lies within the first `len` bytes of `buf`;
@@ -158,8 +227,14 @@ struct Facts {
     /// A malformed or conflicting `Content-Length` (an error unless the body is chunked,
     /// in which case the field is dropped).
     length_error: Option<&'static str>,
-    /// `Transfer-Encoding` was sent; `Some(true)` when its last coding is `chunked`.
-    te_chunked: Option<bool>,
+    /// `Content-Length` lines seen (all with one value, or `length_error` says otherwise).
+    length_lines: u32,
+    /// `Transfer-Encoding` was sent.
+    te_seen: bool,
+    /// `chunked` codings named, over every `Transfer-Encoding` line.
+    chunked: u32,
+    /// A coding other than `chunked` was named (or a line named none).
+    other_coding: bool,
     close: bool,
     keep_alive: bool,
     upgrade_token: bool,
@@ -169,6 +244,8 @@ struct Facts {
     expect_seen: bool,
     /// `Host` fields seen.
     hosts: u32,
+    /// A `Host` value that is not a host and port.
+    host_invalid: bool,
 }
 
 impl Facts {
@@ -185,17 +262,24 @@ impl Facts {
                 }
                 Some(n) => self.content_length = Some(n),
             }
+            self.length_lines += 1;
         } else if *name == header::TRANSFER_ENCODING {
-            let last = value
+            self.te_seen = true;
+            let mut named = false;
+            // Empty list elements are allowed and ignored (RFC 9110 §5.6.1).
+            for t in value
                 .split(|b| *b == b',')
                 .map(<[u8]>::trim_ascii)
-                .rfind(|t| !t.is_empty());
-            match last {
-                Some(t) => self.te_chunked = Some(t.eq_ignore_ascii_case(b"chunked")),
-                None => {
-                    self.te_chunked.get_or_insert(false);
+                .filter(|t| !t.is_empty())
+            {
+                named = true;
+                if t.eq_ignore_ascii_case(b"chunked") {
+                    self.chunked += 1;
+                } else {
+                    self.other_coding = true;
                 }
             }
+            self.other_coding |= !named;
         } else if *name == header::CONNECTION {
             for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
@@ -206,6 +290,7 @@ impl Facts {
             self.upgrade_header = true;
         } else if *name == header::HOST {
             self.hosts += 1;
+            self.host_invalid |= !valid_host(value.trim_ascii());
         } else if *name == header::EXPECT && !self.expect_seen {
             self.expect_seen = true;
             self.expect_continue = value.eq_ignore_ascii_case(b"100-continue");
@@ -214,21 +299,29 @@ impl Facts {
 
     /// The body's framing (RFC 9112 §6.3) and whether the connection must close after it.
     /// A `Content-Length` next to `Transfer-Encoding` is removed: it must not reach the
-    /// upstream. Otherwise a malformed or conflicting one is a 400.
+    /// upstream. Otherwise a malformed or conflicting one is a 400, and the same length on
+    /// several lines goes on as one line (RFC 9110 §8.6), since an upstream may read two
+    /// lines as two lengths and refuse, or pick one.
+    ///
+    /// `chunked` is the only transfer coding accepted, and only once: the gateway decodes
+    /// chunked and nothing else, so a body sent with `gzip, chunked` would reach the upstream
+    /// still compressed under a plain `chunked`; and chunked twice is forbidden (RFC 9112
+    /// §6.1). RFC 9112 §6.1 suggests 501 for a coding the server does not know; this is a
+    /// 400, like a malformed length. nginx (501) and HAProxy (422) refuse both too.
     fn framing(
         &self,
         version: Version,
         headers: &mut HeaderMap,
     ) -> Result<(Framing, bool), ProxyError> {
-        if let Some(chunked_last) = self.te_chunked {
+        if self.te_seen {
             if version == Version::HTTP_10 {
                 return Err(bad(
                     "Transfer-Encoding is not allowed in an HTTP/1.0 request",
                 ));
             }
-            if !chunked_last {
+            if self.other_coding || self.chunked != 1 {
                 return Err(bad(
-                    "the request's Transfer-Encoding does not end with chunked",
+                    "the request's Transfer-Encoding must be `chunked`, once and alone",
                 ));
             }
             let had_length = self.content_length.is_some() || self.length_error.is_some();
@@ -239,6 +332,11 @@ impl Facts {
         }
         if let Some(message) = self.length_error {
             return Err(bad(message));
+        }
+        if self.length_lines > 1 {
+            if let Some(first) = headers.get(header::CONTENT_LENGTH).cloned() {
+                headers.insert(header::CONTENT_LENGTH, first);
+            }
         }
         Ok((
             match self.content_length {
@@ -341,11 +439,104 @@ mod tests {
     fn frames_bodies_by_length_or_chunked() {
         let h = head("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n");
         assert_eq!(h.framing, Framing::Length(12));
-        let h = head("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n");
-        assert_eq!(h.framing, Framing::Length(5));
-        let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let h = head("POST / HTTP/1.1\r\nTransfer-Encoding: , Chunked\r\n\r\n");
         assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
         assert!(h.keep_alive);
+    }
+
+    #[test]
+    fn passes_on_one_content_length_for_a_length_repeated_on_several_lines() {
+        let h = head("POST / HTTP/1.1\r\nContent-Length: 5\r\nX: 1\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert_eq!(h.parts.headers.get_all("content-length").iter().count(), 1);
+        assert_eq!(h.parts.headers["content-length"], "5");
+    }
+
+    #[test]
+    fn accepts_chunked_once_and_alone_as_the_only_transfer_coding() {
+        for te in [
+            "gzip, chunked",
+            "identity, chunked",
+            "chunked, identity",
+            "chunked, chunked",
+            "xchunked",
+            "",
+        ] {
+            let text = format!("POST / HTTP/1.1\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(status(&text), 400, "{te:?}");
+        }
+        assert_eq!(
+            status("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400
+        );
+    }
+
+    #[test]
+    fn refuses_a_host_that_is_not_a_host_and_port() {
+        for host in [
+            "a/b", "a b", "u@a", "a:8x", "a:80:80", "[::1", "[::1]x", "a%zz", "a\"b",
+        ] {
+            let text = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            assert_eq!(status(&text), 400, "{host:?}");
+        }
+        for host in [
+            "a",
+            "a:8080",
+            "a:",
+            "",
+            "[::1]:80",
+            "[v1.x]",
+            "xn--d1a.example",
+            "a%41b",
+            "127.0.0.1",
+        ] {
+            let h = head(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+            assert_eq!(h.parts.headers["host"], host);
+        }
+    }
+
+    #[test]
+    fn gives_an_http_1_0_request_without_host_an_empty_one() {
+        let h = parse_text("GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.parts.headers.get_all("host").iter().count(), 1);
+        assert_eq!(h.parts.headers["host"], "");
+        let h = parse_text("GET http://b/ HTTP/1.0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.parts.headers["host"], "b");
+    }
+
+    #[test]
+    fn refuses_a_fragment_in_the_target() {
+        assert_eq!(status("GET /a#frag HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(status("GET http://b/a?q#f HTTP/1.1\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn refuses_a_request_whose_chunked_body_came_malformed_with_its_head() {
+        let te = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for body in [
+            " 3\r\nabc\r\n0\r\n\r\n",
+            "3;a\rb\r\nabc\r\n0\r\n\r\n",
+            "3\nabc\r\n0\r\n\r\n",
+            "3\r\nabcX\r\n0\r\n\r\n",
+            "3x\r\nabc\r\n0\r\n\r\n",
+            "10000000000000003\r\nabc\r\n0\r\n\r\n",
+            "3\r\nabc\r\n0\r\nX-T: 1\n\r\n",
+        ] {
+            assert_eq!(status(&format!("{te}{body}")), 400, "{body:?}");
+        }
+        // What has arrived so far is fine, and what follows the body is the next request's.
+        for body in [
+            "3\r\nab",
+            "3\r\nabc\r",
+            "3;a=b\r\nabc\r\n0\r\n\r\nGARBAGE\n",
+        ] {
+            let mut buf = BytesMut::from(format!("{te}{body}").as_bytes());
+            let h = parse(&mut buf).unwrap().unwrap();
+            assert_eq!(h.framing, Framing::Chunked(ChunkState::Size), "{body:?}");
+            assert_eq!(&buf[..], body.as_bytes());
+        }
     }
 
     #[test]
@@ -375,17 +566,13 @@ mod tests {
             "POST / HTTP/1.1\r\nExpect: foo\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
         );
         assert!(!h.expect_continue);
-        // A transfer coding list split over two fields: the last coding decides.
-        assert_eq!(
-            status(
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"
-            ),
-            400
-        );
-        let h = head(
-            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
-        assert_eq!(h.framing, Framing::Chunked(ChunkState::Size));
+        // A transfer coding list split over two fields is read as one list.
+        for (first, second) in [("chunked", "gzip"), ("gzip", "chunked")] {
+            let text = format!(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: {first}\r\nTransfer-Encoding: {second}\r\n\r\n"
+            );
+            assert_eq!(status(&text), 400, "{text:?}");
+        }
     }
 
     #[test]
