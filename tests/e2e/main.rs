@@ -21,6 +21,9 @@
 //! - **The binary** (`CARGO_BIN_EXE_sluicegate`, [`support::bin`]) is used for the CLI:
 //!   `check`, `version`, `--help`, and `run` with SIGTERM; the listening port is read from
 //!   the JSON `Listening.` log line on stderr.
+//! - **Other proxies**: [`differential`] sends one corpus of malformed requests through the
+//!   gateway, a real nginx and a real HAProxy (started by `sluicegate-testkit`) and compares
+//!   what each forwarded.
 //!
 //! Every network step runs under a generous timeout ([`support::STEP`]) so a hang fails
 //! instead of blocking the suite; no test asserts a duration as a performance number, only
@@ -37,11 +40,13 @@ mod admin;
 mod claim_routing;
 mod cli;
 mod code;
+mod differential;
 mod dns;
 mod edge;
 mod grpc;
 mod http1;
 mod http2;
+mod idle;
 mod json_transform;
 mod jwt;
 mod limits;
