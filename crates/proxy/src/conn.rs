@@ -18,6 +18,9 @@ pub enum ConnPhase {
     H2 = 3,
     /// Switched protocols after a `101` (WebSocket): no HTTP phases any more.
     Upgraded = 4,
+    /// Idle long enough to be parked: the HTTP/1.1 loop hands the connection to the lot
+    /// (or, when it cannot, goes back to `Idle`).
+    Parking = 5,
 }
 
 /// The phase shared between the I/O wrapper and the driver, plus the HTTP/2 stream count
@@ -49,6 +52,7 @@ impl ConnState {
             2 => ConnPhase::InRequest,
             3 => ConnPhase::H2,
             4 => ConnPhase::Upgraded,
+            5 => ConnPhase::Parking,
             _ => ConnPhase::Idle,
         }
     }

@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 
 use sluicegate_core::deadline::Deadline;
 pub use sluicegate_proxy::conn::{ConnPhase, ConnState};
@@ -43,6 +44,10 @@ pub struct ConnIo<T> {
     preface_matched: Option<usize>,
     /// HTTP/2: the request generation seen idle at the start of the current window.
     h2_window: Option<u32>,
+    /// When the current idle period's keep-alive timeout ends.
+    idle_until: Option<Instant>,
+    /// HTTP/1.1: how long an idle connection waits before it asks to be parked.
+    park_after: Option<Duration>,
 }
 
 impl<T> ConnIo<T> {
@@ -57,7 +62,29 @@ impl<T> ConnIo<T> {
             timeout_response: None,
             preface_matched: Some(0),
             h2_window: None,
+            idle_until: None,
+            park_after: None,
         }
+    }
+
+    /// An HTTP/1.1 connection that, idle for `after`, asks to be parked (phase
+    /// [`ConnPhase::Parking`]); `idle_until` carries over the keep-alive timeout of a
+    /// connection back from the lot.
+    pub fn parking(mut self, after: Duration, idle_until: Option<Instant>) -> Self {
+        self.park_after = Some(after);
+        self.idle_until = idle_until;
+        self
+    }
+
+    /// A resumed connection's first bytes are not a preface.
+    pub fn without_preface(mut self) -> Self {
+        self.preface_matched = None;
+        self
+    }
+
+    /// The stream, and when its keep-alive timeout ends if it is idle.
+    pub fn into_parts(self) -> (T, Option<Instant>) {
+        (self.inner, self.idle_until)
     }
 }
 
@@ -147,8 +174,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
                             Some(matched + n)
                         };
                     }
-                    if this.state.get() == ConnPhase::Idle {
+                    if matches!(this.state.get(), ConnPhase::Idle | ConnPhase::Parking) {
                         this.state.set(ConnPhase::InHead);
+                        // A new request: its head deadline, and later a new idle period,
+                        // are armed afresh.
+                        this.idle_until = None;
+                        this.armed_for = None;
                     }
                 }
                 Poll::Ready(Ok(()))
@@ -163,13 +194,34 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<T> {
                     this.armed_for = None;
                     return Poll::Pending;
                 }
+                let now = sluicegate_core::clock::coarse_now();
+                let idle = matches!(phase, ConnPhase::Idle | ConnPhase::Parking);
                 if this.armed_for != Some(phase) {
                     this.armed_for = Some(phase);
-                    this.sleep
-                        .reset(sluicegate_core::clock::coarse_now() + this.timeout);
+                    let at = if idle {
+                        let until = *this.idle_until.get_or_insert(now + this.timeout);
+                        match this.park_after {
+                            Some(after) if phase == ConnPhase::Idle => until.min(now + after),
+                            _ => until,
+                        }
+                    } else {
+                        now + this.timeout
+                    };
+                    this.sleep.reset(at);
                 }
                 if this.sleep.poll_elapsed(cx).is_pending() {
                     return Poll::Pending;
+                }
+                if let (true, Some(after), Some(until)) = (idle, this.park_after, this.idle_until) {
+                    if now < until {
+                        // The loop parks the connection when it sees this phase, or sets it
+                        // back to `Idle` when it cannot; then this deadline asks again.
+                        this.state.set(ConnPhase::Parking);
+                        this.armed_for = Some(ConnPhase::Parking);
+                        this.sleep.reset(until.min(now + after));
+                        let _ = this.sleep.poll_elapsed(cx);
+                        return Poll::Pending;
+                    }
                 }
                 if phase == ConnPhase::InHead && this.preface_matched.is_some_and(|m| m > 0) {
                     // A stalled HTTP/2 preface: an HTTP/1.1 408 would mean nothing to it.

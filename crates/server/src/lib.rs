@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod h1;
+pub mod park;
 pub mod services;
 pub mod tls;
 pub mod worker;

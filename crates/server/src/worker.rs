@@ -8,11 +8,11 @@
 //! them up to the drain timeout.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
+use std::time::Duration;
 
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::conn::{ConnIo, ConnPhase, ConnState};
 use super::h1;
+use super::park::{self, Lot, Meta, Sock, Stream, PARK_AFTER};
 use sluicegate_core::LocalExec;
 use sluicegate_http1::Rewind;
 use sluicegate_proxy::snapshot::Shared;
@@ -58,12 +59,27 @@ pub fn run(
                 }
             })
         };
+        let lot = Lot::new()?;
+        let parking = {
+            let (w, t, l) = (worker.clone(), tracker.clone(), lot.clone());
+            let resume: park::Resume = Box::new(move |stream, meta| {
+                tokio::task::spawn_local(serve(
+                    w.clone(),
+                    t.clone(),
+                    l.clone(),
+                    Arrival::Resumed(stream),
+                    meta,
+                ));
+            });
+            tokio::task::spawn_local(lot.clone().run(worker.clone(), resume))
+        };
         let mut accepting = Vec::new();
         for (index, socket) in sockets.into_iter().enumerate() {
             let listener = TcpListener::from_std(socket)?;
             accepting.push(tokio::task::spawn_local(accept_loop(
                 worker.clone(),
                 tracker.clone(),
+                lot.clone(),
                 index,
                 listener,
             )));
@@ -78,6 +94,9 @@ pub fn run(
             task.abort();
         }
         worker.drain.start();
+        // Parked connections are idle: closed now, as an idle keep-alive one would be.
+        parking.abort();
+        lot.close_expired(&worker, tokio::time::Instant::now(), true);
         reaper.abort();
         let drain = shared.drain_timeout();
         let drained = tokio::time::timeout(drain, async {
@@ -127,6 +146,7 @@ fn lua_runtime(id: usize, shared: &Arc<Shared>) -> sluicegate_lua::Runtime {
 async fn accept_loop(
     worker: Rc<Worker>,
     tracker: Rc<Tracker>,
+    lot: Rc<Lot>,
     index: usize,
     listener: TcpListener,
 ) {
@@ -134,12 +154,21 @@ async fn accept_loop(
         match listener.accept().await {
             Ok((stream, addr)) => {
                 let _ = stream.set_nodelay(true);
+                let metrics = &worker.shared.metrics;
+                metrics.accepted_connections.fetch_add(1, Ordering::Relaxed);
+                metrics.active_connections.fetch_add(1, Ordering::Relaxed);
+                let meta = Meta {
+                    client: addr,
+                    listener: index,
+                    expires: None,
+                    fresh: true,
+                };
                 tokio::task::spawn_local(serve(
                     worker.clone(),
                     tracker.clone(),
-                    index,
-                    stream,
-                    addr,
+                    lot.clone(),
+                    Arrival::Accepted(stream),
+                    meta,
                 ));
             }
             Err(e) => {
@@ -151,108 +180,167 @@ async fn accept_loop(
     }
 }
 
+/// How a connection reaches its task.
+enum Arrival {
+    Accepted(TcpStream),
+    /// Back from the lot.
+    Resumed(Stream<TcpStream>),
+}
+
+/// Serves one connection until it closes (counted out of the active connections) or
+/// parks (still active, in the lot).
 async fn serve(
     worker: Rc<Worker>,
     tracker: Rc<Tracker>,
-    index: usize,
-    stream: TcpStream,
-    addr: SocketAddr,
+    lot: Rc<Lot>,
+    arrival: Arrival,
+    meta: Meta,
 ) {
-    let metrics = worker.shared.metrics.clone();
-    metrics.accepted_connections.fetch_add(1, Ordering::Relaxed);
-    metrics.active_connections.fetch_add(1, Ordering::Relaxed);
     let _active = tracker.enter();
-    serve_inner(worker, index, stream, addr).await;
-    metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+    let metrics = worker.shared.metrics.clone();
+    if let Some((stream, meta)) = serve_inner(worker.clone(), arrival, meta).await {
+        lot.park(&worker, stream, meta);
+    } else {
+        metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
-async fn serve_inner(worker: Rc<Worker>, index: usize, stream: TcpStream, addr: SocketAddr) {
+/// Serves the connection; returns it when it idled long enough to be parked.
+async fn serve_inner(
+    worker: Rc<Worker>,
+    arrival: Arrival,
+    meta: Meta,
+) -> Option<(Stream<TcpStream>, Meta)> {
     let snapshot = worker.shared.snapshot.load_full();
-
     let settings = snapshot
         .listeners
-        .get(index)
+        .get(meta.listener)
         .unwrap_or(sluicegate_proxy::settings::ListenerSettings::fallback());
     let state = Arc::new(ConnState::default());
-    let mut h2 = http2::Builder::new(LocalExec);
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        // The listener's header limit applies to HTTP/2 header lists too.
-        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let limits = h1::Limits {
         // The driver answers 431 for heads over the listener's limit (with the request
         // id and a log line); the loop only bounds its buffer, with room for the rest.
         max_head_bytes: (settings.max_header_bytes + 64 * 1024).max(16 * 1024),
-        h2c: settings.http2,
+        // The h2c preface is only looked for before the first request.
+        h2c: settings.http2 && meta.fresh,
         send_timeout: settings.send_timeout,
     };
     let timeout = settings.header_timeout;
-    let client_ip = http::HeaderValue::from_str(&addr.ip().to_string())
+    let client_ip = http::HeaderValue::from_str(&meta.client.ip().to_string())
         .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"));
-    match settings.tls.clone() {
-        None => {
-            let info = Rc::new(ConnInfo {
-                client_addr: addr,
-                listener: index,
-                client_ip,
-                tls: false,
-                state: state.clone(),
-            });
-            let io = ConnIo::new(stream, state, timeout);
-            if let h1::Served::Http2(io, preface) =
-                h1::serve(io, worker.clone(), info.clone(), limits).await
-            {
-                drive_h2(&h2, Rewind::new(io, preface), worker, info).await;
+    let info = |tls: bool, state: &Arc<ConnState>| {
+        Rc::new(ConnInfo {
+            client_addr: meta.client,
+            listener: meta.listener,
+            client_ip: client_ip.clone(),
+            tls,
+            state: state.clone(),
+        })
+    };
+    let stream = match arrival {
+        Arrival::Accepted(stream) => match settings.tls.clone() {
+            None => Stream::Plain(stream),
+            Some(config) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                let handshake = acceptor.accept(Sock::Live(stream));
+                match tokio::time::timeout(timeout, handshake).await {
+                    Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %meta.client, error = %e, "TLS handshake failed.");
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %meta.client, "TLS handshake timed out.");
+                        return None;
+                    }
+                }
+            }
+        },
+        Arrival::Resumed(stream) => stream,
+    };
+    match stream {
+        Stream::Plain(stream) => {
+            let info = info(false, &state);
+            let io = conn_io(stream, state, timeout, &meta);
+            match h1::serve(io, worker.clone(), info.clone(), limits, meta.fresh).await {
+                h1::Served::Done => None,
+                h1::Served::Idle(io, fresh) => parked(io, fresh, meta, Stream::Plain),
+                h1::Served::Http2(io, preface) => {
+                    drive_h2(settings, Rewind::new(io, preface), worker, info).await;
+                    None
+                }
             }
         }
-        Some(tls) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-            let tls_stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(client = %addr, error = %e, "TLS handshake failed.");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(client = %addr, "TLS handshake timed out.");
-                    return;
-                }
-            };
-            let alpn_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        Stream::Tls(stream) => {
+            let alpn_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             if alpn_h2 {
                 state.set(ConnPhase::H2);
             }
-            let info = Rc::new(ConnInfo {
-                client_addr: addr,
-                listener: index,
-                client_ip,
-                tls: true,
-                state: state.clone(),
-            });
-            let io = ConnIo::new(tls_stream, state, timeout);
+            let info = info(true, &state);
+            let io = conn_io(*stream, state, timeout, &meta);
             if alpn_h2 {
-                drive_h2(&h2, io, worker, info).await;
-            } else {
-                let limits = h1::Limits {
-                    h2c: false,
-                    ..limits
-                };
-                let _ = h1::serve(io, worker, info, limits).await;
+                drive_h2(settings, io, worker, info).await;
+                return None;
+            }
+            let limits = h1::Limits {
+                h2c: false,
+                ..limits
+            };
+            match h1::serve(io, worker, info, limits, meta.fresh).await {
+                h1::Served::Idle(io, fresh) => {
+                    parked(io, fresh, meta, |s| Stream::Tls(Box::new(s)))
+                }
+                h1::Served::Done | h1::Served::Http2(..) => None,
             }
         }
     }
 }
 
+/// The connection's I/O with its timeouts; an HTTP/1.1 connection asks to be parked once
+/// idle for [`PARK_AFTER`].
+fn conn_io<T>(inner: T, state: Arc<ConnState>, timeout: Duration, meta: &Meta) -> ConnIo<T> {
+    let io = ConnIo::new(inner, state, timeout).parking(PARK_AFTER, meta.expires);
+    if meta.fresh {
+        io
+    } else {
+        io.without_preface()
+    }
+}
+
+/// What the lot keeps of an idle connection.
+fn parked<T>(
+    io: ConnIo<T>,
+    fresh: bool,
+    meta: Meta,
+    wrap: impl FnOnce(T) -> Stream<TcpStream>,
+) -> Option<(Stream<TcpStream>, Meta)> {
+    let (inner, expires) = io.into_parts();
+    Some((
+        wrap(inner),
+        Meta {
+            expires,
+            fresh,
+            ..meta
+        },
+    ))
+}
+
 /// Serves an HTTP/2 connection with hyper until it ends or the worker drains.
 async fn drive_h2<I>(
-    builder: &http2::Builder<LocalExec>,
+    settings: &sluicegate_proxy::settings::ListenerSettings,
     io: I,
     worker: Rc<Worker>,
     info: Rc<ConnInfo>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let mut builder = http2::Builder::new(LocalExec);
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        // The listener's header limit applies to HTTP/2 header lists too.
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
     let client = info.client_addr;
     let signal = worker.clone();
     // Boxed: hyper keeps the request's future by value in its stream task, so an unboxed

@@ -112,6 +112,8 @@ pub struct Metrics {
     upstreams: Mutex<BTreeMap<String, Arc<UpstreamMetrics>>>,
     /// Client connections open now.
     pub active_connections: AtomicI64,
+    /// Of those, idle HTTP/1.1 connections parked without a task or buffers.
+    pub parked_connections: AtomicI64,
     /// Client connections accepted since start.
     pub accepted_connections: AtomicU64,
     /// Requests hyper rejected as malformed before they reached a route (400/431).
@@ -223,6 +225,12 @@ impl Metrics {
                 "gauge",
                 "Client connections open now.",
                 self.active_connections.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "sluicegate_parked_connections",
+                "gauge",
+                "Idle HTTP/1.1 client connections parked without a task or buffers.",
+                self.parked_connections.load(Ordering::Relaxed).to_string(),
             ),
             (
                 "sluicegate_accepted_connections_total",

@@ -40,7 +40,7 @@ pub use sluicegate_proxy::upgrade::{self, ClientIo, OnUpgrade, Upgraded};
 
 use self::body::{Conn, Expect};
 use self::response::{Ask, Written};
-use super::conn::{ConnPhase, H2_PREFACE};
+use super::conn::{ConnPhase, ConnState, H2_PREFACE};
 use sluicegate_core::body::ClientStream;
 use sluicegate_core::error::{error_response, Kind, ProxyError};
 use sluicegate_http1::{Framing, READ_CHUNK};
@@ -57,9 +57,15 @@ const LINGER_BYTES: usize = 1024 * 1024;
 pub enum Served<I> {
     /// Closed (or handed over to an upgrade).
     Done,
+    /// Idle long enough to be parked (its phase is [`ConnPhase::Parking`]); nothing of it is
+    /// buffered or in use.
+    Idle(I, Fresh),
     /// The client sent the HTTP/2 preface: serve it as HTTP/2 with these bytes first.
     Http2(I, Bytes),
 }
+
+/// Whether a connection has served no request yet.
+pub type Fresh = bool;
 
 /// The per-listener limits the loop applies.
 #[derive(Debug, Clone, Copy)]
@@ -73,8 +79,15 @@ pub struct Limits {
     pub send_timeout: Duration,
 }
 
-/// Serves HTTP/1.1 requests on `io` until the connection ends.
-pub async fn serve<I>(io: I, worker: Rc<Worker>, info: Rc<ConnInfo>, limits: Limits) -> Served<I>
+/// Serves HTTP/1.1 requests on `io` until the connection ends or idles long enough to be
+/// parked; `fresh`: no request was served on it yet.
+pub async fn serve<I>(
+    io: I,
+    worker: Rc<Worker>,
+    info: Rc<ConnInfo>,
+    limits: Limits,
+    fresh: bool,
+) -> Served<I>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -83,13 +96,19 @@ where
         BytesMut::with_capacity(READ_CHUNK),
     )));
     let mut out = Vec::with_capacity(1024);
-    let mut first = true;
+    let mut first = fresh;
     let mut drain = worker.drain.slot();
     loop {
-        let head = match next_head(&conn, &mut drain, limits, first).await {
+        let head = match next_head(&conn, &mut drain, &info.state, limits, first).await {
             Next::Head(head) => head,
             Next::Closed => return Served::Done,
             Next::Http2 => return into_http2(conn),
+            Next::Park => {
+                return match Rc::try_unwrap(conn) {
+                    Ok(cell) => Served::Idle(cell.into_inner().io, first),
+                    Err(_) => Served::Done,
+                }
+            }
             Next::Invalid(e) => {
                 worker
                     .shared
@@ -172,6 +191,8 @@ enum Next {
     Head(request::Head),
     Closed,
     Http2,
+    /// Idle, with nothing buffered and nobody holding the connection: park it.
+    Park,
     Invalid(ProxyError),
 }
 
@@ -179,6 +200,7 @@ enum Next {
 async fn next_head<I>(
     conn: &Rc<RefCell<Conn<I>>>,
     drain: &mut DrainSlot<'_>,
+    state: &ConnState,
     limits: Limits,
     first: bool,
 ) -> Next
@@ -227,6 +249,14 @@ where
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Next::Closed),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Pending => {
+                    if state.get() == ConnPhase::Parking {
+                        if c.buf.is_empty() && Rc::strong_count(conn) == 1 {
+                            return Poll::Ready(Next::Park);
+                        }
+                        // Pipelined bytes wait, or a body reader still holds the
+                        // connection: not idle after all; the timeout asks again.
+                        state.set(ConnPhase::Idle);
+                    }
                     if c.buf.is_empty() {
                         drain.watch(cx.waker());
                     }
