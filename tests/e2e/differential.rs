@@ -77,7 +77,7 @@ fn run(proxy: &Proxy<'_>, corpus: &[Entry]) -> Vec<Outcome> {
     corpus
         .iter()
         .map(|entry| {
-            let reply = recorder::exchange(proxy.addr, &entry.bytes);
+            let reply = recorder::exchange(proxy.addr, proxy.upstream, &entry.bytes);
             let conns = proxy.upstream.take();
             let requests = conns
                 .iter()

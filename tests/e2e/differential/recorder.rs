@@ -28,6 +28,8 @@ const AT_MOST: Duration = Duration::from_secs(3);
 struct State {
     conns: HashMap<u64, Conn>,
     last_activity: Option<Instant>,
+    /// Answers written, over every connection so far.
+    answered: usize,
 }
 
 struct Conn {
@@ -79,6 +81,11 @@ impl Recorder {
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many answers it has written so far.
+    pub fn answered(&self) -> usize {
+        self.state.lock().unwrap().answered
     }
 
     /// Once the upstream has been quiet for a moment: the bytes each connection received
@@ -153,6 +160,7 @@ fn serve(id: u64, mut stream: TcpStream, state: &Mutex<State>) {
                     if stream.write_all(ANSWER).is_err() {
                         return;
                     }
+                    state.lock().unwrap().answered += 1;
                 }
                 Some(Err(())) => {
                     lost = true;
@@ -235,8 +243,10 @@ pub struct Reply {
 }
 
 /// Sends `request` to `addr` as it is and reads responses until the connection closes,
-/// a final response is followed by a pause, or time runs out.
-pub fn exchange(addr: SocketAddr, request: &[u8]) -> Reply {
+/// or time runs out, or a final response is followed by a pause once the client has every
+/// answer `upstream` wrote meanwhile (a slow proxy's last response is not cut off).
+pub fn exchange(addr: SocketAddr, upstream: &Recorder, request: &[u8]) -> Reply {
+    let before = upstream.answered();
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
@@ -265,7 +275,8 @@ pub fn exchange(addr: SocketAddr, request: &[u8]) -> Reply {
         }
         take_responses(&mut buf, &mut reply, false);
         let finals = reply.statuses.iter().filter(|s| **s >= 200).count();
-        if (finals > 0 && last.elapsed() >= AFTER_LAST) || start.elapsed() >= AT_MOST {
+        let owed = upstream.answered() - before > reply.from_upstream;
+        if (finals > 0 && !owed && last.elapsed() >= AFTER_LAST) || start.elapsed() >= AT_MOST {
             break;
         }
     }
