@@ -99,7 +99,8 @@ pub(super) fn parse(buf: &mut BytesMut) -> Result<Option<Head>, ProxyError> {
     // malformed, the request is refused before any of it reaches an upstream, instead of
     // the upstream getting the head and a body cut short.
     if let Framing::Chunked(state) = framing {
-        sluicegate_http1::check_buffered_chunks(state, &buf[..]).map_err(bad)?;
+        sluicegate_http1::check_buffered_chunks(state, &buf[..])
+            .map_err(|e| bad(format!("malformed chunked request body: {e}")))?;
     }
     let keep_alive = if http11 {
         !facts.close
