@@ -221,6 +221,11 @@ impl Plan {
             let max = sh.opts.max_payload_bytes;
             return Ok(Err(WalError::PayloadTooLarge { len, max }));
         }
+        // `u64::MAX` is never handed out, so `next_id` never overflows: only a damaged log
+        // (one that says some id reached the end) gets here.
+        if self.next_id == u64::MAX {
+            return Ok(Err(WalError::IdsExhausted));
+        }
         let frame_len = HEADER_LEN as u64 + len;
         let mut rotate =
             self.active.2 + frame_len > sh.opts.segment_bytes && self.active.2 > HEADER_LEN as u64;

@@ -36,6 +36,11 @@ pub enum WalError {
         max: u64,
     },
 
+    /// Every record id has been handed out (the log says some id reached `u64::MAX`,
+    /// which only a damaged or forged log can). Nothing was written.
+    #[error("wal has no record ids left")]
+    IdsExhausted,
+
     /// An earlier write or fsync failed, so the page cache can no longer be
     /// trusted; the log refuses all writes until it is closed and reopened.
     #[error("wal refuses writes after an earlier write/fsync failure; reopen it")]

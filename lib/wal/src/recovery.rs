@@ -182,7 +182,10 @@ fn scan_segment(
 
     let mut prev: Option<u64> = None;
     let mut live = 0u64;
-    let in_order = |prev: Option<u64>, id: u64| id >= base && prev.is_none_or(|p| id > p);
+    // `u64::MAX` is never handed out (the writer stops below it), so a frame with it is
+    // not one the log wrote: trusting it would leave no id for the next append.
+    let in_order =
+        |prev: Option<u64>, id: u64| id >= base && id < u64::MAX && prev.is_none_or(|p| id > p);
     let end = frame::scan(
         &*file,
         HEADER_LEN as u64,
@@ -249,4 +252,59 @@ fn scan_segment(
         damaged,
     };
     Ok(Some(SegScan { seg, lost: bad }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use crate::{Wal, WalError, WalOptions};
+
+    /// A segment with base id 1 whose one record (`last`) claims the last id, `u64::MAX`.
+    /// Found by the `wal_recovery` fuzz target: the next append overflowed the id counter
+    /// in the writer thread (a panic there; ids wrapping to 0 without overflow checks).
+    const LAST_ID_SEGMENT: [u8; 68] = [
+        // Segment header: `SLUICEWL`, version 1, base id 1, CRC.
+        0x53, 0x4c, 0x55, 0x49, 0x43, 0x45, 0x57, 0x4c, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x93, 0x8e,
+        0x03, 0xcf, //
+        // Record frame: `SGR1`, length 4, id u64::MAX, time, CRCs, then the payload.
+        0x53, 0x47, 0x52, 0x31, 0x04, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x0a, 0xac, 0x53, 0xfc, 0x57, 0x6d,
+        0x89, 0xc8, 0x6c, 0x61, 0x73, 0x74,
+    ];
+
+    /// A state log whose one entry acks id `u64::MAX`.
+    const LAST_ID_ACK: [u8; 40] = [
+        0x53, 0x47, 0x53, 0x31, 0x08, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+        0x00, 0x00, 0x68, 0xe5, 0xcf, 0x8b, 0x01, 0x00, 0x00, 0x1a, 0x75, 0xa6, 0x59, 0x30, 0x72,
+        0x86, 0xbf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+
+    #[test]
+    fn a_record_with_the_last_id_is_dropped_and_appends_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("00000000000000000001.seg"), LAST_ID_SEGMENT).unwrap();
+        let log = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        assert!(log.read_pending(0, 10).unwrap().is_empty());
+        let id = log.append(b"next".to_vec()).unwrap();
+        assert!(id < u64::MAX);
+        log.close().unwrap();
+        let log = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let pending = log.read_pending(0, 10).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!((pending[0].id, &pending[0].payload[..]), (id, &b"next"[..]));
+    }
+
+    #[test]
+    fn a_log_whose_ids_are_used_up_refuses_appends_instead_of_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("state.log"), LAST_ID_ACK).unwrap();
+        let log = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        assert!(matches!(
+            log.append(b"x".to_vec()),
+            Err(WalError::IdsExhausted)
+        ));
+        log.close().unwrap();
+        assert!(Wal::open(dir.path(), WalOptions::default()).is_ok());
+    }
 }
