@@ -34,13 +34,17 @@ pub fn error(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
 pub fn as_bytes(v: &Value) -> Option<Vec<u8>> {
     match v {
         Value::String(s) => Some(s.as_bytes().to_vec()),
-        Value::Integer(i) => Some(i.to_string().into_bytes()),
+        // Luau has one number type: an integer prints as the same number as a float does.
+        Value::Integer(i) => Some(number_text(*i as f64).into_bytes()),
         Value::Number(n) => Some(number_text(*n).into_bytes()),
         _ => None,
     }
 }
 
-/// How Lua prints a number (`%.14g`): integers without a fraction.
+/// How Lua prints a number (`%.14g`): integers without a fraction, and every number with
+/// at most 14 significant digits, so from 1e14 on an integer too is written with an exponent
+/// (a 15-digit integer written out would read back the same, but the number next to it with
+/// a fraction would not: cjson's output would change each time it is decoded and encoded).
 pub fn number_text(n: f64) -> String {
     if n.is_nan() {
         return "nan".to_string();
@@ -48,7 +52,7 @@ pub fn number_text(n: f64) -> String {
     if n.is_infinite() {
         return if n > 0.0 { "inf" } else { "-inf" }.to_string();
     }
-    if n.fract() == 0.0 && n.abs() < 1e15 {
+    if n.fract() == 0.0 && n.abs() < 1e14 {
         return format!("{}", n as i64);
     }
     let exp = n.abs().log10().floor() as i32;
@@ -351,5 +355,25 @@ mod tests {
         assert_eq!(number_text(1.0 / 3.0), "0.33333333333333");
         assert_eq!(number_text(1e20), "1e+20");
         assert_eq!(number_text(123.456), "123.456");
+        assert_eq!(number_text(99_999_999_999_999.0), "99999999999999");
+        assert_eq!(number_text(1e14), "1e+14");
+    }
+
+    /// Found by the `lua_convert` fuzz target: `888888888888889.4` was written as
+    /// `8.8888888888889e+14`, which decodes to the integer 888888888888890, which was then
+    /// written as `888888888888890`: cjson's output was not stable.
+    #[test]
+    fn writes_a_fifteen_digit_number_alike_whether_it_has_a_fraction_or_not() {
+        assert_eq!(number_text(888_888_888_888_889.4), "8.8888888888889e+14");
+        assert_eq!(number_text(888_888_888_888_890.0), "8.8888888888889e+14");
+        let lua = Lua::new();
+        let encode = |text: &[u8]| {
+            let json: serde_json::Value = serde_json::from_slice(text).unwrap();
+            let value = crate::api::cjson::to_lua(&lua, json).unwrap();
+            crate::api::cjson::encode_value(&lua, &value).unwrap()
+        };
+        let once = encode(b"[888888888888889.4,-123456789012345]");
+        assert_eq!(once, b"[8.8888888888889e+14,-1.2345678901234e+14]");
+        assert_eq!(encode(&once), once);
     }
 }

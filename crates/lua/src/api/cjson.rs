@@ -94,7 +94,7 @@ fn encode(v: &Value, out: &mut Vec<u8>, depth: usize, marks: &Marks) -> Result<(
     match v {
         Value::Nil => out.extend_from_slice(b"null"),
         Value::Boolean(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Value::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+        Value::Integer(i) => number(out, *i as f64)?,
         Value::Number(n) => number(out, *n)?,
         Value::String(s) => escape(out, &s.as_bytes()),
         Value::LightUserData(l) if l.0.is_null() => out.extend_from_slice(b"null"),
