@@ -56,5 +56,6 @@ mod rate_limit;
 mod resilience;
 mod routing;
 mod upstream_failures;
+mod upstream_framing;
 mod upstream_tls;
 mod websocket;

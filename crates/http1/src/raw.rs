@@ -175,20 +175,31 @@ impl RawBuilder {
                 (None, Some(n)) => Framing::Length(n),
             }
         };
-        let keep_alive = if http10 {
-            facts.keep_alive && !facts.close
-        } else {
-            !facts.close
-        };
-        let rebuilt = bodiless
-            || facts.names_headers
-            || facts.length_lines > 1
-            || (facts.te_chunked.is_some() && facts.length_lines > 0);
-        let contiguous = contiguous(&head, &self.fields);
+        // Transfer-Encoding next to Content-Length (RFC 9112 §6.3): the coding frames the
+        // body, the length lines are not passed on, and the connection is not used again
+        // (the upstream or something before it may frame the next message otherwise).
+        let ambiguous = facts.te_chunked.is_some() && facts.length_lines > 0;
+        let mut fields = self.fields;
+        if ambiguous {
+            for f in &mut fields {
+                let name = head.get(f.name as usize..f.name_end as usize);
+                if name.is_some_and(|n| n.eq_ignore_ascii_case(b"content-length")) {
+                    f.removed = true;
+                }
+            }
+        }
+        let keep_alive = !ambiguous
+            && if http10 {
+                facts.keep_alive && !facts.close
+            } else {
+                !facts.close
+            };
+        let rebuilt = bodiless || facts.names_headers || facts.length_lines > 1 || ambiguous;
+        let contiguous = contiguous(&head, &fields);
         ParsedHead {
             headers: RawHeaders {
                 head,
-                fields: self.fields,
+                fields,
                 contiguous,
                 passthrough: !rebuilt,
                 has_date: facts.has_date,
@@ -444,6 +455,9 @@ mod tests {
         .unwrap();
         assert!(!both.headers.passthrough());
         assert_eq!(both.framing, Framing::Chunked(ChunkState::Size));
+        assert!(!both.keep_alive, "not reused after ambiguous framing");
+        let map = both.headers.to_map().unwrap();
+        assert!(map.get("content-length").is_none(), "{map:?}");
         let doubled = parse(
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
             Method::GET,

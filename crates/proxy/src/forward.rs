@@ -239,10 +239,17 @@ pub async fn forward(
                         continue;
                     }
                 }
-                if let Some(on_client) = client_upgrade {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        return Ok(tunnel(ctx, worker, on_client, response));
-                    }
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let Some(on_client) = client_upgrade else {
+                        // RFC 9110 §15.2.2: a 101 answers an `Upgrade` request only. Passed
+                        // on, the client would take the bytes after it for another protocol.
+                        metrics.error("protocol");
+                        return Err(ProxyError::upstream(
+                            Kind::UpstreamProtocol,
+                            "the upstream switched protocols for a request that asked for no upgrade",
+                        ));
+                    };
+                    return Ok(tunnel(ctx, worker, on_client, response));
                 }
                 return Ok(Forwarded { response });
             }
