@@ -237,27 +237,35 @@ impl Lot {
         }))
     }
 
-    /// Parks a connection whose keep-alive timeout ends at `expires`; closes it instead
-    /// when the worker drains or the socket cannot leave the runtime.
+    /// Whether connections can be parked (the lot's epoll set is watched).
+    pub fn open(&self) -> bool {
+        !self.broken.get()
+    }
+
+    /// Parks a connection until its client speaks, hangs up or its keep-alive timeout
+    /// (`meta.expires`) passes; closes it instead when the worker drains or the socket
+    /// cannot leave the runtime.
     pub fn park(&self, worker: &Worker, stream: Stream<TcpStream>, meta: Meta) {
         let metrics = &worker.shared.metrics;
-        let client = meta.client;
-        if worker.drain.is_draining() || self.broken.get() {
-            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-        let stream = match stream.park() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(client = %client, error = %e, "An idle connection could not be parked; closed.");
-                metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-                return;
+        match self.try_park(worker, stream, meta) {
+            Ok(()) => {
+                self.parked_since_release
+                    .set(self.parked_since_release.get() + 1);
+                metrics.parked_connections.fetch_add(1, Ordering::Relaxed);
             }
-        };
-        let Some(fd) = stream.raw_fd() else {
-            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-            return;
-        };
+            Err(why) => {
+                tracing::debug!(client = %meta.client, reason = %why, "An idle connection was closed instead of parked.");
+                metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn try_park(&self, worker: &Worker, stream: Stream<TcpStream>, meta: Meta) -> io::Result<()> {
+        if worker.drain.is_draining() || self.broken.get() {
+            return Err(io::Error::other("the worker is draining"));
+        }
+        let stream = stream.park()?;
+        let fd = stream.raw_fd().ok_or(io::ErrorKind::NotConnected)?;
         let mut slots = self.slots.borrow_mut();
         let key = match slots.free.pop() {
             Some(k) => k,
@@ -271,15 +279,11 @@ impl Lot {
             .registry
             .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
         {
-            tracing::debug!(client = %client, error = %e, "An idle connection could not be parked; closed.");
             slots.free.push(key);
-            metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
-            return;
+            return Err(e);
         }
         slots.entries[key] = Some(Parked { stream, meta });
-        self.parked_since_release
-            .set(self.parked_since_release.get() + 1);
-        metrics.parked_connections.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Takes entry `key` out of the epoll set and the table.
@@ -323,7 +327,7 @@ impl Lot {
         let mut poll = match watch(poll) {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "The idle-connection lot cannot be watched; idle connections stay with their tasks.");
+                tracing::error!(error = %e, "The idle-connection lot cannot be watched; idle connections keep their tasks.");
                 self.broken.set(true);
                 return;
             }

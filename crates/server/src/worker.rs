@@ -198,7 +198,7 @@ async fn serve(
 ) {
     let _active = tracker.enter();
     let metrics = worker.shared.metrics.clone();
-    if let Some((stream, meta)) = serve_inner(worker.clone(), arrival, meta).await {
+    if let Some((stream, meta)) = serve_inner(worker.clone(), arrival, meta, lot.open()).await {
         lot.park(&worker, stream, meta);
     } else {
         metrics.active_connections.fetch_sub(1, Ordering::Relaxed);
@@ -210,6 +210,7 @@ async fn serve_inner(
     worker: Rc<Worker>,
     arrival: Arrival,
     meta: Meta,
+    parking: bool,
 ) -> Option<(Stream<TcpStream>, Meta)> {
     let snapshot = worker.shared.snapshot.load_full();
     let settings = snapshot
@@ -261,7 +262,7 @@ async fn serve_inner(
     match stream {
         Stream::Plain(stream) => {
             let info = info(false, &state);
-            let io = conn_io(stream, state, timeout, &meta);
+            let io = conn_io(stream, state, timeout, &meta, parking);
             match h1::serve(io, worker.clone(), info.clone(), limits, meta.fresh).await {
                 h1::Served::Done => None,
                 h1::Served::Idle(io, fresh) => parked(io, fresh, meta, Stream::Plain),
@@ -277,7 +278,7 @@ async fn serve_inner(
                 state.set(ConnPhase::H2);
             }
             let info = info(true, &state);
-            let io = conn_io(*stream, state, timeout, &meta);
+            let io = conn_io(*stream, state, timeout, &meta, parking);
             if alpn_h2 {
                 drive_h2(settings, io, worker, info).await;
                 return None;
@@ -298,8 +299,19 @@ async fn serve_inner(
 
 /// The connection's I/O with its timeouts; an HTTP/1.1 connection asks to be parked once
 /// idle for [`PARK_AFTER`].
-fn conn_io<T>(inner: T, state: Arc<ConnState>, timeout: Duration, meta: &Meta) -> ConnIo<T> {
-    let io = ConnIo::new(inner, state, timeout).parking(PARK_AFTER, meta.expires);
+fn conn_io<T>(
+    inner: T,
+    state: Arc<ConnState>,
+    timeout: Duration,
+    meta: &Meta,
+    parking: bool,
+) -> ConnIo<T> {
+    let io = ConnIo::new(inner, state, timeout);
+    let io = if parking {
+        io.parking(PARK_AFTER, meta.expires)
+    } else {
+        io
+    };
     if meta.fresh {
         io
     } else {
