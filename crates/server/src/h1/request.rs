@@ -150,6 +150,11 @@ fn host_rules(
                 "the request target has userinfo (`user@`) in its authority",
             ));
         }
+        // The authority becomes `Host`, so it follows the `Host` rules (`http::Uri` takes
+        // a port such as `808bca`).
+        if !valid_host(authority.as_str().as_bytes()) {
+            return Err(bad("the request target's authority is not a host and port"));
+        }
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|_| bad("malformed authority in the request target"))?;
         headers.insert(header::HOST, host);
@@ -654,6 +659,15 @@ mod tests {
         assert_eq!(h.parts.uri.path_and_query().unwrap().as_str(), "/p?q=1");
         let userinfo = parse_text("GET http://u@other.example/ HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(userinfo.err().map(|e| e.status().as_u16()), Some(400));
+        // Found by the h1_request fuzz target: a port that is not digits became `Host`.
+        for target in ["http://a:8x/", "http://example.com:808bca//0?"] {
+            let bad_port = parse_text(&format!("GET {target} HTTP/1.1\r\nHost: other\r\n\r\n"));
+            assert_eq!(
+                bad_port.err().map(|e| e.status().as_u16()),
+                Some(400),
+                "{target}"
+            );
+        }
         // An origin-form target keeps the client's Host.
         let h = head("GET /p HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.parts.headers["host"], "a");
