@@ -71,7 +71,7 @@ pub fn run(
                     meta,
                 ));
             });
-            tokio::task::spawn_local(lot.clone().run(worker.clone(), resume))
+            tokio::task::spawn_local(lot.clone().run(worker.clone(), tracker.clone(), resume))
         };
         let mut accepting = Vec::new();
         for (index, socket) in sockets.into_iter().enumerate() {
