@@ -63,6 +63,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         },
         "workers": shared.workers,
         "active_connections": shared.metrics.active_connections.load(std::sync::atomic::Ordering::Relaxed),
+        "parked_connections": shared.metrics.parked_connections.load(std::sync::atomic::Ordering::Relaxed),
         "listeners": snap.listeners.iter().map(|l| json!({"name": l.name, "address": l.address, "tls": l.tls.is_some()})).collect::<Vec<_>>(),
         "routes": routes,
         "upstreams": upstreams,

@@ -49,6 +49,8 @@ async fn an_idle_connection_is_parked_and_serves_its_next_request() {
     assert_eq!(parked, 1.0, "the idle connection is parked");
     // The metrics request's own connection is active too.
     assert!(active >= 1.0, "a parked connection is still open: {active}");
+    let status = gw.admin_get("/status").await.json();
+    assert_eq!(status["parked_connections"], 1, "{status}");
 
     client.write(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let reply = client
