@@ -256,50 +256,15 @@ pub fn decode(framing: &mut Framing, buf: &mut BytesMut) -> Result<Decoded, &'st
 /// it, so that a request whose body is already known to be malformed can be refused before
 /// any of it is forwarded. Bytes after the body's end are not looked at; a body that is
 /// not complete yet is fine as far as it goes.
-pub fn check_buffered_chunks(mut state: ChunkState, buf: &[u8]) -> Result<(), &'static str> {
-    let mut at = 0;
+pub fn check_buffered_chunks(state: ChunkState, buf: &[u8]) -> Result<(), &'static str> {
+    // The decoder itself, on a copy (only chunked requests pay for it): the check and the
+    // reading of the body can never disagree on what is malformed.
+    let mut framing = Framing::Chunked(state);
+    let mut copy = BytesMut::from(buf);
     loop {
-        let rest = &buf[at..];
-        match state {
-            ChunkState::Size => {
-                let Some(end) = line_end(rest)? else {
-                    return Ok(());
-                };
-                let size = chunk_size(&rest[..end])?;
-                at += end + 2;
-                state = if size == 0 {
-                    ChunkState::Trailers
-                } else {
-                    ChunkState::Data(size)
-                };
-            }
-            ChunkState::Data(n) => {
-                if (rest.len() as u64) < n {
-                    return Ok(());
-                }
-                at += n as usize;
-                state = ChunkState::DataEnd;
-            }
-            ChunkState::DataEnd => {
-                if !b"\r\n".starts_with(&rest[..rest.len().min(2)]) {
-                    return Err("missing CRLF after chunk data");
-                }
-                if rest.len() < 2 {
-                    return Ok(());
-                }
-                at += 2;
-                state = ChunkState::Size;
-            }
-            ChunkState::Trailers => {
-                let Some(end) = line_end(rest)? else {
-                    return Ok(());
-                };
-                if end == 0 {
-                    return Ok(());
-                }
-                trailer_line(&rest[..end])?;
-                at += end + 2;
-            }
+        match decode(&mut framing, &mut copy)? {
+            Decoded::Data(_) => {}
+            Decoded::End | Decoded::NeedMore => return Ok(()),
         }
     }
 }
