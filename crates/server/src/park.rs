@@ -338,11 +338,23 @@ impl Lot {
         loop {
             tokio::select! {
                 ready = poll.readable_mut() => {
-                    let Ok(mut guard) = ready else { return };
-                    events.clear();
-                    if guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)).is_err() {
-                        continue;
-                    }
+                    let polled = ready.and_then(|mut guard| {
+                        events.clear();
+                        guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO))?;
+                        Ok(guard)
+                    });
+                    let mut guard = match polled {
+                        Ok(guard) => guard,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            // Nothing parked could be woken any more: close it all, and
+                            // let idle connections keep their tasks from now on.
+                            tracing::error!(error = %e, "The idle-connection lot failed; its connections are closed.");
+                            self.broken.set(true);
+                            self.close_expired(&worker, Instant::now(), true);
+                            return;
+                        }
+                    };
                     if events.iter().count() < events.capacity() {
                         guard.clear_ready();
                     }
