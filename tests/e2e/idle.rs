@@ -36,6 +36,16 @@ async fn wait_parked(gw: &TestGateway, want: f64) -> (f64, f64) {
     gauges(gw).await
 }
 
+/// A keep-alive connection that served one request and was then parked.
+async fn parked_client(gw: &TestGateway) -> Raw {
+    let mut client = Raw::connect(gw.addr).await;
+    client.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(client.read_response().await.unwrap().status, 200);
+    tokio::time::sleep(PARKED).await;
+    assert_eq!(wait_parked(gw, 1.0).await.0, 1.0, "parked");
+    client
+}
+
 #[tokio::test]
 async fn an_idle_connection_is_parked_and_serves_its_next_request() {
     let up = Upstream::echo();
@@ -139,11 +149,7 @@ async fn a_parked_connection_is_closed_at_its_keep_alive_timeout() {
     let gw = Config::proxy_to(up.addr())
         .listener("client_header_timeout_ms: 2500")
         .start();
-    let mut client = Raw::connect(gw.addr).await;
-    client.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(client.read_response().await.unwrap().status, 200);
-    tokio::time::sleep(PARKED).await;
-    assert_eq!(wait_parked(&gw, 1.0).await.0, 1.0);
+    let mut client = parked_client(&gw).await;
 
     // The timeout counts from the end of the response, parked or not: the lot closes it.
     assert!(
@@ -162,11 +168,7 @@ async fn a_parked_connection_is_closed_at_its_keep_alive_timeout() {
 async fn the_drain_closes_parked_connections() {
     let up = Upstream::echo();
     let gw = Config::proxy_to(up.addr()).start();
-    let mut client = Raw::connect(gw.addr).await;
-    client.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(client.read_response().await.unwrap().status, 200);
-    tokio::time::sleep(PARKED).await;
-    assert_eq!(wait_parked(&gw, 1.0).await.0, 1.0);
+    let mut client = parked_client(&gw).await;
 
     tokio::task::spawn_blocking(move || drop(gw)).await.unwrap();
     assert!(client.read_to_end().await.is_empty(), "closed by the drain");
