@@ -95,6 +95,7 @@ pub fn main() -> i32 {
         }
     };
     init_tracing();
+    sluicegate_luacompat::install();
     match cli.command {
         Command::Run { config } => run::run(&config),
         Command::Check { config } => check::check(&config),

@@ -325,6 +325,30 @@ impl Runtime {
     }
 }
 
+/// An API area that a crate above this one adds to every VM (the compatibility layer's
+/// cosockets and Envoy handle): called with the Lua state, the host, the table `require`
+/// resolves built-in modules from, and the globals, before the VM is frozen.
+pub type Extension =
+    fn(&mlua::Lua, &std::rc::Rc<vm::Host>, &mlua::Table, &mlua::Table) -> mlua::Result<()>;
+
+/// Extensions registered with [`provide_extension`].
+static EXTENSIONS: std::sync::RwLock<Vec<Extension>> = std::sync::RwLock::new(Vec::new());
+
+/// Adds `ext` to every VM created from now on (the application registers its extensions at
+/// start, before any VM exists); registering the same function twice adds it once.
+pub fn provide_extension(ext: Extension) {
+    if let Ok(mut list) = EXTENSIONS.write() {
+        if !list.iter().any(|e| std::ptr::fn_addr_eq(*e, ext)) {
+            list.push(ext);
+        }
+    }
+}
+
+/// The registered extensions.
+pub(crate) fn extensions() -> Vec<Extension> {
+    EXTENSIONS.read().map(|l| l.clone()).unwrap_or_default()
+}
+
 /// The TLS hook of runtimes made outside a server (specs, tests), once the application
 /// provides one ([`provide_http_tls`]).
 static HTTP_TLS: std::sync::OnceLock<HttpTls> = std::sync::OnceLock::new();

@@ -65,6 +65,9 @@ pub fn install(lua: &Lua, host: &Rc<Host>, extras: Option<Extras<'_>>) -> mlua::
         globals.raw_set(*name, Value::Nil)?;
     }
     let modules = api::register(lua, host, &globals)?;
+    for ext in super::extensions() {
+        ext(lua, host, &modules, &globals)?;
+    }
     if let Some(extras) = extras {
         extras(lua, &modules, &globals)?;
     }

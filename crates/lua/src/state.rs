@@ -113,6 +113,9 @@ pub struct ReqState {
     /// `sluicegate.ratelimit.set_key`: the key a `rate_limit` plugin with `key: script`
     /// counts the request by.
     pub ratelimit_key: Option<String>,
+    /// What the call opened and must not outlive it (cosockets): dropped, which closes
+    /// them, when the call's state is reset at the end of its request phase or timer run.
+    pub owned: Vec<Box<dyn std::any::Any>>,
 }
 
 fn empty_head() -> http::request::Parts {
@@ -159,6 +162,7 @@ impl ReqState {
             body_error: None,
             upstream_choice: None,
             ratelimit_key: None,
+            owned: Vec::new(),
         }
     }
 
@@ -244,6 +248,7 @@ impl ReqState {
         self.ratelimit_key = None;
         self.info.upstream = None;
         self.info.jwt_claims = None;
+        self.owned.clear();
     }
 
     /// Whether the call ended the request (exit with a final status, redirect, output).
