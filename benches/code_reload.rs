@@ -65,6 +65,7 @@ fn swap_times() {
         phases: PhaseSet::of(&Phase::ALL),
         all_or_nothing: false,
         priority: 900,
+        lua_modules: sluicegate_lua::Modules::empty(),
     };
     let rounds: usize = env("ROUNDS", 10);
     let (mut first, mut one, mut same) = (Vec::new(), Vec::new(), Vec::new());

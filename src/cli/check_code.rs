@@ -48,6 +48,7 @@ pub fn check_code(paths: &[std::path::PathBuf]) -> i32 {
         phases: PhaseSet::of(&Phase::ALL),
         all_or_nothing: false,
         priority: sluicegate_code::config::defaults::PRIORITY,
+        lua_modules: sluicegate_lua::Modules::empty(),
     };
     let mut code = EXIT_OK;
     for path in paths {

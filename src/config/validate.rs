@@ -49,10 +49,12 @@ pub fn snapshot(
     let mut diags = Diags::default();
     let top = Path::root();
     let secrets = sluicegate_secrets::SecretStore::load(root.get("secrets"), base_dir, &mut diags);
+    let lua_modules = lua_modules(root, base_dir, &mut diags);
     let build = BuildCtx {
         base_dir,
         secrets: &secrets,
         route: None,
+        lua_modules: &lua_modules,
     };
     let result = match &root.kind {
         NodeKind::Map(entries) => {
@@ -163,7 +165,7 @@ fn build_snapshot(
     let settings = settings(root, build.base_dir, diags);
     let listeners = listeners(root, build.base_dir, diags);
     let access_log = access_log(root, build.base_dir, diags);
-    let lua = lua_settings(root, diags);
+    let lua = lua_settings(root, build.lua_modules, diags);
     // Balancers keep one cursor per worker: size them for the workers that will run.
     let worker_count = if workers > 0 {
         workers
@@ -190,7 +192,7 @@ fn build_snapshot(
         diags,
     );
     check_upstream_refs(&global, &upstreams, diags);
-    let code = code_settings(root, build.base_dir, diags);
+    let code = code_settings(root, build.base_dir, build.lua_modules, diags);
     if let Some(c) = &code {
         // Dynamic scripts run in every chain (see `sluicegate_code::plugin`).
         global.push(ChainEntry {
@@ -227,19 +229,90 @@ fn build_snapshot(
 fn code_settings(
     root: &Node,
     base_dir: &FsPath,
+    modules: &Arc<sluicegate_lua::Modules>,
     diags: &mut Diags,
 ) -> Option<Arc<sluicegate_code::CodeSettings>> {
     let node = root.get("code")?;
     let path = Path::root().key("code");
-    Some(Arc::new(sluicegate_code::config::from_node(
-        node, &path, base_dir, diags,
-    )))
+    Some(Arc::new(sluicegate_code::CodeSettings {
+        lua_modules: modules.clone(),
+        ..sluicegate_code::config::from_node(node, &path, base_dir, diags)
+    }))
 }
 
-fn lua_settings(root: &Node, diags: &mut Diags) -> sluicegate_lua::LuaSettings {
+/// Compiles the modules under `lua.package_path`; every problem is recorded at the entry
+/// of its directory, with the file and line in the message.
+fn lua_modules(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Arc<sluicegate_lua::Modules> {
+    let Some(node) = root.get("lua").and_then(|l| l.get("package_path")) else {
+        return sluicegate_lua::Modules::empty();
+    };
+    let path = Path::root().key("lua").key("package_path");
+    let entries: file::OneOrMany = match from_node(node, &path) {
+        Ok(e) => e,
+        // Reported with the rest of the `lua:` section.
+        Err(_) => return sluicegate_lua::Modules::empty(),
+    };
+    let single = matches!(node.kind, NodeKind::Str(_));
+    let mut dirs = Vec::new();
+    let mut at = Vec::new();
+    for (i, entry) in entries.0.iter().enumerate() {
+        let here = if single { path.clone() } else { path.index(i) };
+        // OpenResty's `lua_package_path` style is accepted: `dir/?.lua;dir/?/init.lua;;`.
+        for part in entry.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let dir = part
+                .strip_suffix("/?/init.lua")
+                .or_else(|| part.strip_suffix("/?.lua"))
+                .unwrap_or(part);
+            if dir.contains('?') {
+                diags.push(
+                    &here,
+                    format!(
+                        "`{part}`: give a directory; `?.lua` and `?/init.lua` are searched in it"
+                    ),
+                );
+                continue;
+            }
+            let full = base_dir.join(dir);
+            if !full.is_dir() {
+                diags.push(&here, format!("`{}` is not a directory", full.display()));
+                continue;
+            }
+            if !dirs.contains(&full) {
+                dirs.push(full);
+                at.push(here.clone());
+            }
+        }
+    }
+    match sluicegate_lua::Modules::load(&dirs) {
+        Ok(m) => Arc::new(m),
+        Err(errors) => {
+            for e in errors {
+                let here = at.get(e.dir).cloned().unwrap_or_else(|| path.clone());
+                diags.push(
+                    &here,
+                    format!(
+                        "module file `{}`: {}",
+                        dirs[e.dir].join(&e.file).display(),
+                        e.message
+                    ),
+                );
+            }
+            sluicegate_lua::Modules::empty()
+        }
+    }
+}
+
+fn lua_settings(
+    root: &Node,
+    modules: &Arc<sluicegate_lua::Modules>,
+    diags: &mut Diags,
+) -> sluicegate_lua::LuaSettings {
     let cfg: file::LuaSectionConfig = field(root, "lua", diags).unwrap_or_default();
     let path = Path::root().key("lua");
-    let mut s = sluicegate_lua::LuaSettings::default();
+    let mut s = sluicegate_lua::LuaSettings {
+        modules: modules.clone(),
+        ..Default::default()
+    };
     if let Some(ms) = cfg.cpu_budget_ms {
         if !(1..=60_000).contains(&ms) {
             diags.push(&path.key("cpu_budget_ms"), "must be between 1 and 60000");
@@ -833,6 +906,47 @@ mod tests {
             "{found:?}"
         );
         assert!(found.contains(&("bogus".into(), Some(11))), "{found:?}");
+    }
+
+    #[test]
+    fn module_files_with_syntax_errors_are_configuration_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lua/resty")).unwrap();
+        std::fs::write(dir.path().join("lua/resty/ok.lua"), "return {}").unwrap();
+        std::fs::write(
+            dir.path().join("lua/resty/bad.lua"),
+            "local M = {}\nfunction M.f(\nreturn M\n",
+        )
+        .unwrap();
+        let text = "lua:\n  package_path:\n    - missing\n    - lua\nroutes:\n  - plugins:\n      - name: request_termination\n";
+        let root = parse(text, &HashMap::new()).unwrap();
+        let errs = snapshot(&root, dir.path(), 1, 1, &Metrics::default())
+            .err()
+            .unwrap();
+        let found: Vec<(String, Option<usize>, String)> = errs
+            .iter()
+            .map(|d| (d.path.clone(), d.line, d.message.clone()))
+            .collect();
+        assert!(
+            found.iter().any(|(p, l, m)| p == "lua.package_path[0]"
+                && *l == Some(3)
+                && m.contains("is not a directory")),
+            "{found:?}"
+        );
+        assert!(
+            found.iter().any(|(p, l, m)| p == "lua.package_path[1]"
+                && *l == Some(4)
+                && m.contains("bad.lua")
+                && m.contains("syntax error at resty/bad.lua:3")),
+            "{found:?}"
+        );
+        std::fs::remove_file(dir.path().join("lua/resty/bad.lua")).unwrap();
+        let text = "listeners:\n  - address: 127.0.0.1:0\nlua:\n  package_path: 'lua/?.lua;lua/?/init.lua;;'\nroutes:\n  - plugins:\n      - name: request_termination\n";
+        let root = parse(text, &HashMap::new()).unwrap();
+        let snap = snapshot(&root, dir.path(), 1, 1, &Metrics::default())
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        assert!(snap.lua.modules.get("resty.ok").is_some());
     }
 
     #[test]

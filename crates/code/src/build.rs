@@ -407,7 +407,9 @@ impl CodeState {
             None => Domain::parse(&spec.domain).map_err(plain)?,
         };
         if let Some(g) = prev {
-            if g.script.source == spec.code {
+            let same_modules =
+                g.script.modules.as_ref().map_or(0, |m| m.id) == settings.lua_modules.id;
+            if g.script.source == spec.code && same_modules {
                 return Ok(Good {
                     script: g.script.clone(),
                     version: g.version.clone(),
@@ -429,7 +431,7 @@ impl CodeState {
                 self.failed.remove(&key);
                 Ok(Good {
                     version: super::version_of(script.source.as_bytes()),
-                    script: Arc::new(script),
+                    script: Arc::new(script.using(&settings.lua_modules)),
                     phase,
                     domain,
                     domain_text: spec.domain.clone(),
@@ -471,6 +473,7 @@ mod tests {
             phases: PhaseSet::of(&Phase::ALL),
             all_or_nothing,
             priority: 900,
+            lua_modules: sluicegate_lua::Modules::empty(),
         }
     }
 

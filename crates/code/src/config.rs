@@ -99,6 +99,9 @@ pub struct CodeSettings {
     pub all_or_nothing: bool,
     /// Priority of the dynamic-code chain entry.
     pub priority: i32,
+    /// The user modules dynamic scripts `require` (`lua.package_path`; set by the
+    /// application, which validates that section).
+    pub lua_modules: std::sync::Arc<sluicegate_lua::Modules>,
 }
 
 /// The validated `code.api`.
@@ -210,6 +213,7 @@ pub fn from_node(node: &Node, path: &Path, base_dir: &FsPath, diags: &mut Diags)
                 phases: PhaseSet::of(&Phase::ALL),
                 all_or_nothing: false,
                 priority: defaults::PRIORITY,
+                lua_modules: sluicegate_lua::Modules::empty(),
             }
         }
     }
@@ -253,6 +257,7 @@ pub fn validate(
         phases,
         all_or_nothing: cfg.all_or_nothing,
         priority: cfg.priority.unwrap_or(defaults::PRIORITY),
+        lua_modules: sluicegate_lua::Modules::empty(),
     }
 }
 

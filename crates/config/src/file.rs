@@ -314,6 +314,10 @@ pub struct LuaSectionConfig {
     pub max_pending_timers: Option<usize>,
     /// Timers running at once per worker (default 256).
     pub max_running_timers: Option<usize>,
+    /// Directories of user modules (relative to the configuration file), searched in
+    /// order with the `?.lua` and `?/init.lua` patterns (see docs/lua-api.md#user-modules).
+    #[serde(default)]
+    pub package_path: OneOrMany,
 }
 
 fn yes() -> bool {

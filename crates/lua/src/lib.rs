@@ -24,6 +24,7 @@ pub mod call;
 pub mod convert;
 pub mod dict;
 pub mod harness;
+pub mod modules;
 pub mod phase;
 pub mod plugin;
 pub mod sandbox;
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use dict::SharedDicts;
+pub use modules::Modules;
 pub use script::{compile, Script};
 pub use vm::WorkerLua;
 
@@ -68,6 +70,8 @@ pub struct LuaSettings {
     pub max_pending_timers: usize,
     /// Timers running at once per worker.
     pub max_running_timers: usize,
+    /// The user modules of `lua.package_path`.
+    pub modules: Arc<Modules>,
 }
 
 impl LuaSettings {
@@ -88,6 +92,7 @@ impl Default for LuaSettings {
             shared_dicts: Vec::new(),
             max_pending_timers: defaults::MAX_PENDING_TIMERS,
             max_running_timers: defaults::MAX_RUNNING_TIMERS,
+            modules: Modules::empty(),
         }
     }
 }

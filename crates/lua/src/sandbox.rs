@@ -90,18 +90,34 @@ pub fn install(lua: &Lua, host: &Rc<Host>, extras: Option<Extras<'_>>) -> mlua::
         known.push("sluicegate.test".to_string());
     }
     let require_modules = modules.clone();
+    let h = host.clone();
     let require = lua.create_function(move |lua, name: mlua::LuaString| {
         let key = name.to_string_lossy();
-        match require_modules.raw_get::<Value>(key.as_str())? {
-            Value::Nil => Err(super::convert::error(
-                lua,
-                format!(
-                    "module '{key}' not found: only built-in modules can be required ({})",
-                    known.join(", ")
-                ),
-            )),
-            v => Ok(v),
+        if let v @ (Value::Table(_) | Value::Function(_) | Value::Boolean(_)) =
+            require_modules.raw_get::<Value>(key.as_str())?
+        {
+            return Ok(v);
         }
+        let vm = h.vm.borrow().upgrade();
+        if let Some(vm) = vm {
+            if let Some(v) = vm.require_module(&key)? {
+                return Ok(v);
+            }
+        }
+        let searched = match h.instance.borrow().as_ref().and_then(|i| i.script_arc()) {
+            Some(s) => match &s.modules {
+                Some(m) => m.searched(&key),
+                None => "no lua.package_path is configured".to_string(),
+            },
+            None => "no lua.package_path is configured".to_string(),
+        };
+        Err(super::convert::error(
+            lua,
+            format!(
+                "module '{key}' not found: not a built-in module ({}), and {searched}",
+                known.join(", ")
+            ),
+        ))
     })?;
     globals.raw_set("require", require)?;
     let mut seen = HashSet::new();
@@ -193,6 +209,6 @@ mod tests {
             .load("require 'os'; require 'socket'")
             .exec()
             .unwrap_err();
-        assert!(err.to_string().contains("only built-in modules"), "{err}");
+        assert!(err.to_string().contains("not a built-in module"), "{err}");
     }
 }

@@ -18,6 +18,25 @@ pub struct Script {
     /// Whether the script may wait (names a function that yields). Scripts that cannot are
     /// called without a coroutine, which is cheaper.
     pub may_yield: bool,
+    /// The user modules `require` finds (`lua.package_path`), swapped with the script.
+    pub modules: Option<std::sync::Arc<crate::modules::Modules>>,
+}
+
+impl Script {
+    /// This script, requiring from `modules`: the set becomes part of its identity (a
+    /// worker then loads it afresh, with the new modules), and a script that requires
+    /// modules which wait runs in a coroutine.
+    pub fn using(mut self, modules: &std::sync::Arc<crate::modules::Modules>) -> Script {
+        if modules.is_empty() {
+            return self;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.id, modules.id).hash(&mut h);
+        self.id = h.finish();
+        self.may_yield |= self.source.contains("require") && modules.may_yield();
+        self.modules = Some(modules.clone());
+        self
+    }
 }
 
 /// Words that name the API functions that wait. A script whose source contains none of
@@ -74,6 +93,7 @@ pub fn compile(name: &str, source: &str) -> Result<Script, CompileError> {
         bytecode,
         source: source.to_string(),
         may_yield: YIELDING.iter().any(|w| source.contains(w)),
+        modules: None,
     })
 }
 

@@ -21,7 +21,7 @@ use sluicegate_core::context::WorkerView;
 
 use super::call::{classify, AsyncCall};
 use super::state::ReqState;
-use super::{budget, convert, Failure, FailureKind, Kind, Kinds, Runtime, Script};
+use super::{budget, convert, Failure, FailureKind, Kind, Kinds, Modules, Runtime, Script};
 
 /// A script loaded into this VM.
 pub struct Instance {
@@ -48,6 +48,11 @@ impl Instance {
     pub fn alive(&self) -> bool {
         self.script.strong_count() > 0
     }
+
+    /// The script, while a configuration still uses it.
+    pub fn script_arc(&self) -> Option<Arc<Script>> {
+        self.script.upgrade()
+    }
 }
 
 /// State every API function of one VM shares.
@@ -73,6 +78,48 @@ pub struct Host {
     /// Whether the running call is a coroutine that can wait (false for calls made
     /// without one: filter and log phases, and scripts that name no waiting function).
     pub in_async: Cell<bool>,
+    /// User modules loaded in this VM.
+    pub modules: RefCell<ModuleCache>,
+}
+
+/// The user modules a VM loaded, per module set: each set's modules are loaded once, on
+/// their first `require`, and dropped with the last script that uses the set.
+#[derive(Default)]
+pub struct ModuleCache {
+    sets: Vec<LoadedSet>,
+}
+
+struct LoadedSet {
+    set: std::sync::Weak<Modules>,
+    loaded: HashMap<String, Loaded>,
+}
+
+enum Loaded {
+    /// Its chunk is running: a `require` of it now is a loop.
+    Loading,
+    /// What its chunk returned (`true` for nothing), as `package.loaded` holds it.
+    Done(mlua::Value),
+}
+
+impl ModuleCache {
+    fn of(&mut self, set: &Arc<Modules>) -> &mut HashMap<String, Loaded> {
+        self.sets.retain(|s| s.set.strong_count() > 0);
+        let i = match self
+            .sets
+            .iter()
+            .position(|s| std::ptr::eq(s.set.as_ptr(), Arc::as_ptr(set)))
+        {
+            Some(i) => i,
+            None => {
+                self.sets.push(LoadedSet {
+                    set: Arc::downgrade(set),
+                    loaded: HashMap::new(),
+                });
+                self.sets.len() - 1
+            }
+        };
+        &mut self.sets[i].loaded
+    }
 }
 
 impl Host {
@@ -88,6 +135,7 @@ impl Host {
             vm: RefCell::new(Weak::new()),
             in_async: Cell::new(false),
             strings: StringCache::default(),
+            modules: RefCell::default(),
         }
     }
 
@@ -281,8 +329,10 @@ impl Vm {
         Ok(inst)
     }
 
-    fn load(&self, script: &Arc<Script>) -> mlua::Result<Instance> {
-        // env (script globals, cleared when idle) → proxy {_G = env} → frozen globals.
+    /// A fresh environment: its own globals (`_G` included) → the frozen built-ins, which
+    /// it cannot shadow.
+    fn environment(&self) -> mlua::Result<Table> {
+        // env (own globals) → proxy {_G = env} → frozen globals.
         let env = self.lua.create_table()?;
         let proxy = self.lua.create_table()?;
         proxy.raw_set("_G", &env)?;
@@ -294,6 +344,12 @@ impl Vm {
         env_meta.raw_set("__newindex", &self.env_newindex)?;
         env.set_metatable(Some(env_meta))?;
         env.set_safeenv(true);
+        Ok(env)
+    }
+
+    fn load(&self, script: &Arc<Script>) -> mlua::Result<Instance> {
+        // The script's globals are cleared when no call of it runs (see `leave`).
+        let env = self.environment()?;
         let func = self
             .lua
             .load(&script.bytecode[..])
@@ -308,6 +364,68 @@ impl Vm {
             script: Arc::downgrade(script),
             active: Cell::new(0),
         })
+    }
+
+    /// `require(name)` of a user module, from the module set of the running script:
+    /// loaded on first use into an environment of its own that lives as long as the set,
+    /// then the cached value. `None` when the set has no such module.
+    pub fn require_module(&self, name: &str) -> mlua::Result<Option<mlua::Value>> {
+        let running = self
+            .host
+            .instance
+            .borrow()
+            .as_ref()
+            .and_then(|i| i.script.upgrade());
+        let Some(set) = running.and_then(|s| s.modules.clone()) else {
+            return Ok(None);
+        };
+        let Some(module) = set.get(name).cloned() else {
+            return Ok(None);
+        };
+        match self.host.modules.borrow_mut().of(&set).get(name) {
+            Some(Loaded::Done(v)) => return Ok(Some(v.clone())),
+            Some(Loaded::Loading) => {
+                return Err(convert::error(
+                    &self.lua,
+                    format!("loop or previous error loading module '{name}'"),
+                ))
+            }
+            None => {}
+        }
+        self.host
+            .modules
+            .borrow_mut()
+            .of(&set)
+            .insert(name.to_string(), Loaded::Loading);
+        // The cache is not borrowed while the chunk runs: it may require other modules.
+        let loaded = self.environment().and_then(|env| {
+            self.lua
+                .load(&module.bytecode[..])
+                .set_name(format!("={}", module.name))
+                .set_mode(mlua::chunk::ChunkMode::Binary)
+                .set_environment(env)
+                .into_function()?
+                .call::<mlua::Value>(name)
+        });
+        let mut cache = self.host.modules.borrow_mut();
+        let entries = cache.of(&set);
+        match loaded {
+            Ok(v) => {
+                let v = if v.is_nil() {
+                    mlua::Value::Boolean(true)
+                } else {
+                    v
+                };
+                entries.insert(name.to_string(), Loaded::Done(v.clone()));
+                Ok(Some(v))
+            }
+            Err(e) => {
+                // Unlike Lua 5.1, a failed load is not remembered: the next `require`
+                // tries again (a transient failure must not break a worker for good).
+                entries.remove(name);
+                Err(e)
+            }
+        }
     }
 
     /// A request state from the pool.

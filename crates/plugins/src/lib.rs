@@ -41,6 +41,9 @@ pub struct BuildCtx<'a> {
     /// The name of the route whose `plugins` list holds the entry; `None` for a global
     /// plugin. Plugins that keep state across reloads (`rate_limit`) name it after this.
     pub route: Option<&'a str>,
+    /// The user modules scripts `require` (`lua.package_path`); scripts are compiled
+    /// against them ([`sluicegate_lua::Script::using`]).
+    pub lua_modules: &'a std::sync::Arc<sluicegate_lua::Modules>,
 }
 
 /// Builds a plugin from its `config` node, recording every problem in `diags`.

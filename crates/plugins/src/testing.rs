@@ -31,6 +31,7 @@ pub fn build(
         base_dir: std::path::Path::new("."),
         secrets: &store,
         route: Some("test"),
+        lua_modules: &sluicegate_lua::Modules::empty(),
     };
     let plugin = factory(&node, &Path::root(), &ctx, &mut diags);
     (plugin, diags)

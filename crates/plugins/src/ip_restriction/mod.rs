@@ -251,6 +251,7 @@ mod tests {
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
             route: None,
+            lua_modules: &sluicegate_lua::Modules::empty(),
         };
         let p = build(&node, &Path::root(), &ctx, &mut diags).unwrap();
         let h = testing::harness();

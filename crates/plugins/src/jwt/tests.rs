@@ -488,6 +488,7 @@ fn derives_the_accepted_algorithms_from_the_keys() {
         base_dir: std::path::Path::new("."),
         secrets: &store,
         route: None,
+        lua_modules: &sluicegate_lua::Modules::empty(),
     };
     let keys = build_key(&cfg.keys[0], &Path::root(), &ctx, &mut d);
     assert!(d.is_empty(), "{:?}", d.0);

@@ -68,7 +68,7 @@ pub fn build(
     };
     let name = cfg.name.clone().unwrap_or(default_name);
     let script = source.and_then(|src| match sluicegate_lua::compile(&name, &src) {
-        Ok(s) => Some(Arc::new(s)),
+        Ok(s) => Some(Arc::new(s.using(ctx.lua_modules))),
         Err(e) => {
             diags.push(&at, format!("script `{name}`: syntax error at {e}"));
             None
@@ -96,6 +96,7 @@ mod tests {
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
             route: None,
+            lua_modules: &sluicegate_lua::Modules::empty(),
         };
         let p = build(
             &node,

@@ -122,6 +122,7 @@ mod tests {
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
             route: None,
+            lua_modules: &sluicegate_lua::Modules::empty(),
         };
         (build(&node, &Path::root(), &ctx, &mut diags), diags)
     }
