@@ -288,6 +288,26 @@ fn plain_kind(text: String) -> NodeKind {
     NodeKind::Str(text)
 }
 
+/// The index of the `}` closing a `${` whose body starts `body`, past nested `${...}`.
+fn closing_brace(body: &str) -> Option<usize> {
+    let bytes = body.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 /// Replaces `${NAME}` and `${NAME:-default}` with environment values. `$${` writes a
 /// literal `${`. `${secret:NAME}` is kept as written for the secrets layer, and
 /// `${claims.NAME}` for claim routing templates.
@@ -310,7 +330,7 @@ pub fn interpolate(input: &str, env: &dyn Env) -> Result<String, String> {
             rest = &after[1..];
             continue;
         };
-        let Some(end) = body_start.find('}') else {
+        let Some(end) = closing_brace(body_start) else {
             return Err(format!("unterminated `${{` in `{input}`"));
         };
         let body = &body_start[..end];
@@ -329,10 +349,12 @@ pub fn interpolate(input: &str, env: &dyn Env) -> Result<String, String> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(format!("invalid variable name `{name}` in `${{{body}}}`"));
         }
+        // A default may name another variable: `${PREVIOUS:-${CURRENT}}`.
+        let default = default.map(|d| interpolate(d, env)).transpose()?;
         match (env.var(name), default) {
-            (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+            (Some(v), Some(d)) if v.is_empty() => out.push_str(&d),
             (Some(v), _) => out.push_str(&v),
-            (None, Some(d)) => out.push_str(d),
+            (None, Some(d)) => out.push_str(&d),
             (None, None) => {
                 return Err(format!(
                     "environment variable `{name}` is not set (write `${{{name}:-default}}` to give a default)"
@@ -361,6 +383,11 @@ mod tests {
         assert_eq!(interpolate("a:${PORT}", &e).unwrap(), "a:9000");
         assert_eq!(interpolate("${NOPE:-8080}", &e).unwrap(), "8080");
         assert_eq!(interpolate("${EMPTY:-x}", &e).unwrap(), "x");
+        assert_eq!(interpolate("${NOPE:-${PORT}}/", &e).unwrap(), "9000/");
+        assert_eq!(interpolate("${NOPE:-a${EMPTY:-b}c}", &e).unwrap(), "abc");
+        assert!(interpolate("${NOPE:-${ALSO_NOPE}}", &e)
+            .unwrap_err()
+            .contains("ALSO_NOPE"));
         assert_eq!(interpolate("$${PORT}", &e).unwrap(), "${PORT}");
         assert_eq!(
             interpolate("${secret:slack}", &e).unwrap(),
