@@ -701,6 +701,7 @@ fn routes(
         let p = path.index(i);
         let mut head = item.clone();
         let plugin_node = head.take("plugins");
+        let metadata_node = head.take("metadata");
         let rc: file::RouteConfig = match from_node(&head, &p) {
             Ok(r) => r,
             Err(d) => {
@@ -725,10 +726,52 @@ fn routes(
         };
         let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), &route_build, diags);
         check_upstream_refs(&own, upstreams, diags);
-        if rc.upstream.is_none() && !own.iter().chain(global.iter()).any(|e| e.plugin.answers()) {
+        let cluster_header = rc.cluster_header.as_ref().and_then(|h| {
+            if rc.upstream.is_some() {
+                diags.push(
+                    &p.key("cluster_header"),
+                    "give either `upstream` or `cluster_header`, not both",
+                );
+            }
+            if rc.queue.is_some() {
+                diags.push(
+                    &p.key("cluster_header"),
+                    "a queued route delivers to its `upstream`; `cluster_header` cannot choose one",
+                );
+            }
+            match http::HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => Some(n),
+                Err(_) => {
+                    diags.push(
+                        &p.key("cluster_header"),
+                        format!("invalid header name `{h}`"),
+                    );
+                    None
+                }
+            }
+        });
+        let metadata = metadata_node.and_then(|node| {
+            match from_node::<serde_json::Value>(&node, &p.key("metadata")) {
+                Ok(serde_json::Value::Object(map)) => {
+                    Some(sluicegate_core::context::RouteMetadata(Arc::new(map)))
+                }
+                Ok(_) => {
+                    diags.push(&p.key("metadata"), "expected a mapping");
+                    None
+                }
+                Err(d) => {
+                    diags.0.push(d);
+                    None
+                }
+            }
+        });
+        if rc.upstream.is_none()
+            && rc.cluster_header.is_none()
+            && !own.iter().chain(global.iter()).any(|e| e.plugin.answers())
+        {
             diags.push(
                 &p,
-                "a route needs an `upstream` or a plugin that answers requests",
+                "a route needs an `upstream`, a `cluster_header` or a plugin that answers requests",
             );
         }
         let queue = rc.queue.and_then(|q| {
@@ -762,6 +805,8 @@ fn routes(
             chain: Chain::new(entries),
             queue,
             retry,
+            metadata,
+            cluster_header,
         });
     }
     (routes, matches)

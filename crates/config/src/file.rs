@@ -230,6 +230,9 @@ pub struct RouteConfig {
     pub matcher: MatchConfig,
     /// Upstream name to proxy to. Optional when a plugin answers every request.
     pub upstream: Option<String>,
+    /// Instead of `upstream`: the request header (set by a client or a script) whose value
+    /// names the upstream, read after the request plugins ran (Envoy's `cluster_header`).
+    pub cluster_header: Option<String>,
     /// Path rewriting before forwarding.
     pub rewrite: Option<RewriteConfig>,
     /// Queue requests durably and deliver them to `upstream` later (see docs/queue.md).

@@ -27,6 +27,11 @@ pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// without looking inside; the proxy downcasts it.
 pub type UpstreamRef = Arc<dyn Any + Send + Sync>;
 
+/// A route's `metadata:` mapping, which Envoy filter scripts read through `metadata()`:
+/// the driver puts it in a request's `vars` when the matched route has one.
+#[derive(Debug, Clone)]
+pub struct RouteMetadata(pub Arc<serde_json::Map<String, serde_json::Value>>);
+
 /// The CPU and memory budget every script call of a request runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScriptLimits {

@@ -238,6 +238,9 @@ async fn run(
         .ok_or_else(|| ProxyError::client(Kind::NoRoute, "no route matches this request"))?;
     ctx.route = Some(route_idx);
     let route = &snapshot.routes[route_idx];
+    if let Some(m) = &route.metadata {
+        ctx.vars.insert(m.clone());
+    }
     let chain = &route.chain;
     for phase in [Phase::Rewrite, Phase::Access, Phase::Content] {
         if phase == Phase::Content {
@@ -273,7 +276,10 @@ async fn run(
             // Dynamic content scripts answer only the hosts they match: other requests of
             // a route with an upstream are proxied, those of a route without one get 404.
             if chain.entries.iter().any(|e| e.plugin.name() == "code") {
-                if route.upstream.is_some() || ctx.upstream_override.is_some() {
+                if route.upstream.is_some()
+                    || route.cluster_header.is_some()
+                    || ctx.upstream_override.is_some()
+                {
                     break;
                 }
                 return Err(ProxyError::client(
@@ -290,10 +296,13 @@ async fn run(
     }
     // A plugin's or script's choice is one of this snapshot's upstreams, handed over as
     // the upstream layer's own type.
-    let chosen = ctx
+    let mut chosen = ctx
         .upstream_override
         .take()
         .and_then(|u| u.downcast::<Upstream>().ok());
+    if let (None, Some(header)) = (&chosen, &route.cluster_header) {
+        chosen = Some(by_cluster_header(ctx, snapshot, header)?);
+    }
     let upstream = chosen.as_ref().or(route.upstream.as_ref()).ok_or_else(|| {
         ProxyError::new(
             error::Source::Internal,
@@ -315,6 +324,31 @@ async fn run(
     )
     .await?;
     Ok(Answer::Upstream(fwd, upstream.read_timeout))
+}
+
+/// The upstream named by the request's `cluster_header` (Envoy's semantics: a missing
+/// header or an unknown name is answered 503).
+fn by_cluster_header(
+    ctx: &RequestCtx,
+    snapshot: &Snapshot,
+    header: &http::HeaderName,
+) -> Result<Arc<Upstream>, ProxyError> {
+    let name = ctx
+        .head
+        .headers
+        .get(header)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()));
+    match name.as_deref().and_then(|n| snapshot.upstreams.get(n)) {
+        Some(u) => Ok(u.clone()),
+        None => Err(ProxyError::new(
+            error::Source::Internal,
+            Kind::Unavailable,
+            match name {
+                Some(n) => format!("no upstream named `{n}` (from the `{header}` header)"),
+                None => format!("no `{header}` header names the upstream"),
+            },
+        )),
+    }
 }
 
 fn plugin_failed(ctx: &RequestCtx, plugin: &str, phase: Phase, e: PluginError) -> ProxyError {

@@ -97,6 +97,10 @@ pub struct Route {
     pub queue: Option<Arc<sluicegate_queue::RouteQueue>>,
     /// Retries on another target (`retry:`).
     pub retry: Option<Arc<crate::retry::RetryPolicy>>,
+    /// `metadata:`, given to the request's plugins and scripts.
+    pub metadata: Option<sluicegate_core::context::RouteMetadata>,
+    /// `cluster_header:`: the header naming the upstream, read after the request plugins.
+    pub cluster_header: Option<http::HeaderName>,
 }
 
 /// One complete, validated configuration version.
