@@ -57,6 +57,9 @@ fn bind(address: &str, reuse_port: bool) -> anyhow::Result<std::net::TcpListener
 impl Gateway {
     /// Loads `config`, binds every socket, and starts workers, admin API and reloader.
     pub fn start(config: &Path) -> anyhow::Result<Gateway> {
+        // The compatibility APIs (cosockets, Envoy filters) go into every VM the workers
+        // create; registering them again is a no-op.
+        sluicegate_luacompat::install();
         let metrics = Arc::new(Metrics::default());
         // Loaded once: with a worker count of 0 the snapshot sizes itself for the workers its
         // own `workers` setting gives.

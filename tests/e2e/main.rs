@@ -43,6 +43,7 @@ mod code;
 mod differential;
 mod dns;
 mod edge;
+mod envoy;
 mod grpc;
 mod http1;
 mod http2;

@@ -43,18 +43,44 @@ fn prepare(
 
 /// Runs `script` for a phase that may wait (rewrite, access, content).
 pub fn run_request<'a>(script: &'a Arc<Script>, phase: Phase, ctx: &'a mut RequestCtx) -> Step<'a> {
+    run_request_entry(script, phase, ctx, None, script.may_yield)
+}
+
+/// What a call runs instead of a script's chunk: given the VM and the script's loaded
+/// instance, a function and its arguments (the Envoy filter calls `envoy_on_request`).
+pub type Entry<'e> =
+    &'e dyn Fn(&Vm, &Rc<super::vm::Instance>) -> mlua::Result<(mlua::Function, mlua::MultiValue)>;
+
+/// Runs `entry` (or the chunk) of `script` for a phase that may wait; `may_yield` says
+/// whether the call needs a coroutine.
+pub fn run_request_entry<'a>(
+    script: &'a Arc<Script>,
+    phase: Phase,
+    ctx: &'a mut RequestCtx,
+    entry: Option<Entry<'_>>,
+    may_yield: bool,
+) -> Step<'a> {
     let (vm, inst) = match prepare(script, ctx) {
         Ok(x) => x,
         Err(e) => return Step::Ready(Err(e)),
     };
+    let call = match entry.map(|e| e(&vm, &inst)).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            return Step::Ready(Err(
+                super::call::classify(&e, &script.name).into_plugin_error(&script.name)
+            ))
+        }
+    };
     let kind = Kind::of(phase);
     let mut state = vm.take_state();
     state.enter(kind, ctx);
-    if !script.may_yield {
-        let done = vm.call_sync(&inst, kind, state, ctx.snapshot.script_limits().cpu_budget);
+    let budget = ctx.snapshot.script_limits().cpu_budget;
+    if !may_yield {
+        let done = vm.call_entry_sync(&inst, kind, call, state, budget);
         return Step::Ready(finish_request(&vm, ctx, script, kind, done));
     }
-    let mut call = vm.call_async(inst, kind, state, ctx.snapshot.script_limits().cpu_budget);
+    let mut call = vm.call_entry_async(inst, kind, call, state, budget);
     match call.poll_now() {
         Some(done) => Step::Ready(finish_request(&vm, ctx, script, kind, done)),
         None => Step::Wait(Box::pin(async move {
@@ -161,16 +187,32 @@ pub fn header_filter(
     script: &Arc<Script>,
     ctx: &mut RequestCtx,
     resp: &mut ResponseHead,
+    raw: Option<&mut RawHeaders>,
+) -> Result<(), PluginError> {
+    header_filter_entry(script, ctx, resp, raw, None)
+}
+
+/// Runs `entry` (or the chunk) of `script` on the response head.
+pub fn header_filter_entry(
+    script: &Arc<Script>,
+    ctx: &mut RequestCtx,
+    resp: &mut ResponseHead,
     mut raw: Option<&mut RawHeaders>,
+    entry: Option<Entry<'_>>,
 ) -> Result<(), PluginError> {
     let (vm, inst) = prepare(script, ctx)?;
+    let call = entry
+        .map(|e| e(&vm, &inst))
+        .transpose()
+        .map_err(|e| super::call::classify(&e, &script.name).into_plugin_error(&script.name))?;
     let mut state = vm.take_state();
     state.enter(Kind::HeaderFilter, ctx);
     std::mem::swap(&mut state.resp, resp);
     state.raw = raw.as_deref_mut().map(std::mem::take);
-    let Done { result, mut state } = vm.call_sync(
+    let Done { result, mut state } = vm.call_entry_sync(
         &inst,
         Kind::HeaderFilter,
+        call,
         state,
         ctx.snapshot.script_limits().cpu_budget,
     );

@@ -62,6 +62,10 @@ pub struct Info {
     pub bytes_out: u64,
     /// Claims of the JWT the `jwt` plugin verified (`sluicegate.jwt.claims()`).
     pub jwt_claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The matched route's `metadata:` (Envoy scripts' `metadata()`).
+    pub route_metadata: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    /// The request's protocol version.
+    pub version: http::Version,
 }
 
 impl Default for Info {
@@ -76,6 +80,8 @@ impl Default for Info {
             bytes_in: 0,
             bytes_out: 0,
             jwt_claims: None,
+            route_metadata: None,
+            version: http::Version::HTTP_11,
         }
     }
 }
@@ -204,6 +210,11 @@ impl ReqState {
             .vars
             .get::<sluicegate_jwt::Claims>()
             .map(|c| c.0.clone());
+        self.info.route_metadata = ctx
+            .vars
+            .get::<sluicegate_core::context::RouteMetadata>()
+            .map(|m| m.0.clone());
+        self.info.version = self.head.version;
     }
 
     /// Gives the request back to `ctx` and resets the state for reuse.
@@ -248,6 +259,7 @@ impl ReqState {
         self.ratelimit_key = None;
         self.info.upstream = None;
         self.info.jwt_claims = None;
+        self.info.route_metadata = None;
         self.owned.clear();
     }
 

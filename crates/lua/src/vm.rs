@@ -49,6 +49,11 @@ impl Instance {
         self.script.strong_count() > 0
     }
 
+    /// The script's globals (cleared when no call of it runs).
+    pub fn env(&self) -> &Table {
+        &self.env
+    }
+
     /// The script, while a configuration still uses it.
     pub fn script_arc(&self) -> Option<Arc<Script>> {
         self.script.upgrade()
@@ -472,10 +477,26 @@ impl Vm {
         state: Box<ReqState>,
         budget: Duration,
     ) -> Done {
+        self.call_entry_sync(inst, kind, None, state, budget)
+    }
+
+    /// Calls `entry` (a function and its arguments; `None`: the script's chunk)
+    /// synchronously, in `inst`'s name and with its globals.
+    pub fn call_entry_sync(
+        &self,
+        inst: &Rc<Instance>,
+        kind: Kind,
+        entry: Option<(Function, mlua::MultiValue)>,
+        state: Box<ReqState>,
+        budget: Duration,
+    ) -> Done {
         inst.enter();
         let saved = self.swap_in(kind, Some(state), inst, false);
         let armed = budget::arm(budget, self.soft_limit());
-        let r = inst.func.call::<()>(());
+        let r = match entry {
+            None => inst.func.call::<()>(()),
+            Some((f, args)) => f.call::<()>(args),
+        };
         drop(armed);
         let state = self.swap_out(saved).unwrap_or_default();
         let result = match r {
@@ -497,8 +518,23 @@ impl Vm {
         state: Box<ReqState>,
         budget: Duration,
     ) -> AsyncCall {
+        self.call_entry_async(inst, kind, None, state, budget)
+    }
+
+    /// Calls `entry` (`None`: the script's chunk) as a future, in `inst`'s name.
+    pub fn call_entry_async(
+        self: &Rc<Self>,
+        inst: Rc<Instance>,
+        kind: Kind,
+        entry: Option<(Function, mlua::MultiValue)>,
+        state: Box<ReqState>,
+        budget: Duration,
+    ) -> AsyncCall {
         inst.enter();
-        let fut = inst.func.call_async::<()>(());
+        let fut = match entry {
+            None => inst.func.call_async::<()>(()),
+            Some((f, args)) => f.call_async::<()>(args),
+        };
         AsyncCall {
             vm: self.clone(),
             inst,

@@ -3,6 +3,7 @@
 //! the vocabulary crate's.
 
 pub mod cors;
+pub mod envoy_lua;
 pub mod form_to_json;
 pub mod headers;
 pub mod health;
@@ -80,6 +81,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "lua",
         priority: 1000,
         build: lua::build,
+    },
+    Builtin {
+        name: "envoy_lua",
+        priority: 1000,
+        build: envoy_lua::build,
     },
     Builtin {
         name: "jwt",

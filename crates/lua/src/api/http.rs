@@ -106,6 +106,32 @@ fn parse(lua: &Lua, first: Value, second: Option<Table>) -> mlua::Result<Spec> {
     Ok(spec)
 }
 
+/// One outbound HTTP/1.1 request from another API area (the Envoy filter's `httpCall`):
+/// certificates verified, the response body limited to 10 MiB, the whole exchange bounded
+/// by `timeout`. Resolves to status, headers and body, or the reason it failed.
+pub async fn fetch(
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+    tls: crate::HttpTls,
+) -> Result<(u16, HeaderMap, Bytes), String> {
+    let spec = Spec {
+        uri,
+        method,
+        headers,
+        body,
+        timeout,
+        max_body: DEFAULT_MAX_BODY,
+        verify: true,
+    };
+    match tokio::time::timeout(timeout, send(spec, tls)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {} ms", timeout.as_millis())),
+    }
+}
+
 trait Io: hyper::rt::Read + hyper::rt::Write + Unpin {}
 impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> Io for T {}
 

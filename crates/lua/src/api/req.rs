@@ -410,7 +410,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
 
 /// `ngx.req.read_body()`: reads the whole body (waiting for the client). A body over the
 /// listener's limit or a stalled client ends the request with 413 / 408.
-fn read_body(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
+pub fn read_body(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
     let h = host.clone();
     lua.create_async_function(move |lua, ()| {
         let taken = h

@@ -42,22 +42,49 @@ pub fn build(
             format!("unknown phase `{}`; expected rewrite, access, content, header_filter, body_filter or log", cfg.phase),
         );
     }
-    let (source, at, default_name) = match (&cfg.code, &cfg.file) {
+    let script = script(
+        cfg.code.as_deref(),
+        cfg.file.as_deref(),
+        cfg.name.as_deref(),
+        path,
+        ctx,
+        diags,
+    );
+    let hosts = host_rules(&cfg.hosts.0, &path.key("hosts"), diags);
+    if diags.0.len() != before {
+        return None;
+    }
+    let (script, phase) = (script?, phase?);
+    Some(Arc::new(Lua::for_hosts(script, phase, hosts)))
+}
+
+/// Reads (`file`, relative to the configuration) or takes (`code`) a script's source and
+/// compiles it against the configuration's modules; every problem is recorded at the key
+/// it concerns. Shared by the plugins that run scripts (`lua`, `envoy_lua`).
+pub(crate) fn script(
+    code: Option<&str>,
+    file: Option<&str>,
+    name: Option<&str>,
+    path: &Path,
+    ctx: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Option<Arc<sluicegate_lua::Script>> {
+    let (source, at, default_name) = match (code, file) {
         (Some(code), None) => (
-            Some(code.clone()),
+            Some(code.to_string()),
             path.key("code"),
             path.as_str().trim_end_matches(".config").to_string(),
         ),
         (None, Some(file)) => {
             let full = ctx.base_dir.join(file);
             match std::fs::read_to_string(&full) {
-                Ok(text) => (Some(text), path.key("file"), file.clone()),
+                Ok(text) => (Some(text), path.key("file"), file.to_string()),
                 Err(e) => {
                     diags.push(
                         &path.key("file"),
                         format!("cannot read `{}`: {e}", full.display()),
                     );
-                    (None, path.key("file"), file.clone())
+                    (None, path.key("file"), file.to_string())
                 }
             }
         }
@@ -66,20 +93,14 @@ pub fn build(
             (None, path.clone(), String::new())
         }
     };
-    let name = cfg.name.clone().unwrap_or(default_name);
-    let script = source.and_then(|src| match sluicegate_lua::compile(&name, &src) {
+    let name = name.map(str::to_string).unwrap_or(default_name);
+    source.and_then(|src| match sluicegate_lua::compile(&name, &src) {
         Ok(s) => Some(Arc::new(s.using(ctx.lua_modules))),
         Err(e) => {
             diags.push(&at, format!("script `{name}`: syntax error at {e}"));
             None
         }
-    });
-    let hosts = host_rules(&cfg.hosts.0, &path.key("hosts"), diags);
-    if diags.0.len() != before {
-        return None;
-    }
-    let (script, phase) = (script?, phase?);
-    Some(Arc::new(Lua::for_hosts(script, phase, hosts)))
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,93 @@
+//! Envoy's Lua filter: `envoy_on_request(handle)` and `envoy_on_response(handle)` with
+//! the stream-handle API of Envoy's documentation, run under our CPU budget, memory cap
+//! and sandbox.
+//!
+//! How a call runs: the filter script is compiled like any script; a call runs its chunk
+//! (which defines the two hooks as globals of the call) and then the hook, through one
+//! driver function per VM ([`Driver`]). Globals live for one call, as every script's do,
+//! so the global-variable leak of Envoy's filter cannot happen; state that must outlive
+//! a call belongs in a module (`lua.package_path`) or `ngx.shared`.
+//!
+//! Invariants:
+//! - a handle (and every object it hands out: headers, buffers, stream info) is bound to
+//!   the call that created it by a [`HookMark`] in the call's owned resources; used after
+//!   its hook returned, or from another request, it raises Envoy's "object used outside
+//!   of proper scope";
+//! - the request hook runs in the access phase of the gateway (after rewrite plugins and
+//!   before the route's upstream is chosen, so `cluster_header` sees what it set); the
+//!   response hook in the header filter, where nothing may wait.
+
+pub mod handle;
+pub mod plugin;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use mlua::{Function, Lua, Table, Value};
+use sluicegate_lua::vm::Host;
+
+/// Binds a handle to the running call: held in the call's owned resources, dropped when
+/// the call's state is reset.
+pub(crate) struct HookMark(pub u64);
+
+thread_local! {
+    /// Tokens of hook calls on this worker thread.
+    static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
+}
+
+/// A fresh token for a hook call.
+pub(crate) fn next_token() -> u64 {
+    NEXT_TOKEN.with(|c| {
+        let t = c.get();
+        c.set(t.wrapping_add(1).max(1));
+        t
+    })
+}
+
+/// The per-VM driver that runs a filter call: `driver(chunk, env, hook_name, handle)`.
+#[derive(Clone)]
+pub struct Driver(pub Function);
+
+/// The driver: binds the handle to the call, runs the chunk (defining the hooks), then
+/// calls the hook if the script defines it.
+const DRIVER: &str = r#"
+local bind, rawget = ...
+return function(chunk, env, hook, handle)
+  bind(handle)
+  chunk()
+  local f = rawget(env, hook)
+  if f ~= nil then return f(handle) end
+end
+"#;
+
+/// Registers the Envoy filter's driver and `pairs` over handle objects (an
+/// [`Extension`](sluicegate_lua::Extension)).
+pub fn register(lua: &Lua, host: &Rc<Host>, _modules: &Table, globals: &Table) -> mlua::Result<()> {
+    let h = host.clone();
+    let bind = lua.create_function(move |lua, handle: mlua::AnyUserData| {
+        let token = handle.borrow::<handle::StreamHandle>()?.token;
+        h.with_req(lua, "envoy_lua", sluicegate_lua::Kinds::REQUEST, |s| {
+            s.owned.push(Box::new(HookMark(token)));
+            Ok(())
+        })
+    })?;
+    let rawget: Value = globals.raw_get("rawget")?;
+    let driver: Function = lua
+        .load(DRIVER)
+        .set_name("=envoy_lua")
+        .call((bind, rawget))?;
+    lua.set_app_data(Driver(driver));
+    // Envoy's objects iterate with `pairs` (Lua 5.2's `__pairs`); Luau's `pairs` only
+    // takes tables, so objects with an `__iter` metamethod are iterated through it.
+    let pairs: Function = globals.raw_get("pairs")?;
+    let wrapped = lua.create_function(move |_, v: mlua::MultiValue| {
+        if let Some(Value::UserData(ud)) = v.front() {
+            if let Ok(iter) = ud.metatable().and_then(|m| m.get::<Function>("__iter")) {
+                return iter.call::<mlua::MultiValue>(ud.clone());
+            }
+        }
+        pairs.call::<mlua::MultiValue>(v)
+    })?;
+    globals.raw_set("pairs", wrapped)?;
+    Ok(())
+}
