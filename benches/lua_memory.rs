@@ -6,7 +6,11 @@
 //! RSS after a warm-up and at the end. Envoy's Lua filter grew to ~1 GB after ~920K such
 //! requests; here the globals die with each call's environment.
 //!
-//! `cargo bench --bench lua_memory` (or `REQUESTS=200000 cargo bench --bench lua_memory`)
+//! With `FILTER=envoy` the same is done by an Envoy filter script (`envoy_lua`) — the
+//! seed's leak: a global assigned in `envoy_on_request` on every request.
+//!
+//! `cargo bench --bench lua_memory` (or `REQUESTS=200000 cargo bench --bench lua_memory`,
+//! `FILTER=envoy cargo bench --bench lua_memory`)
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -35,6 +39,28 @@ routes:
             _G[name] = { uri = ngx.var.uri, at = ngx.now() }
             counter = (counter or 0) + 1
             ngx.say(name ~= nil, " ", counter)
+"#;
+
+const ENVOY_CONFIG: &str = r#"workers: 1
+listeners: [{address: '127.0.0.1:0'}]
+admin: {enabled: false}
+access_log: {target: 'off'}
+upstreams: [{name: never, targets: ['127.0.0.1:9']}]
+routes:
+  - name: leak
+    upstream: never
+    plugins:
+      - name: envoy_lua
+        config:
+          name: globals
+          code: |
+            function envoy_on_request(request_handle)
+              -- A new global name every request, holding a new table.
+              local name = "seen_" .. request_handle:timestamp() .. "_" .. math.random()
+              _G[name] = { path = request_handle:headers():get(":path") }
+              counter = (counter or 0) + 1
+              request_handle:respond({[":status"] = "200"}, tostring(_G[name] ~= nil) .. " " .. counter .. "\n")
+            end
 "#;
 
 fn rss_kib() -> u64 {
@@ -75,7 +101,11 @@ fn main() {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("sluicegate.yaml");
-    std::fs::write(&path, CONFIG).expect("config");
+    let config = match std::env::var("FILTER").as_deref() {
+        Ok("envoy") => ENVOY_CONFIG,
+        _ => CONFIG,
+    };
+    std::fs::write(&path, config).expect("config");
     let gateway = sluicegate::gateway::Gateway::start(&path).expect("gateway");
     let addr = gateway.listeners[0];
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -46,7 +46,7 @@ impl std::fmt::Debug for EnvoyLua {
 }
 
 /// Words that make a request hook wait, besides those of [`Script::may_yield`].
-const WAITING: &[&str] = &["body", "bodyChunks", "httpCall", "respond"];
+const WAITING: &[&str] = &["body", "bodyChunks", "httpCall"];
 
 impl EnvoyLua {
     /// The filter for `script`; hooks the source does not name are not run.

@@ -1,0 +1,78 @@
+//! Envoy filter scripts in-process: the global-variable leak of Envoy's filter cannot
+//! happen (globals live for one call), and a hook's handle is refused after the hook.
+
+use std::sync::Arc;
+
+use sluicegate_core::phase::{Flow, Plugin};
+use sluicegate_lua::harness::{FakeRequest, Harness};
+use sluicegate_lua::LuaSettings;
+use sluicegate_luacompat::envoy::plugin::{EnvoyLua, OnError};
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+fn filter(code: &str) -> EnvoyLua {
+    sluicegate_luacompat::install();
+    EnvoyLua::new(
+        Arc::new(sluicegate_lua::compile("filter", code).unwrap()),
+        OnError::Fail,
+    )
+}
+
+#[test]
+fn a_global_assigned_on_every_request_does_not_grow_the_vm() {
+    run(async {
+        let h = Harness::new(LuaSettings::default()).unwrap();
+        let p = filter(
+            "function envoy_on_request(handle)\n\
+               _G['seen_' .. math.random()] = { path = handle:headers():get(':path') }\n\
+               leaked = (leaked or 0) + 1\n\
+               if leaked ~= 1 then error('a global survived its call: ' .. leaked) end\n\
+             end",
+        );
+        let mut ctx = h.request(FakeRequest::default());
+        for _ in 0..2_000 {
+            assert!(matches!(p.access(&mut ctx).run().await, Ok(Flow::Continue)));
+        }
+        let vm = h.worker.lua.vm().unwrap().clone();
+        vm.lua.gc_collect().unwrap();
+        let after_warmup = vm.used_memory();
+        for _ in 0..20_000 {
+            assert!(matches!(p.access(&mut ctx).run().await, Ok(Flow::Continue)));
+        }
+        vm.lua.gc_collect().unwrap();
+        let grown = vm.used_memory().saturating_sub(after_warmup);
+        assert!(grown < 64 * 1024, "the VM grew by {grown} bytes");
+    });
+}
+
+#[test]
+fn respond_ends_the_hook_and_answers() {
+    run(async {
+        let h = Harness::new(LuaSettings::default()).unwrap();
+        let p = filter(
+            "function envoy_on_request(handle)\n\
+               pcall(function() handle:respond({[':status'] = '418', ['x-why'] = 'tea'}, 'short and stout') end)\n\
+               handle:headers():add('x-after', 'ran')\n\
+             end",
+        );
+        let mut ctx = h.request(FakeRequest::default());
+        match p.access(&mut ctx).run().await {
+            Ok(Flow::Respond(r)) => {
+                assert_eq!(r.status, 418);
+                assert_eq!(r.headers["x-why"], "tea");
+                assert_eq!(&r.body[..], b"short and stout");
+            }
+            other => panic!("expected a response, got {other:?}"),
+        }
+        assert!(
+            ctx.head.headers.get("x-after").is_none(),
+            "code after respond ran"
+        );
+    });
+}
