@@ -384,6 +384,32 @@ fn test_module(lua: &Lua, env: &Rc<TestEnv>) -> mlua::Result<Table> {
             let script = super::compile(&name, &source).map_err(|err| {
                 super::convert::error(lua, format!("script `{name}`: syntax error at {err}"))
             })?;
+            // `package_path`: module directories relative to the spec, as `lua.package_path`.
+            let dirs: Vec<PathBuf> = match opts.get::<Value>("package_path")? {
+                Value::Nil => Vec::new(),
+                Value::String(d) => vec![e.dir.borrow().join(d.to_str()?.to_string())],
+                Value::Table(t) => t
+                    .sequence_values::<String>()
+                    .map(|d| d.map(|d| e.dir.borrow().join(d)))
+                    .collect::<mlua::Result<_>>()?,
+                other => {
+                    return Err(super::convert::error(
+                        lua,
+                        format!(
+                            "package_path: a directory or a list of them, got {}",
+                            other.type_name()
+                        ),
+                    ))
+                }
+            };
+            let modules = super::Modules::load(&dirs).map_err(|errs| {
+                let text: Vec<String> = errs
+                    .iter()
+                    .map(|m| format!("{}: {}", dirs[m.dir].join(&m.file).display(), m.message))
+                    .collect();
+                super::convert::error(lua, text.join("; "))
+            })?;
+            let script = script.using(&Arc::new(modules));
             Ok(SpecScript {
                 plugin: Arc::new(crate::plugin::Lua::new(Arc::new(script), phase)),
                 phase,
