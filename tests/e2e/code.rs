@@ -589,6 +589,37 @@ async fn admin_pushes_list_and_delete_scripts() {
 }
 
 #[tokio::test]
+async fn pushed_scripts_require_user_modules_and_a_reload_swaps_them() {
+    let gw = Config::new(
+        "data_dir: '{{dir}}/data'\nlua: {package_path: .}\ncode: {}\nroutes: [{name: dynamic}]\n",
+    )
+    .file("greeting.lua", "return { text = 'from v1' }")
+    .start();
+    let push = request("PUT", "/scripts/hello?phase=content")
+        .body(full("ngx.say(require('greeting').text)"))
+        .unwrap();
+    assert_eq!(send(gw.admin, push).await.status, 200);
+    assert_eq!(get_host(gw.addr, "h", "/").await.text(), "from v1\n");
+    std::fs::write(
+        gw.dir.path().join("greeting.lua"),
+        "return { text = 'from v2' }",
+    )
+    .unwrap();
+    assert_eq!(gw.admin_post("/reload").await.status, 200);
+    assert_eq!(get_host(gw.addr, "h", "/").await.text(), "from v2\n");
+    // A module that no longer compiles is a rejected reload: v2 keeps serving.
+    std::fs::write(gw.dir.path().join("greeting.lua"), "return {").unwrap();
+    let refused = gw.admin_post("/reload").await;
+    assert_ne!(refused.status, 200);
+    assert!(
+        refused.text().contains("greeting.lua"),
+        "{}",
+        refused.text()
+    );
+    assert_eq!(get_host(gw.addr, "h", "/").await.text(), "from v2\n");
+}
+
+#[tokio::test]
 async fn admin_pushes_need_a_code_section() {
     let gw = Config::new(
         "routes: [{name: r, plugins: [{name: request_termination, config: {status: 200}}]}]\n",
