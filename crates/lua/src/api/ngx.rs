@@ -371,7 +371,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, ngx: &Table) -> mlua::Result<()> {
     config.raw_set("ngx_lua_version", 10_026)?;
     config.raw_set("sluicegate_version", env!("CARGO_PKG_VERSION"))?;
     ngx.raw_set("config", config)?;
-    for unsupported in ["location", "thread", "socket", "on_abort"] {
+    for unsupported in ["location", "thread", "on_abort"] {
         let name = format!("ngx.{unsupported}");
         let f = lua.create_function(move |lua, _: mlua::MultiValue| -> mlua::Result<()> {
             Err(convert::error(

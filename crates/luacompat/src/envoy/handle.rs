@@ -576,10 +576,17 @@ impl Headers {
                         .map_err(|_| err(lua, format!("invalid value for header `{name}`")))
                 })
                 .transpose()?;
-            if dir == Dir::Response {
-                s.replace_raw(&header);
-            }
-            let map = headers_of(s, dir)?;
+            let map = match dir {
+                Dir::Request => &mut s.head.headers,
+                // Writes never need the upstream's lines merged: `add` appends to what the
+                // gateway adds, `replace` and `remove` drop the raw lines of that name.
+                Dir::Response => {
+                    if !append {
+                        s.replace_raw(&header);
+                    }
+                    &mut s.resp.headers
+                }
+            };
             match value {
                 None => {
                     map.remove(&header);
