@@ -40,6 +40,7 @@ mod admin;
 mod claim_routing;
 mod cli;
 mod code;
+mod cosockets;
 mod differential;
 mod dns;
 mod edge;
