@@ -72,6 +72,8 @@ pub struct StreamHandle {
     /// The call it is bound to.
     pub token: u64,
     scope: Scope,
+    /// The header map object, made on the first `headers()` (scripts call it often).
+    headers: std::cell::RefCell<Option<AnyUserData>>,
 }
 
 impl StreamHandle {
@@ -85,6 +87,7 @@ impl StreamHandle {
                 token,
                 dir,
             },
+            headers: std::cell::RefCell::new(None),
         }
     }
 }
@@ -102,10 +105,15 @@ impl UserData for StreamHandle {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("headers", |lua, this, ()| {
             this.scope.with(lua, |_| Ok(()))?;
-            lua.create_userdata(Headers {
+            if let Some(h) = &*this.headers.borrow() {
+                return Ok(h.clone());
+            }
+            let h = lua.create_userdata(Headers {
                 scope: this.scope.clone(),
                 trailers: false,
-            })
+            })?;
+            *this.headers.borrow_mut() = Some(h.clone());
+            Ok(h)
         });
         m.add_method("trailers", |lua, this, ()| {
             // Trailers are not kept apart from the body here: there are none to show.
@@ -558,6 +566,38 @@ impl Headers {
         })
     }
 
+    /// `get(name)`: the value (several joined with `,`), or `nil`. Values come from the
+    /// worker's cache of recent strings: header values repeat from request to request.
+    fn get(&self, lua: &Lua, name: &[u8]) -> mlua::Result<Value> {
+        let dir = self.scope.dir;
+        let strings = &self.scope.host.strings;
+        let Ok(name) = std::str::from_utf8(name) else {
+            return Ok(Value::Nil);
+        };
+        self.scope.with(lua, |s| {
+            if name.starts_with(':') {
+                return match pseudo(s, dir, &name.to_ascii_lowercase()) {
+                    Some(v) => Ok(Value::String(strings.get(lua, v.as_bytes())?)),
+                    None => Ok(Value::Nil),
+                };
+            }
+            let map = headers_of(s, dir)?;
+            let mut values = map.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Ok(Value::Nil),
+                (Some(v), None) => Ok(Value::String(strings.get(lua, v.as_bytes())?)),
+                (Some(a), Some(b)) => {
+                    let mut joined = a.as_bytes().to_vec();
+                    for v in std::iter::once(b).chain(values) {
+                        joined.push(b',');
+                        joined.extend_from_slice(v.as_bytes());
+                    }
+                    Ok(Value::String(lua.create_string(&joined)?))
+                }
+            }
+        })
+    }
+
     fn write(&self, lua: &Lua, name: &str, value: Option<&str>, append: bool) -> mlua::Result<()> {
         if self.trailers {
             return Err(err(lua, "trailers cannot be changed here"));
@@ -713,13 +753,8 @@ fn set_pseudo(
 
 impl UserData for Headers {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("get", |lua, this, name: String| {
-            let values = this.values(lua, &name)?;
-            Ok(if values.is_empty() {
-                None
-            } else {
-                Some(values.join(","))
-            })
+        m.add_method("get", |lua, this, name: mlua::LuaString| {
+            this.get(lua, &name.as_bytes())
         });
         m.add_method("getAtIndex", |lua, this, (name, index): (String, usize)| {
             Ok(this.values(lua, &name)?.into_iter().nth(index))
