@@ -19,6 +19,7 @@ for tool in redis-server nginx wrk taskset; do
 done
 [ -x "$bin" ] || { echo "cosocket-redis.sh: build first: cargo build --release" >&2; exit 2; }
 dir=$(mktemp -d)
+chmod 755 "$dir"  # nginx workers run as an unprivileged user and read get.lua
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -56,8 +57,8 @@ taskset -c 1 nginx -e stderr -p "$dir/nginx" -c "$dir/nginx/nginx.conf" >"$dir/n
 ngx_pid=$!; pids+=($ngx_pid)
 sleep 1
 for port in "$sg_port" "$ngx_port"; do
-  body=$(curl -fsS "http://127.0.0.1:$port/")
-  [ "${#body}" = 64 ] || { echo "cosocket-redis.sh: port $port answered '$body'" >&2; exit 1; }
+  body=$(curl -sS "http://127.0.0.1:$port/")
+  [ "${#body}" = 64 ] || { echo "cosocket-redis.sh: port $port answered '$body'" >&2; for f in "$dir"/*.log; do echo "== $f"; tail -n 5 "$f"; done >&2; exit 1; }
 done
 
 # CPU ticks (utime+stime) of a process and its children threads/processes.
