@@ -58,13 +58,13 @@ describe("isolation", function()
     assert.equal("none\n", res.body)
   end)
 
-  it("require resolves built-in modules only and never reads files", function()
+  it("require resolves built-in and configured modules only and never reads files", function()
     local res = script("req", [[
       local cjson = require "cjson"
       local safe = require "cjson.safe"
       local ok, err = pcall(require, "socket")
       local ok2 = pcall(require, "./x")
-      ngx.say(type(cjson.encode), " ", type(safe.decode), " ", ok, " ", ok2, " ", string.find(tostring(err), "only built-in modules", 1, true) ~= nil)
+      ngx.say(type(cjson.encode), " ", type(safe.decode), " ", ok, " ", ok2, " ", string.find(tostring(err), "not a built-in module", 1, true) ~= nil)
     ]]):run {}
     assert.equal("function function false false true\n", res.body)
   end)
