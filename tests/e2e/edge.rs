@@ -418,7 +418,7 @@ routes:
 
 // ------------------------------------------------------------------ shipped examples
 
-fn example(name: &str) -> std::path::PathBuf {
+pub(crate) fn example(name: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
@@ -571,7 +571,7 @@ async fn egress_example_checks_ip_and_key_strips_it_and_forwards() {
     assert_eq!(up.requests().len(), 2);
 }
 
-async fn call_at(addr: std::net::SocketAddr, key: &str) -> u16 {
+pub(crate) async fn call_at(addr: std::net::SocketAddr, key: &str) -> u16 {
     let req = request("GET", "/x")
         .header("x-proxy-auth", key)
         .body(empty())

@@ -5,21 +5,16 @@
 //! `respond`, `httpCall`, Envoy's error behaviour, handles used out of scope, the `json`
 //! and `jwt` modules, and signature verification.
 
-use std::path::Path;
-
 use bytes::Bytes;
 use http_body_util::Empty;
 use serde_json::json;
 
+use crate::edge::{call_at, example};
 use crate::support::bin::Process;
 use crate::support::client::full;
 use crate::support::jwt;
 use crate::support::upstream::Upstream;
 use crate::support::{get, request, send, Config};
-
-fn example(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
-}
 
 fn empty() -> Empty<Bytes> {
     Empty::new()
@@ -92,14 +87,6 @@ async fn envoy_egress_example_runs_the_talk_s_filter_unchanged() {
     assert_eq!(call_at(process.addr, "Basic ").await, 403);
     assert_eq!(call_at(process.addr, "Basic old-key").await, 403);
     assert_eq!(call_at(process.addr, "Basic new-key").await, 200);
-}
-
-async fn call_at(addr: std::net::SocketAddr, key: &str) -> u16 {
-    let req = request("GET", "/x")
-        .header("x-proxy-auth", key)
-        .body(empty())
-        .unwrap();
-    send(addr, req).await.status.as_u16()
 }
 
 #[tokio::test]

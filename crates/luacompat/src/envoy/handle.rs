@@ -72,8 +72,6 @@ pub struct StreamHandle {
     /// The call it is bound to.
     pub token: u64,
     scope: Scope,
-    /// The header map object, made on the first `headers()` (scripts call it often).
-    headers: std::cell::RefCell<Option<AnyUserData>>,
 }
 
 impl StreamHandle {
@@ -87,7 +85,6 @@ impl StreamHandle {
                 token,
                 dir,
             },
-            headers: std::cell::RefCell::new(None),
         }
     }
 }
@@ -104,16 +101,13 @@ fn text(v: &Value) -> Option<String> {
 impl UserData for StreamHandle {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
         m.add_method("headers", |lua, this, ()| {
+            // A new object per call: a Lua reference kept inside the handle would keep
+            // the header map alive from Rust, out of the collector's sight.
             this.scope.with(lua, |_| Ok(()))?;
-            if let Some(h) = &*this.headers.borrow() {
-                return Ok(h.clone());
-            }
-            let h = lua.create_userdata(Headers {
+            lua.create_userdata(Headers {
                 scope: this.scope.clone(),
                 trailers: false,
-            })?;
-            *this.headers.borrow_mut() = Some(h.clone());
-            Ok(h)
+            })
         });
         m.add_method("trailers", |lua, this, ()| {
             // Trailers are not kept apart from the body here: there are none to show.
