@@ -20,9 +20,23 @@ pub struct Script {
     pub may_yield: bool,
     /// The user modules `require` finds (`lua.package_path`), swapped with the script.
     pub modules: Option<std::sync::Arc<crate::modules::Modules>>,
+    /// Whether the top-level code runs once per worker VM instead of on every call (Envoy
+    /// filters: it defines the hooks). What it defines stays; globals assigned by later
+    /// code still live for one call. See `vm::Instance::prelude`.
+    pub load_once: bool,
 }
 
 impl Script {
+    /// This script with its top-level code run once per worker ([`Script::load_once`]);
+    /// a different script to the worker's cache than the same source run every call.
+    pub fn load_once(mut self) -> Script {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.id, "load_once").hash(&mut h);
+        self.id = h.finish();
+        self.load_once = true;
+        self
+    }
+
     /// This script, requiring from `modules`: the set becomes part of its identity (a
     /// worker then loads it afresh, with the new modules), and a script that requires
     /// modules which wait runs in a coroutine.
@@ -94,6 +108,7 @@ pub fn compile(name: &str, source: &str) -> Result<Script, CompileError> {
         source: source.to_string(),
         may_yield: YIELDING.iter().any(|w| source.contains(w)),
         modules: None,
+        load_once: false,
     })
 }
 

@@ -31,6 +31,9 @@ pub struct Instance {
     env: Table,
     script: std::sync::Weak<Script>,
     active: Cell<u32>,
+    /// For scripts whose top-level code runs once ([`Script::load_once`]): the table the
+    /// chunk defines its globals in, and the metatable that seals it once the chunk ran.
+    prelude: Option<(Table, Table)>,
 }
 
 impl Instance {
@@ -52,6 +55,27 @@ impl Instance {
     /// The script's globals (cleared when no call of it runs).
     pub fn env(&self) -> &Table {
         &self.env
+    }
+
+    /// For a [`Script::load_once`] script: the table its top-level code defines globals
+    /// in (the chunk's environment; reading a name looks there first, then in the
+    /// per-call globals) and whether the chunk has run (the table is then sealed: new
+    /// names assigned by later code go to the per-call globals, [`Instance::env`]).
+    pub fn prelude(&self) -> Option<(&Table, bool)> {
+        self.prelude.as_ref().map(|(p, sealed)| {
+            let done = p
+                .metatable()
+                .is_some_and(|m| m.to_pointer() == sealed.to_pointer());
+            (p, done)
+        })
+    }
+
+    /// Seals the prelude after the chunk ran (see [`Instance::prelude`]).
+    pub fn seal(&self) -> mlua::Result<()> {
+        match &self.prelude {
+            Some((p, sealed)) => p.set_metatable(Some(sealed.clone())),
+            None => Ok(()),
+        }
     }
 
     /// The script, while a configuration still uses it.
@@ -246,6 +270,9 @@ pub struct Vm {
     globals: Table,
     /// `__newindex` of script environments: refuses to shadow built-in globals.
     env_newindex: Function,
+    /// Makes the `__newindex` of a sealed prelude: refuses built-in names and writes new
+    /// names into the per-call table it is given.
+    sealed_newindex: Function,
     /// By script id (already a hash).
     instances: RefCell<sluicegate_core::prehashed::PrehashedMap<Rc<Instance>>>,
     /// Boxed: a state moves between the pool, the running slot and call futures by pointer.
@@ -287,11 +314,21 @@ impl Vm {
             )
             .set_name("=sandbox")
             .call(&globals)?;
+        let sealed_newindex: Function = lua
+            .load(
+                "local builtins = ... return function(call) return function(t, k, v) \
+                   if rawget(builtins, k) ~= nil then \
+                     error(\"cannot assign to the built-in global '\" .. tostring(k) .. \"' (use a local variable)\", 2) \
+                   end rawset(call, k, v) end end",
+            )
+            .set_name("=sandbox")
+            .call(&globals)?;
         let vm = Rc::new(Vm {
             lua,
             host,
             globals,
             env_newindex,
+            sealed_newindex,
             instances: RefCell::default(),
             pool: RefCell::new(Vec::new()),
             memory_limit: Cell::new(0),
@@ -355,12 +392,34 @@ impl Vm {
     fn load(&self, script: &Arc<Script>) -> mlua::Result<Instance> {
         // The script's globals are cleared when no call of it runs (see `leave`).
         let env = self.environment()?;
+        let (chunk_env, prelude) = if script.load_once {
+            // prelude (what the chunk defined) → env (per-call globals) → built-ins.
+            let prelude = self.lua.create_table()?;
+            let open = self.lua.create_table()?;
+            open.raw_set("__index", &env)?;
+            open.raw_set("__newindex", &self.env_newindex)?;
+            prelude.set_metatable(Some(open))?;
+            let sealed = self.lua.create_table()?;
+            sealed.raw_set("__index", &env)?;
+            sealed.raw_set("__newindex", self.sealed_newindex.call::<Function>(&env)?)?;
+            prelude.set_safeenv(true);
+            // `_G` is the prelude: `_G.helper` finds what the chunk defined, and new
+            // names written through it still land in the per-call globals.
+            if let Some(meta) = env.metatable() {
+                if let Ok(proxy) = meta.raw_get::<Table>("__index") {
+                    proxy.raw_set("_G", &prelude)?;
+                }
+            }
+            (prelude.clone(), Some((prelude, sealed)))
+        } else {
+            (env.clone(), None)
+        };
         let func = self
             .lua
             .load(&script.bytecode[..])
             .set_name(format!("={}", script.name))
             .set_mode(mlua::chunk::ChunkMode::Binary)
-            .set_environment(env.clone())
+            .set_environment(chunk_env)
             .into_function()?;
         Ok(Instance {
             name: Rc::from(script.name.as_str()),
@@ -368,6 +427,7 @@ impl Vm {
             env,
             script: Arc::downgrade(script),
             active: Cell::new(0),
+            prelude,
         })
     }
 

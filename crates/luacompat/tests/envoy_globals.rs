@@ -21,7 +21,7 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
 fn filter(code: &str) -> EnvoyLua {
     sluicegate_luacompat::install();
     EnvoyLua::new(
-        Arc::new(sluicegate_lua::compile("filter", code).unwrap()),
+        Arc::new(sluicegate_lua::compile("filter", code).unwrap().load_once()),
         OnError::Fail,
     )
 }
@@ -50,6 +50,30 @@ fn a_global_assigned_on_every_request_does_not_grow_the_vm() {
         vm.lua.gc_collect().unwrap();
         let grown = vm.used_memory().saturating_sub(after_warmup);
         assert!(grown < 64 * 1024, "the VM grew by {grown} bytes");
+    });
+}
+
+#[test]
+fn top_level_code_runs_once_per_worker_and_hook_globals_live_for_one_call() {
+    run(async {
+        let h = Harness::new(LuaSettings::default()).unwrap();
+        let p = filter(
+            "loads = (loads or 0) + 1\n\
+             local seen = {}\n\
+             function helper(x) return x .. '!' end\n\
+             function envoy_on_request(handle)\n\
+               seen[#seen + 1] = true\n\
+               per_call = (per_call or 0) + 1\n\
+               handle:headers():replace('x-out', helper(loads .. ' ' .. #seen .. ' ' .. per_call))\n\
+             end",
+        );
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let mut ctx = h.request(FakeRequest::default());
+            assert!(matches!(p.access(&mut ctx).run().await, Ok(Flow::Continue)));
+            out.push(ctx.head.headers["x-out"].to_str().unwrap().to_string());
+        }
+        assert_eq!(out, ["1 1 1!", "1 2 1!", "1 3 1!"]);
     });
 }
 

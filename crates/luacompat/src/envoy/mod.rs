@@ -2,11 +2,14 @@
 //! the stream-handle API of Envoy's documentation, run under our CPU budget, memory cap
 //! and sandbox.
 //!
-//! How a call runs: the filter script is compiled like any script; a call runs its chunk
-//! (which defines the two hooks as globals of the call) and then the hook, through one
-//! driver function per VM ([`Driver`]). Globals live for one call, as every script's do,
-//! so the global-variable leak of Envoy's filter cannot happen; state that must outlive
-//! a call belongs in a module (`lua.package_path`) or `ngx.shared`.
+//! How a call runs: the filter script is compiled like any script, marked
+//! [`load_once`](sluicegate_lua::Script::load_once): as in Envoy, its top-level code runs
+//! once per worker, on the first call, and what it defines (the hooks, helper functions,
+//! tables) stays. Then the hook runs, through one driver function per VM ([`Driver`]).
+//! Any other global a hook assigns lives for that call only, so the global-variable leak
+//! of Envoy's filter (a new global per request) cannot happen; state that must outlive a
+//! call belongs in a module (`lua.package_path`), `ngx.shared`, or a table the top-level
+//! code created.
 //!
 //! Invariants:
 //! - a handle (and every object it hands out: headers, buffers, stream info) is bound to
@@ -44,18 +47,22 @@ pub(crate) fn next_token() -> u64 {
     })
 }
 
-/// The per-VM driver that runs a filter call: `driver(chunk, env, hook_name, handle)`.
+/// The per-VM driver that runs a filter call: `driver(handle, globals, hook_name[, chunk,
+/// seal])`; the chunk is passed on a worker's first call of the script only.
 #[derive(Clone)]
 pub struct Driver(pub Function);
 
-/// The driver: binds the handle to the call, runs the chunk (defining the hooks), then
-/// calls the hook if the script defines it.
+/// The driver: binds the handle to the call, runs the chunk once per worker (defining the
+/// hooks) and seals what it defined, then calls the hook if the script defines it.
 const DRIVER: &str = r#"
 local bind, rawget = ...
-return function(chunk, env, hook, handle)
+return function(handle, globals, hook, chunk, seal)
   bind(handle)
-  chunk()
-  local f = rawget(env, hook)
+  if chunk then
+    chunk()
+    seal()
+  end
+  local f = rawget(globals, hook)
   if f ~= nil then return f(handle) end
 end
 "#;

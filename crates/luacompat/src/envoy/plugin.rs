@@ -123,7 +123,23 @@ fn entry(
             Dir::Response => "envoy_on_response",
         };
         let handle = vm.lua.create_userdata(StreamHandle::new(&vm.host, dir))?;
-        let args = (inst.function(), inst.env().clone(), hook, handle).into_lua_multi(&vm.lua)?;
+        let args = match inst.prelude() {
+            Some((globals, true)) => (handle, globals.clone(), hook).into_lua_multi(&vm.lua)?,
+            Some((globals, false)) => {
+                // The worker's first call: run the chunk, then seal what it defined.
+                let weak = Rc::downgrade(inst);
+                let seal = vm.lua.create_function(move |_, ()| match weak.upgrade() {
+                    Some(i) => i.seal(),
+                    None => Ok(()),
+                })?;
+                (handle, globals.clone(), hook, inst.function(), seal).into_lua_multi(&vm.lua)?
+            }
+            None => {
+                // Not marked load-once (built outside the plugin): the chunk runs every call.
+                let noop = vm.lua.create_function(|_, ()| Ok(()))?;
+                (handle, inst.env().clone(), hook, inst.function(), noop).into_lua_multi(&vm.lua)?
+            }
+        };
         Ok((driver, args))
     }
 }

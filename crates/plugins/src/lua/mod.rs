@@ -55,7 +55,7 @@ pub fn build(
         return None;
     }
     let (script, phase) = (script?, phase?);
-    Some(Arc::new(Lua::for_hosts(script, phase, hosts)))
+    Some(Arc::new(Lua::for_hosts(Arc::new(script), phase, hosts)))
 }
 
 /// Reads (`file`, relative to the configuration) or takes (`code`) a script's source and
@@ -68,7 +68,7 @@ pub(crate) fn script(
     path: &Path,
     ctx: &BuildCtx<'_>,
     diags: &mut Diags,
-) -> Option<Arc<sluicegate_lua::Script>> {
+) -> Option<sluicegate_lua::Script> {
     let (source, at, default_name) = match (code, file) {
         (Some(code), None) => (
             Some(code.to_string()),
@@ -95,7 +95,7 @@ pub(crate) fn script(
     };
     let name = name.map(str::to_string).unwrap_or(default_name);
     source.and_then(|src| match sluicegate_lua::compile(&name, &src) {
-        Ok(s) => Some(Arc::new(s.using(ctx.lua_modules))),
+        Ok(s) => Some(s.using(ctx.lua_modules)),
         Err(e) => {
             diags.push(&at, format!("script `{name}`: syntax error at {e}"));
             None
