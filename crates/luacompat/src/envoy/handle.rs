@@ -72,19 +72,26 @@ pub struct StreamHandle {
     /// The call it is bound to.
     pub token: u64,
     scope: Scope,
+    /// What `headers()` answers for (the handle is its own header map).
+    headers: Headers,
 }
 
 impl StreamHandle {
     /// A handle for a new call in direction `dir`.
     pub fn new(host: &Rc<Host>, dir: Dir) -> Self {
         let token = super::next_token();
+        let scope = Scope {
+            host: host.clone(),
+            token,
+            dir,
+        };
         StreamHandle {
             token,
-            scope: Scope {
-                host: host.clone(),
-                token,
-                dir,
+            headers: Headers {
+                scope: scope.clone(),
+                trailers: false,
             },
+            scope,
         }
     }
 }
@@ -100,15 +107,11 @@ fn text(v: &Value) -> Option<String> {
 
 impl UserData for StreamHandle {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("headers", |lua, this, ()| {
-            // A new object per call: a Lua reference kept inside the handle would keep
-            // the header map alive from Rust, out of the collector's sight.
-            this.scope.with(lua, |_| Ok(()))?;
-            lua.create_userdata(Headers {
-                scope: this.scope.clone(),
-                trailers: false,
-            })
+        m.add_function("headers", |lua, ud: AnyUserData| {
+            ud.borrow::<StreamHandle>()?.scope.with(lua, |_| Ok(()))?;
+            Ok(ud)
         });
+        header_methods(m, |h| &h.headers);
         m.add_method("trailers", |lua, this, ()| {
             // Trailers are not kept apart from the body here: there are none to show.
             this.scope.with(lua, |_| Ok(()))?;
@@ -747,44 +750,55 @@ fn set_pseudo(
 
 impl UserData for Headers {
     fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_method("get", |lua, this, name: mlua::LuaString| {
-            this.get(lua, &name.as_bytes())
-        });
-        m.add_method("getAtIndex", |lua, this, (name, index): (String, usize)| {
-            Ok(this.values(lua, &name)?.into_iter().nth(index))
-        });
-        m.add_method("getNumValues", |lua, this, name: String| {
-            Ok(this.values(lua, &name)?.len())
-        });
-        m.add_method("add", |lua, this, (name, value): (String, Value)| {
-            let value =
-                text(&value).ok_or_else(|| err(lua, "add(): the value must be a string"))?;
-            this.write(lua, &name, Some(&value), true)
-        });
-        m.add_method("replace", |lua, this, (name, value): (String, Value)| {
+        header_methods(m, |h| h);
+    }
+}
+
+/// The header-map methods, on `Headers` and on the handle itself: `handle:headers()`
+/// returns the handle (no object per call), which answers them for its direction.
+fn header_methods<T: 'static, M: UserDataMethods<T>>(m: &mut M, headers: fn(&T) -> &Headers) {
+    m.add_method("get", move |lua, this, name: mlua::LuaString| {
+        headers(this).get(lua, &name.as_bytes())
+    });
+    m.add_method(
+        "getAtIndex",
+        move |lua, this, (name, index): (String, usize)| {
+            Ok(headers(this).values(lua, &name)?.into_iter().nth(index))
+        },
+    );
+    m.add_method("getNumValues", move |lua, this, name: String| {
+        Ok(headers(this).values(lua, &name)?.len())
+    });
+    m.add_method("add", move |lua, this, (name, value): (String, Value)| {
+        let value = text(&value).ok_or_else(|| err(lua, "add(): the value must be a string"))?;
+        headers(this).write(lua, &name, Some(&value), true)
+    });
+    m.add_method(
+        "replace",
+        move |lua, this, (name, value): (String, Value)| {
             let value =
                 text(&value).ok_or_else(|| err(lua, "replace(): the value must be a string"))?;
-            this.write(lua, &name, Some(&value), false)
-        });
-        m.add_method("remove", |lua, this, name: String| {
-            if name.starts_with(':') {
-                return Ok(());
-            }
-            this.write(lua, &name, None, false)
-        });
-        m.add_method("setHttp1ReasonPhrase", |lua, this, _reason: String| {
-            // HTTP/1.1 reason phrases are always the canonical ones here.
-            this.scope.with(lua, |_| Ok(()))
-        });
-        m.add_meta_method(MetaMethod::Iter, |lua, this, ()| {
-            let items = this
-                .all(lua)?
-                .into_iter()
-                .map(|(k, v)| Ok((k, Value::String(lua.create_string(v)?))))
-                .collect::<mlua::Result<Vec<_>>>()?;
-            pairs_of(lua, items)
-        });
-    }
+            headers(this).write(lua, &name, Some(&value), false)
+        },
+    );
+    m.add_method("remove", move |lua, this, name: String| {
+        if name.starts_with(':') {
+            return Ok(());
+        }
+        headers(this).write(lua, &name, None, false)
+    });
+    m.add_method("setHttp1ReasonPhrase", move |lua, this, _reason: String| {
+        // HTTP/1.1 reason phrases are always the canonical ones here.
+        headers(this).scope.with(lua, |_| Ok(()))
+    });
+    m.add_meta_method(MetaMethod::Iter, move |lua, this, ()| {
+        let items = headers(this)
+            .all(lua)?
+            .into_iter()
+            .map(|(k, v)| Ok((k, Value::String(lua.create_string(v)?))))
+            .collect::<mlua::Result<Vec<_>>>()?;
+        pairs_of(lua, items)
+    });
 }
 
 /// `(iterator, nil, nil)` over `items`.
