@@ -42,18 +42,6 @@ const REMOVED: &[&str] = &[
     "_G",
 ];
 
-/// Built-in module names `require` resolves, besides the standard libraries.
-pub const MODULES: &[&str] = &[
-    "cjson",
-    "cjson.safe",
-    "bit",
-    "ngx",
-    "ngx.re",
-    "ngx.base64",
-    "resty.core",
-    "sluicegate",
-];
-
 /// Adds modules and globals before the VM is frozen (the spec runner's `describe`, `it`...).
 pub type Extras<'a> = &'a dyn Fn(&Lua, &Table, &Table) -> mlua::Result<()>;
 
@@ -85,10 +73,12 @@ pub fn install(lua: &Lua, host: &Rc<Host>, extras: Option<Extras<'_>>) -> mlua::
             modules.raw_set(lib, t)?;
         }
     }
-    let mut known: Vec<String> = MODULES.iter().map(|s| s.to_string()).collect();
-    if extras.is_some() {
-        known.push("sluicegate.test".to_string());
-    }
+    // Named in "not found" messages: every module registered above, extensions' included.
+    let mut known: Vec<String> = modules
+        .pairs::<String, Value>()
+        .filter_map(|kv| kv.ok().map(|(k, _)| k))
+        .collect();
+    known.sort();
     let require_modules = modules.clone();
     let h = host.clone();
     let require = lua.create_function(move |lua, name: mlua::LuaString| {

@@ -34,6 +34,8 @@ pub struct Instance {
     /// For scripts whose top-level code runs once ([`Script::load_once`]): the table the
     /// chunk defines its globals in, and the metatable that seals it once the chunk ran.
     prelude: Option<(Table, Table)>,
+    /// Whether the prelude is sealed (the chunk ran).
+    sealed: Cell<bool>,
 }
 
 impl Instance {
@@ -62,20 +64,16 @@ impl Instance {
     /// per-call globals) and whether the chunk has run (the table is then sealed: new
     /// names assigned by later code go to the per-call globals, [`Instance::env`]).
     pub fn prelude(&self) -> Option<(&Table, bool)> {
-        self.prelude.as_ref().map(|(p, sealed)| {
-            let done = p
-                .metatable()
-                .is_some_and(|m| m.to_pointer() == sealed.to_pointer());
-            (p, done)
-        })
+        self.prelude.as_ref().map(|(p, _)| (p, self.sealed.get()))
     }
 
     /// Seals the prelude after the chunk ran (see [`Instance::prelude`]).
     pub fn seal(&self) -> mlua::Result<()> {
-        match &self.prelude {
-            Some((p, sealed)) => p.set_metatable(Some(sealed.clone())),
-            None => Ok(()),
+        if let Some((p, sealed)) = &self.prelude {
+            p.set_metatable(Some(sealed.clone()))?;
+            self.sealed.set(true);
         }
+        Ok(())
     }
 
     /// The script, while a configuration still uses it.
@@ -428,6 +426,7 @@ impl Vm {
             script: Arc::downgrade(script),
             active: Cell::new(0),
             prelude,
+            sealed: Cell::new(false),
         })
     }
 

@@ -3,8 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-
 use sluicegate_core::phase::{Flow, Plugin};
 use sluicegate_lua::harness::{FakeRequest, Harness};
 use sluicegate_lua::LuaSettings;
@@ -21,7 +19,7 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
 fn filter(code: &str) -> EnvoyLua {
     sluicegate_luacompat::install();
     EnvoyLua::new(
-        Arc::new(sluicegate_lua::compile("filter", code).unwrap().load_once()),
+        sluicegate_lua::compile("filter", code).unwrap(),
         OnError::Fail,
     )
 }

@@ -89,7 +89,6 @@ impl StreamHandle {
             token,
             headers: Headers {
                 scope: scope.clone(),
-                trailers: false,
             },
             scope,
         }
@@ -111,7 +110,7 @@ impl UserData for StreamHandle {
             ud.borrow::<StreamHandle>()?.scope.with(lua, |_| Ok(()))?;
             Ok(ud)
         });
-        header_methods(m, |h| &h.headers);
+        header_methods(m);
         m.add_method("trailers", |lua, this, ()| {
             // Trailers are not kept apart from the body here: there are none to show.
             this.scope.with(lua, |_| Ok(()))?;
@@ -538,8 +537,6 @@ fn upstream_address(
 /// A header map: the request's or the response's, with their pseudo-headers.
 pub struct Headers {
     scope: Scope,
-    /// Trailers (none are kept: reads find nothing, writes are refused).
-    trailers: bool,
 }
 
 /// The request's pseudo-headers in Envoy's order.
@@ -596,9 +593,6 @@ impl Headers {
     }
 
     fn write(&self, lua: &Lua, name: &str, value: Option<&str>, append: bool) -> mlua::Result<()> {
-        if self.trailers {
-            return Err(err(lua, "trailers cannot be changed here"));
-        }
         let dir = self.scope.dir;
         let lower = name.to_ascii_lowercase();
         self.scope.with(lua, |s| {
@@ -642,9 +636,6 @@ impl Headers {
     /// Every (name, value) pair, pseudo-headers first.
     fn all(&self, lua: &Lua) -> mlua::Result<Vec<(String, String)>> {
         let dir = self.scope.dir;
-        if self.trailers {
-            return Ok(Vec::new());
-        }
         self.scope.with(lua, |s| {
             let mut out = Vec::new();
             let names: &[&str] = match dir {
@@ -748,15 +739,12 @@ fn set_pseudo(
     Ok(())
 }
 
-impl UserData for Headers {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        header_methods(m, |h| h);
+/// The header-map methods, on the handle itself: `handle:headers()` returns the handle
+/// (no object per call), which answers them for its direction.
+fn header_methods<M: UserDataMethods<StreamHandle>>(m: &mut M) {
+    fn headers(h: &StreamHandle) -> &Headers {
+        &h.headers
     }
-}
-
-/// The header-map methods, on `Headers` and on the handle itself: `handle:headers()`
-/// returns the handle (no object per call), which answers them for its direction.
-fn header_methods<T: 'static, M: UserDataMethods<T>>(m: &mut M, headers: fn(&T) -> &Headers) {
     m.add_method("get", move |lua, this, name: mlua::LuaString| {
         headers(this).get(lua, &name.as_bytes())
     });

@@ -49,8 +49,10 @@ impl std::fmt::Debug for EnvoyLua {
 const WAITING: &[&str] = &["body", "bodyChunks", "httpCall"];
 
 impl EnvoyLua {
-    /// The filter for `script`; hooks the source does not name are not run.
-    pub fn new(script: Arc<Script>, on_error: OnError) -> Self {
+    /// The filter for `script`; hooks the source does not name are not run. As in Envoy,
+    /// the script's top-level code runs once per worker ([`Script::load_once`]).
+    pub fn new(script: Script, on_error: OnError) -> Self {
+        let script = Arc::new(script.load_once());
         let src = &script.source;
         EnvoyLua {
             on_request: src.contains("envoy_on_request"),
@@ -123,22 +125,21 @@ fn entry(
             Dir::Response => "envoy_on_response",
         };
         let handle = vm.lua.create_userdata(StreamHandle::new(&vm.host, dir))?;
-        let args = match inst.prelude() {
-            Some((globals, true)) => (handle, globals.clone(), hook).into_lua_multi(&vm.lua)?,
-            Some((globals, false)) => {
-                // The worker's first call: run the chunk, then seal what it defined.
-                let weak = Rc::downgrade(inst);
-                let seal = vm.lua.create_function(move |_, ()| match weak.upgrade() {
-                    Some(i) => i.seal(),
-                    None => Ok(()),
-                })?;
-                (handle, globals.clone(), hook, inst.function(), seal).into_lua_multi(&vm.lua)?
-            }
-            None => {
-                // Not marked load-once (built outside the plugin): the chunk runs every call.
-                let noop = vm.lua.create_function(|_, ()| Ok(()))?;
-                (handle, inst.env().clone(), hook, inst.function(), noop).into_lua_multi(&vm.lua)?
-            }
+        let Some((globals, sealed)) = inst.prelude() else {
+            return Err(mlua::Error::runtime(
+                "an Envoy filter must be loaded once per worker",
+            ));
+        };
+        let args = if sealed {
+            (handle, globals.clone(), hook).into_lua_multi(&vm.lua)?
+        } else {
+            // The worker's first call: run the chunk, then seal what it defined.
+            let weak = Rc::downgrade(inst);
+            let seal = vm.lua.create_function(move |_, ()| match weak.upgrade() {
+                Some(i) => i.seal(),
+                None => Ok(()),
+            })?;
+            (handle, globals.clone(), hook, inst.function(), seal).into_lua_multi(&vm.lua)?
         };
         Ok((driver, args))
     }

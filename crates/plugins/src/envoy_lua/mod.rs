@@ -72,8 +72,7 @@ pub fn build(
     if diags.0.len() != before {
         return None;
     }
-    // Like Envoy, the top-level code (defining the hooks) runs once per worker.
-    let plugin = EnvoyLua::new(Arc::new(script?.load_once()), on_error);
+    let plugin = EnvoyLua::new(script?, on_error);
     if plugin.hooks() == (false, false) {
         let at = if cfg.code.is_some() { "code" } else { "file" };
         diags.push(
