@@ -26,6 +26,8 @@ pub struct Gateway {
     pub listeners: Vec<SocketAddr>,
     /// Bound admin address, if any.
     pub admin: Option<SocketAddr>,
+    /// The node's view of its cluster, in cluster mode.
+    pub cluster: Option<Arc<sluicegate_cluster::Cluster>>,
     workers: Vec<JoinHandle<std::io::Result<()>>>,
     control: Option<JoinHandle<()>>,
     control_stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -63,8 +65,25 @@ impl Gateway {
         let metrics = Arc::new(Metrics::default());
         // Loaded once: with a worker count of 0 the snapshot sizes itself for the workers its
         // own `workers` setting gives.
-        let snapshot =
+        let mut snapshot =
             crate::config::load_snapshot(config, 1, 0, &metrics).map_err(anyhow::Error::new)?;
+        // Cluster mode: the store's entities (or, with the store down, the last applied
+        // copy) complete the file before anything binds.
+        let cluster = match &snapshot.settings.cluster {
+            Some(cs) => {
+                let cluster = Arc::new(crate::cluster::initial(cs, &snapshot.settings.data_dir)?);
+                snapshot = crate::config::load_snapshot_with(
+                    config,
+                    1,
+                    0,
+                    &metrics,
+                    Some(&cluster.applied()),
+                )
+                .map_err(anyhow::Error::new)?;
+                Some(cluster)
+            }
+            None => None,
+        };
         let workers = snapshot.settings.worker_count();
         let mut sockets: Vec<Vec<std::net::TcpListener>> =
             (0..workers).map(|_| Vec::new()).collect();
@@ -99,7 +118,6 @@ impl Gateway {
             .transpose()?;
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
-        let mut snapshot = snapshot;
         snapshot.queues =
             sluicegate_queue::open_all(&snapshot.settings.data_dir, &snapshot.queued_routes())?;
         // The first code set (persisted pushes, the directory, the last good code-API
@@ -128,6 +146,7 @@ impl Gateway {
         }
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let control_shared = shared.clone();
+        let control_cluster = cluster.clone();
         let control = std::thread::Builder::new()
             .name("sluicegate-control".into())
             .spawn(move || {
@@ -142,7 +161,22 @@ impl Gateway {
                     }
                 };
                 rt.block_on(async move {
-                    tokio::spawn(state::reloader(control_shared.clone(), reload_rx));
+                    tokio::spawn(state::reloader(
+                        control_shared.clone(),
+                        control_cluster.clone(),
+                        reload_rx,
+                    ));
+                    if let Some(c) = &control_cluster {
+                        let data_dir = control_shared.snapshot.load().settings.data_dir.clone();
+                        tokio::spawn(sluicegate_cluster::follow::run(
+                            c.clone(),
+                            data_dir,
+                            crate::cluster::Applier {
+                                shared: control_shared.clone(),
+                                cluster: c.clone(),
+                            },
+                        ));
+                    }
                     tokio::spawn(crate::code_sources::api::poll(control_shared.clone()));
                     tokio::spawn(crate::code_sources::directory::watch(
                         control_shared.clone(),
@@ -152,7 +186,13 @@ impl Gateway {
                     if let Some(l) = admin_listener {
                         match tokio::net::TcpListener::from_std(l) {
                             Ok(l) => {
-                                tokio::spawn(crate::admin::serve(control_shared.clone(), l));
+                                tokio::spawn(crate::admin::serve(
+                                    crate::admin::AdminState {
+                                        shared: control_shared.clone(),
+                                        cluster: control_cluster.clone(),
+                                    },
+                                    l,
+                                ));
                             }
                             Err(e) => {
                                 tracing::error!(error = %e, "Cannot start the admin listener.")
@@ -174,6 +214,7 @@ impl Gateway {
             shared,
             listeners: bound,
             admin,
+            cluster,
             workers: handles,
             control: Some(control),
             control_stop: Some(stop_tx),

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cluster;
 pub mod code_sources;
 pub mod config;
 pub mod descriptors;

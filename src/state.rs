@@ -16,7 +16,13 @@ pub use sluicegate_proxy::snapshot::*;
 use crate::config::{self, ConfigError};
 
 /// The reloader: applies reload requests one at a time, in order.
-pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<ReloadRequest>) {
+///
+/// In cluster mode every reload builds from the file and the cluster's wanted entities.
+pub async fn reloader(
+    shared: Arc<Shared>,
+    cluster: Option<Arc<sluicegate_cluster::Cluster>>,
+    mut rx: mpsc::UnboundedReceiver<ReloadRequest>,
+) {
     while let Some(req) = rx.recv().await {
         if let Some(update) = req.code {
             // Compiling a large set takes a while: off the control thread, so the admin API
@@ -28,11 +34,13 @@ pub async fn reloader(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Reloa
             continue;
         }
         let current = shared.snapshot.load_full();
-        let result = config::load_snapshot(
+        let entities = cluster.as_ref().map(|c| c.wanted());
+        let result = config::load_snapshot_with(
             &current.source,
             current.version + 1,
             shared.workers,
             &shared.metrics,
+            entities.as_deref(),
         )
         .and_then(|mut next| carry_over_queues(&current, &mut next).map(|()| next))
         .map(|mut next| {

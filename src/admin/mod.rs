@@ -1,10 +1,13 @@
 //! The admin API, on its own listener (loopback by default): status, health, Prometheus
-//! metrics, reload and stop. Its errors are JSON, like the proxy's.
+//! metrics, reload and stop, and in cluster mode the shared configuration (`/v1`, see
+//! [`v1`]). With `admin.tokens` every endpoint but `admin.public_paths` takes a bearer
+//! token. Its errors are JSON, like the proxy's.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{FromRef, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,17 +18,33 @@ use crate::state::Shared;
 pub mod queues;
 pub mod scripts;
 pub mod upstreams;
+pub mod v1;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The gateway's shared state.
+    pub shared: Arc<Shared>,
+    /// The node's cluster view, in cluster mode.
+    pub cluster: Option<Arc<sluicegate_cluster::Cluster>>,
+}
+
+impl FromRef<AdminState> for Arc<Shared> {
+    fn from_ref(state: &AdminState) -> Self {
+        state.shared.clone()
+    }
+}
 
 /// Serves the admin API on `listener` until the process stops.
-pub async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
-    let app = router(shared);
+pub async fn serve(state: AdminState, listener: tokio::net::TcpListener) {
+    let app = router(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "Admin API stopped.");
     }
 }
 
 /// The admin routes.
-pub fn router(shared: Arc<Shared>) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/healthz", get(healthz))
@@ -34,12 +53,59 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/stop", post(stop))
         .merge(queues::routes())
         .merge(scripts::routes())
+        .merge(v1::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(shared)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
+        .with_state(state)
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+/// With tokens configured, lets through only requests with `Authorization: Bearer` one of
+/// them (compared in constant time) and the public paths.
+async fn authenticate(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    let snapshot = state.shared.snapshot.load();
+    let settings = &snapshot.settings;
+    if settings.admin_tokens.is_empty()
+        || settings
+            .admin_public_paths
+            .iter()
+            .any(|p| p == req.uri().path())
+    {
+        drop(snapshot);
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    // Every token is compared, so the time taken does not tell which one matched.
+    let ok = given.is_some_and(|g| {
+        settings
+            .admin_tokens
+            .iter()
+            .fold(false, |ok, t| t.ct_eq(g.as_bytes()) | ok)
+    });
+    drop(snapshot);
+    if ok {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"sluicegate-admin\"")],
+        Json(json!({"error": "unauthorized", "message": "this admin endpoint needs `Authorization: Bearer <token>` with one of `admin.tokens`"})),
+    )
+        .into_response()
+}
+
+async fn status(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let shared = &state.shared;
     let snap = shared.snapshot.load();
     let routes: Vec<_> = snap
         .routes
@@ -68,6 +134,7 @@ async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
         "routes": routes,
         "upstreams": upstreams,
         "code": sluicegate_code::status_json(&shared.code),
+        "cluster": state.cluster.as_deref().map(v1::cluster_status),
     }))
 }
 
@@ -82,7 +149,8 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let shared = &state.shared;
     (
         [(
             header::CONTENT_TYPE,
@@ -98,6 +166,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             crate::admin::upstreams::render_metrics(&shared.snapshot.load(), &mut text);
             crate::descriptors::render_metrics(&mut text);
             sluicegate_ratelimit::metrics::render(&mut text);
+            if let Some(c) = &state.cluster {
+                c.render_metrics(&mut text);
+            }
             text
         },
     )

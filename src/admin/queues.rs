@@ -16,7 +16,7 @@ use crate::state::Shared;
 use sluicegate_queue::{inspect, Queue, QueueError};
 
 /// The queue routes (merged into the admin router).
-pub fn routes() -> Router<Arc<Shared>> {
+pub fn routes() -> Router<super::AdminState> {
     Router::new()
         .route("/queues", get(list))
         .route("/queues/{name}", get(one))

@@ -25,7 +25,7 @@ use sluicegate_code::{Change, ScriptSpec};
 use sluicegate_plugins::Phase;
 
 /// The `/scripts` routes.
-pub fn routes() -> Router<Arc<Shared>> {
+pub fn routes() -> Router<super::AdminState> {
     Router::new()
         .route("/scripts", get(list))
         .route("/scripts/{*name}", get(show).put(push).delete(remove))

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod check_code;
+pub mod migrations;
 pub mod reload;
 pub mod run;
 pub mod test;
@@ -72,6 +73,12 @@ pub enum Command {
     },
     /// Inspect and repair the durable queues (stats, list, show, dead letters, replay, purge).
     Wal(wal::WalArgs),
+    /// Create or upgrade the cluster store's schema (`up`), or show it (`status`).
+    Migrations {
+        /// `up` or `status`.
+        #[command(subcommand)]
+        action: migrations::Action,
+    },
     /// Print the version.
     Version,
     /// Validate dynamic scripts before publishing them: code-API documents (JSON), script
@@ -106,6 +113,7 @@ pub fn main() -> i32 {
         Command::Test { paths, tap } => test::test(&paths, tap),
         Command::Wal(args) => wal::wal(args),
         Command::CheckCode { paths } => check_code::check_code(&paths),
+        Command::Migrations { action } => migrations::migrations(action),
         Command::Version => {
             println!("sluicegate {}", env!("CARGO_PKG_VERSION"));
             EXIT_OK

@@ -27,6 +27,18 @@ pub fn load_snapshot(
     workers: usize,
     metrics: &Metrics,
 ) -> Result<Snapshot, ConfigError> {
+    load_snapshot_with(path, version, workers, metrics, None)
+}
+
+/// [`load_snapshot`] in cluster mode: the cluster's `entities` fill the sections the file
+/// leaves to the store (ignored when the file has no `cluster:` section).
+pub fn load_snapshot_with(
+    path: &FsPath,
+    version: u64,
+    workers: usize,
+    metrics: &Metrics,
+    entities: Option<&sluicegate_cluster::Entities>,
+) -> Result<Snapshot, ConfigError> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         source_name: name.clone(),
@@ -40,11 +52,19 @@ pub fn load_snapshot(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| FsPath::new("."));
-    load_snapshot_from_str(&text, &name, base_dir, version, workers, metrics).map(|mut s| {
-        s.source = path.to_path_buf();
-        s.source_digest = watch::digest(text.as_bytes());
-        s
-    })
+    let fail = |diags| ConfigError {
+        source_name: name.clone(),
+        diags,
+    };
+    let mut root = yaml::parse(&text, &yaml::ProcessEnv).map_err(fail)?;
+    crate::cluster::merge(&mut root, entities).map_err(fail)?;
+    validate::snapshot(&root, base_dir, version, workers, metrics)
+        .map_err(fail)
+        .map(|mut s| {
+            s.source = path.to_path_buf();
+            s.source_digest = watch::digest(text.as_bytes());
+            s
+        })
 }
 
 /// Validates configuration `text` (named `name` in errors); relative file names resolve
@@ -61,7 +81,8 @@ pub fn load_snapshot_from_str(
         source_name: name.to_string(),
         diags,
     };
-    let root = yaml::parse(text, &yaml::ProcessEnv).map_err(fail)?;
+    let mut root = yaml::parse(text, &yaml::ProcessEnv).map_err(fail)?;
+    crate::cluster::merge(&mut root, None).map_err(fail)?;
     validate::snapshot(&root, base_dir, version, workers, metrics).map_err(fail)
 }
 

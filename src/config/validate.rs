@@ -36,6 +36,7 @@ const TOP_LEVEL: &[&str] = &[
     "watch_config",
     "secrets",
     "dns",
+    "cluster",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -162,7 +163,7 @@ fn build_snapshot(
     metrics: &Metrics,
     diags: &mut Diags,
 ) -> Option<Snapshot> {
-    let settings = settings(root, build.base_dir, diags);
+    let settings = settings(root, build, diags);
     let listeners = listeners(root, build.base_dir, diags);
     let access_log = access_log(root, build.base_dir, diags);
     let lua = lua_settings(root, build.lua_modules, diags);
@@ -346,24 +347,111 @@ fn lua_settings(
     s
 }
 
-fn settings(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Settings {
+fn settings(root: &Node, build: &BuildCtx<'_>, diags: &mut Diags) -> Settings {
     let workers: Option<usize> = field(root, "workers", diags);
     let drain: Option<u64> = field(root, "drain_timeout_ms", diags);
     let data_dir: Option<String> = field(root, "data_dir", diags);
     let admin: file::AdminConfig = field(root, "admin", diags).unwrap_or_default();
+    let admin_path = Path::root().key("admin");
     if admin.enabled {
-        check_address(
-            &admin.address,
-            &Path::root().key("admin").key("address"),
-            diags,
+        check_address(&admin.address, &admin_path.key("address"), diags);
+    }
+    let mut admin_tokens = Vec::new();
+    for (i, t) in admin.tokens.iter().enumerate() {
+        let at = admin_path.key("tokens").index(i);
+        match sluicegate_secrets::SecretRef::parse(t) {
+            Ok(r) => {
+                if let Some(secret) = build.secrets.resolve(&r, &at, diags) {
+                    if secret.values().any(|v| v.expose().len() < 16) {
+                        diags.push(
+                            &at,
+                            format!(
+                                "secret `{}`: an admin token needs at least 16 bytes",
+                                secret.name()
+                            ),
+                        );
+                    }
+                    admin_tokens.extend(secret.values().cloned());
+                }
+            }
+            Err(e) => diags.push(&at, e),
+        }
+    }
+    if admin.enabled && admin_tokens.is_empty() && !is_loopback(&admin.address) {
+        diags.push(
+            &admin_path.key("tokens"),
+            format!(
+                "the admin API on `{}` is reachable from other hosts: give it `tokens` (or bind it to 127.0.0.1)",
+                admin.address
+            ),
         );
+    }
+    for (i, p) in admin.public_paths.iter().enumerate() {
+        if !p.starts_with('/') {
+            diags.push(
+                &admin_path.key("public_paths").index(i),
+                "a path starts with `/`",
+            );
+        }
     }
     Settings {
         workers: workers.unwrap_or(0),
         drain_timeout: Duration::from_millis(drain.unwrap_or(defaults::DRAIN_TIMEOUT_MS)),
         admin_address: admin.enabled.then_some(admin.address),
-        data_dir: base_dir.join(data_dir.unwrap_or_else(|| "data".to_string())),
+        data_dir: build
+            .base_dir
+            .join(data_dir.unwrap_or_else(|| "data".to_string())),
+        admin_tokens,
+        admin_public_paths: admin.public_paths,
+        cluster: cluster_settings(root, diags),
     }
+}
+
+/// Whether `addr` (`host:port`) only accepts connections from this machine.
+fn is_loopback(addr: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match addr.to_socket_addrs() {
+        Ok(mut addrs) => addrs.all(|a| a.ip().is_loopback()),
+        Err(_) => true, // reported as a bad address already
+    }
+}
+
+/// The `cluster:` section, checked.
+fn cluster_settings(
+    root: &Node,
+    diags: &mut Diags,
+) -> Option<sluicegate_proxy::settings::ClusterSettings> {
+    let cfg: file::ClusterConfig = field(root, "cluster", diags)?;
+    let path = Path::root().key("cluster");
+    if !(cfg.store.starts_with("postgresql://") || cfg.store.starts_with("postgres://")) {
+        diags.push(
+            &path.key("store"),
+            "expected a PostgreSQL URL (`postgresql://user@host:port/database`)",
+        );
+    }
+    let node_name = match cfg.node_name.filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned(),
+    };
+    if node_name.len() > 200 || node_name.chars().any(|c| c.is_control()) {
+        diags.push(&path.key("node_name"), "at most 200 printable characters");
+    }
+    let ms = |v: Option<u64>, default: u64, key: &str, diags: &mut Diags| {
+        let v = v.unwrap_or(default);
+        if !(10..=600_000).contains(&v) {
+            diags.push(&path.key(key), "must be between 10 and 600000");
+        }
+        Duration::from_millis(v.clamp(10, 600_000))
+    };
+    Some(sluicegate_proxy::settings::ClusterSettings {
+        store: cfg.store,
+        node_name,
+        poll_interval: ms(cfg.poll_interval_ms, 1_000, "poll_interval_ms", diags),
+        store_timeout: ms(cfg.store_timeout_ms, 3_000, "store_timeout_ms", diags),
+    })
 }
 
 fn check_address(addr: &str, path: &Path, diags: &mut Diags) {

@@ -47,6 +47,8 @@ fn check_accepts_every_shipped_config() {
         // The secrets the examples declare, as their users would export them.
         ("SLACK_SIGNING_SECRET", "e2e-slack-secret"),
         ("PROXY_KEY", "e2e-proxy-key"),
+        ("PG_URL", "postgresql://sluicegate@127.0.0.1:9/sluicegate"),
+        ("ADMIN_TOKEN", "e2e-admin-token-0123456789"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);

@@ -75,6 +75,14 @@ pub struct AdminConfig {
     /// Set to false to run without an admin listener.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Bearer tokens the admin API accepts (`"${secret:NAME}"` each; a rotation's previous
+    /// value is accepted too). Without tokens the API is open, which only a loopback
+    /// address may be.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Paths that stay open when tokens are set (e.g. `/healthz`, `/metrics`).
+    #[serde(default)]
+    pub public_paths: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -82,8 +90,26 @@ impl Default for AdminConfig {
         AdminConfig {
             address: default_admin_address(),
             enabled: true,
+            tokens: Vec::new(),
+            public_paths: Vec::new(),
         }
     }
+}
+
+/// The `cluster:` section: the node shares upstreams, routes and global plugins with every
+/// node connected to the same store (docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The store: a libpq URL (`postgresql://user:password@host:port/database`).
+    pub store: String,
+    /// This node's name in `/v1/cluster/nodes`; defaults to the host name.
+    pub node_name: Option<String>,
+    /// How often the node asks the store for its revision, in case a notification was
+    /// lost (notifications are what normally wake it).
+    pub poll_interval_ms: Option<u64>,
+    /// Time a store connection or query may take before the store counts as unreachable.
+    pub store_timeout_ms: Option<u64>,
 }
 
 fn default_admin_address() -> String {

@@ -17,6 +17,25 @@ pub struct Settings {
     pub admin_address: Option<String>,
     /// Directory for durable state.
     pub data_dir: PathBuf,
+    /// Bearer tokens the admin API accepts; empty means the API is open (loopback only).
+    pub admin_tokens: Vec<sluicegate_secrets::SecretValue>,
+    /// Admin paths that stay open when tokens are set.
+    pub admin_public_paths: Vec<String>,
+    /// The `cluster:` section, when the node shares its configuration through a store.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// The resolved `cluster:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterSettings {
+    /// The store's libpq URL.
+    pub store: String,
+    /// This node's name.
+    pub node_name: String,
+    /// How often the node checks the store's revision besides being notified.
+    pub poll_interval: Duration,
+    /// Connect and query timeout toward the store.
+    pub store_timeout: Duration,
 }
 
 impl Settings {

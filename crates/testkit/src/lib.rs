@@ -1,6 +1,6 @@
-//! Test support shared by the workspace's suites: real servers (Redis, nginx, HAProxy),
-//! each started on a free loopback port in a temporary directory and stopped when its
-//! handle is dropped.
+//! Test support shared by the workspace's suites: real servers (Redis, PostgreSQL, nginx,
+//! HAProxy), each started on a free loopback port in a temporary directory and stopped when
+//! its handle is dropped.
 //!
 //! A server that is not installed is a loud failure naming the install step
 //! (`scripts/test` installs every one), never a skipped test.
@@ -9,6 +9,7 @@
 
 pub mod haproxy;
 pub mod nginx;
+pub mod postgres;
 mod proc;
 pub mod redis;
 

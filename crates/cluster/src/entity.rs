@@ -1,0 +1,217 @@
+//! The shared configuration as a node holds it: every entity of every kind, by name, at one
+//! cluster revision. Entities are the YAML file's entries with the same field names; the
+//! set renders back into the file's sections ([`Entities::sections`]), which is what the
+//! node validates and builds its snapshot from.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The kinds of shared entity, each a section of the configuration file and a collection
+/// of the admin API (`/v1/<section>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `upstreams:` entries.
+    Upstreams,
+    /// `routes:` entries (with their own `plugins`).
+    Routes,
+    /// Global `plugins:` entries.
+    Plugins,
+}
+
+impl Kind {
+    /// Every kind, in the order sections are rendered.
+    pub const ALL: [Kind; 3] = [Kind::Upstreams, Kind::Routes, Kind::Plugins];
+
+    /// The section (and collection) name.
+    pub fn section(self) -> &'static str {
+        match self {
+            Kind::Upstreams => "upstreams",
+            Kind::Routes => "routes",
+            Kind::Plugins => "plugins",
+        }
+    }
+
+    /// The kind whose section is `name`.
+    pub fn from_section(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.section() == name)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.section())
+    }
+}
+
+/// One stored entity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Creation order: entities render in it (routes and global plugins keep the order in
+    /// which they were created, or given in `PUT /v1/config`).
+    pub ord: i64,
+    /// The cluster revision that last wrote it (its `ETag`).
+    pub revision: i64,
+    /// The entry as the YAML file would carry it, `name` included.
+    pub body: Value,
+}
+
+/// One row of what changed since a revision: `body` is `None` for a deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// The entity's kind.
+    pub kind: Kind,
+    /// The entity's name.
+    pub name: String,
+    /// Its creation order.
+    pub ord: i64,
+    /// The revision of this write.
+    pub revision: i64,
+    /// The new body, or `None` when the entity was deleted.
+    pub body: Option<Value>,
+}
+
+/// Every entity at one revision of one cluster.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entities {
+    /// The store's identity: a replaced database has another, and a node that sees it
+    /// resyncs from scratch.
+    pub cluster_id: String,
+    /// The revision these entities are at.
+    pub revision: i64,
+    /// The entities by kind and name.
+    pub kinds: BTreeMap<Kind, HashMap<String, Entry>>,
+}
+
+impl Entities {
+    /// An empty set of cluster `cluster_id` at revision 0.
+    pub fn empty(cluster_id: &str) -> Entities {
+        Entities {
+            cluster_id: cluster_id.to_string(),
+            ..Entities::default()
+        }
+    }
+
+    /// Applies `changes` (in any order: each row is the latest write of its entity) and
+    /// moves to `revision`.
+    pub fn apply(&mut self, changes: Vec<Change>, revision: i64) {
+        for c in changes {
+            let of_kind = self.kinds.entry(c.kind).or_default();
+            match c.body {
+                Some(body) => {
+                    of_kind.insert(
+                        c.name,
+                        Entry {
+                            ord: c.ord,
+                            revision: c.revision,
+                            body,
+                        },
+                    );
+                }
+                None => {
+                    of_kind.remove(&c.name);
+                }
+            }
+        }
+        self.revision = self.revision.max(revision);
+    }
+
+    /// Entity `name` of `kind`.
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Entry> {
+        self.kinds.get(&kind)?.get(name)
+    }
+
+    /// The entities of `kind` in their order.
+    pub fn ordered(&self, kind: Kind) -> Vec<(&str, &Entry)> {
+        let mut out: Vec<(&str, &Entry)> = self
+            .kinds
+            .get(&kind)
+            .map(|m| m.iter().map(|(n, e)| (n.as_str(), e)).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.1.ord.cmp(&b.1.ord).then_with(|| a.0.cmp(b.0)));
+        out
+    }
+
+    /// How many entities of `kind` there are.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.kinds.get(&kind).map_or(0, HashMap::len)
+    }
+
+    /// The configuration file's sections (`upstreams`, `routes`, `plugins`), each a list in
+    /// entity order; a kind without entities is left out.
+    pub fn sections(&self) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        for kind in Kind::ALL {
+            let list: Vec<Value> = self
+                .ordered(kind)
+                .into_iter()
+                .map(|(_, e)| e.body.clone())
+                .collect();
+            if !list.is_empty() {
+                out.insert(kind.section().to_string(), Value::Array(list));
+            }
+        }
+        out
+    }
+
+    /// Where entity `name` of `kind` sits in its section (the index `sluicegate check`
+    /// would name in a path).
+    pub fn index_of(&self, kind: Kind, name: &str) -> Option<usize> {
+        self.ordered(kind).iter().position(|(n, _)| *n == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn change(kind: Kind, name: &str, ord: i64, revision: i64, body: Option<Value>) -> Change {
+        Change {
+            kind,
+            name: name.into(),
+            ord,
+            revision,
+            body,
+        }
+    }
+
+    #[test]
+    fn changes_upsert_and_delete_and_sections_keep_creation_order() {
+        let mut e = Entities::empty("c1");
+        e.apply(
+            vec![
+                change(Kind::Routes, "b", 2, 1, Some(json!({"name": "b"}))),
+                change(Kind::Routes, "a", 1, 1, Some(json!({"name": "a"}))),
+                change(Kind::Upstreams, "u", 3, 1, Some(json!({"name": "u"}))),
+            ],
+            1,
+        );
+        assert_eq!(e.index_of(Kind::Routes, "b"), Some(1));
+        e.apply(
+            vec![
+                change(Kind::Routes, "a", 1, 2, None),
+                change(Kind::Routes, "b", 2, 2, Some(json!({"name": "b", "x": 1}))),
+            ],
+            2,
+        );
+        assert_eq!(e.revision, 2);
+        assert_eq!(
+            Value::Object(e.sections()),
+            json!({"upstreams": [{"name": "u"}], "routes": [{"name": "b", "x": 1}]})
+        );
+        assert_eq!(e.get(Kind::Routes, "b").unwrap().revision, 2);
+    }
+
+    #[test]
+    fn kinds_name_their_sections() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::from_section(k.section()), Some(k));
+        }
+        assert_eq!(Kind::from_section("listeners"), None);
+    }
+}
