@@ -12,7 +12,7 @@ use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
 pub fn raise_limit() {
     let before = getrlimit(Resource::Nofile);
     if before.current == before.maximum {
-        tracing::info!(soft = ?before.current, hard = ?before.maximum, "File descriptor limit.");
+        tracing::info!(soft = %shown(before.current), hard = %shown(before.maximum), "File descriptor limit.");
         return;
     }
     let raised = Rlimit {
@@ -21,18 +21,23 @@ pub fn raise_limit() {
     };
     match setrlimit(Resource::Nofile, raised) {
         Ok(()) => tracing::info!(
-            was = ?before.current,
-            soft = ?raised.current,
-            hard = ?raised.maximum,
+            was = %shown(before.current),
+            soft = %shown(raised.current),
+            hard = %shown(raised.maximum),
             "Raised the file descriptor limit to the hard limit."
         ),
         Err(e) => tracing::warn!(
-            soft = ?before.current,
-            hard = ?before.maximum,
+            soft = %shown(before.current),
+            hard = %shown(before.maximum),
             error = %e,
             "Cannot raise the file descriptor limit; it stays as it was."
         ),
     }
+}
+
+/// A limit as logged: its number, or `unlimited`.
+fn shown(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
 }
 
 /// Descriptors this process has open (entries of `/proc/self/fd`, minus the one reading it).

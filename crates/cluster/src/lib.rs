@@ -283,17 +283,10 @@ impl Cluster {
     {
         let timeout = self.store.timeout;
         let mut guard = self.writer.lock().await;
-        if guard.is_none() {
-            let c = store::connect(&self.store, None)
-                .await
-                .map_err(WriteError::Store)?;
-            *guard = Some(c);
-        }
-        let Some(client) = guard.as_mut() else {
-            return Err(WriteError::Store(StoreError::Unreachable(
-                "no connection".into(),
-            )));
-        };
+        let client = self
+            .writer_client(&mut guard, true)
+            .await
+            .map_err(WriteError::Store)?;
         let result = async {
             let writer = store::within(timeout, store::Writer::begin(client))
                 .await
@@ -327,16 +320,38 @@ impl Cluster {
     pub async fn nodes(&self) -> Result<Vec<store::NodeRow>, StoreError> {
         let timeout = self.store.timeout;
         let mut guard = self.writer.lock().await;
-        if guard.is_none() {
-            *guard = Some(store::connect(&self.store, None).await?);
-        }
-        let Some(client) = guard.as_ref() else {
-            return Err(StoreError::Unreachable("no connection".into()));
-        };
+        let client = self.writer_client(&mut guard, false).await?;
         let r = store::within(timeout, store::nodes(client, follow::LOST_AFTER)).await;
         if matches!(&r, Err(e) if e.is_unreachable()) {
             *guard = None;
         }
         r
+    }
+
+    /// The write connection, connected anew when there is none or the server closed it.
+    /// With `probe`, an empty statement first proves the connection alive: one the server
+    /// closed while it idled (a restart, a replaced database) is often noticed only by the
+    /// next statement, and a write should not fail for that.
+    async fn writer_client<'g>(
+        &self,
+        guard: &'g mut Option<tokio_postgres::Client>,
+        probe: bool,
+    ) -> Result<&'g mut tokio_postgres::Client, StoreError> {
+        if let (true, Some(c)) = (probe, guard.as_ref()) {
+            if store::within(self.store.timeout, async {
+                c.simple_query("").await.map_err(StoreError::from)
+            })
+            .await
+            .is_err()
+            {
+                *guard = None;
+            }
+        }
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(store::connect(&self.store, None).await?);
+        }
+        guard
+            .as_mut()
+            .ok_or_else(|| StoreError::Unreachable("no connection".into()))
     }
 }
