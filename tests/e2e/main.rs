@@ -39,6 +39,7 @@ mod support;
 mod admin;
 mod claim_routing;
 mod cli;
+mod cluster;
 mod code;
 mod cosockets;
 mod differential;

@@ -66,12 +66,11 @@ pub async fn run<A: Apply>(cluster: Arc<Cluster>, data_dir: PathBuf, apply: A) {
         };
         let applied = cluster.applied();
         match within(timeout, store::refresh(client, &applied)).await {
-            Ok(next) => {
-                cluster.saw_store_revision(next.revision);
+            Ok(found) => {
+                cluster.saw_store_revision(found.revision);
+                cluster.update(|s| s.rows_read += found.rows as u64);
                 let rejected = cluster.status().rejected_revision;
-                let new =
-                    next.revision != applied.revision || next.cluster_id != applied.cluster_id;
-                if new && rejected != Some(next.revision) {
+                if let Some(next) = found.next.filter(|_| rejected != Some(found.revision)) {
                     if next.cluster_id != applied.cluster_id && !applied.cluster_id.is_empty() {
                         tracing::warn!(node = %cluster.node_name, from = %applied.cluster_id, to = %next.cluster_id, "The cluster store is another database; resyncing from scratch.");
                     }
@@ -211,7 +210,10 @@ pub async fn initial(
     let from_store = within(cfg.timeout, async {
         let mut client = store::connect(cfg, None).await?;
         schema::check(&client).await?;
-        store::refresh(&mut client, &Entities::default()).await
+        let (id, revision, changes) = store::changes_since(&mut client, 0).await?;
+        let mut all = Entities::empty(&id);
+        all.apply(changes, revision);
+        Ok::<_, StoreError>(all)
     })
     .await;
     match from_store {

@@ -68,6 +68,8 @@ pub struct Status {
     pub apply_seconds: f64,
     /// The last apply's seconds.
     pub last_apply_seconds: f64,
+    /// Entity rows read from the store since start (changes only, but for resyncs).
+    pub rows_read: u64,
 }
 
 impl Cluster {
@@ -98,6 +100,7 @@ impl Cluster {
                 applies: 0,
                 apply_seconds: 0.0,
                 last_apply_seconds: 0.0,
+                rows_read: 0,
             }),
             writer: tokio::sync::Mutex::new(None),
         }
@@ -249,7 +252,10 @@ impl Cluster {
              sluicegate_cluster_apply_seconds_count {}\n\
              # HELP sluicegate_cluster_last_apply_seconds The last apply's duration.\n\
              # TYPE sluicegate_cluster_last_apply_seconds gauge\n\
-             sluicegate_cluster_last_apply_seconds {:.6}",
+             sluicegate_cluster_last_apply_seconds {:.6}\n\
+             # HELP sluicegate_cluster_rows_read_total Entity rows read from the store.\n\
+             # TYPE sluicegate_cluster_rows_read_total counter\n\
+             sluicegate_cluster_rows_read_total {}",
             self.applied_revision(),
             s.store_revision,
             u8::from(s.store_up),
@@ -257,6 +263,7 @@ impl Cluster {
             s.apply_seconds,
             s.applies,
             s.last_apply_seconds,
+            s.rows_read,
         );
     }
 }

@@ -37,6 +37,15 @@ impl From<tokio_postgres::Error> for StoreError {
             Some(c) if c.code() == "42P01" => StoreError::Schema(format!(
                 "the store has no Sluicegate schema ({e}): run `sluicegate migrations up -c FILE`"
             )),
+            // The server is going away or not there yet: connection exceptions (class
+            // 08), shutdown and start-up (57P01-57P03), no free connection slot (53300).
+            // Nothing ran; another connection, later, will.
+            Some(c)
+                if c.code().starts_with("08")
+                    || matches!(c.code(), "57P01" | "57P02" | "57P03" | "53300") =>
+            {
+                StoreError::Unreachable(db_message(&e))
+            }
             Some(_) => StoreError::Query(db_message(&e)),
             None => StoreError::Unreachable(db_message(&e)),
         }
@@ -208,9 +217,21 @@ async fn read_changes(
     Ok((head.get(0), head.get(1), changes))
 }
 
+/// What [`refresh`] found.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The store's revision.
+    pub revision: i64,
+    /// The entities at that revision, or `None` when they are the ones given (nothing
+    /// changed: no copy is made).
+    pub next: Option<Entities>,
+    /// Entity rows read: only the changes, unless the node resynced from scratch.
+    pub rows: usize,
+}
+
 /// `entities` brought to the store's current revision (from scratch when the store is
 /// another cluster), read from one snapshot.
-pub async fn refresh(client: &mut Client, entities: &Entities) -> Result<Entities, StoreError> {
+pub async fn refresh(client: &mut Client, entities: &Entities) -> Result<Refreshed, StoreError> {
     let since = if entities.cluster_id.is_empty() {
         0
     } else {
@@ -221,12 +242,29 @@ pub async fn refresh(client: &mut Client, entities: &Entities) -> Result<Entitie
         // Another database (or one restored from an older backup): start over.
         let (id, revision, changes) = changes_since(client, 0).await?;
         let mut fresh = Entities::empty(&id);
+        let rows = changes.len();
         fresh.apply(changes, revision);
-        return Ok(fresh);
+        return Ok(Refreshed {
+            revision,
+            next: Some(fresh),
+            rows,
+        });
     }
+    if revision == entities.revision && changes.is_empty() {
+        return Ok(Refreshed {
+            revision,
+            next: None,
+            rows: 0,
+        });
+    }
+    let rows = changes.len();
     let mut next = entities.clone();
     next.apply(changes, revision);
-    Ok(next)
+    Ok(Refreshed {
+        revision,
+        next: Some(next),
+        rows,
+    })
 }
 
 /// One change a write makes.
