@@ -42,6 +42,22 @@ pub async fn reloader(
             &shared.metrics,
             entities.as_deref(),
         )
+        .and_then(|next| {
+            // The store's sections come from the follower started with the process: a
+            // file cannot switch cluster mode on or off while it runs.
+            if next.settings.cluster.is_some() == cluster.is_some() {
+                Ok(next)
+            } else {
+                Err(ConfigError {
+                    source_name: current.source.display().to_string(),
+                    diags: vec![sluicegate_core::diag::Diag {
+                        path: "cluster".into(),
+                        line: None,
+                        message: "adding or removing the `cluster:` section takes a restart".into(),
+                    }],
+                })
+            }
+        })
         .and_then(|mut next| carry_over_queues(&current, &mut next).map(|()| next))
         .map(|mut next| {
             sluicegate_upstream::live::Runtime::carry_over(
@@ -89,6 +105,11 @@ pub async fn reloader(
         match &result {
             Ok(outcome) => {
                 shared.metrics.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                // A file fixed after the node refused a cluster revision: the follower
+                // tries that revision again on its next check.
+                if let Some(c) = cluster.as_ref().filter(|_| req.trigger != "cluster") {
+                    c.update(|s| s.rejected_revision = None);
+                }
                 tracing::info!(
                     trigger = req.trigger,
                     version = outcome.version,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -119,6 +120,11 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// A query string that does not parse: a 400 like every other refusal, in JSON.
+fn query_error(e: QueryRejection) -> ApiError {
+    ApiError::bad("query", e.body_text())
+}
 
 fn cluster_of(state: &AdminState) -> Result<&Arc<Cluster>, ApiError> {
     state.cluster.as_ref().ok_or_else(|| {
@@ -300,14 +306,18 @@ fn revision_header(revision: i64) -> [(header::HeaderName, HeaderValue); 1] {
     )]
 }
 
+/// One entity: `revision` is the cluster revision the answer reflects
+/// (`X-Sluicegate-Revision`), `etag` the revision that last wrote the entity (`ETag`, what
+/// `If-Match` compares).
 fn entity_response(
     status: StatusCode,
     body: &Value,
     revision: i64,
+    etag: i64,
     location: Option<String>,
 ) -> Response {
     let mut resp = (status, revision_header(revision), Json(body.clone())).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{revision}\"")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
     }
     if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
@@ -325,10 +335,11 @@ struct Page {
 async fn list(
     State(state): State<AdminState>,
     Path(section): Path<String>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> ApiResult {
     let cluster = cluster_of(&state)?;
     let kind = kind_of(&section)?;
+    let Query(page) = page.map_err(query_error)?;
     let size = page.size.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let entities = cluster.applied();
     let after = page.offset.unwrap_or(i64::MIN);
@@ -362,7 +373,13 @@ async fn read(
     let e = entities
         .get(kind, &name)
         .ok_or_else(|| ApiError::NotFound(format!("no {section} entity `{name}`")))?;
-    Ok(entity_response(StatusCode::OK, &e.body, e.revision, None))
+    Ok(entity_response(
+        StatusCode::OK,
+        &e.body,
+        entities.revision,
+        e.revision,
+        None,
+    ))
 }
 
 async fn create(
@@ -393,6 +410,7 @@ async fn create(
         StatusCode::CREATED,
         &body,
         revision,
+        revision,
         Some(format!("/v1/{section}/{name}")),
     ))
 }
@@ -406,15 +424,15 @@ async fn upsert(
     let kind = kind_of(&section)?;
     check_name(&name, "name")?;
     let (name, body) = entity_body(parse_body(&body)?, Some(&name))?;
-    let (revision, (created, body)) = commit(&state, |current| {
+    let (revision, (created, body, unchanged)) = commit(&state, |current| {
         let existing = current.get(kind, &name);
         check_precondition(
             &headers,
             existing.map(|e| e.revision),
             &format!("{section}/{name}"),
         )?;
-        if existing.is_some_and(|e| e.body == body) {
-            return Ok((Vec::new(), false, (false, body)));
+        if let Some(e) = existing.filter(|e| e.body == body) {
+            return Ok((Vec::new(), false, (false, body, Some(e.revision))));
         }
         Ok((
             vec![Op::Put {
@@ -423,7 +441,7 @@ async fn upsert(
                 body: body.clone(),
             }],
             false,
-            (existing.is_none(), body),
+            (existing.is_none(), body, None),
         ))
     })
     .await?;
@@ -432,7 +450,8 @@ async fn upsert(
     } else {
         StatusCode::OK
     };
-    Ok(entity_response(status, &body, revision, None))
+    let etag = unchanged.unwrap_or(revision);
+    Ok(entity_response(status, &body, revision, etag, None))
 }
 
 /// RFC 7386 JSON merge patch.
@@ -468,7 +487,7 @@ async fn patch(
     {
         return Err(ApiError::bad("name", "a patch cannot rename an entity"));
     }
-    let (revision, body) = commit(&state, |current| {
+    let (revision, (body, unchanged)) = commit(&state, |current| {
         let existing = current
             .get(kind, &name)
             .ok_or_else(|| ApiError::NotFound(format!("no {section} entity `{name}`")))?;
@@ -480,7 +499,7 @@ async fn patch(
         let mut body = existing.body.clone();
         merge_patch(&mut body, &patch);
         if body == existing.body {
-            return Ok((Vec::new(), false, body));
+            return Ok((Vec::new(), false, (body, Some(existing.revision))));
         }
         Ok((
             vec![Op::Put {
@@ -489,11 +508,12 @@ async fn patch(
                 body: body.clone(),
             }],
             false,
-            body,
+            (body, None),
         ))
     })
     .await?;
-    Ok(entity_response(StatusCode::OK, &body, revision, None))
+    let etag = unchanged.unwrap_or(revision);
+    Ok(entity_response(StatusCode::OK, &body, revision, etag, None))
 }
 
 async fn remove(
@@ -617,7 +637,7 @@ fn replace_ops(current: &Entities, sections: &Map<String, Value>) -> Result<Vec<
 
 async fn replace(
     State(state): State<AdminState>,
-    Query(q): Query<DryRun>,
+    q: Result<Query<DryRun>, QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult {
@@ -629,6 +649,7 @@ async fn replace(
             "the configuration is a JSON object of sections",
         ));
     };
+    let Query(q) = q.map_err(query_error)?;
     if q.dry_run {
         let current = cluster.applied();
         let ops = replace_ops(&current, &sections)?;
@@ -700,7 +721,11 @@ struct WaitQuery {
     timeout_ms: Option<u64>,
 }
 
-async fn wait(State(state): State<AdminState>, Query(q): Query<WaitQuery>) -> ApiResult {
+async fn wait(
+    State(state): State<AdminState>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(query_error)?;
     let cluster = cluster_of(&state)?;
     let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(MAX_WAIT_MS));
     let applied = cluster.wait_for(q.revision, timeout).await;

@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand. Exit codes: 0 ok, 1 runtime failure,
 //! 2 bad usage or bad configuration. Errors go to stderr, one per line.
 
+pub mod admin_client;
 pub mod check;
 pub mod check_code;
 pub mod migrations;

@@ -3,14 +3,12 @@
 //! (its lock is held) it goes through the admin API instead, found from `-c` or given with
 //! `--admin`. Both ways print the same JSON.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::admin_client::Admin;
 use super::{EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use sluicegate_queue::{inspect, QueueBackend, QueueError, Queues, WalBackend};
 use sluicegate_telemetry::Metrics;
@@ -73,6 +71,8 @@ pub enum WalAction {
 struct Place {
     data_dir: Option<PathBuf>,
     admin: Option<String>,
+    /// The configuration's settings, when `-c` gave one (the admin token).
+    settings: Option<sluicegate_proxy::settings::Settings>,
     /// Queue name → `max_bytes`, from the configuration.
     limits: Vec<(String, u64)>,
 }
@@ -84,7 +84,8 @@ pub fn wal(args: WalArgs) -> i32 {
         Err(code) => return code,
     };
     if let Some(admin) = &args.admin {
-        return through_admin(admin, args.queue.as_deref(), &args.action);
+        let admin = Admin::new(admin.clone(), place.settings.as_ref());
+        return through_admin(&admin, args.queue.as_deref(), &args.action);
     }
     let Some(data_dir) = place.data_dir.clone() else {
         eprintln!("give -c FILE, --data-dir DIR or --admin HOST:PORT");
@@ -94,7 +95,8 @@ pub fn wal(args: WalArgs) -> i32 {
         Err(Local::Locked(e)) => match &place.admin {
             Some(admin) => {
                 eprintln!("{e}; the gateway is running, asking its admin API at {admin}");
-                through_admin(admin, args.queue.as_deref(), &args.action)
+                let admin = Admin::new(admin.clone(), place.settings.as_ref());
+                through_admin(&admin, args.queue.as_deref(), &args.action)
             }
             None => {
                 eprintln!("{e}");
@@ -110,6 +112,7 @@ fn locate(args: &WalArgs) -> Result<Place, i32> {
     let mut place = Place {
         data_dir: args.data_dir.clone(),
         admin: args.admin.clone(),
+        settings: None,
         limits: Vec::new(),
     };
     if let Some(c) = &args.config {
@@ -128,6 +131,7 @@ fn locate(args: &WalArgs) -> Result<Place, i32> {
             .filter_map(|r| r.queue.as_ref())
             .map(|q| (q.name.clone(), q.settings.max_bytes))
             .collect();
+        place.settings = Some(snapshot.settings.clone());
     }
     Ok(place)
 }
@@ -249,8 +253,8 @@ fn locally(
     })
 }
 
-fn through_admin(admin: &str, queue: Option<&str>, action: &WalAction) -> i32 {
-    let call = |method: &str, path: &str| match http(admin, method, path) {
+fn through_admin(admin: &Admin, queue: Option<&str>, action: &WalAction) -> i32 {
+    let call = |method: &str, path: &str| match admin.call(method, path) {
         Ok((status, body)) => {
             let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| json!({"raw": body}));
             if (200..300).contains(&status) {
@@ -261,7 +265,7 @@ fn through_admin(admin: &str, queue: Option<&str>, action: &WalAction) -> i32 {
             }
         }
         Err(e) => {
-            eprintln!("cannot reach the admin API at {admin}: {e}");
+            eprintln!("cannot reach the admin API at {}: {e}", admin.address);
             Err(EXIT_FAILURE)
         }
     };
@@ -278,7 +282,7 @@ fn through_admin(admin: &str, queue: Option<&str>, action: &WalAction) -> i32 {
                     .collect()
             })
             .unwrap_or_default();
-        let name = pick(&names, queue, &format!("the gateway at {admin}"))?;
+        let name = pick(&names, queue, &format!("the gateway at {}", admin.address))?;
         let base = format!("/queues/{name}");
         match action {
             WalAction::Stats => call("GET", &base),
@@ -301,51 +305,4 @@ fn through_admin(admin: &str, queue: Option<&str>, action: &WalAction) -> i32 {
         Ok(v) => print(&v),
         Err(code) => code,
     }
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
-fn http(address: &str, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(address)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        let (Some(chunk), Some(after)) = (rest.get(..n), rest.get(n..)) else {
-            break;
-        };
-        if n == 0 {
-            break;
-        }
-        out.push_str(chunk);
-        s = after.trim_start_matches("\r\n");
-    }
-    out
 }

@@ -119,6 +119,9 @@ pub fn restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     if old.settings.data_dir != new.settings.data_dir {
         out.push("data_dir".to_string());
     }
+    if old.settings.cluster != new.settings.cluster {
+        out.push("cluster".to_string());
+    }
     out.extend(queue_restart_only_changes(old, new));
     out
 }

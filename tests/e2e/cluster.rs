@@ -256,6 +256,21 @@ async fn create_update_and_delete_propagate_to_every_node() {
     for n in &nodes {
         assert_eq!(status_on(n.addr(), "/p/1").await, 200, "node {}", n.name);
     }
+    // The same PATCH again writes nothing; its ETag is still the entity's.
+    let again = call(
+        a,
+        "PATCH",
+        "/v1/routes/r",
+        Some(json!({"match": {"paths": "/p/"}})),
+    )
+    .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.header("etag"), patched.header("etag"));
+    assert_eq!(revision_of(&again), revision_of(&patched));
+    let bad_query = call(a, "GET", "/v1/routes?size=many", None).await;
+    assert_eq!(bad_query.status, 400);
+    assert_eq!(bad_query.json()["errors"][0]["path"], "query");
+
     let deleted = call(a, "DELETE", "/v1/routes/r", None).await;
     assert_eq!(deleted.status, 204);
     all_applied(&nodes, revision_of(&deleted)).await;
@@ -340,6 +355,35 @@ async fn every_admin_endpoint_needs_the_token() {
     );
     // Nothing was written by the refused calls.
     assert_eq!(cluster_state(&a).await["store_revision"], 0);
+
+    // The commands that talk to a running node send the file's token.
+    let port = a.admin.port().to_string();
+    let url = c.pg.url();
+    let env = [
+        ("PG_URL", url.as_str()),
+        ("ADMIN_TOKEN", TOKEN),
+        ("ADMIN_PORT", &port),
+    ];
+    let config = example();
+    let reload =
+        tokio::task::block_in_place(|| run_cli(&["reload", "-c", config.to_str().unwrap()], &env));
+    assert_eq!(reload.code, 0, "{}{}", reload.stdout, reload.stderr);
+    let wal = tokio::task::block_in_place(|| {
+        run_cli(
+            &["wal", "--admin", &format!("127.0.0.1:{port}"), "stats"],
+            &[("SLUICEGATE_ADMIN_TOKEN", TOKEN)],
+        )
+    });
+    assert_eq!(wal.code, 0, "{}{}", wal.stdout, wal.stderr);
+    let refused = tokio::task::block_in_place(|| {
+        run_cli(&["reload", "--admin", &format!("127.0.0.1:{port}")], &[])
+    });
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("SLUICEGATE_ADMIN_TOKEN"),
+        "{}",
+        refused.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

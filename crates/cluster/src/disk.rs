@@ -21,10 +21,11 @@ pub fn write(data_dir: &Path, entities: &Entities) -> std::io::Result<()> {
         .unwrap_or_else(|| data_dir.to_path_buf());
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join(".last-good.json.tmp");
+    // Serialized whole first: to a file directly, each JSON token would be a write(2).
+    let bytes = serde_json::to_vec(entities)?;
     {
         let mut f = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut f, entities)?;
-        f.flush()?;
+        f.write_all(&bytes)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &target)?;

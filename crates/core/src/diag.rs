@@ -86,7 +86,8 @@ impl fmt::Display for ConfigError {
                 writeln!(f)?;
             }
             write!(f, "{}", self.source_name)?;
-            if let Some(line) = d.line {
+            // Line 0: a node from no file (an entity of the cluster store).
+            if let Some(line) = d.line.filter(|l| *l > 0) {
                 write!(f, ":{line}")?;
             }
             if d.path.is_empty() {
