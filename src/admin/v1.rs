@@ -44,6 +44,16 @@ pub fn routes() -> Router<AdminState> {
             "/v1/{section}/{name}",
             get(read).put(upsert).patch(patch).delete(remove),
         )
+        .route(
+            "/v1/consumers/{name}/credentials",
+            get(credentials).post(add_credential),
+        )
+        .route(
+            "/v1/consumers/{name}/credentials/{id}",
+            get(credential)
+                .put(put_credential)
+                .delete(remove_credential),
+        )
 }
 
 /// An error answer: the one place `/v1` turns failures into responses.
@@ -740,6 +750,193 @@ async fn wait(
         Json(json!({"revision": applied, "reached": reached})),
     )
         .into_response())
+}
+
+/// A consumer's `credentials` list.
+fn credentials_of(body: &Value) -> Vec<Value> {
+    body.get("credentials")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn consumer<'e>(
+    entities: &'e Entities,
+    name: &str,
+) -> Result<&'e sluicegate_cluster::Entry, ApiError> {
+    entities
+        .get(Kind::Consumers, name)
+        .ok_or_else(|| ApiError::NotFound(format!("no consumers entity `{name}`")))
+}
+
+async fn credentials(State(state): State<AdminState>, Path(name): Path<String>) -> ApiResult {
+    let cluster = cluster_of(&state)?;
+    let entities = cluster.applied();
+    let list = credentials_of(&consumer(&entities, &name)?.body);
+    Ok((
+        revision_header(entities.revision),
+        Json(json!({"total": list.len(), "data": list})),
+    )
+        .into_response())
+}
+
+async fn credential(
+    State(state): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+) -> ApiResult {
+    let cluster = cluster_of(&state)?;
+    let entities = cluster.applied();
+    let c = consumer(&entities, &name)?;
+    let found = credentials_of(&c.body)
+        .into_iter()
+        .find(|cred| cred["id"] == id.as_str())
+        .ok_or_else(|| ApiError::NotFound(format!("consumer `{name}` has no credential `{id}`")))?;
+    Ok(entity_response(
+        StatusCode::OK,
+        &found,
+        entities.revision,
+        c.revision,
+        None,
+    ))
+}
+
+/// A credential body with its `id` (the URL's, the body's, or a new one).
+fn credential_body(body: &Bytes, id: Option<&str>) -> Result<(String, Value), ApiError> {
+    let mut body = parse_body(body)?;
+    let Some(map) = body.as_object_mut() else {
+        return Err(ApiError::bad("", "a credential is a JSON object"));
+    };
+    let given = match map.get("id") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(ApiError::bad("id", "an id is a string")),
+    };
+    let id = match (id, given) {
+        (Some(url), Some(b)) if url != b => {
+            return Err(ApiError::bad(
+                "id",
+                format!("the body names `{b}` but the URL `{url}`"),
+            ))
+        }
+        (Some(url), _) => url.to_string(),
+        (None, Some(b)) => b,
+        (None, None) => uuid::Uuid::new_v4().to_string(),
+    };
+    check_name(&id, "id")?;
+    map.insert("id".into(), Value::String(id.clone()));
+    Ok((id, body))
+}
+
+/// Writes consumer `name` with its credentials changed by `edit` (which returns the
+/// answer's body, or refuses).
+async fn edit_credentials(
+    state: &AdminState,
+    name: String,
+    headers: HeaderMap,
+    edit: impl FnOnce(&mut Vec<Value>) -> Result<Option<Value>, ApiError> + Send + 'static,
+) -> Result<(i64, Option<Value>), ApiError> {
+    commit(state, move |current| {
+        let existing = consumer(current, &name)?;
+        check_precondition(
+            &headers,
+            Some(existing.revision),
+            &format!("consumers/{name}"),
+        )?;
+        let mut list = credentials_of(&existing.body);
+        let out = edit(&mut list)?;
+        let mut body = existing.body.clone();
+        if let Some(map) = body.as_object_mut() {
+            map.insert("credentials".into(), Value::Array(list));
+        }
+        Ok((
+            vec![Op::Put {
+                kind: Kind::Consumers,
+                name: name.clone(),
+                body,
+            }],
+            false,
+            out,
+        ))
+    })
+    .await
+}
+
+async fn add_credential(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let (id, cred) = credential_body(&body, None)?;
+    let answer = cred.clone();
+    let location = format!("/v1/consumers/{name}/credentials/{id}");
+    let owner = name.clone();
+    let (revision, _) = edit_credentials(&state, name, headers, move |list| {
+        if list.iter().any(|c| c["id"] == id.as_str()) {
+            return Err(ApiError::Conflict(format!(
+                "consumer `{owner}` has a credential `{id}`; `PUT /v1/consumers/{owner}/credentials/{id}` replaces it"
+            )));
+        }
+        list.push(cred);
+        Ok(None)
+    })
+    .await?;
+    Ok(entity_response(
+        StatusCode::CREATED,
+        &answer,
+        revision,
+        revision,
+        Some(location),
+    ))
+}
+
+async fn put_credential(
+    State(state): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let (id, cred) = credential_body(&body, Some(&id))?;
+    let answer = cred.clone();
+    let (revision, created) = edit_credentials(&state, name, headers, move |list| {
+        match list.iter_mut().find(|c| c["id"] == id.as_str()) {
+            Some(slot) => {
+                *slot = cred;
+                Ok(None)
+            }
+            None => {
+                list.push(cred);
+                Ok(Some(Value::Bool(true)))
+            }
+        }
+    })
+    .await?;
+    let status = if created.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(entity_response(status, &answer, revision, revision, None))
+}
+
+async fn remove_credential(
+    State(state): State<AdminState>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let owner = name.clone();
+    let (revision, _) = edit_credentials(&state, name, headers, move |list| {
+        let before = list.len();
+        list.retain(|c| c["id"] != id.as_str());
+        if list.len() == before {
+            return Err(ApiError::NotFound(format!(
+                "consumer `{owner}` has no credential `{id}`"
+            )));
+        }
+        Ok(None)
+    })
+    .await?;
+    Ok((StatusCode::NO_CONTENT, revision_header(revision)).into_response())
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ const TOP_LEVEL: &[&str] = &[
     "secrets",
     "dns",
     "cluster",
+    "consumers",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -51,11 +52,18 @@ pub fn snapshot(
     let top = Path::root();
     let secrets = sluicegate_secrets::SecretStore::load(root.get("secrets"), base_dir, &mut diags);
     let lua_modules = lua_modules(root, base_dir, &mut diags);
+    let consumers = std::sync::Arc::new(sluicegate_plugins::consumers::Consumers::build(
+        root.get("consumers"),
+        &top.key("consumers"),
+        &secrets,
+        &mut diags,
+    ));
     let build = BuildCtx {
         base_dir,
         secrets: &secrets,
         route: None,
         lua_modules: &lua_modules,
+        consumers: &consumers,
     };
     let result = match &root.kind {
         NodeKind::Map(entries) => {

@@ -783,3 +783,116 @@ fn migrations_run_twice_at_once_both_succeed() {
         "1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_and_their_credentials_admit_clients_on_every_node() {
+    let c = Cluster::start();
+    let nodes = c.nodes();
+    let a = &nodes[0];
+    let up = call(a, "POST", "/v1/upstreams", Some(c.upstream_body("app"))).await;
+    assert_eq!(up.status, 201);
+    let guarded = json!({
+        "name": "api", "match": {"paths": "/api/"}, "upstream": "app",
+        "plugins": [{"name": "key_auth", "config": {"consumers": true}}],
+    });
+    assert_eq!(
+        call(a, "POST", "/v1/routes", Some(guarded)).await.status,
+        201
+    );
+    let made = call(
+        a,
+        "POST",
+        "/v1/consumers",
+        Some(json!({"name": "partner-a"})),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+
+    // A credential is added under its consumer; the id is made when none is given.
+    let cred = call(
+        a,
+        "POST",
+        "/v1/consumers/partner-a/credentials",
+        Some(json!({"type": "key_auth", "key": "key-of-partner-a-0001"})),
+    )
+    .await;
+    assert_eq!(cred.status, 201, "{}", cred.text());
+    let id = cred.json()["id"].as_str().unwrap().to_string();
+    assert!(cred.header("location").ends_with(&id));
+    all_applied(&nodes, revision_of(&cred)).await;
+    let with_key = |n: &Node| {
+        let addr = n.addr();
+        async move {
+            send(
+                addr,
+                request("GET", "/api/x")
+                    .header("x-api-key", "key-of-partner-a-0001")
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await
+            .status
+        }
+    };
+    for n in &nodes {
+        assert_eq!(with_key(n).await, 200, "node {}", n.name);
+        assert_eq!(status_on(n.addr(), "/api/x").await, 401, "node {}", n.name);
+    }
+    let listed = call(
+        &nodes[1],
+        "GET",
+        "/v1/consumers/partner-a/credentials",
+        None,
+    )
+    .await;
+    assert_eq!(listed.json()["total"], 1);
+    assert_eq!(
+        call(
+            &nodes[1],
+            "GET",
+            &format!("/v1/consumers/partner-a/credentials/{id}"),
+            None
+        )
+        .await
+        .json()["type"],
+        "key_auth"
+    );
+
+    // Refused before the store: an unknown type, the same key twice, a missing consumer.
+    let bad = call(
+        a,
+        "POST",
+        "/v1/consumers/partner-a/credentials",
+        Some(json!({"type": "ldap"})),
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert_eq!(
+        bad.json()["errors"][0]["path"],
+        "consumers[0].credentials[1].type"
+    );
+    let twice = call(a, "POST", "/v1/consumers", Some(json!({"name": "b", "credentials": [{"type": "key_auth", "key": "key-of-partner-a-0001"}]}))).await;
+    assert_eq!(twice.status, 400, "{}", twice.text());
+    let nobody = call(
+        a,
+        "POST",
+        "/v1/consumers/nobody/credentials",
+        Some(json!({"type": "key_auth", "key": "k"})),
+    )
+    .await;
+    assert_eq!(nobody.status, 404);
+
+    // Deleting the credential locks the client out everywhere.
+    let gone = call(
+        a,
+        "DELETE",
+        &format!("/v1/consumers/partner-a/credentials/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(gone.status, 204);
+    all_applied(&nodes, revision_of(&gone)).await;
+    for n in &nodes {
+        assert_eq!(with_key(n).await, 401, "node {}", n.name);
+    }
+}

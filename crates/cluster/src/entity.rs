@@ -20,11 +20,18 @@ pub enum Kind {
     Routes,
     /// Global `plugins:` entries.
     Plugins,
+    /// `consumers:` entries (with their credentials).
+    Consumers,
 }
 
 impl Kind {
     /// Every kind, in the order sections are rendered.
-    pub const ALL: [Kind; 3] = [Kind::Upstreams, Kind::Routes, Kind::Plugins];
+    pub const ALL: [Kind; 4] = [
+        Kind::Upstreams,
+        Kind::Routes,
+        Kind::Plugins,
+        Kind::Consumers,
+    ];
 
     /// The section (and collection) name.
     pub fn section(self) -> &'static str {
@@ -32,6 +39,7 @@ impl Kind {
             Kind::Upstreams => "upstreams",
             Kind::Routes => "routes",
             Kind::Plugins => "plugins",
+            Kind::Consumers => "consumers",
         }
     }
 

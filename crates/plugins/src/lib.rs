@@ -2,6 +2,7 @@
 //! of them ([`BUILTIN`]). The contract they implement ([`Plugin`], [`Phase`], [`Flow`]) is
 //! the vocabulary crate's.
 
+pub mod consumers;
 pub mod cors;
 pub mod envoy_lua;
 pub mod form_to_json;
@@ -45,6 +46,8 @@ pub struct BuildCtx<'a> {
     /// The user modules scripts `require` (`lua.package_path`); scripts are compiled
     /// against them ([`sluicegate_lua::Script::using`]).
     pub lua_modules: &'a std::sync::Arc<sluicegate_lua::Modules>,
+    /// The configuration's consumers (`key_auth` and `jwt` with `consumers: true`).
+    pub consumers: &'a std::sync::Arc<consumers::Consumers>,
 }
 
 /// Builds a plugin from its `config` node, recording every problem in `diags`.

@@ -18,6 +18,16 @@ pub fn build(
     text: &str,
     secrets: &[(&str, &str, Option<&str>)],
 ) -> (Option<Arc<dyn Plugin>>, Diags) {
+    build_with(factory, text, secrets, &Default::default())
+}
+
+/// [`build`] with the configuration's `consumers`.
+pub fn build_with(
+    factory: Factory,
+    text: &str,
+    secrets: &[(&str, &str, Option<&str>)],
+    consumers: &Arc<crate::consumers::Consumers>,
+) -> (Option<Arc<dyn Plugin>>, Diags) {
     let node = sluicegate_core::yaml::parse(text, &std::collections::HashMap::new()).unwrap();
     let store = SecretStore::from_secrets(secrets.iter().map(|(n, cur, prev)| {
         Secret::new(
@@ -28,6 +38,7 @@ pub fn build(
     }));
     let mut diags = Diags::default();
     let ctx = BuildCtx {
+        consumers,
         base_dir: std::path::Path::new("."),
         secrets: &store,
         route: Some("test"),

@@ -159,6 +159,7 @@ mod tests {
         let node = parse(text, &HashMap::new()).unwrap();
         let mut diags = Diags::default();
         let ctx = BuildCtx {
+            consumers: &Default::default(),
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
             route: None,

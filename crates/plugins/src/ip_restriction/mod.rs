@@ -248,6 +248,7 @@ mod tests {
         let node = sluicegate_core::yaml::parse("{allow: '${ALLOW_CIDRS}'}", &env).unwrap();
         let mut diags = Diags::default();
         let ctx = BuildCtx {
+            consumers: &Default::default(),
             base_dir: std::path::Path::new("."),
             secrets: sluicegate_secrets::SecretStore::empty(),
             route: None,

@@ -16,6 +16,10 @@ pub struct JwtConfig {
     pub keys: Vec<KeyConfig>,
     /// Keys published at a JWKS URL.
     pub jwks: Option<JwksConfig>,
+    /// Also verify tokens whose `iss` is a consumer's `jwt` credential, with that
+    /// credential's key; the consumer is then the request's consumer.
+    #[serde(default)]
+    pub consumers: bool,
     /// Accepted algorithms; default: every algorithm the keys can verify.
     #[serde(default)]
     pub algorithms: OneOrMany,

@@ -54,6 +54,8 @@ struct Sources {
 pub struct Jwt {
     keys: Vec<Key>,
     jwks: Option<Arc<Jwks>>,
+    /// With `consumers: true`, the consumers whose issuers' tokens are verified too.
+    consumers: Option<Arc<crate::consumers::Consumers>>,
     algorithms: Vec<Alg>,
     rules: ClaimRules,
     sources: Sources,
@@ -81,10 +83,10 @@ pub fn build(
         .jwks
         .as_ref()
         .and_then(|j| jwks_settings(j, &path.key("jwks"), ctx, diags));
-    if cfg.keys.is_empty() && cfg.jwks.is_none() {
-        diags.push(path, "give `keys`, `jwks` or both");
+    if cfg.keys.is_empty() && cfg.jwks.is_none() && !cfg.consumers {
+        diags.push(path, "give `keys`, `jwks`, `consumers: true`, or several");
     }
-    let algorithms = algorithms(&cfg, &keys, jwks.is_some(), path, diags);
+    let algorithms = algorithms(&cfg, &keys, jwks.is_some(), cfg.consumers, path, diags);
     let sources = sources(&cfg.token, &path.key("token"), diags);
     let mut to_headers = Vec::new();
     for (claim, header) in &cfg.claims_to_headers {
@@ -127,6 +129,7 @@ pub fn build(
     Some(Arc::new(Jwt {
         keys,
         jwks: jwks.map(Jwks::shared),
+        consumers: cfg.consumers.then(|| ctx.consumers.clone()),
         algorithms,
         rules: ClaimRules {
             issuers: cfg.issuer.0.clone(),
@@ -347,10 +350,14 @@ fn algorithms(
     cfg: &JwtConfig,
     keys: &[Key],
     jwks: bool,
+    consumers: bool,
     path: &Path,
     diags: &mut Diags,
 ) -> Vec<Alg> {
-    let usable = |a: Alg| keys.iter().any(|k| k.accepts(a, None)) || (jwks && !a.is_hmac());
+    // Consumers come and go with the configuration: any algorithm may meet one of their
+    // keys (each key still accepts only the algorithms its material fits).
+    let usable =
+        |a: Alg| consumers || keys.iter().any(|k| k.accepts(a, None)) || (jwks && !a.is_hmac());
     if cfg.algorithms.0.is_empty() {
         return Alg::ALL.into_iter().filter(|a| usable(*a)).collect();
     }
@@ -506,11 +513,27 @@ impl Sources {
 
 impl Jwt {
     /// Verifies the token's signature and claims.
-    async fn verify(&self, token: &str) -> Result<Map<String, Value>, ProxyError> {
+    /// Verifies the token's signature and claims; returns the claims and, when a
+    /// consumer's credential verified it, that consumer.
+    async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(Map<String, Value>, Option<Arc<str>>), ProxyError> {
         let invalid = |e: TokenError| ProxyError::client(Kind::TokenInvalid, e.to_string());
         let parsed = token::parse(token, self.max_token_bytes).map_err(invalid)?;
         if !self.algorithms.contains(&parsed.alg) {
             return Err(invalid(TokenError::Algorithm));
+        }
+        // A consumer's issuer: its credential, and only it, decides.
+        let consumer = self.consumers.as_ref().and_then(|c| {
+            let iss = parsed.claims.get("iss")?.as_str()?;
+            c.by_issuer(iss)
+        });
+        if let Some((name, keys)) = consumer {
+            sluicegate_jwt::verify_with(&parsed, keys)
+                .map_err(|e| invalid(e.unwrap_or(TokenError::UnknownKey)))?;
+            self.rules.check(&parsed.claims, now()).map_err(invalid)?;
+            return Ok((parsed.claims, Some(name.clone())));
         }
         let mut outcome = sluicegate_jwt::verify_with(&parsed, &self.keys);
         if let (Err(inline), Some(jwks)) = (&outcome, &self.jwks) {
@@ -527,7 +550,7 @@ impl Jwt {
             Err(e) => return Err(invalid(e.unwrap_or(TokenError::UnknownKey))),
         }
         self.rules.check(&parsed.claims, now()).map_err(invalid)?;
-        Ok(parsed.claims)
+        Ok((parsed.claims, None))
     }
 
     /// Verifies with the JWKS keys, waiting (bounded) for the first fetch, and refetching
@@ -590,7 +613,7 @@ impl Jwt {
             let err = ProxyError::client(Kind::TokenMissing, "a bearer token is required");
             return self.reject(ctx, &err);
         };
-        let claims = match self.verify(&token).await {
+        let (claims, consumer) = match self.verify(&token).await {
             Ok(c) => c,
             Err(e) => return self.reject(ctx, &e),
         };
@@ -610,7 +633,9 @@ impl Jwt {
         if self.strip_token {
             self.sources.strip(&mut ctx.head, found);
         }
-        if let Some(serde_json::Value::String(sub)) = claims.get("sub") {
+        if let Some(name) = consumer {
+            ctx.vars.insert(Consumer(name));
+        } else if let Some(serde_json::Value::String(sub)) = claims.get("sub") {
             ctx.vars.insert(Consumer(Arc::from(sub.as_str())));
         }
         ctx.vars.insert(Claims(Arc::new(claims)));
@@ -637,4 +662,4 @@ impl Plugin for Jwt {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

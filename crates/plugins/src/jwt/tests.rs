@@ -485,6 +485,7 @@ fn derives_the_accepted_algorithms_from_the_keys() {
     )]);
     let mut d = Diags::default();
     let ctx = BuildCtx {
+        consumers: &Default::default(),
         base_dir: std::path::Path::new("."),
         secrets: &store,
         route: None,
@@ -493,11 +494,11 @@ fn derives_the_accepted_algorithms_from_the_keys() {
     let keys = build_key(&cfg.keys[0], &Path::root(), &ctx, &mut d);
     assert!(d.is_empty(), "{:?}", d.0);
     assert_eq!(
-        algorithms(&cfg, &keys, false, &Path::root(), &mut d),
+        algorithms(&cfg, &keys, false, false, &Path::root(), &mut d),
         [Alg::HS256]
     );
     assert_eq!(
-        algorithms(&cfg, &keys, true, &Path::root(), &mut d).len(),
+        algorithms(&cfg, &keys, true, false, &Path::root(), &mut d).len(),
         10
     );
 }

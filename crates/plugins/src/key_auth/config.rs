@@ -14,7 +14,12 @@ pub struct KeyAuthConfig {
     /// Query parameter carrying the key (looked at when the header is absent).
     pub query_param: Option<String>,
     /// The accepted keys: secret references; each accepts its current and previous value.
+    #[serde(default)]
     pub keys: Vec<SecretRef>,
+    /// Also accept every consumer's `key_auth` credential (the consumer it names is then
+    /// the request's consumer).
+    #[serde(default)]
+    pub consumers: bool,
     /// Remove the key from the request before it goes upstream.
     #[serde(default)]
     pub strip: bool,

@@ -32,6 +32,8 @@ pub struct KeyAuth {
     keys: Vec<SecretValue>,
     /// The name of the secret each key belongs to: the consumer it identifies.
     owners: Vec<Arc<str>>,
+    /// With `consumers: true`, the consumers whose keys are accepted too.
+    consumers: Option<Arc<crate::consumers::Consumers>>,
     strip: bool,
     /// Where the key is expected, for the 401 message.
     expected: String,
@@ -65,10 +67,10 @@ pub fn build(
             );
         }
     }
-    if cfg.keys.is_empty() {
+    if cfg.keys.is_empty() && !cfg.consumers {
         diags.push(
             &path.key("keys"),
-            "give at least one key (`\"${secret:NAME}\"`)",
+            "give at least one key (`\"${secret:NAME}\"`), or `consumers: true`",
         );
     }
     let mut keys = Vec::new();
@@ -94,6 +96,7 @@ pub fn build(
             query_param: cfg.query_param,
             keys,
             owners,
+            consumers: cfg.consumers.then(|| ctx.consumers.clone()),
             strip: cfg.strip,
             expected,
         }) as Arc<dyn Plugin>
@@ -117,7 +120,7 @@ impl KeyAuth {
     fn check(&self, ctx: &mut RequestCtx) -> Flow {
         if let Some(h) = &self.header {
             if let Some(v) = ctx.head.headers.get(h) {
-                let found = self.matching(v.as_bytes());
+                let found = self.owner(v.as_bytes());
                 if found.is_some() && self.strip {
                     ctx.head.headers.remove(h);
                 }
@@ -126,7 +129,7 @@ impl KeyAuth {
         }
         if let Some(q) = &self.query_param {
             if let Some(value) = query_value(ctx.head.uri.query(), q) {
-                let found = self.matching(value.as_bytes());
+                let found = self.owner(value.as_bytes());
                 if found.is_some() && self.strip {
                     strip_query_param(&mut ctx.head.uri, q);
                 }
@@ -143,12 +146,19 @@ impl KeyAuth {
         ))
     }
 
-    /// Lets the request on when a key matched, naming its consumer (the key's secret).
-    fn verdict(&self, found: Option<usize>, ctx: &mut RequestCtx) -> Flow {
-        if let Some(i) = found {
-            if let Some(owner) = self.owners.get(i) {
-                ctx.vars.insert(Consumer(owner.clone()));
-            }
+    /// The consumer `candidate` is the key of: a configured key's secret, else (with
+    /// `consumers: true`) the consumer holding it as a credential.
+    fn owner(&self, candidate: &[u8]) -> Option<Arc<str>> {
+        if let Some(i) = self.matching(candidate) {
+            return self.owners.get(i).cloned();
+        }
+        self.consumers.as_ref()?.by_key(candidate).cloned()
+    }
+
+    /// Lets the request on when a key matched, naming its consumer.
+    fn verdict(&self, found: Option<Arc<str>>, ctx: &mut RequestCtx) -> Flow {
+        if let Some(owner) = found {
+            ctx.vars.insert(Consumer(owner));
             return Flow::Continue;
         }
         tracing::debug!(

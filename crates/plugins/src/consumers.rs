@@ -1,0 +1,513 @@
+//! Consumers: the API clients a gateway knows by name, each with its credentials — the API
+//! keys `key_auth` accepts and the JWT issuers and keys `jwt` verifies — so one entry
+//! (a `consumers:` item in the file, or an entity of the cluster store) admits a client
+//! on every route whose plugin says `consumers: true`, and names it for the plugins after
+//! (`rate_limit` by consumer, logs, Lua).
+//!
+//! ```yaml
+//! consumers:
+//!   - name: partner-a
+//!     credentials:
+//!       - {id: key-1, type: key_auth, key: "${secret:partner_a_key}"}
+//!       - {id: jwt-1, type: jwt, issuer: partner-a, secret: "${secret:partner_a_jwt}", alg: HS256}
+//! ```
+//!
+//! In a file, credential values are secret references (`${secret:NAME}`, with their
+//! previous values during a rotation), as everywhere in the configuration. An entity from
+//! the cluster store (a node with no file line) may carry the value itself: the store is
+//! then where those values live, as a consumer database is.
+//!
+//! API keys are looked up by their SHA-256 digest, so the lookup takes the same few steps
+//! for one consumer or a hundred thousand and reveals nothing of a key's bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::yaml::{Node, NodeKind};
+use sluicegate_jwt::keys::{self, Alg, Key, Material};
+use sluicegate_secrets::{SecretRef, SecretStore};
+
+use super::parse_config;
+
+/// Every consumer of a configuration, indexed by credential.
+#[derive(Default)]
+pub struct Consumers {
+    names: Vec<Arc<str>>,
+    keys: HashMap<[u8; 32], Arc<str>>,
+    issuers: HashMap<String, (Arc<str>, Vec<Key>)>,
+}
+
+impl std::fmt::Debug for Consumers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumers")
+            .field("consumers", &self.names.len())
+            .field("keys", &self.keys.len())
+            .field("issuers", &self.issuers.len())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsumerConfig {
+    name: String,
+    /// Read from the node itself (each credential is parsed by its `type`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    credentials: Vec<serde::de::IgnoredAny>,
+    /// Free-form labels, for the operator.
+    #[serde(default)]
+    #[allow(dead_code)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyCredential {
+    #[allow(dead_code)]
+    id: Option<String>,
+    #[allow(dead_code)]
+    r#type: String,
+    key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtCredential {
+    #[allow(dead_code)]
+    id: Option<String>,
+    #[allow(dead_code)]
+    r#type: String,
+    /// Matched against the token's `iss`.
+    issuer: String,
+    /// A shared secret (HS256/384/512).
+    secret: Option<String>,
+    /// A public key, PEM (RS*, PS*, ES*, EdDSA).
+    pem: Option<String>,
+    /// The one algorithm the key is for.
+    alg: Option<String>,
+}
+
+/// The credential types, as `type` names them.
+pub const CREDENTIAL_TYPES: [&str; 2] = ["key_auth", "jwt"];
+
+impl Consumers {
+    /// Builds the `consumers:` section (`None`: there is none), recording every problem.
+    pub fn build(
+        node: Option<&Node>,
+        path: &Path,
+        secrets: &SecretStore,
+        diags: &mut Diags,
+    ) -> Consumers {
+        let mut out = Consumers::default();
+        let Some(node) = node else {
+            return out;
+        };
+        let NodeKind::Seq(items) = &node.kind else {
+            diags.push(path, "expected a list of consumers");
+            return out;
+        };
+        let mut seen_names: HashMap<String, usize> = HashMap::new();
+        // Where each key and issuer was first given, to name both places of a duplicate.
+        let mut key_at: HashMap<[u8; 32], String> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = path.index(i);
+            let Some(c) = parse_config::<ConsumerConfig>(item, &p, diags) else {
+                continue;
+            };
+            if !valid_name(&c.name) {
+                diags.push(
+                    &p.key("name"),
+                    format!("invalid consumer name `{}`: 1 to 128 letters, digits, `-`, `_`, `.` or `~`", c.name),
+                );
+                continue;
+            }
+            if let Some(first) = seen_names.insert(c.name.clone(), i) {
+                diags.push(
+                    &p.key("name"),
+                    format!("consumer `{}` is also {}", c.name, path.index(first)),
+                );
+                continue;
+            }
+            let name: Arc<str> = Arc::from(c.name.as_str());
+            out.names.push(name.clone());
+            let mut ids: HashMap<String, usize> = HashMap::new();
+            let credentials = match item.get("credentials").map(|n| &n.kind) {
+                Some(NodeKind::Seq(list)) => list.as_slice(),
+                _ => &[],
+            };
+            for (j, cred) in credentials.iter().enumerate() {
+                let cp = p.key("credentials").index(j);
+                let kind = cred.get("type").and_then(|t| match &t.kind {
+                    NodeKind::Str(s) => Some(s.as_str()),
+                    _ => None,
+                });
+                if let Some(NodeKind::Str(id)) = cred.get("id").map(|n| &n.kind) {
+                    if let Some(first) = ids.insert(id.clone(), j) {
+                        diags.push(
+                            &cp.key("id"),
+                            format!("credential id `{id}` is also credentials[{first}]"),
+                        );
+                    }
+                }
+                match kind {
+                    Some("key_auth") => {
+                        let Some(k) = parse_config::<KeyCredential>(cred, &cp, diags) else {
+                            continue;
+                        };
+                        let kp = cp.key("key");
+                        for value in values(&k.key, cred.line, &kp, secrets, diags) {
+                            if value.is_empty() {
+                                diags.push(&kp, "an empty key admits nobody");
+                                continue;
+                            }
+                            let digest: [u8; 32] = Sha256::digest(&value).into();
+                            if let Some(first) = key_at.get(&digest) {
+                                diags.push(&kp, format!("the same key is also {first}"));
+                                continue;
+                            }
+                            key_at.insert(digest, kp.to_string());
+                            out.keys.insert(digest, name.clone());
+                        }
+                    }
+                    Some("jwt") => {
+                        let Some(k) = parse_config::<JwtCredential>(cred, &cp, diags) else {
+                            continue;
+                        };
+                        let built = jwt_keys(&k, cred.line, &cp, secrets, diags);
+                        if k.issuer.is_empty() {
+                            diags.push(
+                                &cp.key("issuer"),
+                                "give the issuer (`iss`) its tokens carry",
+                            );
+                            continue;
+                        }
+                        if let Some((other, _)) = out.issuers.get(&k.issuer) {
+                            diags.push(
+                                &cp.key("issuer"),
+                                format!(
+                                    "issuer `{}` belongs to consumer `{other}` already",
+                                    k.issuer
+                                ),
+                            );
+                            continue;
+                        }
+                        if !built.is_empty() {
+                            out.issuers.insert(k.issuer.clone(), (name.clone(), built));
+                        }
+                    }
+                    Some(other) => diags.push(
+                        &cp.key("type"),
+                        format!(
+                            "unknown credential type `{other}`; expected {}",
+                            CREDENTIAL_TYPES.join(" or ")
+                        ),
+                    ),
+                    None => diags.push(
+                        &cp,
+                        format!(
+                            "give the credential's `type`: {}",
+                            CREDENTIAL_TYPES.join(" or ")
+                        ),
+                    ),
+                }
+            }
+        }
+        out
+    }
+
+    /// The consumer whose API key `candidate` is.
+    pub fn by_key(&self, candidate: &[u8]) -> Option<&Arc<str>> {
+        let digest: [u8; 32] = Sha256::digest(candidate).into();
+        self.keys.get(&digest)
+    }
+
+    /// The consumer that issues tokens with `iss` = `issuer`, and its keys.
+    pub fn by_issuer(&self, issuer: &str) -> Option<(&Arc<str>, &[Key])> {
+        self.issuers.get(issuer).map(|(n, k)| (n, k.as_slice()))
+    }
+
+    /// Whether any consumer has a JWT key that accepts `alg`.
+    pub fn any_jwt_key_accepts(&self, alg: Alg) -> bool {
+        self.issuers
+            .values()
+            .any(|(_, keys)| keys.iter().any(|k| k.accepts(alg, None)))
+    }
+
+    /// How many consumers there are.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Consumer names: what fits a URL path segment unescaped (as every entity name).
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+}
+
+/// A credential value's bytes: a secret reference's current and previous values, or — for
+/// an entity of the cluster store (line 0) — the value itself.
+fn values(
+    text: &str,
+    line: usize,
+    path: &Path,
+    secrets: &SecretStore,
+    diags: &mut Diags,
+) -> Vec<Vec<u8>> {
+    if text.trim_start().starts_with("${secret:") || line > 0 {
+        match SecretRef::parse(text) {
+            Ok(r) => secrets
+                .resolve(&r, path, diags)
+                .map(|s| s.values().map(|v| v.expose().to_vec()).collect())
+                .unwrap_or_default(),
+            Err(e) => {
+                diags.push(path, e);
+                Vec::new()
+            }
+        }
+    } else {
+        vec![text.as_bytes().to_vec()]
+    }
+}
+
+fn jwt_keys(
+    k: &JwtCredential,
+    line: usize,
+    path: &Path,
+    secrets: &SecretStore,
+    diags: &mut Diags,
+) -> Vec<Key> {
+    let alg = match k.alg.as_deref().map(|a| (a, Alg::parse(a))) {
+        Some((a, None)) => {
+            diags.push(
+                &path.key("alg"),
+                format!("unknown algorithm `{a}`; supported: {}", Alg::names()),
+            );
+            return Vec::new();
+        }
+        Some((_, a)) => a,
+        None => None,
+    };
+    let materials: Vec<(Path, Result<Material, String>)> = match (&k.secret, &k.pem) {
+        (Some(s), None) => {
+            let p = path.key("secret");
+            values(s, line, &p, secrets, diags)
+                .into_iter()
+                .map(|v| (p.clone(), Material::hmac(&v, alg)))
+                .collect()
+        }
+        (None, Some(pem)) => vec![(path.key("pem"), keys::from_pem(pem))],
+        _ => {
+            diags.push(path, "give exactly one of `secret` and `pem`");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (p, m) in materials {
+        match m {
+            Ok(material) => {
+                if let Some(a) = alg.filter(|a| !material.fits(*a)) {
+                    diags.push(
+                        &path.key("alg"),
+                        format!("{} does not fit a {}", a.as_str(), material.kind()),
+                    );
+                    continue;
+                }
+                out.push(Key {
+                    kid: None,
+                    alg,
+                    material,
+                });
+            }
+            Err(e) => diags.push(&p, e),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn build(yaml: &str) -> (Consumers, Diags) {
+        let env = std::collections::HashMap::from([(
+            "PARTNER_KEY".to_string(),
+            "partner-key-0123".to_string(),
+        )]);
+        let root = sluicegate_core::yaml::parse(yaml, &env).unwrap();
+        let mut diags = Diags::default();
+        let secrets = SecretStore::load_with_env(
+            root.get("secrets"),
+            std::path::Path::new("."),
+            &env,
+            &mut diags,
+        );
+        let c = Consumers::build(
+            root.get("consumers"),
+            &Path::root().key("consumers"),
+            &secrets,
+            &mut diags,
+        );
+        (c, diags)
+    }
+
+    #[test]
+    fn keys_are_found_by_digest_and_name_their_consumer() {
+        let (c, diags) = build(
+            "secrets: {pk: {env: PARTNER_KEY}}\n\
+             consumers:\n  - name: partner-a\n    credentials:\n      - {type: key_auth, key: \"${secret:pk}\"}\n  - name: b\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(c.len(), 2);
+        assert_eq!(
+            c.by_key(b"partner-key-0123").map(|n| &**n),
+            Some("partner-a")
+        );
+        assert!(c.by_key(b"partner-key-0124").is_none());
+    }
+
+    /// Consumers as the cluster store gives them (nodes without a file line: values
+    /// inline).
+    fn from_store(json: serde_json::Value) -> Arc<Consumers> {
+        fn node(v: &serde_json::Value) -> Node {
+            let kind = match v {
+                serde_json::Value::String(s) => NodeKind::Str(s.clone()),
+                serde_json::Value::Array(a) => NodeKind::Seq(a.iter().map(node).collect()),
+                serde_json::Value::Object(m) => {
+                    NodeKind::Map(m.iter().map(|(k, v)| (k.clone(), node(v))).collect())
+                }
+                _ => NodeKind::Null,
+            };
+            Node { kind, line: 0 }
+        }
+        let mut diags = Diags::default();
+        let c = Consumers::build(
+            Some(&node(&json)),
+            &Path::root().key("consumers"),
+            &SecretStore::default(),
+            &mut diags,
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        Arc::new(c)
+    }
+
+    const JWT_SECRET: &str = "partner-b-secret-0123456789abcdef";
+
+    fn store_consumers() -> Arc<Consumers> {
+        from_store(serde_json::json!([
+            {"name": "partner-a", "credentials": [{"id": "k1", "type": "key_auth", "key": "key-of-partner-a"}]},
+            {"name": "partner-b", "credentials": [{"id": "j1", "type": "jwt", "issuer": "partner-b", "secret": JWT_SECRET, "alg": "HS256"}]},
+        ]))
+    }
+
+    #[test]
+    fn key_auth_admits_a_consumer_key_and_names_the_consumer() {
+        use crate::testing::{access, build_with, harness, request, responded};
+        use sluicegate_core::context::Consumer;
+        let consumers = store_consumers();
+        let (p, d) = build_with(crate::key_auth::build, "{consumers: true}", &[], &consumers);
+        assert!(d.is_empty(), "{d:?}");
+        let p = p.unwrap();
+        let h = harness();
+        let mut ctx = request(&h, "GET", "/", &[("x-api-key", "key-of-partner-a")], None);
+        assert!(matches!(access(&*p, &mut ctx), crate::Flow::Continue));
+        assert_eq!(
+            ctx.vars.get::<Consumer>(),
+            Some(&Consumer(Arc::from("partner-a")))
+        );
+        let mut ctx = request(&h, "GET", "/", &[("x-api-key", "key-of-partner-b")], None);
+        assert_eq!(responded(access(&*p, &mut ctx)).0, 401);
+        // Without `consumers: true`, the consumers' keys are not this route's.
+        let (p, _) = build_with(
+            crate::key_auth::build,
+            "{keys: ['${secret:k}']}",
+            &[("k", "another-key-000", None)],
+            &consumers,
+        );
+        let mut ctx = request(&h, "GET", "/", &[("x-api-key", "key-of-partner-a")], None);
+        assert_eq!(responded(access(&*p.unwrap(), &mut ctx)).0, 401);
+    }
+
+    #[test]
+    fn jwt_verifies_a_consumer_issuer_with_its_credential_only() {
+        use crate::jwt::tests::sign;
+        use crate::testing::{access, build_with, harness, request, responded};
+        use sluicegate_core::context::Consumer;
+        let consumers = store_consumers();
+        let (p, d) = build_with(crate::jwt::build, "{consumers: true}", &[], &consumers);
+        assert!(d.is_empty(), "{d:?}");
+        let p = p.unwrap();
+        let h = harness();
+        let exp = sluicegate_jwt::now() + 600.0;
+        let claims = serde_json::json!({"iss": "partner-b", "sub": "user-7", "exp": exp});
+        let good = sign("HS256", JWT_SECRET, serde_json::json!({}), &claims);
+        let mut ctx = request(
+            &h,
+            "GET",
+            "/",
+            &[("authorization", &format!("Bearer {good}"))],
+            None,
+        );
+        assert!(matches!(access(&*p, &mut ctx), crate::Flow::Continue));
+        assert_eq!(
+            ctx.vars.get::<Consumer>(),
+            Some(&Consumer(Arc::from("partner-b")))
+        );
+        // Another secret, or another issuer, is not that consumer's.
+        let forged = sign(
+            "HS256",
+            "some-other-secret-0123456789abcdef",
+            serde_json::json!({}),
+            &claims,
+        );
+        let mut ctx = request(
+            &h,
+            "GET",
+            "/",
+            &[("authorization", &format!("Bearer {forged}"))],
+            None,
+        );
+        assert_eq!(responded(access(&*p, &mut ctx)).0, 401);
+        let stranger = serde_json::json!({"iss": "nobody", "exp": exp});
+        let t = sign("HS256", JWT_SECRET, serde_json::json!({}), &stranger);
+        let mut ctx = request(
+            &h,
+            "GET",
+            "/",
+            &[("authorization", &format!("Bearer {t}"))],
+            None,
+        );
+        assert_eq!(responded(access(&*p, &mut ctx)).0, 401);
+    }
+
+    #[test]
+    fn a_file_names_secrets_and_every_mistake_has_its_path() {
+        let (_, diags) = build(
+            "consumers:\n  - name: a\n    credentials:\n      - {type: key_auth, key: plain}\n      - {type: ldap}\n      - {type: jwt, issuer: i, secret: \"${secret:nope}\"}\n  - name: a\n  - name: \"bad name\"\n",
+        );
+        let text = format!("{diags:?}");
+        for p in [
+            "consumers[0].credentials[0].key",
+            "consumers[0].credentials[1].type",
+            "consumers[0].credentials[2].secret",
+            "consumers[1].name",
+            "consumers[2].name",
+        ] {
+            assert!(text.contains(p), "no error at {p}: {text}");
+        }
+    }
+}
