@@ -554,7 +554,19 @@ async fn remove(
     Ok((StatusCode::NO_CONTENT, revision_header(revision)).into_response())
 }
 
-async fn export(State(state): State<AdminState>) -> ApiResult {
+#[derive(serde::Deserialize)]
+struct Format {
+    format: Option<String>,
+}
+
+/// The shared sections as the file would carry them: JSON, or YAML with `?format=yaml` or
+/// an `Accept` naming YAML (both load as a configuration file).
+async fn export(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    q: Result<Query<Format>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q.map_err(query_error)?;
     let cluster = cluster_of(&state)?;
     let entities = cluster.applied();
     let mut sections = entities.sections();
@@ -562,6 +574,35 @@ async fn export(State(state): State<AdminState>) -> ApiResult {
         sections
             .entry(k.section().to_string())
             .or_insert_with(|| Value::Array(Vec::new()));
+    }
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let yaml = match q.format.as_deref() {
+        Some("yaml") => true,
+        Some("json") => false,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "format",
+                format!("`{other}`: the format is `json` or `yaml`"),
+            ))
+        }
+        None => accept.contains("yaml"),
+    };
+    if yaml {
+        // Section by section, in the file's usual order.
+        let mut text = String::new();
+        for k in Kind::ALL {
+            let one = json!({ k.section(): sections.get(k.section()) });
+            text.push_str(&sluicegate_core::yaml::emit_json(&one).map_err(ApiError::Internal)?);
+        }
+        return Ok((
+            revision_header(entities.revision),
+            [(header::CONTENT_TYPE, "application/yaml")],
+            text,
+        )
+            .into_response());
     }
     Ok((
         revision_header(entities.revision),

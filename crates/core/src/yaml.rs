@@ -123,6 +123,41 @@ impl Env for HashMap<String, String> {
     }
 }
 
+/// Renders a JSON document as YAML text (block style; multi-line strings such as Lua code
+/// as literal blocks), for exports a user edits as a configuration file.
+pub fn emit_json(value: &serde_json::Value) -> Result<String, String> {
+    fn convert(v: &serde_json::Value) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match v {
+            serde_json::Value::Null => Yaml::Null,
+            serde_json::Value::Bool(b) => Yaml::Boolean(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Integer(i),
+                None => Yaml::Real(n.to_string()),
+            },
+            serde_json::Value::String(s) => Yaml::String(s.clone()),
+            serde_json::Value::Array(items) => Yaml::Array(items.iter().map(convert).collect()),
+            // An entry's `name` first, as one writes it; the rest in key order.
+            serde_json::Value::Object(map) => Yaml::Hash(
+                map.get_key_value("name")
+                    .into_iter()
+                    .chain(map.iter().filter(|(k, _)| *k != "name"))
+                    .map(|(k, v)| (Yaml::String(k.clone()), convert(v)))
+                    .collect(),
+            ),
+        }
+    }
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter.multiline_strings(true);
+    emitter
+        .dump(&convert(value))
+        .map_err(|e| format!("{e:?}"))?;
+    // A file, not a stream: without the document marker it can be appended to another.
+    let body = out.strip_prefix("---\n").unwrap_or(&out);
+    Ok(format!("{body}\n"))
+}
+
 /// Parses `text` (YAML or JSON) into a node tree, interpolating environment variables.
 /// Returns every interpolation error; a syntax error stops parsing and is returned alone.
 pub fn parse(text: &str, env: &dyn Env) -> Result<Node, Vec<Diag>> {
