@@ -38,6 +38,7 @@ const TOP_LEVEL: &[&str] = &[
     "dns",
     "cluster",
     "consumers",
+    "scripts",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -200,6 +201,12 @@ fn build_snapshot(
         build,
         diags,
     );
+    global.extend(script_chain(
+        root.get("scripts"),
+        &Path::root().key("scripts"),
+        build,
+        diags,
+    ));
     check_upstream_refs(&global, &upstreams, diags);
     let code = code_settings(root, build.base_dir, build.lua_modules, diags);
     if let Some(c) = &code {
@@ -756,6 +763,56 @@ fn plugin_chain(
                     priority: entry.priority.unwrap_or(builtin.priority),
                 });
             }
+        }
+    }
+    out
+}
+
+/// The `scripts:` section: named Lua scripts that run on every route, each entry what a
+/// global `lua` plugin's `config` holds (`name`, `phase`, `hosts`, `code` or `file`). In
+/// cluster mode they are entities of the store, like the scripts `PUT /scripts` pushes to
+/// one node.
+fn script_chain(
+    node: Option<&Node>,
+    path: &Path,
+    build: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Vec<ChainEntry> {
+    let items = match node.map(|n| &n.kind) {
+        None | Some(NodeKind::Null) => return Vec::new(),
+        Some(NodeKind::Seq(items)) => items,
+        Some(_) => {
+            diags.push(path, "expected a list of scripts");
+            return Vec::new();
+        }
+    };
+    let Some(lua) = plugins::builtin("lua") else {
+        return Vec::new();
+    };
+    let mut names = HashMap::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = path.index(i);
+        match item.get("name").map(|n| &n.kind) {
+            Some(NodeKind::Str(name)) => {
+                if let Some(first) = names.insert(name.clone(), i) {
+                    diags.push(
+                        &p.key("name"),
+                        format!("script `{name}` is also {}", path.index(first)),
+                    );
+                    continue;
+                }
+            }
+            _ => {
+                diags.push(&p.key("name"), "a script needs a `name`");
+                continue;
+            }
+        }
+        if let Some(plugin) = (lua.build)(item, &p, build, diags) {
+            out.push(ChainEntry {
+                plugin,
+                priority: lua.priority,
+            });
         }
     }
     out

@@ -942,3 +942,95 @@ async fn the_exported_configuration_loads_as_a_file() {
     let bad = call(&a, "GET", "/v1/config?format=toml", None).await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_run_on_every_node_and_a_broken_one_never_reaches_the_store() {
+    let c = Cluster::start();
+    let nodes = c.nodes();
+    let a = &nodes[0];
+    assert_eq!(
+        call(a, "POST", "/v1/upstreams", Some(c.upstream_body("app")))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        call(a, "POST", "/v1/routes", Some(route("r", "/x/", "app")))
+            .await
+            .status,
+        201
+    );
+    for (name, header) in [("tag-one", "X-One"), ("tag-two", "X-Two")] {
+        let script = json!({"name": name, "phase": "header_filter",
+            "code": format!("ngx.header[\"{header}\"] = \"on\"")});
+        let r = call(a, "POST", "/v1/scripts", Some(script)).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        all_applied(&nodes, revision_of(&r)).await;
+    }
+    for n in &nodes {
+        let reply = get(n.addr(), "/x/").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-one"), "on", "node {}", n.name);
+        assert_eq!(reply.header("x-two"), "on", "node {}", n.name);
+    }
+
+    let before = cluster_state(a).await["store_revision"].clone();
+    let broken = json!({"name": "broken", "phase": "access", "code": "if then end"});
+    let r = call(&nodes[1], "POST", "/v1/scripts", Some(broken)).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.json()["errors"][0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("scripts[2]"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["errors"][0]["entity"], "scripts/broken");
+    assert_eq!(cluster_state(a).await["store_revision"], before);
+
+    let gone = call(a, "DELETE", "/v1/scripts/tag-one", None).await;
+    assert_eq!(gone.status, 204);
+    all_applied(&nodes, revision_of(&gone)).await;
+    for n in &nodes {
+        let reply = get(n.addr(), "/x/").await;
+        assert_eq!(reply.header("x-one"), "", "node {}", n.name);
+        assert_eq!(reply.header("x-two"), "on", "node {}", n.name);
+    }
+}
+
+/// Without a store, the same sections live in the file.
+#[test]
+fn a_file_carries_scripts_and_consumers_with_their_paths_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file.yaml");
+    let base = "listeners:\n  - address: 127.0.0.1:0\n\
+                secrets:\n  partner_key: {env: PARTNER_KEY}\n\
+                consumers:\n  - name: partner-a\n    credentials:\n      - {type: key_auth, key: \"${secret:partner_key}\"}\n";
+    std::fs::write(
+        &file,
+        format!("{base}scripts:\n  - {{name: tag, phase: header_filter, code: \"ngx.header['X-Tag'] = 'on'\"}}\n"),
+    )
+    .unwrap();
+    let env = [("PARTNER_KEY", "partner-key-0123")];
+    let ok = run_cli(&["check", "-c", file.to_str().unwrap()], &env);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+
+    std::fs::write(
+        &file,
+        format!(
+            "{base}  - name: partner-b\n    credentials:\n      - {{type: key_auth, key: plain-text}}\n\
+             scripts:\n  - {{name: tag, phase: access, code: \"return\"}}\n  - {{name: tag, phase: access, code: \"return\"}}\n  - {{phase: access, code: \"if then\"}}\n"
+        ),
+    )
+    .unwrap();
+    let bad = run_cli(&["check", "-c", file.to_str().unwrap()], &env);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    for path in [
+        "consumers[1].credentials[0].key",
+        "scripts[1].name",
+        "scripts[2].name",
+    ] {
+        assert!(bad.stderr.contains(path), "no {path} in:\n{}", bad.stderr);
+    }
+}

@@ -22,15 +22,18 @@ pub enum Kind {
     Plugins,
     /// `consumers:` entries (with their credentials).
     Consumers,
+    /// `scripts:` entries (named Lua scripts on every route).
+    Scripts,
 }
 
 impl Kind {
     /// Every kind, in the order sections are rendered.
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Upstreams,
         Kind::Routes,
         Kind::Plugins,
         Kind::Consumers,
+        Kind::Scripts,
     ];
 
     /// The section (and collection) name.
@@ -40,6 +43,7 @@ impl Kind {
             Kind::Routes => "routes",
             Kind::Plugins => "plugins",
             Kind::Consumers => "consumers",
+            Kind::Scripts => "scripts",
         }
     }
 
