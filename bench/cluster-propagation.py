@@ -42,7 +42,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "sluicegate")
 CONFIG = os.path.join(ROOT, "examples", "cluster.yaml")
 TOKEN = "bench-admin-token-0123456789abcdef"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -156,9 +155,16 @@ class Node:
         raise KeyError(name)
 
     def cpu_seconds(self):
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """CPU time of every thread, in nanoseconds from schedstat (the tick counters in
+        /proc/PID/stat count in 10 ms steps)."""
+        total = 0
+        for task in glob.glob(f"/proc/{self.proc.pid}/task/*/schedstat"):
+            try:
+                with open(task) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that ended meanwhile
+        return total / 1e9
 
     def stop(self):
         self.proc.terminate()

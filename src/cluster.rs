@@ -40,8 +40,19 @@ pub fn merge(root: &mut Node, entities: Option<&Entities>) -> Result<(), Vec<Dia
         return Err(diags.0);
     }
     if let Some(e) = entities {
-        for (section, list) in e.sections() {
-            entries.push((section, from_json(&list)));
+        for kind in Kind::ALL {
+            let items: Vec<Node> = e
+                .ordered(kind)
+                .into_iter()
+                .map(|(_, entry)| from_json(&entry.body))
+                .collect();
+            if !items.is_empty() {
+                let list = Node {
+                    kind: NodeKind::Seq(items),
+                    line: 0,
+                };
+                entries.push((kind.section().to_string(), list));
+            }
         }
     }
     Ok(())

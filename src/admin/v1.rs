@@ -358,7 +358,7 @@ async fn list(
     let data: Vec<Value> = rest
         .iter()
         .take(size)
-        .map(|(_, e)| e.body.clone())
+        .map(|(_, e)| Value::clone(&e.body))
         .collect();
     let next = (rest.len() > size)
         .then(|| {
@@ -441,7 +441,7 @@ async fn upsert(
             existing.map(|e| e.revision),
             &format!("{section}/{name}"),
         )?;
-        if let Some(e) = existing.filter(|e| e.body == body) {
+        if let Some(e) = existing.filter(|e| *e.body == body) {
             return Ok((Vec::new(), false, (false, body, Some(e.revision))));
         }
         Ok((
@@ -506,9 +506,9 @@ async fn patch(
             Some(existing.revision),
             &format!("{section}/{name}"),
         )?;
-        let mut body = existing.body.clone();
+        let mut body = Value::clone(&existing.body);
         merge_patch(&mut body, &patch);
-        if body == existing.body {
+        if body == *existing.body {
             return Ok((Vec::new(), false, (body, Some(existing.revision))));
         }
         Ok((
@@ -885,7 +885,7 @@ async fn edit_credentials(
         )?;
         let mut list = credentials_of(&existing.body);
         let out = edit(&mut list)?;
-        let mut body = existing.body.clone();
+        let mut body = Value::clone(&existing.body);
         if let Some(map) = body.as_object_mut() {
             map.insert("credentials".into(), Value::Array(list));
         }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -67,8 +68,9 @@ pub struct Entry {
     pub ord: i64,
     /// The cluster revision that last wrote it (its `ETag`).
     pub revision: i64,
-    /// The entry as the YAML file would carry it, `name` included.
-    pub body: Value,
+    /// The entry as the YAML file would carry it, `name` included (shared: a new
+    /// revision copies the set, not the bodies).
+    pub body: Arc<Value>,
 }
 
 /// One row of what changed since a revision: `body` is `None` for a deletion.
@@ -119,7 +121,7 @@ impl Entities {
                         Entry {
                             ord: c.ord,
                             revision: c.revision,
-                            body,
+                            body: Arc::new(body),
                         },
                     );
                 }
@@ -160,7 +162,7 @@ impl Entities {
             let list: Vec<Value> = self
                 .ordered(kind)
                 .into_iter()
-                .map(|(_, e)| e.body.clone())
+                .map(|(_, e)| Value::clone(&e.body))
                 .collect();
             if !list.is_empty() {
                 out.insert(kind.section().to_string(), Value::Array(list));
