@@ -9,10 +9,11 @@ nodes from examples/cluster.yaml and a small origin, then measures:
    admin API; the time from sending the write until *every* node serves the route (a
    poller per node, GET in a loop, 200 = served). p50 / p99 / max.
 2. **One change at R routes** (default 10,000): `PUT /v1/config` with R routes, then K
-   single-route changes (default 20). For each, the CPU time the node process spent (user +
-   system from /proc, node b, which only follows) and the node's own apply duration
-   (`sluicegate_cluster_last_apply_seconds`). Meanwhile wrk drives traffic through node b
-   (when `wrk` is installed): its errors and latency with changes against a quiet run.
+   single-route changes (default 20). For each, the CPU time node b (which only follows)
+   spent, from its threads' schedstat, and the node's own apply duration
+   (`sluicegate_cluster_last_apply_seconds`), with no traffic. Then the same number of
+   changes again while wrk drives traffic through node b (when `wrk` is installed): its
+   errors and latency against a quiet run.
 
     python3 bench/cluster-propagation.py                   # 200 changes; 10,000 routes
     python3 bench/cluster-propagation.py -n 50 --routes 1000
@@ -166,6 +167,13 @@ class Node:
                 pass  # a thread that ended meanwhile
         return total / 1e9
 
+    def process_cpu_seconds(self):
+        """User + system time of the process, exited threads included (10 ms steps: for
+        windows of seconds)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -291,6 +299,52 @@ def many_routes(nodes, origin, routes, changes):
     return cpu, apply_ms, quiet, result.get("busy")
 
 
+class FileNode(Node):
+    """A file-mode gateway with exactly the entities node `like` serves."""
+
+    def __init__(self, root, like):
+        status, body, _ = like.call("GET", "/v1/config")
+        if status != 200:
+            sys.exit(f"GET /v1/config: {status}")
+        config = json.loads(body)
+        config = {k: v for k, v in config.items() if v}
+        self.port = free_port()
+        config["listeners"] = [{"address": f"127.0.0.1:{self.port}"}]
+        config["admin"] = {"enabled": False}
+        config["access_log"] = {"target": "stdout"}  # as examples/cluster.yaml
+        config["data_dir"] = os.path.join(root, "file-data")
+        path = os.path.join(root, "file-mode.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        self.name = "file"
+        self.log = open(os.path.join(root, "file.log"), "w")
+        self.proc = subprocess.Popen([BINARY, "run", "-c", path], stdout=subprocess.DEVNULL,
+                                     stderr=self.log, env=dict(os.environ, RUST_LOG="warn"))
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        sys.exit("the file-mode gateway did not start; see its log")
+
+
+def request_cpu(cluster_node, file_node, rounds):
+    """us/req of each gateway under the same wrk load, rounds interleaved."""
+    out = []
+    for r in range(rounds):
+        us = {}
+        order = (cluster_node, file_node) if r % 2 == 0 else (file_node, cluster_node)
+        for n in order:
+            before = n.process_cpu_seconds()
+            stats = wrk_run(n.port, 5, "/r1/")
+            used = n.process_cpu_seconds() - before
+            us[n.name] = used * 1e6 / max(1.0, stats["rps"] * 5)
+        out.append((us[cluster_node.name], us[file_node.name]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=200, help="changes for the propagation part")
@@ -329,6 +383,15 @@ def main():
               f"apply ms p50 {statistics.median(apply_ms):.1f} max {max(apply_ms):.1f}")
         if quiet is not None:
             print(f"traffic on node b (wrk -t1 -c8): quiet {quiet}; during changes {busy}")
+            file_node = FileNode(root, nodes[1])
+            try:
+                ratios = request_cpu(nodes[1], file_node, rounds=4)
+            finally:
+                file_node.stop()
+            print("request CPU, the same routes from the store (node b) and from a file, "
+                  "us/req per round, order alternating (cluster/file): "
+                  + ", ".join(f"{c:.1f}/{f:.1f}" for c, f in ratios)
+                  + f"; median ratio {statistics.median(c / f for c, f in ratios):.3f}")
     finally:
         for n in nodes or []:
             n.stop()
