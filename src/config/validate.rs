@@ -39,6 +39,7 @@ const TOP_LEVEL: &[&str] = &[
     "cluster",
     "consumers",
     "scripts",
+    "certificates",
 ];
 
 /// Validates `root` into a snapshot, or returns every problem (with lines).
@@ -173,7 +174,8 @@ fn build_snapshot(
     diags: &mut Diags,
 ) -> Option<Snapshot> {
     let settings = settings(root, build, diags);
-    let listeners = listeners(root, build.base_dir, diags);
+    let certificates = certificates(root, build, diags);
+    let listeners = listeners(root, build.base_dir, &certificates, diags);
     let access_log = access_log(root, build.base_dir, diags);
     let lua = lua_settings(root, build.lua_modules, diags);
     // Balancers keep one cursor per worker: size them for the workers that will run.
@@ -480,7 +482,129 @@ fn check_address(addr: &str, path: &Path, diags: &mut Diags) {
     }
 }
 
-fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerSettings> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertificateConfig {
+    name: String,
+    snis: Vec<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+}
+
+/// The `certificates:` section: certificates TLS listeners serve by SNI. A chain is PEM
+/// text (`cert`) or a file (`cert_file`); its key a file (`key_file`), a secret reference
+/// (`key: "${secret:NAME}"`), or — for an entity of the cluster store, which holds it — the
+/// PEM text itself.
+fn certificates(
+    root: &Node,
+    build: &BuildCtx<'_>,
+    diags: &mut Diags,
+) -> Vec<sluicegate_server::tls::SniCertificate> {
+    let path = Path::root().key("certificates");
+    let items = match root.get("certificates").map(|n| &n.kind) {
+        None | Some(NodeKind::Null) => return Vec::new(),
+        Some(NodeKind::Seq(items)) => items,
+        Some(_) => {
+            diags.push(&path, "expected a list of certificates");
+            return Vec::new();
+        }
+    };
+    let read = |file: &str, p: &Path, diags: &mut Diags| {
+        let full = build.base_dir.join(file);
+        std::fs::read(&full)
+            .map_err(|e| diags.push(p, format!("cannot read `{}`: {e}", full.display())))
+            .ok()
+    };
+    let mut names = HashSet::new();
+    let mut sni_at: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = path.index(i);
+        let Ok(c) = from_node::<CertificateConfig>(item, &p).map_err(|d| diags.0.push(d)) else {
+            continue;
+        };
+        if !names.insert(c.name.clone()) {
+            diags.push(
+                &p.key("name"),
+                format!("duplicate certificate name `{}`", c.name),
+            );
+        }
+        if c.snis.is_empty() {
+            diags.push(&p.key("snis"), "give the host names it is served for");
+        }
+        let mut snis = Vec::new();
+        for (j, sni) in c.snis.iter().enumerate() {
+            let sp = p.key("snis").index(j);
+            let name = sni.to_ascii_lowercase();
+            let bare = name.strip_prefix("*.").unwrap_or(&name);
+            let valid = !bare.is_empty()
+                && bare.len() <= 253
+                && bare.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !valid {
+                diags.push(&sp, format!("`{sni}` is not a host name (or `*.` and one)"));
+                continue;
+            }
+            if let Some(first) = sni_at.insert(name.clone(), sp.to_string()) {
+                diags.push(&sp, format!("`{name}` is also served by {first}"));
+                continue;
+            }
+            snis.push(name);
+        }
+        let cert = match (&c.cert, &c.cert_file) {
+            (Some(pem), None) => Some(pem.as_bytes().to_vec()),
+            (None, Some(file)) => read(file, &p.key("cert_file"), diags),
+            _ => {
+                diags.push(&p, "give exactly one of `cert` and `cert_file`");
+                None
+            }
+        };
+        let key = match (&c.key, &c.key_file) {
+            (Some(text), None) => {
+                let kp = p.key("key");
+                if text.trim_start().starts_with("${secret:") || item.line > 0 {
+                    // A file names its secrets; only the store holds key material itself.
+                    match sluicegate_secrets::SecretRef::parse(text) {
+                        Ok(r) => build
+                            .secrets
+                            .resolve(&r, &kp, diags)
+                            .map(|s| s.current().expose().to_vec()),
+                        Err(e) => {
+                            diags.push(&kp, e);
+                            None
+                        }
+                    }
+                } else {
+                    Some(text.as_bytes().to_vec())
+                }
+            }
+            (None, Some(file)) => read(file, &p.key("key_file"), diags),
+            _ => {
+                diags.push(&p, "give exactly one of `key` and `key_file`");
+                None
+            }
+        };
+        if let (Some(cert), Some(key)) = (cert, key) {
+            match sluicegate_server::tls::certified_key(&cert, &key) {
+                Ok(key) => out.push(sluicegate_server::tls::SniCertificate { snis, key }),
+                Err(e) => diags.push(&p, e),
+            }
+        }
+    }
+    out
+}
+
+fn listeners(
+    root: &Node,
+    base_dir: &FsPath,
+    certificates: &[sluicegate_server::tls::SniCertificate],
+    diags: &mut Diags,
+) -> Vec<ListenerSettings> {
     let path = Path::root().key("listeners");
     let empty = match root.get("listeners").map(|n| &n.kind) {
         None | Some(NodeKind::Null) => true,
@@ -495,7 +619,20 @@ fn listeners(root: &Node, base_dir: &FsPath, diags: &mut Diags) -> Vec<ListenerS
         let p = path.index(i);
         check_address(&l.address, &p.key("address"), diags);
         let tls = l.tls.as_ref().and_then(|t| {
-            match sluicegate_server::tls::server_config(t, base_dir, l.http2) {
+            // Without a certificate of its own or any by SNI, a TLS listener serves no one:
+            // an error, except in cluster mode, where certificates come from the store.
+            if t.cert_file.is_none()
+                && t.key_file.is_none()
+                && certificates.is_empty()
+                && root.get("cluster").is_none()
+            {
+                diags.push(
+                    &p.key("tls"),
+                    "give `cert_file` and `key_file`, or `certificates:` served by SNI",
+                );
+                return None;
+            }
+            match sluicegate_server::tls::server_config(t, base_dir, l.http2, certificates) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     diags.push(&p.key("tls"), e);

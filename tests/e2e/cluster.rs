@@ -84,9 +84,13 @@ impl Cluster {
     }
 
     fn node(&self, name: &str) -> Node {
+        self.node_from(&example(), name)
+    }
+
+    fn node_from(&self, config: &Path, name: &str) -> Node {
         let env = self.env(name);
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let process = Process::start_with_env(&example(), &env);
+        let process = Process::start_with_env(config, &env);
         let admin = admin_address(&process);
         Node {
             name: name.into(),
@@ -914,6 +918,7 @@ async fn the_exported_configuration_loads_as_a_file() {
     let json_export = call(&a, "GET", "/v1/config", None).await.json();
     let mut expected = config.clone();
     expected["scripts"] = json!([]);
+    expected["certificates"] = json!([]);
     assert_eq!(json_export, expected, "every section, the empty ones too");
     let yaml = call(&a, "GET", "/v1/config?format=yaml", None).await;
     assert_eq!(yaml.status, 200);
@@ -1035,4 +1040,118 @@ fn a_file_carries_scripts_and_consumers_with_their_paths_in_errors() {
     ] {
         assert!(bad.stderr.contains(path), "no {path} in:\n{}", bad.stderr);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_the_store_are_served_by_sni_on_every_node() {
+    use crate::support::pki::Ca;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let c = Cluster::start();
+    // A node whose only listener is TLS, with no certificate of its own.
+    let config = c.dir.path().join("tls-node.yaml");
+    std::fs::write(
+        &config,
+        "listeners:\n  - address: 127.0.0.1:${PORT}\n    tls: {}\n\
+         admin:\n  address: 127.0.0.1:${ADMIN_PORT}\n  tokens: [\"${secret:admin_token}\"]\n\
+         data_dir: ${DATA_DIR}\n\
+         secrets:\n  admin_token: {env: ADMIN_TOKEN}\n\
+         cluster:\n  store: ${PG_URL}\n  node_name: ${NODE_NAME}\n",
+    )
+    .unwrap();
+    let nodes = vec![c.node_from(&config, "a"), c.node_from(&config, "b")];
+    let ca = Ca::new("cluster e2e ca");
+    let site_a = ca.server(&["a.example.test"]);
+    let site_b = ca.server(&["api.b.example.test"]);
+    let a = &nodes[0];
+    assert_eq!(
+        call(a, "POST", "/v1/upstreams", Some(c.upstream_body("app")))
+            .await
+            .status,
+        201
+    );
+    assert_eq!(
+        call(a, "POST", "/v1/routes", Some(route("r", "/x/", "app")))
+            .await
+            .status,
+        201
+    );
+    for (name, sni, leaf) in [
+        ("a", "a.example.test", &site_a),
+        ("b", "*.b.example.test", &site_b),
+    ] {
+        let r = call(
+            a,
+            "POST",
+            "/v1/certificates",
+            Some(json!({"name": name, "snis": [sni], "cert": leaf.cert_pem, "key": leaf.key_pem})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        all_applied(&nodes, revision_of(&r)).await;
+    }
+
+    let client = {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+    };
+    let fetch = |addr: SocketAddr, host: &'static str| {
+        let client = client.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(host).unwrap();
+            let mut tls = client.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            let served = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            tls.write_all(
+                format!("GET /x/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer).await;
+            Ok::<_, String>((served, String::from_utf8_lossy(&answer).into_owned()))
+        }
+    };
+    for n in &nodes {
+        for (host, leaf) in [("a.example.test", &site_a), ("api.b.example.test", &site_b)] {
+            let (served, answer) = crate::support::within("TLS request", fetch(n.addr(), host))
+                .await
+                .unwrap_or_else(|e| panic!("node {} {host}: {e}", n.name));
+            assert_eq!(
+                served, leaf.der,
+                "node {} served another certificate for {host}",
+                n.name
+            );
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        // No certificate for this name and none of the listener's own: no handshake.
+        let unknown =
+            crate::support::within("TLS handshake", fetch(n.addr(), "c.example.test")).await;
+        assert!(unknown.is_err(), "node {}", n.name);
+    }
+
+    // A key that is not the certificate's never reaches the store.
+    let mismatched = call(
+        a,
+        "POST",
+        "/v1/certificates",
+        Some(json!({"name": "c", "snis": ["c.example.test"], "cert": site_a.cert_pem, "key": site_b.key_pem})),
+    )
+    .await;
+    assert_eq!(mismatched.status, 400, "{}", mismatched.text());
+    assert_eq!(mismatched.json()["errors"][0]["path"], "certificates[2]");
+    let taken = call(
+        a,
+        "POST",
+        "/v1/certificates",
+        Some(json!({"name": "d", "snis": ["a.example.test"], "cert": site_a.cert_pem, "key": site_a.key_pem})),
+    )
+    .await;
+    assert_eq!(taken.status, 400, "{}", taken.text());
+    assert_eq!(taken.json()["errors"][0]["path"], "certificates[2].snis[0]");
 }

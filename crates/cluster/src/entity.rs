@@ -25,16 +25,19 @@ pub enum Kind {
     Consumers,
     /// `scripts:` entries (named Lua scripts on every route).
     Scripts,
+    /// `certificates:` entries (served by SNI on TLS listeners).
+    Certificates,
 }
 
 impl Kind {
     /// Every kind, in the order sections are rendered.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Upstreams,
         Kind::Routes,
         Kind::Plugins,
         Kind::Consumers,
         Kind::Scripts,
+        Kind::Certificates,
     ];
 
     /// The section (and collection) name.
@@ -45,6 +48,7 @@ impl Kind {
             Kind::Plugins => "plugins",
             Kind::Consumers => "consumers",
             Kind::Scripts => "scripts",
+            Kind::Certificates => "certificates",
         }
     }
 

@@ -55,14 +55,15 @@ pub struct ListenerConfig {
     pub client_send_timeout_ms: Option<u64>,
 }
 
-/// Certificate and key files (PEM) for a TLS listener.
-#[derive(Debug, Clone, Deserialize)]
+/// Certificate and key files (PEM) for a TLS listener: the certificate served when no
+/// entry of `certificates:` names the client's SNI (or when the client sends none).
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file with the certificate chain.
-    pub cert_file: String,
+    pub cert_file: Option<String>,
     /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: String,
+    pub key_file: Option<String>,
 }
 
 /// The admin listener.
