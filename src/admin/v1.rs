@@ -176,29 +176,42 @@ fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
 }
 
 /// The body as an entity named `name` (the body's own `name`, when given, must agree).
-fn entity_body(mut body: Value, name: Option<&str>) -> Result<(String, Value), ApiError> {
+fn entity_body(body: Value, name: Option<&str>) -> Result<(String, Value), ApiError> {
+    identified(body, "name", name, None)
+}
+
+/// `body` (a JSON object) with its identifying field `key` set: from the URL (`url`),
+/// else the body's own (which must agree with the URL's when both are given), else
+/// `fresh()`, else an error.
+fn identified(
+    mut body: Value,
+    key: &str,
+    url: Option<&str>,
+    fresh: Option<fn() -> String>,
+) -> Result<(String, Value), ApiError> {
     let Some(map) = body.as_object_mut() else {
-        return Err(ApiError::bad("", "an entity is a JSON object"));
+        return Err(ApiError::bad("", "the body is a JSON object"));
     };
-    let given = match map.get("name") {
+    let given = match map.get(key) {
         None => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::bad("name", "a name is a string")),
+        Some(_) => return Err(ApiError::bad(key, format!("`{key}` is a string"))),
     };
-    let name = match (name, given) {
-        (Some(url), Some(body)) if url != body => {
+    let id = match (url, given, fresh) {
+        (Some(url), Some(b), _) if url != b => {
             return Err(ApiError::bad(
-                "name",
-                format!("the body names `{body}` but the URL `{url}`; rename by creating the new one and deleting the old"),
+                key,
+                format!("the body names `{b}` but the URL `{url}`; rename by creating the new one and deleting the old"),
             ))
         }
-        (Some(url), _) => url.to_string(),
-        (None, Some(body)) => body,
-        (None, None) => return Err(ApiError::bad("name", "an entity needs a `name`")),
+        (Some(url), _, _) => url.to_string(),
+        (None, Some(b), _) => b,
+        (None, None, Some(make)) => make(),
+        (None, None, None) => return Err(ApiError::bad(key, format!("give a `{key}`"))),
     };
-    check_name(&name, "name")?;
-    map.insert("name".into(), Value::String(name.clone()));
-    Ok((name, body))
+    check_name(&id, key)?;
+    map.insert(key.into(), Value::String(id.clone()));
+    Ok((id, body))
 }
 
 /// `If-Match`: `*`, or the entity's revision (`"N"`, quoted or not).
@@ -843,29 +856,12 @@ async fn credential(
 
 /// A credential body with its `id` (the URL's, the body's, or a new one).
 fn credential_body(body: &Bytes, id: Option<&str>) -> Result<(String, Value), ApiError> {
-    let mut body = parse_body(body)?;
-    let Some(map) = body.as_object_mut() else {
-        return Err(ApiError::bad("", "a credential is a JSON object"));
-    };
-    let given = match map.get("id") {
-        None => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::bad("id", "an id is a string")),
-    };
-    let id = match (id, given) {
-        (Some(url), Some(b)) if url != b => {
-            return Err(ApiError::bad(
-                "id",
-                format!("the body names `{b}` but the URL `{url}`"),
-            ))
-        }
-        (Some(url), _) => url.to_string(),
-        (None, Some(b)) => b,
-        (None, None) => uuid::Uuid::new_v4().to_string(),
-    };
-    check_name(&id, "id")?;
-    map.insert("id".into(), Value::String(id.clone()));
-    Ok((id, body))
+    identified(
+        parse_body(body)?,
+        "id",
+        id,
+        Some(|| uuid::Uuid::new_v4().to_string()),
+    )
 }
 
 /// Writes consumer `name` with its credentials changed by `edit` (which returns the

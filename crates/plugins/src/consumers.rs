@@ -315,27 +315,7 @@ fn jwt_keys(
             return Vec::new();
         }
     };
-    let mut out = Vec::new();
-    for (p, m) in materials {
-        match m {
-            Ok(material) => {
-                if let Some(a) = alg.filter(|a| !material.fits(*a)) {
-                    diags.push(
-                        &path.key("alg"),
-                        format!("{} does not fit a {}", a.as_str(), material.kind()),
-                    );
-                    continue;
-                }
-                out.push(Key {
-                    kid: None,
-                    alg,
-                    material,
-                });
-            }
-            Err(e) => diags.push(&p, e),
-        }
-    }
-    out
+    crate::jwt::keys_of(materials, None, alg, path, diags)
 }
 
 #[cfg(test)]

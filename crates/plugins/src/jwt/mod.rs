@@ -224,6 +224,18 @@ fn build_key(k: &KeyConfig, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) 
             Err(keys::JwkSkip::Invalid(why)) => diags.push(&p, why),
         }
     }
+    keys_of(materials, kid, alg, path, diags)
+}
+
+/// The keys of `materials` (each with the config path it came from), every one checked
+/// against `alg`; a problem is recorded at its path.
+pub(crate) fn keys_of(
+    materials: Vec<(Path, Result<Material, String>)>,
+    kid: Option<String>,
+    alg: Option<Alg>,
+    path: &Path,
+    diags: &mut Diags,
+) -> Vec<Key> {
     let mut out = Vec::new();
     for (p, m) in materials {
         match m {
