@@ -866,21 +866,27 @@ fn credential_body(body: &Bytes, id: Option<&str>) -> Result<(String, Value), Ap
 
 /// Writes consumer `name` with its credentials changed by `edit` (which returns the
 /// answer's body, or refuses).
+/// Returns the revision, `edit`'s value, and the consumer's `ETag`: the revision written,
+/// or the consumer's own when `edit` left the list as it was (then nothing is written).
 async fn edit_credentials(
     state: &AdminState,
     name: String,
     headers: HeaderMap,
     edit: impl FnOnce(&mut Vec<Value>) -> Result<Option<Value>, ApiError> + Send + 'static,
-) -> Result<(i64, Option<Value>), ApiError> {
-    commit(state, move |current| {
+) -> Result<(i64, Option<Value>, i64), ApiError> {
+    let (revision, (out, unchanged)) = commit(state, move |current| {
         let existing = consumer(current, &name)?;
         check_precondition(
             &headers,
             Some(existing.revision),
             &format!("consumers/{name}"),
         )?;
-        let mut list = credentials_of(&existing.body);
+        let before = credentials_of(&existing.body);
+        let mut list = before.clone();
         let out = edit(&mut list)?;
+        if list == before {
+            return Ok((Vec::new(), false, (out, Some(existing.revision))));
+        }
         let mut body = Value::clone(&existing.body);
         if let Some(map) = body.as_object_mut() {
             map.insert("credentials".into(), Value::Array(list));
@@ -892,10 +898,11 @@ async fn edit_credentials(
                 body,
             }],
             false,
-            out,
+            (out, None),
         ))
     })
-    .await
+    .await?;
+    Ok((revision, out, unchanged.unwrap_or(revision)))
 }
 
 async fn add_credential(
@@ -908,7 +915,7 @@ async fn add_credential(
     let answer = cred.clone();
     let location = format!("/v1/consumers/{name}/credentials/{id}");
     let owner = name.clone();
-    let (revision, _) = edit_credentials(&state, name, headers, move |list| {
+    let (revision, _, _) = edit_credentials(&state, name, headers, move |list| {
         if list.iter().any(|c| c["id"] == id.as_str()) {
             return Err(ApiError::Conflict(format!(
                 "consumer `{owner}` has a credential `{id}`; `PUT /v1/consumers/{owner}/credentials/{id}` replaces it"
@@ -935,16 +942,17 @@ async fn put_credential(
 ) -> ApiResult {
     let (id, cred) = credential_body(&body, Some(&id))?;
     let answer = cred.clone();
-    let (revision, created) = edit_credentials(&state, name, headers, move |list| {
-        match list.iter_mut().find(|c| c["id"] == id.as_str()) {
-            Some(slot) => {
-                *slot = cred;
-                Ok(None)
-            }
-            None => {
-                list.push(cred);
-                Ok(Some(Value::Bool(true)))
-            }
+    let (revision, created, etag) = edit_credentials(&state, name, headers, move |list| match list
+        .iter_mut()
+        .find(|c| c["id"] == id.as_str())
+    {
+        Some(slot) => {
+            *slot = cred;
+            Ok(None)
+        }
+        None => {
+            list.push(cred);
+            Ok(Some(Value::Bool(true)))
         }
     })
     .await?;
@@ -953,7 +961,7 @@ async fn put_credential(
     } else {
         StatusCode::OK
     };
-    Ok(entity_response(status, &answer, revision, revision, None))
+    Ok(entity_response(status, &answer, revision, etag, None))
 }
 
 async fn remove_credential(
@@ -962,7 +970,7 @@ async fn remove_credential(
     headers: HeaderMap,
 ) -> ApiResult {
     let owner = name.clone();
-    let (revision, _) = edit_credentials(&state, name, headers, move |list| {
+    let (revision, _, _) = edit_credentials(&state, name, headers, move |list| {
         let before = list.len();
         list.retain(|c| c["id"] != id.as_str());
         if list.len() == before {

@@ -862,6 +862,18 @@ async fn consumers_and_their_credentials_admit_clients_on_every_node() {
         "key_auth"
     );
 
+    // The same credential again writes nothing.
+    let same = call(
+        a,
+        "PUT",
+        &format!("/v1/consumers/partner-a/credentials/{id}"),
+        Some(json!({"type": "key_auth", "key": "key-of-partner-a-0001"})),
+    )
+    .await;
+    assert_eq!(same.status, 200, "{}", same.text());
+    assert_eq!(revision_of(&same), revision_of(&cred));
+    assert_eq!(same.header("etag"), cred.header("etag"));
+
     // Refused before the store: an unknown type, the same key twice, a missing consumer.
     let bad = call(
         a,

@@ -409,7 +409,7 @@ routes:
     );
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(
-        out.stderr.contains(":11: routes[0].plugins[0].config.request.set.Authorization: `${secret:...}` is resolved only in plugin options that take a secret"),
+        out.stderr.contains(":11: routes[0].plugins[0].config.request.set.Authorization: `${secret:...}` is resolved only where a secret is taken"),
         "{}",
         out.stderr
     );

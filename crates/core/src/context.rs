@@ -72,13 +72,14 @@ impl dyn WorkerView {
     }
 }
 
-/// The response status line and headers, as header filters see them.
 /// Who an authentication plugin identified the request as, kept in
-/// [`RequestCtx::vars`]: `key_auth` names the secret whose key matched, `jwt` the token's
-/// `sub`. Plugins that act per client (`rate_limit`) read it.
+/// [`RequestCtx::vars`]: `key_auth` names the consumer whose credential matched (or the
+/// secret whose key did), `jwt` the consumer whose issuer signed the token (or the token's
+/// `sub`). Plugins that act per client (`rate_limit`) read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Consumer(pub Arc<str>);
 
+/// The response status line and headers, as header filters see them.
 pub type ResponseHead = http::response::Parts;
 
 /// The request body as far as it has been read.

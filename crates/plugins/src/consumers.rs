@@ -2,7 +2,7 @@
 //! keys `key_auth` accepts and the JWT issuers and keys `jwt` verifies — so one entry
 //! (a `consumers:` item in the file, or an entity of the cluster store) admits a client
 //! on every route whose plugin says `consumers: true`, and names it for the plugins after
-//! (`rate_limit` by consumer, logs, Lua).
+//! it (`rate_limit` keyed by consumer).
 //!
 //! ```yaml
 //! consumers:
@@ -107,9 +107,13 @@ impl Consumers {
         let Some(node) = node else {
             return out;
         };
-        let NodeKind::Seq(items) = &node.kind else {
-            diags.push(path, "expected a list of consumers");
-            return out;
+        let items = match &node.kind {
+            NodeKind::Seq(items) => items,
+            NodeKind::Null => return out,
+            _ => {
+                diags.push(path, "expected a list of consumers");
+                return out;
+            }
         };
         let mut seen_names: HashMap<String, usize> = HashMap::new();
         // Where each key and issuer was first given, to name both places of a duplicate.
@@ -146,13 +150,20 @@ impl Consumers {
                     NodeKind::Str(s) => Some(s.as_str()),
                     _ => None,
                 });
-                if let Some(NodeKind::Str(id)) = cred.get("id").map(|n| &n.kind) {
-                    if let Some(first) = ids.insert(id.clone(), j) {
-                        diags.push(
-                            &cp.key("id"),
-                            format!("credential id `{id}` is also credentials[{first}]"),
-                        );
+                match cred.get("id").map(|n| &n.kind) {
+                    None => {}
+                    Some(NodeKind::Str(id)) if valid_name(id) => {
+                        if let Some(first) = ids.insert(id.clone(), j) {
+                            diags.push(
+                                &cp.key("id"),
+                                format!("credential id `{id}` is also credentials[{first}]"),
+                            );
+                        }
                     }
+                    Some(_) => diags.push(
+                        &cp.key("id"),
+                        "an id is 1 to 128 letters, digits, `-`, `_`, `.` or `~` (a string)",
+                    ),
                 }
                 match kind {
                     Some("key_auth") => {
@@ -178,7 +189,6 @@ impl Consumers {
                         let Some(k) = parse_config::<JwtCredential>(cred, &cp, diags) else {
                             continue;
                         };
-                        let built = jwt_keys(&k, cred.line, &cp, secrets, diags);
                         if k.issuer.is_empty() {
                             diags.push(
                                 &cp.key("issuer"),
@@ -196,6 +206,7 @@ impl Consumers {
                             );
                             continue;
                         }
+                        let built = jwt_keys(&k, cred.line, &cp, secrets, diags);
                         if !built.is_empty() {
                             out.issuers.insert(k.issuer.clone(), (name.clone(), built));
                         }
@@ -229,13 +240,6 @@ impl Consumers {
     /// The consumer that issues tokens with `iss` = `issuer`, and its keys.
     pub fn by_issuer(&self, issuer: &str) -> Option<(&Arc<str>, &[Key])> {
         self.issuers.get(issuer).map(|(n, k)| (n, k.as_slice()))
-    }
-
-    /// Whether any consumer has a JWT key that accepts `alg`.
-    pub fn any_jwt_key_accepts(&self, alg: Alg) -> bool {
-        self.issuers
-            .values()
-            .any(|(_, keys)| keys.iter().any(|k| k.accepts(alg, None)))
     }
 
     /// How many consumers there are.

@@ -270,8 +270,9 @@ impl SecretStore {
                 if s.contains("${secret:") && !seen.contains(path.as_str()) {
                     diags.push(
                         path,
-                        "`${secret:...}` is resolved only in plugin options that take a \
-                         secret (see docs/secrets.md); here it would be used as literal text",
+                        "`${secret:...}` is resolved only where a secret is taken (plugin \
+                         options, `admin.tokens`, consumers' credentials, certificate keys; \
+                         see docs/secrets.md); here it would be used as literal text",
                     );
                 }
             }

@@ -524,7 +524,6 @@ impl Sources {
 }
 
 impl Jwt {
-    /// Verifies the token's signature and claims.
     /// Verifies the token's signature and claims; returns the claims and, when a
     /// consumer's credential verified it, that consumer.
     async fn verify(
