@@ -319,7 +319,7 @@ fn jwt_keys(
             return Vec::new();
         }
     };
-    crate::jwt::keys_of(materials, None, alg, path, diags)
+    crate::jwt::materials::keys_of(materials, None, alg, path, diags)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 
 mod config;
 pub mod jwks;
+pub(crate) mod materials;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -224,39 +225,7 @@ fn build_key(k: &KeyConfig, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) 
             Err(keys::JwkSkip::Invalid(why)) => diags.push(&p, why),
         }
     }
-    keys_of(materials, kid, alg, path, diags)
-}
-
-/// The keys of `materials` (each with the config path it came from), every one checked
-/// against `alg`; a problem is recorded at its path.
-pub(crate) fn keys_of(
-    materials: Vec<(Path, Result<Material, String>)>,
-    kid: Option<String>,
-    alg: Option<Alg>,
-    path: &Path,
-    diags: &mut Diags,
-) -> Vec<Key> {
-    let mut out = Vec::new();
-    for (p, m) in materials {
-        match m {
-            Ok(material) => {
-                if let Some(a) = alg.filter(|a| !material.fits(*a)) {
-                    diags.push(
-                        &path.key("alg"),
-                        format!("{} does not fit a {}", a.as_str(), material.kind()),
-                    );
-                    continue;
-                }
-                out.push(Key {
-                    kid: kid.clone(),
-                    alg,
-                    material,
-                });
-            }
-            Err(e) => diags.push(&p, e),
-        }
-    }
-    out
+    materials::keys_of(materials, kid, alg, path, diags)
 }
 
 fn decode_any_base64(text: &[u8]) -> Option<Vec<u8>> {
