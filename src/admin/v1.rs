@@ -155,17 +155,13 @@ fn kind_of(section: &str) -> Result<Kind, ApiError> {
 
 /// Whether `name` can be an entity's name (it is a path segment of the API).
 fn check_name(name: &str, path: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
-    if ok {
+    use sluicegate_core::name;
+    if name::is_valid(name) {
         Ok(())
     } else {
         Err(ApiError::bad(
             path,
-            format!("`{name}`: a name is 1 to 128 letters, digits, `-`, `_`, `.` or `~`"),
+            format!("`{name}`: a name is {}", name::RULE),
         ))
     }
 }

@@ -565,24 +565,11 @@ fn certificates(
             }
         };
         let key = match (&c.key, &c.key_file) {
-            (Some(text), None) => {
-                let kp = p.key("key");
-                if text.trim_start().starts_with("${secret:") || item.line > 0 {
-                    // A file names its secrets; only the store holds key material itself.
-                    match sluicegate_secrets::SecretRef::parse(text) {
-                        Ok(r) => build
-                            .secrets
-                            .resolve(&r, &kp, diags)
-                            .map(|s| s.current().expose().to_vec()),
-                        Err(e) => {
-                            diags.push(&kp, e);
-                            None
-                        }
-                    }
-                } else {
-                    Some(text.as_bytes().to_vec())
-                }
-            }
+            (Some(text), None) => build
+                .secrets
+                .resolve_material(text, item.line, &p.key("key"), diags)
+                .first()
+                .map(|v| v.expose().to_vec()),
             (None, Some(file)) => read(file, &p.key("key_file"), diags),
             _ => {
                 diags.push(&p, "give exactly one of `key` and `key_file`");

@@ -21,6 +21,7 @@ pub mod de;
 pub mod deadline;
 pub mod diag;
 pub mod error;
+pub mod name;
 pub mod phase;
 pub mod prehashed;
 pub mod rewrite;

@@ -27,16 +27,18 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use sluicegate_core::diag::{Diags, Path};
+use sluicegate_core::name;
 use sluicegate_core::yaml::{Node, NodeKind};
-use sluicegate_jwt::keys::{self, Alg, Key, Material};
-use sluicegate_secrets::{SecretRef, SecretStore};
+use sluicegate_jwt::keys::{self, Key, Material};
+use sluicegate_secrets::SecretStore;
 
 use super::parse_config;
 
 /// Every consumer of a configuration, indexed by credential.
 #[derive(Default)]
 pub struct Consumers {
-    names: Vec<Arc<str>>,
+    /// How many consumers there are (those without credentials included).
+    count: usize,
     keys: HashMap<[u8; 32], Arc<str>>,
     issuers: HashMap<String, (Arc<str>, Vec<Key>)>,
 }
@@ -44,7 +46,7 @@ pub struct Consumers {
 impl std::fmt::Debug for Consumers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumers")
-            .field("consumers", &self.names.len())
+            .field("consumers", &self.count)
             .field("keys", &self.keys.len())
             .field("issuers", &self.issuers.len())
             .finish()
@@ -103,132 +105,49 @@ impl Consumers {
         secrets: &SecretStore,
         diags: &mut Diags,
     ) -> Consumers {
-        let mut out = Consumers::default();
-        let Some(node) = node else {
-            return out;
+        let mut out = Building {
+            consumers: Consumers::default(),
+            key_at: HashMap::new(),
+            secrets,
         };
-        let items = match &node.kind {
-            NodeKind::Seq(items) => items,
-            NodeKind::Null => return out,
-            _ => {
+        let items = match node.map(|n| &n.kind) {
+            None | Some(NodeKind::Null) => return out.consumers,
+            Some(NodeKind::Seq(items)) => items,
+            Some(_) => {
                 diags.push(path, "expected a list of consumers");
-                return out;
+                return out.consumers;
             }
         };
         let mut seen_names: HashMap<String, usize> = HashMap::new();
-        // Where each key and issuer was first given, to name both places of a duplicate.
-        let mut key_at: HashMap<[u8; 32], String> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let p = path.index(i);
             let Some(c) = parse_config::<ConsumerConfig>(item, &p, diags) else {
                 continue;
             };
-            if !valid_name(&c.name) {
-                diags.push(
-                    &p.key("name"),
-                    format!("invalid consumer name `{}`: 1 to 128 letters, digits, `-`, `_`, `.` or `~`", c.name),
-                );
+            if !name::is_valid(&c.name) {
+                let why = format!("invalid consumer name `{}`: {}", c.name, name::RULE);
+                diags.push(&p.key("name"), why);
                 continue;
             }
             if let Some(first) = seen_names.insert(c.name.clone(), i) {
-                diags.push(
-                    &p.key("name"),
-                    format!("consumer `{}` is also {}", c.name, path.index(first)),
-                );
+                let why = format!("consumer `{}` is also {}", c.name, path.index(first));
+                diags.push(&p.key("name"), why);
                 continue;
             }
-            let name: Arc<str> = Arc::from(c.name.as_str());
-            out.names.push(name.clone());
-            let mut ids: HashMap<String, usize> = HashMap::new();
+            out.consumers.count += 1;
+            let owner: Arc<str> = Arc::from(c.name.as_str());
             let credentials = match item.get("credentials").map(|n| &n.kind) {
                 Some(NodeKind::Seq(list)) => list.as_slice(),
                 _ => &[],
             };
+            let mut ids: HashMap<String, usize> = HashMap::new();
             for (j, cred) in credentials.iter().enumerate() {
                 let cp = p.key("credentials").index(j);
-                let kind = cred.get("type").and_then(|t| match &t.kind {
-                    NodeKind::Str(s) => Some(s.as_str()),
-                    _ => None,
-                });
-                match cred.get("id").map(|n| &n.kind) {
-                    None => {}
-                    Some(NodeKind::Str(id)) if valid_name(id) => {
-                        if let Some(first) = ids.insert(id.clone(), j) {
-                            diags.push(
-                                &cp.key("id"),
-                                format!("credential id `{id}` is also credentials[{first}]"),
-                            );
-                        }
-                    }
-                    Some(_) => diags.push(
-                        &cp.key("id"),
-                        "an id is 1 to 128 letters, digits, `-`, `_`, `.` or `~` (a string)",
-                    ),
-                }
-                match kind {
-                    Some("key_auth") => {
-                        let Some(k) = parse_config::<KeyCredential>(cred, &cp, diags) else {
-                            continue;
-                        };
-                        let kp = cp.key("key");
-                        for value in values(&k.key, cred.line, &kp, secrets, diags) {
-                            if value.is_empty() {
-                                diags.push(&kp, "an empty key admits nobody");
-                                continue;
-                            }
-                            let digest: [u8; 32] = Sha256::digest(&value).into();
-                            if let Some(first) = key_at.get(&digest) {
-                                diags.push(&kp, format!("the same key is also {first}"));
-                                continue;
-                            }
-                            key_at.insert(digest, kp.to_string());
-                            out.keys.insert(digest, name.clone());
-                        }
-                    }
-                    Some("jwt") => {
-                        let Some(k) = parse_config::<JwtCredential>(cred, &cp, diags) else {
-                            continue;
-                        };
-                        if k.issuer.is_empty() {
-                            diags.push(
-                                &cp.key("issuer"),
-                                "give the issuer (`iss`) its tokens carry",
-                            );
-                            continue;
-                        }
-                        if let Some((other, _)) = out.issuers.get(&k.issuer) {
-                            diags.push(
-                                &cp.key("issuer"),
-                                format!(
-                                    "issuer `{}` belongs to consumer `{other}` already",
-                                    k.issuer
-                                ),
-                            );
-                            continue;
-                        }
-                        let built = jwt_keys(&k, cred.line, &cp, secrets, diags);
-                        if !built.is_empty() {
-                            out.issuers.insert(k.issuer.clone(), (name.clone(), built));
-                        }
-                    }
-                    Some(other) => diags.push(
-                        &cp.key("type"),
-                        format!(
-                            "unknown credential type `{other}`; expected {}",
-                            CREDENTIAL_TYPES.join(" or ")
-                        ),
-                    ),
-                    None => diags.push(
-                        &cp,
-                        format!(
-                            "give the credential's `type`: {}",
-                            CREDENTIAL_TYPES.join(" or ")
-                        ),
-                    ),
-                }
+                check_id(cred, j, &cp, &mut ids, diags);
+                out.credential(&owner, cred, &cp, diags);
             }
         }
-        out
+        out.consumers
     }
 
     /// The consumer whose API key `candidate` is.
@@ -244,46 +163,134 @@ impl Consumers {
 
     /// How many consumers there are.
     pub fn len(&self) -> usize {
-        self.names.len()
+        self.count
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
+        self.count == 0
     }
 }
 
-/// Consumer names: what fits a URL path segment unescaped (as every entity name).
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+/// [`Consumers`] while it is built.
+struct Building<'a> {
+    consumers: Consumers,
+    /// Where each key was first given (by digest), to name both places of a duplicate.
+    key_at: HashMap<[u8; 32], String>,
+    secrets: &'a SecretStore,
 }
 
-/// A credential value's bytes: a secret reference's current and previous values, or — for
-/// an entity of the cluster store (line 0) — the value itself.
-fn values(
-    text: &str,
-    line: usize,
+impl Building<'_> {
+    /// Adds credential `cred` (at `path`) of consumer `owner`.
+    fn credential(&mut self, owner: &Arc<str>, cred: &Node, path: &Path, diags: &mut Diags) {
+        let kind = cred.get("type").and_then(|t| match &t.kind {
+            NodeKind::Str(s) => Some(s.as_str()),
+            _ => None,
+        });
+        match kind {
+            Some("key_auth") => {
+                if let Some(k) = parse_config::<KeyCredential>(cred, path, diags) {
+                    self.key(owner, &k, cred.line, &path.key("key"), diags);
+                }
+            }
+            Some("jwt") => {
+                if let Some(k) = parse_config::<JwtCredential>(cred, path, diags) {
+                    self.issuer(owner, &k, cred.line, path, diags);
+                }
+            }
+            Some(other) => diags.push(
+                &path.key("type"),
+                format!(
+                    "unknown credential type `{other}`; expected {}",
+                    CREDENTIAL_TYPES.join(" or ")
+                ),
+            ),
+            None => diags.push(
+                path,
+                format!(
+                    "give the credential's `type`: {}",
+                    CREDENTIAL_TYPES.join(" or ")
+                ),
+            ),
+        }
+    }
+
+    fn key(
+        &mut self,
+        owner: &Arc<str>,
+        k: &KeyCredential,
+        line: usize,
+        path: &Path,
+        diags: &mut Diags,
+    ) {
+        for value in self.secrets.resolve_material(&k.key, line, path, diags) {
+            let value = value.expose();
+            if value.is_empty() {
+                diags.push(path, "an empty key admits nobody");
+                continue;
+            }
+            let digest: [u8; 32] = Sha256::digest(value).into();
+            if let Some(first) = self.key_at.get(&digest) {
+                diags.push(path, format!("the same key is also {first}"));
+                continue;
+            }
+            self.key_at.insert(digest, path.to_string());
+            self.consumers.keys.insert(digest, owner.clone());
+        }
+    }
+
+    fn issuer(
+        &mut self,
+        owner: &Arc<str>,
+        k: &JwtCredential,
+        line: usize,
+        path: &Path,
+        diags: &mut Diags,
+    ) {
+        if k.issuer.is_empty() {
+            diags.push(
+                &path.key("issuer"),
+                "give the issuer (`iss`) its tokens carry",
+            );
+            return;
+        }
+        if let Some((other, _)) = self.consumers.issuers.get(&k.issuer) {
+            let why = format!(
+                "issuer `{}` belongs to consumer `{other}` already",
+                k.issuer
+            );
+            diags.push(&path.key("issuer"), why);
+            return;
+        }
+        let built = jwt_keys(k, line, path, self.secrets, diags);
+        if !built.is_empty() {
+            self.consumers
+                .issuers
+                .insert(k.issuer.clone(), (owner.clone(), built));
+        }
+    }
+}
+
+/// Checks a credential's optional `id`: a name, unique within its consumer.
+fn check_id(
+    cred: &Node,
+    index: usize,
     path: &Path,
-    secrets: &SecretStore,
+    ids: &mut HashMap<String, usize>,
     diags: &mut Diags,
-) -> Vec<Vec<u8>> {
-    if text.trim_start().starts_with("${secret:") || line > 0 {
-        match SecretRef::parse(text) {
-            Ok(r) => secrets
-                .resolve(&r, path, diags)
-                .map(|s| s.values().map(|v| v.expose().to_vec()).collect())
-                .unwrap_or_default(),
-            Err(e) => {
-                diags.push(path, e);
-                Vec::new()
+) {
+    match cred.get("id").map(|n| &n.kind) {
+        None => {}
+        Some(NodeKind::Str(id)) if name::is_valid(id) => {
+            if let Some(first) = ids.insert(id.clone(), index) {
+                let why = format!("credential id `{id}` is also credentials[{first}]");
+                diags.push(&path.key("id"), why);
             }
         }
-    } else {
-        vec![text.as_bytes().to_vec()]
+        Some(_) => diags.push(
+            &path.key("id"),
+            format!("an id is a string of {}", name::RULE),
+        ),
     }
 }
 
@@ -294,23 +301,16 @@ fn jwt_keys(
     secrets: &SecretStore,
     diags: &mut Diags,
 ) -> Vec<Key> {
-    let alg = match k.alg.as_deref().map(|a| (a, Alg::parse(a))) {
-        Some((a, None)) => {
-            diags.push(
-                &path.key("alg"),
-                format!("unknown algorithm `{a}`; supported: {}", Alg::names()),
-            );
-            return Vec::new();
-        }
-        Some((_, a)) => a,
-        None => None,
+    let Ok(alg) = crate::jwt::materials::algorithm(k.alg.as_deref(), path, diags) else {
+        return Vec::new();
     };
     let materials: Vec<(Path, Result<Material, String>)> = match (&k.secret, &k.pem) {
         (Some(s), None) => {
             let p = path.key("secret");
-            values(s, line, &p, secrets, diags)
+            secrets
+                .resolve_material(s, line, &p, diags)
                 .into_iter()
-                .map(|v| (p.clone(), Material::hmac(&v, alg)))
+                .map(|v| (p.clone(), Material::hmac(v.expose(), alg)))
                 .collect()
         }
         (None, Some(pem)) => vec![(path.key("pem"), keys::from_pem(pem))],

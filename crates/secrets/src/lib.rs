@@ -258,6 +258,32 @@ impl SecretStore {
         }
     }
 
+    /// The values of a field that holds secret material: a `${secret:NAME}` reference's
+    /// current then previous value; or, where the field comes from no file (`line` 0: an
+    /// entity of the cluster store, which holds such values itself), the text as it is. In
+    /// a file anything but a reference is an error at `path`: files name their secrets.
+    pub fn resolve_material(
+        &self,
+        text: &str,
+        line: usize,
+        path: &Path,
+        diags: &mut Diags,
+    ) -> Vec<SecretValue> {
+        if line == 0 && !text.trim_start().starts_with("${secret:") {
+            return vec![SecretValue::new(text.as_bytes().to_vec())];
+        }
+        match SecretRef::parse(text) {
+            Ok(r) => self
+                .resolve(&r, path, diags)
+                .map(|s| s.values().cloned().collect())
+                .unwrap_or_default(),
+            Err(e) => {
+                diags.push(path, e);
+                Vec::new()
+            }
+        }
+    }
+
     /// Reports every `${secret:...}` in `root` that no plugin option resolved: written in an
     /// option that does not take a secret (a header value, Lua code, an address), it would
     /// otherwise be used as the literal text. Call it after every plugin was built.

@@ -5,19 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 
 use sluicegate_config::file::TlsConfig;
 use sluicegate_upstream::tls::provider;
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let data = std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
-    let certs = certs.map_err(|e| format!("invalid PEM in `{}`: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no certificate found in `{}`", path.display()));
-    }
-    Ok(certs)
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))
 }
 
 /// A certificate chain with its key, from PEM text.
@@ -84,16 +78,15 @@ pub fn server_config(
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let default = match (&cfg.cert_file, &cfg.key_file) {
         (Some(cert), Some(key)) => {
-            let certs = read_certs(&base_dir.join(cert))?;
-            let key_path = base_dir.join(key);
-            let key_data = std::fs::read(&key_path)
-                .map_err(|e| format!("cannot read `{}`: {e}", key_path.display()))?;
-            let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_data.as_slice())
-                .map_err(|e| format!("invalid PEM in `{}`: {e}", key_path.display()))?
-                .ok_or_else(|| format!("no private key found in `{}`", key_path.display()))?;
-            let pair = rustls::sign::CertifiedKey::from_der(certs, key, &provider())
-                .map_err(|e| format!("certificate and key do not fit together: {e}"))?;
-            Some(Arc::new(pair))
+            let (cert_path, key_path) = (base_dir.join(cert), base_dir.join(key));
+            let pair = certified_key(&read(&cert_path)?, &read(&key_path)?).map_err(|e| {
+                format!(
+                    "`{}` and `{}`: {e}",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            })?;
+            Some(pair)
         }
         (None, None) => None,
         _ => return Err("give both `cert_file` and `key_file`".into()),

@@ -35,3 +35,22 @@ pub(crate) fn keys_of(
     }
     out
 }
+
+/// An entry's optional `alg`; an unknown name is recorded at `path.alg` (`Err`).
+pub(crate) fn algorithm(
+    name: Option<&str>,
+    path: &Path,
+    diags: &mut Diags,
+) -> Result<Option<Alg>, ()> {
+    match name.map(|a| (a, Alg::parse(a))) {
+        Some((a, None)) => {
+            diags.push(
+                &path.key("alg"),
+                format!("unknown algorithm `{a}`; supported: {}", Alg::names()),
+            );
+            Err(())
+        }
+        Some((_, alg)) => Ok(alg),
+        None => Ok(None),
+    }
+}

@@ -149,16 +149,8 @@ pub fn build(
 
 /// Builds the key(s) of one `keys` entry (a secret with a previous value gives two).
 fn build_key(k: &KeyConfig, path: &Path, ctx: &BuildCtx<'_>, diags: &mut Diags) -> Vec<Key> {
-    let alg = match k.alg.as_deref().map(|a| (a, Alg::parse(a))) {
-        Some((a, None)) => {
-            diags.push(
-                &path.key("alg"),
-                format!("unknown algorithm `{a}`; supported: {}", Alg::names()),
-            );
-            return Vec::new();
-        }
-        Some((_, alg)) => alg,
-        None => None,
+    let Ok(alg) = materials::algorithm(k.alg.as_deref(), path, diags) else {
+        return Vec::new();
     };
     let given = [
         k.secret.is_some(),
