@@ -14,6 +14,7 @@
 pub mod balance;
 pub mod config;
 pub mod dns;
+pub mod fetch;
 pub mod forwarded;
 pub mod h1;
 pub mod health;

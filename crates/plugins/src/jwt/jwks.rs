@@ -21,11 +21,14 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::Uri;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use tokio::sync::{watch, Notify};
 
 use sluicegate_jwt::keys::{from_jwk, JwkSkip, Key};
+use sluicegate_jwt::token::{Parsed, TokenError};
+
+/// No fetch of the key set has succeeded yet (the source is down or unreachable).
+#[derive(Debug, Clone, Copy)]
+pub struct KeysUnavailable;
 
 /// Where and how often to fetch.
 #[derive(Clone)]
@@ -154,6 +157,41 @@ impl Jwks {
         self.settings.timeout + Duration::from_millis(100)
     }
 
+    /// Verifies `parsed` with the published keys: waits (bounded) for the first fetch, and
+    /// when no key matches, refetches once (rate-limited) in case the issuer rotated its
+    /// keys. `Ok(Err(None))`: no key matched; `Ok(Err(Some(e)))`: a key matched and the
+    /// signature or algorithm was wrong.
+    pub async fn verify(
+        self: &Arc<Self>,
+        parsed: &Parsed<'_>,
+    ) -> Result<Result<(), Option<TokenError>>, KeysUnavailable> {
+        let mut first = self.subscribe();
+        let mut set = self.keys();
+        if !set.loaded {
+            let waited = if *first.borrow_and_update() == 0 {
+                Some(first)
+            } else {
+                self.refetch()
+            };
+            if let Some(rx) = waited {
+                wait_for(rx, self.wait_limit()).await;
+            }
+            set = self.keys();
+            if !set.loaded {
+                return Err(KeysUnavailable);
+            }
+        }
+        let outcome = sluicegate_jwt::verify_with(parsed, &set.keys);
+        if !matches!(outcome, Err(None)) {
+            return Ok(outcome);
+        }
+        let Some(rx) = self.refetch() else {
+            return Ok(outcome);
+        };
+        wait_for(rx, self.wait_limit()).await;
+        Ok(sluicegate_jwt::verify_with(parsed, &self.keys().keys))
+    }
+
     fn start(self: &Arc<Self>) {
         let mut pace = self.pace.lock().unwrap_or_else(|e| e.into_inner());
         if pace.started {
@@ -184,6 +222,10 @@ impl Drop for Jwks {
         // Wakes the fetcher so it sees the source is gone and ends.
         self.wake.notify_one();
     }
+}
+
+async fn wait_for(mut rx: watch::Receiver<u64>, limit: Duration) {
+    let _ = tokio::time::timeout(limit, rx.changed()).await;
 }
 
 /// The fetcher thread: fetch, then sleep until the next refresh or an early wake-up.
@@ -222,10 +264,7 @@ fn fetcher(weak: Weak<Jwks>, wake: Arc<Notify>) {
 /// One fetch; updates the keys on success. Returns whether it succeeded.
 async fn fetch_once(jwks: &Jwks) -> bool {
     let s = &jwks.settings;
-    let outcome = match tokio::time::timeout(s.timeout, get(s)).await {
-        Ok(r) => r.and_then(|body| parse_document(&body)),
-        Err(_) => Err(format!("no answer within {} ms", s.timeout.as_millis())),
-    };
+    let outcome = get(s).await.and_then(|body| parse_document(&body));
     let ok = match outcome {
         Ok(Document { keys, skipped }) => {
             for (i, why) in skipped {
@@ -277,70 +316,24 @@ pub fn parse_document(body: &[u8]) -> Result<Document, String> {
     Ok(Document { keys, skipped })
 }
 
-trait Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send {}
-impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send> Io for T {}
-
-/// GETs the document (HTTP/1.1, one connection).
+/// GETs the document.
 async fn get(s: &Settings) -> Result<Bytes, String> {
-    let https = s.url.scheme_str() == Some("https");
-    let host = s
-        .url
-        .host()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = s.url.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-        .await
-        .map_err(|e| format!("connect to {host}:{port} failed: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let io: Box<dyn Io> = match (&s.tls, https) {
-        (Some(tls), true) => {
-            let name_text = s.sni.clone().unwrap_or_else(|| host.clone());
-            let name = rustls::pki_types::ServerName::try_from(name_text.clone())
-                .map_err(|e| format!("bad TLS server name `{name_text}`: {e}"))?;
-            let stream = tokio_rustls::TlsConnector::from(Arc::clone(tls))
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS handshake with {host}:{port} failed: {e}"))?;
-            Box::new(TokioIo::new(stream))
-        }
-        (None, true) => return Err("no TLS configuration for an https URL".into()),
-        _ => Box::new(TokioIo::new(tcp)),
+    let client = sluicegate_upstream::fetch::Client {
+        tls: s.tls.clone(),
+        sni: s.sni.clone(),
+        timeout: s.timeout,
+        max_bytes: s.max_bytes,
+        user_agent: "sluicegate-jwks",
     };
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
-    let driver = tokio::spawn(conn);
-    let authority = s.url.authority().map_or(host.as_str(), |a| a.as_str());
-    let req = http::Request::get(s.url.path_and_query().map_or("/", |p| p.as_str()))
-        .header(http::header::HOST, authority)
-        .header(
-            http::header::ACCEPT,
-            "application/json, application/jwk-set+json",
-        )
-        .header(http::header::USER_AGENT, "sluicegate-jwks")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("bad request: {e}"))?;
-    let result = async {
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("the server answered {}", resp.status().as_u16()));
-        }
-        let body = Limited::new(resp.into_body(), s.max_bytes)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the document failed: {e}"))?
-            .to_bytes();
-        Ok(body)
+    let accept = (
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json, application/jwk-set+json"),
+    );
+    let resp = client.get(&s.url, &[accept]).await?;
+    if !(200..300).contains(&resp.status) {
+        return Err(format!("the server answered {}", resp.status));
     }
-    .await;
-    driver.abort();
-    result
+    Ok(resp.body)
 }
 
 #[cfg(test)]

@@ -511,10 +511,16 @@ impl Jwt {
         if let (Err(inline), Some(jwks)) = (&outcome, &self.jwks) {
             // Configured keys without a `kid` are candidates for every token; when they
             // do not verify it, the right key may still be a published one.
-            outcome = match self.verify_jwks(jwks, &parsed).await {
+            outcome = match jwks.verify(&parsed).await {
                 Ok(Err(None)) | Err(_) if inline.is_some() => Err(inline.clone()),
                 Ok(r) => r,
-                Err(e) => return Err(e),
+                Err(jwks::KeysUnavailable) => {
+                    return Err(ProxyError::new(
+                        Source::Plugin,
+                        Kind::Unavailable,
+                        "the token signing keys are not available",
+                    ))
+                }
             };
         }
         match outcome {
@@ -523,45 +529,6 @@ impl Jwt {
         }
         self.rules.check(&parsed.claims, now()).map_err(invalid)?;
         Ok((parsed.claims, None))
-    }
-
-    /// Verifies with the JWKS keys, waiting (bounded) for the first fetch, and refetching
-    /// once (rate-limited) when no key matches.
-    async fn verify_jwks(
-        &self,
-        jwks: &Arc<Jwks>,
-        parsed: &token::Parsed<'_>,
-    ) -> Result<Result<(), Option<TokenError>>, ProxyError> {
-        let mut first = jwks.subscribe();
-        let mut set = jwks.keys();
-        if !set.loaded {
-            let waited = if *first.borrow_and_update() == 0 {
-                Some(first)
-            } else {
-                jwks.refetch()
-            };
-            if let Some(rx) = waited {
-                wait_for(rx, jwks.wait_limit()).await;
-            }
-            set = jwks.keys();
-            if !set.loaded {
-                return Err(ProxyError::new(
-                    Source::Plugin,
-                    Kind::Unavailable,
-                    "the token signing keys are not available",
-                ));
-            }
-        }
-        let outcome = sluicegate_jwt::verify_with(parsed, &set.keys);
-        if !matches!(outcome, Err(None)) {
-            return Ok(outcome);
-        }
-        // An unknown `kid`: the issuer may have rotated its keys since the last fetch.
-        let Some(rx) = jwks.refetch() else {
-            return Ok(outcome);
-        };
-        wait_for(rx, jwks.wait_limit()).await;
-        Ok(sluicegate_jwt::verify_with(parsed, &jwks.keys().keys))
     }
 
     fn reject(&self, ctx: &RequestCtx, err: &ProxyError) -> Flow {
@@ -613,10 +580,6 @@ impl Jwt {
         ctx.vars.insert(Claims(Arc::new(claims)));
         Flow::Continue
     }
-}
-
-async fn wait_for(mut rx: tokio::sync::watch::Receiver<u64>, limit: Duration) {
-    let _ = tokio::time::timeout(limit, rx.changed()).await;
 }
 
 impl Plugin for Jwt {
