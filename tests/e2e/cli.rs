@@ -49,6 +49,12 @@ fn check_accepts_every_shipped_config() {
         ("PROXY_KEY", "e2e-proxy-key"),
         ("PG_URL", "postgresql://sluicegate@127.0.0.1:9/sluicegate"),
         ("ADMIN_TOKEN", "e2e-admin-token-0123456789"),
+        ("OIDC_ISSUER", "https://idp.example.com"),
+        ("OIDC_CLIENT_ID", "gateway"),
+        ("OIDC_CLIENT_SECRET", "e2e-client-secret"),
+        ("SESSION_SECRET", "e2e-session-secret-of-at-least-32-bytes"),
+        ("ALLOWED_DOMAINS", "example.com,example.org"),
+        ("PUBLIC_URL", "http://127.0.0.1:8080"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);

@@ -70,6 +70,10 @@ pub enum Kind {
     UnsupportedMediaType,
     /// The client is over a rate limit: 429.
     RateLimited,
+    /// No session: the user must log in (the body names the login URL): 401.
+    LoginRequired,
+    /// The identity provider could not be reached or answered with an error: 502.
+    ProviderUnavailable,
 }
 
 /// An error on the request path.
@@ -130,6 +134,8 @@ impl ProxyError {
             Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Kind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Kind::LoginRequired => StatusCode::UNAUTHORIZED,
+            Kind::ProviderUnavailable => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -158,6 +164,8 @@ impl ProxyError {
             Kind::Forbidden => "forbidden",
             Kind::UnsupportedMediaType => "unsupported_media_type",
             Kind::RateLimited => "rate_limited",
+            Kind::LoginRequired => "login_required",
+            Kind::ProviderUnavailable => "identity_provider_unavailable",
         }
     }
 }
@@ -298,7 +306,8 @@ impl ProxyError {
             Kind::BadRequest | Kind::PluginFailure | Kind::ScriptBudget | Kind::Internal => {
                 INTERNAL
             }
-            Kind::Unauthorized => UNAUTHENTICATED,
+            Kind::Unauthorized | Kind::LoginRequired => UNAUTHENTICATED,
+            Kind::ProviderUnavailable => UNAVAILABLE,
             Kind::Forbidden => PERMISSION_DENIED,
             Kind::UnsupportedMediaType => INVALID_ARGUMENT,
             Kind::TokenMissing | Kind::TokenInvalid => UNAUTHENTICATED,

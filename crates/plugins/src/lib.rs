@@ -12,6 +12,8 @@ pub mod hmac_signature;
 pub mod ip_restriction;
 pub mod key_auth;
 pub mod lua;
+pub mod oidc;
+mod query;
 pub mod rate_limit;
 pub mod request_termination;
 pub mod security_headers;
@@ -89,6 +91,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "envoy_lua",
         priority: 1000,
         build: envoy_lua::build,
+    },
+    Builtin {
+        name: "oidc",
+        priority: 1700,
+        build: oidc::build,
     },
     Builtin {
         name: "jwt",

@@ -1,6 +1,7 @@
 //! Test support shared by the workspace's suites: real servers (Redis, PostgreSQL, nginx,
-//! HAProxy), each started on a free loopback port in a temporary directory and stopped when
-//! its handle is dropped.
+//! HAProxy, an OpenID provider), each started on a free loopback port in a temporary
+//! directory and stopped when its handle is dropped, and a real browser for the OpenID
+//! Connect login.
 //!
 //! A server that is not installed is a loud failure naming the install step
 //! (`scripts/test` installs every one), never a skipped test.
@@ -9,6 +10,7 @@
 
 pub mod haproxy;
 pub mod nginx;
+pub mod oidc;
 pub mod postgres;
 mod proc;
 pub mod redis;
