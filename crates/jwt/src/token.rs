@@ -40,6 +40,9 @@ pub enum TokenError {
     /// `nbf` is in the future.
     #[error("the token is not valid yet")]
     NotYetValid,
+    /// `iat` is later than now plus the leeway.
+    #[error("the token was issued in the future (check the clocks)")]
+    IssuedInFuture,
     /// `iss` is not an accepted issuer.
     #[error("the token's issuer is not accepted")]
     Issuer,
@@ -154,7 +157,13 @@ impl ClaimRules {
                 return Err(TokenError::NotYetValid);
             }
         }
-        numeric(claims, "iat")?;
+        if let Some(iat) = numeric(claims, "iat")? {
+            // A token "issued" beyond the leeway in the future comes from a clock that is
+            // too far off to trust its `exp` either (OpenID Connect Core §3.1.3.7).
+            if now + leeway < iat {
+                return Err(TokenError::IssuedInFuture);
+            }
+        }
         if !self.issuers.is_empty() {
             match claims.get("iss") {
                 Some(Value::String(iss)) if self.issuers.iter().any(|i| i == iss) => {}
@@ -281,6 +290,11 @@ mod tests {
         assert_eq!(
             rules.check(&c(json!({"nbf": 1000})), 960.0).err(),
             Some(TokenError::NotYetValid)
+        );
+        assert!(rules.check(&c(json!({"iat": 1000})), 975.0).is_ok());
+        assert_eq!(
+            rules.check(&c(json!({"iat": 1000})), 960.0).err(),
+            Some(TokenError::IssuedInFuture)
         );
         assert_eq!(
             rules.check(&c(json!({"exp": "soon"})), 0.0).err(),
