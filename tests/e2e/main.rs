@@ -53,6 +53,7 @@ mod idle;
 mod json_transform;
 mod jwt;
 mod limits;
+mod oidc;
 mod plugins;
 mod proxy;
 mod rate_limit;

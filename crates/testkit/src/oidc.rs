@@ -152,6 +152,133 @@ impl OidcProvider {
         self.test_route("POST", path, None);
     }
 
+    /// Arms the one-shot ID token tampering of the next token answer (`/test/tamper`:
+    /// `{"claims": {...}, "header": {...}, "key": "issuer"|"other"|"none"}`).
+    pub fn tamper(&self, spec: &Value) {
+        self.test_route("POST", "/test/tamper", Some(spec));
+    }
+
+    /// Plays a user at the provider without a browser: follows `authorize_url` (built by a
+    /// relying party) through the provider's redirects and its development login form as
+    /// `login`, with a cookie jar of its own (a fresh browser each call), and returns the
+    /// first redirect that leaves the provider (the relying party's callback), unrequested.
+    pub fn login(&self, authorize_url: &str, login: &str, password: &str) -> String {
+        let issuer = self.issuer();
+        let mut jar: Vec<(String, String)> = Vec::new();
+        let mut next = (
+            "GET".to_string(),
+            authorize_url
+                .strip_prefix(&issuer)
+                .unwrap_or_else(|| panic!("not a URL of this provider: {authorize_url}"))
+                .to_string(),
+            String::new(),
+        );
+        for _ in 0..20 {
+            let (method, path, form) = next.clone();
+            let cookie = jar
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+            if !cookie.is_empty() {
+                headers.push(("Cookie", cookie.as_str()));
+            }
+            if form.is_empty() {
+                headers.remove(0);
+            }
+            let (status, got, body) = self.exchange(&method, &path, &headers, &form);
+            for (name, value) in &got {
+                if name.eq_ignore_ascii_case("set-cookie") {
+                    let pair = value.split(';').next().unwrap_or("");
+                    if let Some((k, v)) = pair.split_once('=') {
+                        jar.retain(|(n, _)| n != k);
+                        if !v.is_empty() {
+                            jar.push((k.to_string(), v.to_string()));
+                        }
+                    }
+                }
+            }
+            let location = got
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.clone());
+            match (status, location) {
+                (301..=308, Some(loc)) => {
+                    let path = if let Some(p) = loc.strip_prefix(&issuer) {
+                        p.to_string()
+                    } else if loc.starts_with('/') {
+                        loc
+                    } else {
+                        return loc;
+                    };
+                    next = ("GET".into(), path, String::new());
+                }
+                (200, _) => {
+                    let action = body
+                        .split("action=\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .unwrap_or_else(|| panic!("{path}: no form in the page: {body}"))
+                        .to_string();
+                    let form = if body.contains("value=\"consent\"") {
+                        "prompt=consent".to_string()
+                    } else {
+                        format!(
+                            "prompt=login&login={}&password={}",
+                            encode(login),
+                            encode(password)
+                        )
+                    };
+                    next = ("POST".into(), action, form);
+                }
+                (s, _) => panic!(
+                    "{method} {path} answered {s}: {body}\nprovider log:\n{}",
+                    self.log()
+                ),
+            }
+        }
+        panic!("the login did not leave the provider after 20 steps");
+    }
+
+    /// One request on a connection of its own: status, headers and body of the answer.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to provider.js");
+        s.set_read_timeout(Some(REQUEST)).ok();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
+            self.port
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+        s.write_all(request.as_bytes())
+            .expect("write to provider.js");
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply)
+            .unwrap_or_else(|e| panic!("read {method} {path} from provider.js: {e}"));
+        let reply = String::from_utf8_lossy(&reply);
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        let mut lines = head.split("\r\n");
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{method} {path}: not an HTTP answer: {reply}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        (status, headers, body.to_string())
+    }
+
     /// The provider's stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("provider.log")).unwrap_or_default()
@@ -279,6 +406,18 @@ pub fn run_browser(target: &str, logout: &str, login: &str, password: &str) -> V
         .unwrap_or_default();
     serde_json::from_str(line)
         .unwrap_or_else(|e| panic!("browser.js printed no JSON ({e}):\n{stdout}{stderr}"))
+}
+
+/// Form-urlencodes one value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]
