@@ -673,12 +673,23 @@ fn token_claims(s: &Site, extra: Value) -> Value {
 async fn bearer_jwts_from_the_issuer_pass_and_bad_ones_get_401_never_a_redirect() {
     let s = site(SiteOptions::default());
     let sign = |extra: Value, key: &str| s.idp.sign(&json!({}), &token_claims(&s, extra), key);
-    let r = bearer(&s, &sign(json!({}), "issuer")).await;
+    let good = sign(json!({}), "issuer");
+    let r = bearer(&s, &good).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
         s.up.only_request().header("x-forwarded-email"),
         "bot@example.com"
     );
+    // Verified once, then remembered until its expiry: the same identity every time.
+    for _ in 0..2 {
+        assert_eq!(bearer(&s, &good).await.status, 200);
+        assert_eq!(
+            s.up.requests()
+                .last()
+                .map(|r| r.header("x-forwarded-email").to_string()),
+            Some("bot@example.com".to_string())
+        );
+    }
 
     let t = now();
     for (what, token) in [

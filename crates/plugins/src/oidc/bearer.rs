@@ -6,7 +6,8 @@
 //! Invariant: a bearer token that does not verify is answered 401 with a `Bearer`
 //! challenge, never a login redirect, and never falls back to another kind of check.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -33,13 +34,27 @@ struct Issuer {
     emails: Vec<String>,
 }
 
+/// Most verified JWTs remembered per plugin.
+const VERIFIED_ENTRIES: usize = 10_000;
+/// Longest a verified JWT is trusted without checking its signature again (a key the
+/// issuer withdraws stops working within this time).
+const VERIFIED_KEEP_SECS: u64 = 300;
+
 /// The bearer-token settings of one plugin.
 pub(crate) struct Bearer {
     audiences: Vec<String>,
     issuers: Vec<Issuer>,
     userinfo: bool,
     userinfo_keep: Duration,
+    /// JWTs that verified, by SHA-256 of the token: the claims and until when (unix
+    /// seconds: the token's `exp`, at most `VERIFIED_KEEP_SECS` from the check). A
+    /// program sends the same token on every call; the signature check (~30 µs for
+    /// RS256) runs once per token, not per request.
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
 }
+
+/// A verified JWT's claims and until when they are trusted (unix seconds).
+type Verified = (u64, Arc<Claims>);
 
 /// A rejection, built once the request id is at hand.
 pub(crate) type Reject = Box<dyn FnOnce(&HeaderValue) -> LocalResponse + Send>;
@@ -171,6 +186,7 @@ impl Bearer {
             issuers,
             userinfo: b.userinfo,
             userinfo_keep: Duration::from_secs(b.userinfo_cache_secs),
+            verified: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -192,6 +208,31 @@ impl Bearer {
     }
 
     async fn verify_jwt(&self, oidc: &Oidc, token: &str) -> Result<Arc<Claims>, Reject> {
+        let digest = provider::sha256(token.as_bytes());
+        let now = sluicegate_jwt::now() as u64;
+        {
+            let cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((until, claims)) = cache.get(&digest) {
+                if now < *until {
+                    return Ok(claims.clone());
+                }
+            }
+        }
+        let claims = self.verify_jwt_now(oidc, token).await?;
+        let exp = claims.get("exp").and_then(Value::as_f64).unwrap_or(0.0) as u64;
+        let until = exp.min(now + VERIFIED_KEEP_SECS);
+        let mut cache = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= VERIFIED_ENTRIES {
+            cache.retain(|_, (t, _)| *t > now);
+            if cache.len() >= VERIFIED_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(digest, (until, claims.clone()));
+        Ok(claims)
+    }
+
+    async fn verify_jwt_now(&self, oidc: &Oidc, token: &str) -> Result<Arc<Claims>, Reject> {
         // The issuer chooses the keys and rules; the signature is checked next.
         let unverified =
             token::parse(token, provider::MAX_TOKEN).map_err(|e| invalid(e.to_string()))?;

@@ -302,8 +302,9 @@ impl Oidc {
 
     /// `/logout`: clears the session, then logs out at the provider when it can.
     pub(super) async fn logout(&self, ctx: &mut RequestCtx) -> Flow {
-        let hint = match self.session(&ctx.head.headers).await {
-            super::SessionCheck::Valid(s, _) => s.id_token,
+        // The ID token as a hint, even when due for refresh: no refresh to log out.
+        let hint = match self.open_session(&ctx.head.headers) {
+            super::Opened::Fresh(s, _) | super::Opened::Due(s, _) => s.id_token,
             _ => None,
         };
         let cookies = self.clear_session(&ctx.head.headers);

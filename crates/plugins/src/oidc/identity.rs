@@ -66,18 +66,18 @@ impl Identity {
 
     /// Puts the identity where Lua and later plugins see it: the claims (`sub`, `email`,
     /// the groups and the kept claims) and the consumer (the email, else the subject).
-    pub fn publish(&self, vars: &mut http::Extensions, groups_claim: &str) {
-        let mut claims = self.claims.clone();
-        claims.insert("sub".into(), Value::String(self.sub.clone()));
-        if let Some(e) = &self.email {
-            claims.insert("email".into(), Value::String(e.clone()));
+    pub fn publish(self, vars: &mut http::Extensions, groups_claim: &str) {
+        let who: Arc<str> = Arc::from(self.email.as_deref().unwrap_or(&self.sub));
+        let mut claims = self.claims;
+        claims.insert("sub".into(), Value::String(self.sub));
+        if let Some(e) = self.email {
+            claims.insert("email".into(), Value::String(e));
         }
         claims.insert(
             groups_claim.into(),
-            Value::Array(self.groups.iter().cloned().map(Value::String).collect()),
+            Value::Array(self.groups.into_iter().map(Value::String).collect()),
         );
-        let who = self.email.as_deref().unwrap_or(&self.sub);
-        vars.insert(Consumer(Arc::from(who)));
+        vars.insert(Consumer(who));
         vars.insert(Claims(Arc::new(claims)));
     }
 }

@@ -79,6 +79,18 @@ pub struct Oidc {
 }
 
 /// What the session cookie said.
+/// A session cookie as read, before any provider call.
+enum Opened {
+    /// No session cookie.
+    Absent,
+    /// Not (or no longer) a session.
+    Ended(String),
+    /// Valid and not due for refresh (`true`: sealed with a previous key, re-seal it).
+    Fresh(Session, bool),
+    /// Valid, but its tokens are due for refresh.
+    Due(Session, bool),
+}
+
 enum SessionCheck {
     /// No session cookie.
     Absent,
@@ -392,8 +404,9 @@ impl Oidc {
         cookie::clear_chunked(&self.cookie, &self.session_attrs, request)
     }
 
-    async fn check(&self, ctx: &mut RequestCtx) -> Flow {
-        self.headers.strip(&mut ctx.head.headers);
+    /// The whole check, for requests that may need the provider (the plugin's own paths,
+    /// a session due for refresh, a bearer token, no identity at all).
+    async fn check(&self, ctx: &mut RequestCtx, opened: Opened) -> Flow {
         let path = ctx.original_uri.path();
         if path == self.login_path {
             return self.start(ctx).await;
@@ -405,20 +418,8 @@ impl Oidc {
             return self.logout(ctx).await;
         }
         let mut cookies = Vec::new();
-        match self.session(&ctx.head.headers).await {
-            SessionCheck::Valid(session, reseal) => {
-                if reseal {
-                    cookies = self.session_cookies(&session, &ctx.head.headers);
-                }
-                let id_token = session.id_token.clone();
-                let identity = Identity {
-                    sub: session.sub,
-                    email: session.email,
-                    groups: session.groups,
-                    claims: session.claims,
-                };
-                return self.pass(ctx, identity, id_token.as_deref(), cookies);
-            }
+        match self.refreshed(opened).await {
+            SessionCheck::Valid(session, reseal) => return self.valid(ctx, session, reseal),
             SessionCheck::Absent => {}
             SessionCheck::Ended(why) => {
                 tracing::info!(request_id = ctx.request_id_str(), route = ctx.route_name(), reason = %why, "Session ended.");
@@ -446,6 +447,22 @@ impl Oidc {
         self.unauthenticated(ctx, cookies).await
     }
 
+    /// Lets a request with a valid session through (re-sealing it when due).
+    fn valid(&self, ctx: &mut RequestCtx, session: Session, reseal: bool) -> Flow {
+        let cookies = if reseal {
+            self.session_cookies(&session, &ctx.head.headers)
+        } else {
+            Vec::new()
+        };
+        let identity = Identity {
+            sub: session.sub,
+            email: session.email,
+            groups: session.groups,
+            claims: session.claims,
+        };
+        self.pass(ctx, identity, session.id_token.as_deref(), cookies)
+    }
+
     /// Lets an identified request through, after the rules.
     fn pass(
         &self,
@@ -468,56 +485,69 @@ impl Oidc {
         Flow::Continue
     }
 
-    /// Reads, checks and (when due) refreshes the session.
-    async fn session(&self, headers: &http::HeaderMap) -> SessionCheck {
+    /// Reads and checks the session cookie, without the network.
+    fn open_session(&self, headers: &http::HeaderMap) -> Opened {
         let Some(text) = cookie::get_chunked(headers, &self.cookie) else {
-            return SessionCheck::Absent;
+            return Opened::Absent;
         };
-        let (mut s, current_key) = match Session::open(&self.sealer, &text) {
+        let (s, current_key) = match Session::open(&self.sealer, &text) {
             Ok(opened) => opened,
-            Err(e) => return SessionCheck::Ended(format!("the session cookie is not valid: {e}")),
+            Err(e) => return Opened::Ended(format!("the session cookie is not valid: {e}")),
         };
         let now = now();
         if now >= s.ends_at {
-            return SessionCheck::Ended("the session reached its maximum lifetime".into());
+            return Opened::Ended("the session reached its maximum lifetime".into());
         }
-        let mut reseal = !current_key;
-        if now + self.refresh_before >= s.expires_at {
-            let Some(refresh_token) = s.refresh_token.clone() else {
+        let reseal = !current_key;
+        if now + self.refresh_before < s.expires_at {
+            return Opened::Fresh(s, reseal);
+        }
+        if s.refresh_token.is_none() {
+            if now >= s.expires_at {
+                return Opened::Ended("the tokens expired and there is no refresh token".into());
+            }
+            return Opened::Fresh(s, reseal);
+        }
+        Opened::Due(s, reseal)
+    }
+
+    /// Refreshes a session that is due (one refresh per session and node).
+    async fn refreshed(&self, opened: Opened) -> SessionCheck {
+        let (mut s, mut reseal) = match opened {
+            Opened::Absent => return SessionCheck::Absent,
+            Opened::Ended(why) => return SessionCheck::Ended(why),
+            Opened::Fresh(s, reseal) => return SessionCheck::Valid(s, reseal),
+            Opened::Due(s, reseal) => (s, reseal),
+        };
+        let Some(refresh_token) = s.refresh_token.clone() else {
+            return SessionCheck::Valid(s, reseal);
+        };
+        let now = now();
+        let key = format!("{}:{}", s.sid, s.expires_at);
+        match self
+            .provider
+            .refresh(&key, &refresh_token, self.leeway)
+            .await
+        {
+            Refreshed::Tokens(tokens, claims) => {
+                if let Some(c) = &claims {
+                    self.update_from_claims(&mut s, c);
+                }
+                s.expires_at = self.expiry(now, tokens.expires_in, claims.as_deref(), s.ends_at);
+                if tokens.refresh_token.is_some() {
+                    s.refresh_token = tokens.refresh_token.clone();
+                }
+                if self.headers.id_token && tokens.id_token.is_some() {
+                    s.id_token = tokens.id_token.clone();
+                }
+                reseal = true;
+            }
+            Refreshed::Ended(why) => {
+                return SessionCheck::Ended(format!("the provider refused the refresh: {why}"))
+            }
+            Refreshed::Unavailable(why) => {
                 if now >= s.expires_at {
-                    return SessionCheck::Ended(
-                        "the tokens expired and there is no refresh token".into(),
-                    );
-                }
-                return SessionCheck::Valid(s, reseal);
-            };
-            let key = format!("{}:{}", s.sid, s.expires_at);
-            match self
-                .provider
-                .refresh(&key, &refresh_token, self.leeway)
-                .await
-            {
-                Refreshed::Tokens(tokens, claims) => {
-                    if let Some(c) = &claims {
-                        self.update_from_claims(&mut s, c);
-                    }
-                    s.expires_at =
-                        self.expiry(now, tokens.expires_in, claims.as_deref(), s.ends_at);
-                    if tokens.refresh_token.is_some() {
-                        s.refresh_token = tokens.refresh_token.clone();
-                    }
-                    if self.headers.id_token && tokens.id_token.is_some() {
-                        s.id_token = tokens.id_token.clone();
-                    }
-                    reseal = true;
-                }
-                Refreshed::Ended(why) => {
-                    return SessionCheck::Ended(format!("the provider refused the refresh: {why}"))
-                }
-                Refreshed::Unavailable(why) => {
-                    if now >= s.expires_at {
-                        return SessionCheck::Unavailable(why);
-                    }
+                    return SessionCheck::Unavailable(why);
                 }
             }
         }
@@ -606,7 +636,21 @@ impl Plugin for Oidc {
     }
 
     fn access<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
-        Step::Wait(Box::pin(async move { Ok(self.check(ctx).await) }))
+        self.headers.strip(&mut ctx.head.headers);
+        let path = ctx.original_uri.path();
+        let own_path =
+            path == self.login_path || path == self.callback_path || path == self.logout_path;
+        let opened = if own_path {
+            Opened::Absent
+        } else {
+            self.open_session(&ctx.head.headers)
+        };
+        // The common case, a session that is not due for refresh, needs no provider and
+        // no future.
+        if let Opened::Fresh(session, reseal) = opened {
+            return Step::Ready(Ok(self.valid(ctx, session, reseal)));
+        }
+        Step::Wait(Box::pin(async move { Ok(self.check(ctx, opened).await) }))
     }
 
     fn header_filter(

@@ -70,7 +70,10 @@ fn rejects_bad_configurations_with_their_paths() {
         "headers.email",
         "client_auth",
     ] {
-        assert!(paths.contains(&expected), "{expected} missing in {errors:?}");
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing in {errors:?}"
+        );
     }
 }
 
@@ -91,12 +94,23 @@ fn a_valid_session_passes_with_the_identity_and_without_its_cookie_or_client_cop
         &h,
         "GET",
         "/app",
-        &[("cookie", &cookie), ("x-forwarded-email", "mallory@evil.example")],
+        &[
+            ("cookie", &cookie),
+            ("x-forwarded-email", "mallory@evil.example"),
+        ],
         None,
     );
     assert!(matches!(access(p.as_ref(), &mut ctx), Flow::Continue));
-    let hdr = |n: &str| ctx.head.headers.get(n).map(|v| v.to_str().unwrap().to_string());
-    assert_eq!(hdr("x-forwarded-email").as_deref(), Some("alice@example.com"));
+    let hdr = |n: &str| {
+        ctx.head
+            .headers
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(
+        hdr("x-forwarded-email").as_deref(),
+        Some("alice@example.com")
+    );
     assert_eq!(hdr("x-forwarded-groups").as_deref(), Some("eng,admins"));
     assert_eq!(hdr("x-forwarded-user").as_deref(), Some("u-1"));
     assert_eq!(hdr("cookie").as_deref(), Some("a=1; b=2"));
@@ -155,7 +169,13 @@ fn forged_or_retired_sessions_and_expired_ones_without_refresh_get_401_and_are_c
 fn programs_without_a_session_get_401_json_with_the_login_url() {
     let p = testing::plugin(build, CONFIG, SECRETS);
     let h = testing::harness();
-    let mut ctx = request(&h, "POST", "/api/items?x=1", &[("accept", "text/html")], None);
+    let mut ctx = request(
+        &h,
+        "POST",
+        "/api/items?x=1",
+        &[("accept", "text/html")],
+        None,
+    );
     let (status, body) = responded(access(p.as_ref(), &mut ctx));
     assert_eq!(status, 401);
     assert_eq!(body["error"], "login_required");
@@ -187,7 +207,11 @@ fn sessions_outside_the_rules_get_403() {
 fn login_refuses_targets_off_the_site_before_any_provider_call() {
     let p = testing::plugin(build, CONFIG, SECRETS);
     let h = testing::harness();
-    for rd in ["https%3A%2F%2Fevil.example", "%2F%2Fevil.example", "%2F%5Cevil"] {
+    for rd in [
+        "https%3A%2F%2Fevil.example",
+        "%2F%2Fevil.example",
+        "%2F%5Cevil",
+    ] {
         let mut ctx = request(&h, "GET", &format!("/login?rd={rd}"), &[], None);
         let (status, _) = responded(access(p.as_ref(), &mut ctx));
         assert_eq!(status, 400, "{rd}");
