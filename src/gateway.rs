@@ -118,8 +118,11 @@ impl Gateway {
             .transpose()?;
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let (shutdown, _) = watch::channel(false);
-        snapshot.queues =
-            sluicegate_queue::open_all(&snapshot.settings.data_dir, &snapshot.queued_routes())?;
+        snapshot.queues = sluicegate_queue::open_all(
+            &snapshot.settings.data_dir,
+            &snapshot.queued_routes(),
+            Some(Arc::new(sluicegate_engines::Available)),
+        )?;
         // The first code set (persisted pushes, the directory, the last good code-API
         // document) is in place before any worker serves.
         let code = Arc::new(sluicegate_code::CodeRegistry::default());

@@ -48,9 +48,11 @@ fn error(e: &QueueError) -> Response {
         QueueError::NotDead { .. } | QueueError::NotPending { .. } => {
             (StatusCode::CONFLICT, "conflict")
         }
-        QueueError::Full { .. } | QueueError::Closed(_) | QueueError::Unhealthy(_) => {
-            (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-        }
+        QueueError::Full { .. }
+        | QueueError::Closed(_)
+        | QueueError::Unhealthy(_)
+        | QueueError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        QueueError::Unsupported { .. } => (StatusCode::NOT_IMPLEMENTED, "unsupported"),
         QueueError::Invalid { .. } | QueueError::TooLarge { .. } => {
             (StatusCode::BAD_REQUEST, "bad_request")
         }

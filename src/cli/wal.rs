@@ -75,6 +75,8 @@ struct Place {
     settings: Option<sluicegate_proxy::settings::Settings>,
     /// Queue name → `max_bytes`, from the configuration.
     limits: Vec<(String, u64)>,
+    /// Queues on another engine than the local log, with its name.
+    remote: Vec<(String, &'static str)>,
 }
 
 /// Runs `sluicegate wal`; returns the exit code.
@@ -86,6 +88,26 @@ pub fn wal(args: WalArgs) -> i32 {
     if let Some(admin) = &args.admin {
         let admin = Admin::new(admin.clone(), place.settings.as_ref());
         return through_admin(&admin, args.queue.as_deref(), &args.action);
+    }
+    // A queue on a distributed engine has nothing on this disk to open: only the running
+    // gateway (its admin API) can act on it.
+    let remote = place.remote.iter().find(|(n, _)| {
+        args.queue.as_deref().map_or(place.limits.len() == 1, |q| q == n)
+    });
+    if let Some((name, backend)) = remote {
+        return match &place.admin {
+            Some(admin) => {
+                let admin = Admin::new(admin.clone(), place.settings.as_ref());
+                through_admin(&admin, Some(name), &args.action)
+            }
+            None => {
+                eprintln!(
+                    "queue `{name}`: offline commands are not supported by the {backend} backend \
+                     (its messages are not on this disk); give --admin HOST:PORT of a running gateway"
+                );
+                EXIT_FAILURE
+            }
+        };
     }
     let Some(data_dir) = place.data_dir.clone() else {
         eprintln!("give -c FILE, --data-dir DIR or --admin HOST:PORT");
@@ -114,6 +136,7 @@ fn locate(args: &WalArgs) -> Result<Place, i32> {
         admin: args.admin.clone(),
         settings: None,
         limits: Vec::new(),
+        remote: Vec::new(),
     };
     if let Some(c) = &args.config {
         let snapshot = match crate::config::load_snapshot(c, 1, 1, &Metrics::default()) {
@@ -130,6 +153,13 @@ fn locate(args: &WalArgs) -> Result<Place, i32> {
             .iter()
             .filter_map(|r| r.queue.as_ref())
             .map(|q| (q.name.clone(), q.settings.max_bytes))
+            .collect();
+        place.remote = snapshot
+            .routes
+            .iter()
+            .filter_map(|r| r.queue.as_ref())
+            .filter(|q| !matches!(*q.engine, sluicegate_queue::Engine::Local))
+            .map(|q| (q.name.clone(), q.engine.name()))
             .collect();
         place.settings = Some(snapshot.settings.clone());
     }

@@ -22,8 +22,61 @@ pub struct QueueConfig {
     pub ordering: Option<String>,
     /// Statuses (not retried) that go straight to the dead letters; default `["4xx"]`.
     pub dead_letter_on: Option<Vec<StatusPattern>>,
-    /// Bound on the queue's bytes on disk (default 1 GiB).
+    /// Bound on the queue's bytes on disk (default 1 GiB); for `nats`, the stream's bound.
     pub max_bytes: Option<u64>,
+    /// Where messages are stored: `local` (default: this node's disk), `nats` (a
+    /// JetStream stream) or `pubsub` (a Google Pub/Sub topic).
+    pub backend: Option<String>,
+    /// Settings of the `nats` backend.
+    pub nats: Option<NatsConfig>,
+    /// Settings of the `pubsub` backend.
+    pub pubsub: Option<PubSubConfig>,
+}
+
+/// `queue.nats`: a JetStream stream and one durable pull consumer shared by every gateway.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URLs, a list or one comma-separated string (`nats://host:4222`).
+    pub url: Option<crate::file::OneOrMany>,
+    /// Replicas of the stream (1 to 5, default 1).
+    pub replicas: Option<u64>,
+    /// Stream name (default: the queue's name, `.` as `_`).
+    pub stream: Option<String>,
+    /// Subject the stream stores (default `sluicegate.queue.STREAM`).
+    pub subject: Option<String>,
+    /// Durable consumer's name (default `sluicegate`).
+    pub consumer: Option<String>,
+    /// How long a delivery may take before the engine gives the message to another
+    /// gateway (default 60000; longer than the upstream's timeouts).
+    pub ack_wait_ms: Option<u64>,
+    /// Bound on a publish, from the request to the engine's acknowledgement (default 5000).
+    pub publish_timeout_ms: Option<u64>,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (from the environment: `${NATS_PASSWORD}`).
+    pub password: Option<String>,
+    /// Authentication token (from the environment: `${NATS_TOKEN}`).
+    pub token: Option<String>,
+}
+
+/// `queue.pubsub`: a Google Pub/Sub topic; a push subscription delivers the messages to a
+/// route with the `pubsub_push` plugin.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PubSubConfig {
+    /// Google Cloud project.
+    pub project: Option<String>,
+    /// Topic name (in `project`).
+    pub topic: Option<String>,
+    /// The emulator's `host:port`; default `PUBSUB_EMULATOR_HOST`, as Google's client
+    /// libraries do. With an emulator no credentials are sent.
+    pub emulator_host: Option<String>,
+    /// A service-account key (its JSON, from the environment); without it (and without an
+    /// emulator) the metadata server's token is used, as on Google Cloud.
+    pub credentials: Option<String>,
+    /// Bound on a publish, from the request to Pub/Sub's answer (default 10000).
+    pub publish_timeout_ms: Option<u64>,
 }
 
 /// `queue.ack`.

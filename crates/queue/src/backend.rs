@@ -32,6 +32,9 @@ pub struct StoredMessage {
     pub payload: Bytes,
     /// Set when the message is a dead letter.
     pub dead: Option<DeadInfo>,
+    /// Delivery attempts made before this one, as the engine counts them (engines that
+    /// [redeliver](QueueBackend::redelivers)); 0 where the delivery loop counts them.
+    pub attempts: u32,
 }
 
 /// Why and when a message became a dead letter.
@@ -83,10 +86,49 @@ pub struct BackendStats {
 pub trait QueueBackend: Send + Sync {
     /// A short name of the engine (`wal`), for status output.
     fn kind(&self) -> &'static str;
+    /// What an acknowledged append means, for the caller's ack (docs/queue.md).
+    fn durability(&self) -> &'static str {
+        "fsynced to this gateway's disk"
+    }
+    /// Whether this gateway's delivery loop sends the messages (false: the engine pushes
+    /// them to a route of their own, as a Pub/Sub push subscription does).
+    fn delivers(&self) -> bool {
+        true
+    }
+    /// Whether the engine redelivers a failed message itself ([`QueueBackend::retry_later`]),
+    /// counts the attempts ([`StoredMessage::attempts`]) and hands each message to one of
+    /// several gateways; `read_pending` then ignores `from_id`.
+    fn redelivers(&self) -> bool {
+        false
+    }
+    /// Gives a delivered-but-failed message back to the engine, to be delivered again (by
+    /// any gateway) after `delay`.
+    fn retry_later(&self, id: u64, delay: std::time::Duration) -> BoxFuture<()> {
+        let _ = delay;
+        Box::pin(std::future::ready(Err(QueueError::Unsupported {
+            queue: format!("#{id}"),
+            what: "engine redelivery".into(),
+            backend: self.kind(),
+        })))
+    }
+    /// Notified when messages this process did not append may be ready to read (another
+    /// gateway's, or the engine's redeliveries).
+    fn arrivals(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+    /// Stores `payload` directly as a dead letter with `reason` (a delivery that failed
+    /// outside the delivery loop, as a push playback's); resolves to its id.
+    fn record_dead(&self, payload: Vec<u8>, reason: &str) -> BoxFuture<u64>;
     /// Stores `payload` durably; resolves to its id.
     fn append(&self, payload: Vec<u8>) -> BoxFuture<u64>;
     /// Up to `max` pending messages with id `>= from_id`, in id order.
     fn read_pending(&self, from_id: u64, max: usize) -> BoxFuture<Vec<StoredMessage>>;
+    /// Up to `max` pending messages with id `>= from_id`, in id order, for an operator's
+    /// listing: unlike [`QueueBackend::read_pending`] this never hands a message to this
+    /// gateway's delivery.
+    fn browse(&self, from_id: u64, max: usize) -> BoxFuture<Vec<StoredMessage>> {
+        self.read_pending(from_id, max)
+    }
     /// A pending message or dead letter; `None` when it was delivered or never existed.
     fn get(&self, id: u64) -> BoxFuture<Option<StoredMessage>>;
     /// Marks a pending message delivered, durably.
@@ -236,12 +278,30 @@ fn stored(rec: wal::Record) -> StoredMessage {
             wal::RecordState::Pending => None,
             wal::RecordState::Dead { reason, dead_at_ms } => Some(DeadInfo { reason, dead_at_ms }),
         },
+        attempts: 0,
     }
 }
 
 impl QueueBackend for WalBackend {
     fn kind(&self) -> &'static str {
         "wal"
+    }
+
+    fn record_dead(&self, payload: Vec<u8>, reason: &str) -> BoxFuture<u64> {
+        let wal = match self.wal() {
+            Ok(w) => w,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        let name = self.name.clone();
+        let reason = reason.to_string();
+        let append = wal.append_async(payload);
+        Box::pin(async move {
+            let id = append.await.map_err(|e| map_err(&name, e))?;
+            wal.dead_letter_async(id, &reason)
+                .await
+                .map_err(|e| map_err(&name, e))?;
+            Ok(id)
+        })
     }
 
     fn append(&self, payload: Vec<u8>) -> BoxFuture<u64> {

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use super::retry::{defaults, RetryPolicy, StatusSet};
-use sluicegate_config::queue::{AckConfig, QueueConfig, RetryConfig, StatusPattern};
+use sluicegate_config::queue::{
+    AckConfig, NatsConfig, PubSubConfig, QueueConfig, RetryConfig, StatusPattern,
+};
 use sluicegate_core::diag::{Diags, Path};
 use sluicegate_core::phase::LocalResponse;
 
@@ -74,13 +76,14 @@ pub struct Ack {
 }
 
 impl Ack {
-    /// The response for message `id` of `queue`.
-    pub fn render(&self, queue: &str, id: u64, request_id: &str) -> LocalResponse {
+    /// The response for message `id` of `queue`; `durability` says what the backend's
+    /// acknowledgement means (the default JSON body carries it).
+    pub fn render(&self, queue: &str, id: u64, request_id: &str, durability: &str) -> LocalResponse {
         let mut headers = self.headers.clone();
         let (body, content_type) = match &self.body {
             AckBody::Empty => (Bytes::new(), None),
             AckBody::DefaultJson => {
-                let v = serde_json::json!({"queued": true, "queue": queue, "id": id, "request_id": request_id});
+                let v = serde_json::json!({"queued": true, "queue": queue, "id": id, "request_id": request_id, "durability": durability});
                 (Bytes::from(v.to_string()), Some("application/json"))
             }
             AckBody::Template(t) => {
@@ -120,6 +123,266 @@ pub struct RouteQueue {
     pub ack: Ack,
     /// Delivery and storage settings.
     pub settings: Arc<QueueSettings>,
+    /// Where the messages are stored (applies when the queue is opened).
+    pub engine: Arc<Engine>,
+}
+
+/// The storage engine of a queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Engine {
+    /// The write-ahead log on this node's disk.
+    Local,
+    /// A NATS JetStream stream.
+    Nats(NatsSettings),
+    /// A Google Pub/Sub topic.
+    PubSub(PubSubSettings),
+}
+
+impl Engine {
+    /// Its name in the configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Local => "local",
+            Engine::Nats(_) => "nats",
+            Engine::PubSub(_) => "pubsub",
+        }
+    }
+}
+
+/// The validated `queue.nats`.
+#[derive(Clone, PartialEq)]
+pub struct NatsSettings {
+    /// Server URLs (`nats://host:port`, `tls://host:port`).
+    pub urls: Vec<String>,
+    /// Replicas of the stream.
+    pub replicas: usize,
+    /// Stream name.
+    pub stream: String,
+    /// Subject the messages are published to.
+    pub subject: String,
+    /// The dead-letter stream's name.
+    pub dead_stream: String,
+    /// Its subject prefix (`PREFIX.ID` per dead letter).
+    pub dead_subject: String,
+    /// Durable consumer's name.
+    pub consumer: String,
+    /// Ack wait of the consumer.
+    pub ack_wait: Duration,
+    /// Bound on a publish.
+    pub publish_timeout: Duration,
+    /// User and password.
+    pub user: Option<(String, String)>,
+    /// Token.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("urls", &self.urls)
+            .field("stream", &self.stream)
+            .field("replicas", &self.replicas)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The validated `queue.pubsub`.
+#[derive(Clone, PartialEq)]
+pub struct PubSubSettings {
+    /// Project.
+    pub project: String,
+    /// Topic.
+    pub topic: String,
+    /// The emulator (`host:port`), when one is used.
+    pub emulator_host: Option<String>,
+    /// A service-account key (JSON).
+    pub credentials: Option<String>,
+    /// Bound on a publish.
+    pub publish_timeout: Duration,
+}
+
+impl std::fmt::Debug for PubSubSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubSubSettings")
+            .field("project", &self.project)
+            .field("topic", &self.topic)
+            .field("emulator_host", &self.emulator_host)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `name` can name a JetStream stream or consumer.
+fn valid_nats_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+}
+
+/// Whether `subject` is a literal NATS subject (dot-separated tokens, no wildcards).
+fn valid_subject(subject: &str) -> bool {
+    !subject.is_empty()
+        && subject.split('.').all(|t| {
+            !t.is_empty()
+                && t != "*"
+                && t != ">"
+                && t.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+        })
+}
+
+fn nats_settings(
+    cfg: Option<NatsConfig>,
+    queue: &str,
+    path: &Path,
+    diags: &mut Diags,
+) -> Option<NatsSettings> {
+    let Some(cfg) = cfg else {
+        diags.push(path, "the `nats` backend needs a `nats:` section with its `url`");
+        return None;
+    };
+    let urls: Vec<String> = cfg
+        .url
+        .map(|u| u.0)
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|u| u.split(','))
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        diags.push(&path.key("url"), "at least one server URL is needed");
+    }
+    for u in &urls {
+        let scheme_ok = ["nats://", "tls://"].iter().any(|s| u.starts_with(s))
+            || !u.contains("://");
+        let hostport = u.split("://").last().unwrap_or("");
+        let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
+        if !scheme_ok || hostport.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+            diags.push(
+                &path.key("url"),
+                format!("`{u}` is not a NATS server URL (nats://host:port)"),
+            );
+        }
+    }
+    let replicas = in_range(cfg.replicas, 1, 1, 5, &path.key("replicas"), diags) as usize;
+    let stream = cfg.stream.unwrap_or_else(|| queue.replace('.', "_"));
+    if !valid_nats_name(&stream) || stream.ends_with("_dead") {
+        diags.push(
+            &path.key("stream"),
+            format!("`{stream}` is not a valid stream name: use letters, digits, `_` or `-`, not ending in `_dead`"),
+        );
+    }
+    let subject = cfg
+        .subject
+        .unwrap_or_else(|| format!("sluicegate.queue.{stream}"));
+    if !valid_subject(&subject) {
+        diags.push(
+            &path.key("subject"),
+            format!("`{subject}` is not a literal NATS subject"),
+        );
+    }
+    let consumer = cfg.consumer.unwrap_or_else(|| "sluicegate".into());
+    if !valid_nats_name(&consumer) {
+        diags.push(
+            &path.key("consumer"),
+            format!("`{consumer}` is not a valid consumer name"),
+        );
+    }
+    let ack_wait = in_range(cfg.ack_wait_ms, 60_000, 1_000, 3_600_000, &path.key("ack_wait_ms"), diags);
+    let publish_timeout = in_range(
+        cfg.publish_timeout_ms,
+        5_000,
+        10,
+        120_000,
+        &path.key("publish_timeout_ms"),
+        diags,
+    );
+    let user = match (cfg.user, cfg.password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        _ => {
+            diags.push(path, "`user` and `password` go together");
+            None
+        }
+    };
+    Some(NatsSettings {
+        urls,
+        replicas,
+        dead_stream: format!("{stream}_dead"),
+        dead_subject: format!("{subject}.dead"),
+        stream,
+        subject,
+        consumer,
+        ack_wait: Duration::from_millis(ack_wait),
+        publish_timeout: Duration::from_millis(publish_timeout),
+        user,
+        token: cfg.token,
+    })
+}
+
+fn pubsub_settings(
+    cfg: Option<PubSubConfig>,
+    path: &Path,
+    diags: &mut Diags,
+) -> Option<PubSubSettings> {
+    let Some(cfg) = cfg else {
+        diags.push(path, "the `pubsub` backend needs a `pubsub:` section with `project` and `topic`");
+        return None;
+    };
+    let name_ok = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 255
+            && n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'%'))
+    };
+    let project = cfg.project.unwrap_or_default();
+    if !name_ok(&project) {
+        diags.push(&path.key("project"), "a Google Cloud project id is needed");
+    }
+    let topic = cfg.topic.unwrap_or_default();
+    if !name_ok(&topic) {
+        diags.push(&path.key("topic"), "a topic name is needed (letters, digits, `-_.~+%`)");
+    }
+    let emulator_host = cfg
+        .emulator_host
+        .or_else(|| std::env::var("PUBSUB_EMULATOR_HOST").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    if let Some(h) = &emulator_host {
+        if h.rsplit_once(':').is_none_or(|(host, p)| host.is_empty() || p.parse::<u16>().is_err()) {
+            diags.push(&path.key("emulator_host"), format!("`{h}` is not host:port"));
+        }
+    }
+    let credentials = cfg.credentials.filter(|c| !c.trim().is_empty());
+    if let Some(c) = &credentials {
+        let ok = serde_json::from_str::<serde_json::Value>(c).ok().is_some_and(|v| {
+            v["client_email"].is_string() && v["private_key"].is_string()
+        });
+        if !ok {
+            diags.push(
+                &path.key("credentials"),
+                "must be a service-account key (JSON with `client_email` and `private_key`)",
+            );
+        }
+    }
+    let publish_timeout = in_range(
+        cfg.publish_timeout_ms,
+        10_000,
+        10,
+        120_000,
+        &path.key("publish_timeout_ms"),
+        diags,
+    );
+    Some(PubSubSettings {
+        project,
+        topic,
+        emulator_host,
+        credentials,
+        publish_timeout: Duration::from_millis(publish_timeout),
+    })
 }
 
 /// Whether `name` can be a queue (and directory) name.
@@ -185,7 +448,36 @@ pub fn validate(
         &path.key("concurrency"),
         diags,
     ) as usize;
+    let engine = match cfg.backend.as_deref() {
+        None | Some("local") => Engine::Local,
+        Some("nats") => nats_settings(cfg.nats.clone(), &name, &path.key("nats"), diags)
+            .map_or(Engine::Local, Engine::Nats),
+        Some("pubsub") => pubsub_settings(cfg.pubsub.clone(), &path.key("pubsub"), diags)
+            .map_or(Engine::Local, Engine::PubSub),
+        Some(other) => {
+            diags.push(
+                &path.key("backend"),
+                format!("unknown backend `{other}`; expected local, nats or pubsub"),
+            );
+            Engine::Local
+        }
+    };
+    if !matches!(engine, Engine::Nats(_)) && cfg.nats.is_some() && cfg.backend.is_some() {
+        diags.push(&path.key("nats"), format!("only read with `backend: nats`, not `{}`", engine.name()));
+    }
+    if !matches!(engine, Engine::PubSub(_)) && cfg.pubsub.is_some() && cfg.backend.is_some() {
+        diags.push(&path.key("pubsub"), format!("only read with `backend: pubsub`, not `{}`", engine.name()));
+    }
     let ordering = match cfg.ordering.as_deref() {
+        // The engine redelivers a failed message later while others pass it: unordered.
+        None if matches!(engine, Engine::Nats(_)) => Ordering::Unordered,
+        Some("fifo") if matches!(engine, Engine::Nats(_)) => {
+            diags.push(
+                &path.key("ordering"),
+                "`fifo` is not supported by the nats backend (a message waiting for its retry does not hold back the others); use `unordered`",
+            );
+            Ordering::Unordered
+        }
         None | Some("fifo") => Ordering::Fifo,
         Some("unordered") => Ordering::Unordered,
         Some(other) => {
@@ -217,6 +509,7 @@ pub fn validate(
             ordering,
             max_bytes,
         }),
+        engine: Arc::new(engine),
     })
 }
 
@@ -374,7 +667,7 @@ mod tests {
         assert_eq!(q.name, "hooks");
         assert_eq!(q.settings.ordering, Ordering::Fifo);
         assert_eq!(q.settings.concurrency, 1);
-        let r = q.ack.render("hooks", 42, "rid");
+        let r = q.ack.render("hooks", 42, "rid", "fsynced");
         assert_eq!(r.status, 202);
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(v["id"], 42);
@@ -384,7 +677,7 @@ mod tests {
     #[test]
     fn renders_a_slack_style_empty_200() {
         let q = parse("{ack: {status: 200, body: ''}}").unwrap();
-        let r = q.ack.render("hooks", 1, "rid");
+        let r = q.ack.render("hooks", 1, "rid", "fsynced");
         assert_eq!(r.status, 200);
         assert!(r.body.is_empty());
         assert!(r.headers.get("content-type").is_none());
@@ -393,7 +686,7 @@ mod tests {
     #[test]
     fn fills_body_templates_and_custom_headers() {
         let q = parse("{ack: {body: 'ok {id} in {queue}', headers: {X-A: b}}}").unwrap();
-        let r = q.ack.render("hooks", 9, "rid");
+        let r = q.ack.render("hooks", 9, "rid", "fsynced");
         assert_eq!(&r.body[..], b"ok 9 in hooks");
         assert_eq!(r.headers["x-a"], "b");
         assert_eq!(r.headers["content-type"], "text/plain; charset=utf-8");

@@ -154,6 +154,11 @@ struct Loop {
 }
 
 async fn run(queue: Arc<Queue>, client: Client, mut stop: watch::Receiver<bool>) {
+    if !queue.backend().delivers() {
+        // The engine pushes the messages to a route of their own.
+        return;
+    }
+    let arrivals = queue.backend().arrivals();
     let journal = Journal::open(&queue.dir().join("delivery.journal"));
     let salt = Arc::as_ptr(&queue) as usize as u64;
     let mut l = Loop {
@@ -192,10 +197,18 @@ async fn run(queue: Arc<Queue>, client: Client, mut stop: watch::Receiver<bool>)
                 }
             }
             _ = l.queue.notified() => {}
+            _ = arrived(arrivals.as_deref()) => {}
             _ = sleep_until(wake_at) => {}
         }
     }
     l.journal.borrow_mut().flush();
+}
+
+async fn arrived(arrivals: Option<&tokio::sync::Notify>) {
+    match arrivals {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -264,21 +277,32 @@ impl Loop {
             if settings.ordering == Ordering::Unordered && self.waiting.len() >= MAX_WAITING {
                 break;
             }
-            let Some(msg) = self.next_fresh().await else {
+            let room = settings.concurrency - self.inflight.len();
+            let Some(msg) = self.next_fresh(room).await else {
                 break;
             };
-            let attempts = self.journal.borrow().attempts(msg.id);
+            let attempts = if self.queue.backend().redelivers() {
+                msg.attempts
+            } else {
+                self.journal.borrow().attempts(msg.id)
+            };
             self.start(msg, attempts, target);
         }
     }
 
-    async fn next_fresh(&mut self) -> Option<StoredMessage> {
+    /// The next message to start; `room`: attempts that may start now. An engine that
+    /// hands messages to several gateways is asked for no more than that, so that none
+    /// waits here while its ack timer runs.
+    async fn next_fresh(&mut self, room: usize) -> Option<StoredMessage> {
         if self.fresh.is_empty() {
             if self.read_paused_until.is_some_and(|t| Instant::now() < t) {
                 return None;
             }
             self.read_paused_until = None;
-            let max = (READ_AHEAD_BYTES / self.mean_payload.max(1)).clamp(1, READ_BATCH);
+            let mut max = (READ_AHEAD_BYTES / self.mean_payload.max(1)).clamp(1, READ_BATCH);
+            if self.queue.backend().redelivers() {
+                max = max.min(room.max(1));
+            }
             match self.queue.backend().read_pending(self.cursor, max).await {
                 Ok(batch) => {
                     if !batch.is_empty() {
@@ -416,6 +440,17 @@ impl Loop {
                 let delay = policy.delay(attempt, retry_after, &mut self.jitter);
                 tracing::debug!(queue = self.name(), id, attempt, delay_ms = delay.as_millis() as u64, error = %reason, "Delivery failed; retrying later.");
                 QueueMetrics::inc(&metrics.retried);
+                if self.queue.backend().redelivers() {
+                    // The engine redelivers it after the delay, here or on another gateway.
+                    let pending = self.queue.backend().retry_later(id, delay);
+                    let queue = self.queue.clone();
+                    tokio::task::spawn_local(async move {
+                        if let Err(e) = pending.await {
+                            tracing::warn!(queue = queue.name(), id, error = %e, "Could not hand a failed message back to the engine; it is redelivered after the ack wait.");
+                        }
+                    });
+                    return;
+                }
                 let due = Instant::now() + delay;
                 self.waiting.insert(
                     id,

@@ -45,7 +45,12 @@ pub async fn enqueue(
         }
     };
     tracing::debug!(request_id = ctx.request_id_str(), queue = %rq.name, id, "Request queued.");
-    Ok(rq.ack.render(&rq.name, id, ctx.request_id_str()))
+    Ok(rq.ack.render(
+        &rq.name,
+        id,
+        ctx.request_id_str(),
+        queue.backend().durability(),
+    ))
 }
 
 /// The request as it would be forwarded now (after rewrite and access plugins).
@@ -100,6 +105,11 @@ impl From<QueueError> for ProxyError {
                 Kind::Unavailable,
                 format!("queue `{queue}` is full; try again later"),
             ),
+            QueueError::Unavailable { queue, backend, .. } => ProxyError::new(
+                Source::Internal,
+                Kind::Unavailable,
+                format!("queue `{queue}` cannot reach its {backend} engine; try again later"),
+            ),
             QueueError::Unknown(queue)
             | QueueError::Unhealthy(queue)
             | QueueError::Closed(queue)
@@ -112,6 +122,7 @@ impl From<QueueError> for ProxyError {
             QueueError::NotFound { .. }
             | QueueError::NotPending { .. }
             | QueueError::NotDead { .. }
+            | QueueError::Unsupported { .. }
             | QueueError::Unreadable { .. } => {
                 ProxyError::new(Source::Internal, Kind::Internal, e.to_string())
             }

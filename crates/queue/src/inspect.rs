@@ -112,7 +112,7 @@ pub async fn list(
     from: u64,
     limit: usize,
 ) -> Result<Value, QueueError> {
-    let msgs = backend.read_pending(from, limit.clamp(1, MAX_LIST)).await?;
+    let msgs = backend.browse(from, limit.clamp(1, MAX_LIST)).await?;
     let next = msgs.last().map(|m| m.id.saturating_add(1));
     Ok(json!({
         "messages": msgs.iter().map(summary).collect::<Vec<_>>(),

@@ -44,7 +44,15 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 
 pub use backend::{QueueBackend, WalBackend};
-pub use config::{QueueSettings, RouteQueue};
+pub use config::{Engine, QueueSettings, RouteQueue};
+
+/// Opens queues on engines other than the local log (implemented by `sluicegate-engines`,
+/// handed to [`Queues::with_engines`]).
+pub trait Engines: Send + Sync {
+    /// The backend of queue `queue` (`dir`: its local directory, for what the engine keeps
+    /// on this node).
+    fn open(&self, queue: &RouteQueue, dir: &Path) -> Result<Arc<dyn QueueBackend>, QueueError>;
+}
 pub use record::QueuedRequest;
 
 use metrics::QueueMetrics;
@@ -145,6 +153,26 @@ pub enum QueueError {
         /// What failed.
         message: String,
     },
+    /// The queue's backend cannot do this.
+    #[error("queue `{queue}`: {what} is not supported by the {backend} backend")]
+    Unsupported {
+        /// Queue name.
+        queue: String,
+        /// The operation.
+        what: String,
+        /// The backend's kind.
+        backend: &'static str,
+    },
+    /// The storage engine cannot be reached now (the caller may try again).
+    #[error("queue `{queue}`: the {backend} engine is unavailable: {message}")]
+    Unavailable {
+        /// Queue name.
+        queue: String,
+        /// The backend's kind.
+        backend: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// The request to enqueue is not valid (bad method, path or header).
     #[error("invalid message for queue `{queue}`: {message}")]
     Invalid {
@@ -176,6 +204,8 @@ pub struct Queue {
     metrics: QueueMetrics,
     /// Wakes the delivery loop: new messages, replays, new settings.
     wake: Notify,
+    /// The engine settings it was opened with.
+    engine: Arc<Engine>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -203,6 +233,7 @@ impl Queue {
             target: ArcSwapOption::empty(),
             metrics: QueueMetrics::default(),
             wake: Notify::new(),
+            engine: Arc::new(Engine::Local),
         }
     }
 
@@ -284,6 +315,7 @@ pub struct Queues {
     /// Serializes `apply` and `shutdown`.
     changes: Mutex<()>,
     delivery: Mutex<Option<delivery::Handle>>,
+    engines: Option<Arc<dyn Engines>>,
 }
 
 impl std::fmt::Debug for Queues {
@@ -317,7 +349,14 @@ impl Queues {
             map: ArcSwap::from_pointee(HashMap::new()),
             changes: Mutex::new(()),
             delivery: Mutex::new(None),
+            engines: None,
         }
+    }
+
+    /// The same registry, able to open queues on other engines too.
+    pub fn with_engines(mut self, engines: Arc<dyn Engines>) -> Queues {
+        self.engines = Some(engines);
+        self
     }
 
     /// The directory of queue `name` under `data_dir`.
@@ -382,13 +421,22 @@ impl Queues {
                 continue;
             };
             let dir = Self::queue_dir(data_dir, &rq.name);
-            match WalBackend::open(&rq.name, &dir, rq.settings.max_bytes) {
-                Ok(b) => opened.push(Arc::new(Queue::new(
-                    &rq.name,
-                    dir,
-                    Arc::new(b),
-                    rq.settings.clone(),
-                ))),
+            let backend: Result<Arc<dyn QueueBackend>, QueueError> = match (&*rq.engine, &self.engines) {
+                (Engine::Local, _) => WalBackend::open(&rq.name, &dir, rq.settings.max_bytes)
+                    .map(|b| Arc::new(b) as Arc<dyn QueueBackend>),
+                (_, Some(engines)) => engines.open(rq, &dir),
+                (other, None) => Err(QueueError::Unsupported {
+                    queue: rq.name.clone(),
+                    what: "opening a queue".into(),
+                    backend: other.name(),
+                }),
+            };
+            match backend {
+                Ok(b) => {
+                    let mut q = Queue::new(&rq.name, dir, b, rq.settings.clone());
+                    q.engine = rq.engine.clone();
+                    opened.push(Arc::new(q));
+                }
                 Err(e) => errors.push((i, e)),
             }
         }
@@ -410,6 +458,9 @@ impl Queues {
             let Some(q) = next.get(&rq.name) else {
                 continue;
             };
+            if q.engine != rq.engine && !opened.iter().any(|o| Arc::ptr_eq(o, q)) {
+                tracing::warn!(queue = %rq.name, running = q.engine.name(), configured = rq.engine.name(), "A queue's backend settings apply when the gateway restarts.");
+            }
             configured.insert(rq.name.clone());
             q.settings.store(rq.settings.clone());
             q.target.store(Some(Arc::new(DeliveryTarget {
@@ -495,10 +546,18 @@ pub struct QueuedRoute<'a> {
     pub rewrite: Option<&'a PathRewrite>,
 }
 
-/// Opens every queue `routes` configure under `data_dir` and starts delivering (gateway
-/// start). Fails on the first queue that cannot be opened.
-pub fn open_all(data_dir: &Path, routes: &[QueuedRoute<'_>]) -> Result<Arc<Queues>, QueueError> {
-    let queues = Arc::new(Queues::new(data_dir));
+/// Opens every queue `routes` configure under `data_dir` (local ones) or on `engines`, and
+/// starts delivering (gateway start). Fails on the first queue that cannot be opened.
+pub fn open_all(
+    data_dir: &Path,
+    routes: &[QueuedRoute<'_>],
+    engines: Option<Arc<dyn Engines>>,
+) -> Result<Arc<Queues>, QueueError> {
+    let mut queues = Queues::new(data_dir);
+    if let Some(e) = engines {
+        queues = queues.with_engines(e);
+    }
+    let queues = Arc::new(queues);
     if let Err(mut errors) = queues.apply_inner(routes) {
         if !errors.is_empty() {
             return Err(errors.swap_remove(0).1);
