@@ -13,6 +13,7 @@ pub mod ip_restriction;
 pub mod key_auth;
 pub mod lua;
 pub mod oidc;
+pub mod pubsub_push;
 mod query;
 pub mod rate_limit;
 pub mod request_termination;
@@ -126,6 +127,11 @@ pub const BUILTIN: &[Builtin] = &[
         name: "security_headers",
         priority: 700,
         build: security_headers::build,
+    },
+    Builtin {
+        name: "pubsub_push",
+        priority: 5,
+        build: pubsub_push::build,
     },
     Builtin {
         name: "hmac_signature",

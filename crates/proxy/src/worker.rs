@@ -30,6 +30,9 @@ pub struct Worker {
     pub drain: DrainSignal,
     /// Where this worker's generated request ids are written.
     pub request_ids: crate::RequestIds,
+    /// The durable queues (one registry for the process's life), for plugins that
+    /// play back pushed messages (`pubsub_push`).
+    pub queues: Arc<sluicegate_queue::Queues>,
 }
 
 /// What plugins and scripts see of the worker (the vocabulary crate's narrow view).
@@ -51,6 +54,8 @@ impl WorkerView for Worker {
             Some(&self.lua)
         } else if ty == TypeId::of::<sluicegate_code::CodeRegistry>() {
             Some(&*self.shared.code)
+        } else if ty == TypeId::of::<Arc<sluicegate_queue::Queues>>() {
+            Some(&self.queues)
         } else if ty == TypeId::of::<Worker>() {
             Some(self)
         } else {
@@ -64,6 +69,7 @@ impl Worker {
     pub fn new(id: usize, shared: Arc<Shared>, lua: sluicegate_lua::WorkerLua) -> Rc<Worker> {
         Rc::new(Worker {
             id,
+            queues: shared.queues(),
             shared,
             pool: Pool::default(),
             lua,

@@ -46,9 +46,25 @@ const MAX_OUTSTANDING_ACKS: usize = 4096;
 /// Pause after a storage read error before reading again.
 const READ_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// One attempt asked for by a push playback (a message an engine pushed to the gateway):
+/// sent like a delivery of `queue`, its outcome classified by the queue's retry policy.
+pub struct Play {
+    /// The queue whose target and policy apply.
+    pub queue: Arc<Queue>,
+    /// The request.
+    pub request: record::QueuedRequest,
+    /// The message id sent upstream (`X-Sluicegate-Message-Id`).
+    pub id: u64,
+    /// The attempt number sent upstream.
+    pub attempt: u32,
+    /// Where the outcome goes.
+    pub done: tokio::sync::oneshot::Sender<Verdict>,
+}
+
 /// The running delivery thread.
 pub struct Handle {
     add: mpsc::UnboundedSender<Arc<Queue>>,
+    play: mpsc::UnboundedSender<Play>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -57,6 +73,12 @@ impl Handle {
     /// Starts delivering `queue` too.
     pub fn add(&self, queue: Arc<Queue>) {
         let _ = self.add.send(queue);
+    }
+
+    /// Sends one pushed message upstream on the delivery thread; `Err` gives it back when
+    /// the thread is gone.
+    pub fn play(&self, play: Play) -> Result<(), Play> {
+        self.play.send(play).map_err(|e| e.0)
     }
 
     /// Stops every loop (attempts in flight are abandoned, their messages stay pending)
@@ -74,6 +96,7 @@ impl Handle {
 /// Starts the delivery thread with `queues`.
 pub fn start(queues: Vec<Arc<Queue>>) -> std::io::Result<Handle> {
     let (add, mut added) = mpsc::unbounded_channel::<Arc<Queue>>();
+    let (play, mut plays) = mpsc::unbounded_channel::<Play>();
     for q in queues {
         let _ = add.send(q);
     }
@@ -101,6 +124,9 @@ pub fn start(queues: Vec<Arc<Queue>>) -> std::io::Result<Handle> {
                             }
                             None => break,
                         },
+                        p = plays.recv() => if let Some(p) = p {
+                            tokio::task::spawn_local(play_one(p, client.clone()));
+                        },
                         _ = stop_rx.changed() => break,
                     }
                 }
@@ -109,9 +135,48 @@ pub fn start(queues: Vec<Arc<Queue>>) -> std::io::Result<Handle> {
         })?;
     Ok(Handle {
         add,
+        play,
         stop,
         thread: Some(thread),
     })
+}
+
+/// One push playback's attempt, counted in the queue's metrics like a delivery.
+async fn play_one(p: Play, client: Client) {
+    let Play {
+        queue,
+        request,
+        id,
+        attempt,
+        done,
+    } = p;
+    let verdict = match queue.target() {
+        None => Verdict::Retry {
+            reason: format!("queue `{}` has no route to deliver to", queue.name()),
+            retry_after: None,
+        },
+        Some(target) => match outgoing(&request, &target, queue.name(), id, attempt) {
+            Err(reason) => Verdict::Dead { reason },
+            Ok(out) => match client.send(&target.upstream, &out).await {
+                Ok(answer) => queue.settings().retry.classify(
+                    answer.status,
+                    &answer.excerpt,
+                    answer.retry_after,
+                ),
+                Err(e) => Verdict::Retry {
+                    reason: e.to_string(),
+                    retry_after: None,
+                },
+            },
+        },
+    };
+    let metrics = queue.metrics();
+    match &verdict {
+        Verdict::Delivered => QueueMetrics::inc(&metrics.delivered),
+        Verdict::Retry { .. } => QueueMetrics::inc(&metrics.retried),
+        Verdict::Dead { .. } => {}
+    }
+    let _ = done.send(verdict);
 }
 
 /// A message waiting for its next attempt.

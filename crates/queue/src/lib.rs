@@ -27,6 +27,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod delivery;
+pub mod envelope;
 pub mod http;
 pub mod inspect;
 pub mod journal;
@@ -497,6 +498,42 @@ impl Queues {
             *slot = Some(delivery::start(self.list())?);
         }
         Ok(())
+    }
+
+    /// Sends `request`, a message queue `name`'s engine pushed to the gateway, to the
+    /// queue's route upstream on the delivery thread, and classifies the answer with the
+    /// queue's retry policy (the push playback: the engine retries what is not
+    /// delivered).
+    pub fn play(
+        &self,
+        name: &str,
+        request: QueuedRequest,
+        id: u64,
+        attempt: u32,
+    ) -> impl std::future::Future<Output = Result<retry::Verdict, QueueError>> + Send + 'static
+    {
+        let sent = (|| {
+            let queue = self.get(name).ok_or_else(|| QueueError::Unknown(name.to_string()))?;
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            let guard = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+            let handle = guard
+                .as_ref()
+                .ok_or_else(|| QueueError::Closed(name.to_string()))?;
+            handle
+                .play(delivery::Play {
+                    queue,
+                    request,
+                    id,
+                    attempt,
+                    done,
+                })
+                .map_err(|_| QueueError::Closed(name.to_string()))?;
+            Ok(outcome)
+        })();
+        let name = name.to_string();
+        async move {
+            sent?.await.map_err(|_| QueueError::Closed(name))
+        }
     }
 
     /// Stops delivery (in-flight attempts are abandoned; their messages stay pending) and

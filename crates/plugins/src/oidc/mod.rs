@@ -17,7 +17,7 @@ mod bearer;
 mod config;
 mod flow;
 mod identity;
-mod provider;
+pub(crate) mod provider;
 #[cfg(test)]
 mod tests;
 
