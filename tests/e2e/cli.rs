@@ -55,6 +55,13 @@ fn check_accepts_every_shipped_config() {
         ("SESSION_SECRET", "e2e-session-secret-of-at-least-32-bytes"),
         ("ALLOWED_DOMAINS", "example.com,example.org"),
         ("PUBLIC_URL", "http://127.0.0.1:8080"),
+        ("NATS_URL", "nats://127.0.0.1:9,nats://127.0.0.1:10"),
+        ("NATS_REPLICAS", "3"),
+        ("PUBSUB_EMULATOR_HOST", "127.0.0.1:9"),
+        ("PUBSUB_PROJECT", "e2e-project"),
+        ("PUBSUB_TOPIC", "wal"),
+        ("PUSH_AUDIENCE", "http://127.0.0.1:8080/wal-playback"),
+        ("PUSH_SERVICE_ACCOUNT", "pusher@e2e-project.iam.gserviceaccount.com"),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);
