@@ -18,4 +18,5 @@ mod support;
 mod delivery;
 mod durability;
 mod limits;
+mod nats;
 mod operations;

@@ -340,7 +340,9 @@ async fn refresh_stats(inner: &Inner) {
 
 fn is_full(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    t.contains("maximum bytes") || t.contains("maximum messages") || t.contains("resources exceeded")
+    t.contains("maximum bytes")
+        || t.contains("maximum messages")
+        || t.contains("resources exceeded")
 }
 
 /// Publishes `payload` to `subject` (with `headers`) under message id `msg_id`, retrying
@@ -381,12 +383,13 @@ async fn publish(
             continue;
         }
         let attempt = async {
+            // The server's reason is in the error's source, not its display.
             let ack = ready
                 .js
                 .send_publish(subject.clone(), msg)
                 .await
-                .map_err(|e| e.to_string())?;
-            ack.await.map_err(|e| e.to_string())
+                .map_err(|e| format!("{e} ({e:?})"))?;
+            ack.await.map_err(|e| format!("{e} ({e:?})"))
         };
         let last = match tokio::time::timeout(left, attempt).await {
             Ok(Ok(ack)) => return Ok(ack.sequence),
@@ -403,6 +406,7 @@ async fn publish(
             Err(_) => "no PubAck in time".to_string(),
         };
         if tokio::time::Instant::now() + PUBLISH_RETRY >= deadline {
+            tracing::warn!(queue = %inner.name, error = %last, "Publish to JetStream not acknowledged in time; the caller gets 503.");
             return Err(inner.unavailable(format!(
                 "publish not acknowledged within {} ms: {last}",
                 inner.settings.publish_timeout.as_millis()
@@ -612,10 +616,9 @@ impl QueueBackend for NatsBackend {
                 appended_at_ms: h.appended_at_ms,
                 payload: h.message.payload.clone(),
                 dead: None,
-                attempts: h
-                    .message
-                    .info()
-                    .map_or(0, |i| u32::try_from(i.delivered.saturating_sub(1)).unwrap_or(0)),
+                attempts: h.message.info().map_or(0, |i| {
+                    u32::try_from(i.delivered.saturating_sub(1)).unwrap_or(0)
+                }),
             };
             return ready_now(Ok(Some(msg)));
         }
@@ -860,7 +863,11 @@ impl QueueBackend for NatsBackend {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let ready = inner.ready.write().unwrap_or_else(|e| e.into_inner()).take();
+        let ready = inner
+            .ready
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         // Messages held but not resolved are redelivered after the ack wait; handing them
         // back now lets another gateway take them at once.
         let held: Vec<Held> = lock(&inner.held).drain().map(|(_, h)| h).collect();

@@ -78,7 +78,13 @@ pub struct Ack {
 impl Ack {
     /// The response for message `id` of `queue`; `durability` says what the backend's
     /// acknowledgement means (the default JSON body carries it).
-    pub fn render(&self, queue: &str, id: u64, request_id: &str, durability: &str) -> LocalResponse {
+    pub fn render(
+        &self,
+        queue: &str,
+        id: u64,
+        request_id: &str,
+        durability: &str,
+    ) -> LocalResponse {
         let mut headers = self.headers.clone();
         let (body, content_type) = match &self.body {
             AckBody::Empty => (Bytes::new(), None),
@@ -227,7 +233,8 @@ fn valid_subject(subject: &str) -> bool {
             !t.is_empty()
                 && t != "*"
                 && t != ">"
-                && t.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+                && t.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
         })
 }
 
@@ -238,7 +245,10 @@ fn nats_settings(
     diags: &mut Diags,
 ) -> Option<NatsSettings> {
     let Some(cfg) = cfg else {
-        diags.push(path, "the `nats` backend needs a `nats:` section with its `url`");
+        diags.push(
+            path,
+            "the `nats` backend needs a `nats:` section with its `url`",
+        );
         return None;
     };
     let urls: Vec<String> = cfg
@@ -255,11 +265,15 @@ fn nats_settings(
         diags.push(&path.key("url"), "at least one server URL is needed");
     }
     for u in &urls {
-        let scheme_ok = ["nats://", "tls://"].iter().any(|s| u.starts_with(s))
-            || !u.contains("://");
+        let scheme_ok =
+            ["nats://", "tls://"].iter().any(|s| u.starts_with(s)) || !u.contains("://");
         let hostport = u.split("://").last().unwrap_or("");
         let hostport = hostport.rsplit('@').next().unwrap_or(hostport);
-        if !scheme_ok || hostport.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+        if !scheme_ok
+            || hostport
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
             diags.push(
                 &path.key("url"),
                 format!("`{u}` is not a NATS server URL (nats://host:port)"),
@@ -290,7 +304,14 @@ fn nats_settings(
             format!("`{consumer}` is not a valid consumer name"),
         );
     }
-    let ack_wait = in_range(cfg.ack_wait_ms, 60_000, 1_000, 3_600_000, &path.key("ack_wait_ms"), diags);
+    let ack_wait = in_range(
+        cfg.ack_wait_ms,
+        60_000,
+        1_000,
+        3_600_000,
+        &path.key("ack_wait_ms"),
+        diags,
+    );
     let publish_timeout = in_range(
         cfg.publish_timeout_ms,
         5_000,
@@ -328,15 +349,18 @@ fn pubsub_settings(
     diags: &mut Diags,
 ) -> Option<PubSubSettings> {
     let Some(cfg) = cfg else {
-        diags.push(path, "the `pubsub` backend needs a `pubsub:` section with `project` and `topic`");
+        diags.push(
+            path,
+            "the `pubsub` backend needs a `pubsub:` section with `project` and `topic`",
+        );
         return None;
     };
     let name_ok = |n: &str| {
         !n.is_empty()
             && n.len() <= 255
-            && n
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'%'))
+            && n.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'%')
+            })
     };
     let project = cfg.project.unwrap_or_default();
     if !name_ok(&project) {
@@ -344,7 +368,10 @@ fn pubsub_settings(
     }
     let topic = cfg.topic.unwrap_or_default();
     if !name_ok(&topic) {
-        diags.push(&path.key("topic"), "a topic name is needed (letters, digits, `-_.~+%`)");
+        diags.push(
+            &path.key("topic"),
+            "a topic name is needed (letters, digits, `-_.~+%`)",
+        );
     }
     let emulator_host = cfg
         .emulator_host
@@ -352,15 +379,20 @@ fn pubsub_settings(
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty());
     if let Some(h) = &emulator_host {
-        if h.rsplit_once(':').is_none_or(|(host, p)| host.is_empty() || p.parse::<u16>().is_err()) {
-            diags.push(&path.key("emulator_host"), format!("`{h}` is not host:port"));
+        if h.rsplit_once(':')
+            .is_none_or(|(host, p)| host.is_empty() || p.parse::<u16>().is_err())
+        {
+            diags.push(
+                &path.key("emulator_host"),
+                format!("`{h}` is not host:port"),
+            );
         }
     }
     let credentials = cfg.credentials.filter(|c| !c.trim().is_empty());
     if let Some(c) = &credentials {
-        let ok = serde_json::from_str::<serde_json::Value>(c).ok().is_some_and(|v| {
-            v["client_email"].is_string() && v["private_key"].is_string()
-        });
+        let ok = serde_json::from_str::<serde_json::Value>(c)
+            .ok()
+            .is_some_and(|v| v["client_email"].is_string() && v["private_key"].is_string());
         if !ok {
             diags.push(
                 &path.key("credentials"),
@@ -463,10 +495,16 @@ pub fn validate(
         }
     };
     if !matches!(engine, Engine::Nats(_)) && cfg.nats.is_some() && cfg.backend.is_some() {
-        diags.push(&path.key("nats"), format!("only read with `backend: nats`, not `{}`", engine.name()));
+        diags.push(
+            &path.key("nats"),
+            format!("only read with `backend: nats`, not `{}`", engine.name()),
+        );
     }
     if !matches!(engine, Engine::PubSub(_)) && cfg.pubsub.is_some() && cfg.backend.is_some() {
-        diags.push(&path.key("pubsub"), format!("only read with `backend: pubsub`, not `{}`", engine.name()));
+        diags.push(
+            &path.key("pubsub"),
+            format!("only read with `backend: pubsub`, not `{}`", engine.name()),
+        );
     }
     let ordering = match cfg.ordering.as_deref() {
         // The engine redelivers a failed message later while others pass it: unordered.

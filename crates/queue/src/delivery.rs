@@ -75,10 +75,10 @@ impl Handle {
         let _ = self.add.send(queue);
     }
 
-    /// Sends one pushed message upstream on the delivery thread; `Err` gives it back when
-    /// the thread is gone.
-    pub fn play(&self, play: Play) -> Result<(), Play> {
-        self.play.send(play).map_err(|e| e.0)
+    /// Sends one pushed message upstream on the delivery thread; `false` when the thread
+    /// is gone.
+    pub fn play(&self, play: Play) -> bool {
+        self.play.send(play).is_ok()
     }
 
     /// Stops every loop (attempts in flight are abandoned, their messages stay pending)

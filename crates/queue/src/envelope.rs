@@ -198,7 +198,8 @@ mod tests {
 
     fn sample() -> QueuedRequest {
         let mut r = QueuedRequest::new(Method::PUT, "/wal/hooks/a?x=1&y=%20");
-        r.headers.append("content-type", HeaderValue::from_static("application/json"));
+        r.headers
+            .append("content-type", HeaderValue::from_static("application/json"));
         r.headers.append("x-dup", HeaderValue::from_static("one"));
         r.headers.append("x-dup", HeaderValue::from_static("two"));
         r.headers
@@ -220,14 +221,15 @@ mod tests {
     #[test]
     fn long_values_are_split_under_the_attribute_limit_and_joined() {
         let mut r = sample();
-        r.headers.append(
-            "cookie",
-            HeaderValue::from_str(&"é".repeat(3000)).unwrap(),
-        );
+        r.headers
+            .append("cookie", HeaderValue::from_str(&"é".repeat(3000)).unwrap());
         r.target = format!("/wal/{}", "a".repeat(2500));
         let env = encode("wal", &r).unwrap();
         assert!(env.attributes.iter().all(|(_, v)| v.len() <= MAX_VALUE));
-        assert!(env.attributes.iter().any(|(k, _)| k == "sluicegate_headers_5"));
+        assert!(env
+            .attributes
+            .iter()
+            .any(|(k, _)| k == "sluicegate_headers_5"));
         assert_eq!(decode(lookup(&env), env.data.clone()).unwrap(), r);
     }
 
@@ -246,14 +248,27 @@ mod tests {
         let none = |_: &str| None::<String>;
         assert!(decode(none, Bytes::new()).unwrap_err().contains(METHOD));
         let attrs = [(METHOD, "POST"), (URI, "no-slash")];
-        assert!(decode(from(&attrs), Bytes::new()).unwrap_err().contains(URI));
+        assert!(decode(from(&attrs), Bytes::new())
+            .unwrap_err()
+            .contains(URI));
         let attrs = [(METHOD, "PO ST"), (URI, "/")];
         assert!(decode(from(&attrs), Bytes::new()).is_err());
-        for headers in ["{", "[[1,2]]", "[[\"a\"]]", "[[\"bad name\",\"v\"]]", "[[\"a\",\"x\",\"base64\"]]"] {
+        for headers in [
+            "{",
+            "[[1,2]]",
+            "[[\"a\"]]",
+            "[[\"bad name\",\"v\"]]",
+            "[[\"a\",\"x\",\"base64\"]]",
+        ] {
             let attrs = [(METHOD, "POST"), (URI, "/"), (HEADERS, headers)];
             assert!(decode(from(&attrs), Bytes::new()).is_err(), "{headers}");
         }
         let attrs = [(METHOD, "POST"), (URI, "/a")];
-        assert_eq!(decode(from(&attrs), Bytes::from_static(b"x")).unwrap().target, "/a");
+        assert_eq!(
+            decode(from(&attrs), Bytes::from_static(b"x"))
+                .unwrap()
+                .target,
+            "/a"
+        );
     }
 }

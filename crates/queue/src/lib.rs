@@ -422,16 +422,17 @@ impl Queues {
                 continue;
             };
             let dir = Self::queue_dir(data_dir, &rq.name);
-            let backend: Result<Arc<dyn QueueBackend>, QueueError> = match (&*rq.engine, &self.engines) {
-                (Engine::Local, _) => WalBackend::open(&rq.name, &dir, rq.settings.max_bytes)
-                    .map(|b| Arc::new(b) as Arc<dyn QueueBackend>),
-                (_, Some(engines)) => engines.open(rq, &dir),
-                (other, None) => Err(QueueError::Unsupported {
-                    queue: rq.name.clone(),
-                    what: "opening a queue".into(),
-                    backend: other.name(),
-                }),
-            };
+            let backend: Result<Arc<dyn QueueBackend>, QueueError> =
+                match (&*rq.engine, &self.engines) {
+                    (Engine::Local, _) => WalBackend::open(&rq.name, &dir, rq.settings.max_bytes)
+                        .map(|b| Arc::new(b) as Arc<dyn QueueBackend>),
+                    (_, Some(engines)) => engines.open(rq, &dir),
+                    (other, None) => Err(QueueError::Unsupported {
+                        queue: rq.name.clone(),
+                        what: "opening a queue".into(),
+                        backend: other.name(),
+                    }),
+                };
             match backend {
                 Ok(b) => {
                     let mut q = Queue::new(&rq.name, dir, b, rq.settings.clone());
@@ -513,27 +514,28 @@ impl Queues {
     ) -> impl std::future::Future<Output = Result<retry::Verdict, QueueError>> + Send + 'static
     {
         let sent = (|| {
-            let queue = self.get(name).ok_or_else(|| QueueError::Unknown(name.to_string()))?;
+            let queue = self
+                .get(name)
+                .ok_or_else(|| QueueError::Unknown(name.to_string()))?;
             let (done, outcome) = tokio::sync::oneshot::channel();
             let guard = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
             let handle = guard
                 .as_ref()
                 .ok_or_else(|| QueueError::Closed(name.to_string()))?;
-            handle
-                .play(delivery::Play {
-                    queue,
-                    request,
-                    id,
-                    attempt,
-                    done,
-                })
-                .map_err(|_| QueueError::Closed(name.to_string()))?;
+            let sent = handle.play(delivery::Play {
+                queue,
+                request,
+                id,
+                attempt,
+                done,
+            });
+            if !sent {
+                return Err(QueueError::Closed(name.to_string()));
+            }
             Ok(outcome)
         })();
         let name = name.to_string();
-        async move {
-            sent?.await.map_err(|_| QueueError::Closed(name))
-        }
+        async move { sent?.await.map_err(|_| QueueError::Closed(name)) }
     }
 
     /// Stops delivery (in-flight attempts are abandoned; their messages stay pending) and

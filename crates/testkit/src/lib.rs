@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod haproxy;
+pub mod nats;
 pub mod nginx;
 pub mod oidc;
 pub mod postgres;

@@ -136,7 +136,11 @@ fn check(
     } else {
         cfg.issuer.0.clone()
     };
-    let url_text = cfg.jwks_url.as_deref().filter(|u| !u.trim().is_empty()).unwrap_or(GOOGLE_JWKS);
+    let url_text = cfg
+        .jwks_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+        .unwrap_or(GOOGLE_JWKS);
     let url = match url_text.parse::<http::Uri>() {
         Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => u,
         _ => {
@@ -190,14 +194,19 @@ struct Push {
 }
 
 fn str_field<'a>(obj: &'a serde_json::Map<String, Value>, names: &[&str]) -> Option<&'a str> {
-    names.iter().find_map(|n| obj.get(*n).and_then(Value::as_str))
+    names
+        .iter()
+        .find_map(|n| obj.get(*n).and_then(Value::as_str))
 }
 
 /// Unpacks a push request (`Err`: not a Pub/Sub push).
 fn unpack(headers: &HeaderMap, body: &Bytes) -> Result<Push, String> {
     if let Some(id) = headers.get(UNWRAPPED_ID) {
         // Unwrapped: the data is the body, the attributes are headers.
-        let message_id = id.to_str().map_err(|_| "bad message id header")?.to_string();
+        let message_id = id
+            .to_str()
+            .map_err(|_| "bad message id header")?
+            .to_string();
         let attr = |k: &str| {
             headers
                 .get(k)
@@ -244,7 +253,12 @@ fn unpack(headers: &HeaderMap, body: &Bytes) -> Result<Push, String> {
         .and_then(|n| u32::try_from(n).ok())
         .unwrap_or(1)
         .max(1);
-    let attr = |k: &str| attributes.get(k).and_then(Value::as_str).map(str::to_string);
+    let attr = |k: &str| {
+        attributes
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
     Ok(Push {
         message_id,
         attempt,
@@ -285,7 +299,10 @@ impl PubSubPush {
         let claims = match verify_with_jwks(&check.jwks, token, &check.rules).await {
             Ok(c) => c,
             Err(Rejected::KeysUnavailable) => {
-                tracing::warn!(request_id = ctx.request_id_str(), "The push token's key set cannot be fetched; Pub/Sub will retry.");
+                tracing::warn!(
+                    request_id = ctx.request_id_str(),
+                    "The push token's key set cannot be fetched; Pub/Sub will retry."
+                );
                 return Err(retry_please("the key set is unavailable"));
             }
             Err(e) => {
@@ -360,7 +377,11 @@ impl PubSubPush {
             }
         };
         let reason = format!("{reason} (Pub/Sub message {})", push.message_id);
-        match queue.backend().record_dead(record::encode(&request), &reason).await {
+        match queue
+            .backend()
+            .record_dead(record::encode(&request), &reason)
+            .await
+        {
             Ok(dead_id) => {
                 sluicegate_queue::metrics::QueueMetrics::inc(&queue.metrics().dead_lettered);
                 tracing::warn!(request_id = %rid, queue = %self.queue, id = dead_id, message_id = %push.message_id, reason = %reason, "Pushed message moved to the dead letters.");
@@ -385,9 +406,9 @@ impl Plugin for PubSubPush {
     }
 
     fn content<'a>(&'a self, ctx: &'a mut RequestCtx) -> Step<'a> {
-        Step::Wait(Box::pin(async move {
-            Ok(Flow::Respond(self.play(ctx).await))
-        }))
+        Step::Wait(Box::pin(
+            async move { Ok(Flow::Respond(self.play(ctx).await)) },
+        ))
     }
 
     fn reads_request_late(&self) -> bool {

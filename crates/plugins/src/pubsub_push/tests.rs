@@ -88,7 +88,10 @@ fn config_needs_audience_and_service_account_unless_verify_is_off() {
     let errors = testing::errors(build, "queue: wal", &[]);
     let paths: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
     assert!(paths.iter().any(|p| p.ends_with("audience")), "{errors:?}");
-    assert!(paths.iter().any(|p| p.ends_with("service_account")), "{errors:?}");
+    assert!(
+        paths.iter().any(|p| p.ends_with("service_account")),
+        "{errors:?}"
+    );
     testing::plugin(build, "queue: wal\nverify: false", &[]);
     testing::plugin(
         build,
@@ -117,7 +120,13 @@ fn a_request_without_a_token_is_refused_before_anything_is_read() {
     let h = testing::harness();
     for auth in [None, Some("Basic abc"), Some("Bearer")] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
-        let mut ctx = testing::request(&h, "POST", "/wal-playback", &headers, Some(&wrapped("messageId", "publishTime")));
+        let mut ctx = testing::request(
+            &h,
+            "POST",
+            "/wal-playback",
+            &headers,
+            Some(&wrapped("messageId", "publishTime")),
+        );
         let (status, _) = testing::responded(testing::content(&*p, &mut ctx));
         assert_eq!(status, 401, "{auth:?}");
     }
