@@ -92,7 +92,9 @@ pub fn wal(args: WalArgs) -> i32 {
     // A queue on a distributed engine has nothing on this disk to open: only the running
     // gateway (its admin API) can act on it.
     let remote = place.remote.iter().find(|(n, _)| {
-        args.queue.as_deref().map_or(place.limits.len() == 1, |q| q == n)
+        args.queue
+            .as_deref()
+            .map_or(place.limits.len() == 1, |q| q == n)
     });
     if let Some((name, backend)) = remote {
         return match &place.admin {

@@ -61,7 +61,10 @@ fn check_accepts_every_shipped_config() {
         ("PUBSUB_PROJECT", "e2e-project"),
         ("PUBSUB_TOPIC", "wal"),
         ("PUSH_AUDIENCE", "http://127.0.0.1:8080/wal-playback"),
-        ("PUSH_SERVICE_ACCOUNT", "pusher@e2e-project.iam.gserviceaccount.com"),
+        (
+            "PUSH_SERVICE_ACCOUNT",
+            "pusher@e2e-project.iam.gserviceaccount.com",
+        ),
     ];
     for config in configs {
         let out = run_cli(&["check", "-c", config.to_str().unwrap()], &env);

@@ -56,6 +56,7 @@ mod limits;
 mod oidc;
 mod plugins;
 mod proxy;
+mod pubsub_push;
 mod rate_limit;
 mod resilience;
 mod routing;

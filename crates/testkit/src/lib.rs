@@ -14,6 +14,7 @@ pub mod nginx;
 pub mod oidc;
 pub mod postgres;
 mod proc;
+pub mod pubsub;
 pub mod redis;
 
 use std::path::PathBuf;

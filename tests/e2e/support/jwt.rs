@@ -25,7 +25,7 @@ fn der(pem: &str) -> Vec<u8> {
         .unwrap()
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
