@@ -20,3 +20,4 @@ mod durability;
 mod limits;
 mod nats;
 mod operations;
+mod pubsub;
