@@ -1,7 +1,8 @@
 //! Test support shared by the workspace's suites: real servers (Redis, PostgreSQL, nginx,
-//! HAProxy, an OpenID provider), each started on a free loopback port in a temporary
-//! directory and stopped when its handle is dropped, and a real browser for the OpenID
-//! Connect login.
+//! HAProxy, an OpenID provider, the queue engines: a NATS JetStream server or cluster in
+//! [`nats`], Google's Pub/Sub emulator in [`pubsub`]), each started on a free loopback
+//! port in a temporary directory and stopped when its handle is dropped, and a real
+//! browser for the OpenID Connect login.
 //!
 //! A server that is not installed is a loud failure naming the install step
 //! (`scripts/test` installs every one), never a skipped test.

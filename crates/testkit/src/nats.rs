@@ -163,27 +163,23 @@ impl NatsCluster {
         self.wait_healthy(i);
     }
 
-    /// The node that leads stream `stream`'s replicas (a single server leads all).
+    /// The node that leads stream `stream`'s replicas (a single server leads all): the
+    /// running node whose own `/jsz?streams=true` names itself the stream's leader. `None`
+    /// while none does (no such stream, or an election under way). Only a node's word about
+    /// itself is taken: after the leader is killed, the others keep naming it for seconds
+    /// (nats-server 2.9), until they elect a new one.
     pub fn stream_leader(&self, stream: &str) -> Option<usize> {
         if self.nodes.len() == 1 {
             return Some(0);
         }
-        for node in &self.nodes {
-            if node.child.is_none() {
-                continue;
-            }
-            let Some((200, body)) = http_get(node.monitor, "/jsz?accounts=true&streams=true")
-            else {
-                continue;
-            };
-            let Ok(doc) = serde_json::from_str::<serde_json::Value>(&body) else {
-                continue;
-            };
-            if let Some(leader) = find_leader(&doc, stream) {
-                return self.nodes.iter().position(|n| n.name == leader);
-            }
-        }
-        None
+        self.nodes.iter().position(|node| {
+            node.child.is_some()
+                && http_get(node.monitor, "/jsz?accounts=true&streams=true")
+                    .filter(|(status, _)| *status == 200)
+                    .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
+                    .and_then(|doc| find_leader(&doc, stream))
+                    .is_some_and(|leader| leader == node.name)
+        })
     }
 }
 
