@@ -3,6 +3,8 @@
 //! `127.0.0.1` (see [`support`]). Run with `cargo test --test queue`; `RUST_LOG=debug`
 //! shows the gateway's logs.
 //!
+//! - [`examples`]: `examples/queue-nats.yaml` and `examples/queue-pubsub.yaml` run as
+//!   their comments say.
 //! - [`delivery`]: ack, rewrite and headers, retries (connection errors, 500, 429 with
 //!   `Retry-After`), dead letters (400, max attempts), FIFO order, plugins before enqueue.
 //! - [`durability`]: restart with pending messages, kill -9 of the binary mid-load.
@@ -17,6 +19,7 @@ mod support;
 
 mod delivery;
 mod durability;
+mod examples;
 mod limits;
 mod nats;
 mod operations;

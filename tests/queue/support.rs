@@ -528,14 +528,22 @@ pub struct Process {
     pub addr: SocketAddr,
     /// The admin listener, from the `Admin API listening.` log line.
     pub admin: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
     /// Starts `sluicegate run -c config` and waits for its listening lines.
     pub fn start(config: &Path) -> Process {
+        Process::start_with_env(config, &[])
+    }
+
+    /// [`Process::start`] with `env` added to the process's environment, as a user sets
+    /// the variables an example file reads.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluicegate"))
             .args(["run", "-c"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -544,8 +552,14 @@ impl Process {
             .expect("spawn sluicegate run");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(line.clone());
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     let addr = v["address"]
                         .as_str()
@@ -580,7 +594,13 @@ impl Process {
             child,
             addr: addr.expect("listener"),
             admin: admin.expect("admin"),
+            log,
         }
+    }
+
+    /// The log lines written so far (JSON, one per line).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// SIGKILL, and reap it.
