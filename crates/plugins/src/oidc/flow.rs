@@ -304,7 +304,8 @@ impl Oidc {
     pub(super) async fn logout(&self, ctx: &mut RequestCtx) -> Flow {
         // The ID token as a hint, even when due for refresh: no refresh to log out.
         let hint = match self.open_session(&ctx.head.headers) {
-            super::Opened::Fresh(s, _) | super::Opened::Due(s, _) => s.id_token,
+            super::Opened::Fresh(known) => known.session.id_token.clone(),
+            super::Opened::Due(s, _) => s.id_token,
             _ => None,
         };
         let cookies = self.clear_session(&ctx.head.headers);

@@ -64,9 +64,10 @@ impl Identity {
         }
     }
 
-    /// Puts the identity where Lua and later plugins see it: the claims (`sub`, `email`,
-    /// the groups and the kept claims) and the consumer (the email, else the subject).
-    pub fn publish(self, vars: &mut http::Extensions, groups_claim: &str) {
+    /// What puts the identity where Lua and later plugins see it: the claims (`sub`,
+    /// `email`, the groups and the kept claims) and the consumer (the email, else the
+    /// subject).
+    pub fn into_vars(self, groups_claim: &str) -> (Consumer, Claims) {
         let who: Arc<str> = Arc::from(self.email.as_deref().unwrap_or(&self.sub));
         let mut claims = self.claims;
         claims.insert("sub".into(), Value::String(self.sub));
@@ -77,8 +78,7 @@ impl Identity {
             groups_claim.into(),
             Value::Array(self.groups.into_iter().map(Value::String).collect()),
         );
-        vars.insert(Consumer(who));
-        vars.insert(Claims(Arc::new(claims)));
+        (Consumer(who), Claims(Arc::new(claims)))
     }
 }
 
@@ -234,9 +234,9 @@ impl Headers {
         }
     }
 
-    /// Sets the headers from a verified identity (values that are not valid header values
-    /// are left out rather than mangled).
-    pub fn set(&self, headers: &mut http::HeaderMap, id: &Identity, id_token: Option<&str>) {
+    /// The headers a verified identity sets (values that are not valid header values are
+    /// left out rather than mangled).
+    pub fn values(&self, id: &Identity, id_token: Option<&str>) -> Vec<(HeaderName, HeaderValue)> {
         let groups = id.groups.join(",");
         let values = [
             (&self.user, Some(id.sub.as_str())),
@@ -246,17 +246,19 @@ impl Headers {
                 Some(groups.as_str()).filter(|g| !g.is_empty()),
             ),
         ];
+        let mut out = Vec::with_capacity(4);
         for (name, value) in values {
             if let (Some(n), Some(v)) = (name, value) {
                 if let Ok(hv) = HeaderValue::from_str(v) {
-                    headers.insert(n.clone(), hv);
+                    out.push((n.clone(), hv));
                 }
             }
         }
         if let (true, Some(t)) = (self.id_token, id_token) {
             if let Ok(hv) = HeaderValue::from_str(&format!("Bearer {t}")) {
-                headers.insert(http::header::AUTHORIZATION, hv);
+                out.push((http::header::AUTHORIZATION, hv));
             }
         }
+        out
     }
 }

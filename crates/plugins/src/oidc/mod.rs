@@ -17,6 +17,7 @@ mod bearer;
 mod config;
 mod flow;
 mod identity;
+mod known;
 pub(crate) mod provider;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use http::HeaderValue;
 pub use config::OidcConfig;
 
 use self::identity::{Headers, Identity, Rules};
+use self::known::{Admitted, Known, KnownSessions, Refused};
 use self::provider::{ClientAuth, Provider, Refreshed};
 use super::{parse_config, BuildCtx, Flow, Phase, PhaseSet, Plugin, Step};
 use sluicegate_core::context::{RequestCtx, ResponseHead};
@@ -38,7 +40,7 @@ use sluicegate_core::phase::{LocalResponse, PluginError};
 use sluicegate_core::yaml::Node;
 use sluicegate_http1::raw::RawHeaders;
 use sluicegate_oidc::cookie::{self, Attrs, SameSite};
-use sluicegate_oidc::seal::Sealer;
+use sluicegate_oidc::seal::{SealError, Sealer};
 use sluicegate_oidc::session::Session;
 
 /// `Set-Cookie` values the header filter adds to the response (a refreshed or re-sealed
@@ -76,6 +78,8 @@ pub struct Oidc {
     origins: Vec<String>,
     bearer: Option<bearer::Bearer>,
     leeway: u64,
+    /// Sessions each worker has opened, with what they let through.
+    known: KnownSessions,
 }
 
 /// What the session cookie said.
@@ -85,8 +89,8 @@ enum Opened {
     Absent,
     /// Not (or no longer) a session.
     Ended(String),
-    /// Valid and not due for refresh (`true`: sealed with a previous key, re-seal it).
-    Fresh(Session, bool),
+    /// Valid and not due for refresh (sealed with a previous key: re-seal it).
+    Fresh(Arc<Known>),
     /// Valid, but its tokens are due for refresh.
     Due(Session, bool),
 }
@@ -311,6 +315,7 @@ pub fn build(
         origins,
         bearer: bearer?,
         leeway: cfg.leeway_secs,
+        known: KnownSessions::default(),
     }))
 }
 
@@ -454,13 +459,18 @@ impl Oidc {
         } else {
             Vec::new()
         };
-        let identity = Identity {
-            sub: session.sub,
-            email: session.email,
-            groups: session.groups,
-            claims: session.claims,
+        let admission = self.session_admission(&session);
+        self.apply(ctx, &admission, cookies)
+    }
+
+    /// Lets a request with a fresh session through, from what its worker already knows.
+    fn valid_known(&self, ctx: &mut RequestCtx, known: &Known) -> Flow {
+        let cookies = if known.current_key {
+            Vec::new()
+        } else {
+            self.session_cookies(&known.session, &ctx.head.headers)
         };
-        self.pass(ctx, identity, session.id_token.as_deref(), cookies)
+        self.apply(ctx, &known.admission, cookies)
     }
 
     /// Lets an identified request through, after the rules.
@@ -471,14 +481,58 @@ impl Oidc {
         id_token: Option<&str>,
         cookies: Vec<HeaderValue>,
     ) -> Flow {
-        if let Err(why) = self.rules.admit(&identity) {
-            tracing::info!(request_id = ctx.request_id_str(), route = ctx.route_name(), user = %identity.email.as_deref().unwrap_or(&identity.sub), reason = %why, "Identity not allowed.");
-            let err = ProxyError::new(Source::Plugin, Kind::Forbidden, why);
-            return with_cookies(error_response(&err, &ctx.request_id), cookies);
+        let admission = self.admission(identity, id_token);
+        self.apply(ctx, &admission, cookies)
+    }
+
+    /// What the rules say of a session's user, and what it puts on a request if admitted.
+    fn session_admission(&self, s: &Session) -> Result<Admitted, Refused> {
+        let identity = Identity {
+            sub: s.sub.clone(),
+            email: s.email.clone(),
+            groups: s.groups.clone(),
+            claims: s.claims.clone(),
+        };
+        self.admission(identity, s.id_token.as_deref())
+    }
+
+    /// What the rules say of `identity`, and what it puts on a request if admitted.
+    fn admission(&self, identity: Identity, id_token: Option<&str>) -> Result<Admitted, Refused> {
+        if let Err(reason) = self.rules.admit(&identity) {
+            let user = identity.email.unwrap_or(identity.sub);
+            return Err(Refused { user, reason });
         }
+        let headers = self.headers.values(&identity, id_token);
+        let (consumer, claims) = identity.into_vars(&self.groups_claim);
+        Ok(Admitted {
+            headers,
+            consumer,
+            claims,
+        })
+    }
+
+    /// Applies an admission to the request: 403 if refused, else the identity headers and
+    /// vars set and the plugin's cookies removed.
+    fn apply(
+        &self,
+        ctx: &mut RequestCtx,
+        admission: &Result<Admitted, Refused>,
+        cookies: Vec<HeaderValue>,
+    ) -> Flow {
+        let admitted = match admission {
+            Ok(a) => a,
+            Err(r) => {
+                tracing::info!(request_id = ctx.request_id_str(), route = ctx.route_name(), user = %r.user, reason = %r.reason, "Identity not allowed.");
+                let err = ProxyError::new(Source::Plugin, Kind::Forbidden, r.reason.clone());
+                return with_cookies(error_response(&err, &ctx.request_id), cookies);
+            }
+        };
         cookie::strip(&mut ctx.head.headers, |n| self.is_our_cookie(n));
-        self.headers.set(&mut ctx.head.headers, &identity, id_token);
-        identity.publish(&mut ctx.vars, &self.groups_claim);
+        for (name, value) in &admitted.headers {
+            ctx.head.headers.insert(name.clone(), value.clone());
+        }
+        ctx.vars.insert(admitted.consumer.clone());
+        ctx.vars.insert(admitted.claims.clone());
         if !cookies.is_empty() {
             ctx.vars.insert(PendingCookies(cookies));
         }
@@ -490,25 +544,33 @@ impl Oidc {
         let Some(text) = cookie::get_chunked(headers, &self.cookie) else {
             return Opened::Absent;
         };
-        let (s, current_key) = match Session::open(&self.sealer, &text) {
-            Ok(opened) => opened,
+        let known = match self.known.get_or_open(text, |text| {
+            let (session, current_key) = Session::open(&self.sealer, text)?;
+            let admission = self.session_admission(&session);
+            Ok::<_, SealError>(Known {
+                session,
+                current_key,
+                admission,
+            })
+        }) {
+            Ok(k) => k,
             Err(e) => return Opened::Ended(format!("the session cookie is not valid: {e}")),
         };
+        let s = &known.session;
         let now = now();
         if now >= s.ends_at {
             return Opened::Ended("the session reached its maximum lifetime".into());
         }
-        let reseal = !current_key;
         if now + self.refresh_before < s.expires_at {
-            return Opened::Fresh(s, reseal);
+            return Opened::Fresh(known);
         }
         if s.refresh_token.is_none() {
             if now >= s.expires_at {
                 return Opened::Ended("the tokens expired and there is no refresh token".into());
             }
-            return Opened::Fresh(s, reseal);
+            return Opened::Fresh(known);
         }
-        Opened::Due(s, reseal)
+        Opened::Due(s.clone(), !known.current_key)
     }
 
     /// Refreshes a session that is due (one refresh per session and node).
@@ -516,7 +578,7 @@ impl Oidc {
         let (mut s, mut reseal) = match opened {
             Opened::Absent => return SessionCheck::Absent,
             Opened::Ended(why) => return SessionCheck::Ended(why),
-            Opened::Fresh(s, reseal) => return SessionCheck::Valid(s, reseal),
+            Opened::Fresh(k) => return SessionCheck::Valid(k.session.clone(), !k.current_key),
             Opened::Due(s, reseal) => (s, reseal),
         };
         let Some(refresh_token) = s.refresh_token.clone() else {
@@ -647,8 +709,8 @@ impl Plugin for Oidc {
         };
         // The common case, a session that is not due for refresh, needs no provider and
         // no future.
-        if let Opened::Fresh(session, reseal) = opened {
-            return Step::Ready(Ok(self.valid(ctx, session, reseal)));
+        if let Opened::Fresh(known) = &opened {
+            return Step::Ready(Ok(self.valid_known(ctx, known)));
         }
         Step::Wait(Box::pin(async move { Ok(self.check(ctx, opened).await) }))
     }

@@ -217,3 +217,40 @@ fn login_refuses_targets_off_the_site_before_any_provider_call() {
         assert_eq!(status, 400, "{rd}");
     }
 }
+
+#[test]
+fn a_session_seen_before_gets_the_same_answer_as_the_first_time() {
+    let p = testing::plugin(build, CONFIG, SECRETS);
+    let refusing = testing::plugin(
+        build,
+        &CONFIG.replace("example.com, example.org", "example.org"),
+        SECRETS,
+    );
+    let h = testing::harness();
+    let old_key = format!(
+        "sluicegate_session={}",
+        session("session-secret-a-0123456789abcdef0123", 3600, true)
+    );
+    for _ in 0..3 {
+        let mut ctx = request(
+            &h,
+            "GET",
+            "/app",
+            &[("cookie", &old_key), ("x-forwarded-user", "mallory")],
+            None,
+        );
+        assert!(matches!(access(p.as_ref(), &mut ctx), Flow::Continue));
+        assert_eq!(ctx.head.headers["x-forwarded-user"], "u-1");
+        assert!(ctx.head.headers.get("cookie").is_none());
+        let claims = ctx.vars.get::<sluicegate_jwt::Claims>().unwrap();
+        assert_eq!(claims.0["email"], "alice@example.com");
+        // Still sealed with the previous key: sealed again every time until replaced.
+        let mut resp = testing::response(200, &[]);
+        p.header_filter(&mut ctx, &mut resp).unwrap();
+        assert!(resp.headers.get("set-cookie").is_some());
+
+        let mut ctx = request(&h, "GET", "/app", &[("cookie", &old_key)], None);
+        let (status, _) = responded(access(refusing.as_ref(), &mut ctx));
+        assert_eq!(status, 403);
+    }
+}
