@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use sluicegate_testkit::oidc::{run_browser, OidcProvider, ProviderOptions};
 
 use crate::support::client::Reply;
-use crate::support::{request, send, Config, TestGateway, Upstream};
+use crate::support::{request, send, Config, RawUpstream, TestGateway, Upstream};
 
 const CLIENT_SECRET: &str = "gateway-client-secret";
 const SESSION_A: &str = "session-secret-a-0123456789abcdef0123";
@@ -99,8 +100,8 @@ fn upstream() -> Upstream {
     })
 }
 
-/// A gateway on `port` in front of `up`, using `idp`.
-fn gateway(idp: &OidcProvider, up: &Upstream, port: u16, o: &SiteOptions<'_>) -> TestGateway {
+/// A gateway on `port` in front of `app`, using `idp`.
+fn gateway(idp: &OidcProvider, app: SocketAddr, port: u16, o: &SiteOptions<'_>) -> TestGateway {
     let previous = match o.session_previous {
         Some(_) => r#", previous_file: "{{dir}}/session_previous""#,
         None => "",
@@ -125,7 +126,7 @@ routes:
     );
     let mut cfg = Config::new(&body)
         .listeners(&format!("listeners:\n  - address: 127.0.0.1:{port}\n"))
-        .var("app", up.addr())
+        .var("app", app)
         .var("issuer", idp.issuer())
         .var("port", port)
         .var("refresh_before", o.refresh_before)
@@ -141,7 +142,7 @@ fn site(o: SiteOptions<'_>) -> Site {
     let port = sluicegate_testkit::free_port();
     let idp = provider(port, o.token_ttl);
     let up = upstream();
-    let gw = gateway(&idp, &up, port, &o);
+    let gw = gateway(&idp, up.addr(), port, &o);
     Site { idp, gw, up, port }
 }
 
@@ -559,14 +560,14 @@ async fn sessions_pass_on_every_node_with_the_secret_survive_its_rotation_and_di
 
     // Another node with the same secret: no shared store needed.
     let port = sluicegate_testkit::free_port();
-    let same = gateway(&s.idp, &s.up, port, &SiteOptions::default());
+    let same = gateway(&s.idp, s.up.addr(), port, &SiteOptions::default());
     let r = get_with(same.addr, "/app", &[json, ("cookie", &cookie)]).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     // Rotated: B is current, A previous. The session passes and is re-sealed with B.
     let rotated = gateway(
         &s.idp,
-        &s.up,
+        s.up.addr(),
         sluicegate_testkit::free_port(),
         &SiteOptions {
             session_current: SESSION_B,
@@ -587,7 +588,7 @@ async fn sessions_pass_on_every_node_with_the_secret_survive_its_rotation_and_di
     // A retired: only B. The old cookie is refused; the re-sealed one passes.
     let retired = gateway(
         &s.idp,
-        &s.up,
+        s.up.addr(),
         sluicegate_testkit::free_port(),
         &SiteOptions {
             session_current: SESSION_B,
@@ -854,7 +855,7 @@ async fn a_refused_refresh_ends_the_session_cleanly() {
     let other_plugin = PLUGIN.replace("timeout_ms: 2000", "timeout_ms: 2001");
     let other = gateway(
         &s.idp,
-        &s.up,
+        s.up.addr(),
         sluicegate_testkit::free_port(),
         &SiteOptions {
             plugin: &other_plugin,
@@ -958,4 +959,82 @@ async fn the_iap_example_runs_as_its_comment_says() {
         up.only_request().header("x-forwarded-email"),
         "alice@example.com"
     );
+}
+
+/// A WebSocket echo server that keeps the handshake headers it was sent.
+#[allow(clippy::result_large_err)] // the handshake callback's type is tungstenite's
+fn recording_websocket_echo() -> (RawUpstream, Arc<Mutex<Vec<http::HeaderMap>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let up = RawUpstream::start(move |stream| {
+        let kept = kept.clone();
+        async move {
+            use futures_util::{SinkExt, StreamExt};
+            use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+            let record = |req: &Request, resp: Response| {
+                kept.lock().unwrap().push(req.headers().clone());
+                Ok(resp)
+            };
+            let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {
+                return;
+            };
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (up, seen)
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_with_a_session_and_get_401_without_one() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = site(SiteOptions::default());
+    let jar = s.logged_in("alice@example.com").await;
+    // Another node with the same secret, in front of a WebSocket server.
+    let (echo, seen) = recording_websocket_echo();
+    let port = sluicegate_testkit::free_port();
+    let gw = gateway(&s.idp, echo.addr(), port, &SiteOptions::default());
+    let url = format!("ws://{}/socket", gw.addr);
+
+    let mut req = url.as_str().into_client_request().unwrap();
+    let cookies = format!("theme=dark; {}", jar.header());
+    req.headers_mut().insert("cookie", cookies.parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-email", "mallory@example.com".parse().unwrap());
+    let (mut ws, resp) =
+        crate::support::within("WebSocket handshake", tokio_tungstenite::connect_async(req))
+            .await
+            .expect("a session's upgrade passes");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    let echoed = crate::support::within("echo", ws.next())
+        .await
+        .expect("a message")
+        .unwrap();
+    assert_eq!(echoed, Message::text("hello"));
+    ws.close(None).await.unwrap();
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        let h = &seen[0];
+        let all: Vec<_> = h.get_all("x-forwarded-email").iter().collect();
+        assert_eq!(all, ["alice@example.com"]);
+        assert_eq!(h["cookie"], "theme=dark");
+    }
+
+    // Without a session: 401 with the login URL, and the upstream never sees the upgrade.
+    let err = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect_err("no session, no upgrade");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 401),
+        other => panic!("expected a 401 answer, got {other:?}"),
+    }
+    assert_eq!(echo.accepted(), 1);
 }
