@@ -980,10 +980,9 @@ fn routes(
     };
     for (i, item) in items.into_iter().enumerate() {
         let p = path.index(i);
-        let mut head = item.clone();
-        let plugin_node = head.take("plugins");
-        let metadata_node = head.take("metadata");
-        let rc: file::RouteConfig = match from_node(&head, &p) {
+        let plugin_node = item.get("plugins");
+        let metadata_node = item.get("metadata");
+        let rc: file::RouteConfig = match from_node(item, &p) {
             Ok(r) => r,
             Err(d) => {
                 diags.0.push(d);
@@ -1005,7 +1004,7 @@ fn routes(
             route: Some(&name),
             ..*build
         };
-        let own = plugin_chain(plugin_node.as_ref(), &p.key("plugins"), &route_build, diags);
+        let own = plugin_chain(plugin_node, &p.key("plugins"), &route_build, diags);
         check_upstream_refs(&own, upstreams, diags);
         let cluster_header = rc.cluster_header.as_ref().and_then(|h| {
             if rc.upstream.is_some() {
@@ -1032,7 +1031,7 @@ fn routes(
             }
         });
         let metadata = metadata_node.and_then(|node| {
-            match from_node::<serde_json::Value>(&node, &p.key("metadata")) {
+            match from_node::<serde_json::Value>(node, &p.key("metadata")) {
                 Ok(serde_json::Value::Object(map)) => {
                     Some(sluicegate_core::context::RouteMetadata(Arc::new(map)))
                 }

@@ -266,6 +266,13 @@ pub struct RouteConfig {
     pub queue: Option<crate::queue::QueueConfig>,
     /// Retries on another target (see docs/upstreams.md).
     pub retry: Option<crate::retry::RetryConfig>,
+    /// The route's own plugins: built by the gateway from the node itself.
+    #[serde(default)]
+    pub plugins: Option<serde::de::IgnoredAny>,
+    /// A mapping scripts read (`envoy_lua`'s `metadata()`): read by the gateway from the
+    /// node itself.
+    #[serde(default)]
+    pub metadata: Option<serde::de::IgnoredAny>,
 }
 
 /// Route conditions. Every given condition must hold.

@@ -195,9 +195,14 @@ impl<'de> de::Deserializer<'de> for &'de Node {
         r.map_err(|e| e.located(None, self.line))
     }
 
+    /// A value the target skips is not walked: `IgnoredAny` takes a unit as well.
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_unit()
+    }
+
     serde::forward_to_deserialize_any! {
         i128 u128 char bytes byte_buf unit unit_struct seq tuple
-        tuple_struct map struct identifier ignored_any
+        tuple_struct map struct identifier
     }
 }
 

@@ -15,16 +15,63 @@ impl Path {
 
     /// This path followed by mapping key `k`.
     pub fn key(&self, k: &str) -> Path {
-        if self.0.is_empty() {
-            Path(k.to_string())
-        } else {
-            Path(format!("{}.{}", self.0, k))
-        }
+        let mut p = Path(String::with_capacity(self.0.len() + 1 + k.len()));
+        p.0.push_str(&self.0);
+        p.push_key(k);
+        p
     }
 
     /// This path followed by list index `i`.
     pub fn index(&self, i: usize) -> Path {
-        Path(format!("{}[{}]", self.0, i))
+        let mut p = Path(String::with_capacity(self.0.len() + 8));
+        p.0.push_str(&self.0);
+        p.push_index(i);
+        p
+    }
+
+    /// Appends mapping key `k` in place (see [`Path::truncate`] to step back).
+    pub fn push_key(&mut self, k: &str) {
+        if !self.0.is_empty() {
+            self.0.push('.');
+        }
+        self.0.push_str(k);
+    }
+
+    /// Appends list index `i` in place.
+    pub fn push_index(&mut self, i: usize) {
+        // Digits by hand: the formatting machinery costs more than the rest of a path
+        // when a large configuration is walked.
+        let mut digits = [0u8; 20];
+        let mut n = i;
+        let mut at = digits.len();
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.0.push('[');
+        for &d in &digits[at..] {
+            self.0.push(char::from(d));
+        }
+        self.0.push(']');
+    }
+
+    /// The length of the path's text, to [`Path::truncate`] back to.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether this is the root.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Steps back to a length [`Path::len`] returned earlier.
+    pub fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
     }
 
     /// The path as text.
@@ -113,5 +160,30 @@ impl Diags {
     /// Whether no problem was recorded.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::Path;
+
+    #[test]
+    fn paths_read_as_the_configuration_is_written() {
+        let p = Path::root().key("routes").index(12).key("match");
+        assert_eq!(p.as_str(), "routes[12].match");
+        assert_eq!(Path::root().index(0).as_str(), "[0]");
+        assert_eq!(
+            Path::root().key("a").index(1_234_567_890).as_str(),
+            "a[1234567890]"
+        );
+        let mut q = Path::root();
+        q.push_key("plugins");
+        let len = q.len();
+        q.push_index(3);
+        q.push_key("config");
+        assert_eq!(q.as_str(), "plugins[3].config");
+        q.truncate(len);
+        q.push_index(4);
+        assert_eq!(q.as_str(), "plugins[4]");
     }
 }

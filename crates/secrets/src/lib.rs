@@ -291,7 +291,7 @@ impl SecretStore {
         let Ok(seen) = self.resolved.lock() else {
             return;
         };
-        walk(root, &Path::root(), &mut |node, path| {
+        walk(root, &mut Path::root(), &mut |node, path| {
             if let NodeKind::Str(s) = &node.kind {
                 if s.contains("${secret:") && !seen.contains(path.as_str()) {
                     diags.push(
@@ -311,17 +311,22 @@ impl SecretStore {
     }
 }
 
-fn walk(node: &Node, path: &Path, f: &mut dyn FnMut(&Node, &Path)) {
+fn walk(node: &Node, path: &mut Path, f: &mut dyn FnMut(&Node, &Path)) {
     f(node, path);
+    let len = path.len();
     match &node.kind {
         NodeKind::Seq(items) => {
             for (i, item) in items.iter().enumerate() {
-                walk(item, &path.index(i), f);
+                path.push_index(i);
+                walk(item, path, f);
+                path.truncate(len);
             }
         }
         NodeKind::Map(entries) => {
             for (k, v) in entries {
-                walk(v, &path.key(k), f);
+                path.push_key(k);
+                walk(v, path, f);
+                path.truncate(len);
             }
         }
         _ => {}
