@@ -39,24 +39,9 @@ impl Path {
 
     /// Appends list index `i` in place.
     pub fn push_index(&mut self, i: usize) {
-        // Digits by hand: the formatting machinery costs more than the rest of a path
-        // when a large configuration is walked.
-        let mut digits = [0u8; 20];
-        let mut n = i;
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.0.push('[');
-        for &d in &digits[at..] {
-            self.0.push(char::from(d));
-        }
-        self.0.push(']');
+        use std::fmt::Write as _;
+        // Writing into the path's own buffer cannot fail.
+        let _ = write!(self.0, "[{i}]");
     }
 
     /// The length of the path's text, to [`Path::truncate`] back to.
