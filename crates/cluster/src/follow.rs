@@ -38,6 +38,7 @@ pub async fn run<A: Apply>(cluster: Arc<Cluster>, data_dir: PathBuf, apply: A) {
     let mut conn: Option<(Client, mpsc::UnboundedReceiver<Wake>)> = None;
     let mut backoff = Duration::from_millis(100);
     let mut last_beat: Option<Instant> = None;
+    let mut copy = Some(disk::Writer::new());
     let timeout = cluster.store.timeout;
     loop {
         if conn.is_none() {
@@ -74,7 +75,7 @@ pub async fn run<A: Apply>(cluster: Arc<Cluster>, data_dir: PathBuf, apply: A) {
                     if next.cluster_id != applied.cluster_id && !applied.cluster_id.is_empty() {
                         tracing::warn!(node = %cluster.node_name, from = %applied.cluster_id, to = %next.cluster_id, "The cluster store is another database; resyncing from scratch.");
                     }
-                    apply_one(&cluster, &data_dir, &apply, next).await;
+                    apply_one(&cluster, &data_dir, &apply, next, &mut copy).await;
                     // Report the new revision at once (what `/v1/cluster/nodes` shows).
                     last_beat = None;
                 }
@@ -165,12 +166,14 @@ fn lost(
     }
 }
 
-/// Applies `next` through the application, then keeps it on disk.
+/// Applies `next` through the application, then keeps it on disk with `copy` (taken
+/// while it writes; a new one, which serializes everything again, if that write failed).
 async fn apply_one<A: Apply>(
     cluster: &Arc<Cluster>,
     data_dir: &std::path::Path,
     apply: &A,
     next: Entities,
+    copy: &mut Option<disk::Writer>,
 ) {
     let next = Arc::new(next);
     let revision = next.revision;
@@ -181,11 +184,18 @@ async fn apply_one<A: Apply>(
             cluster.set_applied(next.clone(), took);
             tracing::info!(node = %cluster.node_name, revision, apply_ms = took.as_secs_f64() * 1e3, "Cluster revision applied.");
             let dir = data_dir.to_path_buf();
-            let written = tokio::task::spawn_blocking(move || disk::write(&dir, &next)).await;
+            let mut writer = copy.take().unwrap_or_default();
+            let written = tokio::task::spawn_blocking(move || {
+                let r = writer.write(&dir, &next);
+                (writer, r)
+            })
+            .await;
             match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, path = %disk::path(data_dir).display(), "Cannot keep the applied revision on disk.")
+                Ok((writer, r)) => {
+                    *copy = Some(writer);
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, path = %disk::path(data_dir).display(), "Cannot keep the applied revision on disk.")
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "Writing the applied revision failed."),
             }
