@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::entity::{Entities, Kind};
+use crate::entity::{Entities, Entry, Kind};
 
 /// The copy's path under `data_dir`.
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -35,6 +35,27 @@ struct Serialized {
     revision: i64,
     /// `"name":{"ord":..,"revision":..,"body":..}`, as `Entities` serializes it.
     json: Vec<u8>,
+}
+
+impl Serialized {
+    fn new(name: &str, entry: &Entry) -> std::io::Result<Serialized> {
+        let mut json = serde_json::to_vec(name)?;
+        json.push(b':');
+        serde_json::to_writer(&mut json, entry)?;
+        Ok(Serialized {
+            body: entry.body.clone(),
+            ord: entry.ord,
+            revision: entry.revision,
+            json,
+        })
+    }
+
+    /// Whether these are `entry`'s bytes.
+    fn is_of(&self, entry: &Entry) -> bool {
+        Arc::ptr_eq(&self.body, &entry.body)
+            && self.ord == entry.ord
+            && self.revision == entry.revision
+    }
 }
 
 /// Writes the copy after each applied revision, serializing only the entities that
@@ -85,22 +106,8 @@ impl Writer {
                 if i > 0 {
                     out.push(b',');
                 }
-                let fresh = cache.get(name.as_str()).is_some_and(|s| {
-                    Arc::ptr_eq(&s.body, &entry.body)
-                        && s.ord == entry.ord
-                        && s.revision == entry.revision
-                });
-                if !fresh {
-                    let mut json = serde_json::to_vec(name)?;
-                    json.push(b':');
-                    serde_json::to_writer(&mut json, entry)?;
-                    let s = Serialized {
-                        body: entry.body.clone(),
-                        ord: entry.ord,
-                        revision: entry.revision,
-                        json,
-                    };
-                    cache.insert(name.clone(), s);
+                if !cache.get(name.as_str()).is_some_and(|s| s.is_of(entry)) {
+                    cache.insert(name.clone(), Serialized::new(name, entry)?);
                 }
                 if let Some(s) = cache.get(name.as_str()) {
                     out.extend_from_slice(&s.json);

@@ -38,7 +38,7 @@ pub async fn run<A: Apply>(cluster: Arc<Cluster>, data_dir: PathBuf, apply: A) {
     let mut conn: Option<(Client, mpsc::UnboundedReceiver<Wake>)> = None;
     let mut backoff = Duration::from_millis(100);
     let mut last_beat: Option<Instant> = None;
-    let mut copy = Some(disk::Writer::new());
+    let mut copy = disk::Writer::new();
     let timeout = cluster.store.timeout;
     loop {
         if conn.is_none() {
@@ -166,14 +166,14 @@ fn lost(
     }
 }
 
-/// Applies `next` through the application, then keeps it on disk with `copy` (taken
-/// while it writes; a new one, which serializes everything again, if that write failed).
+/// Applies `next` through the application, then keeps it on disk with `copy` (which
+/// starts over, serializing everything again, if its writing task died).
 async fn apply_one<A: Apply>(
     cluster: &Arc<Cluster>,
     data_dir: &std::path::Path,
     apply: &A,
     next: Entities,
-    copy: &mut Option<disk::Writer>,
+    copy: &mut disk::Writer,
 ) {
     let next = Arc::new(next);
     let revision = next.revision;
@@ -184,7 +184,7 @@ async fn apply_one<A: Apply>(
             cluster.set_applied(next.clone(), took);
             tracing::info!(node = %cluster.node_name, revision, apply_ms = took.as_secs_f64() * 1e3, "Cluster revision applied.");
             let dir = data_dir.to_path_buf();
-            let mut writer = copy.take().unwrap_or_default();
+            let mut writer = std::mem::take(copy);
             let written = tokio::task::spawn_blocking(move || {
                 let r = writer.write(&dir, &next);
                 (writer, r)
@@ -192,7 +192,7 @@ async fn apply_one<A: Apply>(
             .await;
             match written {
                 Ok((writer, r)) => {
-                    *copy = Some(writer);
+                    *copy = writer;
                     if let Err(e) = r {
                         tracing::error!(error = %e, path = %disk::path(data_dir).display(), "Cannot keep the applied revision on disk.")
                     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Transaction};
 
 use crate::entity::{Change, Entities, Kind};
@@ -361,26 +362,20 @@ impl<'a> Writer<'a> {
         // of 10,000 entities costs a few round trips, not 10,000.
         let tx = &self.tx;
         for chunk in ops.chunks(PIPELINE) {
-            let texts: Vec<Option<String>> = chunk
-                .iter()
-                .map(|op| match op {
-                    Op::Put { body, .. } => Some(body.to_string()),
-                    Op::Delete { .. } => None,
-                })
-                .collect();
-            let statements = chunk.iter().zip(&texts).map(|(op, text)| {
-                let (statement, kind, name) = match op {
-                    Op::Put { kind, name, .. } => (&put, kind, name),
-                    Op::Delete { kind, name } => (&delete, kind, name),
-                };
-                let section = kind.section();
+            let statements = chunk.iter().map(|op| {
+                let (put, delete) = (&put, &delete);
                 async move {
-                    match text {
-                        Some(text) => {
-                            tx.execute(statement, &[&section, name, &revision, text, &reorder])
+                    match op {
+                        Op::Put { kind, name, body } => {
+                            let text = body.to_string();
+                            let args: [&(dyn ToSql + Sync); 5] =
+                                [&kind.section(), name, &revision, &text, &reorder];
+                            tx.execute(put, &args).await
+                        }
+                        Op::Delete { kind, name } => {
+                            tx.execute(delete, &[&kind.section(), name, &revision])
                                 .await
                         }
-                        None => tx.execute(statement, &[&section, name, &revision]).await,
                     }
                 }
             });
