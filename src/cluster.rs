@@ -2,13 +2,15 @@
 //! `routes` and `plugins` sections ([`merge`]), are validated exactly as `sluicegate check`
 //! validates a file ([`check`]), and are swapped in through the one reloader ([`Applier`]).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::config::validate::RouteSource;
 use crate::state::Shared;
-use sluicegate_cluster::{Cluster, Entities, Kind, StoreConfig};
+use sluicegate_cluster::{Cluster, Entities, Entry, Kind, StoreConfig};
 use sluicegate_core::diag::{Diag, Diags, Path as DiagPath};
 use sluicegate_core::yaml::{Node, NodeKind};
 use sluicegate_proxy::settings::ClusterSettings;
@@ -56,6 +58,74 @@ pub fn merge(root: &mut Node, entities: Option<&Entities>) -> Result<(), Vec<Dia
         }
     }
     Ok(())
+}
+
+/// Where each route of `next` comes from when it differs from `prev` (what `current`'s
+/// routes were built from) in routes only: an unchanged route is `current`'s, a new or
+/// changed one is built from its body. `None` when another kind or the cluster changed,
+/// when most routes changed (a whole build costs no more), or when a changed route names a
+/// secret (the secrets are resolved where they are taken, which a whole build tracks).
+pub fn route_changes(
+    prev: &Entities,
+    next: &Entities,
+    current: &[crate::state::Route],
+) -> Option<Vec<RouteSource>> {
+    let same = |kind: Kind| {
+        let (a, b) = (prev.kinds.get(&kind), next.kinds.get(&kind));
+        a.map_or(0, |m| m.len()) == b.map_or(0, |m| m.len())
+            && a.into_iter()
+                .flatten()
+                .all(|(name, e)| next.get(kind, name).is_some_and(|n| same_entry(e, n)))
+    };
+    if prev.cluster_id != next.cluster_id
+        || current.len() != prev.count(Kind::Routes)
+        || !Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::Routes)
+            .all(same)
+    {
+        return None;
+    }
+    let index: HashMap<&str, usize> = current
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.as_str(), i))
+        .collect();
+    let ordered = next.ordered(Kind::Routes);
+    let mut built = 0;
+    let mut out = Vec::with_capacity(ordered.len());
+    for (name, entry) in ordered {
+        let kept = prev
+            .get(Kind::Routes, name)
+            .filter(|p| same_entry(p, entry))
+            .and_then(|_| index.get(name));
+        match kept {
+            Some(&j) => out.push(RouteSource::Keep(j)),
+            None if names_secret(&entry.body) => return None,
+            None => {
+                built += 1;
+                out.push(RouteSource::Build(from_json(&entry.body)));
+            }
+        }
+    }
+    (built <= out.len() / 2).then_some(out)
+}
+
+/// Whether two entries are the same write of an entity.
+fn same_entry(a: &Entry, b: &Entry) -> bool {
+    a.revision == b.revision
+        && a.ord == b.ord
+        && (Arc::ptr_eq(&a.body, &b.body) || a.body == b.body)
+}
+
+/// Whether `v` holds a `${secret:...}` reference anywhere.
+fn names_secret(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains("${secret:"),
+        Value::Array(items) => items.iter().any(names_secret),
+        Value::Object(map) => map.values().any(names_secret),
+        _ => false,
+    }
 }
 
 /// A JSON document as a configuration node (line 0: it has no file).

@@ -23,6 +23,7 @@ pub async fn reloader(
     cluster: Option<Arc<sluicegate_cluster::Cluster>>,
     mut rx: mpsc::UnboundedReceiver<ReloadRequest>,
 ) {
+    let mut last: Option<config::LastBuild> = None;
     while let Some(req) = rx.recv().await {
         if let Some(update) = req.code {
             // Compiling a large set takes a while: off the control thread, so the admin API
@@ -35,38 +36,63 @@ pub async fn reloader(
         }
         let current = shared.snapshot.load_full();
         let entities = cluster.as_ref().map(|c| c.wanted());
-        let result = config::load_snapshot_with(
-            &current.source,
-            current.version + 1,
-            shared.workers,
-            &shared.metrics,
-            entities.as_deref(),
-        )
-        .and_then(|next| {
-            // The store's sections come from the follower started with the process: a
-            // file cannot switch cluster mode on or off while it runs.
-            if next.settings.cluster.is_some() == cluster.is_some() {
-                Ok(next)
-            } else {
-                Err(ConfigError {
-                    source_name: current.source.display().to_string(),
-                    diags: vec![sluicegate_core::diag::Diag {
-                        path: "cluster".into(),
-                        line: None,
-                        message: "adding or removing the `cluster:` section takes a restart".into(),
-                    }],
-                })
+        // Built on the blocking pool, like the code above: the control thread keeps
+        // answering the admin API and the store while a large configuration builds.
+        let build = {
+            let (shared, current) = (shared.clone(), current.clone());
+            let routes_only = req.trigger == "cluster";
+            move || {
+                let result = match &entities {
+                    Some(e) => config::load_cluster_snapshot(
+                        &current,
+                        shared.workers,
+                        &shared.metrics,
+                        e,
+                        &mut last,
+                        routes_only,
+                    ),
+                    None => config::load_snapshot_with(
+                        &current.source,
+                        current.version + 1,
+                        shared.workers,
+                        &shared.metrics,
+                        None,
+                    ),
+                };
+                (result, last)
             }
-        })
-        .and_then(|mut next| carry_over_queues(&current, &mut next).map(|()| next))
-        .map(|mut next| {
-            sluicegate_upstream::live::Runtime::carry_over(
-                &current.upstream_runtime,
-                &mut next.upstream_runtime,
-                next.upstreams.values(),
-            );
-            next
-        });
+        };
+        let (result, kept) = tokio::task::spawn_blocking(build)
+            .await
+            .unwrap_or_else(|e| (Err(build_failed(&e)), None));
+        last = kept;
+        let result = result
+            .and_then(|next| {
+                // The store's sections come from the follower started with the process: a
+                // file cannot switch cluster mode on or off while it runs.
+                if next.settings.cluster.is_some() == cluster.is_some() {
+                    Ok(next)
+                } else {
+                    Err(ConfigError {
+                        source_name: current.source.display().to_string(),
+                        diags: vec![sluicegate_core::diag::Diag {
+                            path: "cluster".into(),
+                            line: None,
+                            message: "adding or removing the `cluster:` section takes a restart"
+                                .into(),
+                        }],
+                    })
+                }
+            })
+            .and_then(|mut next| carry_over_queues(&current, &mut next).map(|()| next))
+            .map(|mut next| {
+                sluicegate_upstream::live::Runtime::carry_over(
+                    &current.upstream_runtime,
+                    &mut next.upstream_runtime,
+                    next.upstreams.values(),
+                );
+                next
+            });
         // The dynamic code under a changed `code:` section is in place before the snapshot
         // that uses it (see `sluicegate_code::on_config`), built on the blocking pool.
         let result = match result {
@@ -82,13 +108,7 @@ pub async fn reloader(
                     next
                 })
                 .await
-                .map_err(|e| ConfigError {
-                    source_name: "<reloader>".into(),
-                    diags: vec![sluicegate_core::diag::Diag::at_line(
-                        0,
-                        format!("building the dynamic code failed: {e}"),
-                    )],
-                })
+                .map_err(|e| build_failed(&e))
             }
             other => other,
         };
@@ -130,6 +150,17 @@ pub async fn reloader(
         if let Some(reply) = req.reply {
             let _ = reply.send(result);
         }
+    }
+}
+
+/// A build that did not finish (it panicked): the running configuration stays.
+fn build_failed(e: &tokio::task::JoinError) -> ConfigError {
+    ConfigError {
+        source_name: "<reloader>".into(),
+        diags: vec![sluicegate_core::diag::Diag::at_line(
+            0,
+            format!("building the configuration failed: {e}"),
+        )],
     }
 }
 

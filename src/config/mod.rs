@@ -10,6 +10,7 @@ pub mod validate;
 pub mod watch;
 
 use std::path::Path as FsPath;
+use std::sync::Arc;
 
 pub use sluicegate_core::diag::ConfigError;
 
@@ -39,31 +40,94 @@ pub fn load_snapshot_with(
     metrics: &Metrics,
     entities: Option<&sluicegate_cluster::Entities>,
 ) -> Result<Snapshot, ConfigError> {
-    let name = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        source_name: name.clone(),
+    let text = read(path)?;
+    load_text(path, &text, version, workers, metrics, entities).map(|(s, _)| s)
+}
+
+/// What the reloader keeps of the last snapshot it built in cluster mode, so that a change
+/// of the store's routes alone builds only the routes that changed.
+pub struct LastBuild {
+    version: u64,
+    digest: [u8; 32],
+    entities: Arc<sluicegate_cluster::Entities>,
+    parts: validate::Parts,
+}
+
+/// The reloader's build in cluster mode: `current` with the file and `entities`. With
+/// `routes_only` (a change from the store, not a reload that re-reads the files the
+/// configuration names), when the file is the one `last` was built from and only routes
+/// differ from its entities, only the new and changed routes are built and validated, the
+/// others and every other section are `current`'s; otherwise, and whenever that finds a
+/// problem, the whole configuration is built, as `sluicegate check` would.
+pub fn load_cluster_snapshot(
+    current: &Snapshot,
+    workers: usize,
+    metrics: &Metrics,
+    entities: &Arc<sluicegate_cluster::Entities>,
+    last: &mut Option<LastBuild>,
+    routes_only: bool,
+) -> Result<Snapshot, ConfigError> {
+    let path = current.source.as_path();
+    let version = current.version + 1;
+    let text = read(path)?;
+    let digest = watch::digest(text.as_bytes());
+    if let Some(l) = last
+        .as_mut()
+        .filter(|l| routes_only && l.version == current.version && l.digest == digest)
+    {
+        let next = crate::cluster::route_changes(&l.entities, entities, &current.routes)
+            .and_then(|routes| validate::with_routes(current, &l.parts, routes, version, metrics));
+        if let Some(next) = next {
+            l.version = version;
+            l.entities = entities.clone();
+            return Ok(next);
+        }
+    }
+    let (next, parts) = load_text(path, &text, version, workers, metrics, Some(entities))?;
+    *last = Some(LastBuild {
+        version,
+        digest,
+        entities: entities.clone(),
+        parts,
+    });
+    Ok(next)
+}
+
+fn read(path: &FsPath) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        source_name: path.display().to_string(),
         diags: vec![diag::Diag {
             path: String::new(),
             line: None,
             message: format!("cannot read the file: {e}"),
         }],
-    })?;
+    })
+}
+
+fn load_text(
+    path: &FsPath,
+    text: &str,
+    version: u64,
+    workers: usize,
+    metrics: &Metrics,
+    entities: Option<&sluicegate_cluster::Entities>,
+) -> Result<(Snapshot, validate::Parts), ConfigError> {
     let base_dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| FsPath::new("."));
     let fail = |diags| ConfigError {
-        source_name: name.clone(),
+        source_name: path.display().to_string(),
         diags,
     };
-    let mut root = yaml::parse(&text, &yaml::ProcessEnv).map_err(fail)?;
+    let mut root = yaml::parse(text, &yaml::ProcessEnv).map_err(fail)?;
     crate::cluster::merge(&mut root, entities).map_err(fail)?;
-    validate::snapshot(&root, base_dir, version, workers, metrics)
+    validate::snapshot_and_parts(&root, base_dir, version, workers, metrics)
         .map_err(fail)
-        .map(|mut s| {
+        .map(|(mut s, parts)| {
             s.source = path.to_path_buf();
             s.source_digest = watch::digest(text.as_bytes());
-            s
+            (s, parts)
         })
 }
 
@@ -147,4 +211,194 @@ fn queue_restart_only_changes(old: &Snapshot, new: &Snapshot) -> Vec<String> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::{json, Value};
+    use sluicegate_cluster::{Change, Entities, Kind};
+
+    /// A cluster-mode file in a temporary directory (nothing connects to its store).
+    fn file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let path = dir.path().join("node.yaml");
+        std::fs::write(
+            &path,
+            "listeners: [{address: \"127.0.0.1:0\"}]\nadmin: {enabled: false}\n\
+             data_dir: data\ncluster: {store: \"postgresql://u@127.0.0.1:1/db\", node_name: n}\n",
+        )
+        .unwrap();
+        path
+    }
+
+    fn route(name: &str, path: &str) -> Value {
+        json!({"name": name, "match": {"paths": path}, "upstream": "a"})
+    }
+
+    /// `e` with `name` of `kind` written at revision `rev` (`ord` = its first write).
+    fn write(e: &Entities, kind: Kind, name: &str, body: Value) -> Arc<Entities> {
+        let mut next = e.clone();
+        let ord = e
+            .get(kind, name)
+            .map_or(e.count(kind) as i64 + 1, |x| x.ord);
+        let revision = e.revision + 1;
+        next.apply(
+            vec![Change {
+                kind,
+                name: name.into(),
+                ord,
+                revision,
+                body: Some(body),
+            }],
+            revision,
+        );
+        Arc::new(next)
+    }
+
+    /// Six routes on upstream `a`; `r1` has a queue named `q`.
+    fn six_routes() -> Arc<Entities> {
+        let mut e = Arc::new(Entities::empty("c"));
+        e = write(
+            &e,
+            Kind::Upstreams,
+            "a",
+            json!({"name": "a", "targets": ["127.0.0.1:9"]}),
+        );
+        for i in 0..6 {
+            let mut body = route(&format!("r{i}"), &format!("/r{i}/"));
+            if i == 1 {
+                body["queue"] = json!({"name": "q"});
+            }
+            e = write(&e, Kind::Routes, &format!("r{i}"), body);
+        }
+        e
+    }
+
+    fn find(s: &Snapshot, path: &str) -> Option<String> {
+        let headers = http::HeaderMap::new();
+        let key = sluicegate_proxy::router::RequestKey {
+            host: "x",
+            path,
+            method: &http::Method::GET,
+            headers: &headers,
+        };
+        s.router.find(&key).map(|i| s.routes[i].name.clone())
+    }
+
+    fn names(s: &Snapshot) -> Vec<String> {
+        s.routes.iter().map(|r| r.name.clone()).collect()
+    }
+
+    /// The node's first snapshot, then the reloader's first build from `e` (a whole one).
+    fn started(path: &FsPath, e: &Arc<Entities>) -> (Snapshot, Option<LastBuild>) {
+        let m = Metrics::default();
+        let first = load_snapshot_with(path, 1, 1, &m, Some(e)).unwrap();
+        let mut last = None;
+        let built = load_cluster_snapshot(&first, 1, &m, e, &mut last, true).unwrap();
+        (built, last)
+    }
+
+    #[test]
+    fn a_change_of_routes_alone_builds_only_the_changed_routes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(&dir);
+        let m = Metrics::default();
+        let e1 = six_routes();
+        let (s2, mut last) = started(&path, &e1);
+        let e2 = write(&e1, Kind::Routes, "r2", route("r2", "/moved/"));
+        let e2 = write(&e2, Kind::Routes, "new", route("new", "/new/"));
+        let s3 = load_cluster_snapshot(&s2, 1, &m, &e2, &mut last, true).unwrap();
+        // Every other section, and the unchanged routes, are the running snapshot's own.
+        assert!(Arc::ptr_eq(&s3.upstreams["a"], &s2.upstreams["a"]));
+        assert!(Arc::ptr_eq(&s3.routes[0].metrics, &s2.routes[0].metrics));
+        assert!(Arc::ptr_eq(
+            s3.routes[1].queue.as_ref().unwrap(),
+            s2.routes[1].queue.as_ref().unwrap()
+        ));
+        assert_eq!(s3.version, s2.version + 1);
+        // What a whole build gives: the same routes in the same order, routed the same.
+        let whole = load_snapshot_with(&path, 9, 1, &m, Some(&e2)).unwrap();
+        assert_eq!(names(&s3), names(&whole));
+        for p in ["/r2/", "/moved/", "/new/", "/r5/x", "/r1/"] {
+            assert_eq!(find(&s3, p), find(&whole, p), "{p}");
+        }
+        assert_eq!(find(&s3, "/moved/").as_deref(), Some("r2"));
+        assert_eq!(find(&s3, "/r2/"), None);
+    }
+
+    #[test]
+    fn a_bad_route_is_reported_as_a_whole_build_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(&dir);
+        let m = Metrics::default();
+        let e1 = six_routes();
+        let (s2, mut last) = started(&path, &e1);
+        let unknown = write(
+            &e1,
+            Kind::Routes,
+            "r3",
+            json!({"name": "r3", "match": {"paths": "/r3/"}, "upstream": "nope"}),
+        );
+        // r0 takes the queue name r1 keeps: the whole build names r1, the later route.
+        let mut taken = route("r0", "/r0/");
+        taken["queue"] = json!({"name": "q"});
+        let taken = write(&e1, Kind::Routes, "r0", taken);
+        // A `${secret:...}` where no secret is taken: only the whole build catches it.
+        let mut literal = route("r4", "/r4/");
+        literal["metadata"] = json!({"k": "${secret:x}"});
+        let literal = write(&e1, Kind::Routes, "r4", literal);
+        for (e, at) in [
+            (&unknown, "routes[3].upstream"),
+            (&taken, "routes[1].queue.name"),
+            (&literal, "routes[4].metadata.k"),
+        ] {
+            let err = load_cluster_snapshot(&s2, 1, &m, e, &mut last, true)
+                .err()
+                .unwrap();
+            let whole = load_snapshot_with(&path, 9, 1, &m, Some(e)).err().unwrap();
+            assert_eq!(err.diags, whole.diags);
+            assert!(err.diags.iter().any(|d| d.path == at), "{at}: {err:?}");
+        }
+        // The refused changes left the running build to build on.
+        let e2 = write(&e1, Kind::Routes, "r5", route("r5", "/five/"));
+        let s3 = load_cluster_snapshot(&s2, 1, &m, &e2, &mut last, true).unwrap();
+        assert!(Arc::ptr_eq(&s3.upstreams["a"], &s2.upstreams["a"]));
+    }
+
+    #[test]
+    fn other_changes_and_file_reloads_build_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = file(&dir);
+        let m = Metrics::default();
+        let e1 = six_routes();
+        let (s2, mut last) = started(&path, &e1);
+        // An upstream changed.
+        let e2 = write(
+            &e1,
+            Kind::Upstreams,
+            "a",
+            json!({"name": "a", "targets": ["127.0.0.1:8"]}),
+        );
+        let s3 = load_cluster_snapshot(&s2, 1, &m, &e2, &mut last, true).unwrap();
+        assert!(!Arc::ptr_eq(&s3.upstreams["a"], &s2.upstreams["a"]));
+        // A reload that re-reads the files (SIGHUP, /reload), routes changed or not.
+        let e3 = write(&e2, Kind::Routes, "r2", route("r2", "/moved/"));
+        let s4 = load_cluster_snapshot(&s3, 1, &m, &e3, &mut last, false).unwrap();
+        assert!(!Arc::ptr_eq(&s4.upstreams["a"], &s3.upstreams["a"]));
+        // The file changed.
+        let text = std::fs::read_to_string(&path).unwrap() + "watch_config: false\n";
+        std::fs::write(&path, text).unwrap();
+        let e4 = write(&e3, Kind::Routes, "r3", route("r3", "/moved3/"));
+        let s5 = load_cluster_snapshot(&s4, 1, &m, &e4, &mut last, true).unwrap();
+        assert!(!Arc::ptr_eq(&s5.upstreams["a"], &s4.upstreams["a"]));
+        // A snapshot the last build did not make (another version).
+        let e5 = write(&e4, Kind::Routes, "r4", route("r4", "/moved4/"));
+        let s6 = load_cluster_snapshot(&s4, 1, &m, &e5, &mut last, true).unwrap();
+        assert!(!Arc::ptr_eq(&s6.upstreams["a"], &s4.upstreams["a"]));
+        // Then the next change of routes alone is built on the last build again.
+        let e6 = write(&e5, Kind::Routes, "r5", route("r5", "/moved5/"));
+        let s7 = load_cluster_snapshot(&s6, 1, &m, &e6, &mut last, true).unwrap();
+        assert!(Arc::ptr_eq(&s7.upstreams["a"], &s6.upstreams["a"]));
+    }
 }

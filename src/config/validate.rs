@@ -3,7 +3,7 @@
 //! plugins through their factories, and fills in the line of every error from the tree.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path as FsPath;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -50,6 +50,26 @@ pub fn snapshot(
     workers: usize,
     metrics: &Metrics,
 ) -> Result<Snapshot, Vec<Diag>> {
+    snapshot_and_parts(root, base_dir, version, workers, metrics).map(|(s, _)| s)
+}
+
+/// What routes are built with besides the snapshot's own sections: kept from a whole
+/// build for later ones that change only routes ([`with_routes`]).
+pub struct Parts {
+    base_dir: PathBuf,
+    secrets: sluicegate_secrets::SecretStore,
+    lua_modules: Arc<sluicegate_lua::Modules>,
+    consumers: Arc<sluicegate_plugins::consumers::Consumers>,
+}
+
+/// [`snapshot`], also returning the [`Parts`] its routes were built with.
+pub fn snapshot_and_parts(
+    root: &Node,
+    base_dir: &FsPath,
+    version: u64,
+    workers: usize,
+    metrics: &Metrics,
+) -> Result<(Snapshot, Parts), Vec<Diag>> {
     let mut diags = Diags::default();
     let top = Path::root();
     let secrets = sluicegate_secrets::SecretStore::load(root.get("secrets"), base_dir, &mut diags);
@@ -95,7 +115,15 @@ pub fn snapshot(
         }
     };
     match result {
-        Some(s) if diags.is_empty() => Ok(s),
+        Some(s) if diags.is_empty() => Ok((
+            s,
+            Parts {
+                base_dir: base_dir.to_path_buf(),
+                secrets,
+                lua_modules,
+                consumers,
+            },
+        )),
         _ => {
             let mut lines = HashMap::new();
             root.index_lines(&Path::root(), &mut lines);
@@ -957,6 +985,13 @@ fn check_upstream_refs(
     }
 }
 
+/// The names the routes built so far took: each route's, each queue's.
+#[derive(Default)]
+struct Taken {
+    routes: HashSet<String>,
+    queues: HashSet<String>,
+}
+
 fn routes(
     root: &Node,
     upstreams: &HashMap<String, Arc<Upstream>>,
@@ -966,130 +1001,236 @@ fn routes(
     diags: &mut Diags,
 ) -> (Vec<Route>, Vec<RouteMatch>) {
     let path = Path::root().key("routes");
-    let mut routes = Vec::new();
-    let mut matches = Vec::new();
-    let mut names = HashSet::new();
-    let mut queue_names = HashSet::new();
-    let items: Vec<&Node> = match root.get("routes").map(|n| &n.kind) {
-        Some(NodeKind::Seq(items)) => items.iter().collect(),
-        None | Some(NodeKind::Null) => Vec::new(),
+    let items: &[Node] = match root.get("routes").map(|n| &n.kind) {
+        Some(NodeKind::Seq(items)) => items,
+        None | Some(NodeKind::Null) => &[],
         Some(_) => {
             diags.push(&path, "expected a list of routes");
-            Vec::new()
+            &[]
         }
     };
-    for (i, item) in items.into_iter().enumerate() {
-        let p = path.index(i);
-        let plugin_node = item.get("plugins");
-        let metadata_node = item.get("metadata");
-        let rc: file::RouteConfig = match from_node(item, &p) {
-            Ok(r) => r,
-            Err(d) => {
-                diags.0.push(d);
-                continue;
-            }
-        };
-        let name = rc.name.clone().unwrap_or_else(|| format!("route-{i}"));
-        if !names.insert(name.clone()) {
-            diags.push(&p.key("name"), format!("duplicate route name `{name}`"));
+    let mut taken = Taken::default();
+    let ctx = RouteCtx {
+        upstreams,
+        global,
+        build,
+        metrics,
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| route(i, item, &ctx, &mut taken, diags))
+        .unzip()
+}
+
+/// What every route of one build is built against.
+struct RouteCtx<'a> {
+    upstreams: &'a HashMap<String, Arc<Upstream>>,
+    global: &'a [ChainEntry],
+    build: &'a BuildCtx<'a>,
+    metrics: &'a Metrics,
+}
+
+/// Route `i` of the `routes:` section, and its conditions.
+fn route(
+    i: usize,
+    item: &Node,
+    ctx: &RouteCtx<'_>,
+    taken: &mut Taken,
+    diags: &mut Diags,
+) -> Option<(Route, RouteMatch)> {
+    let RouteCtx {
+        upstreams,
+        global,
+        build,
+        metrics,
+    } = *ctx;
+    let p = Path::root().key("routes").index(i);
+    let plugin_node = item.get("plugins");
+    let metadata_node = item.get("metadata");
+    let rc: file::RouteConfig = match from_node(item, &p) {
+        Ok(r) => r,
+        Err(d) => {
+            diags.0.push(d);
+            return None;
         }
-        let upstream = rc.upstream.as_ref().and_then(|u| match upstreams.get(u) {
-            Some(up) => Some(up.clone()),
-            None => {
-                diags.push(&p.key("upstream"), format!("unknown upstream `{u}`"));
-                None
-            }
-        });
-        let route_build = BuildCtx {
-            route: Some(&name),
-            ..*build
-        };
-        let own = plugin_chain(plugin_node, &p.key("plugins"), &route_build, diags);
-        check_upstream_refs(&own, upstreams, diags);
-        let cluster_header = rc.cluster_header.as_ref().and_then(|h| {
-            if rc.upstream.is_some() {
-                diags.push(
-                    &p.key("cluster_header"),
-                    "give either `upstream` or `cluster_header`, not both",
-                );
-            }
-            if rc.queue.is_some() {
-                diags.push(
-                    &p.key("cluster_header"),
-                    "a queued route delivers to its `upstream`; `cluster_header` cannot choose one",
-                );
-            }
-            match http::HeaderName::from_bytes(h.as_bytes()) {
-                Ok(n) => Some(n),
-                Err(_) => {
-                    diags.push(
-                        &p.key("cluster_header"),
-                        format!("invalid header name `{h}`"),
-                    );
-                    None
-                }
-            }
-        });
-        let metadata = metadata_node.and_then(|node| {
-            match from_node::<serde_json::Value>(node, &p.key("metadata")) {
-                Ok(serde_json::Value::Object(map)) => {
-                    Some(sluicegate_core::context::RouteMetadata(Arc::new(map)))
-                }
-                Ok(_) => {
-                    diags.push(&p.key("metadata"), "expected a mapping");
-                    None
-                }
-                Err(d) => {
-                    diags.0.push(d);
-                    None
-                }
-            }
-        });
-        if rc.upstream.is_none()
-            && rc.cluster_header.is_none()
-            && !own.iter().chain(global.iter()).any(|e| e.plugin.answers())
-        {
+    };
+    let name = rc.name.clone().unwrap_or_else(|| format!("route-{i}"));
+    if !taken.routes.insert(name.clone()) {
+        diags.push(&p.key("name"), format!("duplicate route name `{name}`"));
+    }
+    let upstream = rc.upstream.as_ref().and_then(|u| match upstreams.get(u) {
+        Some(up) => Some(up.clone()),
+        None => {
+            diags.push(&p.key("upstream"), format!("unknown upstream `{u}`"));
+            None
+        }
+    });
+    let route_build = BuildCtx {
+        route: Some(&name),
+        ..*build
+    };
+    let own = plugin_chain(plugin_node, &p.key("plugins"), &route_build, diags);
+    check_upstream_refs(&own, upstreams, diags);
+    let cluster_header = rc.cluster_header.as_ref().and_then(|h| {
+        if rc.upstream.is_some() {
             diags.push(
-                &p,
-                "a route needs an `upstream`, a `cluster_header` or a plugin that answers requests",
+                &p.key("cluster_header"),
+                "give either `upstream` or `cluster_header`, not both",
             );
         }
-        let queue = rc.queue.and_then(|q| {
-            let content = own
-                .iter()
-                .any(|e| e.plugin.phases().contains(plugins::Phase::Content));
-            let ctx = sluicegate_queue::config::RouteCtx {
-                route: &name,
-                has_upstream: rc.upstream.is_some(),
-                has_content_plugin: content,
-            };
-            sluicegate_queue::config::validate_route(
-                q,
-                &ctx,
-                &p.key("queue"),
-                &mut queue_names,
-                diags,
-            )
-        });
-        let retry = rc
-            .retry
-            .map(|r| Arc::new(sluicegate_proxy::retry::policy(r, &p.key("retry"), diags)));
-        let mut entries = global.to_vec();
-        entries.extend(own);
-        matches.push(route_match(&rc.matcher, &p.key("match"), diags));
-        routes.push(Route {
-            metrics: metrics.route(&name),
-            name,
-            upstream,
-            rewrite: rc.rewrite.map(|r| rewrite(r, &p.key("rewrite"), diags)),
-            chain: Chain::new(entries),
-            queue,
-            retry,
-            metadata,
-            cluster_header,
-        });
+        if rc.queue.is_some() {
+            diags.push(
+                &p.key("cluster_header"),
+                "a queued route delivers to its `upstream`; `cluster_header` cannot choose one",
+            );
+        }
+        match http::HeaderName::from_bytes(h.as_bytes()) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                diags.push(
+                    &p.key("cluster_header"),
+                    format!("invalid header name `{h}`"),
+                );
+                None
+            }
+        }
+    });
+    let metadata = metadata_node.and_then(|node| {
+        match from_node::<serde_json::Value>(node, &p.key("metadata")) {
+            Ok(serde_json::Value::Object(map)) => {
+                Some(sluicegate_core::context::RouteMetadata(Arc::new(map)))
+            }
+            Ok(_) => {
+                diags.push(&p.key("metadata"), "expected a mapping");
+                None
+            }
+            Err(d) => {
+                diags.0.push(d);
+                None
+            }
+        }
+    });
+    if rc.upstream.is_none()
+        && rc.cluster_header.is_none()
+        && !own.iter().chain(global.iter()).any(|e| e.plugin.answers())
+    {
+        diags.push(
+            &p,
+            "a route needs an `upstream`, a `cluster_header` or a plugin that answers requests",
+        );
     }
-    (routes, matches)
+    let queue = rc.queue.and_then(|q| {
+        let content = own
+            .iter()
+            .any(|e| e.plugin.phases().contains(plugins::Phase::Content));
+        let ctx = sluicegate_queue::config::RouteCtx {
+            route: &name,
+            has_upstream: rc.upstream.is_some(),
+            has_content_plugin: content,
+        };
+        sluicegate_queue::config::validate_route(q, &ctx, &p.key("queue"), &mut taken.queues, diags)
+    });
+    let retry = rc
+        .retry
+        .map(|r| Arc::new(sluicegate_proxy::retry::policy(r, &p.key("retry"), diags)));
+    let mut entries = global.to_vec();
+    entries.extend(own);
+    let matcher = route_match(&rc.matcher, &p.key("match"), diags);
+    let route = Route {
+        metrics: metrics.route(&name),
+        name,
+        upstream,
+        rewrite: rc.rewrite.map(|r| rewrite(r, &p.key("rewrite"), diags)),
+        chain: Chain::new(entries),
+        queue,
+        retry,
+        metadata,
+        cluster_header,
+    };
+    Some((route, matcher))
+}
+
+/// Where route `i` of a build that changes only routes comes from.
+pub enum RouteSource {
+    /// The running snapshot's route at this index, unchanged.
+    Keep(usize),
+    /// A new or changed route's entry.
+    Build(Node),
+}
+
+/// The running snapshot `current` with its routes replaced by `routes` and every other
+/// section as it was, built with the [`Parts`] of the whole build it came from. Each route
+/// to build is validated as [`snapshot`] would; the checks across routes (names, queue
+/// names) see every route. `None` on any problem: the caller then builds the whole
+/// configuration, which reports each with its path and line.
+pub fn with_routes(
+    current: &Snapshot,
+    parts: &Parts,
+    routes: Vec<RouteSource>,
+    version: u64,
+    metrics: &Metrics,
+) -> Option<Snapshot> {
+    let build = BuildCtx {
+        base_dir: &parts.base_dir,
+        secrets: &parts.secrets,
+        route: None,
+        lua_modules: &parts.lua_modules,
+        consumers: &parts.consumers,
+    };
+    let ctx = RouteCtx {
+        upstreams: &current.upstreams,
+        global: &current.global.entries,
+        build: &build,
+        metrics,
+    };
+    let mut diags = Diags::default();
+    let mut taken = Taken::default();
+    let mut built = Vec::with_capacity(routes.len());
+    let mut matches = Vec::with_capacity(routes.len());
+    let current_matches = current.router.matches();
+    for (i, source) in routes.into_iter().enumerate() {
+        match source {
+            RouteSource::Keep(j) => {
+                let kept = current.routes.get(j)?;
+                let queue = kept.queue.as_ref().map(|q| q.name.clone());
+                if !taken.routes.insert(kept.name.clone())
+                    || queue.is_some_and(|q| !taken.queues.insert(q))
+                {
+                    return None;
+                }
+                built.push(kept.clone());
+                matches.push(current_matches.get(j)?.clone());
+            }
+            RouteSource::Build(item) => {
+                let (route, matcher) = route(i, &item, &ctx, &mut taken, &mut diags)?;
+                built.push(route);
+                matches.push(matcher);
+            }
+        }
+    }
+    if !diags.is_empty() {
+        return None;
+    }
+    Some(Snapshot {
+        version,
+        source: current.source.clone(),
+        loaded_at: SystemTime::now(),
+        settings: current.settings.clone(),
+        listeners: current.listeners.clone(),
+        router: Router::new(matches),
+        routes: built,
+        global: current.global.clone(),
+        upstreams: current.upstreams.clone(),
+        access_log: current.access_log.clone(),
+        unmatched: current.unmatched.clone(),
+        lua: current.lua.clone(),
+        queues: current.queues.clone(),
+        code: current.code.clone(),
+        watch_config: current.watch_config,
+        source_digest: current.source_digest,
+        upstream_runtime: current.upstream_runtime.clone(),
+    })
 }
 
 fn rewrite(r: file::RewriteConfig, path: &Path, diags: &mut Diags) -> PathRewrite {

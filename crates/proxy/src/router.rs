@@ -126,6 +126,11 @@ impl Router {
         }
     }
 
+    /// Each route's conditions, as given to [`Router::new`].
+    pub fn matches(&self) -> &[RouteMatch] {
+        &self.matches
+    }
+
     /// Whether any route looks at the host (if not, callers can skip computing it).
     pub fn needs_host(&self) -> bool {
         self.needs_host

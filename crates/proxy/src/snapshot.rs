@@ -81,7 +81,8 @@ impl Chain {
     }
 }
 
-/// A validated route.
+/// A validated route (a clone shares everything built: plugins, queue, metrics).
+#[derive(Clone)]
 pub struct Route {
     /// Name for logs and metrics.
     pub name: String,
