@@ -2,14 +2,13 @@
 //! `routes` and `plugins` sections ([`merge`]), are validated exactly as `sluicegate check`
 //! validates a file ([`check`]), and are swapped in through the one reloader ([`Applier`]).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use crate::config::validate::RouteSource;
-use crate::state::Shared;
+use crate::state::{Route, Shared};
 use sluicegate_cluster::{Cluster, Entities, Entry, Kind, StoreConfig};
 use sluicegate_core::diag::{Diag, Diags, Path as DiagPath};
 use sluicegate_core::yaml::{Node, NodeKind};
@@ -68,7 +67,7 @@ pub fn merge(root: &mut Node, entities: Option<&Entities>) -> Result<(), Vec<Dia
 pub fn route_changes(
     prev: &Entities,
     next: &Entities,
-    current: &[crate::state::Route],
+    current: &[Arc<Route>],
 ) -> Option<Vec<RouteSource>> {
     let same = |kind: Kind| {
         let (a, b) = (prev.kinds.get(&kind), next.kinds.get(&kind));
@@ -78,6 +77,7 @@ pub fn route_changes(
                 .all(|(name, e)| next.get(kind, name).is_some_and(|n| same_entry(e, n)))
     };
     if prev.cluster_id != next.cluster_id
+        || next.revision < prev.revision
         || current.len() != prev.count(Kind::Routes)
         || !Kind::ALL
             .into_iter()
@@ -86,29 +86,64 @@ pub fn route_changes(
     {
         return None;
     }
-    let index: HashMap<&str, usize> = current
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.name.as_str(), i))
-        .collect();
-    let ordered = next.ordered(Kind::Routes);
-    let mut built = 0;
-    let mut out = Vec::with_capacity(ordered.len());
-    for (name, entry) in ordered {
-        let kept = prev
-            .get(Kind::Routes, name)
-            .filter(|p| same_entry(p, entry))
-            .and_then(|_| index.get(name));
-        match kept {
-            Some(&j) => out.push(RouteSource::Keep(j)),
-            None if names_secret(&entry.body) => return None,
-            None => {
-                built += 1;
-                out.push(RouteSource::Build(from_json(&entry.body)));
+    // A route written since `prev` has a later revision; every other one must be the very
+    // write `prev` has.
+    let mut written = Vec::new();
+    for (name, e) in next.kinds.get(&Kind::Routes).into_iter().flatten() {
+        if e.revision > prev.revision {
+            if names_secret(&e.body) {
+                return None;
             }
+            written.push((name.as_str(), e));
+        } else if !prev
+            .get(Kind::Routes, name)
+            .is_some_and(|p| same_entry(p, e))
+        {
+            return None;
         }
     }
-    (built <= out.len() / 2).then_some(out)
+    let count = next.count(Kind::Routes);
+    if written.len() > count / 2 {
+        return None;
+    }
+    // Routes changed in place (none added, removed or moved): the order is `current`'s.
+    if count == current.len()
+        && written
+            .iter()
+            .all(|(name, e)| prev.get(Kind::Routes, name).is_some_and(|p| p.ord == e.ord))
+    {
+        let mut out: Vec<RouteSource> = (0..count).map(RouteSource::Keep).collect();
+        for (name, e) in written {
+            let j = current.iter().position(|r| r.name == name)?;
+            out[j] = RouteSource::Build(from_json(&e.body));
+        }
+        return Some(out);
+    }
+    // Otherwise `current`'s routes are `prev`'s in entity order, and so is `next`'s list:
+    // one walk pairs each route of `next` with its earlier write, if it had one.
+    let before = prev.ordered(Kind::Routes);
+    let mut j = 0;
+    let out = next
+        .ordered(Kind::Routes)
+        .into_iter()
+        .map(|(name, entry)| {
+            while before
+                .get(j)
+                .is_some_and(|b| (b.1.ord, b.0) < (entry.ord, name))
+            {
+                j += 1;
+            }
+            let kept = before
+                .get(j)
+                .filter(|(n, e)| *n == name && same_entry(e, entry))
+                .filter(|_| current.get(j).is_some_and(|r| r.name == name));
+            match kept {
+                Some(_) => RouteSource::Keep(j),
+                None => RouteSource::Build(from_json(&entry.body)),
+            }
+        })
+        .collect();
+    Some(out)
 }
 
 /// Whether two entries are the same write of an entity.

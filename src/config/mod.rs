@@ -308,19 +308,36 @@ mod tests {
         let (s2, mut last) = started(&path, &e1);
         let e2 = write(&e1, Kind::Routes, "r2", route("r2", "/moved/"));
         let e2 = write(&e2, Kind::Routes, "new", route("new", "/new/"));
+        // r1 keeps its queue's name: its own, not another route's.
+        let mut queued = route("r1", "/one/");
+        queued["queue"] = json!({"name": "q"});
+        let e2 = write(&e2, Kind::Routes, "r1", queued);
+        let mut e2 = Entities::clone(&e2);
+        let revision = e2.revision + 1;
+        e2.apply(
+            vec![Change {
+                kind: Kind::Routes,
+                name: "r3".into(),
+                ord: 4,
+                revision,
+                body: None,
+            }],
+            revision,
+        );
+        let e2 = Arc::new(e2);
         let s3 = load_cluster_snapshot(&s2, 1, &m, &e2, &mut last, true).unwrap();
         // Every other section, and the unchanged routes, are the running snapshot's own.
         assert!(Arc::ptr_eq(&s3.upstreams["a"], &s2.upstreams["a"]));
-        assert!(Arc::ptr_eq(&s3.routes[0].metrics, &s2.routes[0].metrics));
-        assert!(Arc::ptr_eq(
-            s3.routes[1].queue.as_ref().unwrap(),
-            s2.routes[1].queue.as_ref().unwrap()
-        ));
+        assert!(Arc::ptr_eq(&s3.routes[0], &s2.routes[0]));
+        assert!(!Arc::ptr_eq(&s3.routes[1], &s2.routes[1]));
+        assert_eq!(s3.routes[1].queue.as_ref().unwrap().name, "q");
         assert_eq!(s3.version, s2.version + 1);
         // What a whole build gives: the same routes in the same order, routed the same.
         let whole = load_snapshot_with(&path, 9, 1, &m, Some(&e2)).unwrap();
         assert_eq!(names(&s3), names(&whole));
-        for p in ["/r2/", "/moved/", "/new/", "/r5/x", "/r1/"] {
+        assert_eq!(names(&s3), ["r0", "r1", "r2", "r4", "r5", "new"]);
+        assert!(Arc::ptr_eq(&s3.routes[4], &s2.routes[5]));
+        for p in ["/r2/", "/moved/", "/new/", "/r5/x", "/r1/", "/one/", "/r3/"] {
             assert_eq!(find(&s3, p), find(&whole, p), "{p}");
         }
         assert_eq!(find(&s3, "/moved/").as_deref(), Some("r2"));
@@ -348,7 +365,10 @@ mod tests {
         let mut literal = route("r4", "/r4/");
         literal["metadata"] = json!({"k": "${secret:x}"});
         let literal = write(&e1, Kind::Routes, "r4", literal);
+        // A route whose body names another route.
+        let dup = write(&e1, Kind::Routes, "r2", route("r0", "/two/"));
         for (e, at) in [
+            (&dup, "routes[2].name"),
             (&unknown, "routes[3].upstream"),
             (&taken, "routes[1].queue.name"),
             (&literal, "routes[4].metadata.k"),
@@ -400,5 +420,8 @@ mod tests {
         let e6 = write(&e5, Kind::Routes, "r5", route("r5", "/moved5/"));
         let s7 = load_cluster_snapshot(&s6, 1, &m, &e6, &mut last, true).unwrap();
         assert!(Arc::ptr_eq(&s7.upstreams["a"], &s6.upstreams["a"]));
+        assert!(Arc::ptr_eq(&s7.routes[4], &s6.routes[4]));
+        assert_eq!(find(&s7, "/moved5/").as_deref(), Some("r5"));
+        assert_eq!(names(&s7), names(&s6));
     }
 }

@@ -999,7 +999,7 @@ fn routes(
     build: &BuildCtx<'_>,
     metrics: &Metrics,
     diags: &mut Diags,
-) -> (Vec<Route>, Vec<RouteMatch>) {
+) -> (Vec<Arc<Route>>, Vec<RouteMatch>) {
     let path = Path::root().key("routes");
     let items: &[Node] = match root.get("routes").map(|n| &n.kind) {
         Some(NodeKind::Seq(items)) => items,
@@ -1038,7 +1038,7 @@ fn route(
     ctx: &RouteCtx<'_>,
     taken: &mut Taken,
     diags: &mut Diags,
-) -> Option<(Route, RouteMatch)> {
+) -> Option<(Arc<Route>, RouteMatch)> {
     let RouteCtx {
         upstreams,
         global,
@@ -1137,7 +1137,7 @@ fn route(
     let mut entries = global.to_vec();
     entries.extend(own);
     let matcher = route_match(&rc.matcher, &p.key("match"), diags);
-    let route = Route {
+    let route = Arc::new(Route {
         metrics: metrics.route(&name),
         name,
         upstream,
@@ -1147,7 +1147,7 @@ fn route(
         retry,
         metadata,
         cluster_header,
-    };
+    });
     Some((route, matcher))
 }
 
@@ -1184,30 +1184,44 @@ pub fn with_routes(
         build: &build,
         metrics,
     };
+    // The routes kept were valid together: each route built is checked against them and
+    // against the other routes built, as a whole build checks it.
+    let kept = |source: &RouteSource| match source {
+        RouteSource::Keep(j) => current.routes.get(*j),
+        RouteSource::Build(_) => None,
+    };
+    let mut taken = Taken {
+        routes: HashSet::new(),
+        queues: routes
+            .iter()
+            .filter_map(kept)
+            .filter_map(|r| Some(r.queue.as_ref()?.name.clone()))
+            .collect(),
+    };
     let mut diags = Diags::default();
-    let mut taken = Taken::default();
     let mut built = Vec::with_capacity(routes.len());
     let mut matches = Vec::with_capacity(routes.len());
     let current_matches = current.router.matches();
-    for (i, source) in routes.into_iter().enumerate() {
+    for (i, source) in routes.iter().enumerate() {
         match source {
             RouteSource::Keep(j) => {
-                let kept = current.routes.get(j)?;
-                let queue = kept.queue.as_ref().map(|q| q.name.clone());
-                if !taken.routes.insert(kept.name.clone())
-                    || queue.is_some_and(|q| !taken.queues.insert(q))
-                {
-                    return None;
-                }
-                built.push(kept.clone());
-                matches.push(current_matches.get(j)?.clone());
+                built.push(current.routes.get(*j)?.clone());
+                matches.push(current_matches.get(*j)?.clone());
             }
             RouteSource::Build(item) => {
-                let (route, matcher) = route(i, &item, &ctx, &mut taken, &mut diags)?;
+                let (route, matcher) = route(i, item, &ctx, &mut taken, &mut diags)?;
                 built.push(route);
                 matches.push(matcher);
             }
         }
+    }
+    if !taken.routes.is_empty()
+        && routes
+            .iter()
+            .filter_map(kept)
+            .any(|r| taken.routes.contains(r.name.as_str()))
+    {
+        return None;
     }
     if !diags.is_empty() {
         return None;

@@ -81,8 +81,7 @@ impl Chain {
     }
 }
 
-/// A validated route (a clone shares everything built: plugins, queue, metrics).
-#[derive(Clone)]
+/// A validated route.
 pub struct Route {
     /// Name for logs and metrics.
     pub name: String,
@@ -118,8 +117,9 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerSettings>,
     /// Routing table.
     pub router: Router,
-    /// Routes, indexed by the router's answers.
-    pub routes: Vec<Route>,
+    /// Routes, indexed by the router's answers (shared: a change of some routes in
+    /// cluster mode keeps the others).
+    pub routes: Vec<Arc<Route>>,
     /// Global plugins (run for unmatched requests' filter and log phases).
     pub global: Chain,
     /// Upstreams by name.

@@ -43,9 +43,11 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
+        static BOUNDS: std::sync::LazyLock<Vec<String>> =
+            std::sync::LazyLock::new(|| DURATION_BUCKETS.iter().map(|b| b.to_string()).collect());
         let mut cumulative = 0;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            cumulative += self.buckets[i].load(Ordering::Relaxed);
+        for (bucket, bound) in self.buckets.iter().zip(BOUNDS.iter()) {
+            cumulative += bucket.load(Ordering::Relaxed);
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -153,11 +155,14 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP sluicegate_requests_total Requests by route and status.\n");
         out.push_str("# TYPE sluicegate_requests_total counter\n");
+        // A route appears once it has served a request: with thousands of routes, most
+        // idle, their empty histograms would be most of the text.
         let routes: Vec<(String, Arc<RouteMetrics>)> = self
             .routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
+            .filter(|(_, v)| v.duration.count.load(Ordering::Relaxed) > 0)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for (name, m) in &routes {
@@ -289,5 +294,20 @@ mod tests {
         assert!(text.contains("sluicegate_requests_total{route=\"api\",status=\"200\"} 1"));
         assert!(text.contains("sluicegate_requests_total{route=\"api\",status=\"502\"} 1"));
         assert!(text.contains("sluicegate_request_duration_seconds_count{route=\"api\"} 2"));
+        assert!(text
+            .contains("sluicegate_request_duration_seconds_bucket{route=\"api\",le=\"0.0005\"} 0"));
+        assert!(text
+            .contains("sluicegate_request_duration_seconds_bucket{route=\"api\",le=\"0.005\"} 2"));
+    }
+
+    #[test]
+    fn a_route_appears_once_it_served_a_request() {
+        let m = Metrics::default();
+        let idle = m.route("idle");
+        assert!(!m.render().contains("route=\"idle\""));
+        idle.record(404, Duration::from_millis(1));
+        assert!(m
+            .render()
+            .contains("sluicegate_request_duration_seconds_count{route=\"idle\"} 1"));
     }
 }
