@@ -1211,7 +1211,7 @@ pub fn with_routes(
             RouteSource::Build(item) => {
                 let (route, matcher) = route(i, item, &ctx, &mut taken, &mut diags)?;
                 built.push(route);
-                matches.push(matcher);
+                matches.push(Arc::new(matcher));
             }
         }
     }
@@ -1232,7 +1232,7 @@ pub fn with_routes(
         loaded_at: SystemTime::now(),
         settings: current.settings.clone(),
         listeners: current.listeners.clone(),
-        router: Router::new(matches),
+        router: Router::of_shared(matches),
         routes: built,
         global: current.global.clone(),
         upstreams: current.upstreams.clone(),
@@ -1292,10 +1292,9 @@ fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMa
         let pattern = if let Some(re) = h.strip_prefix('~') {
             compile(re, &p, diags).map(HostPattern::Regex)
         } else if let Some(suffix) = h.strip_prefix("*.") {
-            Some(HostPattern::Wildcard(format!(
-                ".{}",
-                suffix.to_ascii_lowercase()
-            )))
+            Some(HostPattern::Wildcard(
+                format!(".{}", suffix.to_ascii_lowercase()).into(),
+            ))
         } else if h.contains('*') {
             diags.push(
                 &p,
@@ -1303,7 +1302,7 @@ fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMa
             );
             None
         } else {
-            Some(HostPattern::Exact(h.to_ascii_lowercase()))
+            Some(HostPattern::Exact(h.to_ascii_lowercase().into()))
         };
         out.hosts.extend(pattern);
     }
@@ -1312,9 +1311,9 @@ fn route_match(m: &file::MatchConfig, path: &Path, diags: &mut Diags) -> RouteMa
         let pattern = if let Some(re) = s.strip_prefix('~') {
             compile(re, &p, diags).map(PathPattern::Regex)
         } else if let Some(exact) = s.strip_prefix('=') {
-            Some(PathPattern::Exact(exact.trim().to_string()))
+            Some(PathPattern::Exact(exact.trim().into()))
         } else if s.starts_with('/') {
-            Some(PathPattern::Prefix(s.clone()))
+            Some(PathPattern::Prefix(s.as_str().into()))
         } else {
             diags.push(
                 &p,

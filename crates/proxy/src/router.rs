@@ -7,6 +7,8 @@
 //! 3. more method/header conditions first;
 //! 4. earlier in the configuration first.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 
@@ -14,9 +16,9 @@ use regex::Regex;
 #[derive(Debug, Clone)]
 pub enum HostPattern {
     /// `api.example.com` (stored lower-case).
-    Exact(String),
+    Exact(Arc<str>),
     /// `*.example.com`: stored as `.example.com`; matches any subdomain depth, not the apex.
-    Wildcard(String),
+    Wildcard(Arc<str>),
     /// `~regex`, matched against the lower-cased host without port.
     Regex(Regex),
     /// No host condition.
@@ -27,9 +29,9 @@ pub enum HostPattern {
 #[derive(Debug, Clone)]
 pub enum PathPattern {
     /// `= /health`.
-    Exact(String),
+    Exact(Arc<str>),
     /// `/api/` (a plain string is a prefix, as in nginx's `location`).
-    Prefix(String),
+    Prefix(Arc<str>),
     /// `~ ^/v[0-9]+/`.
     Regex(Regex),
     /// No path condition.
@@ -69,7 +71,7 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Router {
     entries: Vec<Entry>,
-    matches: Vec<RouteMatch>,
+    matches: Vec<Arc<RouteMatch>>,
     needs_host: bool,
 }
 
@@ -88,6 +90,12 @@ pub struct RequestKey<'a> {
 impl Router {
     /// Builds the table; `routes[i]` is route `i`'s conditions.
     pub fn new(routes: Vec<RouteMatch>) -> Self {
+        Router::of_shared(routes.into_iter().map(Arc::new).collect())
+    }
+
+    /// [`Router::new`] of conditions that other tables may share (a change of some routes
+    /// keeps the others' conditions).
+    pub fn of_shared(routes: Vec<Arc<RouteMatch>>) -> Self {
         let mut entries = Vec::new();
         for (i, m) in routes.iter().enumerate() {
             let hosts = if m.hosts.is_empty() {
@@ -126,8 +134,8 @@ impl Router {
         }
     }
 
-    /// Each route's conditions, as given to [`Router::new`].
-    pub fn matches(&self) -> &[RouteMatch] {
+    /// Each route's conditions, in route order.
+    pub fn matches(&self) -> &[Arc<RouteMatch>] {
         &self.matches
     }
 
@@ -169,10 +177,8 @@ fn path_rank(p: &PathPattern) -> (u8, usize) {
 
 fn host_matches(p: &HostPattern, host: &str) -> bool {
     match p {
-        HostPattern::Exact(h) => h == host,
-        HostPattern::Wildcard(suffix) => {
-            host.len() > suffix.len() && host.ends_with(suffix.as_str())
-        }
+        HostPattern::Exact(h) => **h == *host,
+        HostPattern::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(&**suffix),
         HostPattern::Regex(re) => re.is_match(host),
         HostPattern::Any => true,
     }
@@ -180,8 +186,8 @@ fn host_matches(p: &HostPattern, host: &str) -> bool {
 
 fn path_matches(p: &PathPattern, path: &str) -> bool {
     match p {
-        PathPattern::Exact(s) => s == path,
-        PathPattern::Prefix(s) => path.starts_with(s.as_str()),
+        PathPattern::Exact(s) => **s == *path,
+        PathPattern::Prefix(s) => path.starts_with(&**s),
         PathPattern::Regex(re) => re.is_match(path),
         PathPattern::Any => true,
     }
