@@ -11,7 +11,8 @@ nodes from examples/cluster.yaml and a small origin, then measures:
 2. **One change at R routes** (default 10,000): `PUT /v1/config` with R routes, then K
    single-route changes (default 20). For each, the CPU time node b (which only follows)
    spent, from its threads' schedstat, and the node's own apply duration
-   (`sluicegate_cluster_last_apply_seconds`), with no traffic. Then the same number of
+   (`sluicegate_cluster_last_apply_seconds`), and the CPU time of node a, which takes the
+   write (it validates the whole candidate before committing), with no traffic. Then the same number of
    changes again while wrk drives traffic through node b (when `wrk` is installed): its
    errors and latency against a quiet run.
 
@@ -267,21 +268,24 @@ def many_routes(nodes, origin, routes, changes):
 
     def change(i):
         time.sleep(0.2)  # let the heartbeat and the last apply settle
-        before = b.cpu_seconds()
+        before, writer = b.cpu_seconds(), a.cpu_seconds()
         status, text, rev = a.call("PATCH", f"/v1/routes/r{i + 2}",
                                    {"match": {"paths": f"/moved{i}/"}})
         if status != 200:
             sys.exit(f"PATCH: {status} {text!r}")
         b.call("GET", f"/v1/cluster/wait?revision={rev}&timeout_ms=60000")
+        a.call("GET", f"/v1/cluster/wait?revision={rev}&timeout_ms=60000")
         return (b.cpu_seconds() - before) * 1e3, \
-            b.metric("sluicegate_cluster_last_apply_seconds") * 1e3
+            b.metric("sluicegate_cluster_last_apply_seconds") * 1e3, \
+            (a.cpu_seconds() - writer) * 1e3
 
     # CPU first, without traffic (the process's CPU counts every request it serves).
-    cpu, apply_ms = [], []
+    cpu, apply_ms, writer_cpu = [], [], []
     for i in range(changes):
-        c, ms = change(i)
+        c, ms, w = change(i)
         cpu.append(c)
         apply_ms.append(ms)
+        writer_cpu.append(w)
 
     # Then traffic through node b: a quiet run, and one while the same changes are made.
     quiet = wrk_run(b.port, 5, "/r1/")
@@ -296,7 +300,7 @@ def many_routes(nodes, origin, routes, changes):
     for i in range(changes, 2 * changes):
         change(i)
     loader.join()
-    return cpu, apply_ms, quiet, result.get("busy")
+    return cpu, apply_ms, writer_cpu, quiet, result.get("busy")
 
 
 class FileNode(Node):
@@ -377,10 +381,13 @@ def main():
               f"p50 {statistics.median(took):.1f}  p99 {pct(took, 99):.1f}  "
               f"max {max(took):.1f}")
 
-        cpu, apply_ms, quiet, busy = many_routes(nodes, origin, args.routes, args.changes)
+        cpu, apply_ms, writer_cpu, quiet, busy = many_routes(nodes, origin, args.routes,
+                                                             args.changes)
         print(f"one change at {args.routes} routes, node b, over {args.changes} changes: "
               f"process CPU ms p50 {statistics.median(cpu):.1f} max {max(cpu):.1f}; "
-              f"apply ms p50 {statistics.median(apply_ms):.1f} max {max(apply_ms):.1f}")
+              f"apply ms p50 {statistics.median(apply_ms):.1f} max {max(apply_ms):.1f}; "
+              f"node a (takes the write, validates it whole, applies it) CPU ms p50 "
+              f"{statistics.median(writer_cpu):.1f}")
         if quiet is not None:
             print(f"traffic on node b (wrk -t1 -c8): quiet {quiet}; during changes {busy}")
             file_node = FileNode(root, nodes[1])
