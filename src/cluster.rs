@@ -112,12 +112,21 @@ pub fn route_changes(
             .iter()
             .all(|(name, e)| prev.get(Kind::Routes, name).is_some_and(|p| p.ord == e.ord))
     {
-        let mut out: Vec<RouteSource> = (0..count).map(RouteSource::Keep).collect();
-        for (name, e) in written {
-            let j = current.iter().position(|r| r.name == name)?;
-            out[j] = RouteSource::Build(from_json(&e.body));
-        }
-        return Some(out);
+        let written: std::collections::HashMap<&str, &Entry> = written.into_iter().collect();
+        let out: Vec<RouteSource> = current
+            .iter()
+            .enumerate()
+            .map(|(j, r)| match written.get(r.name.as_str()) {
+                Some(e) => RouteSource::Build(from_json(&e.body)),
+                None => RouteSource::Keep(j),
+            })
+            .collect();
+        // Each route written is one of `current`'s by name (not one a body renamed).
+        let found = out
+            .iter()
+            .filter(|s| matches!(s, RouteSource::Build(_)))
+            .count();
+        return (found == written.len()).then_some(out);
     }
     // Otherwise `current`'s routes are `prev`'s in entity order, and so is `next`'s list:
     // one walk pairs each route of `next` with its earlier write, if it had one.

@@ -41,7 +41,8 @@ pub fn load_snapshot_with(
     entities: Option<&sluicegate_cluster::Entities>,
 ) -> Result<Snapshot, ConfigError> {
     let text = read(path)?;
-    load_text(path, &text, version, workers, metrics, entities).map(|(s, _)| s)
+    let digest = watch::digest(text.as_bytes());
+    load_text(path, &text, digest, version, workers, metrics, entities).map(|(s, _)| s)
 }
 
 /// What the reloader keeps of the last snapshot it built in cluster mode, so that a change
@@ -83,7 +84,15 @@ pub fn load_cluster_snapshot(
             return Ok(next);
         }
     }
-    let (next, parts) = load_text(path, &text, version, workers, metrics, Some(entities))?;
+    let (next, parts) = load_text(
+        path,
+        &text,
+        digest,
+        version,
+        workers,
+        metrics,
+        Some(entities),
+    )?;
     *last = Some(LastBuild {
         version,
         digest,
@@ -104,9 +113,11 @@ fn read(path: &FsPath) -> Result<String, ConfigError> {
     })
 }
 
+/// Builds the file's `text` (whose digest is `digest`) with the cluster's `entities`.
 fn load_text(
     path: &FsPath,
     text: &str,
+    digest: [u8; 32],
     version: u64,
     workers: usize,
     metrics: &Metrics,
@@ -126,7 +137,7 @@ fn load_text(
         .map_err(fail)
         .map(|(mut s, parts)| {
             s.source = path.to_path_buf();
-            s.source_digest = watch::digest(text.as_bytes());
+            s.source_digest = digest;
             (s, parts)
         })
 }
@@ -290,22 +301,46 @@ mod tests {
         s.routes.iter().map(|r| r.name.clone()).collect()
     }
 
-    /// The node's first snapshot, then the reloader's first build from `e` (a whole one).
-    fn started(path: &FsPath, e: &Arc<Entities>) -> (Snapshot, Option<LastBuild>) {
-        let m = Metrics::default();
-        let first = load_snapshot_with(path, 1, 1, &m, Some(e)).unwrap();
-        let mut last = None;
-        let built = load_cluster_snapshot(&first, 1, &m, e, &mut last, true).unwrap();
-        (built, last)
+    /// A node running `six_routes`: its first snapshot, then the reloader's first build
+    /// (a whole one), which `last` keeps.
+    struct Running {
+        /// Holds the directory of `path` (removed when dropped).
+        _dir: tempfile::TempDir,
+        path: std::path::PathBuf,
+        m: Metrics,
+        e1: Arc<Entities>,
+        s2: Snapshot,
+        last: Option<LastBuild>,
     }
 
-    #[test]
-    fn a_change_of_routes_alone_builds_only_the_changed_routes() {
+    fn running() -> Running {
         let dir = tempfile::tempdir().unwrap();
         let path = file(&dir);
         let m = Metrics::default();
         let e1 = six_routes();
-        let (s2, mut last) = started(&path, &e1);
+        let first = load_snapshot_with(&path, 1, 1, &m, Some(&e1)).unwrap();
+        let mut last = None;
+        let s2 = load_cluster_snapshot(&first, 1, &m, &e1, &mut last, true).unwrap();
+        Running {
+            _dir: dir,
+            path,
+            m,
+            e1,
+            s2,
+            last,
+        }
+    }
+
+    #[test]
+    fn a_change_of_routes_alone_builds_only_the_changed_routes() {
+        let Running {
+            path,
+            m,
+            e1,
+            s2,
+            mut last,
+            _dir,
+        } = running();
         let e2 = write(&e1, Kind::Routes, "r2", route("r2", "/moved/"));
         let e2 = write(&e2, Kind::Routes, "new", route("new", "/new/"));
         // r1 keeps its queue's name: its own, not another route's.
@@ -346,11 +381,14 @@ mod tests {
 
     #[test]
     fn a_bad_route_is_reported_as_a_whole_build_reports_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = file(&dir);
-        let m = Metrics::default();
-        let e1 = six_routes();
-        let (s2, mut last) = started(&path, &e1);
+        let Running {
+            path,
+            m,
+            e1,
+            s2,
+            mut last,
+            _dir,
+        } = running();
         let unknown = write(
             &e1,
             Kind::Routes,
@@ -388,11 +426,14 @@ mod tests {
 
     #[test]
     fn other_changes_and_file_reloads_build_everything() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = file(&dir);
-        let m = Metrics::default();
-        let e1 = six_routes();
-        let (s2, mut last) = started(&path, &e1);
+        let Running {
+            path,
+            m,
+            e1,
+            s2,
+            mut last,
+            _dir,
+        } = running();
         // An upstream changed.
         let e2 = write(
             &e1,
