@@ -13,7 +13,6 @@ use sluicegate_cluster::{Cluster, Entities, Entry, Kind, StoreConfig};
 use sluicegate_core::diag::{Diag, Diags, Path as DiagPath};
 use sluicegate_core::yaml::{Node, NodeKind};
 use sluicegate_proxy::settings::ClusterSettings;
-use sluicegate_telemetry::Metrics;
 
 /// With a `cluster:` section, fills the sections the store holds from `entities`; those
 /// sections may not also be in the file (one source for each entity). Without one, leaves
@@ -202,11 +201,17 @@ pub struct Problem {
     pub message: String,
 }
 
-/// Validates `entities` with this node's file, as `sluicegate check` would validate the
-/// whole configuration; nothing is swapped in and no metric is registered.
-pub fn check(source: &Path, workers: usize, entities: &Entities) -> Result<(), Vec<Problem>> {
-    match crate::config::load_snapshot_with(source, 0, workers, &Metrics::default(), Some(entities))
-    {
+/// Validates `entities` with the running snapshot's file, as `sluicegate check` would
+/// validate the whole configuration, and as this node would apply them: when only routes
+/// changed since `last` (the reloader's build of `current`), only those are built. Nothing
+/// is swapped in and no metric is registered.
+pub fn check(
+    current: &crate::state::Snapshot,
+    workers: usize,
+    entities: &Entities,
+    last: Option<&crate::config::LastBuild>,
+) -> Result<(), Vec<Problem>> {
+    match crate::config::check_cluster(current, workers, entities, last) {
         Ok(_) => Ok(()),
         Err(e) => Err(e
             .diags

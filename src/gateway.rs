@@ -150,6 +150,7 @@ impl Gateway {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let control_shared = shared.clone();
         let control_cluster = cluster.clone();
+        let builds = Arc::new(crate::config::LastBuilds::empty());
         let control = std::thread::Builder::new()
             .name("sluicegate-control".into())
             .spawn(move || {
@@ -167,6 +168,7 @@ impl Gateway {
                     tokio::spawn(state::reloader(
                         control_shared.clone(),
                         control_cluster.clone(),
+                        builds.clone(),
                         reload_rx,
                     ));
                     if let Some(c) = &control_cluster {
@@ -193,6 +195,7 @@ impl Gateway {
                                     crate::admin::AdminState {
                                         shared: control_shared.clone(),
                                         cluster: control_cluster.clone(),
+                                        builds,
                                     },
                                     l,
                                 ));

@@ -21,6 +21,7 @@ use crate::config::{self, ConfigError};
 pub async fn reloader(
     shared: Arc<Shared>,
     cluster: Option<Arc<sluicegate_cluster::Cluster>>,
+    builds: Arc<config::LastBuilds>,
     mut rx: mpsc::UnboundedReceiver<ReloadRequest>,
 ) {
     let mut last: Option<config::LastBuild> = None;
@@ -116,6 +117,9 @@ pub async fn reloader(
             let needs_restart = config::restart_only_changes(&current, &next);
             let version = next.version;
             shared.snapshot.store(Arc::new(next));
+            // Published after the snapshot it built: a check that reads the two in the
+            // other order sees versions that differ and builds the whole candidate.
+            builds.store(last.clone().map(Arc::new));
             shared.swapped.send_replace(version);
             ReloadOutcome {
                 version,

@@ -27,6 +27,8 @@ pub struct AdminState {
     pub shared: Arc<Shared>,
     /// The node's cluster view, in cluster mode.
     pub cluster: Option<Arc<sluicegate_cluster::Cluster>>,
+    /// The reloader's last build, which a write is checked against.
+    pub builds: Arc<crate::config::LastBuilds>,
 }
 
 impl FromRef<AdminState> for Arc<Shared> {

@@ -279,12 +279,15 @@ fn candidate(current: &Entities, ops: &[Op], reorder: bool) -> Entities {
 
 /// Validates `candidate` with this node's file, off the control thread.
 async fn validate(state: &AdminState, candidate: Entities) -> Result<(), ApiError> {
-    let source = state.shared.snapshot.load().source.clone();
+    let current = state.shared.snapshot.load_full();
+    let last = state.builds.load_full();
     let workers = state.shared.workers;
-    tokio::task::spawn_blocking(move || crate::cluster::check(&source, workers, &candidate))
-        .await
-        .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
-        .map_err(ApiError::Invalid)
+    tokio::task::spawn_blocking(move || {
+        crate::cluster::check(&current, workers, &candidate, last.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("validation failed: {e}")))?
+    .map_err(ApiError::Invalid)
 }
 
 /// Commits what `plan` makes of the store's current state, after validating it; waits for

@@ -46,12 +46,36 @@ pub fn load_snapshot_with(
 }
 
 /// What the reloader keeps of the last snapshot it built in cluster mode, so that a change
-/// of the store's routes alone builds only the routes that changed.
+/// of the store's routes alone builds only the routes that changed. Cheap to clone: the
+/// admin API checks a write against the copy the reloader publishes ([`LastBuilds`]).
+#[derive(Clone)]
 pub struct LastBuild {
     version: u64,
     digest: [u8; 32],
     entities: Arc<sluicegate_cluster::Entities>,
-    parts: validate::Parts,
+    parts: Arc<validate::Parts>,
+}
+
+/// The reloader's last build, as the admin API reads it: the one of the running snapshot
+/// when its `version` is that snapshot's.
+pub type LastBuilds = arc_swap::ArcSwapOption<LastBuild>;
+
+/// `current` with `entities`, when `last` is the build `current` came from, the file is
+/// unchanged (`digest`) and only routes differ from `last`'s entities: only the new and
+/// changed routes are built. `None` when that does not hold or finds a problem.
+fn with_changed_routes(
+    current: &Snapshot,
+    last: &LastBuild,
+    entities: &sluicegate_cluster::Entities,
+    digest: [u8; 32],
+    version: u64,
+    metrics: &Metrics,
+) -> Option<Snapshot> {
+    if last.version != current.version || last.digest != digest {
+        return None;
+    }
+    let routes = crate::cluster::route_changes(&last.entities, entities, &current.routes)?;
+    validate::with_routes(current, &last.parts, routes, version, metrics)
 }
 
 /// The reloader's build in cluster mode: `current` with the file and `entities`. With
@@ -72,13 +96,8 @@ pub fn load_cluster_snapshot(
     let version = current.version + 1;
     let text = read(path)?;
     let digest = watch::digest(text.as_bytes());
-    if let Some(l) = last
-        .as_mut()
-        .filter(|l| routes_only && l.version == current.version && l.digest == digest)
-    {
-        let next = crate::cluster::route_changes(&l.entities, entities, &current.routes)
-            .and_then(|routes| validate::with_routes(current, &l.parts, routes, version, metrics));
-        if let Some(next) = next {
+    if let Some(l) = last.as_mut().filter(|_| routes_only) {
+        if let Some(next) = with_changed_routes(current, l, entities, digest, version, metrics) {
             l.version = version;
             l.entities = entities.clone();
             return Ok(next);
@@ -97,9 +116,51 @@ pub fn load_cluster_snapshot(
         version,
         digest,
         entities: entities.clone(),
-        parts,
+        parts: Arc::new(parts),
     });
     Ok(next)
+}
+
+/// Validates `entities` with the running snapshot `current`'s file, as the reloader would
+/// build them after a change from the store: against `last` (the build `current` came
+/// from) when only routes changed, else as a whole. Nothing is swapped in; metrics go to
+/// a throw-away registry. Says which of the two checks passed.
+pub fn check_cluster(
+    current: &Snapshot,
+    workers: usize,
+    entities: &sluicegate_cluster::Entities,
+    last: Option<&LastBuild>,
+) -> Result<Checked, ConfigError> {
+    let path = current.source.as_path();
+    let text = read(path)?;
+    let digest = watch::digest(text.as_bytes());
+    let metrics = Metrics::default();
+    let version = current.version + 1;
+    if last
+        .and_then(|l| with_changed_routes(current, l, entities, digest, version, &metrics))
+        .is_some()
+    {
+        return Ok(Checked::Routes);
+    }
+    load_text(
+        path,
+        &text,
+        digest,
+        version,
+        workers,
+        &metrics,
+        Some(entities),
+    )
+    .map(|_| Checked::Whole)
+}
+
+/// How [`check_cluster`] validated a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Only its new and changed routes were built, on the running snapshot.
+    Routes,
+    /// The whole configuration was built.
+    Whole,
 }
 
 fn read(path: &FsPath) -> Result<String, ConfigError> {
@@ -422,6 +483,51 @@ mod tests {
         let e2 = write(&e1, Kind::Routes, "r5", route("r5", "/five/"));
         let s3 = load_cluster_snapshot(&s2, 1, &m, &e2, &mut last, true).unwrap();
         assert!(Arc::ptr_eq(&s3.upstreams["a"], &s2.upstreams["a"]));
+    }
+
+    #[test]
+    fn a_write_is_checked_as_the_node_would_apply_it() {
+        let Running {
+            path,
+            m,
+            e1,
+            s2,
+            last,
+            _dir,
+        } = running();
+        let last = last.unwrap();
+        let check = |e: &Entities, l| check_cluster(&s2, 1, e, l);
+        // A change of routes alone: only it is built, whether valid or not.
+        let moved = write(&e1, Kind::Routes, "r2", route("r2", "/moved/"));
+        assert_eq!(check(&moved, Some(&last)).unwrap(), Checked::Routes);
+        assert_eq!(check(&moved, None).unwrap(), Checked::Whole);
+        let bad = write(
+            &e1,
+            Kind::Routes,
+            "r3",
+            json!({"name": "r3", "match": {"paths": "/r3/"}, "upstream": "nope"}),
+        );
+        let err = check(&bad, Some(&last)).err().unwrap();
+        let whole = load_snapshot_with(&path, 9, 1, &m, Some(&bad))
+            .err()
+            .unwrap();
+        assert_eq!(err.diags, whole.diags);
+        // The store ahead of this node (a revision it has not applied): still only routes.
+        let ahead = write(&moved, Kind::Routes, "new", route("new", "/new/"));
+        assert_eq!(check(&ahead, Some(&last)).unwrap(), Checked::Routes);
+        // Another kind changed, or a build of another snapshot: the whole candidate.
+        let upstream = write(
+            &e1,
+            Kind::Upstreams,
+            "a",
+            json!({"name": "a", "targets": ["127.0.0.1:8"]}),
+        );
+        assert_eq!(check(&upstream, Some(&last)).unwrap(), Checked::Whole);
+        let first = load_snapshot_with(&path, 1, 1, &m, Some(&e1)).unwrap();
+        assert_eq!(
+            check_cluster(&first, 1, &moved, Some(&last)).unwrap(),
+            Checked::Whole
+        );
     }
 
     #[test]
