@@ -151,9 +151,23 @@ pub async fn reloader(
                 tracing::error!(trigger = req.trigger, error = %e, "Configuration rejected; the running one keeps serving.");
             }
         }
+        if result.is_ok() {
+            tokio::spawn(retire(current));
+        }
         if let Some(reply) = req.reply {
             let _ = reply.send(result);
         }
+    }
+}
+
+/// Frees a replaced snapshot here, on the control thread, once the last request that
+/// still holds it has ended: not on the worker that ends that request, where freeing a
+/// large routing table would delay the requests behind it. (After the swap no new holder
+/// can appear: every holder counts in the reference count.)
+async fn retire(old: Arc<Snapshot>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    while Arc::strong_count(&old) > 1 {
+        tick.tick().await;
     }
 }
 

@@ -619,7 +619,7 @@ fn listeners(
     base_dir: &FsPath,
     certificates: &[sluicegate_server::tls::SniCertificate],
     diags: &mut Diags,
-) -> Vec<ListenerSettings> {
+) -> Vec<Arc<ListenerSettings>> {
     let path = Path::root().key("listeners");
     let empty = match root.get("listeners").map(|n| &n.kind) {
         None | Some(NodeKind::Null) => true,
@@ -671,7 +671,7 @@ fn listeners(
             ],
             diags,
         );
-        out.push(ListenerSettings {
+        out.push(Arc::new(ListenerSettings {
             name: l.name.clone().unwrap_or_else(|| l.address.clone()),
             address: l.address,
             tls,
@@ -682,7 +682,7 @@ fn listeners(
             header_timeout: ms(l.client_header_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
             body_timeout: ms(l.client_body_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
             send_timeout: ms(l.client_send_timeout_ms, defaults::CLIENT_TIMEOUT_MS),
-        });
+        }));
     }
     out
 }

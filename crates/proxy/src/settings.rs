@@ -79,19 +79,21 @@ pub struct ListenerSettings {
 impl ListenerSettings {
     /// Settings used when a connection's listener is no longer in the configuration (built
     /// once, not per request).
-    pub fn fallback() -> &'static ListenerSettings {
-        static FALLBACK: std::sync::LazyLock<ListenerSettings> =
-            std::sync::LazyLock::new(|| ListenerSettings {
-                name: String::new(),
-                address: String::new(),
-                tls: None,
-                http2: true,
-                trust_request_id: false,
-                max_header_bytes: file::defaults::MAX_HEADER_BYTES,
-                max_body_bytes: file::defaults::MAX_BODY_BYTES,
-                header_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
-                body_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
-                send_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+    pub fn fallback() -> &'static Arc<ListenerSettings> {
+        static FALLBACK: std::sync::LazyLock<Arc<ListenerSettings>> =
+            std::sync::LazyLock::new(|| {
+                Arc::new(ListenerSettings {
+                    name: String::new(),
+                    address: String::new(),
+                    tls: None,
+                    http2: true,
+                    trust_request_id: false,
+                    max_header_bytes: file::defaults::MAX_HEADER_BYTES,
+                    max_body_bytes: file::defaults::MAX_BODY_BYTES,
+                    header_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+                    body_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+                    send_timeout: Duration::from_millis(file::defaults::CLIENT_TIMEOUT_MS),
+                })
             });
         &FALLBACK
     }

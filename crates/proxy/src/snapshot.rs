@@ -114,7 +114,7 @@ pub struct Snapshot {
     /// Process-wide settings (some only apply at start).
     pub settings: Settings,
     /// Per-listener settings, in listener order.
-    pub listeners: Vec<ListenerSettings>,
+    pub listeners: Vec<Arc<ListenerSettings>>,
     /// Routing table.
     pub router: Router,
     /// Routes, indexed by the router's answers (shared: a change of some routes in

@@ -212,11 +212,17 @@ async fn serve_inner(
     meta: Meta,
     parking: bool,
 ) -> Option<(Stream<TcpStream>, Meta)> {
-    let snapshot = worker.shared.snapshot.load_full();
-    let settings = snapshot
+    // The listener's settings, not the snapshot: a connection that stays open across
+    // configuration changes keeps no old routing table alive.
+    let settings = worker
+        .shared
+        .snapshot
+        .load()
         .listeners
         .get(meta.listener)
-        .unwrap_or(sluicegate_proxy::settings::ListenerSettings::fallback());
+        .unwrap_or(sluicegate_proxy::settings::ListenerSettings::fallback())
+        .clone();
+    let settings = &*settings;
     let state = Arc::new(ConnState::default());
     let limits = h1::Limits {
         // The driver answers 431 for heads over the listener's limit (with the request
