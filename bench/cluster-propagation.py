@@ -3,7 +3,8 @@
 
 It starts a throw-away PostgreSQL (Debian's `postgresql`: initdb in a temporary directory,
 a loopback port the OS picks, fsync off), runs `sluicegate migrations up`, starts three
-nodes from examples/cluster.yaml and a small origin, then measures:
+nodes from examples/cluster.yaml and an origin in a process of its own (nginx with one
+worker when installed, else a small Python server), then measures:
 
 1. **Propagation**: N changes (default 200), each a new route created through node a's
    admin API; the time from sending the write until *every* node serves the route (a
@@ -107,7 +108,7 @@ class Postgres:
         self.proc.wait(timeout=30)
 
 
-class Origin(BaseHTTPRequestHandler):
+class OriginHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
@@ -116,6 +117,63 @@ class Origin(BaseHTTPRequestHandler):
 
     def log_message(self, *_):
         pass
+
+
+NGINX_ORIGIN = """daemon off;
+worker_processes 1;
+pid nginx.pid;
+error_log stderr warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path body; proxy_temp_path proxy; fastcgi_temp_path fastcgi;
+    uwsgi_temp_path uwsgi; scgi_temp_path scgi;
+    server { listen 127.0.0.1:%d; location / { return 200 "ok"; } }
+}
+"""
+
+
+class Origin:
+    """The upstream of every route, in a process of its own so that it never competes
+    with this script's pollers for the interpreter: nginx when installed (one worker),
+    else this script in `--origin` mode."""
+
+    def __init__(self, root):
+        self.port = free_port()
+        self.dir = os.path.join(root, "origin")
+        os.makedirs(self.dir)
+        log = open(os.path.join(root, "origin.log"), "w")
+        nginx = shutil.which("nginx", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin")
+        if nginx:
+            conf = os.path.join(self.dir, "nginx.conf")
+            with open(conf, "w") as f:
+                f.write(NGINX_ORIGIN % self.port)
+            cmd = [nginx, "-e", "stderr", "-p", self.dir, "-c", conf]
+        else:
+            cmd = [sys.executable, os.path.abspath(__file__), "--origin", str(self.port)]
+        self.kind = "nginx" if nginx else "python"
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        sys.exit("the origin did not start; see origin.log")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def serve_origin(port):
+    ThreadingHTTPServer(("127.0.0.1", port), OriginHandler).serve_forever()
 
 
 class Node:
@@ -355,7 +413,10 @@ def main():
     ap.add_argument("--routes", type=int, default=10_000, help="routes for the second part")
     ap.add_argument("--changes", type=int, default=20,
                     help="changes at that many routes (twice: alone, then under traffic)")
+    ap.add_argument("--origin", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.origin:
+        return serve_origin(args.origin)
     if not os.access(BINARY, os.X_OK):
         sys.exit("build first: cargo build --release")
 
@@ -367,9 +428,8 @@ def main():
         subprocess.run([BINARY, "migrations", "up", "-c", CONFIG], check=True,
                        env=dict(os.environ, PG_URL=pg.url, ADMIN_TOKEN=TOKEN),
                        stdout=subprocess.DEVNULL)
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Origin)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        origin = f"127.0.0.1:{server.server_address[1]}"
+        server = Origin(root)
+        origin = f"127.0.0.1:{server.port}"
         nodes = [Node(n, root, pg.url) for n in ("a", "b", "c")]
         status, text, _ = nodes[0].call("POST", "/v1/upstreams",
                                         {"name": "origin", "targets": [origin]})
@@ -403,7 +463,7 @@ def main():
         for n in nodes or []:
             n.stop()
         if server:
-            server.shutdown()
+            server.stop()
         if pg:
             pg.stop()
         shutil.rmtree(root, ignore_errors=True)

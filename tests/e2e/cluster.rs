@@ -540,6 +540,16 @@ async fn a_node_started_while_the_store_is_down_serves_its_copy_then_catches_up(
     .await;
     let copied = revision_of(&r);
     all_applied(&nodes, copied).await;
+    // A node writes its copy just after it applies a revision.
+    let copy = c.data_dir("c").join("cluster").join("last-good.json");
+    crate::support::eventually("node c's copy of the revision", || {
+        let written = std::fs::read(&copy)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["revision"] == copied);
+        async move { written }
+    })
+    .await;
 
     // Node c stops; the store goes down; c starts again from its copy on disk.
     nodes.pop();
