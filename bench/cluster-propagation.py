@@ -15,10 +15,11 @@ worker when installed, else a small Python server), then measures:
    (`sluicegate_cluster_last_apply_seconds`), and the CPU time of node a, which takes the
    write (it validates the whole candidate before committing), with no traffic. Then the same number of
    changes again while wrk drives traffic through node b (when `wrk` is installed): its
-   errors and latency against a quiet run.
+   errors and latency against quiet runs of the same length before and after.
 
     python3 bench/cluster-propagation.py                   # 200 changes; 10,000 routes
     python3 bench/cluster-propagation.py -n 50 --routes 1000
+    python3 bench/cluster-propagation.py --pin             # node b on CPUs of its own
 
 Everything runs on loopback; every process started here is stopped by its PID. Needs a
 release build (`cargo build --release`) and PostgreSQL (`scripts/test` installs it).
@@ -45,6 +46,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "sluicegate")
 CONFIG = os.path.join(ROOT, "examples", "cluster.yaml")
 TOKEN = "bench-admin-token-0123456789abcdef"
+
+
+def pinned(cpus):
+    """The command prefix that runs a process on `cpus` (a taskset list), if any."""
+    return ["taskset", "-c", cpus] if cpus else []
 
 
 def free_port():
@@ -177,7 +183,7 @@ def serve_origin(port):
 
 
 class Node:
-    def __init__(self, name, root, pg_url):
+    def __init__(self, name, root, pg_url, cpus=None):
         self.name = name
         self.port = free_port()
         self.admin = free_port()
@@ -185,7 +191,7 @@ class Node:
                    DATA_DIR=os.path.join(root, name), PORT=str(self.port),
                    ADMIN_PORT=str(self.admin), RUST_LOG="warn")
         self.log = open(os.path.join(root, f"{name}.log"), "w")
-        self.proc = subprocess.Popen([BINARY, "run", "-c", CONFIG], env=env,
+        self.proc = subprocess.Popen(pinned(cpus) + [BINARY, "run", "-c", CONFIG], env=env,
                                      stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -324,7 +330,7 @@ def many_routes(nodes, origin, routes, changes):
     print(f"  {routes} routes written and applied on every node in "
           f"{(time.perf_counter() - t0) * 1e3:.0f} ms")
 
-    def change(i):
+    def change(i, measure=True):
         time.sleep(0.2)  # let the heartbeat and the last apply settle
         before, writer = b.cpu_seconds(), a.cpu_seconds()
         status, text, rev = a.call("PATCH", f"/v1/routes/r{i + 2}",
@@ -333,6 +339,8 @@ def many_routes(nodes, origin, routes, changes):
             sys.exit(f"PATCH: {status} {text!r}")
         b.call("GET", f"/v1/cluster/wait?revision={rev}&timeout_ms=60000")
         a.call("GET", f"/v1/cluster/wait?revision={rev}&timeout_ms=60000")
+        if not measure:  # under traffic: no /metrics scrape of its own on node b
+            return None
         return (b.cpu_seconds() - before) * 1e3, \
             b.metric("sluicegate_cluster_last_apply_seconds") * 1e3, \
             (a.cpu_seconds() - writer) * 1e3
@@ -345,26 +353,29 @@ def many_routes(nodes, origin, routes, changes):
         apply_ms.append(ms)
         writer_cpu.append(w)
 
-    # Then traffic through node b: a quiet run, and one while the same changes are made.
-    quiet = wrk_run(b.port, 5, "/r1/")
+    # Then traffic through node b, runs of the same length: quiet, while the same number
+    # of changes is made, quiet again (the two quiet runs show the machine's noise).
+    seconds = max(5, changes // 4 + 2)
+    quiet = [wrk_run(b.port, seconds, "/r1/")]
     result = {}
 
     def load():
-        result["busy"] = wrk_run(b.port, max(5, changes // 4 + 2), "/r1/")
+        result["busy"] = wrk_run(b.port, seconds, "/r1/")
 
     loader = threading.Thread(target=load)
     loader.start()
     time.sleep(0.5)
     for i in range(changes, 2 * changes):
-        change(i)
+        change(i, measure=False)
     loader.join()
+    quiet.append(wrk_run(b.port, seconds, "/r1/"))
     return cpu, apply_ms, writer_cpu, quiet, result.get("busy")
 
 
 class FileNode(Node):
     """A file-mode gateway with exactly the entities node `like` serves."""
 
-    def __init__(self, root, like):
+    def __init__(self, root, like, cpus=None):
         status, body, _ = like.call("GET", "/v1/config")
         if status != 200:
             sys.exit(f"GET /v1/config: {status}")
@@ -380,7 +391,8 @@ class FileNode(Node):
             json.dump(config, f)
         self.name = "file"
         self.log = open(os.path.join(root, "file.log"), "w")
-        self.proc = subprocess.Popen([BINARY, "run", "-c", path], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(pinned(cpus) + [BINARY, "run", "-c", path],
+                                     stdout=subprocess.DEVNULL,
                                      stderr=self.log, env=dict(os.environ, RUST_LOG="warn"))
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -413,10 +425,21 @@ def main():
     ap.add_argument("--routes", type=int, default=10_000, help="routes for the second part")
     ap.add_argument("--changes", type=int, default=20,
                     help="changes at that many routes (twice: alone, then under traffic)")
+    ap.add_argument("--pin", action="store_true",
+                    help="node b alone on the CPUs but the first; everything else on the first")
     ap.add_argument("--origin", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.origin:
         return serve_origin(args.origin)
+    node_b_cpus = None
+    if args.pin:
+        # Everything started from here inherits CPU 0; node b (and the file-mode node it is
+        # compared with) gets the others, as if it ran on a machine of its own.
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2 or not shutil.which("taskset"):
+            sys.exit("--pin needs two CPUs and taskset")
+        os.sched_setaffinity(0, {cpus[0]})
+        node_b_cpus = ",".join(str(c) for c in cpus[1:])
     if not os.access(BINARY, os.X_OK):
         sys.exit("build first: cargo build --release")
 
@@ -430,7 +453,8 @@ def main():
                        stdout=subprocess.DEVNULL)
         server = Origin(root)
         origin = f"127.0.0.1:{server.port}"
-        nodes = [Node(n, root, pg.url) for n in ("a", "b", "c")]
+        nodes = [Node(n, root, pg.url, node_b_cpus if n == "b" else None)
+                 for n in ("a", "b", "c")]
         status, text, _ = nodes[0].call("POST", "/v1/upstreams",
                                         {"name": "origin", "targets": [origin]})
         if status != 201:
@@ -448,9 +472,10 @@ def main():
               f"apply ms p50 {statistics.median(apply_ms):.1f} max {max(apply_ms):.1f}; "
               f"node a (takes the write, validates it whole, applies it) CPU ms p50 "
               f"{statistics.median(writer_cpu):.1f}")
-        if quiet is not None:
-            print(f"traffic on node b (wrk -t1 -c8): quiet {quiet}; during changes {busy}")
-            file_node = FileNode(root, nodes[1])
+        if quiet[0] is not None:
+            print(f"traffic on node b (wrk -t1 -c8): quiet {quiet[0]}; during changes {busy}; "
+                  f"quiet again {quiet[1]}")
+            file_node = FileNode(root, nodes[1], node_b_cpus)
             try:
                 ratios = request_cpu(nodes[1], file_node, rounds=4)
             finally:

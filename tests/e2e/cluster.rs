@@ -541,12 +541,12 @@ async fn a_node_started_while_the_store_is_down_serves_its_copy_then_catches_up(
     let copied = revision_of(&r);
     all_applied(&nodes, copied).await;
     // A node writes its copy just after it applies a revision.
-    let copy = c.data_dir("c").join("cluster").join("last-good.json");
+    let data_dir = c.data_dir("c");
     crate::support::eventually("node c's copy of the revision", || {
-        let written = std::fs::read(&copy)
+        let written = sluicegate_cluster::disk::read(&data_dir)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v["revision"] == copied);
+            .flatten()
+            .is_some_and(|e| e.revision == copied);
         async move { written }
     })
     .await;

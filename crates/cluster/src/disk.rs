@@ -1,23 +1,32 @@
-//! The last good configuration on disk: after each applied revision the node writes its
-//! entities to `data_dir/cluster/last-good.json` (written to a temporary file, fsynced,
-//! renamed), so a node started while the store is down serves that revision.
+//! The last good configuration on disk, so a node started while the store is down serves
+//! the revision it last applied: `data_dir/cluster/last-good.json` holds every entity at
+//! one revision (written to a temporary file, fsynced, renamed), and
+//! `data_dir/cluster/last-good.log` the revisions applied since, one line each with only
+//! the entities that changed (appended, fsynced).
 //!
-//! A follower keeps a [`Writer`]: each entity is serialized once, when it changes, so the
-//! copy after one change among 10,000 routes costs one entity's serialization and a copy
-//! of bytes, not the whole set's.
+//! A follower keeps a [`Writer`]: after one change among 10,000 routes it appends one line
+//! of one entity, not the whole set. Once the log outgrows the copy, the writer writes the
+//! whole set again (each unchanged entity's bytes reused) and empties the log. A line cut
+//! short by a crash is ignored when the copy is read: the copy is then the revision before.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::entity::{Entities, Entry, Kind};
+use crate::entity::{Change, Entities, Entry, Kind};
 
 /// The copy's path under `data_dir`.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("cluster").join("last-good.json")
+}
+
+/// The log of the revisions applied since the copy, next to it.
+fn log_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster").join("last-good.log")
 }
 
 /// Writes `entities` atomically: a reader sees the old copy or the new one, never a part.
@@ -25,6 +34,15 @@ pub fn write(data_dir: &Path, entities: &Entities) -> std::io::Result<()> {
     // Serialized whole first: to a file directly, each JSON token would be a write(2).
     let bytes = serde_json::to_vec(entities)?;
     replace(data_dir, &bytes)
+}
+
+/// One line of the log: the entities revision `revision` of cluster `cluster_id` wrote or
+/// deleted.
+#[derive(Serialize, Deserialize)]
+struct LogLine {
+    cluster_id: String,
+    revision: i64,
+    changes: Vec<Change>,
 }
 
 /// One entity as last serialized: reused while the entity is the same (the same body,
@@ -58,24 +76,53 @@ impl Serialized {
     }
 }
 
-/// Writes the copy after each applied revision, serializing only the entities that
-/// changed since the last one it wrote. The bytes are those of [`write`] (what [`read`]
-/// reads back).
+/// Writes the copy after each applied revision: one line of what changed appended to the
+/// log, or, once the log is larger than the copy (or the cluster changed), the whole set,
+/// serializing only the entities that changed since it last did.
 #[derive(Default)]
 pub struct Writer {
     cache: HashMap<Kind, HashMap<String, Serialized>>,
+    /// What the copy and the log hold together, and their sizes in bytes.
+    written: Option<(Arc<Entities>, usize, usize)>,
 }
 
+/// The log is rewritten into the copy once it is larger than this or than the copy.
+const LOG_MIN_BYTES: usize = 64 * 1024;
+
 impl Writer {
-    /// A writer that has serialized nothing yet.
+    /// A writer that has written nothing yet.
     pub fn new() -> Writer {
         Writer::default()
     }
 
-    /// Writes `entities` atomically under `data_dir`, like [`write`].
-    pub fn write(&mut self, data_dir: &Path, entities: &Entities) -> std::io::Result<()> {
+    /// Keeps `entities` under `data_dir`: [`read`] then returns them.
+    pub fn write(&mut self, data_dir: &Path, entities: &Arc<Entities>) -> std::io::Result<()> {
+        if let Some((before, copy_bytes, log_bytes)) = &self.written {
+            if before.cluster_id == entities.cluster_id && before.revision < entities.revision {
+                let line = LogLine {
+                    cluster_id: entities.cluster_id.clone(),
+                    revision: entities.revision,
+                    changes: changes(before, entities),
+                };
+                let mut bytes = serde_json::to_vec(&line)?;
+                bytes.push(b'\n');
+                let logged = log_bytes + bytes.len();
+                if logged <= LOG_MIN_BYTES.max(*copy_bytes) {
+                    let first = *log_bytes == 0;
+                    let copy_bytes = *copy_bytes;
+                    // After a failed append the log may end in part of a line: the next
+                    // write replaces the copy and starts the log over.
+                    self.written = None;
+                    append(data_dir, &bytes, first)?;
+                    self.written = Some((entities.clone(), copy_bytes, logged));
+                    return Ok(());
+                }
+            }
+        }
         let bytes = self.serialize(entities)?;
-        replace(data_dir, &bytes)
+        replace(data_dir, &bytes)?;
+        self.written = Some((entities.clone(), bytes.len(), 0));
+        Ok(())
     }
 
     /// `entities` as JSON, reusing each unchanged entity's bytes; forgets the entities
@@ -123,9 +170,74 @@ impl Writer {
     }
 }
 
-/// Replaces the copy with `bytes`: a temporary file, fsynced, renamed, the directory
-/// fsynced.
+/// What turns `before` into `after`: each entity written since (or otherwise different)
+/// and each one deleted.
+fn changes(before: &Entities, after: &Entities) -> Vec<Change> {
+    let mut out = Vec::new();
+    for (kind, of_kind) in &after.kinds {
+        for (name, e) in of_kind {
+            let same = before.get(*kind, name).is_some_and(|b| {
+                b.ord == e.ord
+                    && b.revision == e.revision
+                    && (Arc::ptr_eq(&b.body, &e.body) || b.body == e.body)
+            });
+            if !same {
+                out.push(Change {
+                    kind: *kind,
+                    name: name.clone(),
+                    ord: e.ord,
+                    revision: e.revision,
+                    body: Some(Value::clone(&e.body)),
+                });
+            }
+        }
+    }
+    for (kind, of_kind) in &before.kinds {
+        for name in of_kind.keys() {
+            if after.get(*kind, name).is_none() {
+                out.push(Change {
+                    kind: *kind,
+                    name: name.clone(),
+                    ord: 0,
+                    revision: after.revision,
+                    body: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Appends one line to the log and fsyncs it (and the directory, when the line starts the
+/// log: the file may be new).
+fn append(data_dir: &Path, line: &[u8], first: bool) -> std::io::Result<()> {
+    let log = log_path(data_dir);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    f.write_all(line)?;
+    f.sync_data()?;
+    if first {
+        if let Some(dir) = log.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the copy with `bytes` (a temporary file, fsynced, renamed, the directory
+/// fsynced), then empties the log: until then its lines are of revisions the new copy
+/// already holds, which [`read`] skips.
 fn replace(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_copy(data_dir, bytes)?;
+    match std::fs::remove_file(log_path(data_dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn replace_copy(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let target = path(data_dir);
     let dir = target
         .parent()
@@ -142,17 +254,37 @@ fn replace(data_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(&dir)?.sync_all()
 }
 
-/// The copy, if there is one; an unreadable or damaged copy is an error (never silently
-/// an empty configuration).
+/// The copy with the revisions logged since, if there is one; an unreadable or damaged
+/// copy or log is an error (never silently an empty configuration). A last line cut short
+/// (a crash while it was appended) is left out: that revision was not kept.
 pub fn read(data_dir: &Path) -> Result<Option<Entities>, String> {
     let p = path(data_dir);
-    match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", p.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", p.display())),
+    let mut entities: Entities = match std::fs::read(&p) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", p.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", p.display())),
+    };
+    let log = log_path(data_dir);
+    let bytes = match std::fs::read(&log) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(entities)),
+        Err(e) => return Err(format!("{}: {e}", log.display())),
+    };
+    let complete = bytes
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(&[][..], |end| &bytes[..end]);
+    for (i, line) in complete.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let line: LogLine = serde_json::from_slice(line)
+            .map_err(|e| format!("{}: line {}: {e}", log.display(), i + 1))?;
+        if line.cluster_id == entities.cluster_id && line.revision > entities.revision {
+            entities.apply(line.changes, line.revision);
+        }
     }
+    Ok(Some(entities))
 }
 
 #[cfg(test)]
@@ -197,7 +329,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Writer::new();
         let mut e = Entities::empty("c\"1");
-        w.write(dir.path(), &e).unwrap();
+        w.write(dir.path(), &Arc::new(e.clone())).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(e.clone()));
         let steps = vec![
             vec![
@@ -248,17 +380,125 @@ mod tests {
         ];
         for (revision, changes) in (1..).zip(steps) {
             e.apply(changes, revision);
-            w.write(dir.path(), &e).unwrap();
+            // Appended to the log (the set is small: the log stays under its floor) ...
+            w.write(dir.path(), &Arc::new(e.clone())).unwrap();
+            assert!(log_path(dir.path()).exists(), "revision {revision}");
             assert_eq!(
                 read(dir.path()).unwrap(),
                 Some(e.clone()),
                 "revision {revision}"
             );
+            // ... and, written whole by a fresh writer, the bytes serde writes.
+            Writer::new()
+                .write(dir.path(), &Arc::new(e.clone()))
+                .unwrap();
+            assert!(!log_path(dir.path()).exists());
             assert_eq!(
                 std::fs::read(path(dir.path())).unwrap(),
                 serde_json::to_vec(&e).unwrap(),
                 "revision {revision}"
             );
+            w = Writer::new();
+            w.write(dir.path(), &Arc::new(e.clone())).unwrap();
         }
+    }
+
+    /// `e` with route `name` written at the next revision.
+    fn next_route(e: &Entities, name: &str, body: serde_json::Value) -> Arc<Entities> {
+        let mut next = e.clone();
+        let revision = e.revision + 1;
+        next.apply(
+            vec![change(Kind::Routes, name, revision, Some(body))],
+            revision,
+        );
+        Arc::new(next)
+    }
+
+    #[test]
+    fn the_log_grows_by_the_change_and_is_folded_into_the_copy_once_larger() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::new();
+        let mut e = Arc::new(Entities::empty("c"));
+        for i in 0..100 {
+            e = next_route(
+                &e,
+                &format!("r{i}"),
+                serde_json::json!({"name": format!("r{i}")}),
+            );
+        }
+        w.write(dir.path(), &e).unwrap();
+        let copy = std::fs::read(path(dir.path())).unwrap();
+        // One change: one line with one entity; the copy is untouched.
+        e = next_route(&e, "r7", serde_json::json!({"name": "r7", "x": 1}));
+        w.write(dir.path(), &e).unwrap();
+        let log = std::fs::read_to_string(log_path(dir.path())).unwrap();
+        assert_eq!(log.lines().count(), 1);
+        assert_eq!(log.matches("\"name\"").count(), 2, "{log}"); // the key and the body's
+        assert_eq!(std::fs::read(path(dir.path())).unwrap(), copy);
+        assert_eq!(read(dir.path()).unwrap().as_ref(), Some(&*e));
+        // Until the log outgrows its floor: then the copy holds everything, the log is gone.
+        let mut folded = false;
+        for k in 0..2000 {
+            e = next_route(&e, "r8", serde_json::json!({"name": "r8", "k": k}));
+            w.write(dir.path(), &e).unwrap();
+            if !log_path(dir.path()).exists() {
+                folded = true;
+                break;
+            }
+        }
+        assert!(folded, "the log was never folded into the copy");
+        assert_eq!(
+            std::fs::read(path(dir.path())).unwrap(),
+            serde_json::to_vec(&*e).unwrap()
+        );
+        // A deletion is logged too.
+        let mut gone = Entities::clone(&e);
+        let revision = gone.revision + 1;
+        gone.apply(vec![change(Kind::Routes, "r9", revision, None)], revision);
+        let gone = Arc::new(gone);
+        w.write(dir.path(), &gone).unwrap();
+        assert_eq!(read(dir.path()).unwrap().as_ref(), Some(&*gone));
+    }
+
+    #[test]
+    fn a_line_cut_short_is_left_out_and_a_damaged_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::new();
+        let e1 = next_route(&Entities::empty("c"), "a", serde_json::json!({"name": "a"}));
+        w.write(dir.path(), &e1).unwrap();
+        let e2 = next_route(&e1, "b", serde_json::json!({"name": "b"}));
+        w.write(dir.path(), &e2).unwrap();
+        let e3 = next_route(&e2, "c", serde_json::json!({"name": "c"}));
+        w.write(dir.path(), &e3).unwrap();
+        let log = std::fs::read(log_path(dir.path())).unwrap();
+        // The last line cut anywhere: the revision before it.
+        let second = log.iter().position(|b| *b == b'\n').unwrap() + 1;
+        for cut in [second, second + 1, log.len() - 1] {
+            std::fs::write(log_path(dir.path()), &log[..cut]).unwrap();
+            assert_eq!(
+                read(dir.path()).unwrap().as_ref(),
+                Some(&*e2),
+                "cut at {cut}"
+            );
+        }
+        // A complete line that does not parse is damage, reported with the log's name.
+        let mut damaged = b"{\"cluster_id\": 1}\n".to_vec();
+        damaged.extend_from_slice(&log);
+        std::fs::write(log_path(dir.path()), &damaged).unwrap();
+        let err = read(dir.path()).unwrap_err();
+        assert!(err.contains("last-good.log: line 1"), "{err}");
+        // Lines of another cluster, or of revisions the copy holds, are skipped.
+        let mut other = Writer::new();
+        let x = next_route(
+            &Entities::empty("other"),
+            "x",
+            serde_json::json!({"name": "x"}),
+        );
+        std::fs::write(log_path(dir.path()), &log).unwrap();
+        std::fs::write(path(dir.path()), serde_json::to_vec(&*e3).unwrap()).unwrap();
+        assert_eq!(read(dir.path()).unwrap().as_ref(), Some(&*e3));
+        other.write(dir.path(), &x).unwrap();
+        std::fs::write(log_path(dir.path()), &log).unwrap();
+        assert_eq!(read(dir.path()).unwrap().as_ref(), Some(&*x));
     }
 }

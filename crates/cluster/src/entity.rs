@@ -78,7 +78,7 @@ pub struct Entry {
 }
 
 /// One row of what changed since a revision: `body` is `None` for a deletion.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
     /// The entity's kind.
     pub kind: Kind,
