@@ -19,7 +19,7 @@ worker when installed, else a small Python server), then measures:
 
     python3 bench/cluster-propagation.py                   # 200 changes; 10,000 routes
     python3 bench/cluster-propagation.py -n 50 --routes 1000
-    python3 bench/cluster-propagation.py --pin             # node b on CPUs of its own
+    python3 bench/cluster-propagation.py --pin             # node b and wrk on CPUs of their own
 
 Everything runs on loopback; every process started here is stopped by its PID. Needs a
 release build (`cargo build --release`) and PostgreSQL (`scripts/test` installs it).
@@ -46,6 +46,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(ROOT, "target", "release", "sluicegate")
 CONFIG = os.path.join(ROOT, "examples", "cluster.yaml")
 TOKEN = "bench-admin-token-0123456789abcdef"
+
+
+# With --pin: the CPUs of node b and of the traffic through it (wrk, the origin).
+TRAFFIC_CPUS = None
 
 
 def pinned(cpus):
@@ -159,7 +163,7 @@ class Origin:
         else:
             cmd = [sys.executable, os.path.abspath(__file__), "--origin", str(self.port)]
         self.kind = "nginx" if nginx else "python"
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+        self.proc = subprocess.Popen(pinned(TRAFFIC_CPUS) + cmd, stdout=log, stderr=log)
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
@@ -295,7 +299,7 @@ def wrk_run(port, seconds, path):
     if not shutil.which("wrk"):
         return None
     out = subprocess.run(
-        ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+        pinned(TRAFFIC_CPUS) + ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
         capture_output=True, text=True,
     ).stdout
     stats = {"errors": 0, "non2xx": 0}
@@ -426,20 +430,23 @@ def main():
     ap.add_argument("--changes", type=int, default=20,
                     help="changes at that many routes (twice: alone, then under traffic)")
     ap.add_argument("--pin", action="store_true",
-                    help="node b alone on the CPUs but the first; everything else on the first")
+                    help="node b and its traffic on the CPUs but the first; the rest on the first")
     ap.add_argument("--origin", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.origin:
         return serve_origin(args.origin)
     node_b_cpus = None
     if args.pin:
-        # Everything started from here inherits CPU 0; node b (and the file-mode node it is
-        # compared with) gets the others, as if it ran on a machine of its own.
+        # Everything started from here inherits CPU 0 (nodes a and c, PostgreSQL, this
+        # script); node b (and the file-mode node it is compared with) and its traffic
+        # (wrk, the origin) get the others, as if they ran on machines of their own.
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2 or not shutil.which("taskset"):
             sys.exit("--pin needs two CPUs and taskset")
         os.sched_setaffinity(0, {cpus[0]})
         node_b_cpus = ",".join(str(c) for c in cpus[1:])
+        global TRAFFIC_CPUS
+        TRAFFIC_CPUS = node_b_cpus
     if not os.access(BINARY, os.X_OK):
         sys.exit("build first: cargo build --release")
 

@@ -154,11 +154,9 @@ impl Gateway {
         let control = std::thread::Builder::new()
             .name("sluicegate-control".into())
             .spawn(move || {
-                behind_the_workers();
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name("sluicegate-control")
-                    .on_thread_start(behind_the_workers)
                     .build()
                 {
                     Ok(rt) => rt,
@@ -261,21 +259,5 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-/// The niceness of the control thread and its blocking pool (configuration builds, the
-/// admin API, the store's follower, the copy on disk, health checks): below the workers',
-/// so that on a busy machine applying a change at 10,000 routes takes a little longer
-/// instead of delaying requests. The scheduler still gives these threads a share of
-/// every core (about a tenth against one busy worker), so they never starve.
-const CONTROL_NICENESS: i32 = 10;
-
-/// Lowers the calling thread's priority to [`CONTROL_NICENESS`] (on Linux the nice value
-/// is per thread); a failure is logged and changes nothing.
-fn behind_the_workers() {
-    let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), CONTROL_NICENESS) {
-        tracing::debug!(error = %e, "Cannot lower the control thread's priority.");
     }
 }
