@@ -13,9 +13,10 @@ worker when installed, else a small Python server), then measures:
    single-route changes (default 20). For each, the CPU time node b (which only follows)
    spent, from its threads' schedstat, and the node's own apply duration
    (`sluicegate_cluster_last_apply_seconds`), and the CPU time of node a, which takes the
-   write (it validates the whole candidate before committing), with no traffic. Then the same number of
-   changes again while wrk drives traffic through node b (when `wrk` is installed): its
-   errors and latency against quiet runs of the same length before and after.
+   write (it checks the candidate before committing, then applies it), with no traffic.
+   Then the same number of changes again while wrk drives traffic through node b (when
+   `wrk` is installed): its errors and latency against quiet runs of the same length
+   before and after. `--pin` puts node b, wrk and the origin on the CPUs but the first.
 
     python3 bench/cluster-propagation.py                   # 200 changes; 10,000 routes
     python3 bench/cluster-propagation.py -n 50 --routes 1000
@@ -477,7 +478,7 @@ def main():
         print(f"one change at {args.routes} routes, node b, over {args.changes} changes: "
               f"process CPU ms p50 {statistics.median(cpu):.1f} max {max(cpu):.1f}; "
               f"apply ms p50 {statistics.median(apply_ms):.1f} max {max(apply_ms):.1f}; "
-              f"node a (takes the write, validates it whole, applies it) CPU ms p50 "
+              f"node a (takes the write, checks it, applies it) CPU ms p50 "
               f"{statistics.median(writer_cpu):.1f}")
         if quiet[0] is not None:
             print(f"traffic on node b (wrk -t1 -c8): quiet {quiet[0]}; during changes {busy}; "
