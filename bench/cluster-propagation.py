@@ -58,6 +58,18 @@ def pinned(cpus):
     return ["taskset", "-c", cpus] if cpus else []
 
 
+def listening(port, seconds):
+    """Whether something accepts connections on loopback `port` within `seconds`."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,17 +175,10 @@ class Origin:
             cmd = [nginx, "-e", "stderr", "-p", self.dir, "-c", conf]
         else:
             cmd = [sys.executable, os.path.abspath(__file__), "--origin", str(self.port)]
-        self.kind = "nginx" if nginx else "python"
         self.proc = subprocess.Popen(pinned(TRAFFIC_CPUS) + cmd, stdout=log, stderr=log)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        sys.exit("the origin did not start; see origin.log")
+        if not listening(self.port, 10):
+            self.stop()
+            sys.exit("the origin did not start; see origin.log")
 
     def stop(self):
         self.proc.terminate()
@@ -399,14 +404,8 @@ class FileNode(Node):
         self.proc = subprocess.Popen(pinned(cpus) + [BINARY, "run", "-c", path],
                                      stdout=subprocess.DEVNULL,
                                      stderr=self.log, env=dict(os.environ, RUST_LOG="warn"))
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        sys.exit("the file-mode gateway did not start; see its log")
+        if not listening(self.port, 60):
+            sys.exit("the file-mode gateway did not start; see its log")
 
 
 def request_cpu(cluster_node, file_node, rounds):
