@@ -47,9 +47,22 @@ pub fn run_request<'a>(script: &'a Arc<Script>, phase: Phase, ctx: &'a mut Reque
 }
 
 /// What a call runs instead of a script's chunk: given the VM and the script's loaded
-/// instance, a function and its arguments (the Envoy filter calls `envoy_on_request`).
-pub type Entry<'e> =
-    &'e dyn Fn(&Vm, &Rc<super::vm::Instance>) -> mlua::Result<(mlua::Function, mlua::MultiValue)>;
+/// instance, a function, its arguments and the call's [`ReqState::binding`] (the Envoy
+/// filter calls `envoy_on_request` with a handle bound to the call).
+pub type Entry<'e> = &'e dyn Fn(
+    &Vm,
+    &Rc<super::vm::Instance>,
+) -> mlua::Result<(mlua::Function, mlua::MultiValue, u64)>;
+
+/// An entry's function and arguments, and its binding (0 without an entry).
+fn split_entry(
+    call: Option<(mlua::Function, mlua::MultiValue, u64)>,
+) -> (Option<(mlua::Function, mlua::MultiValue)>, u64) {
+    match call {
+        Some((f, args, binding)) => (Some((f, args)), binding),
+        None => (None, 0),
+    }
+}
 
 /// Runs `entry` (or the chunk) of `script` for a phase that may wait; `may_yield` says
 /// whether the call needs a coroutine.
@@ -72,9 +85,11 @@ pub fn run_request_entry<'a>(
             ))
         }
     };
+    let (call, binding) = split_entry(call);
     let kind = Kind::of(phase);
     let mut state = vm.take_state();
     state.enter(kind, ctx);
+    state.binding = binding;
     let budget = ctx.snapshot.script_limits().cpu_budget;
     if !may_yield {
         let done = vm.call_entry_sync(&inst, kind, call, state, budget);
@@ -205,8 +220,10 @@ pub fn header_filter_entry(
         .map(|e| e(&vm, &inst))
         .transpose()
         .map_err(|e| super::call::classify(&e, &script.name).into_plugin_error(&script.name))?;
+    let (call, binding) = split_entry(call);
     let mut state = vm.take_state();
     state.enter(Kind::HeaderFilter, ctx);
+    state.binding = binding;
     std::mem::swap(&mut state.resp, resp);
     state.raw = raw.as_deref_mut().map(std::mem::take);
     let Done { result, mut state } = vm.call_entry_sync(

@@ -122,6 +122,10 @@ pub struct ReqState {
     /// What the call opened and must not outlive it (cosockets): dropped, which closes
     /// them, when the call's state is reset at the end of its request phase or timer run.
     pub owned: Vec<Box<dyn std::any::Any>>,
+    /// The mark of the objects an extension bound to this call (the Envoy filter's stream
+    /// handle): they act only while it is the running call's. 0 for none; reset with the
+    /// call.
+    pub binding: u64,
 }
 
 fn empty_head() -> http::request::Parts {
@@ -169,6 +173,7 @@ impl ReqState {
             upstream_choice: None,
             ratelimit_key: None,
             owned: Vec::new(),
+            binding: 0,
         }
     }
 
@@ -261,6 +266,7 @@ impl ReqState {
         self.info.jwt_claims = None;
         self.info.route_metadata = None;
         self.owned.clear();
+        self.binding = 0;
     }
 
     /// Whether the call ended the request (exit with a final status, redirect, output).

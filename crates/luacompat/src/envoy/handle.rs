@@ -19,8 +19,6 @@ use sluicegate_lua::state::ReqState;
 use sluicegate_lua::vm::Host;
 use sluicegate_lua::Kinds;
 
-use super::HookMark;
-
 /// Envoy's message for an object used after its hook.
 const OUT_OF_SCOPE: &str = "object used outside of proper scope";
 
@@ -60,10 +58,7 @@ impl Scope {
     }
 
     fn bound(&self, s: &ReqState) -> bool {
-        s.owned.iter().any(|o| {
-            o.downcast_ref::<HookMark>()
-                .is_some_and(|m| m.0 == self.token)
-        })
+        s.binding == self.token
     }
 }
 
@@ -592,19 +587,29 @@ impl Headers {
         })
     }
 
-    fn write(&self, lua: &Lua, name: &str, value: Option<&str>, append: bool) -> mlua::Result<()> {
+    /// Adds (`append`), replaces or (without a value) removes header `name`. Names and
+    /// values are taken as bytes: `HeaderName` lowercases the name itself.
+    fn write(
+        &self,
+        lua: &Lua,
+        name: &[u8],
+        value: Option<&[u8]>,
+        append: bool,
+    ) -> mlua::Result<()> {
         let dir = self.scope.dir;
-        let lower = name.to_ascii_lowercase();
+        let shown = || String::from_utf8_lossy(name).into_owned();
         self.scope.with(lua, |s| {
-            if lower.starts_with(':') {
-                return set_pseudo(lua, s, dir, &lower, value);
+            if name.starts_with(b":") {
+                let lower = shown().to_ascii_lowercase();
+                let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
+                return set_pseudo(lua, s, dir, &lower, value.as_deref());
             }
-            let header = HeaderName::from_bytes(lower.as_bytes())
-                .map_err(|_| err(lua, format!("invalid header name `{name}`")))?;
+            let header = HeaderName::from_bytes(name)
+                .map_err(|_| err(lua, format!("invalid header name `{}`", shown())))?;
             let value = value
                 .map(|v| {
-                    HeaderValue::from_str(v)
-                        .map_err(|_| err(lua, format!("invalid value for header `{name}`")))
+                    HeaderValue::from_bytes(v)
+                        .map_err(|_| err(lua, format!("invalid value for header `{}`", shown())))
                 })
                 .transpose()?;
             let map = match dir {
@@ -757,20 +762,19 @@ fn header_methods<M: UserDataMethods<StreamHandle>>(m: &mut M) {
     m.add_method("getNumValues", move |lua, this, name: String| {
         Ok(headers(this).values(lua, &name)?.len())
     });
-    m.add_method("add", move |lua, this, (name, value): (String, Value)| {
-        let value = text(&value).ok_or_else(|| err(lua, "add(): the value must be a string"))?;
-        headers(this).write(lua, &name, Some(&value), true)
-    });
-    m.add_method(
-        "replace",
-        move |lua, this, (name, value): (String, Value)| {
-            let value =
-                text(&value).ok_or_else(|| err(lua, "replace(): the value must be a string"))?;
-            headers(this).write(lua, &name, Some(&value), false)
-        },
-    );
-    m.add_method("remove", move |lua, this, name: String| {
-        if name.starts_with(':') {
+    for (method, append) in [("add", true), ("replace", false)] {
+        m.add_method(
+            method,
+            move |lua, this, (name, value): (mlua::LuaString, Value)| {
+                let value = sluicegate_lua::convert::as_bytes(&value)
+                    .ok_or_else(|| err(lua, format!("{method}(): the value must be a string")))?;
+                headers(this).write(lua, &name.as_bytes(), Some(&value), append)
+            },
+        );
+    }
+    m.add_method("remove", move |lua, this, name: mlua::LuaString| {
+        let name = name.as_bytes();
+        if name.starts_with(b":") {
             return Ok(());
         }
         headers(this).write(lua, &name, None, false)

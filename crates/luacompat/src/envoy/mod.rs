@@ -13,9 +13,10 @@
 //!
 //! Invariants:
 //! - a handle (and every object it hands out: headers, buffers, stream info) is bound to
-//!   the call that created it by a [`HookMark`] in the call's owned resources; used after
-//!   its hook returned, or from another request, it raises Envoy's "object used outside
-//!   of proper scope";
+//!   the call that created it by a token the call's state holds
+//!   ([`ReqState::binding`](sluicegate_lua::state::ReqState::binding)); used after its hook
+//!   returned, or from another request, it raises Envoy's "object used outside of proper
+//!   scope";
 //! - the request hook runs in the access phase of the gateway (after rewrite plugins and
 //!   before the route's upstream is chosen, so `cluster_header` sees what it set); the
 //!   response hook in the header filter, where nothing may wait.
@@ -28,10 +29,6 @@ use std::rc::Rc;
 
 use mlua::{Function, Lua, Table, Value};
 use sluicegate_lua::vm::Host;
-
-/// Binds a handle to the running call: held in the call's owned resources, dropped when
-/// the call's state is reset.
-pub(crate) struct HookMark(pub u64);
 
 thread_local! {
     /// Tokens of hook calls on this worker thread.
@@ -48,16 +45,23 @@ pub(crate) fn next_token() -> u64 {
 }
 
 /// The per-VM driver that runs a filter call: `driver(handle, globals, hook_name[, chunk,
-/// seal])`; the chunk is passed on a worker's first call of the script only.
+/// seal])`; the chunk is passed on a worker's first call of the script only. The hooks'
+/// names are made once per VM (a string made from Rust is a protected call of its own).
 #[derive(Clone)]
-pub struct Driver(pub Function);
+pub struct Driver {
+    /// The driver function.
+    pub run: Function,
+    /// `"envoy_on_request"`.
+    pub on_request: mlua::LuaString,
+    /// `"envoy_on_response"`.
+    pub on_response: mlua::LuaString,
+}
 
-/// The driver: binds the handle to the call, runs the chunk once per worker (defining the
-/// hooks) and seals what it defined, then calls the hook if the script defines it.
+/// The driver: runs the chunk once per worker (defining the hooks) and seals what it
+/// defined, then calls the hook if the script defines it.
 const DRIVER: &str = r#"
-local bind, rawget = ...
+local rawget = ...
 return function(handle, globals, hook, chunk, seal)
-  bind(handle)
   if chunk then
     chunk()
     seal()
@@ -69,21 +73,19 @@ end
 
 /// Registers the Envoy filter's driver and `pairs` over handle objects (an
 /// [`Extension`](sluicegate_lua::Extension)).
-pub fn register(lua: &Lua, host: &Rc<Host>, _modules: &Table, globals: &Table) -> mlua::Result<()> {
-    let h = host.clone();
-    let bind = lua.create_function(move |lua, handle: mlua::AnyUserData| {
-        let token = handle.borrow::<handle::StreamHandle>()?.token;
-        h.with_req(lua, "envoy_lua", sluicegate_lua::Kinds::REQUEST, |s| {
-            s.owned.push(Box::new(HookMark(token)));
-            Ok(())
-        })
-    })?;
+pub fn register(
+    lua: &Lua,
+    _host: &Rc<Host>,
+    _modules: &Table,
+    globals: &Table,
+) -> mlua::Result<()> {
     let rawget: Value = globals.raw_get("rawget")?;
-    let driver: Function = lua
-        .load(DRIVER)
-        .set_name("=envoy_lua")
-        .call((bind, rawget))?;
-    lua.set_app_data(Driver(driver));
+    let run: Function = lua.load(DRIVER).set_name("=envoy_lua").call(rawget)?;
+    lua.set_app_data(Driver {
+        run,
+        on_request: lua.create_string("envoy_on_request")?,
+        on_response: lua.create_string("envoy_on_response")?,
+    });
     // Envoy's objects iterate with `pairs` (Lua 5.2's `__pairs`); Luau's `pairs` only
     // takes tables, so objects with an `__iter` metamethod are iterated through it.
     let pairs: Function = globals.raw_get("pairs")?;

@@ -111,20 +111,24 @@ impl EnvoyLua {
 /// The call of `envoy_on_request` / `envoy_on_response` through the VM's driver.
 fn entry(
     dir: Dir,
-) -> impl Fn(&Vm, &Rc<Instance>) -> mlua::Result<(mlua::Function, mlua::MultiValue)> {
+) -> impl Fn(&Vm, &Rc<Instance>) -> mlua::Result<(mlua::Function, mlua::MultiValue, u64)> {
     move |vm, inst| {
-        let driver = vm
+        let (driver, hook) = vm
             .lua
             .app_data_ref::<Driver>()
-            .map(|d| d.0.clone())
+            .map(|d| {
+                let hook = match dir {
+                    Dir::Request => &d.on_request,
+                    Dir::Response => &d.on_response,
+                };
+                (d.run.clone(), hook.clone())
+            })
             .ok_or_else(|| {
                 mlua::Error::runtime("the Envoy filter API is not installed in this VM")
             })?;
-        let hook = match dir {
-            Dir::Request => "envoy_on_request",
-            Dir::Response => "envoy_on_response",
-        };
-        let handle = vm.lua.create_userdata(StreamHandle::new(&vm.host, dir))?;
+        let handle = StreamHandle::new(&vm.host, dir);
+        let token = handle.token;
+        let handle = vm.lua.create_userdata(handle)?;
         let Some((globals, sealed)) = inst.prelude() else {
             return Err(mlua::Error::runtime(
                 "an Envoy filter must be loaded once per worker",
@@ -141,7 +145,7 @@ fn entry(
             })?;
             (handle, globals.clone(), hook, inst.function(), seal).into_lua_multi(&vm.lua)?
         };
-        Ok((driver, args))
+        Ok((driver, args, token))
     }
 }
 
