@@ -68,37 +68,59 @@ pub fn route_changes(
     next: &Entities,
     current: &[Arc<Route>],
 ) -> Option<Vec<RouteSource>> {
-    let same = |kind: Kind| {
-        let (a, b) = (prev.kinds.get(&kind), next.kinds.get(&kind));
-        a.map_or(0, |m| m.len()) == b.map_or(0, |m| m.len())
-            && a.into_iter()
-                .flatten()
-                .all(|(name, e)| next.get(kind, name).is_some_and(|n| same_entry(e, n)))
-    };
     if prev.cluster_id != next.cluster_id
         || next.revision < prev.revision
         || current.len() != prev.count(Kind::Routes)
-        || !Kind::ALL
-            .into_iter()
-            .filter(|k| *k != Kind::Routes)
-            .all(same)
     {
         return None;
     }
-    // A route written since `prev` has a later revision; every other one must be the very
-    // write `prev` has.
+    // The routes written since `prev`: from what `next` says it was derived by, or else by
+    // comparing the two sets (a route written since has a later revision; every other
+    // entity must be the very write `prev` has).
     let mut written = Vec::new();
-    for (name, e) in next.kinds.get(&Kind::Routes).into_iter().flatten() {
-        if e.revision > prev.revision {
-            if names_secret(&e.body) {
+    if let Some(names) = next.changed_since(prev.revision) {
+        let mut seen = std::collections::HashSet::new();
+        for (kind, name) in names {
+            if *kind != Kind::Routes {
                 return None;
             }
-            written.push((name.as_str(), e));
-        } else if !prev
-            .get(Kind::Routes, name)
-            .is_some_and(|p| same_entry(p, e))
+            if !seen.insert(name.as_str()) {
+                continue;
+            }
+            if let Some(e) = next.get(Kind::Routes, name) {
+                if names_secret(&e.body) {
+                    return None;
+                }
+                written.push((name.as_str(), e));
+            }
+        }
+    } else {
+        let same = |kind: Kind| {
+            let (a, b) = (prev.kinds.get(&kind), next.kinds.get(&kind));
+            a.map_or(0, |m| m.len()) == b.map_or(0, |m| m.len())
+                && a.into_iter()
+                    .flatten()
+                    .all(|(name, e)| next.get(kind, name).is_some_and(|n| same_entry(e, n)))
+        };
+        if !Kind::ALL
+            .into_iter()
+            .filter(|k| *k != Kind::Routes)
+            .all(same)
         {
             return None;
+        }
+        for (name, e) in next.kinds.get(&Kind::Routes).into_iter().flatten() {
+            if e.revision > prev.revision {
+                if names_secret(&e.body) {
+                    return None;
+                }
+                written.push((name.as_str(), e));
+            } else if !prev
+                .get(Kind::Routes, name)
+                .is_some_and(|p| same_entry(p, e))
+            {
+                return None;
+            }
         }
     }
     let count = next.count(Kind::Routes);
@@ -111,11 +133,18 @@ pub fn route_changes(
             .iter()
             .all(|(name, e)| prev.get(Kind::Routes, name).is_some_and(|p| p.ord == e.ord))
     {
-        let written: std::collections::HashMap<&str, &Entry> = written.into_iter().collect();
+        // A few written routes are looked for by comparing names (cheaper, over every
+        // route, than hashing each name).
+        let by_name: Option<std::collections::HashMap<&str, &Entry>> =
+            (written.len() > 8).then(|| written.iter().copied().collect());
+        let find = |name: &str| match &by_name {
+            Some(m) => m.get(name).copied(),
+            None => written.iter().find(|(n, _)| *n == name).map(|(_, e)| *e),
+        };
         let out: Vec<RouteSource> = current
             .iter()
             .enumerate()
-            .map(|(j, r)| match written.get(r.name.as_str()) {
+            .map(|(j, r)| match find(r.name.as_str()) {
                 Some(e) => RouteSource::Build(from_json(&e.body)),
                 None => RouteSource::Keep(j),
             })

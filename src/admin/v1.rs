@@ -236,7 +236,7 @@ fn check_precondition(
 
 /// `current` with `ops` applied, for validation (new entities go last, in order).
 fn candidate(current: &Entities, ops: &[Op], reorder: bool) -> Entities {
-    let mut next = current.clone();
+    let mut next = current.successor();
     let mut ord = current
         .kinds
         .values()

@@ -173,6 +173,30 @@ impl Writer {
 /// What turns `before` into `after`: each entity written since (or otherwise different)
 /// and each one deleted.
 fn changes(before: &Entities, after: &Entities) -> Vec<Change> {
+    if let Some(names) = after.changed_since(before.revision) {
+        // Each entity named, as it now is (the last write of a name wins on reading).
+        let mut seen = std::collections::HashSet::new();
+        return names
+            .iter()
+            .filter(|n| seen.insert(*n))
+            .map(|(kind, name)| match after.get(*kind, name) {
+                Some(e) => Change {
+                    kind: *kind,
+                    name: name.clone(),
+                    ord: e.ord,
+                    revision: e.revision,
+                    body: Some(Value::clone(&e.body)),
+                },
+                None => Change {
+                    kind: *kind,
+                    name: name.clone(),
+                    ord: 0,
+                    revision: after.revision,
+                    body: None,
+                },
+            })
+            .collect();
+    }
     let mut out = Vec::new();
     for (kind, of_kind) in &after.kinds {
         for (name, e) in of_kind {
@@ -322,6 +346,48 @@ mod tests {
             revision,
             body,
         }
+    }
+
+    #[test]
+    fn the_changes_a_revision_names_are_those_a_comparison_of_the_sets_finds() {
+        let body = |n: &str, t: &str| Some(serde_json::json!({"name": n, "targets": [t]}));
+        let mut before = Entities::empty("c");
+        before.apply(
+            vec![
+                change(Kind::Upstreams, "a", 1, body("a", "127.0.0.1:1")),
+                change(Kind::Upstreams, "b", 1, body("b", "127.0.0.1:2")),
+                change(Kind::Routes, "r", 1, Some(serde_json::json!({"name": "r"}))),
+            ],
+            1,
+        );
+        let mut after = before.successor();
+        after.apply(
+            vec![
+                change(Kind::Upstreams, "a", 2, body("a", "127.0.0.1:3")),
+                change(Kind::Upstreams, "b", 2, None),
+                change(Kind::Upstreams, "n", 2, body("n", "127.0.0.1:4")),
+            ],
+            2,
+        );
+        after.apply(
+            vec![change(Kind::Upstreams, "a", 3, body("a", "127.0.0.1:5"))],
+            3,
+        );
+        assert!(after.changed_since(1).is_some());
+        // The same set without its record of what changed: compared whole.
+        let compared: Entities =
+            serde_json::from_slice(&serde_json::to_vec(&after).unwrap()).unwrap();
+        assert!(compared.changed_since(1).is_none());
+        let sorted = |mut v: Vec<Change>| {
+            v.sort_by(|x, y| (x.kind, &x.name).cmp(&(y.kind, &y.name)));
+            v
+        };
+        let named = sorted(changes(&before, &after));
+        assert_eq!(named, sorted(changes(&before, &compared)));
+        assert_eq!(
+            named.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "n"]
+        );
     }
 
     #[test]

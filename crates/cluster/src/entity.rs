@@ -102,6 +102,26 @@ pub struct Entities {
     pub revision: i64,
     /// The entities by kind and name.
     pub kinds: BTreeMap<Kind, HashMap<String, Entry>>,
+    /// Which entities the last applies wrote or deleted, so that what consumes a revision
+    /// (the routes-only build, the copy on disk) need not compare the two whole sets.
+    #[serde(skip)]
+    delta: Delta,
+}
+
+/// The entities written or deleted from revision `from` to `to`, in the order applied
+/// (a name may come more than once). Bookkeeping, not content: two sets with the same
+/// entities are equal whatever their deltas.
+#[derive(Debug, Clone, Default)]
+struct Delta {
+    from: i64,
+    to: i64,
+    names: Vec<(Kind, String)>,
+}
+
+impl PartialEq for Delta {
+    fn eq(&self, _: &Delta) -> bool {
+        true
+    }
 }
 
 impl Entities {
@@ -113,9 +133,39 @@ impl Entities {
         }
     }
 
+    /// A copy to apply the next revision to: its [`Entities::changed_since`] then answers
+    /// for this set's revision.
+    pub fn successor(&self) -> Entities {
+        let mut next = self.clone();
+        next.delta = Delta {
+            from: self.revision,
+            to: self.revision,
+            names: Vec::new(),
+        };
+        next
+    }
+
+    /// The entities written or deleted since `revision`, when this set was derived from
+    /// one at `revision` by [`Entities::apply`] (after [`Entities::successor`]); `None`
+    /// when that is not known (compare the two sets instead).
+    pub fn changed_since(&self, revision: i64) -> Option<&[(Kind, String)]> {
+        (self.delta.from == revision && self.delta.to == self.revision)
+            .then_some(self.delta.names.as_slice())
+    }
+
     /// Applies `changes` (in any order: each row is the latest write of its entity) and
     /// moves to `revision`.
     pub fn apply(&mut self, changes: Vec<Change>, revision: i64) {
+        if self.delta.to != self.revision {
+            self.delta = Delta {
+                from: self.revision,
+                to: self.revision,
+                names: Vec::new(),
+            };
+        }
+        self.delta
+            .names
+            .extend(changes.iter().map(|c| (c.kind, c.name.clone())));
         for c in changes {
             let of_kind = self.kinds.entry(c.kind).or_default();
             match c.body {
@@ -135,6 +185,7 @@ impl Entities {
             }
         }
         self.revision = self.revision.max(revision);
+        self.delta.to = self.revision;
     }
 
     /// Entity `name` of `kind`.
@@ -196,6 +247,43 @@ mod tests {
             revision,
             body,
         }
+    }
+
+    #[test]
+    fn a_successor_knows_what_changed_since_its_base_and_a_copy_does_not() {
+        let row = |name: &str, revision: i64| Change {
+            kind: Kind::Routes,
+            name: name.into(),
+            ord: revision,
+            revision,
+            body: Some(serde_json::json!({"name": name})),
+        };
+        let mut e = Entities::empty("c");
+        e.apply(vec![row("a", 1)], 1);
+        let mut next = e.successor();
+        next.apply(vec![row("b", 2)], 2);
+        next.apply(vec![row("c", 3)], 3);
+        let names = |v: &[(Kind, String)]| v.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            next.changed_since(1).map(names),
+            Some(vec!["b".to_string(), "c".into()])
+        );
+        assert_eq!(
+            next.changed_since(2),
+            None,
+            "only from the base it was made from"
+        );
+        // A plain copy applied to goes on from the copy's base, so it cannot say what
+        // changed since the copy's own revision.
+        let mut copy = next.clone();
+        copy.apply(vec![row("d", 4)], 4);
+        assert_eq!(copy.changed_since(3), None);
+        assert_eq!(copy.changed_since(1).map(names).map(|v| v.len()), Some(3));
+        assert_eq!(copy, {
+            let mut whole = Entities::empty("c");
+            whole.apply(vec![row("a", 1), row("b", 2), row("c", 3), row("d", 4)], 4);
+            whole
+        });
     }
 
     #[test]

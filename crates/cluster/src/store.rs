@@ -259,7 +259,7 @@ pub async fn refresh(client: &mut Client, entities: &Entities) -> Result<Refresh
         });
     }
     let rows = changes.len();
-    let mut next = entities.clone();
+    let mut next = entities.successor();
     next.apply(changes, revision);
     Ok(Refreshed {
         revision,
