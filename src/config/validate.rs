@@ -1198,6 +1198,19 @@ pub fn with_routes(
             .filter_map(|r| Some(r.queue.as_ref()?.name.clone()))
             .collect(),
     };
+    // Routes changed in place (every kept route at its index): the routing table is the
+    // running one with the changed routes' entries replaced.
+    let in_place = routes.len() == current.routes.len()
+        && routes.iter().enumerate().all(|(i, source)| match source {
+            RouteSource::Keep(j) => *j == i,
+            RouteSource::Build(_) => true,
+        });
+    let changed: Vec<usize> = routes
+        .iter()
+        .enumerate()
+        .filter(|(_, source)| matches!(source, RouteSource::Build(_)))
+        .map(|(i, _)| i)
+        .collect();
     let mut diags = Diags::default();
     let mut built = Vec::with_capacity(routes.len());
     let mut matches = Vec::with_capacity(routes.len());
@@ -1232,7 +1245,11 @@ pub fn with_routes(
         loaded_at: SystemTime::now(),
         settings: current.settings.clone(),
         listeners: current.listeners.clone(),
-        router: Router::of_shared(matches),
+        router: if in_place {
+            current.router.with_changed(matches, &changed)
+        } else {
+            Router::of_shared(matches)
+        },
         routes: built,
         global: current.global.clone(),
         upstreams: current.upstreams.clone(),

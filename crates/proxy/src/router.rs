@@ -67,10 +67,23 @@ struct Entry {
     path: PathPattern,
 }
 
+/// An entry's precedence: host rank, path rank, conditions (each higher first), then the
+/// route's index. With the index last, sorting by it orders entries as a stable sort by
+/// the ranks alone would.
+type Key = (
+    std::cmp::Reverse<(u8, usize)>,
+    std::cmp::Reverse<(u8, usize)>,
+    std::cmp::Reverse<usize>,
+    usize,
+);
+
 /// The compiled routing table of one snapshot.
 #[derive(Debug, Default)]
 pub struct Router {
     entries: Vec<Entry>,
+    /// Each entry's [`Key`], in entry order (kept for [`Router::with_changed`]; the
+    /// request path never reads it).
+    keys: Vec<Key>,
     matches: Vec<Arc<RouteMatch>>,
     needs_host: bool,
 }
@@ -96,40 +109,66 @@ impl Router {
     /// [`Router::new`] of conditions that other tables may share (a change of some routes
     /// keeps the others' conditions).
     pub fn of_shared(routes: Vec<Arc<RouteMatch>>) -> Self {
-        let mut entries = Vec::new();
+        let mut keyed = Vec::with_capacity(routes.len());
         for (i, m) in routes.iter().enumerate() {
-            let hosts = if m.hosts.is_empty() {
-                vec![HostPattern::Any]
-            } else {
-                m.hosts.clone()
+            keyed_entries(i, m, &mut keyed);
+        }
+        keyed.sort_unstable_by_key(|(key, _)| *key);
+        Router::of_sorted(keyed, routes)
+    }
+
+    /// This table with the routes at `changed` replaced by those of `routes` (the same
+    /// number of routes, the others unchanged at the same index): the kept entries are
+    /// merged with the new ones instead of sorting the whole table again. The result is
+    /// the one [`Router::of_shared`] builds.
+    pub fn with_changed(&self, routes: Vec<Arc<RouteMatch>>, changed: &[usize]) -> Self {
+        if routes.len() != self.matches.len() || self.keys.len() != self.entries.len() {
+            return Router::of_shared(routes);
+        }
+        let mut replaced = vec![false; routes.len()];
+        let mut fresh = Vec::new();
+        for &i in changed {
+            let Some(m) = routes.get(i) else {
+                return Router::of_shared(routes);
             };
-            let paths = if m.paths.is_empty() {
-                vec![PathPattern::Any]
-            } else {
-                m.paths.clone()
-            };
-            for h in &hosts {
-                for p in &paths {
-                    entries.push(Entry {
-                        route: i,
-                        host: h.clone(),
-                        path: p.clone(),
-                    });
-                }
+            if !std::mem::replace(&mut replaced[i], true) {
+                keyed_entries(i, m, &mut fresh);
             }
         }
-        entries.sort_by_key(|e| {
-            let m = &routes[e.route];
-            (
-                std::cmp::Reverse(host_rank(&e.host)),
-                std::cmp::Reverse(path_rank(&e.path)),
-                std::cmp::Reverse(m.methods.len().min(1) + m.headers.len()),
-                e.route,
-            )
-        });
+        fresh.sort_unstable_by_key(|(key, _)| *key);
+        let mut merged = Vec::with_capacity(self.entries.len() + fresh.len());
+        let mut fresh = fresh.into_iter().peekable();
+        for (key, e) in self.keys.iter().zip(&self.entries) {
+            if replaced[e.route] {
+                continue;
+            }
+            while let Some(f) = fresh.next_if(|(k, _)| k < key) {
+                merged.push(f);
+            }
+            merged.push((*key, (e.host.clone(), e.path.clone())));
+        }
+        merged.extend(fresh);
+        Router::of_sorted(merged, routes)
+    }
+
+    fn of_sorted(
+        keyed: Vec<(Key, (HostPattern, PathPattern))>,
+        routes: Vec<Arc<RouteMatch>>,
+    ) -> Self {
+        let mut keys = Vec::with_capacity(keyed.len());
+        let mut entries = Vec::with_capacity(keyed.len());
+        for (key, (host, path)) in keyed {
+            keys.push(key);
+            entries.push(Entry {
+                route: key.3,
+                host,
+                path,
+            });
+        }
         Router {
             needs_host: entries.iter().any(|e| !matches!(e.host, HostPattern::Any)),
             entries,
+            keys,
             matches: routes,
         }
     }
@@ -154,6 +193,34 @@ impl Router {
                     && extra_matches(&self.matches[e.route], key)
             })
             .map(|e| e.route)
+    }
+}
+
+/// Route `i`'s entries (each host × each path; none means any) with their keys.
+fn keyed_entries(i: usize, m: &RouteMatch, out: &mut Vec<(Key, (HostPattern, PathPattern))>) {
+    const ANY_HOST: &[HostPattern] = &[HostPattern::Any];
+    const ANY_PATH: &[PathPattern] = &[PathPattern::Any];
+    let hosts = if m.hosts.is_empty() {
+        ANY_HOST
+    } else {
+        &m.hosts
+    };
+    let paths = if m.paths.is_empty() {
+        ANY_PATH
+    } else {
+        &m.paths
+    };
+    let conditions = m.methods.len().min(1) + m.headers.len();
+    for h in hosts {
+        for p in paths {
+            let key = (
+                std::cmp::Reverse(host_rank(h)),
+                std::cmp::Reverse(path_rank(p)),
+                std::cmp::Reverse(conditions),
+                i,
+            );
+            out.push((key, (h.clone(), p.clone())));
+        }
     }
 }
 
@@ -220,6 +287,61 @@ mod tests {
             method: &method,
             headers: &headers,
         })
+    }
+
+    #[test]
+    fn a_table_with_changed_routes_is_the_one_built_whole() {
+        let prefix = |p: &str| PathPattern::Prefix(p.into());
+        let route = |hosts: Vec<HostPattern>, paths: Vec<PathPattern>, methods: usize| {
+            Arc::new(RouteMatch {
+                hosts,
+                paths,
+                methods: vec![Method::GET; methods],
+                ..Default::default()
+            })
+        };
+        let mut routes: Vec<Arc<RouteMatch>> = (0..40)
+            .map(|i| {
+                let hosts = match i % 4 {
+                    0 => vec![],
+                    1 => vec![HostPattern::Exact(format!("h{}", i % 3).into())],
+                    2 => vec![HostPattern::Wildcard(".example.com".into())],
+                    _ => vec![HostPattern::Any, HostPattern::Exact("a".into())],
+                };
+                let paths = match i % 5 {
+                    0 => vec![],
+                    1 => vec![prefix(&"/x".repeat(i % 7 + 1))],
+                    2 => vec![
+                        PathPattern::Exact(format!("/e{}", i % 2).into()),
+                        prefix("/"),
+                    ],
+                    3 => vec![PathPattern::Regex(Regex::new("^/r").unwrap())],
+                    _ => vec![prefix("/x/"), prefix("/y/")],
+                };
+                route(hosts, paths, i % 2)
+            })
+            .collect();
+        let before = Router::of_shared(routes.clone());
+        routes[3] = route(vec![], vec![prefix("/x/x/x/x/x/x/x/x")], 1);
+        routes[17] = route(vec![HostPattern::Exact("h1".into())], vec![], 0);
+        routes[39] = route(vec![], vec![PathPattern::Exact("/e0".into())], 1);
+        let merged = before.with_changed(routes.clone(), &[3, 17, 39, 17]);
+        let whole = Router::of_shared(routes);
+        assert_eq!(merged.keys, whole.keys);
+        let routes_of = |r: &Router| r.entries.iter().map(|e| e.route).collect::<Vec<_>>();
+        assert_eq!(routes_of(&merged), routes_of(&whole));
+        for (host, path) in [
+            ("h1", "/x/x/x/x/x/x/x/x/y"),
+            ("a", "/e0"),
+            ("b.example.com", "/r"),
+            ("z", "/"),
+        ] {
+            assert_eq!(
+                find(&merged, host, path, Method::GET),
+                find(&whole, host, path, Method::GET),
+                "{host}{path}"
+            );
+        }
     }
 
     #[test]
