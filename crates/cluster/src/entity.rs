@@ -3,7 +3,7 @@
 //! set renders back into the file's sections ([`Entities::sections`]), which is what the
 //! node validates and builds its snapshot from.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -101,7 +101,7 @@ pub struct Entities {
     /// The revision these entities are at.
     pub revision: i64,
     /// The entities by kind and name.
-    pub kinds: BTreeMap<Kind, HashMap<String, Entry>>,
+    pub kinds: BTreeMap<Kind, imbl::HashMap<String, Entry>>,
     /// Which entities the last applies wrote or deleted, so that what consumes a revision
     /// (the routes-only build, the copy on disk) need not compare the two whole sets.
     #[serde(skip)]
@@ -206,7 +206,7 @@ impl Entities {
 
     /// How many entities of `kind` there are.
     pub fn count(&self, kind: Kind) -> usize {
-        self.kinds.get(&kind).map_or(0, HashMap::len)
+        self.kinds.get(&kind).map_or(0, imbl::HashMap::len)
     }
 
     /// The configuration file's sections (`upstreams`, `routes`, `plugins`), each a list in
