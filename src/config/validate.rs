@@ -1228,12 +1228,16 @@ pub fn with_routes(
             }
         }
     }
-    if !taken.routes.is_empty()
-        && routes
-            .iter()
-            .filter_map(kept)
-            .any(|r| taken.routes.contains(r.name.as_str()))
-    {
+    // A few built names are compared with each kept route's (cheaper, over every route,
+    // than hashing each kept name).
+    let clash = |name: &str| {
+        if taken.routes.len() <= 8 {
+            taken.routes.iter().any(|t| t == name)
+        } else {
+            taken.routes.contains(name)
+        }
+    };
+    if !taken.routes.is_empty() && routes.iter().filter_map(kept).any(|r| clash(&r.name)) {
         return None;
     }
     if !diags.is_empty() {
