@@ -136,13 +136,16 @@ impl Entities {
     /// A copy to apply the next revision to: its [`Entities::changed_since`] then answers
     /// for this set's revision.
     pub fn successor(&self) -> Entities {
-        let mut next = self.clone();
-        next.delta = Delta {
-            from: self.revision,
-            to: self.revision,
-            names: Vec::new(),
-        };
-        next
+        Entities {
+            cluster_id: self.cluster_id.clone(),
+            revision: self.revision,
+            kinds: self.kinds.clone(),
+            delta: Delta {
+                from: self.revision,
+                to: self.revision,
+                names: Vec::new(),
+            },
+        }
     }
 
     /// The entities written or deleted since `revision`, when this set was derived from
