@@ -100,7 +100,7 @@ pub fn route_changes(
             a.map_or(0, |m| m.len()) == b.map_or(0, |m| m.len())
                 && a.into_iter()
                     .flatten()
-                    .all(|(name, e)| next.get(kind, name).is_some_and(|n| same_entry(e, n)))
+                    .all(|(name, e)| next.get(kind, name).is_some_and(|n| e.same_write(n)))
         };
         if !Kind::ALL
             .into_iter()
@@ -117,7 +117,7 @@ pub fn route_changes(
                 written.push((name.as_str(), e));
             } else if !prev
                 .get(Kind::Routes, name)
-                .is_some_and(|p| same_entry(p, e))
+                .is_some_and(|p| p.same_write(e))
             {
                 return None;
             }
@@ -172,7 +172,7 @@ pub fn route_changes(
             }
             let kept = before
                 .get(j)
-                .filter(|(n, e)| *n == name && same_entry(e, entry))
+                .filter(|(n, e)| *n == name && e.same_write(entry))
                 .filter(|_| current.get(j).is_some_and(|r| r.name == name));
             match kept {
                 Some(_) => RouteSource::Keep(j),
@@ -181,13 +181,6 @@ pub fn route_changes(
         })
         .collect();
     Some(out)
-}
-
-/// Whether two entries are the same write of an entity.
-fn same_entry(a: &Entry, b: &Entry) -> bool {
-    a.revision == b.revision
-        && a.ord == b.ord
-        && (Arc::ptr_eq(&a.body, &b.body) || a.body == b.body)
 }
 
 /// Whether `v` holds a `${secret:...}` reference anywhere.

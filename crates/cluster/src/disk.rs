@@ -174,62 +174,50 @@ impl Writer {
 /// and each one deleted.
 fn changes(before: &Entities, after: &Entities) -> Vec<Change> {
     if let Some(names) = after.changed_since(before.revision) {
-        // Each entity named, as it now is (the last write of a name wins on reading).
+        // Each entity named once, as it now is.
         let mut seen = std::collections::HashSet::new();
         return names
             .iter()
             .filter(|n| seen.insert(*n))
-            .map(|(kind, name)| match after.get(*kind, name) {
-                Some(e) => Change {
-                    kind: *kind,
-                    name: name.clone(),
-                    ord: e.ord,
-                    revision: e.revision,
-                    body: Some(Value::clone(&e.body)),
-                },
-                None => Change {
-                    kind: *kind,
-                    name: name.clone(),
-                    ord: 0,
-                    revision: after.revision,
-                    body: None,
-                },
-            })
+            .map(|(kind, name)| change_of(after, *kind, name))
             .collect();
     }
-    let mut out = Vec::new();
-    for (kind, of_kind) in &after.kinds {
-        for (name, e) in of_kind {
-            let same = before.get(*kind, name).is_some_and(|b| {
-                b.ord == e.ord
-                    && b.revision == e.revision
-                    && (Arc::ptr_eq(&b.body, &e.body) || b.body == e.body)
-            });
-            if !same {
-                out.push(Change {
-                    kind: *kind,
-                    name: name.clone(),
-                    ord: e.ord,
-                    revision: e.revision,
-                    body: Some(Value::clone(&e.body)),
-                });
-            }
-        }
+    let written = after.kinds.iter().flat_map(|(kind, of_kind)| {
+        of_kind
+            .iter()
+            .filter(|(name, e)| !before.get(*kind, name).is_some_and(|b| b.same_write(e)))
+            .map(move |(name, _)| (*kind, name))
+    });
+    let deleted = before.kinds.iter().flat_map(|(kind, of_kind)| {
+        of_kind
+            .keys()
+            .filter(|name| after.get(*kind, name).is_none())
+            .map(move |name| (*kind, name))
+    });
+    written
+        .chain(deleted)
+        .map(|(kind, name)| change_of(after, kind, name))
+        .collect()
+}
+
+/// Entity `name` of `kind` as `after` holds it: its write, or its deletion.
+fn change_of(after: &Entities, kind: Kind, name: &str) -> Change {
+    match after.get(kind, name) {
+        Some(e) => Change {
+            kind,
+            name: name.to_string(),
+            ord: e.ord,
+            revision: e.revision,
+            body: Some(Value::clone(&e.body)),
+        },
+        None => Change {
+            kind,
+            name: name.to_string(),
+            ord: 0,
+            revision: after.revision,
+            body: None,
+        },
     }
-    for (kind, of_kind) in &before.kinds {
-        for name in of_kind.keys() {
-            if after.get(*kind, name).is_none() {
-                out.push(Change {
-                    kind: *kind,
-                    name: name.clone(),
-                    ord: 0,
-                    revision: after.revision,
-                    body: None,
-                });
-            }
-        }
-    }
-    out
 }
 
 /// Appends one line to the log and fsyncs it (and the directory, when the line starts the

@@ -77,6 +77,16 @@ pub struct Entry {
     pub body: Arc<Value>,
 }
 
+impl Entry {
+    /// Whether `other` is the same write of the entity: the same order, revision and body
+    /// (the body compared by pointer first: revisions that did not write it share it).
+    pub fn same_write(&self, other: &Entry) -> bool {
+        self.revision == other.revision
+            && self.ord == other.ord
+            && (Arc::ptr_eq(&self.body, &other.body) || self.body == other.body)
+    }
+}
+
 /// One row of what changed since a revision: `body` is `None` for a deletion.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
