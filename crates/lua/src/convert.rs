@@ -4,15 +4,24 @@
 
 use mlua::{Lua, Value};
 
+/// The chunk name of Lua glue between scripts and Rust functions (wrappers an extension
+/// loads): [`location`] passes over its frames as over mlua's own, so that an error names
+/// the script's line, not the wrapper's.
+pub const GLUE_CHUNK: &str = "=[glue]";
+
 /// `name:line: ` of the Lua code that called the running Rust function.
 pub fn location(lua: &Lua) -> String {
-    // Level 1 is the caller; async functions sit behind mlua's own polling frames.
-    for level in 1..6 {
+    let glue = &GLUE_CHUNK[1..];
+    // Level 1 is the caller; async functions sit behind mlua's own polling frames, and
+    // extensions' methods behind a glue wrapper and a C function.
+    for level in 1..9 {
         let found = lua.inspect_stack(level, |d| {
             let src = d.source();
             let name = src.short_src.as_deref().unwrap_or("?").to_string();
             match d.current_line() {
-                Some(line) if !name.starts_with("__mlua") => Some(format!("{name}:{line}: ")),
+                Some(line) if !name.starts_with("__mlua") && name != glue => {
+                    Some(format!("{name}:{line}: "))
+                }
                 _ => None,
             }
         });

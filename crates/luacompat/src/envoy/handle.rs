@@ -4,16 +4,22 @@
 //! connection's TLS, logging, `httpCall`, `respond`, and the helpers (`base64Escape`,
 //! `timestamp`, `importPublicKey` / `verifySignature`).
 //!
-//! Every object reads and changes the request through the running call's state (the
+//! The handle itself is a raw Luau userdata holding its call's token and direction
+//! ([`super::raw`]); its methods are the Rust functions of [`methods`], called with that
+//! token and direction, and for the common header calls C functions that fall back to
+//! them. Every object reads and changes the request through the running call's state (the
 //! bridge's [`ReqState`]), after checking that the call is the one it was made for.
 
+use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use mlua::{AnyUserData, Lua, MetaMethod, UserData, UserDataMethods, Value};
+use mlua::{
+    AnyUserData, FromLuaMulti, IntoLuaMulti, Lua, MetaMethod, UserData, UserDataMethods, Value,
+};
 use sluicegate_core::context::RequestBody;
 use sluicegate_lua::state::ReqState;
 use sluicegate_lua::vm::Host;
@@ -29,6 +35,25 @@ pub enum Dir {
     Request,
     /// `envoy_on_response`.
     Response,
+}
+
+impl Dir {
+    /// The number a handle carries.
+    pub fn code(self) -> u8 {
+        match self {
+            Dir::Request => 0,
+            Dir::Response => 1,
+        }
+    }
+
+    /// The direction of a handle's number.
+    pub fn from_code(code: u8) -> Dir {
+        if code == 0 {
+            Dir::Request
+        } else {
+            Dir::Response
+        }
+    }
 }
 
 /// What every object of one call carries: the host, the call's token, the direction.
@@ -52,42 +77,17 @@ impl Scope {
             .try_borrow_mut()
             .map_err(|_| mlua::Error::runtime(OUT_OF_SCOPE))?;
         match cur.as_deref_mut() {
-            Some(s) if self.bound(s) => f(s),
+            Some(s) if s.binding == self.token => f(s),
             _ => Err(sluicegate_lua::convert::error(lua, OUT_OF_SCOPE)),
         }
     }
-
-    fn bound(&self, s: &ReqState) -> bool {
-        s.binding == self.token
-    }
 }
 
-/// The handle passed to `envoy_on_request` / `envoy_on_response`.
-pub struct StreamHandle {
-    /// The call it is bound to.
-    pub token: u64,
-    scope: Scope,
-    /// What `headers()` answers for (the handle is its own header map).
-    headers: Headers,
-}
-
-impl StreamHandle {
-    /// A handle for a new call in direction `dir`.
-    pub fn new(host: &Rc<Host>, dir: Dir) -> Self {
-        let token = super::next_token();
-        let scope = Scope {
-            host: host.clone(),
-            token,
-            dir,
-        };
-        StreamHandle {
-            token,
-            headers: Headers {
-                scope: scope.clone(),
-            },
-            scope,
-        }
-    }
+/// Whether the running call is the one of `token`.
+pub(crate) fn bound(host: &Host, token: u64) -> bool {
+    host.cur
+        .try_borrow()
+        .is_ok_and(|c| c.as_deref().is_some_and(|s| s.binding == token))
 }
 
 fn err(lua: &Lua, message: impl std::fmt::Display) -> mlua::Error {
@@ -99,179 +99,239 @@ fn text(v: &Value) -> Option<String> {
     sluicegate_lua::convert::as_bytes(v).map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
-impl UserData for StreamHandle {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_function("headers", |lua, ud: AnyUserData| {
-            ud.borrow::<StreamHandle>()?.scope.with(lua, |_| Ok(()))?;
-            Ok(ud)
-        });
-        header_methods(m);
-        m.add_method("trailers", |lua, this, ()| {
-            // Trailers are not kept apart from the body here: there are none to show.
-            this.scope.with(lua, |_| Ok(()))?;
-            Ok(Value::Nil)
-        });
-        m.add_async_method("body", |lua, this, always_wrap: Option<bool>| {
-            let scope = this.scope.clone();
-            async move { body(&lua, &scope, always_wrap.unwrap_or(false)).await }
-        });
-        m.add_async_method("bodyChunks", |lua, this, ()| {
-            let scope = this.scope.clone();
-            async move {
-                // The body is buffered whole, then handed out as one chunk.
-                let buffer = body(&lua, &scope, false).await?;
-                let mut pending = Some(buffer);
-                lua.create_function_mut(move |_, ()| Ok(pending.take().unwrap_or(Value::Nil)))
-            }
-        });
-        m.add_method("metadata", |lua, this, ()| {
-            let map = this
-                .scope
-                .with(lua, |s| Ok(s.info.route_metadata.clone()))?;
-            lua.create_userdata(Metadata(map))
-        });
-        m.add_method("streamInfo", |lua, this, ()| {
-            this.scope.with(lua, |_| Ok(()))?;
-            lua.create_userdata(StreamInfo(this.scope.clone()))
-        });
-        m.add_method("connection", |lua, this, ()| {
-            this.scope.with(lua, |_| Ok(()))?;
-            lua.create_userdata(Connection(this.scope.clone()))
-        });
-        for (name, level) in [
-            ("logTrace", 0u8),
-            ("logDebug", 1),
-            ("logInfo", 2),
-            ("logWarn", 3),
-            ("logErr", 4),
-            ("logCritical", 5),
-        ] {
-            m.add_method(name, move |lua, this, message: Value| {
-                let message = sluicegate_lua::convert::display(&message);
-                let id = this.scope.with(lua, |s| {
-                    Ok(String::from_utf8_lossy(s.info.request_id.as_bytes()).into_owned())
-                })?;
-                log(&this.scope.host, level, &id, &message);
+/// Builds the table of the handle's methods: each a Rust function of `(token, dir, ...)`
+/// given the handle's scope.
+struct Methods<'a> {
+    lua: &'a Lua,
+    host: &'a Rc<Host>,
+    table: mlua::Table,
+}
+
+impl Methods<'_> {
+    fn sync<A, R>(
+        &self,
+        name: &str,
+        f: impl Fn(&Lua, &Scope, A) -> mlua::Result<R> + 'static,
+    ) -> mlua::Result<()>
+    where
+        A: FromLuaMulti,
+        R: IntoLuaMulti,
+    {
+        let host = self.host.clone();
+        let f = self
+            .lua
+            .create_function(move |lua, (token, dir, args): (f64, u8, A)| {
+                let scope = Scope {
+                    host: host.clone(),
+                    token: token as u64,
+                    dir: Dir::from_code(dir),
+                };
+                f(lua, &scope, args)
+            })?;
+        self.table.raw_set(name, f)
+    }
+
+    /// A method that may wait (it yields the call's coroutine).
+    fn wait<A, R, F>(
+        &self,
+        name: &str,
+        f: impl Fn(Lua, Scope, A) -> F + 'static,
+    ) -> mlua::Result<()>
+    where
+        A: FromLuaMulti,
+        R: IntoLuaMulti,
+        F: Future<Output = mlua::Result<R>> + 'static,
+    {
+        let host = self.host.clone();
+        let f = self
+            .lua
+            .create_async_function(move |lua, (token, dir, args): (f64, u8, A)| {
+                let scope = Scope {
+                    host: host.clone(),
+                    token: token as u64,
+                    dir: Dir::from_code(dir),
+                };
+                f(lua, scope, args)
+            })?;
+        self.table.raw_set(name, f)
+    }
+}
+
+/// The stream handle's methods, by name, as Rust functions of the handle's token and
+/// direction and the method's arguments. `headers` only checks the scope (the handle is
+/// its own header map); `__iter` is the handle's `pairs`.
+pub fn methods(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Table> {
+    let m = Methods {
+        lua,
+        host,
+        table: lua.create_table()?,
+    };
+    m.sync("headers", |lua, scope, ()| scope.with(lua, |_| Ok(())))?;
+    header_methods(&m)?;
+    m.sync("trailers", |lua, scope, ()| {
+        // Trailers are not kept apart from the body here: there are none to show.
+        scope.with(lua, |_| Ok(()))?;
+        Ok(Value::Nil)
+    })?;
+    m.wait("body", |lua, scope, always_wrap: Option<bool>| async move {
+        body(&lua, &scope, always_wrap.unwrap_or(false)).await
+    })?;
+    m.wait("bodyChunks", |lua, scope, ()| async move {
+        // The body is buffered whole, then handed out as one chunk.
+        let buffer = body(&lua, &scope, false).await?;
+        let mut pending = Some(buffer);
+        lua.create_function_mut(move |_, ()| Ok(pending.take().unwrap_or(Value::Nil)))
+    })?;
+    m.sync("metadata", |lua, scope, ()| {
+        let map = scope.with(lua, |s| Ok(s.info.route_metadata.clone()))?;
+        lua.create_userdata(Metadata(map))
+    })?;
+    m.sync("streamInfo", |lua, scope, ()| {
+        scope.with(lua, |_| Ok(()))?;
+        lua.create_userdata(StreamInfo(scope.clone()))
+    })?;
+    m.sync("connection", |lua, scope, ()| {
+        scope.with(lua, |_| Ok(()))?;
+        lua.create_userdata(Connection(scope.clone()))
+    })?;
+    for (name, level) in [
+        ("logTrace", 0u8),
+        ("logDebug", 1),
+        ("logInfo", 2),
+        ("logWarn", 3),
+        ("logErr", 4),
+        ("logCritical", 5),
+    ] {
+        m.sync(name, move |lua, scope, message: Value| {
+            let message = sluicegate_lua::convert::display(&message);
+            let id = scope.with(lua, |s| {
+                Ok(String::from_utf8_lossy(s.info.request_id.as_bytes()).into_owned())
+            })?;
+            log(&scope.host, level, &id, &message);
+            Ok(())
+        })?;
+    }
+    m.wait(
+        "respond",
+        |lua, scope, (headers, body): (mlua::Table, Option<mlua::LuaString>)| async move {
+            respond(&lua, &scope, &headers, body)?;
+            if scope.host.in_async.get() {
+                // The call ends here: the gateway answers with what was recorded.
+                std::future::pending::<()>().await;
                 Ok(())
-            });
-        }
-        m.add_async_method(
-            "respond",
-            |lua, this, (headers, body): (mlua::Table, Option<mlua::LuaString>)| {
-                let scope = this.scope.clone();
-                async move {
-                    respond(&lua, &scope, &headers, body)?;
-                    if scope.host.in_async.get() {
-                        // The call ends here: the gateway answers with what was recorded.
-                        std::future::pending::<()>().await;
+            } else {
+                sluicegate_lua::budget::set_exiting();
+                Err(mlua::Error::runtime("respond"))
+            }
+        },
+    )?;
+    m.wait(
+        "httpCall",
+        |lua,
+         scope,
+         (cluster, headers, body, timeout, options): (
+            String,
+            mlua::Table,
+            Option<mlua::LuaString>,
+            Option<f64>,
+            Value,
+        )| async move {
+            http_call(&lua, &scope, cluster, &headers, body, timeout, options).await
+        },
+    )?;
+    m.sync("clearRouteCache", |lua, scope, ()| {
+        // Routes are chosen once per request, before filters; `cluster_header` is read
+        // after them, so there is no cache to clear.
+        scope.with(lua, |_| Ok(()))
+    })?;
+    m.sync("base64Escape", |_, _, data: mlua::LuaString| {
+        use base64::Engine;
+        Ok(base64::engine::general_purpose::STANDARD.encode(&*data.as_bytes()))
+    })?;
+    m.sync("timestamp", |_, _, format: Option<Value>| {
+        let _ = format;
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Ok(ms)
+    })?;
+    m.sync("timestampString", |_, _, resolution: Option<Value>| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let micro = matches!(
+            resolution,
+            Some(Value::Integer(1)) | Some(Value::Number(1.0))
+        );
+        Ok(if micro {
+            now.as_micros().to_string()
+        } else {
+            now.as_millis().to_string()
+        })
+    })?;
+    m.sync(
+        "importPublicKey",
+        |lua, _, (der, len): (mlua::LuaString, Option<usize>)| {
+            let bytes = der.as_bytes();
+            let der = &bytes[..len.unwrap_or(bytes.len()).min(bytes.len())];
+            match sluicegate_jwt::keys::from_spki(der) {
+                Ok(key) => Ok(Value::UserData(
+                    lua.create_userdata(PublicKey(Some(Arc::new(key))))?,
+                )),
+                // Envoy hands out an empty key object: verifySignature then fails.
+                Err(_) => Ok(Value::UserData(lua.create_userdata(PublicKey(None))?)),
+            }
+        },
+    )?;
+    m.sync(
+        "verifySignature",
+        |lua,
+         _,
+         (hash, key, sig, sig_len, data, data_len): (
+            String,
+            AnyUserData,
+            mlua::LuaString,
+            Option<usize>,
+            mlua::LuaString,
+            Option<usize>,
+        )| {
+            let key = key.borrow::<PublicKey>()?.0.clone();
+            let sig = sig.as_bytes();
+            let data = data.as_bytes();
+            let sig = &sig[..sig_len.unwrap_or(sig.len()).min(sig.len())];
+            let data = &data[..data_len.unwrap_or(data.len()).min(data.len())];
+            let mut out = mlua::MultiValue::new();
+            let alg = match hash.to_ascii_lowercase().as_str() {
+                "sha256" => Some(sluicegate_jwt::keys::Alg::RS256),
+                "sha384" => Some(sluicegate_jwt::keys::Alg::RS384),
+                "sha512" => Some(sluicegate_jwt::keys::Alg::RS512),
+                _ => None,
+            };
+            let outcome = match (alg, key) {
+                (None, _) => Err(format!("{hash} is not supported.")),
+                (_, None) => Err("Failed to verify digest. Error code: 0".to_string()),
+                (Some(alg), Some(key)) => {
+                    if key.verify(alg, data, sig) {
                         Ok(())
                     } else {
-                        sluicegate_lua::budget::set_exiting();
-                        Err(mlua::Error::runtime("respond"))
+                        Err("Failed to verify digest. Error code: 0".to_string())
                     }
                 }
-            },
-        );
-        m.add_async_method(
-            "httpCall",
-            |lua, this, (cluster, headers, body, timeout, options): (String, mlua::Table, Option<mlua::LuaString>, Option<f64>, Value)| {
-                let scope = this.scope.clone();
-                async move { http_call(&lua, &scope, cluster, &headers, body, timeout, options).await }
-            },
-        );
-        m.add_method("clearRouteCache", |lua, this, ()| {
-            // Routes are chosen once per request, before filters; `cluster_header` is
-            // read after them, so there is no cache to clear.
-            this.scope.with(lua, |_| Ok(()))
-        });
-        m.add_method("base64Escape", |_, _, data: mlua::LuaString| {
-            use base64::Engine;
-            Ok(base64::engine::general_purpose::STANDARD.encode(&*data.as_bytes()))
-        });
-        m.add_method("timestamp", |_, _, format: Option<Value>| {
-            let _ = format;
-            let ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            Ok(ms)
-        });
-        m.add_method("timestampString", |_, _, resolution: Option<Value>| {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
-            let micro = matches!(
-                resolution,
-                Some(Value::Integer(1)) | Some(Value::Number(1.0))
-            );
-            Ok(if micro {
-                now.as_micros().to_string()
-            } else {
-                now.as_millis().to_string()
-            })
-        });
-        m.add_method(
-            "importPublicKey",
-            |lua, _, (der, len): (mlua::LuaString, Option<usize>)| {
-                let bytes = der.as_bytes();
-                let der = &bytes[..len.unwrap_or(bytes.len()).min(bytes.len())];
-                match sluicegate_jwt::keys::from_spki(der) {
-                    Ok(key) => Ok(Value::UserData(
-                        lua.create_userdata(PublicKey(Some(Arc::new(key))))?,
-                    )),
-                    // Envoy hands out an empty key object: verifySignature then fails.
-                    Err(_) => Ok(Value::UserData(lua.create_userdata(PublicKey(None))?)),
+            };
+            match outcome {
+                Ok(()) => {
+                    out.push_back(Value::Boolean(true));
+                    out.push_back(Value::Nil);
                 }
-            },
-        );
-        m.add_method(
-            "verifySignature",
-            |lua,
-             _,
-             (hash, key, sig, sig_len, data, data_len): (
-                String,
-                AnyUserData,
-                mlua::LuaString,
-                Option<usize>,
-                mlua::LuaString,
-                Option<usize>,
-            )| {
-                let key = key.borrow::<PublicKey>()?.0.clone();
-                let sig = sig.as_bytes();
-                let data = data.as_bytes();
-                let sig = &sig[..sig_len.unwrap_or(sig.len()).min(sig.len())];
-                let data = &data[..data_len.unwrap_or(data.len()).min(data.len())];
-                let mut out = mlua::MultiValue::new();
-                let alg = match hash.to_ascii_lowercase().as_str() {
-                    "sha256" => Some(sluicegate_jwt::keys::Alg::RS256),
-                    "sha384" => Some(sluicegate_jwt::keys::Alg::RS384),
-                    "sha512" => Some(sluicegate_jwt::keys::Alg::RS512),
-                    _ => None,
-                };
-                let outcome = match (alg, key) {
-                    (None, _) => Err(format!("{hash} is not supported.")),
-                    (_, None) => Err("Failed to verify digest. Error code: 0".to_string()),
-                    (Some(alg), Some(key)) => {
-                        if key.verify(alg, data, sig) {
-                            Ok(())
-                        } else {
-                            Err("Failed to verify digest. Error code: 0".to_string())
-                        }
-                    }
-                };
-                match outcome {
-                    Ok(()) => {
-                        out.push_back(Value::Boolean(true));
-                        out.push_back(Value::Nil);
-                    }
-                    Err(e) => {
-                        out.push_back(Value::Boolean(false));
-                        out.push_back(Value::String(lua.create_string(e)?));
-                    }
+                Err(e) => {
+                    out.push_back(Value::Boolean(false));
+                    out.push_back(Value::String(lua.create_string(e)?));
                 }
-                Ok(out)
-            },
-        );
-    }
+            }
+            Ok(out)
+        },
+    )?;
+    Ok(m.table)
 }
 
 fn log(host: &Host, level: u8, request_id: &str, message: &str) {
@@ -530,14 +590,125 @@ fn upstream_address(
 }
 
 /// A header map: the request's or the response's, with their pseudo-headers.
-pub struct Headers {
-    scope: Scope,
+struct Headers<'a> {
+    scope: &'a Scope,
 }
 
 /// The request's pseudo-headers in Envoy's order.
 const REQUEST_PSEUDO: &[&str] = &[":authority", ":path", ":method", ":scheme"];
 
-impl Headers {
+/// What a header read on the C path found in the request state.
+pub(crate) enum Found<'s> {
+    /// No such header.
+    Nil,
+    /// Its one value.
+    Bytes(&'s [u8]),
+    /// `:status`.
+    Status(u16),
+    /// A case for the Rust method ([`Headers::get`]): several values to join, raw response
+    /// lines not merged yet, a name that is not lowercase UTF-8 pseudo-header text.
+    Slow,
+}
+
+/// `get(name)` without allocating, for the C path: the value borrowed from `s`.
+pub(crate) fn find<'s>(s: &'s ReqState, dir: Dir, name: &[u8]) -> Found<'s> {
+    let map = match dir {
+        Dir::Request => &s.head.headers,
+        Dir::Response if s.raw.is_some() => return Found::Slow,
+        Dir::Response => &s.resp.headers,
+    };
+    if name.first() == Some(&b':') {
+        return match (dir, name) {
+            (Dir::Request, b":path") => Found::Bytes(
+                s.head
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |p| p.as_str())
+                    .as_bytes(),
+            ),
+            (Dir::Request, b":method") => Found::Bytes(s.head.method.as_str().as_bytes()),
+            (Dir::Request, b":scheme") => Found::Bytes(if s.info.tls { b"https" } else { b"http" }),
+            (Dir::Request, b":authority") => match map.get(http::header::HOST) {
+                Some(v) => Found::Bytes(v.as_bytes()),
+                None => Found::Slow,
+            },
+            (Dir::Response, b":status") => Found::Status(s.resp.status.as_u16()),
+            _ => Found::Slow,
+        };
+    }
+    let Ok(name) = std::str::from_utf8(name) else {
+        return Found::Slow;
+    };
+    let mut values = map.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Found::Nil,
+        (Some(v), None) => Found::Bytes(v.as_bytes()),
+        _ => Found::Slow,
+    }
+}
+
+/// `add` (`append`), `replace` or (without a value) `remove` of a plain header on the C
+/// path; false for a case the Rust method takes (a pseudo-header, an invalid name or value,
+/// a handle out of its call), which then raises Envoy's error or does what it documents.
+/// Nothing it makes outlives it.
+pub(crate) fn write_fast(
+    host: &Host,
+    token: u64,
+    dir: Dir,
+    name: &[u8],
+    value: Option<&[u8]>,
+    append: bool,
+) -> bool {
+    if name.first() == Some(&b':') {
+        return false;
+    }
+    let Ok(header) = HeaderName::from_bytes(name) else {
+        return false;
+    };
+    let value = match value.map(HeaderValue::from_bytes) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return false,
+        None => None,
+    };
+    let Ok(mut cur) = host.cur.try_borrow_mut() else {
+        return false;
+    };
+    match cur.as_deref_mut() {
+        Some(s) if s.binding == token => {
+            apply(s, dir, header, value, append);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// A checked header write on the state.
+fn apply(s: &mut ReqState, dir: Dir, header: HeaderName, value: Option<HeaderValue>, append: bool) {
+    let map = match dir {
+        Dir::Request => &mut s.head.headers,
+        // Writes never need the upstream's lines merged: `add` appends to what the gateway
+        // adds, `replace` and `remove` drop the raw lines of that name.
+        Dir::Response => {
+            if !append {
+                s.replace_raw(&header);
+            }
+            &mut s.resp.headers
+        }
+    };
+    match value {
+        None => {
+            map.remove(&header);
+        }
+        Some(v) if append => {
+            map.append(header, v);
+        }
+        Some(v) => {
+            map.insert(header, v);
+        }
+    }
+}
+
+impl Headers<'_> {
     /// Every value of `name` (pseudo-headers included).
     fn values(&self, lua: &Lua, name: &str) -> mlua::Result<Vec<String>> {
         let dir = self.scope.dir;
@@ -612,28 +783,7 @@ impl Headers {
                         .map_err(|_| err(lua, format!("invalid value for header `{}`", shown())))
                 })
                 .transpose()?;
-            let map = match dir {
-                Dir::Request => &mut s.head.headers,
-                // Writes never need the upstream's lines merged: `add` appends to what the
-                // gateway adds, `replace` and `remove` drop the raw lines of that name.
-                Dir::Response => {
-                    if !append {
-                        s.replace_raw(&header);
-                    }
-                    &mut s.resp.headers
-                }
-            };
-            match value {
-                None => {
-                    map.remove(&header);
-                }
-                Some(v) if append => {
-                    map.append(header, v);
-                }
-                Some(v) => {
-                    map.insert(header, v);
-                }
-            }
+            apply(s, dir, header, value, append);
             Ok(())
         })
     }
@@ -745,52 +895,53 @@ fn set_pseudo(
 }
 
 /// The header-map methods, on the handle itself: `handle:headers()` returns the handle
-/// (no object per call), which answers them for its direction.
-fn header_methods<M: UserDataMethods<StreamHandle>>(m: &mut M) {
-    fn headers(h: &StreamHandle) -> &Headers {
-        &h.headers
+/// (no object per call), which answers them for its direction. `get`, `add`, `replace`
+/// and `remove` are reached through the C functions of [`super::raw`] first.
+fn header_methods(m: &Methods) -> mlua::Result<()> {
+    fn headers(scope: &Scope) -> Headers<'_> {
+        Headers { scope }
     }
-    m.add_method("get", move |lua, this, name: mlua::LuaString| {
-        headers(this).get(lua, &name.as_bytes())
-    });
-    m.add_method(
+    m.sync("get", |lua, scope, name: mlua::LuaString| {
+        headers(scope).get(lua, &name.as_bytes())
+    })?;
+    m.sync(
         "getAtIndex",
-        move |lua, this, (name, index): (String, usize)| {
-            Ok(headers(this).values(lua, &name)?.into_iter().nth(index))
+        |lua, scope, (name, index): (String, usize)| {
+            Ok(headers(scope).values(lua, &name)?.into_iter().nth(index))
         },
-    );
-    m.add_method("getNumValues", move |lua, this, name: String| {
-        Ok(headers(this).values(lua, &name)?.len())
-    });
+    )?;
+    m.sync("getNumValues", |lua, scope, name: String| {
+        Ok(headers(scope).values(lua, &name)?.len())
+    })?;
     for (method, append) in [("add", true), ("replace", false)] {
-        m.add_method(
+        m.sync(
             method,
-            move |lua, this, (name, value): (mlua::LuaString, Value)| {
+            move |lua, scope, (name, value): (mlua::LuaString, Value)| {
                 let value = sluicegate_lua::convert::as_bytes(&value)
                     .ok_or_else(|| err(lua, format!("{method}(): the value must be a string")))?;
-                headers(this).write(lua, &name.as_bytes(), Some(&value), append)
+                headers(scope).write(lua, &name.as_bytes(), Some(&value), append)
             },
-        );
+        )?;
     }
-    m.add_method("remove", move |lua, this, name: mlua::LuaString| {
+    m.sync("remove", |lua, scope, name: mlua::LuaString| {
         let name = name.as_bytes();
         if name.starts_with(b":") {
             return Ok(());
         }
-        headers(this).write(lua, &name, None, false)
-    });
-    m.add_method("setHttp1ReasonPhrase", move |lua, this, _reason: String| {
+        headers(scope).write(lua, &name, None, false)
+    })?;
+    m.sync("setHttp1ReasonPhrase", |lua, scope, _reason: String| {
         // HTTP/1.1 reason phrases are always the canonical ones here.
-        headers(this).scope.with(lua, |_| Ok(()))
-    });
-    m.add_meta_method(MetaMethod::Iter, move |lua, this, ()| {
-        let items = headers(this)
+        scope.with(lua, |_| Ok(()))
+    })?;
+    m.sync("__iter", |lua, scope, ()| {
+        let items = headers(scope)
             .all(lua)?
             .into_iter()
             .map(|(k, v)| Ok((k, Value::String(lua.create_string(v)?))))
             .collect::<mlua::Result<Vec<_>>>()?;
         pairs_of(lua, items)
-    });
+    })
 }
 
 /// `(iterator, nil, nil)` over `items`.

@@ -23,6 +23,7 @@
 
 pub mod handle;
 pub mod plugin;
+mod raw;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -44,9 +45,10 @@ pub(crate) fn next_token() -> u64 {
     })
 }
 
-/// The per-VM driver that runs a filter call: `driver(handle, globals, hook_name[, chunk,
-/// seal])`; the chunk is passed on a worker's first call of the script only. The hooks'
-/// names are made once per VM (a string made from Rust is a protected call of its own).
+/// The per-VM driver that runs a filter call: `driver(token, dir, globals, hook_name[,
+/// chunk, seal])`; the chunk is passed on a worker's first call of the script only. The
+/// hooks' names are made once per VM (a string made from Rust is a protected call of its
+/// own).
 #[derive(Clone)]
 pub struct Driver {
     /// The driver function.
@@ -58,45 +60,78 @@ pub struct Driver {
 }
 
 /// The driver: runs the chunk once per worker (defining the hooks) and seals what it
-/// defined, then calls the hook if the script defines it.
+/// defined, then calls the hook, if the script defines it, with a new handle for the call.
 const DRIVER: &str = r#"
-local rawget = ...
-return function(handle, globals, hook, chunk, seal)
+local rawget, newhandle = ...
+return function(token, dir, globals, hook, chunk, seal)
   if chunk then
     chunk()
     seal()
   end
   local f = rawget(globals, hook)
-  if f ~= nil then return f(handle) end
+  if f ~= nil then return f(newhandle(token, dir)) end
 end
 "#;
 
-/// Registers the Envoy filter's driver and `pairs` over handle objects (an
-/// [`Extension`](sluicegate_lua::Extension)).
-pub fn register(
-    lua: &Lua,
-    _host: &Rc<Host>,
-    _modules: &Table,
-    globals: &Table,
-) -> mlua::Result<()> {
+/// The handle's methods: each Rust method called with the handle's token and direction.
+/// `headers` answers the handle itself; `__iter` becomes the metatable's.
+const WRAP: &str = r#"
+local slow, scope_of = ...
+local methods, iter = {}, nil
+for name, f in slow do
+  if name == "headers" then
+    methods[name] = function(h) f(scope_of(h)) return h end
+  elseif name == "__iter" then
+    iter = function(h) return f(scope_of(h)) end
+  else
+    methods[name] = function(h, ...)
+      local token, dir = scope_of(h)
+      return f(token, dir, ...)
+    end
+  end
+end
+return methods, iter
+"#;
+
+/// `pairs` that also iterates userdata with an `__iter` metamethod (Envoy's objects
+/// iterate with Lua 5.2's `__pairs`; Luau's `pairs` only takes tables).
+const PAIRS: &str = r#"
+local rawpairs, iter_of, type = ...
+return function(v, ...)
+  if type(v) == "userdata" then
+    local iter = iter_of(v)
+    if iter ~= nil then return iter(v) end
+  end
+  return rawpairs(v, ...)
+end
+"#;
+
+/// Registers the Envoy filter's handle type, its driver and `pairs` over handle objects
+/// (an [`Extension`](sluicegate_lua::Extension)).
+pub fn register(lua: &Lua, host: &Rc<Host>, _modules: &Table, globals: &Table) -> mlua::Result<()> {
+    let c = raw::functions(lua)?;
+    let slow = handle::methods(lua, host)?;
+    let (methods, iter): (Table, Function) = lua
+        .load(WRAP)
+        .set_name(sluicegate_lua::convert::GLUE_CHUNK)
+        .call((slow, c.scope_of))?;
+    raw::install(lua, host, &methods, &iter)?;
     let rawget: Value = globals.raw_get("rawget")?;
-    let run: Function = lua.load(DRIVER).set_name("=envoy_lua").call(rawget)?;
+    let run: Function = lua
+        .load(DRIVER)
+        .set_name("=envoy_lua")
+        .call((rawget, c.new_handle))?;
     lua.set_app_data(Driver {
         run,
         on_request: lua.create_string("envoy_on_request")?,
         on_response: lua.create_string("envoy_on_response")?,
     });
-    // Envoy's objects iterate with `pairs` (Lua 5.2's `__pairs`); Luau's `pairs` only
-    // takes tables, so objects with an `__iter` metamethod are iterated through it.
-    let pairs: Function = globals.raw_get("pairs")?;
-    let wrapped = lua.create_function(move |_, v: mlua::MultiValue| {
-        if let Some(Value::UserData(ud)) = v.front() {
-            if let Ok(iter) = ud.metatable().and_then(|m| m.get::<Function>("__iter")) {
-                return iter.call::<mlua::MultiValue>(ud.clone());
-            }
-        }
-        pairs.call::<mlua::MultiValue>(v)
-    })?;
-    globals.raw_set("pairs", wrapped)?;
+    let rawpairs: Value = globals.raw_get("pairs")?;
+    let kind: Value = globals.raw_get("type")?;
+    let pairs: Function = lua
+        .load(PAIRS)
+        .set_name(sluicegate_lua::convert::GLUE_CHUNK)
+        .call((rawpairs, c.iter_of, kind))?;
+    globals.raw_set("pairs", pairs)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use sluicegate_http1::raw::RawHeaders;
 use sluicegate_lua::vm::{Instance, Vm};
 use sluicegate_lua::Script;
 
-use super::handle::{Dir, StreamHandle};
+use super::handle::Dir;
 use super::Driver;
 
 /// What a script error does to the request.
@@ -126,16 +126,16 @@ fn entry(
             .ok_or_else(|| {
                 mlua::Error::runtime("the Envoy filter API is not installed in this VM")
             })?;
-        let handle = StreamHandle::new(&vm.host, dir);
-        let token = handle.token;
-        let handle = vm.lua.create_userdata(handle)?;
+        // The driver makes the handle from these two numbers (no userdata made from Rust).
+        let token = super::next_token();
+        let (t, d) = (token as f64, f64::from(dir.code()));
         let Some((globals, sealed)) = inst.prelude() else {
             return Err(mlua::Error::runtime(
                 "an Envoy filter must be loaded once per worker",
             ));
         };
         let args = if sealed {
-            (handle, globals.clone(), hook).into_lua_multi(&vm.lua)?
+            (t, d, globals.clone(), hook).into_lua_multi(&vm.lua)?
         } else {
             // The worker's first call: run the chunk, then seal what it defined.
             let weak = Rc::downgrade(inst);
@@ -143,7 +143,7 @@ fn entry(
                 Some(i) => i.seal(),
                 None => Ok(()),
             })?;
-            (handle, globals.clone(), hook, inst.function(), seal).into_lua_multi(&vm.lua)?
+            (t, d, globals.clone(), hook, inst.function(), seal).into_lua_multi(&vm.lua)?
         };
         Ok((driver, args, token))
     }
