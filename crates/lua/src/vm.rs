@@ -36,6 +36,8 @@ pub struct Instance {
     prelude: Option<(Table, Table)>,
     /// Whether the prelude is sealed (the chunk ran).
     sealed: Cell<bool>,
+    /// Functions an extension keeps for this instance, by slot ([`Instance::kept`]).
+    kept: RefCell<[Option<Function>; 2]>,
 }
 
 impl Instance {
@@ -74,6 +76,24 @@ impl Instance {
             self.sealed.set(true);
         }
         Ok(())
+    }
+
+    /// The function an extension keeps in `slot` (0 or 1) for this instance, made by
+    /// `make` on first use and dropped with the instance (the Envoy filter's caller of
+    /// each hook, made once its prelude is sealed).
+    pub fn kept(
+        &self,
+        slot: usize,
+        make: impl FnOnce() -> mlua::Result<Function>,
+    ) -> mlua::Result<Function> {
+        if let Some(Some(f)) = self.kept.borrow().get(slot) {
+            return Ok(f.clone());
+        }
+        let f = make()?;
+        if let Some(entry) = self.kept.borrow_mut().get_mut(slot) {
+            *entry = Some(f.clone());
+        }
+        Ok(f)
     }
 
     /// The script, while a configuration still uses it.
@@ -427,6 +447,7 @@ impl Vm {
             active: Cell::new(0),
             prelude,
             sealed: Cell::new(false),
+            kept: RefCell::default(),
         })
     }
 

@@ -100,3 +100,25 @@ fn respond_ends_the_hook_and_answers() {
         );
     });
 }
+
+#[test]
+fn a_hook_that_assigns_a_new_hook_is_replaced_for_later_calls() {
+    run(async {
+        let h = Harness::new(LuaSettings::default()).unwrap();
+        let p = filter(
+            "function envoy_on_request(handle)\n\
+               handle:headers():replace('x-hook', 'first')\n\
+               envoy_on_request = function(again)\n\
+                 again:headers():replace('x-hook', 'second')\n\
+               end\n\
+             end",
+        );
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            let mut ctx = h.request(FakeRequest::default());
+            assert!(matches!(p.access(&mut ctx).run().await, Ok(Flow::Continue)));
+            out.push(ctx.head.headers["x-hook"].to_str().unwrap().to_string());
+        }
+        assert_eq!(out, ["first", "second", "second"]);
+    });
+}

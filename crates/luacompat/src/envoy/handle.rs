@@ -83,6 +83,15 @@ impl Scope {
     }
 }
 
+/// The running call's token (0 when no call runs or it binds no handle).
+pub(crate) fn running_token(host: &Host) -> u64 {
+    host.cur
+        .try_borrow()
+        .ok()
+        .and_then(|c| c.as_deref().map(|s| s.binding))
+        .unwrap_or(0)
+}
+
 /// Whether the running call is the one of `token`.
 pub(crate) fn bound(host: &Host, token: u64) -> bool {
     host.cur

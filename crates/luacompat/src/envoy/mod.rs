@@ -45,32 +45,41 @@ pub(crate) fn next_token() -> u64 {
     })
 }
 
-/// The per-VM driver that runs a filter call: `driver(token, dir, globals, hook_name[,
-/// chunk, seal])`; the chunk is passed on a worker's first call of the script only. The
-/// hooks' names are made once per VM (a string made from Rust is a protected call of its
-/// own).
+/// The per-VM functions that run filter calls. A worker's first call of a script runs
+/// `first(dir, globals, hook_name, chunk, seal)`; once the chunk ran, each hook is called
+/// through a function `caller(globals, hook_name, dir)` made for the script's instance and
+/// kept with it ([`Instance::kept`](sluicegate_lua::vm::Instance::kept)), which takes no
+/// arguments: a call pushes one function and nothing else. The handle is made inside the
+/// call, bound to the call's token. The hooks' names are made once per VM (a string made
+/// from Rust is a protected call of its own).
 #[derive(Clone)]
 pub struct Driver {
-    /// The driver function.
-    pub run: Function,
+    /// Runs the chunk, seals what it defined, then calls the hook.
+    pub first: Function,
+    /// Makes the caller of a hook.
+    pub caller: Function,
     /// `"envoy_on_request"`.
     pub on_request: mlua::LuaString,
     /// `"envoy_on_response"`.
     pub on_response: mlua::LuaString,
 }
 
-/// The driver: runs the chunk once per worker (defining the hooks) and seals what it
-/// defined, then calls the hook, if the script defines it, with a new handle for the call.
+/// The driver's two functions. A hook is looked up on every call (a hook may assign a
+/// new one, as in Envoy) but only among the names the chunk defined.
 const DRIVER: &str = r#"
 local rawget, newhandle = ...
-return function(token, dir, globals, hook, chunk, seal)
-  if chunk then
-    chunk()
-    seal()
+local function caller(globals, hook, dir)
+  return function()
+    local f = rawget(globals, hook)
+    if f ~= nil then return f(newhandle(dir)) end
   end
-  local f = rawget(globals, hook)
-  if f ~= nil then return f(newhandle(token, dir)) end
 end
+local function first(dir, globals, hook, chunk, seal)
+  chunk()
+  seal()
+  return caller(globals, hook, dir)()
+end
+return first, caller
 "#;
 
 /// The handle's methods: each Rust method called with the handle's token and direction.
@@ -109,7 +118,7 @@ end
 /// Registers the Envoy filter's handle type, its driver and `pairs` over handle objects
 /// (an [`Extension`](sluicegate_lua::Extension)).
 pub fn register(lua: &Lua, host: &Rc<Host>, _modules: &Table, globals: &Table) -> mlua::Result<()> {
-    let c = raw::functions(lua)?;
+    let c = raw::functions(lua, host)?;
     let slow = handle::methods(lua, host)?;
     let (methods, iter): (Table, Function) = lua
         .load(WRAP)
@@ -117,12 +126,13 @@ pub fn register(lua: &Lua, host: &Rc<Host>, _modules: &Table, globals: &Table) -
         .call((slow, c.scope_of))?;
     raw::install(lua, host, &methods, &iter)?;
     let rawget: Value = globals.raw_get("rawget")?;
-    let run: Function = lua
+    let (first, caller): (Function, Function) = lua
         .load(DRIVER)
         .set_name("=envoy_lua")
         .call((rawget, c.new_handle))?;
     lua.set_app_data(Driver {
-        run,
+        first,
+        caller,
         on_request: lua.create_string("envoy_on_request")?,
         on_response: lua.create_string("envoy_on_response")?,
     });

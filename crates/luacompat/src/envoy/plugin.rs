@@ -108,44 +108,41 @@ impl EnvoyLua {
     }
 }
 
-/// The call of `envoy_on_request` / `envoy_on_response` through the VM's driver.
+/// The call of `envoy_on_request` / `envoy_on_response` through the VM's driver: the
+/// worker's first call runs the chunk first; later ones call the hook's kept caller.
 fn entry(
     dir: Dir,
 ) -> impl Fn(&Vm, &Rc<Instance>) -> mlua::Result<(mlua::Function, mlua::MultiValue, u64)> {
     move |vm, inst| {
-        let (driver, hook) = vm
-            .lua
-            .app_data_ref::<Driver>()
-            .map(|d| {
-                let hook = match dir {
-                    Dir::Request => &d.on_request,
-                    Dir::Response => &d.on_response,
-                };
-                (d.run.clone(), hook.clone())
-            })
-            .ok_or_else(|| {
-                mlua::Error::runtime("the Envoy filter API is not installed in this VM")
-            })?;
-        // The driver makes the handle from these two numbers (no userdata made from Rust).
-        let token = super::next_token();
-        let (t, d) = (token as f64, f64::from(dir.code()));
         let Some((globals, sealed)) = inst.prelude() else {
             return Err(mlua::Error::runtime(
                 "an Envoy filter must be loaded once per worker",
             ));
         };
-        let args = if sealed {
-            (t, d, globals.clone(), hook).into_lua_multi(&vm.lua)?
-        } else {
-            // The worker's first call: run the chunk, then seal what it defined.
-            let weak = Rc::downgrade(inst);
-            let seal = vm.lua.create_function(move |_, ()| match weak.upgrade() {
-                Some(i) => i.seal(),
-                None => Ok(()),
-            })?;
-            (t, d, globals.clone(), hook, inst.function(), seal).into_lua_multi(&vm.lua)?
+        let driver = vm.lua.app_data_ref::<Driver>().ok_or_else(|| {
+            mlua::Error::runtime("the Envoy filter API is not installed in this VM")
+        })?;
+        let hook = match dir {
+            Dir::Request => &driver.on_request,
+            Dir::Response => &driver.on_response,
         };
-        Ok((driver, args, token))
+        // The handle the driver makes is bound to this token.
+        let token = super::next_token();
+        let code = f64::from(dir.code());
+        if sealed {
+            let caller = inst.kept(usize::from(dir.code()), || {
+                driver.caller.call((globals, hook, code))
+            })?;
+            return Ok((caller, mlua::MultiValue::new(), token));
+        }
+        // The worker's first call: run the chunk, then seal what it defined.
+        let weak = Rc::downgrade(inst);
+        let seal = vm.lua.create_function(move |_, ()| match weak.upgrade() {
+            Some(i) => i.seal(),
+            None => Ok(()),
+        })?;
+        let args = (code, globals, hook, inst.function(), seal).into_lua_multi(&vm.lua)?;
+        Ok((driver.first.clone(), args, token))
     }
 }
 

@@ -88,7 +88,8 @@ unsafe fn string_at<'a>(l: *mut lua_State, idx: c_int) -> Option<&'a [u8]> {
 /// The VM's host, from upvalue 1.
 ///
 /// # Safety
-/// Only from a header C function made by [`install`].
+/// Only from a header C function made by [`install`] or `new_handle` made by
+/// [`functions`].
 unsafe fn host<'a>(l: *mut lua_State) -> &'a Host {
     // SAFETY: upvalue 1 is the host pointer `install` stored; the host outlives the call.
     unsafe { &*(ffi::lua_tolightuserdata(l, ffi::lua_upvalueindex(1)) as *const Host) }
@@ -111,14 +112,21 @@ unsafe fn fallback(l: *mut lua_State) -> c_int {
     }
 }
 
-/// `newhandle(token, dir)`: the driver's handle for a call.
+/// `newhandle(dir)`: the handle for the running call, bound to its token.
 unsafe extern "C-unwind" fn new_handle(l: *mut lua_State) -> c_int {
-    // SAFETY: called by Luau with its arguments on the stack; the userdata block is
-    // `size_of::<RawHandle>()` bytes, written once before any other use. An allocation
-    // failure raises with nothing alive in this frame.
+    // SAFETY: called by Luau with its arguments on the stack; `bound_token` drops its
+    // borrow before returning; the userdata block is `size_of::<RawHandle>()` bytes,
+    // written once before any other use. An allocation failure or the raise happens with
+    // nothing alive in this frame.
     unsafe {
-        let token = ffi::lua_tonumberx(l, 1, std::ptr::null_mut()) as u64;
-        let dir = ffi::lua_tonumberx(l, 2, std::ptr::null_mut()) as u8;
+        let token = handle::running_token(host(l));
+        if token == 0 {
+            ffi::luaL_error(
+                l,
+                c"a stream handle is made only for a filter's call".as_ptr(),
+            );
+        }
+        let dir = ffi::lua_tonumberx(l, 1, std::ptr::null_mut()) as u8;
         let p = ffi::lua_newuserdatataggedwithmetatable(l, std::mem::size_of::<RawHandle>(), TAG)
             as *mut RawHandle;
         p.write_unaligned(RawHandle { token, dir });
@@ -251,7 +259,7 @@ const HOT: &[(&CStr, ffi::lua_CFunction)] = &[
 
 /// The functions the driver and the `pairs` wrapper use.
 pub struct Raw {
-    /// `newhandle(token, dir)`.
+    /// `newhandle(dir)`.
     pub new_handle: Function,
     /// `scope_of(handle)`.
     pub scope_of: Function,
@@ -259,13 +267,17 @@ pub struct Raw {
     pub iter_of: Function,
 }
 
-/// The C functions without upvalues.
-pub fn functions(lua: &Lua) -> mlua::Result<Raw> {
+/// The C functions besides the header methods; `newhandle` keeps `host` as its upvalue.
+pub fn functions(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Raw> {
+    let host = Rc::as_ptr(host) as *mut c_void;
     // SAFETY: each function follows Luau's C calling convention and the module's
-    // invariants.
+    // invariants; `make` runs protected and leaves the closure on the stack.
     unsafe {
         Ok(Raw {
-            new_handle: lua.create_c_function(new_handle)?,
+            new_handle: lua.exec_raw((), move |l| {
+                ffi::lua_pushlightuserdata(l, host);
+                ffi::lua_pushcclosurek(l, new_handle, c"newhandle".as_ptr(), 1, None);
+            })?,
             scope_of: lua.create_c_function(scope_of)?,
             iter_of: lua.create_c_function(iter_of)?,
         })
