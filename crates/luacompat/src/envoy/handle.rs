@@ -671,7 +671,8 @@ pub(crate) fn write_fast(
     if name.first() == Some(&b':') {
         return false;
     }
-    let Ok(header) = HeaderName::from_bytes(name) else {
+    // Filters name the same few headers on every request: the converted names are kept.
+    let Some(header) = sluicegate_lua::convert::header_name(name, false) else {
         return false;
     };
     let value = match value.map(HeaderValue::from_bytes) {

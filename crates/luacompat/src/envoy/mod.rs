@@ -124,7 +124,7 @@ pub fn register(lua: &Lua, host: &Rc<Host>, _modules: &Table, globals: &Table) -
         .load(WRAP)
         .set_name(sluicegate_lua::convert::GLUE_CHUNK)
         .call((slow, c.scope_of))?;
-    raw::install(lua, host, &methods, &iter)?;
+    raw::install(lua, &methods, &iter)?;
     let rawget: Value = globals.raw_get("rawget")?;
     let (first, caller): (Function, Function) = lua
         .load(DRIVER)

@@ -20,9 +20,9 @@
 //! - a C function calls what may raise a Luau error (a push that allocates, `lua_call`,
 //!   `luaL_error`) only when no Rust value with a destructor is alive in its frame: a
 //!   raise unwinds through it;
-//! - upvalue 1 of a header C function is a pointer to its VM's [`Host`]; the host outlives
-//!   every call into the VM's Lua state (the Rust methods, stored in that state, own a
-//!   reference to it);
+//! - a handle holds a pointer to its VM's [`Host`] (given to `newhandle` as its upvalue);
+//!   the host outlives every value and call of the VM's Lua state (the Rust methods,
+//!   stored in that state, own a reference to it);
 //! - the request state is read in place (no guard) only between checks and pushes that run
 //!   no Rust code, so nothing can borrow it mutably meanwhile.
 #![allow(unsafe_code)]
@@ -40,12 +40,26 @@ use super::handle::{self, Dir, Found};
 /// userdata).
 const TAG: c_int = 40;
 
-/// A handle's contents.
+/// A handle's contents: its call's token, its VM's host (read here instead of from an
+/// upvalue, which costs Luau a pseudo-index lookup per call) and its direction.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct RawHandle {
     token: u64,
+    host: *const Host,
     dir: u8,
+}
+
+impl RawHandle {
+    /// The VM's host.
+    ///
+    /// # Safety
+    /// The handle was read off a live Luau stack ([`handle_at`]).
+    unsafe fn host<'a>(&self) -> &'a Host {
+        // SAFETY: `new_handle` stored its VM's host, which outlives every value of the
+        // VM's Lua state (the module's invariants).
+        unsafe { &*self.host }
+    }
 }
 
 /// The handle at `idx`, if that value is one.
@@ -88,14 +102,13 @@ unsafe fn string_at<'a>(l: *mut lua_State, idx: c_int) -> Option<&'a [u8]> {
 /// The VM's host, from upvalue 1.
 ///
 /// # Safety
-/// Only from a header C function made by [`install`] or `new_handle` made by
-/// [`functions`].
+/// Only from `new_handle` made by [`functions`].
 unsafe fn host<'a>(l: *mut lua_State) -> &'a Host {
-    // SAFETY: upvalue 1 is the host pointer `install` stored; the host outlives the call.
+    // SAFETY: upvalue 1 is the host pointer `functions` stored; the host outlives the call.
     unsafe { &*(ffi::lua_tolightuserdata(l, ffi::lua_upvalueindex(1)) as *const Host) }
 }
 
-/// Hands the call, arguments as given, to the method's Rust implementation (upvalue 2)
+/// Hands the call, arguments as given, to the method's Rust implementation (upvalue 1)
 /// and returns what it returns.
 ///
 /// # Safety
@@ -105,7 +118,7 @@ unsafe fn fallback(l: *mut lua_State) -> c_int {
     // SAFETY: a C function has LUA_MINSTACK free slots; the upvalue is a function.
     unsafe {
         let n = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_insert(l, 1);
         ffi::lua_call(l, n, ffi::LUA_MULTRET);
         ffi::lua_gettop(l)
@@ -119,7 +132,8 @@ unsafe extern "C-unwind" fn new_handle(l: *mut lua_State) -> c_int {
     // written once before any other use. An allocation failure or the raise happens with
     // nothing alive in this frame.
     unsafe {
-        let token = handle::running_token(host(l));
+        let host = host(l);
+        let token = handle::running_token(host);
         if token == 0 {
             ffi::luaL_error(
                 l,
@@ -129,7 +143,11 @@ unsafe extern "C-unwind" fn new_handle(l: *mut lua_State) -> c_int {
         let dir = ffi::lua_tonumberx(l, 1, std::ptr::null_mut()) as u8;
         let p = ffi::lua_newuserdatataggedwithmetatable(l, std::mem::size_of::<RawHandle>(), TAG)
             as *mut RawHandle;
-        p.write_unaligned(RawHandle { token, dir });
+        p.write_unaligned(RawHandle {
+            token,
+            host: std::ptr::from_ref(host),
+            dir,
+        });
     }
     1
 }
@@ -170,8 +188,10 @@ unsafe extern "C-unwind" fn headers(l: *mut lua_State) -> c_int {
     // SAFETY: see the module's invariants; `bound` drops its borrow before returning.
     unsafe {
         match handle_at(l, 1) {
-            Some(h) if handle::bound(host(l), h.token) => {
-                ffi::lua_settop(l, 1);
+            Some(h) if handle::bound(h.host(), h.token) => {
+                if ffi::lua_gettop(l) != 1 {
+                    ffi::lua_settop(l, 1);
+                }
                 1
             }
             _ => fallback(l),
@@ -187,7 +207,7 @@ unsafe extern "C-unwind" fn get(l: *mut lua_State) -> c_int {
         let (Some(h), Some(name)) = (handle_at(l, 1), string_at(l, 2)) else {
             return fallback(l);
         };
-        let Ok(cur) = host(l).cur.try_borrow_unguarded() else {
+        let Ok(cur) = h.host().cur.try_borrow_unguarded() else {
             return fallback(l);
         };
         let found = match cur.as_deref() {
@@ -221,7 +241,7 @@ unsafe fn write(l: *mut lua_State, value: bool, append: bool) -> c_int {
         let v = if value { string_at(l, 3) } else { None };
         let done = match (h, name) {
             (Some(h), Some(name)) if v.is_some() || !value => {
-                handle::write_fast(host(l), h.token, Dir::from_code(h.dir), name, v, append)
+                handle::write_fast(h.host(), h.token, Dir::from_code(h.dir), name, v, append)
             }
             _ => false,
         };
@@ -288,11 +308,10 @@ pub fn functions(lua: &Lua, host: &Rc<Host>) -> mlua::Result<Raw> {
 /// gets the C header methods, each falling back to the wrapper it replaces; the tag's
 /// metatable indexes `methods`, iterates with `iter`, and is locked and read-only, like
 /// `methods`, so that no script can change another's handles.
-pub fn install(lua: &Lua, host: &Rc<Host>, methods: &Table, iter: &Function) -> mlua::Result<()> {
-    let host = Rc::as_ptr(host) as *mut c_void;
+pub fn install(lua: &Lua, methods: &Table, iter: &Function) -> mlua::Result<()> {
     // SAFETY: runs protected (an allocation failure is an error, not an abort), with
     // `methods` at index 1 and `iter` at index 2; every push is balanced by the set that
-    // consumes it. `host` stays valid as the module's invariants say.
+    // consumes it.
     unsafe {
         lua.exec_raw::<()>((methods, iter), move |l| {
             ffi::lua_getuserdatametatable(l, TAG);
@@ -302,9 +321,8 @@ pub fn install(lua: &Lua, host: &Rc<Host>, methods: &Table, iter: &Function) -> 
                 return;
             }
             for (name, f) in HOT {
-                ffi::lua_pushlightuserdata(l, host);
                 ffi::lua_rawgetfield(l, 1, name.as_ptr());
-                ffi::lua_pushcclosurek(l, *f, name.as_ptr(), 2, None);
+                ffi::lua_pushcclosurek(l, *f, name.as_ptr(), 1, None);
                 ffi::lua_setfield(l, 1, name.as_ptr());
             }
             ffi::lua_createtable(l, 0, 4);
