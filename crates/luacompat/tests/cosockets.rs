@@ -17,6 +17,9 @@ use sluicegate_lua::LuaSettings;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
+mod support;
+use support::run;
+
 /// A minimal RESP client on cosockets (commands as arrays, replies of every type).
 const RESP: &str = r#"
 local function resp_connect(port)
@@ -58,14 +61,6 @@ local function command(sock, ...)
   return read_reply(sock)
 end
 "#;
-
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
 
 fn settings() -> LuaSettings {
     LuaSettings {

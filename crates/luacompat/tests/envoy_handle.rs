@@ -9,23 +9,9 @@
 use sluicegate_core::phase::{Flow, Plugin};
 use sluicegate_lua::harness::{FakeRequest, Harness};
 use sluicegate_lua::LuaSettings;
-use sluicegate_luacompat::envoy::plugin::{EnvoyLua, OnError};
 
-fn run<F: std::future::Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f)
-}
-
-fn filter(code: &str) -> EnvoyLua {
-    sluicegate_luacompat::install();
-    EnvoyLua::new(
-        sluicegate_lua::compile("filter", code).unwrap(),
-        OnError::Fail,
-    )
-}
+mod support;
+use support::{filter, run};
 
 fn header(headers: &http::HeaderMap, name: &str) -> String {
     headers

@@ -65,6 +65,15 @@ pub struct Scope {
 }
 
 impl Scope {
+    /// The scope of a handle, from the token and direction its methods are given.
+    fn of(host: &Rc<Host>, token: f64, dir: u8) -> Scope {
+        Scope {
+            host: host.clone(),
+            token: token as u64,
+            dir: Dir::from_code(dir),
+        }
+    }
+
     /// Runs `f` on the call's request state, or raises when the call is over.
     fn with<R>(
         &self,
@@ -130,12 +139,7 @@ impl Methods<'_> {
         let f = self
             .lua
             .create_function(move |lua, (token, dir, args): (f64, u8, A)| {
-                let scope = Scope {
-                    host: host.clone(),
-                    token: token as u64,
-                    dir: Dir::from_code(dir),
-                };
-                f(lua, &scope, args)
+                f(lua, &Scope::of(&host, token, dir), args)
             })?;
         self.table.raw_set(name, f)
     }
@@ -155,12 +159,7 @@ impl Methods<'_> {
         let f = self
             .lua
             .create_async_function(move |lua, (token, dir, args): (f64, u8, A)| {
-                let scope = Scope {
-                    host: host.clone(),
-                    token: token as u64,
-                    dir: Dir::from_code(dir),
-                };
-                f(lua, scope, args)
+                f(lua, Scope::of(&host, token, dir), args)
             })?;
         self.table.raw_set(name, f)
     }
