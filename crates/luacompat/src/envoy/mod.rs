@@ -5,7 +5,9 @@
 //! How a call runs: the filter script is compiled like any script, marked
 //! [`load_once`](sluicegate_lua::Script::load_once): as in Envoy, its top-level code runs
 //! once per worker, on the first call, and what it defines (the hooks, helper functions,
-//! tables) stays. Then the hook runs, through one driver function per VM ([`Driver`]).
+//! tables) stays. Then the hook runs, through the VM's driver ([`Driver`]), with a handle
+//! the driver makes inside the call: a raw Luau userdata whose common header methods are C
+//! functions (module `raw`), falling back to the Rust methods of [`handle`].
 //! Any other global a hook assigns lives for that call only, so the global-variable leak
 //! of Envoy's filter (a new global per request) cannot happen; state that must outlive a
 //! call belongs in a module (`lua.package_path`), `ngx.shared`, or a table the top-level

@@ -127,7 +127,7 @@ unsafe fn fallback(l: *mut lua_State) -> c_int {
 
 /// `newhandle(dir)`: the handle for the running call, bound to its token.
 unsafe extern "C-unwind" fn new_handle(l: *mut lua_State) -> c_int {
-    // SAFETY: called by Luau with its arguments on the stack; `bound_token` drops its
+    // SAFETY: called by Luau with its arguments on the stack; `running_token` drops its
     // borrow before returning; the userdata block is `size_of::<RawHandle>()` bytes,
     // written once before any other use. An allocation failure or the raise happens with
     // nothing alive in this frame.
