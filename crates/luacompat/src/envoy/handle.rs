@@ -4,11 +4,12 @@
 //! connection's TLS, logging, `httpCall`, `respond`, and the helpers (`base64Escape`,
 //! `timestamp`, `importPublicKey` / `verifySignature`).
 //!
-//! The handle itself is a raw Luau userdata holding its call's token, its VM and its direction
-//! (module `raw`); its methods are the Rust functions of [`methods`], called with that
-//! token and direction, and for the common header calls C functions that fall back to
-//! them. Every object reads and changes the request through the running call's state (the
-//! bridge's [`ReqState`]), after checking that the call is the one it was made for.
+//! The handle itself is a raw Luau userdata holding its call's token, its VM and its
+//! direction (module `raw`); its methods are the Rust functions of [`methods`], called
+//! with that token and direction, and for the common header calls C functions that fall
+//! back to them. Every object reads and changes the request through the running call's
+//! state (the bridge's [`ReqState`]), after checking that the call is the one it was made
+//! for.
 
 use std::future::Future;
 use std::rc::Rc;
