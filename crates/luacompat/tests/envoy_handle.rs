@@ -103,6 +103,36 @@ end
 }
 
 #[test]
+fn authority_without_host_is_the_targets_on_both_paths() {
+    run(async {
+        let h = Harness::new(LuaSettings::default()).unwrap();
+        let p = filter(
+            r#"
+function envoy_on_request(h)
+  local hs = h:headers()
+  local listed
+  for k, v in pairs(hs) do if k == ":authority" then listed = v end end
+  hs:add("x-got", hs:get(":authority"))
+  hs:add("x-listed", tostring(listed))
+  hs:add("x-upper", hs:get(":Authority"))
+end
+"#,
+        );
+        let mut ctx = h.request(FakeRequest {
+            uri: "http://target.example:8080/p".parse().unwrap(),
+            headers: http::HeaderMap::new(),
+            ..FakeRequest::default()
+        });
+        let r = p.access(&mut ctx).run().await;
+        assert!(matches!(r, Ok(Flow::Continue)), "{r:?}");
+        let got = &ctx.head.headers;
+        assert_eq!(header(got, "x-got"), "target.example:8080", "the C path");
+        assert_eq!(header(got, "x-upper"), "target.example:8080", "the Rust path");
+        assert_eq!(header(got, "x-listed"), "target.example:8080", "pairs");
+    });
+}
+
+#[test]
 fn response_header_calls_read_and_write_the_response() {
     run(async {
         let h = Harness::new(LuaSettings::default()).unwrap();

@@ -621,30 +621,19 @@ pub(crate) enum Found<'s> {
 
 /// `get(name)` without allocating, for the C path: the value borrowed from `s`.
 pub(crate) fn find<'s>(s: &'s ReqState, dir: Dir, name: &[u8]) -> Found<'s> {
+    if name.first() == Some(&b':') {
+        return match pseudo(s, dir, name) {
+            Some(Pseudo::Bytes(b)) => Found::Bytes(b),
+            Some(Pseudo::Status(code)) => Found::Status(code),
+            // An unknown name, or one in capitals: the Rust method lowercases it.
+            None => Found::Slow,
+        };
+    }
     let map = match dir {
         Dir::Request => &s.head.headers,
         Dir::Response if s.raw.is_some() => return Found::Slow,
         Dir::Response => &s.resp.headers,
     };
-    if name.first() == Some(&b':') {
-        return match (dir, name) {
-            (Dir::Request, b":path") => Found::Bytes(
-                s.head
-                    .uri
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .as_bytes(),
-            ),
-            (Dir::Request, b":method") => Found::Bytes(s.head.method.as_str().as_bytes()),
-            (Dir::Request, b":scheme") => Found::Bytes(if s.info.tls { b"https" } else { b"http" }),
-            (Dir::Request, b":authority") => match map.get(http::header::HOST) {
-                Some(v) => Found::Bytes(v.as_bytes()),
-                None => Found::Slow,
-            },
-            (Dir::Response, b":status") => Found::Status(s.resp.status.as_u16()),
-            _ => Found::Slow,
-        };
-    }
     let Ok(name) = std::str::from_utf8(name) else {
         return Found::Slow;
     };
@@ -725,7 +714,10 @@ impl Headers<'_> {
         let name = name.to_ascii_lowercase();
         self.scope.with(lua, |s| {
             if name.starts_with(':') {
-                return Ok(pseudo(s, dir, &name).into_iter().collect());
+                return Ok(pseudo(s, dir, name.as_bytes())
+                    .map(|p| p.text())
+                    .into_iter()
+                    .collect());
             }
             let map = headers_of(s, dir)?;
             Ok(map
@@ -746,8 +738,11 @@ impl Headers<'_> {
         };
         self.scope.with(lua, |s| {
             if name.starts_with(':') {
-                return match pseudo(s, dir, &name.to_ascii_lowercase()) {
-                    Some(v) => Ok(Value::String(strings.get(lua, v.as_bytes())?)),
+                return match pseudo(s, dir, name.to_ascii_lowercase().as_bytes()) {
+                    Some(Pseudo::Bytes(b)) => Ok(Value::String(strings.get(lua, b)?)),
+                    Some(Pseudo::Status(code)) => {
+                        Ok(Value::String(lua.create_string(code.to_string())?))
+                    }
                     None => Ok(Value::Nil),
                 };
             }
@@ -785,8 +780,8 @@ impl Headers<'_> {
                 let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
                 return set_pseudo(lua, s, dir, &lower, value.as_deref());
             }
-            let header = HeaderName::from_bytes(name)
-                .map_err(|_| err(lua, format!("invalid header name `{}`", shown())))?;
+            let header = sluicegate_lua::convert::header_name(name, false)
+                .ok_or_else(|| err(lua, format!("invalid header name `{}`", shown())))?;
             let value = value
                 .map(|v| {
                     HeaderValue::from_bytes(v)
@@ -808,8 +803,8 @@ impl Headers<'_> {
                 Dir::Response => &[":status"],
             };
             for n in names {
-                if let Some(v) = pseudo(s, dir, n) {
-                    out.push((n.to_string(), v));
+                if let Some(v) = pseudo(s, dir, n.as_bytes()) {
+                    out.push((n.to_string(), v.text()));
                 }
             }
             for (k, v) in headers_of(s, dir)?.iter() {
@@ -833,27 +828,47 @@ fn headers_of(s: &mut ReqState, dir: Dir) -> mlua::Result<&mut HeaderMap> {
     }
 }
 
-/// The value of pseudo-header `name`, if it is one.
-fn pseudo(s: &ReqState, dir: Dir, name: &str) -> Option<String> {
-    match (dir, name) {
-        (Dir::Request, ":path") => Some(
-            s.head
-                .uri
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
-        ),
-        (Dir::Request, ":method") => Some(s.head.method.as_str().to_string()),
-        (Dir::Request, ":authority") => s
-            .head
-            .headers
-            .get(http::header::HOST)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .or_else(|| s.head.uri.authority().map(|a| a.as_str().to_string())),
-        (Dir::Request, ":scheme") => Some(if s.info.tls { "https" } else { "http" }.to_string()),
-        (Dir::Response, ":status") => Some(s.resp.status.as_u16().to_string()),
-        _ => None,
+/// A pseudo-header's value, borrowed from the request state.
+enum Pseudo<'s> {
+    Bytes(&'s [u8]),
+    Status(u16),
+}
+
+impl Pseudo<'_> {
+    fn text(&self) -> String {
+        match self {
+            Pseudo::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+            Pseudo::Status(code) => code.to_string(),
+        }
     }
+}
+
+/// The value of pseudo-header `name` (lowercase), if it is one. `:authority` is `Host`,
+/// or the target's authority when there is no `Host`.
+fn pseudo<'s>(s: &'s ReqState, dir: Dir, name: &[u8]) -> Option<Pseudo<'s>> {
+    let bytes = match (dir, name) {
+        (Dir::Request, b":path") => s
+            .head
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+        (Dir::Request, b":method") => s.head.method.as_str().as_bytes(),
+        (Dir::Request, b":authority") => match s.head.headers.get(http::header::HOST) {
+            Some(v) => v.as_bytes(),
+            None => s.head.uri.authority()?.as_str().as_bytes(),
+        },
+        (Dir::Request, b":scheme") => {
+            if s.info.tls {
+                b"https".as_slice()
+            } else {
+                b"http"
+            }
+        }
+        (Dir::Response, b":status") => return Some(Pseudo::Status(s.resp.status.as_u16())),
+        _ => return None,
+    };
+    Some(Pseudo::Bytes(bytes))
 }
 
 fn set_pseudo(

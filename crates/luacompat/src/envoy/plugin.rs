@@ -119,22 +119,18 @@ fn entry(
                 "an Envoy filter must be loaded once per worker",
             ));
         };
-        let driver = vm.lua.app_data_ref::<Driver>().ok_or_else(|| {
-            mlua::Error::runtime("the Envoy filter API is not installed in this VM")
-        })?;
-        let hook = match dir {
-            Dir::Request => &driver.on_request,
-            Dir::Response => &driver.on_response,
-        };
         // The handle the driver makes is bound to this token.
         let token = super::next_token();
         let code = f64::from(dir.code());
         if sealed {
             let caller = inst.kept(usize::from(dir.code()), || {
-                driver.caller.call((globals, hook, code))
+                let driver = driver(vm)?;
+                driver.caller.call((globals, hook_of(&driver, dir), code))
             })?;
             return Ok((caller, mlua::MultiValue::new(), token));
         }
+        let driver = driver(vm)?;
+        let hook = hook_of(&driver, dir);
         // The worker's first call: run the chunk, then seal what it defined.
         let weak = Rc::downgrade(inst);
         let seal = vm.lua.create_function(move |_, ()| match weak.upgrade() {
@@ -143,6 +139,21 @@ fn entry(
         })?;
         let args = (code, globals, hook, inst.function(), seal).into_lua_multi(&vm.lua)?;
         Ok((driver.first.clone(), args, token))
+    }
+}
+
+/// The VM's driver of Envoy hooks.
+fn driver(vm: &Vm) -> mlua::Result<mlua::AppDataRef<'_, Driver>> {
+    vm.lua
+        .app_data_ref::<Driver>()
+        .ok_or_else(|| mlua::Error::runtime("the Envoy filter API is not installed in this VM"))
+}
+
+/// The name of the hook of `dir`, as the driver keeps it.
+fn hook_of(driver: &Driver, dir: Dir) -> &mlua::LuaString {
+    match dir {
+        Dir::Request => &driver.on_request,
+        Dir::Response => &driver.on_response,
     }
 }
 
