@@ -9,7 +9,8 @@
 # shared bench's origin, or any server answering GET /). The gateway listens on PORT
 # (default 18080). Instrumentation is on only during the timed wrk run (SECS, default 5);
 # the count is divided by the requests wrk completed. Expect the gateway to run ~50×
-# slower under valgrind: compare counts, not the req/s it reaches.
+# slower under valgrind: compare counts, not the req/s it reaches. CG_OUT=FILE keeps the
+# profile, for callgrind_annotate.
 set -euo pipefail
 : "${BENCH_UPSTREAM:?set BENCH_UPSTREAM to a running origin (host:port)}"
 export PORT="${PORT:-18080}" BENCH_UPSTREAM BENCH_API_KEY="${API_KEY:-${BENCH_API_KEY:-}}"
@@ -32,4 +33,5 @@ callgrind_control -i off "$gw" > /dev/null 2>&1
 requests="$(grep -o '^ *[0-9]* requests' "$out/wrk.txt" | awk '{print $1}')"
 kill "$gw"; wait "$gw" 2>/dev/null || true
 total="$(callgrind_annotate "$out/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ && !seen {gsub(",", "", $1); print $1; seen = 1}')"
+if [ -n "${CG_OUT:-}" ]; then cp "$out/cg.out" "$CG_OUT"; fi
 echo "requests $requests, instructions $total, per request $((total / requests))"

@@ -8,7 +8,10 @@
 //! back-edge, call and pattern-matcher step; the callback ([`interrupt`]) only loads the flag
 //! and, once the deadline really has passed, raises an error. Because it raises at *every*
 //! interrupt from then on, `pcall` cannot swallow it: the next back-edge outside the pcall
-//! raises again.
+//! raises again. The same callback stops a call whose heap passed its soft limit; it reads
+//! the heap size at the first safepoint after each collection step (allocation drives
+//! those) and every few safepoints otherwise, since reading it is most of the callback's
+//! cost.
 //!
 //! Invariants: the flag is only ever a hint; the callback re-checks the deadline against the
 //! clock before raising, so a flag left over from an earlier call never stops a later one.
@@ -119,19 +122,39 @@ thread_local! {
         registry().lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(&s));
         s
     };
+    /// What the interrupt reads on every safepoint besides the deadline, in one place.
+    static LOCAL: Local = const {
+        Local {
+            soft_kb: Cell::new(i32::MAX),
+            exiting: Cell::new(false),
+            heap_in: Cell::new(0),
+        }
+    };
+}
+
+/// How many safepoints pass between two reads of the heap size when no collection step
+/// ran in between. A loop that allocates runs collection steps, and the safepoint after
+/// each one reads the heap; this bounds the rest (a few iterations of a loop).
+const HEAP_EVERY: u8 = 8;
+
+/// The per-thread state of the interrupt.
+struct Local {
     /// Heap size (KiB) above which the running call is stopped at its next safepoint.
-    static SOFT_KB: Cell<i32> = const { Cell::new(i32::MAX) };
+    soft_kb: Cell<i32>,
     /// Set by `ngx.exit` in a call that cannot yield: every later safepoint raises, so a
     /// `pcall` around `ngx.exit` cannot keep the script running.
-    static EXITING: Cell<bool> = const { Cell::new(false) };
+    exiting: Cell<bool>,
+    /// Safepoints left before the heap size is read again (0: at the next one).
+    heap_in: Cell<u8>,
 }
 
 /// The message of the error that unwinds a non-yielding call after `ngx.exit`.
 pub const EXITING_MESSAGE: &str = "ngx.exit";
 
-/// Marks the running call as exiting (see `EXITING`); cleared when its budget is disarmed.
+/// Marks the running call as exiting (see `Local::exiting`); cleared when its budget is
+/// disarmed.
 pub fn set_exiting() {
-    EXITING.with(|e| e.set(true));
+    LOCAL.with(|l| l.exiting.set(true));
 }
 
 /// Restores the previous deadline when dropped.
@@ -155,8 +178,10 @@ impl Drop for Armed {
             s.deadline.store(self.previous, Ordering::Relaxed);
             s.tripped.store(false, Ordering::Relaxed);
         });
-        SOFT_KB.with(|k| k.set(self.previous_kb));
-        EXITING.with(|e| e.set(false));
+        LOCAL.with(|l| {
+            l.soft_kb.set(self.previous_kb);
+            l.exiting.set(false);
+        });
     }
 }
 
@@ -173,7 +198,10 @@ pub fn arm(remaining: Duration, soft_bytes: usize) -> Armed {
         previous
     });
     let kb = i32::try_from(soft_bytes / 1024).unwrap_or(i32::MAX);
-    let previous_kb = SOFT_KB.with(|k| k.replace(kb));
+    let previous_kb = LOCAL.with(|l| {
+        l.heap_in.set(0);
+        l.soft_kb.replace(kb)
+    });
     Armed {
         previous,
         previous_kb,
@@ -202,24 +230,46 @@ pub fn install(lua: &mlua::Lua) {
 /// The raw Luau interrupt: raises [`OVER_BUDGET`] once this thread's deadline has passed,
 /// and [`OVER_MEMORY`] once the heap passes the soft limit (so that an allocation bomb in a
 /// loop is stopped with a line number; a single huge allocation hits mlua's hard cap
-/// instead). `gc >= 0` marks GC-step interrupts, which must not raise.
+/// instead). `gc >= 0` marks the interrupts of collection steps, which must not raise:
+/// they only make the next safepoint read the heap size, which is otherwise read every
+/// [`HEAP_EVERY`] safepoints.
 #[allow(unsafe_code)]
 unsafe extern "C-unwind" fn interrupt(state: *mut mlua::ffi::lua_State, gc: std::os::raw::c_int) {
     if gc >= 0 {
+        LOCAL.with(|l| l.heap_in.set(0));
         return;
     }
+    let tripped = STATE.with(|s| s.tripped.load(Ordering::Relaxed));
+    let (exiting, check_heap) = LOCAL.with(|l| {
+        let n = l.heap_in.get();
+        l.heap_in.set(n.wrapping_sub(1) % HEAP_EVERY);
+        (l.exiting.get(), n == 0 && l.soft_kb.get() != i32::MAX)
+    });
+    if tripped || exiting || check_heap {
+        // SAFETY: as this function's.
+        unsafe { stop_if_due(state) }
+    }
+}
+
+/// The interrupt's rare part, out of its way: raises the error a flag or the heap calls for.
+#[cold]
+#[inline(never)]
+#[allow(unsafe_code)]
+unsafe fn stop_if_due(state: *mut mlua::ffi::lua_State) {
     if STATE.with(|s| s.over()) {
         // SAFETY: called by Luau at a safepoint of a running (non-GC) interrupt, where raising
         // an error is allowed; no Rust value with a destructor is alive in this frame.
         unsafe { mlua::ffi::luaL_error(state, c"CPU budget exceeded".as_ptr()) }
     }
-    if EXITING.with(Cell::get) {
+    if LOCAL.with(|l| l.exiting.get()) {
         // SAFETY: as above.
         unsafe { mlua::ffi::luaL_error(state, c"ngx.exit".as_ptr()) }
     }
-    let soft = SOFT_KB.with(Cell::get);
+    let soft = LOCAL.with(|l| l.soft_kb.get());
     // SAFETY: `lua_gc(COUNT)` only reads the heap size of the running state.
     if soft != i32::MAX && unsafe { mlua::ffi::lua_gc(state, mlua::ffi::LUA_GCCOUNT, 0) } > soft {
+        // Over the limit, every safepoint reads the heap again and raises, past any `pcall`.
+        LOCAL.with(|l| l.heap_in.set(0));
         // SAFETY: as above.
         unsafe { mlua::ffi::luaL_error(state, c"memory limit reached".as_ptr()) }
     }

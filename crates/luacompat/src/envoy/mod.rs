@@ -67,9 +67,10 @@ pub struct Driver {
 }
 
 /// The driver's two functions. A hook is looked up on every call (a hook may assign a
-/// new one, as in Envoy) but only among the names the chunk defined.
+/// new one, as in Envoy) but only among the names the chunk defined, with the global
+/// `rawget`, which Luau runs as a builtin without a call frame.
 const DRIVER: &str = r#"
-local rawget, newhandle = ...
+local newhandle = ...
 local function caller(globals, hook, dir)
   return function()
     local f = rawget(globals, hook)
@@ -127,11 +128,8 @@ pub fn register(lua: &Lua, host: &Rc<Host>, _modules: &Table, globals: &Table) -
         .set_name(sluicegate_lua::convert::GLUE_CHUNK)
         .call((slow, c.scope_of))?;
     raw::install(lua, &methods, &iter)?;
-    let rawget: Value = globals.raw_get("rawget")?;
-    let (first, caller): (Function, Function) = lua
-        .load(DRIVER)
-        .set_name("=envoy_lua")
-        .call((rawget, c.new_handle))?;
+    let (first, caller): (Function, Function) =
+        lua.load(DRIVER).set_name("=envoy_lua").call(c.new_handle)?;
     lua.set_app_data(Driver {
         first,
         caller,
