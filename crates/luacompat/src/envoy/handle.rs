@@ -634,7 +634,8 @@ pub(crate) fn find<'s>(s: &'s ReqState, dir: Dir, name: &[u8]) -> Found<'s> {
         Dir::Response if s.raw.is_some() => return Found::Slow,
         Dir::Response => &s.resp.headers,
     };
-    let Ok(name) = std::str::from_utf8(name) else {
+    // The converted names are kept, as for writes: parsing a name is most of a lookup.
+    let Some(name) = sluicegate_lua::convert::header_name(name, false) else {
         return Found::Slow;
     };
     let mut values = map.get_all(name).iter();
