@@ -10,7 +10,8 @@
 # (default 18080). Instrumentation is on only during the timed wrk run (SECS, default 5);
 # the count is divided by the requests wrk completed. Expect the gateway to run ~50×
 # slower under valgrind: compare counts, not the req/s it reaches. CG_OUT=FILE keeps the
-# profile, for callgrind_annotate.
+# profile, for callgrind_annotate; VALGRIND_ARGS are added to valgrind's (a JIT, such as
+# nginx-lua's LuaJIT, needs --smc-check=all-non-file).
 set -euo pipefail
 : "${BENCH_UPSTREAM:?set BENCH_UPSTREAM to a running origin (host:port)}"
 export PORT="${PORT:-18080}" BENCH_UPSTREAM BENCH_API_KEY="${API_KEY:-${BENCH_API_KEY:-}}"
@@ -18,7 +19,7 @@ secs="${SECS:-5}"
 out="$(mktemp -d)"
 header=()
 if [ -n "${API_KEY:-}" ]; then header=(-H "X-Api-Key: $API_KEY"); fi
-valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out/cg.out" "$@" \
+valgrind --tool=callgrind --instr-atstart=no ${VALGRIND_ARGS:-} --callgrind-out-file="$out/cg.out" "$@" \
   > "$out/gateway.log" 2>&1 &
 gw=$!
 trap 'kill "$gw" 2>/dev/null || true; wait "$gw" 2>/dev/null || true; rm -rf "$out"' EXIT
