@@ -17,6 +17,10 @@
 //! - Waiting does not count against the CPU budget (the methods are async functions), and
 //!   every wait is bounded: connect, send and read timeouts default to 60 s
 //!   (`lua_socket_*_timeout`), and 0 means that default, never "forever".
+//! - `connect` (from the pool), `send` and `receive` first try to finish without waiting
+//!   (plain functions); only when they must wait do they run as async functions, whose
+//!   coroutine round costs several times more. A `send` the kernel took only part of
+//!   leaves the rest to its waiting version, which writes just that.
 //! - Reads go through a per-connection buffer; a line or a `receiveuntil` chunk longer than
 //!   [`MAX_BUFFERED`] fails instead of growing without end.
 
@@ -28,7 +32,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use mlua::{AnyUserData, Lua, MultiValue, Table, UserData, UserDataMethods, Value};
+use mlua::{AnyUserData, Lua, MultiValue, Table, UserData, UserDataRef, Value};
 use sluicegate_lua::vm::Host;
 use sluicegate_lua::Kinds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,6 +69,35 @@ impl Stream {
                 s.flush().await
             }
             Stream::Unix(s) => s.write_all(data).await,
+        }
+    }
+
+    /// Reads what the kernel already holds, without waiting: `None` when that would wait
+    /// (or the transport cannot be read this way: TLS).
+    fn try_read_buf(&mut self, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
+        buf.reserve(READ_CHUNK);
+        let r = match self {
+            Stream::Tcp(s) => s.try_read_buf(buf),
+            Stream::Unix(s) => s.try_read_buf(buf),
+            Stream::Tls(_) => return None,
+        };
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
+    }
+
+    /// Writes what the kernel takes now: the bytes written (`Some(Ok(0))` when it would
+    /// wait), or `None` for a transport that cannot be written this way (TLS).
+    fn try_write(&self, data: &[u8]) -> Option<std::io::Result<usize>> {
+        let r = match self {
+            Stream::Tcp(s) => s.try_write(data),
+            Stream::Unix(s) => s.try_write(data),
+            Stream::Tls(_) => return None,
+        };
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Some(Ok(0)),
+            r => Some(r),
         }
     }
 
@@ -113,6 +146,9 @@ struct Tcp {
     read_timeout: Duration,
     /// Pool key of the connection (`host:port`, `unix:path`, or the `pool` option).
     key: String,
+    /// What a `send` tried without waiting could not write yet, and the whole length it
+    /// returns: the waiting `send` right after writes this instead of its argument.
+    unsent: Option<(Vec<u8>, usize)>,
 }
 
 /// Closes its socket's connection when the call that connected it ends.
@@ -195,6 +231,7 @@ impl TcpSocket {
                 send_timeout: DEFAULT_TIMEOUT,
                 read_timeout: DEFAULT_TIMEOUT,
                 key: String::new(),
+                unsent: None,
             })),
             host: host.clone(),
         }
@@ -265,7 +302,20 @@ async fn fill(conn: &mut Conn, timeout: Duration) -> Result<usize, String> {
     }
 }
 
+/// Reads what the kernel already holds into the buffer: `None` when that would wait.
+fn try_fill(conn: &mut Conn) -> Option<Result<usize, String>> {
+    if conn.buf.len() >= MAX_BUFFERED {
+        return Some(Err(format!(
+            "too much data: more than {MAX_BUFFERED} bytes buffered"
+        )));
+    }
+    conn.stream
+        .try_read_buf(&mut conn.buf)
+        .map(|r| r.map_err(|e| io_error(&e)))
+}
+
 /// What a read pattern asks for.
+#[derive(Clone, Copy)]
 enum Pattern {
     Line,
     All,
@@ -313,232 +363,448 @@ fn pattern_of(lua: &Lua, v: Option<Value>) -> mlua::Result<Pattern> {
 /// The outcome of a read: the data, or the error with what was read (and consumed).
 type ReadResult = Result<Vec<u8>, (String, Vec<u8>)>;
 
+/// The data `pattern` asks for, if the buffer holds it.
+fn ready(conn: &mut Conn, pattern: Pattern) -> Option<Vec<u8>> {
+    match pattern {
+        Pattern::Line => {
+            let i = conn.buf.iter().position(|b| *b == b'\n')?;
+            let mut line = conn.buf.split_to(i + 1).to_vec();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            Some(line)
+        }
+        Pattern::Count(n) => (conn.buf.len() >= n).then(|| conn.buf.split_to(n).to_vec()),
+        Pattern::All => None,
+    }
+}
+
+/// The end of a read after a fill of the buffer, if it ended it (the peer's end of stream
+/// or an error), with whether the connection is still usable.
+fn ended(
+    conn: &mut Conn,
+    pattern: Pattern,
+    filled: Result<usize, String>,
+) -> Option<(ReadResult, bool)> {
+    match filled {
+        Ok(0) => {
+            let rest = conn.buf.split().to_vec();
+            Some(match pattern {
+                Pattern::All => (Ok(rest), false),
+                _ => (Err(("closed".into(), rest)), false),
+            })
+        }
+        Ok(_) => None,
+        Err(e) => {
+            let rest = conn.buf.split().to_vec();
+            let usable = e == "timeout";
+            Some((Err((e, rest)), usable))
+        }
+    }
+}
+
 async fn receive(conn: &mut Conn, pattern: Pattern, timeout: Duration) -> (ReadResult, bool) {
     // The bool: whether the connection is still usable.
     loop {
-        match pattern {
-            Pattern::Line => {
-                if let Some(i) = conn.buf.iter().position(|b| *b == b'\n') {
-                    let mut line = conn.buf.split_to(i + 1).to_vec();
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                    return (Ok(line), true);
-                }
-            }
-            Pattern::Count(n) => {
-                if conn.buf.len() >= n {
-                    return (Ok(conn.buf.split_to(n).to_vec()), true);
-                }
-            }
-            Pattern::All => {}
+        if let Some(data) = ready(conn, pattern) {
+            return (Ok(data), true);
         }
-        match fill(conn, timeout).await {
-            Ok(0) => {
-                let rest = conn.buf.split().to_vec();
-                return match pattern {
-                    Pattern::All => (Ok(rest), false),
-                    _ => (Err(("closed".into(), rest)), false),
-                };
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let rest = conn.buf.split().to_vec();
-                let usable = e == "timeout";
-                return (Err((e, rest)), usable);
-            }
+        let filled = fill(conn, timeout).await;
+        if let Some(end) = ended(conn, pattern, filled) {
+            return end;
         }
     }
 }
+
+/// `receive` without waiting: the read's outcome, or `None` when it has to wait.
+fn try_receive(conn: &mut Conn, pattern: Pattern) -> Option<(ReadResult, bool)> {
+    loop {
+        if let Some(data) = ready(conn, pattern) {
+            return Some((Ok(data), true));
+        }
+        let filled = try_fill(conn)?;
+        if let Some(end) = ended(conn, pattern, filled) {
+            return Some(end);
+        }
+    }
+}
+
+/// What `receive` returns for a read's outcome.
+fn read_result(lua: &Lua, r: ReadResult) -> mlua::Result<MultiValue> {
+    match r {
+        Ok(data) => Ok(one(Value::String(lua.create_string(&data)?))),
+        Err((e, partial)) => fail(lua, &e, Some(&partial)),
+    }
+}
+
+/// What a method tried without waiting returns when it has to wait: the call goes on to
+/// the method's waiting version (no cosocket method returns `false` itself).
+const MUST_WAIT: Value = Value::Boolean(false);
 
 impl UserData for TcpSocket {
-    fn add_methods<M: UserDataMethods<Self>>(m: &mut M) {
-        m.add_async_method(
-            "connect",
-            |lua, this, (host, port, opts): (String, Value, Option<Table>)| async move {
-                this.host.check(&lua, "ngx.socket connect", Kinds::WAIT)?;
-                this.host.check_async(&lua, "ngx.socket connect")?;
-                connect(&lua, &this, host, port, opts).await
-            },
-        );
-        m.add_async_method("sslhandshake", |lua, this, args: MultiValue| async move {
-            this.host.check_async(&lua, "sslhandshake")?;
-            sslhandshake(&lua, &this, args).await
-        });
-        m.add_async_method("send", |lua, this, data: Value| async move {
-            this.host.check_async(&lua, "send")?;
-            let mut bytes = Vec::new();
-            flatten(&lua, &data, &mut bytes, 0)?;
-            let (mut conn, t) = match this.take() {
-                Ok(x) => x,
-                Err(e) => return fail(&lua, e, None),
-            };
-            let r = tokio::time::timeout(t.send, conn.stream.write_all(&bytes)).await;
-            match r {
-                Ok(Ok(())) => {
-                    this.give(Some(conn));
-                    Ok(one(Value::Integer(bytes.len() as i64)))
-                }
-                Ok(Err(e)) => {
-                    this.give(None);
-                    fail(&lua, &io_error(&e), None)
-                }
-                Err(_) => {
-                    // A send timeout leaves the stream in an unknown state: closed.
-                    this.give(None);
-                    fail(&lua, "timeout", None)
-                }
-            }
-        });
-        m.add_async_method("receive", |lua, this, pattern: Option<Value>| async move {
-            this.host.check_async(&lua, "receive")?;
-            let pattern = pattern_of(&lua, pattern)?;
-            let (mut conn, t) = match this.take() {
-                Ok(x) => x,
-                Err(e) => return fail(&lua, e, Some(b"")),
-            };
-            let (r, usable) = receive(&mut conn, pattern, t.read).await;
-            this.give(usable.then_some(conn));
-            match r {
-                Ok(data) => Ok(one(Value::String(lua.create_string(&data)?))),
-                Err((e, partial)) => fail(&lua, &e, Some(&partial)),
-            }
-        });
-        m.add_async_method("receiveany", |lua, this, max: f64| async move {
-            this.host.check_async(&lua, "receiveany")?;
-            if max < 1.0 {
-                return Err(sluicegate_lua::convert::error(
-                    &lua,
-                    "bad argument #1 to 'receiveany' (bad max argument)",
-                ));
-            }
-            let max = max as usize;
-            let (mut conn, t) = match this.take() {
-                Ok(x) => x,
-                Err(e) => return fail(&lua, e, None),
-            };
-            if conn.buf.is_empty() {
-                match fill(&mut conn, t.read).await {
-                    Ok(0) => {
-                        this.give(None);
-                        return fail(&lua, "closed", None);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        this.give((e == "timeout").then_some(conn));
-                        return fail(&lua, &e, None);
-                    }
-                }
-            }
-            let n = max.min(conn.buf.len());
-            let data = conn.buf.split_to(n);
-            this.give(Some(conn));
-            Ok(one(Value::String(lua.create_string(&data)?)))
-        });
-        m.add_function(
-            "receiveuntil",
-            |lua, (ud, pattern, opts): (AnyUserData, mlua::LuaString, Option<Table>)| {
-                let pattern = pattern.as_bytes().to_vec();
-                if pattern.is_empty() {
-                    return Err(sluicegate_lua::convert::error(
-                        lua,
-                        "bad argument #1 to 'receiveuntil' (pattern is empty)",
-                    ));
-                }
-                let inclusive = match &opts {
-                    Some(t) => t.raw_get::<Option<bool>>("inclusive")?.unwrap_or(false),
-                    None => false,
-                };
-                until_reader(lua, ud, pattern, inclusive)
-            },
-        );
-        m.add_method("settimeout", |_, this, ms_: Option<f64>| {
-            let d = ms(ms_);
-            let mut t = this.tcp.borrow_mut();
-            (t.connect_timeout, t.send_timeout, t.read_timeout) = (d, d, d);
-            Ok(())
-        });
-        m.add_method(
-            "settimeouts",
-            |_, this, (c, s, r): (Option<f64>, Option<f64>, Option<f64>)| {
-                let mut t = this.tcp.borrow_mut();
-                (t.connect_timeout, t.send_timeout, t.read_timeout) = (ms(c), ms(s), ms(r));
-                Ok(())
-            },
-        );
-        m.add_method(
-            "setkeepalive",
-            |lua, this, (idle, size): (Option<f64>, Option<f64>)| {
-                let conn = match this.take() {
-                    Ok((c, _)) => c,
-                    Err(e) => return fail(lua, e, None),
-                };
-                if !conn.buf.is_empty() {
-                    this.give(None);
-                    return fail(lua, "unread data in buffer", None);
-                }
-                let key = this.tcp.borrow().key.clone();
-                let idle = match idle {
-                    Some(ms) if ms > 0.0 => Duration::from_millis(ms.min(1e9) as u64),
-                    _ => DEFAULT_TIMEOUT,
-                };
-                let size = size.map_or(pool::DEFAULT_SIZE, |s| (s.max(1.0)) as usize);
-                pool::put(key, conn, idle, size);
-                this.give(None);
-                Ok(one(Value::Integer(1)))
-            },
-        );
-        m.add_method("getreusedtimes", |lua, this, ()| {
-            let t = this.tcp.borrow();
-            match &t.conn {
-                Some(c) if this.owned_here() => Ok(one(Value::Integer(i64::from(c.reused)))),
-                Some(_) => fail(lua, "bad request", None),
-                None => fail(lua, "closed", None),
-            }
-        });
-        m.add_method("close", |lua, this, ()| {
-            let t = this.tcp.borrow();
-            if t.busy {
-                return fail(lua, "socket busy", None);
-            }
-            if t.conn.is_none() {
-                return fail(lua, "closed", None);
-            }
-            drop(t);
-            if !this.owned_here() {
-                return fail(lua, "bad request", None);
-            }
-            this.tcp.borrow_mut().conn = None;
-            Ok(one(Value::Integer(1)))
-        });
-        m.add_method("setoption", |lua, this, (name, value): (String, Value)| {
-            let t = this.tcp.borrow();
-            let Some(conn) = &t.conn else {
-                return fail(lua, "closed", None);
-            };
-            let on = matches!(value, Value::Boolean(true))
-                || matches!(value, Value::Integer(i) if i != 0);
-            match (name.as_str(), &conn.stream) {
-                ("tcp-nodelay", Stream::Tcp(s)) => {
-                    let _ = s.set_nodelay(on);
-                }
-                ("tcp-nodelay", Stream::Tls(s)) => {
-                    let _ = s.get_ref().0.set_nodelay(on);
-                }
-                ("keepalive" | "reuseaddr" | "sndbuf" | "rcvbuf" | "tcp-nodelay", _) => {}
-                (other, _) => {
-                    return Err(sluicegate_lua::convert::error(
-                        lua,
-                        format!("bad argument #2 to 'setoption' (unsupported option {other})"),
-                    ))
-                }
-            }
-            Ok(one(Value::Integer(1)))
-        });
+    fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
+        // A plain table of methods, with no method glue of mlua's in front: a call site
+        // finds its method in it at the slot Luau predicts.
+        f.add_meta_field_with("__index", methods);
     }
 }
 
+/// Builds the socket's methods table.
+struct Methods<'a> {
+    lua: &'a Lua,
+    /// Every method by name.
+    table: Table,
+    /// The methods first tried without waiting (`connect`, `send`, `receive`): each
+    /// returns [`MUST_WAIT`] when it has to wait.
+    tries: Table,
+}
+
+impl Methods<'_> {
+    /// A method that never waits.
+    fn sync<A, R>(
+        &self,
+        name: &str,
+        f: impl Fn(&Lua, &TcpSocket, A) -> mlua::Result<R> + 'static,
+    ) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        let f =
+            self.lua
+                .create_function(move |lua, (this, args): (UserDataRef<TcpSocket>, A)| {
+                    f(lua, &this, args)
+                })?;
+        self.table.raw_set(name, f)
+    }
+
+    /// The version of a waiting method tried first (see [`Methods::tries`]).
+    fn try_first<A>(
+        &self,
+        name: &str,
+        f: impl Fn(&Lua, &TcpSocket, A) -> mlua::Result<MultiValue> + 'static,
+    ) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+    {
+        let f =
+            self.lua
+                .create_function(move |lua, (this, args): (UserDataRef<TcpSocket>, A)| {
+                    f(lua, &this, args)
+                })?;
+        self.tries.raw_set(name, f)
+    }
+
+    /// A method that may wait (it runs as an async function).
+    fn wait<A, F>(
+        &self,
+        name: &str,
+        f: impl Fn(Lua, UserDataRef<TcpSocket>, A) -> F + 'static,
+    ) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti + 'static,
+        F: std::future::Future<Output = mlua::Result<MultiValue>> + 'static,
+    {
+        let f = self.lua.create_async_function(
+            move |lua, (this, args): (UserDataRef<TcpSocket>, A)| f(lua, this, args),
+        )?;
+        self.table.raw_set(name, f)
+    }
+
+    /// A function kept as it is (it takes the socket as its first argument itself).
+    fn plain<A, R>(
+        &self,
+        name: &str,
+        f: impl Fn(&Lua, A) -> mlua::Result<R> + 'static,
+    ) -> mlua::Result<()>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        self.table.raw_set(name, self.lua.create_function(f)?)
+    }
+}
+
+/// Puts each tried-first method in front of its waiting version: when the first returns
+/// `false`, the same arguments go to the second.
+const TRY_FIRST: &str = r#"
+local methods, tries = ...
+for name, try in tries do
+  local wait = methods[name]
+  methods[name] = function(self, ...)
+    local a, b, c = try(self, ...)
+    if a ~= false then return a, b, c end
+    return wait(self, ...)
+  end
+end
+"#;
+
+/// The socket's methods. `connect` (from the worker's pool), `send` (what the kernel
+/// takes at once) and `receive` (what the buffer and the kernel already hold) are tried
+/// without waiting first: a call that can finish at once then costs a plain function
+/// call, not an async one's coroutine round.
+fn methods(lua: &Lua) -> mlua::Result<Table> {
+    let m = Methods {
+        lua,
+        table: lua.create_table()?,
+        tries: lua.create_table()?,
+    };
+    m.try_first(
+        "connect",
+        |lua, this, (host, port, opts): (String, Value, Option<Table>)| {
+            this.host.check(lua, "ngx.socket connect", Kinds::WAIT)?;
+            this.host.check_async(lua, "ngx.socket connect")?;
+            match connect_start(lua, this, host, port, opts)? {
+                Ok(done) => Ok(done),
+                Err(_) => Ok(one(MUST_WAIT)),
+            }
+        },
+    )?;
+    m.try_first("send", |lua, this, data: Value| {
+        this.host.check_async(lua, "send")?;
+        let mut bytes = Vec::new();
+        flatten(lua, &data, &mut bytes, 0)?;
+        let (conn, _) = match this.take() {
+            Ok(x) => x,
+            Err(e) => return fail(lua, e, None),
+        };
+        let written = conn.stream.try_write(&bytes);
+        match written {
+            Some(Ok(n)) if n == bytes.len() => {
+                this.give(Some(conn));
+                Ok(one(Value::Integer(bytes.len() as i64)))
+            }
+            Some(Ok(n)) => {
+                let total = bytes.len();
+                bytes.drain(..n);
+                this.give(Some(conn));
+                this.tcp.borrow_mut().unsent = Some((bytes, total));
+                Ok(one(MUST_WAIT))
+            }
+            Some(Err(e)) => {
+                this.give(None);
+                fail(lua, &io_error(&e), None)
+            }
+            None => {
+                this.give(Some(conn));
+                Ok(one(MUST_WAIT))
+            }
+        }
+    })?;
+    m.try_first("receive", |lua, this, pattern: Option<Value>| {
+        this.host.check_async(lua, "receive")?;
+        let pattern = pattern_of(lua, pattern)?;
+        let (mut conn, _) = match this.take() {
+            Ok(x) => x,
+            Err(e) => return fail(lua, e, Some(b"")),
+        };
+        match try_receive(&mut conn, pattern) {
+            Some((r, usable)) => {
+                this.give(usable.then_some(conn));
+                read_result(lua, r)
+            }
+            None => {
+                this.give(Some(conn));
+                Ok(one(MUST_WAIT))
+            }
+        }
+    })?;
+    m.wait(
+        "connect",
+        |lua, this, (host, port, opts): (String, Value, Option<Table>)| async move {
+            this.host.check(&lua, "ngx.socket connect", Kinds::WAIT)?;
+            this.host.check_async(&lua, "ngx.socket connect")?;
+            connect(&lua, &this, host, port, opts).await
+        },
+    )?;
+    m.wait("sslhandshake", |lua, this, args: MultiValue| async move {
+        this.host.check_async(&lua, "sslhandshake")?;
+        sslhandshake(&lua, &this, args).await
+    })?;
+    m.wait("send", |lua, this, data: Value| async move {
+        this.host.check_async(&lua, "send")?;
+        // The rest of what the tried-first `send` just began, or all of `data`.
+        let unsent = this.tcp.borrow_mut().unsent.take();
+        let (bytes, total) = match unsent {
+            Some(rest) => rest,
+            None => {
+                let mut bytes = Vec::new();
+                flatten(&lua, &data, &mut bytes, 0)?;
+                let total = bytes.len();
+                (bytes, total)
+            }
+        };
+        let (mut conn, t) = match this.take() {
+            Ok(x) => x,
+            Err(e) => return fail(&lua, e, None),
+        };
+        let r = tokio::time::timeout(t.send, conn.stream.write_all(&bytes)).await;
+        match r {
+            Ok(Ok(())) => {
+                this.give(Some(conn));
+                Ok(one(Value::Integer(total as i64)))
+            }
+            Ok(Err(e)) => {
+                this.give(None);
+                fail(&lua, &io_error(&e), None)
+            }
+            Err(_) => {
+                // A send timeout leaves the stream in an unknown state: closed.
+                this.give(None);
+                fail(&lua, "timeout", None)
+            }
+        }
+    })?;
+    m.wait("receive", |lua, this, pattern: Option<Value>| async move {
+        this.host.check_async(&lua, "receive")?;
+        let pattern = pattern_of(&lua, pattern)?;
+        let (mut conn, t) = match this.take() {
+            Ok(x) => x,
+            Err(e) => return fail(&lua, e, Some(b"")),
+        };
+        let (r, usable) = receive(&mut conn, pattern, t.read).await;
+        this.give(usable.then_some(conn));
+        read_result(&lua, r)
+    })?;
+    m.wait("receiveany", |lua, this, max: f64| async move {
+        this.host.check_async(&lua, "receiveany")?;
+        if max < 1.0 {
+            return Err(sluicegate_lua::convert::error(
+                &lua,
+                "bad argument #1 to 'receiveany' (bad max argument)",
+            ));
+        }
+        let max = max as usize;
+        let (mut conn, t) = match this.take() {
+            Ok(x) => x,
+            Err(e) => return fail(&lua, e, None),
+        };
+        if conn.buf.is_empty() {
+            match fill(&mut conn, t.read).await {
+                Ok(0) => {
+                    this.give(None);
+                    return fail(&lua, "closed", None);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.give((e == "timeout").then_some(conn));
+                    return fail(&lua, &e, None);
+                }
+            }
+        }
+        let n = max.min(conn.buf.len());
+        let data = conn.buf.split_to(n);
+        this.give(Some(conn));
+        Ok(one(Value::String(lua.create_string(&data)?)))
+    })?;
+    m.plain(
+        "receiveuntil",
+        |lua, (ud, pattern, opts): (AnyUserData, mlua::LuaString, Option<Table>)| {
+            let pattern = pattern.as_bytes().to_vec();
+            if pattern.is_empty() {
+                return Err(sluicegate_lua::convert::error(
+                    lua,
+                    "bad argument #1 to 'receiveuntil' (pattern is empty)",
+                ));
+            }
+            let inclusive = match &opts {
+                Some(t) => t.raw_get::<Option<bool>>("inclusive")?.unwrap_or(false),
+                None => false,
+            };
+            until_reader(lua, ud, pattern, inclusive)
+        },
+    )?;
+    m.sync("settimeout", |_, this, ms_: Option<f64>| {
+        let d = ms(ms_);
+        let mut t = this.tcp.borrow_mut();
+        (t.connect_timeout, t.send_timeout, t.read_timeout) = (d, d, d);
+        Ok(())
+    })?;
+    m.sync(
+        "settimeouts",
+        |_, this, (c, s, r): (Option<f64>, Option<f64>, Option<f64>)| {
+            let mut t = this.tcp.borrow_mut();
+            (t.connect_timeout, t.send_timeout, t.read_timeout) = (ms(c), ms(s), ms(r));
+            Ok(())
+        },
+    )?;
+    m.sync(
+        "setkeepalive",
+        |lua, this, (idle, size): (Option<f64>, Option<f64>)| {
+            let conn = match this.take() {
+                Ok((c, _)) => c,
+                Err(e) => return fail(lua, e, None),
+            };
+            if !conn.buf.is_empty() {
+                this.give(None);
+                return fail(lua, "unread data in buffer", None);
+            }
+            let key = this.tcp.borrow().key.clone();
+            let idle = match idle {
+                Some(ms) if ms > 0.0 => Duration::from_millis(ms.min(1e9) as u64),
+                _ => DEFAULT_TIMEOUT,
+            };
+            let size = size.map_or(pool::DEFAULT_SIZE, |s| (s.max(1.0)) as usize);
+            pool::put(key, conn, idle, size);
+            this.give(None);
+            Ok(one(Value::Integer(1)))
+        },
+    )?;
+    m.sync("getreusedtimes", |lua, this, ()| {
+        let t = this.tcp.borrow();
+        match &t.conn {
+            Some(c) if this.owned_here() => Ok(one(Value::Integer(i64::from(c.reused)))),
+            Some(_) => fail(lua, "bad request", None),
+            None => fail(lua, "closed", None),
+        }
+    })?;
+    m.sync("close", |lua, this, ()| {
+        let t = this.tcp.borrow();
+        if t.busy {
+            return fail(lua, "socket busy", None);
+        }
+        if t.conn.is_none() {
+            return fail(lua, "closed", None);
+        }
+        drop(t);
+        if !this.owned_here() {
+            return fail(lua, "bad request", None);
+        }
+        this.tcp.borrow_mut().conn = None;
+        Ok(one(Value::Integer(1)))
+    })?;
+    m.sync("setoption", |lua, this, (name, value): (String, Value)| {
+        let t = this.tcp.borrow();
+        let Some(conn) = &t.conn else {
+            return fail(lua, "closed", None);
+        };
+        let on =
+            matches!(value, Value::Boolean(true)) || matches!(value, Value::Integer(i) if i != 0);
+        match (name.as_str(), &conn.stream) {
+            ("tcp-nodelay", Stream::Tcp(s)) => {
+                let _ = s.set_nodelay(on);
+            }
+            ("tcp-nodelay", Stream::Tls(s)) => {
+                let _ = s.get_ref().0.set_nodelay(on);
+            }
+            ("keepalive" | "reuseaddr" | "sndbuf" | "rcvbuf" | "tcp-nodelay", _) => {}
+            (other, _) => {
+                return Err(sluicegate_lua::convert::error(
+                    lua,
+                    format!("bad argument #2 to 'setoption' (unsupported option {other})"),
+                ))
+            }
+        }
+        Ok(one(Value::Integer(1)))
+    })?;
+    lua.load(TRY_FIRST)
+        .set_name(sluicegate_lua::convert::GLUE_CHUNK)
+        .call::<()>((&m.table, &m.tries))?;
+    Ok(m.table)
+}
+
+/// `connect`: from the worker's pool, or a new connection.
 async fn connect(
     lua: &Lua,
     this: &TcpSocket,
@@ -546,6 +812,58 @@ async fn connect(
     port: Value,
     opts: Option<Table>,
 ) -> mlua::Result<MultiValue> {
+    let target = match connect_start(lua, this, host, port, opts)? {
+        Ok(done) => return Ok(done),
+        Err(open) => open,
+    };
+    let timeout = this.tcp.borrow().connect_timeout;
+    this.tcp.borrow_mut().busy = true;
+    let opened = tokio::time::timeout(timeout, open(&target)).await;
+    this.tcp.borrow_mut().busy = false;
+    match opened {
+        Ok(Ok(stream)) => {
+            let host = match &target {
+                Target::Tcp(h, _) => h.clone(),
+                Target::Unix(_) => String::new(),
+            };
+            connected(
+                lua,
+                this,
+                Conn {
+                    stream,
+                    buf: BytesMut::new(),
+                    reused: 0,
+                    host,
+                },
+            )
+        }
+        Ok(Err(e)) => fail(lua, &e, None),
+        Err(_) => fail(lua, "timeout", None),
+    }
+}
+
+/// Makes `conn` the socket's, owned by the running call.
+fn connected(lua: &Lua, this: &TcpSocket, conn: Conn) -> mlua::Result<MultiValue> {
+    let guard = Guard(Rc::downgrade(&this.tcp));
+    this.host
+        .with_req(lua, "ngx.socket connect", Kinds::WAIT, |s| {
+            s.owned.push(Box::new(guard));
+            Ok(())
+        })?;
+    this.tcp.borrow_mut().conn = Some(conn);
+    Ok(one(Value::Integer(1)))
+}
+
+/// What `connect` does before it may wait: checks its arguments, drops the socket's
+/// previous connection and takes one from the pool. `Ok(Ok)` is `connect`'s result (an
+/// error, or a pooled connection); `Ok(Err)` is what to connect to.
+fn connect_start(
+    lua: &Lua,
+    this: &TcpSocket,
+    host: String,
+    port: Value,
+    opts: Option<Table>,
+) -> mlua::Result<Result<MultiValue, Target>> {
     // `connect(host, port[, opts])` or `connect("unix:/path"[, opts])`.
     let (port, opts) = match port {
         Value::Integer(p) => (Some(p), opts),
@@ -593,42 +911,16 @@ async fn connect(
     {
         let mut t = this.tcp.borrow_mut();
         if t.busy {
-            return fail(lua, "socket busy", None);
+            return fail(lua, "socket busy", None).map(Ok);
         }
         // Connecting again closes the previous connection first.
         t.conn = None;
         t.key = key.clone();
     }
-    let conn = match pool::take(&key) {
-        Some(c) => c,
-        None => {
-            let timeout = this.tcp.borrow().connect_timeout;
-            this.tcp.borrow_mut().busy = true;
-            let opened = tokio::time::timeout(timeout, open(&target)).await;
-            this.tcp.borrow_mut().busy = false;
-            match opened {
-                Ok(Ok(stream)) => Conn {
-                    stream,
-                    buf: BytesMut::new(),
-                    reused: 0,
-                    host: match &target {
-                        Target::Tcp(h, _) => h.clone(),
-                        Target::Unix(_) => String::new(),
-                    },
-                },
-                Ok(Err(e)) => return fail(lua, &e, None),
-                Err(_) => return fail(lua, "timeout", None),
-            }
-        }
-    };
-    let guard = Guard(Rc::downgrade(&this.tcp));
-    this.host
-        .with_req(lua, "ngx.socket connect", Kinds::WAIT, |s| {
-            s.owned.push(Box::new(guard));
-            Ok(())
-        })?;
-    this.tcp.borrow_mut().conn = Some(conn);
-    Ok(one(Value::Integer(1)))
+    match pool::take(&key) {
+        Some(conn) => connected(lua, this, conn).map(Ok),
+        None => Ok(Err(target)),
+    }
 }
 
 enum Target {

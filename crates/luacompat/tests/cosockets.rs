@@ -339,6 +339,85 @@ ngx.say(tostring(line), " ", err, " [", partial, "] ", pong, " ", any, "|", tost
 }
 
 #[test]
+fn a_send_larger_than_the_kernel_takes_at_once_arrives_whole_and_once() {
+    run(async {
+        // Reads nothing for a while (the kernel's buffers fill up), then reads the
+        // length-prefixed payload and says whether it is the one expected, byte for byte.
+        let slow = server(|s| async move {
+            let (r, mut w) = s.into_split();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let mut r = BufReader::new(r);
+            let mut line = String::new();
+            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let n: usize = line.trim().parse().unwrap();
+            let mut body = vec![0u8; n];
+            r.read_exact(&mut body).await.unwrap();
+            // 251 bytes (a prime) repeated: a piece lost, doubled or moved shows.
+            let block: Vec<u8> = (0..251u32).map(|i| (i * 7 % 256) as u8).collect();
+            let expected = block.repeat(33_420);
+            let verdict = if body == expected {
+                "same"
+            } else {
+                "different"
+            };
+            let _ = w.write_all(format!("{n} {verdict}\n").as_bytes()).await;
+        })
+        .await;
+        let h = Harness::new(settings()).unwrap();
+        let code = format!(
+            r#"
+local block = {{}}
+for i = 0, 250 do block[i + 1] = string.char(i * 7 % 256) end
+local payload = string.rep(table.concat(block), 33420)
+local s = ngx.socket.tcp()
+s:settimeout(5000)
+assert(s:connect("127.0.0.1", {port}))
+local sent = assert(s:send({{#payload, "\n", payload}}))
+ngx.say(sent == #payload + #tostring(#payload) + 1, " ", s:receive())
+"#,
+            port = slow.port()
+        );
+        let out = content(&h, &code).await.unwrap();
+        assert_eq!(
+            out, "true 8388420 same\n",
+            "8 MiB sent once, in order, its whole length returned"
+        );
+    });
+}
+
+#[test]
+fn reads_answered_from_the_buffer_and_the_kernel_match_waiting_ones() {
+    run(async {
+        // Sends everything at once and waits: every later read is in the buffer already.
+        let burst = server(|mut s| async move {
+            let _ = s.write_all(b"one\r\ntwo\nthree-four").await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        })
+        .await;
+        let h = Harness::new(settings()).unwrap();
+        let code = format!(
+            r#"
+local s = ngx.socket.tcp()
+s:settimeout(1000)
+assert(s:connect("127.0.0.1", {port}))
+local a = s:receive()
+local b = s:receive("*l")
+local c = s:receive(5)
+local d = s:receive(1)
+s:settimeout(50)
+local e, err, partial = s:receive(10)
+ngx.say(a, " ", b, " ", c, " ", d, " ", tostring(e), " ", err, " [", partial, "]")
+"#,
+            port = burst.port()
+        );
+        let out = content(&h, &code).await.unwrap();
+        assert_eq!(out, "one two three - nil timeout [four]\n");
+    });
+}
+
+#[test]
 fn receiveuntil_finds_patterns_inclusive_and_in_sized_pieces() {
     run(async {
         let addr = server(|mut s| async move {
