@@ -430,10 +430,11 @@ fn try_receive(conn: &mut Conn, pattern: Pattern) -> Option<(ReadResult, bool)> 
     }
 }
 
-/// What `receive` returns for a read's outcome.
-fn read_result(lua: &Lua, r: ReadResult) -> mlua::Result<MultiValue> {
+/// What `receive` returns for a read's outcome. Short data comes from the worker's cache
+/// of recent strings: protocol lines (status lines, lengths, header lines) repeat.
+fn read_result(lua: &Lua, this: &TcpSocket, r: ReadResult) -> mlua::Result<MultiValue> {
     match r {
-        Ok(data) => Ok(one(Value::String(lua.create_string(&data)?))),
+        Ok(data) => Ok(one(Value::String(this.host.strings.get(lua, &data)?))),
         Err((e, partial)) => fail(lua, &e, Some(&partial)),
     }
 }
@@ -602,7 +603,7 @@ fn methods(lua: &Lua) -> mlua::Result<Table> {
         match try_receive(&mut conn, pattern) {
             Some((r, usable)) => {
                 this.give(usable.then_some(conn));
-                read_result(lua, r)
+                read_result(lua, this, r)
             }
             None => {
                 this.give(Some(conn));
@@ -665,7 +666,7 @@ fn methods(lua: &Lua) -> mlua::Result<Table> {
         };
         let (r, usable) = receive(&mut conn, pattern, t.read).await;
         this.give(usable.then_some(conn));
-        read_result(&lua, r)
+        read_result(&lua, &this, r)
     })?;
     m.wait("receiveany", |lua, this, max: f64| async move {
         this.host.check_async(&lua, "receiveany")?;
