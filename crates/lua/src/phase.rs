@@ -373,6 +373,38 @@ mod tests {
     }
 
     #[test]
+    fn an_allocation_loop_is_stopped_at_the_soft_limit_with_its_line_past_any_pcall() {
+        run(async {
+            let settings = LuaSettings {
+                memory_limit: 8 * 1024 * 1024,
+                cpu_budget: std::time::Duration::from_secs(5),
+                ..LuaSettings::default()
+            };
+            let h = Harness::new(settings).unwrap();
+            let p = plugin(
+                "hoard",
+                Phase::Access,
+                "local kept = {}\nlocal ok = pcall(function()\n  for i = 1, 1e9 do kept[i] = string.rep('x', 200) .. i end\nend)\nfor i = 1, 100 do kept[#kept + 1] = i end\nngx.req.set_header('X-Escaped', tostring(ok))",
+            );
+            let mut ctx = h.request(FakeRequest::default());
+            match p.access(&mut ctx).run().await {
+                Err(PluginError::Script { message, .. }) => {
+                    assert!(message.contains("memory limit reached"), "{message}");
+                    assert!(
+                        message.starts_with("hoard:3:") || message.starts_with("hoard:5:"),
+                        "stopped at a line of the script: {message}"
+                    );
+                }
+                other => panic!("expected the memory limit, got {other:?}"),
+            }
+            assert!(
+                ctx.head.headers.get("x-escaped").is_none(),
+                "the pcall was escaped"
+            );
+        });
+    }
+
+    #[test]
     fn over_budget_calls_fail_as_budget_errors_with_the_line() {
         run(async {
             let settings = LuaSettings {

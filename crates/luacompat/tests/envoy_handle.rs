@@ -127,7 +127,11 @@ end
         assert!(matches!(r, Ok(Flow::Continue)), "{r:?}");
         let got = &ctx.head.headers;
         assert_eq!(header(got, "x-got"), "target.example:8080", "the C path");
-        assert_eq!(header(got, "x-upper"), "target.example:8080", "the Rust path");
+        assert_eq!(
+            header(got, "x-upper"),
+            "target.example:8080",
+            "the Rust path"
+        );
         assert_eq!(header(got, "x-listed"), "target.example:8080", "pairs");
     });
 }
