@@ -472,12 +472,7 @@ impl Methods<'_> {
         A: mlua::FromLuaMulti,
         R: mlua::IntoLuaMulti,
     {
-        let f =
-            self.lua
-                .create_function(move |lua, (this, args): (UserDataRef<TcpSocket>, A)| {
-                    f(lua, &this, args)
-                })?;
-        self.table.raw_set(name, f)
+        self.table.raw_set(name, self.function(f)?)
     }
 
     /// The version of a waiting method tried first (see [`Methods::tries`]).
@@ -489,12 +484,22 @@ impl Methods<'_> {
     where
         A: mlua::FromLuaMulti,
     {
-        let f =
-            self.lua
-                .create_function(move |lua, (this, args): (UserDataRef<TcpSocket>, A)| {
-                    f(lua, &this, args)
-                })?;
-        self.tries.raw_set(name, f)
+        self.tries.raw_set(name, self.function(f)?)
+    }
+
+    /// A plain function of the socket and the method's arguments.
+    fn function<A, R>(
+        &self,
+        f: impl Fn(&Lua, &TcpSocket, A) -> mlua::Result<R> + 'static,
+    ) -> mlua::Result<mlua::Function>
+    where
+        A: mlua::FromLuaMulti,
+        R: mlua::IntoLuaMulti,
+    {
+        self.lua
+            .create_function(move |lua, (this, args): (UserDataRef<TcpSocket>, A)| {
+                f(lua, &this, args)
+            })
     }
 
     /// A method that may wait (it runs as an async function).
