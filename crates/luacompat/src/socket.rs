@@ -25,6 +25,7 @@
 //!   [`MAX_BUFFERED`] fails instead of growing without end.
 
 pub mod pool;
+mod raw;
 mod udp;
 
 use std::cell::RefCell;
@@ -32,7 +33,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use mlua::{AnyUserData, Lua, MultiValue, Table, UserData, UserDataRef, Value};
+use mlua::{FromLua, Lua, MultiValue, Table, Value};
 use sluicegate_lua::vm::Host;
 use sluicegate_lua::Kinds;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -164,7 +165,9 @@ impl Drop for Guard {
     }
 }
 
-/// The Lua object of `ngx.socket.tcp()`.
+/// A socket as its Rust methods take it (the Lua object is [`raw`]'s userdata, which
+/// owns the same state).
+#[derive(Clone)]
 pub struct TcpSocket {
     tcp: Rc<RefCell<Tcp>>,
     host: Rc<Host>,
@@ -221,34 +224,50 @@ fn flatten(lua: &Lua, v: &Value, out: &mut Vec<u8>, depth: usize) -> mlua::Resul
     Ok(())
 }
 
-impl TcpSocket {
-    fn new(host: &Rc<Host>) -> TcpSocket {
-        TcpSocket {
-            tcp: Rc::new(RefCell::new(Tcp {
-                conn: None,
-                busy: false,
-                connect_timeout: DEFAULT_TIMEOUT,
-                send_timeout: DEFAULT_TIMEOUT,
-                read_timeout: DEFAULT_TIMEOUT,
-                key: String::new(),
-                unsent: None,
-            })),
-            host: host.clone(),
+impl Tcp {
+    fn new() -> Tcp {
+        Tcp {
+            conn: None,
+            busy: false,
+            connect_timeout: DEFAULT_TIMEOUT,
+            send_timeout: DEFAULT_TIMEOUT,
+            read_timeout: DEFAULT_TIMEOUT,
+            key: String::new(),
+            unsent: None,
         }
     }
+}
 
+/// Whether the running call owns the connection of socket state `tcp`.
+fn owned(host: &Host, tcp: *const RefCell<Tcp>) -> bool {
+    let cur = match host.cur.try_borrow() {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    cur.as_deref().is_some_and(|s| {
+        s.owned.iter().any(|o| {
+            o.downcast_ref::<Guard>()
+                .is_some_and(|g| std::ptr::eq(g.0.as_ptr(), tcp))
+        })
+    })
+}
+
+impl FromLua for TcpSocket {
+    fn from_lua(value: Value, lua: &Lua) -> mlua::Result<TcpSocket> {
+        match value {
+            Value::LightUserData(p) => raw::socket_from(p),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            sluicegate_lua::convert::error(lua, "expected a TCP socket (call its methods with `:`)")
+        })
+    }
+}
+
+impl TcpSocket {
     /// Whether the running call owns this socket's connection.
     fn owned_here(&self) -> bool {
-        let cur = match self.host.cur.try_borrow() {
-            Ok(c) => c,
-            Err(_) => return false,
-        };
-        cur.as_deref().is_some_and(|s| {
-            s.owned.iter().any(|o| {
-                o.downcast_ref::<Guard>()
-                    .is_some_and(|g| std::ptr::eq(g.0.as_ptr(), Rc::as_ptr(&self.tcp)))
-            })
-        })
+        owned(&self.host, Rc::as_ptr(&self.tcp))
     }
 
     /// Takes the connection for one operation: `Err` is the error string to return.
@@ -443,20 +462,14 @@ fn read_result(lua: &Lua, this: &TcpSocket, r: ReadResult) -> mlua::Result<Multi
 /// the method's waiting version (no cosocket method returns `false` itself).
 const MUST_WAIT: Value = Value::Boolean(false);
 
-impl UserData for TcpSocket {
-    fn add_fields<F: mlua::UserDataFields<Self>>(f: &mut F) {
-        // A plain table of methods, with no method glue of mlua's in front: a call site
-        // finds its method in it at the slot Luau predicts.
-        f.add_meta_field_with("__index", methods);
-    }
-}
-
-/// Builds the socket's methods table.
+/// Builds the socket's methods: Rust functions taking the socket as [`raw`] hands it over.
 struct Methods<'a> {
     lua: &'a Lua,
-    /// Every method by name.
-    table: Table,
-    /// The methods first tried without waiting (`connect`, `send`, `receive`): each
+    /// The methods that never wait, by name.
+    plain: Table,
+    /// The methods that may wait (async functions), by name.
+    waits: Table,
+    /// The versions of `connect`, `send` and `receive` first tried without waiting: each
     /// returns [`MUST_WAIT`] when it has to wait.
     tries: Table,
 }
@@ -472,7 +485,7 @@ impl Methods<'_> {
         A: mlua::FromLuaMulti,
         R: mlua::IntoLuaMulti,
     {
-        self.table.raw_set(name, self.function(f)?)
+        self.plain.raw_set(name, self.function(f)?)
     }
 
     /// The version of a waiting method tried first (see [`Methods::tries`]).
@@ -497,51 +510,47 @@ impl Methods<'_> {
         R: mlua::IntoLuaMulti,
     {
         self.lua
-            .create_function(move |lua, (this, args): (UserDataRef<TcpSocket>, A)| {
-                f(lua, &this, args)
-            })
+            .create_function(move |lua, (this, args): (TcpSocket, A)| f(lua, &this, args))
     }
 
     /// A method that may wait (it runs as an async function).
     fn wait<A, F>(
         &self,
         name: &str,
-        f: impl Fn(Lua, UserDataRef<TcpSocket>, A) -> F + 'static,
+        f: impl Fn(Lua, TcpSocket, A) -> F + 'static,
     ) -> mlua::Result<()>
     where
         A: mlua::FromLuaMulti + 'static,
         F: std::future::Future<Output = mlua::Result<MultiValue>> + 'static,
     {
-        let f = self.lua.create_async_function(
-            move |lua, (this, args): (UserDataRef<TcpSocket>, A)| f(lua, this, args),
-        )?;
-        self.table.raw_set(name, f)
-    }
-
-    /// A function kept as it is (it takes the socket as its first argument itself).
-    fn plain<A, R>(
-        &self,
-        name: &str,
-        f: impl Fn(&Lua, A) -> mlua::Result<R> + 'static,
-    ) -> mlua::Result<()>
-    where
-        A: mlua::FromLuaMulti,
-        R: mlua::IntoLuaMulti,
-    {
-        self.table.raw_set(name, self.lua.create_function(f)?)
+        let f = self
+            .lua
+            .create_async_function(move |lua, (this, args): (TcpSocket, A)| f(lua, this, args))?;
+        self.waits.raw_set(name, f)
     }
 }
 
-/// Puts each tried-first method in front of its waiting version: when the first returns
+/// The methods scripts call, in `methods` (which already holds those done in C): each
+/// Rust method behind a Lua function that hands it the socket as `parts` gives it, and
+/// each tried-first method in front of its waiting version: when the first returns
 /// `false`, the same arguments go to the second.
-const TRY_FIRST: &str = r#"
-local methods, tries = ...
-for name, try in tries do
-  local wait = methods[name]
-  methods[name] = function(self, ...)
-    local a, b, c = try(self, ...)
-    if a ~= false then return a, b, c end
-    return wait(self, ...)
+const WRAP: &str = r#"
+local methods, plain, waits, tries, parts = ...
+for name, f in plain do
+  if methods[name] == nil then
+    methods[name] = function(self, ...) return f(parts(self), ...) end
+  end
+end
+for name, wait in waits do
+  local try = tries[name]
+  if try then
+    methods[name] = function(self, ...)
+      local a, b, c = try(self, ...)
+      if a ~= false then return a, b, c end
+      return wait(parts(self), ...)
+    end
+  else
+    methods[name] = function(self, ...) return wait(parts(self), ...) end
   end
 end
 "#;
@@ -550,10 +559,12 @@ end
 /// takes at once) and `receive` (what the buffer and the kernel already hold) are tried
 /// without waiting first: a call that can finish at once then costs a plain function
 /// call, not an async one's coroutine round.
-fn methods(lua: &Lua) -> mlua::Result<Table> {
+/// Returns `ngx.socket.tcp`, which makes sockets with them.
+fn methods(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
     let m = Methods {
         lua,
-        table: lua.create_table()?,
+        plain: lua.create_table()?,
+        waits: lua.create_table()?,
         tries: lua.create_table()?,
     };
     m.try_first(
@@ -704,9 +715,9 @@ fn methods(lua: &Lua) -> mlua::Result<Table> {
         this.give(Some(conn));
         Ok(one(Value::String(lua.create_string(&data)?)))
     })?;
-    m.plain(
+    m.sync(
         "receiveuntil",
-        |lua, (ud, pattern, opts): (AnyUserData, mlua::LuaString, Option<Table>)| {
+        |lua, this, (pattern, opts): (mlua::LuaString, Option<Table>)| {
             let pattern = pattern.as_bytes().to_vec();
             if pattern.is_empty() {
                 return Err(sluicegate_lua::convert::error(
@@ -718,7 +729,7 @@ fn methods(lua: &Lua) -> mlua::Result<Table> {
                 Some(t) => t.raw_get::<Option<bool>>("inclusive")?.unwrap_or(false),
                 None => false,
             };
-            until_reader(lua, ud, pattern, inclusive)
+            until_reader(lua, this.clone(), pattern, inclusive)
         },
     )?;
     m.sync("settimeout", |_, this, ms_: Option<f64>| {
@@ -804,10 +815,16 @@ fn methods(lua: &Lua) -> mlua::Result<Table> {
         }
         Ok(one(Value::Integer(1)))
     })?;
-    lua.load(TRY_FIRST)
+    let h = host.clone();
+    let refuse = lua
+        .create_function(move |lua, ()| h.check(lua, "ngx.socket.tcp", Kinds::WAIT).map(|_| ()))?;
+    let methods = lua.create_table()?;
+    let (tcp, parts) = raw::install(lua, host, &m.plain, &m.tries, &methods, refuse)?;
+    lua.load(WRAP)
         .set_name(sluicegate_lua::convert::GLUE_CHUNK)
-        .call::<()>((&m.table, &m.tries))?;
-    Ok(m.table)
+        .call::<()>((&methods, &m.plain, &m.waits, &m.tries, parts))?;
+    methods.set_readonly(true);
+    Ok(tcp)
 }
 
 /// `connect`: from the worker's pool, or a new connection.
@@ -1054,17 +1071,16 @@ async fn sslhandshake(lua: &Lua, this: &TcpSocket, args: MultiValue) -> mlua::Re
 /// size, at most that many bytes of the data before it, then `nil` at the pattern).
 fn until_reader(
     lua: &Lua,
-    ud: AnyUserData,
+    socket: TcpSocket,
     pattern: Vec<u8>,
     inclusive: bool,
 ) -> mlua::Result<mlua::Function> {
     let state = Rc::new(RefCell::new(false)); // the pattern was reached in size mode
     lua.create_async_function(move |lua, size: Option<f64>| {
-        let ud = ud.clone();
+        let this = socket.clone();
         let pattern = pattern.clone();
         let done = state.clone();
         async move {
-            let this = ud.borrow::<TcpSocket>()?;
             this.host.check_async(&lua, "receiveuntil")?;
             if *done.borrow() {
                 *done.borrow_mut() = false;
@@ -1138,11 +1154,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn register(lua: &Lua, host: &Rc<Host>, modules: &Table, globals: &Table) -> mlua::Result<()> {
     let ngx: Table = globals.raw_get("ngx")?;
     let socket = lua.create_table()?;
-    let h = host.clone();
-    let tcp = lua.create_function(move |lua, ()| {
-        h.check(lua, "ngx.socket.tcp", Kinds::WAIT)?;
-        lua.create_userdata(TcpSocket::new(&h))
-    })?;
+    let tcp = methods(lua, host)?;
     socket.raw_set("tcp", &tcp)?;
     socket.raw_set("stream", &tcp)?;
     let h = host.clone();

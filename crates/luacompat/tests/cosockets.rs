@@ -371,17 +371,23 @@ fn a_send_larger_than_the_kernel_takes_at_once_arrives_whole_and_once() {
 local block = {{}}
 for i = 0, 250 do block[i + 1] = string.char(i * 7 % 256) end
 local payload = string.rep(table.concat(block), 33420)
-local s = ngx.socket.tcp()
-s:settimeout(5000)
-assert(s:connect("127.0.0.1", {port}))
-local sent = assert(s:send({{#payload, "\n", payload}}))
-ngx.say(sent == #payload + #tostring(#payload) + 1, " ", s:receive())
+-- As an array (put together by the Rust method) and as one string (tried in C first).
+for _, form in {{"array", "string"}} do
+  local s = ngx.socket.tcp()
+  s:settimeout(5000)
+  assert(s:connect("127.0.0.1", {port}))
+  local data = {{#payload, "\n", payload}}
+  if form == "string" then data = table.concat(data) end
+  local sent = assert(s:send(data))
+  ngx.say(form, " ", sent == #payload + #tostring(#payload) + 1, " ", s:receive())
+  s:close()
+end
 "#,
             port = slow.port()
         );
         let out = content(&h, &code).await.unwrap();
         assert_eq!(
-            out, "true 8388420 same\n",
+            out, "array true 8388420 same\nstring true 8388420 same\n",
             "8 MiB sent once, in order, its whole length returned"
         );
     });
@@ -593,6 +599,60 @@ ngx.say("scheduled")
         assert!(
             err.contains("ngx.socket.tcp is not allowed in the header_filter phase"),
             "{err}"
+        );
+    });
+}
+
+#[test]
+fn a_socket_is_sealed_and_its_methods_refuse_other_values_and_closed_sockets_say_so() {
+    run(async {
+        let h = Harness::new(settings()).unwrap();
+        let body = content(
+            &h,
+            r#"
+local sock = ngx.socket.tcp()
+local out = {}
+local function try(f, ...)
+  local ok, err = pcall(f, ...)
+  out[#out + 1] = tostring(ok) .. " " .. tostring(err):match("^[^\n]*")
+end
+try(sock.connect, "127.0.0.1", 1)
+try(sock.send, {}, "x")
+try(sock.settimeout, 5, 100)
+try(sock.setkeepalive, nil)
+try(function() sock.send = nil end)
+out[#out + 1] = tostring(getmetatable(sock))
+out[#out + 1] = tostring((sock:settimeout(100)))
+for _, m in {"send", "receive", "setkeepalive", "close"} do
+  local a, b = sock[m](sock, m == "send" and "x" or nil)
+  out[#out + 1] = m .. " " .. tostring(a) .. " " .. tostring(b)
+end
+-- Sockets made and dropped are collected with what they hold.
+for _ = 1, 20000 do ngx.socket.tcp():settimeout(1) end
+ngx.print(table.concat(out, "\n"))
+"#,
+        )
+        .await
+        .unwrap();
+        let lines: Vec<&str> = body.lines().collect();
+        for line in &lines[..4] {
+            assert!(
+                line.starts_with("false ") && line.contains("expected a TCP socket"),
+                "{body}"
+            );
+        }
+        assert!(lines[4].starts_with("false "), "{body}");
+        assert_eq!(
+            &lines[5..],
+            [
+                "The metatable is locked",
+                "nil",
+                "send nil closed",
+                "receive nil closed",
+                "setkeepalive nil closed",
+                "close nil closed",
+            ],
+            "{body}"
         );
     });
 }
