@@ -102,7 +102,7 @@ fn main() {
     for k in 0..changes {
         let i = 2 + k % (routes - 2);
         let t0 = Instant::now();
-        let mut next = Entities::clone(&entities);
+        let mut next = entities.successor();
         let revision = next.revision + 1;
         next.apply(
             vec![change(
