@@ -3,7 +3,9 @@
 //! lua-resty-http, lua-resty-memcached...) run unchanged.
 //!
 //! Design:
-//! - A socket object is a userdata around an `Rc<RefCell<Tcp>>`. An operation takes the
+//! - A socket object is a userdata of [`raw`]'s tag owning an `Rc<RefCell<Tcp>>`; the calls
+//!   a pooled request-reply client makes on every request are done in C there, everything
+//!   else by the Rust methods here. An operation takes the
 //!   connection out of the cell for as long as it waits (never holding a borrow across an
 //!   await), so a second coroutine using the same object meanwhile gets `"socket busy"`.
 //! - Every connection is owned by the call that connected it: `connect` pushes a
