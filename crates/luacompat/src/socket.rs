@@ -3,7 +3,7 @@
 //! lua-resty-http, lua-resty-memcached...) run unchanged.
 //!
 //! Design:
-//! - A socket object is a userdata of [`raw`]'s tag owning an `Rc<RefCell<Tcp>>`; the calls
+//! - A socket object is a userdata of `raw`'s tag owning an `Rc<RefCell<Tcp>>`; the calls
 //!   a pooled request-reply client makes on every request are done in C there, everything
 //!   else by the Rust methods here. An operation takes the
 //!   connection out of the cell for as long as it waits (never holding a borrow across an
@@ -167,7 +167,7 @@ impl Drop for Guard {
     }
 }
 
-/// A socket as its Rust methods take it (the Lua object is [`raw`]'s userdata, which
+/// A socket as its Rust methods take it (the Lua object is `raw`'s userdata, which
 /// owns the same state).
 #[derive(Clone)]
 pub struct TcpSocket {
@@ -464,7 +464,7 @@ fn read_result(lua: &Lua, this: &TcpSocket, r: ReadResult) -> mlua::Result<Multi
 /// the method's waiting version (no cosocket method returns `false` itself).
 const MUST_WAIT: Value = Value::Boolean(false);
 
-/// Builds the socket's methods: Rust functions taking the socket as [`raw`] hands it over.
+/// Builds the socket's methods: Rust functions taking the socket as `raw` hands it over.
 struct Methods<'a> {
     lua: &'a Lua,
     /// The methods that never wait, by name.
