@@ -6,7 +6,12 @@
 //! 2. path: exact > prefix (longer first) > regex > any path;
 //! 3. more method/header conditions first;
 //! 4. earlier in the configuration first.
+//!
+//! A large table is not scanned: its entries are also indexed by exact path, by prefix and
+//! by exact host ([`Index`]), and a request looks only at the entries its path and host
+//! can match, taking the first in table order as the scan would.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
@@ -86,6 +91,47 @@ pub struct Router {
     keys: Vec<Key>,
     matches: Vec<Arc<RouteMatch>>,
     needs_host: bool,
+    /// Set for tables of more than [`INDEX_FROM`] entries.
+    index: Option<Index>,
+}
+
+/// Tables up to this many entries are scanned (a scan of a few entries costs less than
+/// the index's hash lookups).
+const INDEX_FROM: usize = 32;
+
+/// A table's entries by what a request must equal for them to match: each entry is in
+/// exactly one place, and each list holds entry positions in table order.
+#[derive(Debug, Default)]
+struct Index {
+    /// Entries with an exact path, by that path.
+    exact: HashMap<Arc<str>, Vec<u32>>,
+    /// Entries with a prefix path, by that prefix.
+    prefix: HashMap<Arc<str>, Vec<u32>>,
+    /// The lengths of those prefixes, each once, shortest first.
+    lengths: Vec<usize>,
+    /// Entries with a regex path or none and an exact host, by that host.
+    host: HashMap<Arc<str>, Vec<u32>>,
+    /// Every other entry.
+    rest: Vec<u32>,
+}
+
+impl Index {
+    fn of(entries: &[Entry]) -> Index {
+        let mut index = Index::default();
+        for (i, e) in entries.iter().enumerate() {
+            let i = i as u32;
+            match (&e.path, &e.host) {
+                (PathPattern::Exact(p), _) => index.exact.entry(p.clone()).or_default().push(i),
+                (PathPattern::Prefix(p), _) => index.prefix.entry(p.clone()).or_default().push(i),
+                (_, HostPattern::Exact(h)) => index.host.entry(h.clone()).or_default().push(i),
+                _ => index.rest.push(i),
+            }
+        }
+        index.lengths = index.prefix.keys().map(|p| p.len()).collect();
+        index.lengths.sort_unstable();
+        index.lengths.dedup();
+        index
+    }
 }
 
 /// What the router looks at in a request.
@@ -167,6 +213,7 @@ impl Router {
         }
         Router {
             needs_host: entries.iter().any(|e| !matches!(e.host, HostPattern::Any)),
+            index: (entries.len() > INDEX_FROM).then(|| Index::of(&entries)),
             entries,
             keys,
             matches: routes,
@@ -185,14 +232,59 @@ impl Router {
 
     /// The index of the route for this request, if any.
     pub fn find(&self, key: &RequestKey<'_>) -> Option<usize> {
-        self.entries
-            .iter()
-            .find(|e| {
-                host_matches(&e.host, key.host)
-                    && path_matches(&e.path, key.path)
-                    && extra_matches(&self.matches[e.route], key)
-            })
-            .map(|e| e.route)
+        let Some(index) = &self.index else {
+            return self
+                .entries
+                .iter()
+                .find(|e| self.entry_matches(e, key))
+                .map(|e| e.route);
+        };
+        // The first entry in table order that matches, among those the path and host can
+        // match: each list's first match, the earliest of them.
+        let mut best = u32::MAX;
+        let mut first_in = |list: &[u32]| {
+            for &i in list {
+                if i >= best {
+                    break;
+                }
+                if self
+                    .entries
+                    .get(i as usize)
+                    .is_some_and(|e| self.entry_matches(e, key))
+                {
+                    best = i;
+                    break;
+                }
+            }
+        };
+        if let Some(list) = index.exact.get(key.path) {
+            first_in(list);
+        }
+        for &len in &index.lengths {
+            let Some(head) = key.path.get(..len) else {
+                if len > key.path.len() {
+                    break;
+                }
+                continue;
+            };
+            if let Some(list) = index.prefix.get(head) {
+                first_in(list);
+            }
+        }
+        if let Some(list) = index.host.get(key.host) {
+            first_in(list);
+        }
+        first_in(&index.rest);
+        self.entries.get(best as usize).map(|e| e.route)
+    }
+
+    fn entry_matches(&self, e: &Entry, key: &RequestKey<'_>) -> bool {
+        host_matches(&e.host, key.host)
+            && path_matches(&e.path, key.path)
+            && self
+                .matches
+                .get(e.route)
+                .is_some_and(|m| extra_matches(m, key))
     }
 }
 
@@ -287,6 +379,91 @@ mod tests {
             method: &method,
             headers: &headers,
         })
+    }
+
+    /// The first entry that matches, by scanning the whole table.
+    fn scan(router: &Router, key: &RequestKey<'_>) -> Option<usize> {
+        router
+            .entries
+            .iter()
+            .find(|e| router.entry_matches(e, key))
+            .map(|e| e.route)
+    }
+
+    #[test]
+    fn an_indexed_table_finds_what_a_scan_of_it_finds() {
+        // A small generator (xorshift), so that a failure replays.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let segments = ["a", "b", "ab", "api", "v1", "é", "x"];
+        let path = |next: &mut dyn FnMut(usize) -> usize| {
+            let mut p = String::from("/");
+            for _ in 0..next(4) {
+                p.push_str(segments[next(segments.len())]);
+                if next(3) > 0 {
+                    p.push('/');
+                }
+            }
+            p
+        };
+        let hosts = ["a.example.com", "b.example.com", "example.com", "other.org"];
+        let (host_re, path_re) = (Regex::new("^a").unwrap(), Regex::new("^/a").unwrap());
+        for table in 0..40 {
+            let routes: Vec<RouteMatch> = (0..40 + table * 5)
+                .map(|_| RouteMatch {
+                    hosts: (0..next(3))
+                        .map(|_| match next(5) {
+                            0 | 1 => HostPattern::Exact(hosts[next(hosts.len())].into()),
+                            2 => HostPattern::Wildcard(".example.com".into()),
+                            3 => HostPattern::Regex(host_re.clone()),
+                            _ => HostPattern::Any,
+                        })
+                        .collect(),
+                    paths: (0..next(3))
+                        .map(|_| match next(6) {
+                            0 | 1 => PathPattern::Exact(path(&mut next).into()),
+                            2 | 3 => PathPattern::Prefix(path(&mut next).into()),
+                            4 => PathPattern::Regex(path_re.clone()),
+                            _ => PathPattern::Any,
+                        })
+                        .collect(),
+                    methods: if next(4) == 0 {
+                        vec![Method::POST]
+                    } else {
+                        vec![]
+                    },
+                    ..Default::default()
+                })
+                .collect();
+            let router = Router::new(routes);
+            assert!(router.index.is_some());
+            let headers = HeaderMap::new();
+            for _ in 0..300 {
+                let p = path(&mut next);
+                let method = if next(2) == 0 {
+                    Method::GET
+                } else {
+                    Method::POST
+                };
+                let key = RequestKey {
+                    host: hosts[next(hosts.len())],
+                    path: &p,
+                    method: &method,
+                    headers: &headers,
+                };
+                assert_eq!(
+                    router.find(&key),
+                    scan(&router, &key),
+                    "table {table}: {} {p}",
+                    key.host
+                );
+            }
+        }
     }
 
     #[test]
