@@ -12,6 +12,7 @@
 //! before any VM exists.
 
 pub mod envoy;
+mod luau;
 pub mod modules;
 pub mod socket;
 

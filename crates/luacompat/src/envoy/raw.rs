@@ -35,6 +35,7 @@ use mlua::{Function, Lua, Table};
 use sluicegate_lua::vm::Host;
 
 use super::handle::{self, Dir, Found};
+use crate::luau::string_at;
 
 /// The handle's userdata tag (mlua uses 0 and 1; nothing else in the gateway tags
 /// userdata).
@@ -67,36 +68,8 @@ impl RawHandle {
 /// # Safety
 /// `l` is a running Luau thread and `idx` a valid stack index.
 unsafe fn handle_at(l: *mut lua_State, idx: c_int) -> Option<RawHandle> {
-    // SAFETY: a non-null pointer from `lua_touserdatatagged` is the block `new_handle`
-    // wrote a `RawHandle` into (the tag is ours alone).
-    unsafe {
-        let p = ffi::lua_touserdatatagged(l, idx, TAG) as *const RawHandle;
-        if p.is_null() {
-            None
-        } else {
-            Some(p.read_unaligned())
-        }
-    }
-}
-
-/// The string at `idx` (not a number), borrowed from the stack.
-///
-/// # Safety
-/// As [`handle_at`]; the slice lives while the value stays on the stack.
-unsafe fn string_at<'a>(l: *mut lua_State, idx: c_int) -> Option<&'a [u8]> {
-    // SAFETY: for a string value `lua_tolstring` neither converts nor allocates and
-    // returns its bytes and length.
-    unsafe {
-        if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
-            return None;
-        }
-        let mut len = 0usize;
-        let p = ffi::lua_tolstring(l, idx, &mut len);
-        if p.is_null() {
-            return None;
-        }
-        Some(std::slice::from_raw_parts(p as *const u8, len))
-    }
+    // SAFETY: as the caller's; every block of the tag holds a `RawHandle`.
+    unsafe { crate::luau::tagged_at(l, idx, TAG) }
 }
 
 /// The VM's host, from upvalue 1.
@@ -116,13 +89,7 @@ unsafe fn host<'a>(l: *mut lua_State) -> &'a Host {
 /// alive in the caller's frame (the method may raise).
 unsafe fn fallback(l: *mut lua_State) -> c_int {
     // SAFETY: a C function has LUA_MINSTACK free slots; the upvalue is a function.
-    unsafe {
-        let n = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-        ffi::lua_insert(l, 1);
-        ffi::lua_call(l, n, ffi::LUA_MULTRET);
-        ffi::lua_gettop(l)
-    }
+    unsafe { crate::luau::call_upvalue(l, 1) }
 }
 
 /// `newhandle(dir)`: the handle for the running call, bound to its token.

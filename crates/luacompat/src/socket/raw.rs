@@ -44,6 +44,7 @@ use sluicegate_lua::vm::Host;
 use sluicegate_lua::Kinds;
 
 use super::{ms, owned, pool, try_fill, Conn, Guard, Tcp, TcpSocket, DEFAULT_TIMEOUT};
+use crate::luau::string_at;
 
 /// The socket's userdata tag (mlua uses 0 and 1, the Envoy stream handle 40).
 const TAG: c_int = 41;
@@ -65,35 +66,8 @@ const BLOCK: usize = std::mem::size_of::<RawSocket>() + std::mem::size_of::<RefC
 /// # Safety
 /// `l` is a running Luau thread and `idx` a valid stack index.
 unsafe fn socket_at(l: *mut lua_State, idx: c_int) -> Option<RawSocket> {
-    // SAFETY: a non-null pointer from `lua_touserdatatagged` is a block `new_socket` wrote
-    // a `RawSocket` into (the tag is ours alone).
-    unsafe {
-        let p = ffi::lua_touserdatatagged(l, idx, TAG) as *const RawSocket;
-        if p.is_null() {
-            None
-        } else {
-            Some(p.read_unaligned())
-        }
-    }
-}
-
-/// The string at `idx` (not a number), borrowed from the stack.
-///
-/// # Safety
-/// As [`socket_at`]; the slice lives while the value stays on the stack.
-unsafe fn string_at<'a>(l: *mut lua_State, idx: c_int) -> Option<&'a [u8]> {
-    // SAFETY: for a string value `lua_tolstring` neither converts nor allocates.
-    unsafe {
-        if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
-            return None;
-        }
-        let mut len = 0usize;
-        let p = ffi::lua_tolstring(l, idx, &mut len);
-        if p.is_null() {
-            return None;
-        }
-        Some(std::slice::from_raw_parts(p as *const u8, len))
-    }
+    // SAFETY: as the caller's; every block of the tag holds a `RawSocket`.
+    unsafe { crate::luau::tagged_at(l, idx, TAG) }
 }
 
 /// The number at `idx`: `Some(None)` for nil or nothing, `None` for another type.
@@ -150,11 +124,7 @@ unsafe fn fallback(l: *mut lua_State) -> c_int {
             ffi::lua_pushlightuserdata(l, p);
             ffi::lua_replace(l, 1);
         }
-        let n = ffi::lua_gettop(l);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-        ffi::lua_insert(l, 1);
-        ffi::lua_call(l, n, ffi::LUA_MULTRET);
-        ffi::lua_gettop(l)
+        crate::luau::call_upvalue(l, 1)
     }
 }
 
@@ -166,11 +136,7 @@ unsafe extern "C-unwind" fn new_socket(l: *mut lua_State) -> c_int {
     unsafe {
         let host = ffi::lua_tolightuserdata(l, ffi::lua_upvalueindex(1)) as *const Host;
         if !Kinds::WAIT.has((*host).kind.get()) {
-            let n = ffi::lua_gettop(l);
-            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
-            ffi::lua_insert(l, 1);
-            ffi::lua_call(l, n, ffi::LUA_MULTRET);
-            return ffi::lua_gettop(l);
+            return crate::luau::call_upvalue(l, 2);
         }
         let p = ffi::lua_newuserdatataggedwithmetatable(l, BLOCK, TAG) as *mut RawSocket;
         Rc::increment_strong_count(host);
