@@ -16,7 +16,7 @@ worker when installed, else a small Python server), then measures:
    write (it checks the candidate before committing, then applies it), with no traffic.
    Then the same number of changes again while wrk drives traffic through node b (when
    `wrk` is installed): its errors and latency against quiet runs of the same length
-   before and after. `--pin` puts node b, wrk and the origin on the CPUs but the first.
+   before and after, and how long each change took to reach node b meanwhile. `--pin` puts node b, wrk and the origin on the CPUs but the first.
 
     python3 bench/cluster-propagation.py                   # 200 changes; 10,000 routes
     python3 bench/cluster-propagation.py -n 50 --routes 1000
@@ -343,14 +343,16 @@ def many_routes(nodes, origin, routes, changes):
     def change(i, measure=True):
         time.sleep(0.2)  # let the heartbeat and the last apply settle
         before, writer = b.cpu_seconds(), a.cpu_seconds()
+        sent = time.perf_counter()
         status, text, rev = a.call("PATCH", f"/v1/routes/r{i + 2}",
                                    {"match": {"paths": f"/moved{i}/"}})
         if status != 200:
             sys.exit(f"PATCH: {status} {text!r}")
         b.call("GET", f"/v1/cluster/wait?revision={rev}&timeout_ms=60000")
+        reached_b = (time.perf_counter() - sent) * 1e3
         a.call("GET", f"/v1/cluster/wait?revision={rev}&timeout_ms=60000")
         if not measure:  # under traffic: no /metrics scrape of its own on node b
-            return None
+            return reached_b
         return (b.cpu_seconds() - before) * 1e3, \
             b.metric("sluicegate_cluster_last_apply_seconds") * 1e3, \
             (a.cpu_seconds() - writer) * 1e3
@@ -375,11 +377,10 @@ def many_routes(nodes, origin, routes, changes):
     loader = threading.Thread(target=load)
     loader.start()
     time.sleep(0.5)
-    for i in range(changes, 2 * changes):
-        change(i, measure=False)
+    reached = [change(i, measure=False) for i in range(changes, 2 * changes)]
     loader.join()
     quiet.append(wrk_run(b.port, seconds, "/r1/"))
-    return cpu, apply_ms, writer_cpu, quiet, result.get("busy")
+    return cpu, apply_ms, writer_cpu, quiet, result.get("busy"), reached
 
 
 class FileNode(Node):
@@ -472,8 +473,8 @@ def main():
               f"p50 {statistics.median(took):.1f}  p99 {pct(took, 99):.1f}  "
               f"max {max(took):.1f}")
 
-        cpu, apply_ms, writer_cpu, quiet, busy = many_routes(nodes, origin, args.routes,
-                                                             args.changes)
+        cpu, apply_ms, writer_cpu, quiet, busy, reached = many_routes(
+            nodes, origin, args.routes, args.changes)
         print(f"one change at {args.routes} routes, node b, over {args.changes} changes: "
               f"process CPU ms p50 {statistics.median(cpu):.1f} max {max(cpu):.1f}; "
               f"apply ms p50 {statistics.median(apply_ms):.1f} max {max(apply_ms):.1f}; "
@@ -482,6 +483,8 @@ def main():
         if quiet[0] is not None:
             print(f"traffic on node b (wrk -t1 -c8): quiet {quiet[0]}; during changes {busy}; "
                   f"quiet again {quiet[1]}")
+            print(f"  during the traffic, write on a -> applied on b (ms): "
+                  f"p50 {statistics.median(reached):.1f} max {max(reached):.1f}")
             file_node = FileNode(root, nodes[1], node_b_cpus)
             try:
                 ratios = request_cpu(nodes[1], file_node, rounds=4)

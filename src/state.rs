@@ -160,7 +160,7 @@ pub async fn reloader(
     }
 }
 
-/// Frees a replaced snapshot here, on the control thread, once the last request that
+/// Frees a replaced snapshot off the workers, once the last request that
 /// still holds it has ended: not on the worker that ends that request, where freeing a
 /// large routing table would delay the requests behind it. (After the swap no new holder
 /// can appear: every holder counts in the reference count.)
@@ -169,6 +169,16 @@ async fn retire(old: Arc<Snapshot>) {
     while Arc::strong_count(&old) > 1 {
         tick.tick().await;
     }
+    // Freed on the blocking pool, which is paced (`sluicegate_core::pace`): a large table
+    // takes milliseconds to free.
+    let _ = tokio::task::spawn_blocking(move || match Arc::try_unwrap(old) {
+        Ok(mut snapshot) => {
+            sluicegate_core::pace::drop_paced(std::mem::take(&mut snapshot.routes));
+            std::mem::take(&mut snapshot.router).free_paced();
+        }
+        Err(old) => drop(old),
+    })
+    .await;
 }
 
 /// A build that did not finish (it panicked): the running configuration stays.

@@ -1039,6 +1039,8 @@ fn route(
     taken: &mut Taken,
     diags: &mut Diags,
 ) -> Option<(Arc<Route>, RouteMatch)> {
+    // One route is the unit of a build's pacing (a reload or a cluster change).
+    sluicegate_core::pace::point();
     let RouteCtx {
         upstreams,
         global,
@@ -1218,6 +1220,7 @@ pub fn with_routes(
     for (i, source) in routes.iter().enumerate() {
         match source {
             RouteSource::Keep(j) => {
+                sluicegate_core::pace::point();
                 built.push(current.routes.get(*j)?.clone());
                 matches.push(current_matches.get(*j)?.clone());
             }

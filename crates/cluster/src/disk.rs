@@ -150,6 +150,7 @@ impl Writer {
             out.extend_from_slice(b":{");
             let cache = self.cache.entry(*kind).or_default();
             for (i, (name, entry)) in of_kind.iter().enumerate() {
+                sluicegate_core::pace::point();
                 if i > 0 {
                     out.push(b',');
                 }

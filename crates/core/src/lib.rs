@@ -22,6 +22,7 @@ pub mod deadline;
 pub mod diag;
 pub mod error;
 pub mod name;
+pub mod pace;
 pub mod phase;
 pub mod prehashed;
 pub mod rewrite;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
+use sluicegate_core::pace;
 
 /// A host condition.
 #[derive(Debug, Clone)]
@@ -119,6 +120,7 @@ impl Index {
     fn of(entries: &[Entry]) -> Index {
         let mut index = Index::default();
         for (i, e) in entries.iter().enumerate() {
+            pace::point();
             let i = i as u32;
             match (&e.path, &e.host) {
                 (PathPattern::Exact(p), _) => index.exact.entry(p.clone()).or_default().push(i),
@@ -157,6 +159,7 @@ impl Router {
     pub fn of_shared(routes: Vec<Arc<RouteMatch>>) -> Self {
         let mut keyed = Vec::with_capacity(routes.len());
         for (i, m) in routes.iter().enumerate() {
+            pace::point();
             keyed_entries(i, m, &mut keyed);
         }
         keyed.sort_unstable_by_key(|(key, _)| *key);
@@ -185,6 +188,7 @@ impl Router {
         let mut merged = Vec::with_capacity(self.entries.len() + fresh.len());
         let mut fresh = fresh.into_iter().peekable();
         for (key, e) in self.keys.iter().zip(&self.entries) {
+            pace::point();
             if replaced[e.route] {
                 continue;
             }
@@ -204,6 +208,7 @@ impl Router {
         let mut keys = Vec::with_capacity(keyed.len());
         let mut entries = Vec::with_capacity(keyed.len());
         for (key, (host, path)) in keyed {
+            pace::point();
             keys.push(key);
             entries.push(Entry {
                 route: key.3,
@@ -217,6 +222,18 @@ impl Router {
             entries,
             keys,
             matches: routes,
+        }
+    }
+
+    /// Frees the table with a [`pace::point`] after each entry (a replaced snapshot's
+    /// table, freed by a background thread).
+    pub fn free_paced(self) {
+        pace::drop_paced(self.entries);
+        pace::drop_paced(self.matches);
+        if let Some(index) = self.index {
+            pace::drop_paced(index.exact);
+            pace::drop_paced(index.prefix);
+            pace::drop_paced(index.host);
         }
     }
 
