@@ -36,14 +36,6 @@ pub struct Gateway {
 /// Binds `address`. With `reuse_port`, several sockets (one per worker) share the port;
 /// without it the bind fails if anyone else holds the port, which is how a second gateway
 /// on the same address is refused instead of silently sharing its traffic.
-/// What the control runtime's blocking threads (snapshot builds for reloads, cluster
-/// revisions and code sets, the cluster copy, freeing replaced snapshots) run as: paced
-/// background work (`sluicegate_core::pace`), so a worker woken by a request gets the CPU
-/// within a slice.
-fn background_thread() {
-    sluicegate_core::pace::background();
-}
-
 fn bind(address: &str, reuse_port: bool) -> anyhow::Result<std::net::TcpListener> {
     let addr: SocketAddr = address
         .to_socket_addrs()
@@ -165,7 +157,10 @@ impl Gateway {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name("sluicegate-control")
-                    .on_thread_start(background_thread)
+                    // The blocking threads (snapshot builds for reloads, cluster revisions
+                    // and code sets, the cluster copy, freeing replaced snapshots) are
+                    // paced: a worker sharing their core waits for them about 0.2 ms at most.
+                    .on_thread_start(sluicegate_core::pace::background)
                     .build()
                 {
                     Ok(rt) => rt,

@@ -67,11 +67,6 @@ pub fn background() {
     }));
 }
 
-/// Whether the calling thread is paced.
-pub fn is_background() -> bool {
-    PACED.get().is_some()
-}
-
 /// A point in a loop of background work: on a [`background`] thread that used a
 /// [`SLICE`] of CPU since its last pause, pauses ([`PAUSE`]); elsewhere nothing.
 #[inline]
@@ -117,11 +112,10 @@ mod tests {
     #[test]
     fn only_a_background_thread_is_paced() {
         std::thread::spawn(|| {
-            assert!(!is_background());
             point();
-            assert!(PACED.get().is_none());
+            assert!(PACED.get().is_none(), "a thread is not paced until marked");
             background();
-            assert!(is_background());
+            assert!(PACED.get().is_some());
             let marked = PACED.get().map(|p| p.cpu);
             // Sleeping uses no CPU time: no pause.
             std::thread::sleep(SLICE * 2);
