@@ -9,7 +9,7 @@
 //!   connection out of the cell for as long as it waits (never holding a borrow across an
 //!   await), so a second coroutine using the same object meanwhile gets `"socket busy"`.
 //! - Every connection is owned by the call that connected it: `connect` pushes a
-//!   [`Guard`] into the call's owned resources, and dropping it (when the request phase or
+//!   `Guard` into the call's owned resources, and dropping it (when the request phase or
 //!   timer run ends) closes the connection. Operations from any other call — a socket kept
 //!   in a module table for the next request — get `nil, "bad request"`, as in OpenResty,
 //!   and never reach the connection.
@@ -759,13 +759,12 @@ fn methods(lua: &Lua, host: &Rc<Host>) -> mlua::Result<mlua::Function> {
                 this.give(None);
                 return fail(lua, "unread data in buffer", None);
             }
-            let key = this.tcp.borrow().key.clone();
             let idle = match idle {
                 Some(ms) if ms > 0.0 => Duration::from_millis(ms.min(1e9) as u64),
                 _ => DEFAULT_TIMEOUT,
             };
             let size = size.map_or(pool::DEFAULT_SIZE, |s| (s.max(1.0)) as usize);
-            pool::put(key, conn, idle, size);
+            pool::put(&this.tcp.borrow().key, conn, idle, size);
             this.give(None);
             Ok(one(Value::Integer(1)))
         },

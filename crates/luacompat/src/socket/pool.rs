@@ -14,6 +14,8 @@ use super::Conn;
 pub const DEFAULT_SIZE: usize = 30;
 /// Idle connections kept per worker in all.
 const MAX_IDLE: usize = 4096;
+/// Keys kept per worker before those without idle connections are forgotten.
+const MAX_KEYS: usize = 1024;
 
 struct Idle {
     conn: Conn,
@@ -51,9 +53,9 @@ pub(crate) fn take(key: &str) -> Option<Conn> {
             }
             list.retain(|i| i.until > now);
         }
-        if p.keys.get(key).is_some_and(VecDeque::is_empty) {
-            p.keys.remove(key);
-        }
+        // An emptied list stays, with its buffer, for the `put` that usually follows
+        // (connect, one query, `setkeepalive`): `put` forgets empty lists past
+        // [`MAX_KEYS`].
         found.map(|mut c| {
             c.reused += 1;
             c
@@ -62,19 +64,32 @@ pub(crate) fn take(key: &str) -> Option<Conn> {
 }
 
 /// Keeps `conn` for `key` for `idle`, at most `size` per key (the oldest goes first).
-pub(crate) fn put(key: String, conn: Conn, idle: Duration, size: usize) {
+pub(crate) fn put(key: &str, conn: Conn, idle: Duration, size: usize) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let now = Instant::now();
-        let list = p.keys.entry(key).or_default();
-        list.retain(|i| i.until > now);
-        while list.len() >= size.max(1) {
-            list.pop_front();
+        let keep = |list: &mut VecDeque<Idle>| {
+            list.retain(|i| i.until > now);
+            while list.len() >= size.max(1) {
+                list.pop_front();
+            }
+            list.push_back(Idle {
+                conn,
+                until: now + idle,
+            });
+        };
+        // The key is usually there (its list emptied by the `take` of this connection):
+        // one lookup, no allocation.
+        if let Some(list) = p.keys.get_mut(key) {
+            keep(list);
+        } else {
+            if p.keys.len() >= MAX_KEYS {
+                p.keys.retain(|_, l| !l.is_empty());
+            }
+            let mut list = VecDeque::new();
+            keep(&mut list);
+            p.keys.insert(key.to_owned(), list);
         }
-        list.push_back(Idle {
-            conn,
-            until: now + idle,
-        });
         if p.count() > MAX_IDLE {
             // Over the worker's bound: drop the longest-idle connection of the fullest key.
             if let Some(list) = p.keys.values_mut().max_by_key(|l| l.len()) {

@@ -245,7 +245,7 @@ fn connect_pooled(s: RawSocket, host_name: &[u8], port: f64) -> Option<Done> {
     t.key.clear();
     t.key.push_str(name);
     t.key.push(':');
-    t.key.push_str(&(port as u16).to_string());
+    push_decimal(&mut t.key, port as u16);
     match pool::take(&t.key) {
         Some(conn) => {
             state.owned.push(Box::new(Guard(Rc::downgrade(&tcp))));
@@ -254,6 +254,23 @@ fn connect_pooled(s: RawSocket, host_name: &[u8], port: f64) -> Option<Done> {
         }
         None => Some(Done::Wait),
     }
+}
+
+/// Appends `n` in decimal (the pool key's port, on every pooled connect: no
+/// formatting machinery, no allocation).
+fn push_decimal(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
 }
 
 /// `sock:connect(host, port)`, tried first: from the pool, or `false`.
@@ -444,7 +461,7 @@ unsafe extern "C-unwind" fn setkeepalive(l: *mut lua_State) -> c_int {
                 _ => DEFAULT_TIMEOUT,
             };
             let size = size.map_or(pool::DEFAULT_SIZE, |s| s.max(1.0) as usize);
-            pool::put(t.key.clone(), conn, idle, size);
+            pool::put(&t.key, conn, idle, size);
             Some(Done::Integer(1))
         })();
         answer(l, done)
@@ -512,5 +529,19 @@ pub(super) fn install(
             ffi::lua_pushcclosurek(l, new_socket, c"tcp".as_ptr(), 2, None);
         })?;
         Ok((tcp, lua.create_c_function(parts)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_decimal;
+
+    #[test]
+    fn a_port_is_written_in_decimal() {
+        for n in [0u16, 7, 80, 443, 6379, 10000, 65535] {
+            let mut key = String::from("h:");
+            push_decimal(&mut key, n);
+            assert_eq!(key, format!("h:{n}"));
+        }
     }
 }
