@@ -41,8 +41,6 @@ struct Paced {
     /// When the CPU time was last read. The CPU clock is a system call; it is read only
     /// once a slice passed on this clock (the vDSO's, much cheaper), which bounds it.
     read: Instant,
-    /// Points until the next clock read.
-    countdown: u32,
 }
 
 /// The calling thread's CPU time.
@@ -56,6 +54,9 @@ fn cpu_time() -> Duration {
 
 thread_local! {
     static PACED: Cell<Option<Paced>> = const { Cell::new(None) };
+    /// Points until the next clock read on a background thread; on any other thread it
+    /// only counts down from `u32::MAX`, and a point costs a decrement.
+    static COUNTDOWN: Cell<u32> = const { Cell::new(u32::MAX) };
 }
 
 /// Marks the calling thread as background work: its [`point`]s pace it from now on.
@@ -63,37 +64,40 @@ pub fn background() {
     PACED.set(Some(Paced {
         cpu: cpu_time(),
         read: Instant::now(),
-        countdown: CLOCK_EVERY,
     }));
+    COUNTDOWN.set(CLOCK_EVERY);
 }
 
 /// A point in a loop of background work: on a [`background`] thread that used a
 /// [`SLICE`] of CPU since its last pause, pauses ([`PAUSE`]); elsewhere nothing.
 #[inline]
 pub fn point() {
-    if let Some(p) = PACED.get() {
-        tick(p);
+    let n = COUNTDOWN.get();
+    if n > 1 {
+        COUNTDOWN.set(n - 1);
+    } else {
+        tick();
     }
 }
 
 #[inline(never)]
-fn tick(mut p: Paced) {
-    if p.countdown > 1 {
-        p.countdown -= 1;
-    } else {
-        p.countdown = CLOCK_EVERY;
-        let now = Instant::now();
-        if now.duration_since(p.read) >= SLICE {
-            // A slice passed; the CPU time tells whether this thread used it.
-            let cpu = cpu_time();
-            if cpu.saturating_sub(p.cpu) >= SLICE {
-                std::thread::sleep(PAUSE);
-                p.cpu = cpu_time();
-            }
-            p.read = Instant::now();
+fn tick() {
+    let Some(mut p) = PACED.get() else {
+        COUNTDOWN.set(u32::MAX);
+        return;
+    };
+    COUNTDOWN.set(CLOCK_EVERY);
+    let now = Instant::now();
+    if now.duration_since(p.read) >= SLICE {
+        // A slice passed; the CPU time tells whether this thread used it.
+        let cpu = cpu_time();
+        if cpu.saturating_sub(p.cpu) >= SLICE {
+            std::thread::sleep(PAUSE);
+            p.cpu = cpu_time();
         }
+        p.read = Instant::now();
+        PACED.set(Some(p));
     }
-    PACED.set(Some(p));
 }
 
 /// Drops `items` one by one with a [`point`] after each: freeing a large table is as much
@@ -140,6 +144,7 @@ mod tests {
                 point();
             }
             assert_eq!(PACED.get().map(|p| (p.cpu, p.read)), before);
+            assert_eq!(COUNTDOWN.get(), 1);
         })
         .join()
         .unwrap_or_else(|e| std::panic::resume_unwind(e));

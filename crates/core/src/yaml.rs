@@ -254,6 +254,8 @@ impl Builder<'_> {
 
 impl MarkedEventReceiver for Builder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        // Parsing a large file is a reload's first piece of background work.
+        crate::pace::point();
         let line = mark.line().max(1);
         match ev {
             Event::Scalar(value, style, anchor, _tag) => {

@@ -312,6 +312,7 @@ impl SecretStore {
 }
 
 fn walk(node: &Node, path: &mut Path, f: &mut dyn FnMut(&Node, &Path)) {
+    sluicegate_core::pace::point();
     f(node, path);
     let len = path.len();
     match &node.kind {
