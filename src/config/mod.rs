@@ -194,13 +194,13 @@ fn load_text(
     };
     let mut root = yaml::parse(text, &yaml::ProcessEnv).map_err(fail)?;
     crate::cluster::merge(&mut root, entities).map_err(fail)?;
-    validate::snapshot_and_parts(&root, base_dir, version, workers, metrics)
-        .map_err(fail)
-        .map(|(mut s, parts)| {
-            s.source = path.to_path_buf();
-            s.source_digest = digest;
-            (s, parts)
-        })
+    let built = validate::snapshot_and_parts(&root, base_dir, version, workers, metrics);
+    root.free_paced();
+    built.map_err(fail).map(|(mut s, parts)| {
+        s.source = path.to_path_buf();
+        s.source_digest = digest;
+        (s, parts)
+    })
 }
 
 /// Validates configuration `text` (named `name` in errors); relative file names resolve

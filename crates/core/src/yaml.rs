@@ -43,6 +43,21 @@ pub enum NodeKind {
 }
 
 impl Node {
+    /// Frees the tree with a [`pace::point`](crate::pace::point) per item of each
+    /// top-level section: a parsed configuration's 10,000 routes free in as many steps.
+    pub fn free_paced(self) {
+        fn items(node: Node) -> Vec<Node> {
+            match node.kind {
+                NodeKind::Seq(items) => items,
+                NodeKind::Map(entries) => entries.into_iter().map(|(_, v)| v).collect(),
+                _ => Vec::new(),
+            }
+        }
+        for section in items(self) {
+            crate::pace::drop_paced(items(section));
+        }
+    }
+
     /// A short name of the node's type, for error messages.
     pub fn type_name(&self) -> &'static str {
         match self.kind {
