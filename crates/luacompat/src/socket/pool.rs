@@ -25,12 +25,8 @@ struct Idle {
 #[derive(Default)]
 struct Pool {
     keys: HashMap<String, VecDeque<Idle>>,
-}
-
-impl Pool {
-    fn count(&self) -> usize {
-        self.keys.values().map(VecDeque::len).sum()
-    }
+    /// The connections in all lists (kept, not summed: emptied lists stay).
+    idle: usize,
 }
 
 thread_local! {
@@ -43,7 +39,9 @@ pub(crate) fn take(key: &str) -> Option<Conn> {
         let mut p = p.borrow_mut();
         let now = Instant::now();
         let mut found = None;
-        if let Some(list) = p.keys.get_mut(key) {
+        let Pool { keys, idle: count } = &mut *p;
+        if let Some(list) = keys.get_mut(key) {
+            let before = list.len();
             // Newest first: the most recently used connection is the likeliest alive.
             while let Some(idle) = list.pop_back() {
                 if idle.until > now && !idle.conn.stream.is_stale() {
@@ -52,6 +50,7 @@ pub(crate) fn take(key: &str) -> Option<Conn> {
                 }
             }
             list.retain(|i| i.until > now);
+            *count = count.saturating_sub(before - list.len());
         }
         // An emptied list stays, with its buffer, for the `put` that usually follows
         // (connect, one query, `setkeepalive`): `put` forgets empty lists past
@@ -68,7 +67,9 @@ pub(crate) fn put(key: &str, conn: Conn, idle: Duration, size: usize) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let now = Instant::now();
+        // Returns the list's length before and after.
         let keep = |list: &mut VecDeque<Idle>| {
+            let before = list.len();
             list.retain(|i| i.until > now);
             while list.len() >= size.max(1) {
                 list.pop_front();
@@ -77,23 +78,29 @@ pub(crate) fn put(key: &str, conn: Conn, idle: Duration, size: usize) {
                 conn,
                 until: now + idle,
             });
+            (before, list.len())
         };
+        let Pool { keys, idle: count } = &mut *p;
         // The key is usually there (its list emptied by the `take` of this connection):
         // one lookup, no allocation.
-        if let Some(list) = p.keys.get_mut(key) {
-            keep(list);
+        let (before, after) = if let Some(list) = keys.get_mut(key) {
+            keep(list)
         } else {
-            if p.keys.len() >= MAX_KEYS {
-                p.keys.retain(|_, l| !l.is_empty());
+            if keys.len() >= MAX_KEYS {
+                keys.retain(|_, l| !l.is_empty());
             }
             let mut list = VecDeque::new();
-            keep(&mut list);
-            p.keys.insert(key.to_owned(), list);
-        }
-        if p.count() > MAX_IDLE {
+            let lengths = keep(&mut list);
+            keys.insert(key.to_owned(), list);
+            lengths
+        };
+        *count = (*count + after).saturating_sub(before);
+        if *count > MAX_IDLE {
             // Over the worker's bound: drop the longest-idle connection of the fullest key.
-            if let Some(list) = p.keys.values_mut().max_by_key(|l| l.len()) {
-                list.pop_front();
+            if let Some(list) = keys.values_mut().max_by_key(|l| l.len()) {
+                if list.pop_front().is_some() {
+                    *count -= 1;
+                }
             }
         }
     })
@@ -101,5 +108,56 @@ pub(crate) fn put(key: &str, conn: Conn, idle: Duration, size: usize) {
 
 /// Idle connections of this worker (for tests and `/status`).
 pub fn idle_count() -> usize {
-    POOL.with(|p| p.borrow().count())
+    POOL.with(|p| p.borrow().idle)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::super::Stream;
+    use super::*;
+
+    #[test]
+    fn idle_connections_are_counted_and_keys_without_any_are_forgotten_past_the_bound() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let connect = || async move {
+                Conn {
+                    stream: Stream::Tcp(tokio::net::TcpStream::connect(addr).await.unwrap()),
+                    buf: bytes::BytesMut::new(),
+                    reused: 0,
+                    host: String::new(),
+                }
+            };
+            let idle = Duration::from_secs(60);
+            put("a", connect().await, idle, 30);
+            put("a", connect().await, idle, 30);
+            assert_eq!(idle_count(), 2);
+            let one = take("a").unwrap();
+            assert_eq!(one.reused, 1);
+            assert_eq!(idle_count(), 1);
+            assert!(take("a").is_some());
+            assert!(take("a").is_none());
+            assert_eq!(idle_count(), 0);
+            // The emptied key stays for the next `put`, up to the bound on keys.
+            let mut conn = one;
+            for i in 0..MAX_KEYS + 10 {
+                let key = format!("k{i}");
+                put(&key, conn, idle, 30);
+                assert_eq!(idle_count(), 1);
+                conn = take(&key).unwrap();
+            }
+            let keys = POOL.with(|p| p.borrow().keys.len());
+            assert!(keys <= MAX_KEYS + 1, "{keys} keys kept");
+            // A list over its size drops its oldest connection, and the count follows.
+            put("b", conn, idle, 1);
+            put("b", connect().await, idle, 1);
+            assert_eq!(idle_count(), 1);
+        });
+    }
 }
