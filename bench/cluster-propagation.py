@@ -16,7 +16,8 @@ worker when installed, else a small Python server), then measures:
    write (it checks the candidate before committing, then applies it), with no traffic.
    Then the same number of changes again while wrk drives traffic through node b (when
    `wrk` is installed): its errors and latency against quiet runs of the same length
-   before and after, and how long each change took to reach node b meanwhile. `--pin` puts node b, wrk and the origin on the CPUs but the first.
+   before and after, and how long each change took to reach node b meanwhile. `--pin`
+   puts node b, wrk and the origin on the CPUs but the first.
 
     python3 bench/cluster-propagation.py                   # 200 changes; 10,000 routes
     python3 bench/cluster-propagation.py -n 50 --routes 1000
